@@ -1,0 +1,22 @@
+"""orch: an embedded, SQLite-centric orchestration kernel for AI coding-agent work.
+
+Public API:
+    ``__version__``. The library is organised as small noun modules: ``kernel.db`` (connections,
+    migrations), ``kernel.machines`` (state machines as data), ``kernel.project`` (project layout
+    and configuration), ``kernel.doctor``, ``kernel.audit`` and ``kernel.cli`` (the ``orch``
+    command).
+
+Stability Guarantees:
+    Pre-1.0: the command line contract (command names, ``--json`` shapes, exit codes) and the
+    on-disk formats are versioned and changed only with a CHANGELOG entry and a migration path.
+    Python-level APIs may still change between minor versions.
+
+Integration Points:
+    The ``orch`` console script (``kernel.cli:main``); the SQLite file ``.state/kernel.db``, which
+    any SQLite client may read.
+
+Dependencies:
+    apsw, pydantic, networkx, click, pyyaml, rich (see pyproject.toml).
+"""
+
+__version__ = "0.1.0"
