@@ -4,9 +4,10 @@ Public API:
     ``connect(path, *, readonly=False, durability="normal", busy_timeout_ms=5000, migrate=True)``
     returns an ``apsw.Connection`` ready for the kernel; ``write_tx(conn)`` (``BEGIN IMMEDIATE``)
     and ``read_tx(conn)`` context managers; ``rows(conn, sql, params)`` / ``row(...)`` return
-    dicts; ``migrations()``, ``latest_schema_version()``, ``schema_version(conn)``,
-    ``schema_sql(conn)`` (the snapshot text of ``sql/schema.sql``), ``checkpoint(conn)``,
-    ``wal_size(path)``, ``sqlite_version()``; constants ``APPLICATION_ID``,
+    dicts, ``scalar(conn, sql, params)`` one value; ``migrations()``,
+    ``latest_schema_version()``, ``schema_version(conn)``, ``schema_sql(conn)`` (the snapshot
+    text of ``sql/schema.sql``), ``checkpoint(conn)``, ``wal_size(path)``, ``sqlite_version()``;
+    constants ``APPLICATION_ID``,
     ``MIN_SQLITE_VERSION``.
 
 Stability Guarantees:
@@ -286,6 +287,14 @@ def row(
     return found[0] if found else None
 
 
+def scalar(
+    conn: apsw.Connection, sql: str, params: Sequence[Any] | dict[str, Any] = ()
+) -> Any:
+    """The first column of the first row (None when there is no row)."""
+    found = conn.execute(sql, params).fetchone()
+    return None if found is None else found[0]
+
+
 def schema_sql(conn: apsw.Connection) -> str:
     """The schema as the snapshot ``sql/schema.sql`` holds it: every object, sorted by type and
     name, each statement as SQLite stored it. Generated objects (the machines' illegal-transition
@@ -310,7 +319,10 @@ def checkpoint(conn: apsw.Connection, mode: str = "RESTART") -> tuple[int, int, 
     WAL stops growing. Returns (busy, log frames, checkpointed frames)."""
     if mode not in {"PASSIVE", "FULL", "RESTART", "TRUNCATE"}:
         raise ValueError(mode)
-    busy, log, done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+    result = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+    if result is None:  # not in WAL mode (e.g. an in-memory database)
+        return (0, 0, 0)
+    busy, log, done = result
     return int(busy), int(log), int(done)
 
 

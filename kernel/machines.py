@@ -156,7 +156,7 @@ def load_machine(path: Path) -> MachineDef:
 
 def load_machines(directory: Path | None = None) -> dict[str, MachineDef]:
     directory = directory or state_machine_dir()
-    machines = {}
+    machines: dict[str, MachineDef] = {}
     for name in MACHINES:
         machine = load_machine(directory / f"{name}_lifecycle.yaml")
         if machine.machine != name:
@@ -222,10 +222,13 @@ def illegal_transition_trigger_sql(m: MachineDef) -> str:
 
 
 def _stored_hashes(conn: apsw.Connection) -> dict[str, str]:
-    return dict(conn.execute("SELECT machine, source_sha256 FROM machine").fetchall())
+    found = conn.execute("SELECT machine, source_sha256 FROM machine").fetchall()
+    return {str(name): str(digest) for name, digest in found}
 
 
-def ensure_machines(conn: apsw.Connection, machines: Mapping[str, MachineDef] | None = None) -> bool:
+def ensure_machines(
+    conn: apsw.Connection, machines: Mapping[str, MachineDef] | None = None
+) -> bool:
     """Sync the YAML into the database if it changed. Returns True when it wrote."""
     from kernel.db import write_tx
 

@@ -1,0 +1,95 @@
+"""The ``orch`` command line: thin click wrappers over the kernel library.
+
+Public API:
+    ``main()`` (the console script), ``run(argv) -> int`` (the same, returning the exit code),
+    ``cli`` (the click group). Commands live one group per module: ``kernel.cli.core`` (init,
+    doctor), ``kernel.cli.events`` (events).
+
+Stability Guarantees:
+    Command names, options, ``--json`` output shapes and exit codes are a contract (DESIGN.md):
+    0 ok, 1 the work or a check failed, 2 usage error, 3 the database is locked beyond its
+    timeout, unreadable or too new. Every command takes ``--json`` (before or after the command
+    name) and then prints exactly one JSON document on stdout, errors included as
+    ``{"error": {"code", "message", "file", "line", "hint"}}``.
+
+Integration Points:
+    Installed as ``orch`` by pyproject.toml; ``--root DIR`` picks the project (default: the
+    nearest parent holding ``.state/``, else the current directory).
+
+Dependencies:
+    click, apsw; ``kernel.errors``, ``kernel.project``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import apsw
+import click
+
+from kernel import __version__
+from kernel.cli.common import CliState, emit_error
+from kernel.db import locked_error
+from kernel.errors import EXIT_FAILED, EXIT_USAGE, OrchError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Project root (default: the nearest parent holding .state/, else the current dir).",
+)
+@click.option("--json", "json_", is_flag=True, help="Print one JSON document (all commands).")
+@click.version_option(__version__, prog_name="orch")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, json_: bool) -> None:
+    """orch: run AI coding-agent work as a DAG of tasks, with all state in one SQLite file."""
+    ctx.obj = CliState(root=root, json=json_)
+
+
+def _register() -> None:
+    from kernel.cli import core, events
+
+    for module in (core, events):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    want_json = "--json" in args
+    try:
+        result = cli.main(args=args, prog_name="orch", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `orch` alone: help, not an error
+        click.echo(exc.ctx.get_help() if exc.ctx else "")
+        return 0
+    except click.ClickException as exc:
+        code = EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+        emit_error(
+            OrchError("usage" if code == EXIT_USAGE else "error", exc.format_message(),
+                      hint="see `orch --help`", exit_code=code),
+            want_json,
+        )
+        return code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except OrchError as exc:
+        emit_error(exc, want_json)
+        return exc.exit_code
+    except apsw.BusyError:
+        err = locked_error(".state/kernel.db")
+        emit_error(err, want_json)
+        return err.exit_code
+    except BrokenPipeError:
+        return EXIT_FAILED
+    return int(result or 0)
+
+
+def main() -> None:
+    sys.exit(run())
