@@ -36,12 +36,14 @@ from kernel.models import (
     TASK_V1_SCHEMA_VERSION,
     WORKSTREAM_SCHEMA_VERSION,
     AttemptOutput,
-    CapabilityRegistry,
-    ResourceRegistry,
     TaskDefinition,
     TaskDefinitionV1,
     WorkstreamDefinition,
     schema_url,
+)
+from kernel.registries import (
+    CapabilityRegistry,
+    ResourceRegistry,
 )
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"

@@ -12,24 +12,26 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from kernel.models import (
-    DEFAULT_CAPABILITY_REGISTRY,
-    DEFAULT_RESOURCE_REGISTRY,
     AttemptOutput,
-    CapabilityRegistry,
     DefinitionError,
-    Resource,
-    ResourceRegistry,
     TaskDefinition,
     TaskDefinitionV1,
     WorkstreamDefinition,
-    load_capability_registry,
-    load_default_registries,
-    load_resource_registry,
     load_task_file,
-    load_yaml_registry,
     migrate_v1_to_v2,
     parse_task,
     schema_url,
+)
+from kernel.registries import (
+    DEFAULT_CAPABILITY_REGISTRY,
+    DEFAULT_RESOURCE_REGISTRY,
+    CapabilityRegistry,
+    Resource,
+    ResourceRegistry,
+    load_capability_registry,
+    load_default_registries,
+    load_resource_registry,
+    load_yaml_registry,
 )
 
 CONTEXT_DEFAULTS = {

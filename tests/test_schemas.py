@@ -11,12 +11,14 @@ import pytest
 import yaml
 
 from kernel.models import (
+    TaskDefinition,
+    schema_url,
+)
+from kernel.registries import (
     DEFAULT_CAPABILITY_REGISTRY,
     DEFAULT_RESOURCE_REGISTRY,
     CapabilityRegistry,
     ResourceRegistry,
-    TaskDefinition,
-    schema_url,
 )
 from kernel.schemas import SCHEMAS, generate_schemas, render, stale_schemas, write_schemas
 

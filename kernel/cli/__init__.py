@@ -50,9 +50,9 @@ def cli(ctx: click.Context, root: str | None, json_: bool) -> None:
 
 
 def _register() -> None:
-    from kernel.cli import core, events
+    from kernel.cli import core, definitions, demo, events, plan
 
-    for module in (core, events):
+    for module in (core, definitions, plan, events, demo):
         for command in module.COMMANDS:
             cli.add_command(command)
 
