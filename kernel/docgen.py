@@ -14,7 +14,8 @@ Integration Points:
     ``tools/gen_docs.py`` rewrites the files; ``tests/test_generated.py`` fails when one is
     stale. Sources: ``docs/state_machines/*.yaml`` -> ``docs/execution_model/STATE_MACHINE.md``;
     ``sql/NNNN_*.sql`` + the machines -> ``sql/schema.sql``; the click commands ->
-    ``docs/CLI.md``; the pydantic models -> ``schemas/*.json`` (``kernel.schemas``, when
+    ``docs/CLI.md``; the doctor's queries -> ``docs/operations/DOCTOR.md``; the default
+    ``orch.toml`` -> ``docs/operations/CONFIGURATION.md``; the pydantic models -> ``schemas/*.json`` (``kernel.schemas``, when
     present).
 
 Dependencies:
@@ -169,11 +170,67 @@ def cli_reference() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def doctor_reference() -> str:
+    from kernel.doctor import INVARIANT_QUERIES
+
+    lines = [
+        GENERATED_NOTICE.format(source="kernel/doctor.py"),
+        "# orch doctor",
+        "",
+        "`orch doctor` checks that the database is sound and current and that it keeps its",
+        "invariants. It exits 1 when any check fails. `--json` lists every check with its status",
+        "(`ok`, `warn` or `fail`), a detail, a hint, and up to 20 offending rows.",
+        "",
+        "It checks:",
+        "",
+        "- `sqlite_library`: the SQLite that apsw bundles is at least 3.51.3 (older versions",
+        "  have a WAL corruption bug when several connections write).",
+        "- `schema_version`: the database's `user_version` equals this orch's newest migration.",
+        "- `application_id`: the file was created by orch.",
+        "- `integrity_check` and `foreign_key_check`: SQLite's own consistency checks.",
+        "- `transition_table_matches_yaml`: nobody has edited `machine_transition` away from",
+        "  `docs/state_machines/*.yaml`.",
+        "- `wal_size`: the write-ahead log is small; it warns above 128 MiB.",
+        "- `invariant:*`: the queries below. Each returns the rows that break the invariant, so",
+        "  an empty result means the check passes. You can paste any of them into",
+        "  `sqlite3 .state/kernel.db`.",
+        "",
+        "The triggers already prevent most of these violations. The queries still matter: a",
+        "client can switch CHECK constraints off (`PRAGMA ignore_check_constraints`), and a",
+        "database can be restored from an old backup or damaged on disk.",
+        "",
+    ]
+    for name, (sql, meaning) in INVARIANT_QUERIES.items():
+        lines += [f"## {name}", "", meaning[0].upper() + meaning[1:] + ".", "", "```sql",
+                  sql, "```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def configuration_reference() -> str:
+    from kernel.config import DEFAULT_CONFIG_TOML
+
+    return "\n".join([
+        GENERATED_NOTICE.format(source="kernel/config.py"),
+        "# Configuration: orch.toml",
+        "",
+        "`orch init` writes this file at the project root. Every key is optional, and the",
+        "values shown are the defaults. An unknown key or a wrong type is an error that names",
+        "the file and the key, so a typo cannot be silently ignored.",
+        "",
+        "```toml",
+        DEFAULT_CONFIG_TOML.rstrip(),
+        "```",
+        "",
+    ])
+
+
 def generated_files(repo: Path) -> dict[Path, str]:
     files = {
         repo / "docs" / "execution_model" / "STATE_MACHINE.md": state_machine_markdown(),
         repo / "sql" / "schema.sql": schema_snapshot(),
         repo / "docs" / "CLI.md": cli_reference(),
+        repo / "docs" / "operations" / "DOCTOR.md": doctor_reference(),
+        repo / "docs" / "operations" / "CONFIGURATION.md": configuration_reference(),
     }
     try:
         from kernel.schemas import generate_schemas
