@@ -15,8 +15,8 @@ Integration Points:
     stale. Sources: ``docs/state_machines/*.yaml`` -> ``docs/execution_model/STATE_MACHINE.md``;
     ``sql/NNNN_*.sql`` + the machines -> ``sql/schema.sql``; the click commands ->
     ``docs/CLI.md``; the doctor's queries -> ``docs/operations/DOCTOR.md``; the default
-    ``orch.toml`` -> ``docs/operations/CONFIGURATION.md``; the pydantic models -> ``schemas/*.json`` (``kernel.schemas``, when
-    present).
+    ``orch.toml`` -> ``docs/operations/CONFIGURATION.md``; the pydantic models ->
+    ``schemas/*.json`` (``kernel.schemas``).
 
 Dependencies:
     click; ``kernel.db``, ``kernel.machines``, ``kernel.cli``.
@@ -232,10 +232,8 @@ def generated_files(repo: Path) -> dict[Path, str]:
         repo / "docs" / "operations" / "DOCTOR.md": doctor_reference(),
         repo / "docs" / "operations" / "CONFIGURATION.md": configuration_reference(),
     }
-    try:
-        from kernel.schemas import generate_schemas
-    except ImportError:  # the models land separately
-        return files
+    from kernel.schemas import generate_schemas
+
     for name, text in _schema_texts(generate_schemas()).items():
         files[repo / "schemas" / name] = text
     return files

@@ -158,7 +158,8 @@ def _integrity(conn: apsw.Connection) -> list[Check]:
             "integrity_check",
             "ok" if result == ["ok"] else "fail",
             "ok" if result == ["ok"] else "; ".join(result[:10]),
-            None if result == ["ok"] else "the file is damaged: restore a backup (see docs/operations/DOCTOR.md)",
+            None if result == ["ok"]
+            else "the file is damaged: restore a backup (see docs/operations/DOCTOR.md)",
         ),
         Check(
             "foreign_key_check",
@@ -194,7 +195,8 @@ def _invariants(conn: apsw.Connection) -> list[Check]:
                 f"invariant:{name}",
                 "ok" if not found else "fail",
                 meaning if not found else f"violated by {len(found)} row(s): {meaning}",
-                None if not found else "State-Corruption: see docs/operations/DOCTOR.md",
+                None if not found
+                else "State-Corruption: see docs/operations/DOCTOR.md",
                 rows=tuple(found[:20]),
             )
         )
