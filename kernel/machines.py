@@ -154,6 +154,14 @@ def load_machine(path: Path) -> MachineDef:
     return MachineDef.model_validate(data)
 
 
+def source_hashes(directory: Path | None = None) -> dict[str, str]:
+    directory = directory or state_machine_dir()
+    return {
+        name: hashlib.sha256((directory / f"{name}_lifecycle.yaml").read_bytes()).hexdigest()
+        for name in MACHINES
+    }
+
+
 def load_machines(directory: Path | None = None) -> dict[str, MachineDef]:
     directory = directory or state_machine_dir()
     machines: dict[str, MachineDef] = {}
@@ -232,6 +240,9 @@ def ensure_machines(
     """Sync the YAML into the database if it changed. Returns True when it wrote."""
     from kernel.db import write_tx
 
+    # Hash the files first and parse the YAML only when it changed: this runs on every open.
+    if machines is None and _stored_hashes(conn) == source_hashes():
+        return False
     machines = machines or load_machines()
     if _stored_hashes(conn) == {n: m.source_sha256 for n, m in machines.items()}:
         return False

@@ -78,10 +78,11 @@ def load_failure_modes(path: Path | None = None) -> FailureModeCatalog:
 def ensure_failure_modes(conn: apsw.Connection) -> bool:
     from kernel.db import write_tx
 
-    catalog = load_failure_modes()
+    digest = hashlib.sha256(failure_modes_file().read_bytes()).hexdigest()
     stored = conn.execute("SELECT value FROM kernel_info WHERE key = ?", (_HASH_KEY,)).fetchone()
-    if stored and stored[0] == catalog.source_sha256:
+    if stored and stored[0] == digest:  # unchanged: skip parsing the YAML (runs on every open)
         return False
+    catalog = load_failure_modes()
     with write_tx(conn):
         for mode in catalog.modes:
             conn.execute(

@@ -296,7 +296,9 @@ CREATE INDEX lease_by_task ON lease (task_id) WHERE released_at IS NULL;
 
 CREATE TABLE event (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
-    timestamp     TEXT NOT NULL,
+    -- ISO-8601 UTC with milliseconds, as strftime('%Y-%m-%dT%H:%M:%fZ') writes it.
+    timestamp     TEXT NOT NULL CHECK (timestamp GLOB
+                  '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'),
     event         TEXT NOT NULL,
     event_type    TEXT NOT NULL,
     severity      TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'error', 'critical')),
@@ -353,6 +355,60 @@ CREATE TRIGGER worker_insert_initial_state BEFORE INSERT ON worker
 WHEN NEW.state IS NOT (SELECT initial_state FROM machine WHERE machine = 'worker')
 BEGIN
     SELECT RAISE(ABORT, 'a new worker must start in the worker machine''s initial state (initializing)');
+END;
+
+-- A transition request (transition_trigger / transition_metadata) only ever travels with a state
+-- change: left at rest it would authorise a later bare UPDATE of state.
+CREATE TRIGGER task_transition_request_needs_state_change
+BEFORE UPDATE OF transition_trigger, transition_metadata ON task
+WHEN NEW.state IS OLD.state
+     AND (NEW.transition_trigger IS NOT NULL OR NEW.transition_metadata IS NOT NULL)
+BEGIN
+    SELECT RAISE(ABORT, 'illegal task transition: transition_trigger and transition_metadata are set only in the UPDATE that changes state');
+END;
+
+-- INSERT OR REPLACE would delete the row and insert a fresh one in the initial state; clients
+-- without recursive_triggers would not even log the delete. Refuse it: history is kept.
+CREATE TRIGGER task_insert_no_replace BEFORE INSERT ON task
+WHEN EXISTS (SELECT 1 FROM task WHERE task_id = NEW.task_id)
+BEGIN
+    SELECT RAISE(ABORT, 'task already exists: INSERT OR REPLACE would erase its history; UPDATE it instead');
+END;
+
+-- A transition request (transition_trigger / transition_metadata) only ever travels with a state
+-- change: left at rest it would authorise a later bare UPDATE of state.
+CREATE TRIGGER workstream_transition_request_needs_state_change
+BEFORE UPDATE OF transition_trigger, transition_metadata ON workstream
+WHEN NEW.state IS OLD.state
+     AND (NEW.transition_trigger IS NOT NULL OR NEW.transition_metadata IS NOT NULL)
+BEGIN
+    SELECT RAISE(ABORT, 'illegal workstream transition: transition_trigger and transition_metadata are set only in the UPDATE that changes state');
+END;
+
+-- INSERT OR REPLACE would delete the row and insert a fresh one in the initial state; clients
+-- without recursive_triggers would not even log the delete. Refuse it: history is kept.
+CREATE TRIGGER workstream_insert_no_replace BEFORE INSERT ON workstream
+WHEN EXISTS (SELECT 1 FROM workstream WHERE workstream_id = NEW.workstream_id)
+BEGIN
+    SELECT RAISE(ABORT, 'workstream already exists: INSERT OR REPLACE would erase its history; UPDATE it instead');
+END;
+
+-- A transition request (transition_trigger / transition_metadata) only ever travels with a state
+-- change: left at rest it would authorise a later bare UPDATE of state.
+CREATE TRIGGER worker_transition_request_needs_state_change
+BEFORE UPDATE OF transition_trigger, transition_metadata ON worker
+WHEN NEW.state IS OLD.state
+     AND (NEW.transition_trigger IS NOT NULL OR NEW.transition_metadata IS NOT NULL)
+BEGIN
+    SELECT RAISE(ABORT, 'illegal worker transition: transition_trigger and transition_metadata are set only in the UPDATE that changes state');
+END;
+
+-- INSERT OR REPLACE would delete the row and insert a fresh one in the initial state; clients
+-- without recursive_triggers would not even log the delete. Refuse it: history is kept.
+CREATE TRIGGER worker_insert_no_replace BEFORE INSERT ON worker
+WHEN EXISTS (SELECT 1 FROM worker WHERE worker_id = NEW.worker_id)
+BEGIN
+    SELECT RAISE(ABORT, 'worker already exists: INSERT OR REPLACE would erase its history; UPDATE it instead');
 END;
 
 CREATE TRIGGER task_guard_dependencies_completed BEFORE UPDATE OF state ON task

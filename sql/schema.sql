@@ -40,7 +40,9 @@ CREATE TABLE capability (
 
 CREATE TABLE event (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
-    timestamp     TEXT NOT NULL,
+    -- ISO-8601 UTC with milliseconds, as strftime('%Y-%m-%dT%H:%M:%fZ') writes it.
+    timestamp     TEXT NOT NULL CHECK (timestamp GLOB
+                  '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'),
     event         TEXT NOT NULL,
     event_type    TEXT NOT NULL,
     severity      TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'error', 'critical')),
@@ -625,6 +627,12 @@ BEGIN
     SELECT RAISE(ABORT, 'a new task must start in the task machine''s initial state (pending)');
 END;
 
+CREATE TRIGGER task_insert_no_replace BEFORE INSERT ON task
+WHEN EXISTS (SELECT 1 FROM task WHERE task_id = NEW.task_id)
+BEGIN
+    SELECT RAISE(ABORT, 'task already exists: INSERT OR REPLACE would erase its history; UPDATE it instead');
+END;
+
 CREATE TRIGGER task_retry_count_never_decreases BEFORE UPDATE OF retry_count ON task
 WHEN NEW.retry_count < OLD.retry_count
 BEGIN
@@ -652,6 +660,14 @@ BEGIN
            updated_at = COALESCE(json_extract(NEW.transition_metadata, '$.at'),
                                  strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
      WHERE task_id = NEW.task_id;
+END;
+
+CREATE TRIGGER task_transition_request_needs_state_change
+BEFORE UPDATE OF transition_trigger, transition_metadata ON task
+WHEN NEW.state IS OLD.state
+     AND (NEW.transition_trigger IS NOT NULL OR NEW.transition_metadata IS NOT NULL)
+BEGIN
+    SELECT RAISE(ABORT, 'illegal task transition: transition_trigger and transition_metadata are set only in the UPDATE that changes state');
 END;
 
 CREATE TRIGGER worker_created_event AFTER INSERT ON worker
@@ -783,6 +799,12 @@ BEGIN
     SELECT RAISE(ABORT, 'a new worker must start in the worker machine''s initial state (initializing)');
 END;
 
+CREATE TRIGGER worker_insert_no_replace BEFORE INSERT ON worker
+WHEN EXISTS (SELECT 1 FROM worker WHERE worker_id = NEW.worker_id)
+BEGIN
+    SELECT RAISE(ABORT, 'worker already exists: INSERT OR REPLACE would erase its history; UPDATE it instead');
+END;
+
 CREATE TRIGGER worker_transition_event AFTER UPDATE OF state ON worker
 WHEN NEW.state IS NOT OLD.state
 BEGIN
@@ -802,6 +824,14 @@ BEGIN
            updated_at = COALESCE(json_extract(NEW.transition_metadata, '$.at'),
                                  strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
      WHERE worker_id = NEW.worker_id;
+END;
+
+CREATE TRIGGER worker_transition_request_needs_state_change
+BEFORE UPDATE OF transition_trigger, transition_metadata ON worker
+WHEN NEW.state IS OLD.state
+     AND (NEW.transition_trigger IS NOT NULL OR NEW.transition_metadata IS NOT NULL)
+BEGIN
+    SELECT RAISE(ABORT, 'illegal worker transition: transition_trigger and transition_metadata are set only in the UPDATE that changes state');
 END;
 
 CREATE TRIGGER workstream_created_event AFTER INSERT ON workstream
@@ -940,6 +970,12 @@ BEGIN
     SELECT RAISE(ABORT, 'a new workstream must start in the workstream machine''s initial state (planned)');
 END;
 
+CREATE TRIGGER workstream_insert_no_replace BEFORE INSERT ON workstream
+WHEN EXISTS (SELECT 1 FROM workstream WHERE workstream_id = NEW.workstream_id)
+BEGIN
+    SELECT RAISE(ABORT, 'workstream already exists: INSERT OR REPLACE would erase its history; UPDATE it instead');
+END;
+
 CREATE TRIGGER workstream_transition_event AFTER UPDATE OF state ON workstream
 WHEN NEW.state IS NOT OLD.state
 BEGIN
@@ -958,4 +994,12 @@ BEGIN
            updated_at = COALESCE(json_extract(NEW.transition_metadata, '$.at'),
                                  strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
      WHERE workstream_id = NEW.workstream_id;
+END;
+
+CREATE TRIGGER workstream_transition_request_needs_state_change
+BEFORE UPDATE OF transition_trigger, transition_metadata ON workstream
+WHEN NEW.state IS OLD.state
+     AND (NEW.transition_trigger IS NOT NULL OR NEW.transition_metadata IS NOT NULL)
+BEGIN
+    SELECT RAISE(ABORT, 'illegal workstream transition: transition_trigger and transition_metadata are set only in the UPDATE that changes state');
 END;
