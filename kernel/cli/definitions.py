@@ -1,20 +1,159 @@
-"""``orch`` commands: definitions (being written).
+"""``orch validate``, ``orch load`` and ``orch migrate-tasks``: the definitions on disk.
 
 Public API:
-    ``COMMANDS``.
+    ``COMMANDS`` (the click commands this module adds to ``orch``); ``format_problems(problems)``
+    (the text listing both commands print).
 
 Stability Guarantees:
-    See ``kernel.cli``.
+    See ``kernel.cli``. ``validate --json`` prints ``{"ok", "problems": [{code, severity, file,
+    line, column, path, message, hint}], "counts": {errors, warnings, files, tasks,
+    workstreams, migrated}}``; exit 1 on any error, 0 with warnings only. ``load --json``
+    prints ``LoadReport.as_dict()`` on success; on failure the validate shape plus ``error``,
+    exit 1. ``validate`` writes nothing; ``load`` writes all or nothing.
 
 Integration Points:
-    Registered by ``kernel.cli._register``.
+    ``kernel.definitions.validate``, ``kernel.load.load``, ``kernel.migrate_tasks``.
 
 Dependencies:
-    click; ``kernel.cli.common``.
+    click; ``kernel.cli.common``, ``kernel.definitions``, ``kernel.load``,
+    ``kernel.migrate_tasks``, ``kernel.errors``.
 """
 
 from __future__ import annotations
 
+from itertools import groupby
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from kernel.cli.common import CliState, command, emit
+from kernel.definitions import ERROR, ValidationProblem, ValidationResult, validate
+from kernel.errors import EXIT_FAILED, EXIT_OK, OrchError, UsageError
+from kernel.load import LoadError, load
+from kernel.migrate_tasks import list_backups, migrate_tasks, restore_backup
+from kernel.models import TASK_SCHEMA_VERSION, TASK_V1_SCHEMA_VERSION
+
+_COLOUR = {"error": "red", "warning": "yellow"}
+
+
+def format_problems(problems: list[ValidationProblem]) -> list[str]:
+    """Problems grouped by file, in file and line order; errors red, warnings yellow."""
+    lines: list[str] = []
+    ordered = sorted(problems, key=lambda p: (p.file or "", p.line or 0, p.path, p.code))
+    for file, group in groupby(ordered, key=lambda p: p.file or "(no file)"):
+        lines.append(click.style(file, bold=True))
+        for p in group:
+            where = f"{file}:{p.line}" + (f":{p.column}" if p.column else "") if p.line else file
+            label = click.style(f"{p.severity:<7}", fg=_COLOUR[p.severity], bold=True)
+            at = f" {p.path}:" if p.path else ""
+            lines.append(f"  {label} {where}{at} {p.message} [{p.code}]")
+            if p.hint:
+                lines.append(f"          hint: {p.hint}")
+    return lines
+
+
+def _counts_line(result: ValidationResult) -> str:
+    c = result.counts()
+    migrated = f", {c['migrated']} migrated from v1" if c["migrated"] else ""
+    text = (f"{c['files']} task files, {c['tasks']} valid tasks in {c['workstreams']} "
+            f"workstreams{migrated}: {c['errors']} errors, {c['warnings']} warnings")
+    return click.style(text, fg="red" if c["errors"] else ("yellow" if c["warnings"]
+                                                            else "green"))
+
+
+@command("validate")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+def validate_cmd(state: CliState, paths: tuple[str, ...]) -> int:
+    """Check task files, workstream files and the registries, reporting every problem.
+
+    PATHS may be task files, directories or registry YAML files; default: the project's
+    tasks/ and capabilities/. Reads the database if there is one (dependencies on loaded
+    tasks), never writes. Exit 1 on any error; warnings alone exit 0.
+    """
+    result = validate(state.project(), list(paths) or None)
+
+    def text() -> None:
+        for line in format_problems(result.problems):
+            click.echo(line)
+        click.echo(_counts_line(result))
+
+    emit(state, result.as_dict(), text)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+@command("load")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+def load_cmd(state: CliState, paths: tuple[str, ...]) -> int:
+    """Validate, then import the definitions into the database in one transaction.
+
+    Creates workstreams and tasks, updates pending tasks whose file changed, and moves
+    planned workstreams to ready. Unchanged files are a no-op; any error loads nothing.
+    """
+    try:
+        report = load(state.project(), list(paths) or None)
+    except LoadError as err:
+        problems = err.problems
+        errors = sum(1 for p in problems if p.severity == ERROR)
+        data = {"ok": False, "error": err.as_dict(),
+                "problems": [p.as_dict() for p in problems],
+                "counts": {"errors": errors, "warnings": len(problems) - errors}}
+
+        def failed() -> None:
+            for line in format_problems(problems):
+                click.echo(line)
+            click.secho(f"{errors} errors: nothing was loaded", fg="red", bold=True)
+
+        emit(state, data, failed)
+        return EXIT_FAILED
+
+    def text() -> None:
+        for line in format_problems(report.warnings):
+            click.echo(line)
+        click.echo(report.summary())
+
+    emit(state, report.as_dict(), text)
+    return EXIT_OK
+
+
+@command("migrate-tasks")
+@click.option("--from", "from_version", default=TASK_V1_SCHEMA_VERSION, show_default=True,
+              help="Schema version the files are at.")
+@click.option("--to", "to_version", default=TASK_SCHEMA_VERSION, show_default=True,
+              help="Schema version to write (2.0.0 -> 1.0.0 drops the v2 fields).")
+@click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
+@click.option("--restore-backup", "restore", is_flag=False, flag_value="", default=None,
+              metavar="[NAME]", help="Put back a backup of tasks/.backups/ (default: the "
+              "newest; give DIRECTORY before this option).")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=str))
+def migrate_tasks_cmd(state: CliState, from_version: str, to_version: str, dry_run: bool,
+                      restore: str | None, directory: str | None) -> int:
+    """Rewrite task files between schema versions, with a backup (all or nothing).
+
+    DIRECTORY defaults to the project's tasks/. Every changed file is first copied to
+    tasks/.backups/<UTC timestamp>/; --restore-backup copies one back.
+    """
+    tasks_dir = Path(directory) if directory else state.project().tasks_dir
+    try:
+        if restore is not None:
+            backups = list_backups(tasks_dir)
+            name = restore or (backups[-1].name if backups else None)
+            restored = restore_backup(tasks_dir, restore or None)
+            emit(state, {"backup": name, "restored": restored},
+                 f"restored {len(restored)} file(s) from backup {name}")
+            return EXIT_OK
+        report = migrate_tasks(tasks_dir, from_version, to_version, dry_run=dry_run)
+    except FileNotFoundError as exc:
+        raise OrchError("not_found", str(exc), hint="see `orch migrate-tasks --help`") from None
+    except OrchError:
+        raise
+    except ValueError as exc:
+        raise UsageError("usage", str(exc)) from None
+    emit(state, {"dry_run": report.dry_run, "from": report.from_version,
+                 "to": report.to_version, "changed": list(report.changed),
+                 "unchanged": list(report.unchanged),
+                 "backup": str(report.backup_dir) if report.backup_dir else None},
+         report.summary())
+    return EXIT_OK
+
+
+COMMANDS = [validate_cmd, load_cmd, migrate_tasks_cmd]

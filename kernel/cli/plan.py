@@ -1,20 +1,123 @@
-"""``orch`` commands: plan (being written).
+"""``orch plan [WS] [--format table|json|mermaid|dot]``: the execution plan of workstreams.
 
 Public API:
-    ``COMMANDS``.
+    ``COMMANDS`` (``plan``).
 
 Stability Guarantees:
-    See ``kernel.cli``.
+    See ``kernel.cli``. ``--json`` is ``--format json``: with WS it prints that workstream's
+    DAG-VIEW-003 document (plus ``external_dependencies``), without WS
+    ``{"workstreams": {id: document}}`` (``{}`` for a project with no workstreams, exit 0).
+    ``--json`` together with ``--format mermaid|dot`` is a usage error (exit 2). Mermaid and DOT
+    draw one workstream: WS is required unless the project holds exactly one (then that one is
+    drawn); with several the command exits 2 and lists them. An unknown WS exits 1 with
+    ``unknown_workstream``. The table is for people and may change; it fits 80 columns.
 
 Integration Points:
-    Registered by ``kernel.cli._register``.
+    ``kernel.plan`` (documents from the database), ``kernel.render`` (table, Mermaid, DOT).
+    Everything is read in one snapshot from a read-only connection; nothing is written.
 
 Dependencies:
-    click; ``kernel.cli.common``.
+    click, rich; ``kernel.cli.common``, ``kernel.db``, ``kernel.plan``, ``kernel.render``.
 """
 
 from __future__ import annotations
 
-import click
+from datetime import UTC, datetime
 
-COMMANDS: list[click.Command] = []
+import click
+from rich.console import Console
+
+from kernel import db
+from kernel.cli.common import CliState, command, emit
+from kernel.errors import EXIT_OK, UsageError
+from kernel.plan import all_workstreams, plan_document, workstream_plan
+from kernel.render import plan_dot, plan_mermaid, plan_table
+
+FORMATS = ("table", "json", "mermaid", "dot")
+_EMPTY = (
+    "No workstreams loaded yet: nothing to plan.\n"
+    "Write tasks/<workstream>/<task>.json, check them with `orch validate`, import them\n"
+    "with `orch load`, then run `orch plan` again. `orch demo` shows a worked example."
+)
+
+
+def _diagram_workstream(workstream: str | None, known: list[str], fmt: str) -> str | None:
+    """The one workstream a diagram draws, None for an empty project."""
+    if workstream is not None or len(known) <= 1:
+        return workstream if workstream is not None else (known[0] if known else None)
+    raise UsageError(
+        "usage",
+        f"--format {fmt} draws one workstream; this project has {len(known)}: "
+        + ", ".join(known),
+        hint=f"name one: orch plan {known[0]} --format {fmt}",
+    )
+
+
+def _print_tables(plans: dict[str, dict]) -> None:
+    console = Console(highlight=False)
+    for index, plan in enumerate(plans.values()):
+        if index:
+            console.print()
+        plan_table(plan, console)
+        for edge in plan["external_dependencies"]:
+            console.print(
+                f"External: {edge['task_id']} waits for {edge['depends_on']} "
+                f"(workstream {edge['workstream_id']})",
+                markup=False,
+                soft_wrap=True,
+            )
+
+
+@command("plan")
+@click.argument("workstream", required=False)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="table (default), json (same as --json), mermaid or dot.",
+)
+def plan_cmd(state: CliState, workstream: str | None, fmt: str | None) -> int:
+    """Show the execution plan: stages of tasks that may run in parallel, the lanes each uses
+    (max_parallelism), estimated durations and the critical path.
+
+    Without WORKSTREAM the table and JSON cover every workstream; Mermaid and DOT draw one
+    workstream, so name it unless the project holds only one. Dependencies on tasks of other
+    workstreams are not part of a workstream's graph; they are listed as external.
+    """
+    if state.json and fmt not in (None, "json"):
+        raise UsageError(
+            "usage",
+            f"--json prints the plan as JSON; it cannot be combined with --format {fmt}",
+            hint=f"drop --json to get {fmt} source",
+        )
+    fmt = "json" if state.json else (fmt or "table")
+    state.json = fmt == "json"
+    now = datetime.now(UTC)
+    conn = state.project().connect(readonly=True)
+    try:
+        with db.read_tx(conn):
+            known = all_workstreams(conn)
+            if fmt in ("mermaid", "dot"):
+                chosen = _diagram_workstream(workstream, known, fmt)
+                if chosen is None:
+                    click.echo(_EMPTY, err=True)
+                    return EXIT_OK
+                dag_doc, plan_doc = workstream_plan(conn, chosen, now)
+                render = plan_mermaid if fmt == "mermaid" else plan_dot
+                click.echo(render(dag_doc, plan_doc), nl=False)
+                return EXIT_OK
+            names = [workstream] if workstream is not None else known
+            plans = {name: plan_document(conn, name, now) for name in names}
+    finally:
+        conn.close()
+    if workstream is not None:
+        emit(state, plans[workstream], lambda: _print_tables(plans))
+    elif not plans:
+        emit(state, {"workstreams": {}}, _EMPTY)
+    else:
+        emit(state, {"workstreams": plans}, lambda: _print_tables(plans))
+    return EXIT_OK
+
+
+COMMANDS = [plan_cmd]

@@ -1,0 +1,399 @@
+"""Import the definitions into the database: ``orch load``.
+
+Public API:
+    ``load(project, paths=None, *, now=None, workers=None) -> LoadReport`` checks everything
+    (``kernel.definitions``) and imports it in one write transaction;
+    ``load_definitions(conn, defs, *, now=None) -> LoadReport`` does the transaction part for
+    definitions already collected; ``LoadReport`` (``as_dict()``, ``summary()``);
+    ``LoadError(OrchError)`` with ``.problems`` (every problem, errors and warnings).
+
+Stability Guarantees:
+    All or nothing: any error (in the files, or against the database) raises ``LoadError``
+    and the database is logically unchanged. Reloading unchanged files writes nothing (no
+    UPDATE, no event). A task whose file changed is updated only while it is ``pending`` with
+    no attempts, with one ``task_definition_updated`` event (metadata: old and new sha256,
+    the changed fields); a started task's definition is frozen. Tasks are never deleted: one
+    without a file is kept and reported (``task_file_missing``). Tasks cannot be added to, or
+    changed in, a terminal workstream. New tasks get one ``task_created`` event each (the
+    table's trigger); loaded workstreams that are ``planned`` move to ``ready`` (trigger
+    ``all_tasks_created``). v1 task files are migrated in memory (counted in the report).
+
+Integration Points:
+    ``orch load`` (kernel.cli.definitions). Writes ``capability``, ``resource``,
+    ``resource_conflict`` (upserts, only rows that differ), ``workstream``, ``task``,
+    ``task_dependency`` (dependencies plus inverted ``blocks``), ``task_capability``,
+    ``task_resource`` and ``event``. The scheduler reads these; ``definition`` holds the v2
+    model as JSON and ``definition_sha256`` its hash.
+
+Dependencies:
+    ``kernel.definitions``, ``kernel.db``, ``kernel.machines`` (transition), ``kernel.errors``,
+    ``kernel.project``; apsw, standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import apsw
+
+from kernel import db
+from kernel.definitions import (
+    ERROR,
+    Definitions,
+    Existing,
+    TaskRecord,
+    ValidationProblem,
+    check,
+    collect,
+    dependency_graph,
+    gc_paused,
+    read_existing,
+)
+from kernel.errors import OrchError
+from kernel.machines import transition
+from kernel.project import Project
+
+BIG_LOAD_ROWS = 10_000  # above this the page cache is enlarged for the transaction
+BIG_CACHE_KIB = 256 * 1024
+_DB_CODES = {"task_already_started", "workstream_terminal", "workstream_started"}
+_NOW_SQL = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+_TASK_COLUMNS = ("name", "description", "type", "critical", "priority", "max_retries",
+                 "timeout_seconds", "retry_delay_seconds", "estimated_duration_seconds", "command")
+
+
+class LoadError(OrchError):
+    """The definitions have errors, or conflict with the database; nothing was written."""
+
+    def __init__(self, problems: list[ValidationProblem]) -> None:
+        self.problems = problems
+        errors = [p for p in problems if p.severity == ERROR]
+        refused = all(p.code in _DB_CODES for p in errors)
+        listed = "".join(f"\n  {p.file or '-'}: [{p.code}] {p.message}" for p in errors[:10])
+        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+        super().__init__(
+            "load_refused" if refused else "invalid_definitions",
+            f"{len(errors)} error(s); nothing was loaded:{listed}{more}",
+            file=errors[0].file if len(errors) == 1 else None,
+            line=errors[0].line if len(errors) == 1 else None,
+            hint="`orch validate` lists every problem with its hint",
+        )
+
+
+@dataclass
+class LoadReport:
+    workstreams_created: list[str] = field(default_factory=list)
+    workstreams_updated: list[str] = field(default_factory=list)
+    workstreams_ready: list[str] = field(default_factory=list)
+    tasks_created: int = 0
+    tasks_updated: list[str] = field(default_factory=list)
+    tasks_unchanged: int = 0
+    migrated: int = 0
+    dependencies: int = 0  # edges among the loaded tasks (dependencies and blocks)
+    dependency_rows_written: int = 0
+    capabilities_written: int = 0
+    resources_written: int = 0
+    warnings: list[ValidationProblem] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.workstreams_created or self.workstreams_updated or self.tasks_created
+                    or self.tasks_updated or self.dependency_rows_written
+                    or self.capabilities_written or self.resources_written)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "workstreams": {"created": self.workstreams_created,
+                            "updated": self.workstreams_updated,
+                            "ready": self.workstreams_ready},
+            "tasks": {"created": self.tasks_created, "updated": self.tasks_updated,
+                      "unchanged": self.tasks_unchanged, "migrated_from_v1": self.migrated},
+            "dependencies": self.dependencies,
+            "dependency_rows_written": self.dependency_rows_written,
+            "registries": {"capabilities_written": self.capabilities_written,
+                           "resources_written": self.resources_written},
+            "problems": [p.as_dict() for p in self.warnings],
+        }
+
+    def summary(self) -> str:
+        lines = [
+            f"workstreams: {len(self.workstreams_created)} created, "
+            f"{len(self.workstreams_updated)} updated, {len(self.workstreams_ready)} now ready",
+            f"tasks: {self.tasks_created} created, {len(self.tasks_updated)} updated, "
+            f"{self.tasks_unchanged} unchanged, {self.migrated} migrated from v1",
+            f"dependencies: {self.dependencies} ({self.dependency_rows_written} rows written)",
+        ]
+        if self.capabilities_written or self.resources_written:
+            lines.append(f"registries: {self.capabilities_written} capabilities, "
+                         f"{self.resources_written} resources written")
+        if not self.changed:
+            lines.append("nothing changed")
+        return "\n".join(lines)
+
+
+def _timestamp(now: datetime | str | None) -> str | None:
+    if now is None or isinstance(now, str):
+        return now
+    now = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
+    return f"{now:%Y-%m-%dT%H:%M:%S}.{now.microsecond // 1000:03d}Z"
+
+
+def load(project: Project, paths: Sequence[str | os.PathLike[str]] | None = None, *,
+         now: datetime | str | None = None, workers: int | None = None) -> LoadReport:
+    """Check the definitions and import them; raises LoadError (nothing written) on any error.
+
+    The files are parsed before the write lock is taken; the checks against the database and
+    the writes share one ``BEGIN IMMEDIATE`` transaction.
+    """
+    project.require_db()
+    defs = collect(project, paths, workers=workers)
+    conn = project.connect()
+    try:
+        return load_definitions(conn, defs, now=now)
+    finally:
+        conn.close()
+
+
+def _sorted(problems: list[ValidationProblem]) -> list[ValidationProblem]:
+    return sorted(problems, key=lambda p: (p.file or "", p.line or 0, p.path, p.code))
+
+
+def load_definitions(conn: apsw.Connection, defs: Definitions, *,
+                     now: datetime | str | None = None) -> LoadReport:
+    stamp = _timestamp(now)
+    with gc_paused(), db.write_tx(conn):
+        existing = read_existing(conn, defs)
+        graph = dependency_graph(defs, existing)
+        problems = _sorted(check(defs, existing, graph=graph))
+        if any(p.severity == ERROR for p in problems):
+            raise LoadError(problems)
+        report = LoadReport(warnings=problems, migrated=defs.migrated)
+        big = len(defs.tasks) > BIG_LOAD_ROWS and len(existing.tasks) < len(defs.tasks)
+        cache = conn.pragma("cache_size")
+        if big:
+            conn.pragma("cache_size", -BIG_CACHE_KIB)
+        try:
+            _write_registries(conn, defs, report)
+            _write_workstreams(conn, defs, existing, stamp, report)
+            new, changed = _write_tasks(conn, defs, existing, stamp, report)
+            _write_dependencies(conn, defs, existing, graph, new | changed, report)
+            _make_ready(conn, defs, existing, stamp, report)
+        finally:
+            if big:
+                conn.pragma("cache_size", cache)
+    return report
+
+
+# --------------------------------------------------------------------------- registries
+
+
+def _write_registries(conn: apsw.Connection, defs: Definitions, report: LoadReport) -> None:
+    if defs.capabilities is not None:
+        have = {r[0]: tuple(r) for r in conn.execute(
+            "SELECT capability_id, version, name, description, provider, deprecated_by, "
+            "stability, since_version, requirements, operations FROM capability")}
+        want = [(c.capability_id, c.version, c.name, c.description, c.provider,
+                 c.deprecated_by, c.stability, c.since_version,
+                 json.dumps(c.requirements.model_dump(mode="json"), sort_keys=True),
+                 json.dumps([o.model_dump(mode="json") for o in c.operations], sort_keys=True))
+                for c in defs.capabilities.capabilities]
+        rows = [r for r in want if have.get(r[0]) != r]
+        conn.executemany(
+            "INSERT INTO capability (capability_id, version, name, description, provider, "
+            "deprecated_by, stability, since_version, requirements, operations) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (capability_id) DO UPDATE SET "
+            "version = excluded.version, name = excluded.name, "
+            "description = excluded.description, provider = excluded.provider, "
+            "deprecated_by = excluded.deprecated_by, stability = excluded.stability, "
+            "since_version = excluded.since_version, requirements = excluded.requirements, "
+            "operations = excluded.operations", rows)
+        report.capabilities_written = len(rows)
+    if defs.resources is None:
+        return
+    have = {r[0]: tuple(r) for r in conn.execute(
+        "SELECT resource_id, type, description, max_holders, capacity, refill_per_second, "
+        "min_per_task, max_per_task, reserved, priority, settings FROM resource")}
+    conflicts: dict[str, set[str]] = {}
+    for rid, other in conn.execute("SELECT resource_id, conflicts_with FROM resource_conflict"):
+        conflicts.setdefault(rid, set()).add(other)
+
+    def real(value: int | None) -> float | None:
+        return None if value is None else float(value)
+
+    want_res: list[tuple[Any, ...]] = [
+        (r.resource_id, r.type, r.description, r.max_holders, real(r.capacity),
+         r.refill_per_second, real(r.min_per_task), real(r.max_per_task),
+         float(r.reserved or 0), r.priority,
+         json.dumps({"refill_rate": r.refill_rate} if r.refill_rate else {}))
+        for r in defs.resources.resources]
+    res_rows = [r for r in want_res if have.get(r[0]) != r]
+    conn.executemany(
+        "INSERT INTO resource (resource_id, type, description, max_holders, capacity, "
+        "refill_per_second, min_per_task, max_per_task, reserved, priority, settings) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (resource_id) DO UPDATE SET "
+        "type = excluded.type, description = excluded.description, "
+        "max_holders = excluded.max_holders, capacity = excluded.capacity, "
+        "refill_per_second = excluded.refill_per_second, min_per_task = excluded.min_per_task, "
+        "max_per_task = excluded.max_per_task, reserved = excluded.reserved, "
+        "priority = excluded.priority, settings = excluded.settings", res_rows)
+    written = {r[0] for r in res_rows}
+    for res in defs.resources.resources:
+        if conflicts.get(res.resource_id, set()) != set(res.conflicts_with):
+            written.add(res.resource_id)
+            conn.execute("DELETE FROM resource_conflict WHERE resource_id = ?",
+                         (res.resource_id,))
+            conn.executemany("INSERT INTO resource_conflict VALUES (?, ?)",
+                             [(res.resource_id, other) for other in res.conflicts_with])
+    report.resources_written = len(written)
+
+
+# --------------------------------------------------------------------------- workstreams
+
+
+def _write_workstreams(conn: apsw.Connection, defs: Definitions, existing: Existing,
+                       stamp: str | None, report: LoadReport) -> None:
+    meta = json.dumps({"at": stamp}) if stamp else None
+    for ws_id, rec in sorted(defs.workstreams.items()):
+        d = rec.definition
+        values = (d.name, d.description, d.base_branch, d.max_duration_seconds,
+                  d.max_parallelism, rec.definition_json, rec.sha256)
+        if ws_id not in existing.workstreams:
+            conn.execute(
+                "INSERT INTO workstream (workstream_id, name, description, base_branch, "
+                "max_duration_seconds, max_parallelism, definition, definition_sha256, "
+                "created_at, updated_at, transition_metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+                f"COALESCE(?, {_NOW_SQL}), COALESCE(?, {_NOW_SQL}), ?)",
+                (ws_id, *values, stamp, stamp, meta))
+            report.workstreams_created.append(ws_id)
+            continue
+        state, sha = existing.workstreams[ws_id]
+        if sha == rec.sha256 or state not in ("planned", "ready") or (
+                rec.file is None and sha is None):
+            continue  # unchanged; or a started workstream (refused by check when it has a file)
+        conn.execute(
+            "UPDATE workstream SET name = ?, description = ?, base_branch = ?, "
+            "max_duration_seconds = ?, max_parallelism = ?, definition = ?, "
+            f"definition_sha256 = ?, updated_at = COALESCE(?, {_NOW_SQL}) "
+            "WHERE workstream_id = ?", (*values, stamp, ws_id))
+        _event(conn, stamp, "workstream_definition_updated", "workstream_definition",
+               "workstream", ws_id, ws_id, None,
+               {"old_sha256": sha, "new_sha256": rec.sha256, "source_file": rec.file})
+        report.workstreams_updated.append(ws_id)
+
+
+def _event(conn: apsw.Connection, stamp: str | None, event: str, event_type: str,
+           entity_type: str, entity_id: str, ws_id: str, task_id: str | None,
+           metadata: dict[str, Any]) -> None:
+    conn.execute(
+        "INSERT INTO event (timestamp, event, event_type, severity, entity_type, entity_id, "
+        "workstream_id, task_id, trigger, metadata) "
+        f"VALUES (COALESCE(?, {_NOW_SQL}), ?, ?, 'info', ?, ?, ?, ?, 'definition_loaded', ?)",
+        (stamp, event, event_type, entity_type, entity_id, ws_id, task_id,
+         json.dumps(metadata, sort_keys=True)))
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def _write_tasks(conn: apsw.Connection, defs: Definitions, existing: Existing,
+                 stamp: str | None, report: LoadReport) -> tuple[set[str], set[str]]:
+    new: list[TaskRecord] = []
+    changed: list[TaskRecord] = []
+    for rec in defs.tasks:
+        old = existing.tasks.get(rec.task_id)
+        if old is None:
+            new.append(rec)
+        elif old.sha256 != rec.sha256:
+            changed.append(rec)
+    new.sort(key=lambda r: r.task_id)
+    changed.sort(key=lambda r: r.task_id)
+    report.tasks_unchanged = len(defs.tasks) - len(new) - len(changed)
+    # One clock reading for the whole load: every new task has the same created_at.
+    created = stamp or db.scalar(conn, f"SELECT {_NOW_SQL}")
+    conn.executemany(
+        "INSERT INTO task (task_id, workstream_id, name, description, type, critical, priority, "
+        "max_retries, timeout_seconds, retry_delay_seconds, estimated_duration_seconds, "
+        "command, definition, definition_sha256, source_file, created_at, updated_at, "
+        "transition_metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(r.task_id, r.workstream_id, *r.columns, r.definition, r.sha256, r.file, created,
+          created, _created_metadata(r, stamp)) for r in new])
+    report.tasks_created = len(new)
+    old_defs = {t: json.loads(d) for t, d in conn.execute(
+        "SELECT task_id, definition FROM task WHERE task_id IN (SELECT value FROM json_each(?))",
+        (json.dumps([r.task_id for r in changed]),))} if changed else {}
+    for rec in changed:
+        updated = conn.execute(
+            f"UPDATE task SET workstream_id = ?, {', '.join(f'{c} = ?' for c in _TASK_COLUMNS)}, "
+            "definition = ?, definition_sha256 = ?, source_file = ?, "
+            f"updated_at = COALESCE(?, {_NOW_SQL}) WHERE task_id = ? AND state = 'pending' "
+            "RETURNING 1",
+            (rec.workstream_id, *rec.columns, rec.definition, rec.sha256, rec.file, stamp,
+             rec.task_id)).fetchall()
+        if not updated:  # check() refused started tasks under this same write lock
+            raise RuntimeError(f"task {rec.task_id} left pending during the load")
+        old = old_defs.get(rec.task_id, {})
+        new_def = json.loads(rec.definition)
+        _event(conn, stamp, "task_definition_updated", "task_definition", "task", rec.task_id,
+               rec.workstream_id, rec.task_id,
+               {"old_sha256": existing.tasks[rec.task_id].sha256, "new_sha256": rec.sha256,
+                "source_file": rec.file,
+                "changed_fields": sorted(k for k in new_def.keys() | old.keys()
+                                         if new_def.get(k) != old.get(k))})
+        report.tasks_updated.append(rec.task_id)
+    if changed:
+        ids = json.dumps([r.task_id for r in changed])
+        for table in ("task_capability", "task_resource"):
+            conn.execute(f"DELETE FROM {table} WHERE task_id IN (SELECT value FROM json_each(?))",
+                         (ids,))
+    written = new + changed
+    conn.executemany("INSERT INTO task_capability (task_id, capability_id, min_version) "
+                     "VALUES (?, ?, ?)",
+                     [(r.task_id, cid, version) for r in written for cid, version in
+                      r.capabilities])
+    conn.executemany("INSERT INTO task_resource (task_id, resource_id, mode, amount) "
+                     "VALUES (?, ?, ?, ?)",
+                     [(r.task_id, *res) for r in written for res in r.resources])
+    return {r.task_id for r in new}, {r.task_id for r in changed}
+
+
+def _created_metadata(rec: TaskRecord, stamp: str | None) -> str | None:
+    # Left NULL in the common case: a non-NULL value costs the trigger an UPDATE per row.
+    meta: dict[str, Any] = {}
+    if stamp:
+        meta["at"] = stamp
+    if rec.migrated:
+        meta["migrated_from"] = "1.0.0"
+    return json.dumps(meta) if meta else None
+
+
+def _write_dependencies(conn: apsw.Connection, defs: Definitions, existing: Existing,
+                        graph: dict[str, set[str]], written: set[str],
+                        report: LoadReport) -> None:
+    loaded = {t.task_id for t in defs.tasks}
+    report.dependencies = sum(len(graph[t]) for t in loaded)
+    affected = set(written)
+    affected.update(t for t, stored in existing.deps.items() if graph.get(t, stored) != stored)
+    replace = sorted(affected & existing.tasks.keys())
+    deleted = 0
+    if replace:
+        conn.execute("DELETE FROM task_dependency WHERE task_id IN "
+                     "(SELECT value FROM json_each(?))", (json.dumps(replace),))
+        deleted = conn.changes()
+    rows = [(t, p) for t in sorted(affected) for p in sorted(graph.get(t, ()))]
+    conn.executemany("INSERT INTO task_dependency (task_id, depends_on) VALUES (?, ?)", rows)
+    report.dependency_rows_written = deleted + len(rows)  # deleted and inserted
+
+
+def _make_ready(conn: apsw.Connection, defs: Definitions, existing: Existing,
+                stamp: str | None, report: LoadReport) -> None:
+    for ws_id in sorted({t.workstream_id for t in defs.tasks}):
+        state = existing.workstreams.get(ws_id, ("planned", None))[0]
+        if state == "planned":
+            transition(conn, "workstream", ws_id, "ready", "all_tasks_created",
+                       {"at": stamp} if stamp else None)
+            report.workstreams_ready.append(ws_id)

@@ -1,0 +1,204 @@
+"""Benchmark of ``orch validate`` / ``orch load`` on a large generated project.
+
+Public API:
+    python tools/bench_definitions.py [--tasks 100000] [--edges 300000] [--seed 42]
+        [--workstreams 10] [--dir DIR] [--workers N] [--repeat 1]
+    main(argv=None) -> int
+
+Stability Guarantees:
+    Same arguments, same files: the tasks are ``kernel.dag.generate_layered_dag(tasks, edges,
+    seed)`` spread round-robin over ``--workstreams`` workstreams (dependencies cross them),
+    written once as v2 task files into ``DIR`` (default: a directory under the system temp dir
+    named after the arguments) and reused by later runs. Steps, each the best of ``--repeat``
+    runs, in seconds: ``validate`` (no database), ``parse`` (``collect`` alone: reading and
+    validating the files, the part of a load before the database), ``load`` (into a fresh
+    database), ``reload`` (unchanged files: must write nothing), ``validate_with_db`` and
+    ``plan`` (``kernel.plan.workstream_plan`` for every workstream; skipped when kernel.plan is
+    absent); wall-clock and CPU seconds (this process plus its parsing workers). The load
+    average is printed before and after: on a shared machine other processes' CPU use shows
+    up in the wall-clock numbers.
+    Exit status 1 when ``load`` takes ``LOAD_LIMIT_SECONDS`` or more, or reload wrote anything.
+
+Integration Points:
+    The numbers quoted for ``orch load`` come from this script; it calls the library
+    functions the commands call (``kernel.definitions.validate``, ``kernel.load.load``).
+
+Dependencies:
+    kernel.dag, kernel.definitions, kernel.load, kernel.project, kernel.db; standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+try:
+    import kernel  # noqa: F401
+except ModuleNotFoundError:  # run from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernel import db
+from kernel.dag import generate_layered_dag
+from kernel.definitions import collect, validate
+from kernel.load import load
+from kernel.project import Project, init_project
+
+LOAD_LIMIT_SECONDS = 5.0
+
+
+def write_project(root: Path, n_tasks: int, n_edges: int, seed: int, n_ws: int) -> None:
+    """The generated project: tasks/ws-NN/<task>.json plus orch init's files."""
+    marker = root / ".bench-complete"
+    if marker.exists():
+        return
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    init_project(root)
+    tasks = generate_layered_dag(n_tasks, n_edges, seed)
+    for k in range(n_ws):
+        (root / "tasks" / f"ws-{k:02d}").mkdir()
+    for i, t in enumerate(tasks):
+        ws = f"ws-{i % n_ws:02d}"
+        doc: dict[str, Any] = {
+            "schema_version": "2.0.0",
+            "task_id": t.task_id,
+            "workstream_id": ws,
+            "name": t.name,
+            "description": f"Generated task {t.task_id} of a layered DAG.",
+            "type": t.type,
+            "priority": t.priority,
+            "dependencies": list(t.dependencies),
+            "execution": {"command": f"echo {t.task_id}", "timeout_seconds": 600,
+                          "estimated_duration_seconds": t.estimated_duration_seconds},
+            "resource_requirements": dict(t.resource_requirements),
+        }
+        fd = os.open(root / "tasks" / ws / f"{t.task_id}.json",
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, json.dumps(doc, indent=2).encode())
+        os.close(fd)
+    marker.write_text(f"{n_tasks} {n_edges} {seed} {n_ws}\n")
+
+
+def fresh_db(project: Project) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{project.db_path}{suffix}").unlink(missing_ok=True)
+    db.connect(project.db_path).close()
+
+
+CPU: dict[str, float] = {}  # step -> CPU seconds (this process and its workers) of the best run
+
+
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # worker processes, once they exit
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn: Callable[[], Any], repeat: int, before: Callable[[], None] | None = None,
+          step: str = "") -> tuple[float, Any]:
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        if before:
+            before()
+        gc.collect()
+        cpu, start = _cpu(), time.perf_counter()
+        result = fn()
+        wall = time.perf_counter() - start
+        if wall < best:
+            best, CPU[step] = wall, _cpu() - cpu
+    return best, result
+
+
+def _event_count(project: Project) -> int:
+    conn = project.connect(readonly=True)
+    try:
+        return int(db.scalar(conn, "SELECT count(*) FROM event"))
+    finally:
+        conn.close()
+
+
+def _plan_all(project: Project) -> int:
+    from kernel import plan
+
+    conn = project.connect(readonly=True)
+    try:
+        workstreams = plan.all_workstreams(conn)
+        for ws in workstreams:
+            plan.workstream_plan(conn, ws, "2026-01-01T00:00:00.000Z")
+        return len(workstreams)
+    finally:
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--edges", type=int, default=300_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workstreams", type=int, default=10)
+    parser.add_argument("--dir", type=Path, default=None, help="where the project is written")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="parsing processes (default: one per CPU)")
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args(argv)
+    root = args.dir or Path(tempfile.gettempdir()) / (
+        f"orch-bench-defs-{args.tasks}-{args.edges}-{args.seed}-{args.workstreams}")
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    start = time.perf_counter()
+    write_project(root.resolve(), args.tasks, args.edges, args.seed, args.workstreams)
+    print(f"project {root} ready in {time.perf_counter() - start:.1f} s "
+          f"({args.tasks} tasks, {args.edges} edges, {args.workstreams} workstreams, "
+          f"{os.cpu_count()} CPUs)")
+    project = Project(root.resolve())
+    results: dict[str, float] = {}
+
+    def no_db() -> None:
+        shutil.rmtree(project.state_dir, ignore_errors=True)
+
+    results["validate"], checked = timed(
+        lambda: validate(project, workers=args.workers), args.repeat, no_db, "validate")
+    assert checked.ok, checked.problems[:5]
+    results["parse"], _ = timed(lambda: collect(project, workers=args.workers), args.repeat,
+                                step="parse")
+    project.state_dir.mkdir(exist_ok=True)
+    results["load"], report = timed(lambda: load(project, workers=args.workers), args.repeat,
+                                    lambda: fresh_db(project), "load")
+    assert report.tasks_created == args.tasks, report.summary()
+    events = _event_count(project)
+    results["reload"], again = timed(lambda: load(project, workers=args.workers), args.repeat,
+                                     step="reload")
+    reload_wrote = again.changed or _event_count(project) != events
+    results["validate_with_db"], _ = timed(lambda: validate(project, workers=args.workers),
+                                           args.repeat, step="validate_with_db")
+    try:
+        results["plan"], planned = timed(lambda: _plan_all(project), args.repeat, step="plan")
+    except ImportError:
+        planned = 0
+    print(f"{'step':18s} {'wall':>9s} {'cpu':>9s}")
+    for step, seconds in results.items():
+        print(f"{step:18s} {seconds:7.2f} s {CPU.get(step, 0.0):7.2f} s")
+    print(f"{'validate + load':18s} {results['validate'] + results['load']:7.2f} s")
+    print(f"{'load - parse':18s} {results['load'] - results['parse']:7.2f} s  (checks + writes)")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if planned:
+        print(f"(plan: {planned} workstreams)")
+    if reload_wrote:
+        print("FAIL: reloading unchanged files wrote to the database")
+    if results["load"] >= LOAD_LIMIT_SECONDS:
+        print(f"FAIL: load took {results['load']:.2f} s (limit {LOAD_LIMIT_SECONDS} s)")
+    return 1 if reload_wrote or results["load"] >= LOAD_LIMIT_SECONDS else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
