@@ -14,7 +14,7 @@ Public API:
     stage_duration(durations, max_parallelism) -> float    LPT estimate for one stage
     execution_plan(tasks, workstream_id, max_parallelism, generated_at) -> dict   DAG-VIEW-003
     dag_document(tasks, workstream_id, generated_at) -> dict                      DAG-VIEW-002
-    schema_url(name, version) -> str
+    gc_paused() (a context manager pausing the cyclic garbage collector during bulk work)
     generate_layered_dag(n_tasks, n_edges, seed, n_layers=None) -> list[PlanTask]
     DAG_SCHEMA_VERSION, PLAN_SCHEMA_VERSION
 
@@ -61,6 +61,8 @@ from types import MappingProxyType
 from typing import Any
 
 import networkx as nx
+
+from kernel.models import schema_url
 
 DAG_SCHEMA_VERSION = "1.0.0"
 PLAN_SCHEMA_VERSION = "1.0.0"
@@ -137,17 +139,11 @@ class PlanTask:
             raise ValueError(f"{self.task_id}: estimated_duration_seconds must be >= 0 and finite")
 
 
-def schema_url(name: str, version: str) -> str:
-    # Same shape as kernel.models.schema_url; kept local so this module has no import on the
-    # models while they are being written. Move to kernel.models once it exists.
-    return f"https://orch.dev/schemas/{name}/v{version}.json"
-
-
 # --------------------------------------------------------------------------- graph building
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     # Building 100k nodes allocates ~1M small dicts and tuples; the cyclic collector keeps
     # rescanning all of them (and all the caller's objects) while nothing here can form a
     # garbage cycle. Pausing it halves the build time. Restored exactly as found.
@@ -172,7 +168,7 @@ def build_graph(tasks: Iterable[PlanTask]) -> nx.DiGraph:
     if missing:
         raise UnknownDependency(missing)
     graph = nx.DiGraph()
-    with _gc_paused():
+    with gc_paused():
         graph.add_nodes_from(ids)
         graph.add_edges_from(edges)
     return graph
@@ -342,7 +338,7 @@ def execution_plan(
     ``critical_path_duration``. Raises UnknownDependency, DuplicateTask, DependencyCycle.
     """
     _check_parallelism(max_parallelism)
-    with _gc_paused():
+    with gc_paused():
         return _execution_plan(list(tasks), workstream_id, max_parallelism, generated_at)
 
 
@@ -387,7 +383,7 @@ def dag_document(
     tasks: Iterable[PlanTask], workstream_id: str, generated_at: str
 ) -> dict[str, Any]:
     """The DAG-VIEW-002 document: nodes and edges sorted by id. Raises like execution_plan."""
-    with _gc_paused():
+    with gc_paused():
         return _dag_document(sorted(tasks, key=lambda t: t.task_id), workstream_id, generated_at)
 
 

@@ -38,16 +38,14 @@ Dependencies:
 from __future__ import annotations
 
 import difflib
-import gc
 import hashlib
 import json
 import multiprocessing
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -59,7 +57,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from kernel import db
-from kernel.dag import find_cycle
+from kernel.dag import find_cycle, gc_paused
 from kernel.models import (
     SEMVER_PATTERN,
     DefinitionError,
@@ -204,19 +202,6 @@ class ValidationResult:
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "problems": [p.as_dict() for p in self.problems],
                 "counts": self.counts()}
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    # Parsing allocates millions of small objects that never form cycles; the collector would
-    # rescan them all repeatedly.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 # --------------------------------------------------------------------------- discovery
