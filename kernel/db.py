@@ -4,7 +4,8 @@ Public API:
     ``connect(path, *, readonly=False, durability="normal", busy_timeout_ms=5000, migrate=True)``
     returns an ``apsw.Connection`` ready for the kernel; ``write_tx(conn)`` (``BEGIN IMMEDIATE``)
     and ``read_tx(conn)`` context managers; ``rows(conn, sql, params)`` / ``row(...)`` return
-    dicts, ``scalar(conn, sql, params)`` one value; ``migrations()``,
+    dicts, ``scalar(conn, sql, params)`` one value; ``upsert_sql(table, key, columns)``;
+    ``migrations()``,
     ``latest_schema_version()``, ``schema_version(conn)``, ``schema_sql(conn)`` (the snapshot
     text of ``sql/schema.sql``), ``checkpoint(conn)``, ``wal_size(path)``, ``sqlite_version()``;
     constants ``APPLICATION_ID``,
@@ -293,6 +294,17 @@ def scalar(
     """The first column of the first row (None when there is no row)."""
     found = conn.execute(sql, params).fetchone()
     return None if found is None else found[0]
+
+
+def upsert_sql(table: str, key: str, columns: Sequence[str]) -> str:
+    """INSERT of ``columns`` into ``table`` that updates every non-key column when ``key``
+    already exists (for reference tables; entity tables refuse re-inserts by trigger)."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"VALUES ({', '.join('?' for _ in columns)}) "
+        f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+    )
 
 
 def schema_sql(conn: apsw.Connection) -> str:

@@ -65,6 +65,16 @@ _NOW_SQL = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 _TASK_COLUMNS = ("name", "description", "type", "critical", "priority", "max_retries",
                  "timeout_seconds", "retry_delay_seconds", "estimated_duration_seconds", "command")
 
+_CAPABILITY_COLUMNS = (
+    "capability_id", "version", "name", "description", "provider", "deprecated_by",
+    "stability", "since_version", "requirements", "operations",
+)
+_RESOURCE_COLUMNS = (
+    "resource_id", "type", "description", "max_holders", "capacity", "refill_per_second",
+    "min_per_task", "max_per_task", "reserved", "priority", "settings",
+)
+
+
 
 class LoadError(OrchError):
     """The definitions have errors, or conflict with the database; nothing was written."""
@@ -195,29 +205,19 @@ def load_definitions(conn: apsw.Connection, defs: Definitions, *,
 def _write_registries(conn: apsw.Connection, defs: Definitions, report: LoadReport) -> None:
     if defs.capabilities is not None:
         have = {r[0]: tuple(r) for r in conn.execute(
-            "SELECT capability_id, version, name, description, provider, deprecated_by, "
-            "stability, since_version, requirements, operations FROM capability")}
+            f"SELECT {', '.join(_CAPABILITY_COLUMNS)} FROM capability")}
         want = [(c.capability_id, c.version, c.name, c.description, c.provider,
                  c.deprecated_by, c.stability, c.since_version,
                  json.dumps(c.requirements.model_dump(mode="json"), sort_keys=True),
                  json.dumps([o.model_dump(mode="json") for o in c.operations], sort_keys=True))
                 for c in defs.capabilities.capabilities]
         rows = [r for r in want if have.get(r[0]) != r]
-        conn.executemany(
-            "INSERT INTO capability (capability_id, version, name, description, provider, "
-            "deprecated_by, stability, since_version, requirements, operations) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (capability_id) DO UPDATE SET "
-            "version = excluded.version, name = excluded.name, "
-            "description = excluded.description, provider = excluded.provider, "
-            "deprecated_by = excluded.deprecated_by, stability = excluded.stability, "
-            "since_version = excluded.since_version, requirements = excluded.requirements, "
-            "operations = excluded.operations", rows)
+        conn.executemany(db.upsert_sql("capability", "capability_id", _CAPABILITY_COLUMNS), rows)
         report.capabilities_written = len(rows)
     if defs.resources is None:
         return
     have = {r[0]: tuple(r) for r in conn.execute(
-        "SELECT resource_id, type, description, max_holders, capacity, refill_per_second, "
-        "min_per_task, max_per_task, reserved, priority, settings FROM resource")}
+        f"SELECT {', '.join(_RESOURCE_COLUMNS)} FROM resource")}
     conflicts: dict[str, set[str]] = {}
     for rid, other in conn.execute("SELECT resource_id, conflicts_with FROM resource_conflict"):
         conflicts.setdefault(rid, set()).add(other)
@@ -232,15 +232,7 @@ def _write_registries(conn: apsw.Connection, defs: Definitions, report: LoadRepo
          json.dumps({"refill_rate": r.refill_rate} if r.refill_rate else {}))
         for r in defs.resources.resources]
     res_rows = [r for r in want_res if have.get(r[0]) != r]
-    conn.executemany(
-        "INSERT INTO resource (resource_id, type, description, max_holders, capacity, "
-        "refill_per_second, min_per_task, max_per_task, reserved, priority, settings) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (resource_id) DO UPDATE SET "
-        "type = excluded.type, description = excluded.description, "
-        "max_holders = excluded.max_holders, capacity = excluded.capacity, "
-        "refill_per_second = excluded.refill_per_second, min_per_task = excluded.min_per_task, "
-        "max_per_task = excluded.max_per_task, reserved = excluded.reserved, "
-        "priority = excluded.priority, settings = excluded.settings", res_rows)
+    conn.executemany(db.upsert_sql("resource", "resource_id", _RESOURCE_COLUMNS), res_rows)
     written = {r[0] for r in res_rows}
     for res in defs.resources.resources:
         if conflicts.get(res.resource_id, set()) != set(res.conflicts_with):

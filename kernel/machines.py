@@ -258,11 +258,11 @@ def ensure_machines(
 def _replace_machine_in_tx(conn: apsw.Connection, m: MachineDef) -> None:
     conn.execute("DELETE FROM machine_transition WHERE machine = ?", (m.machine,))
     conn.execute("DELETE FROM machine_state WHERE machine = ?", (m.machine,))
+    from kernel.db import upsert_sql
+
     conn.execute(
-        "INSERT INTO machine (machine, version, description, initial_state, source_sha256) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (machine) DO UPDATE SET version = excluded.version, "
-        "description = excluded.description, initial_state = excluded.initial_state, "
-        "source_sha256 = excluded.source_sha256",
+        upsert_sql("machine", "machine",
+                   ("machine", "version", "description", "initial_state", "source_sha256")),
         (m.machine, m.version, m.description.strip(), m.initial_state, m.source_sha256),
     )
     conn.executemany(

@@ -76,7 +76,7 @@ def load_failure_modes(path: Path | None = None) -> FailureModeCatalog:
 
 
 def ensure_failure_modes(conn: apsw.Connection) -> bool:
-    from kernel.db import write_tx
+    from kernel.db import upsert_sql, write_tx
 
     digest = hashlib.sha256(failure_modes_file().read_bytes()).hexdigest()
     stored = conn.execute("SELECT value FROM kernel_info WHERE key = ?", (_HASH_KEY,)).fetchone()
@@ -86,15 +86,9 @@ def ensure_failure_modes(conn: apsw.Connection) -> bool:
     with write_tx(conn):
         for mode in catalog.modes:
             conn.execute(
-                "INSERT INTO failure_mode (mode_id, category, event, severity, probability, "
-                "impact, detection, automatic_recovery, manual_intervention, retryable) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (mode_id) DO UPDATE SET "
-                "category = excluded.category, event = excluded.event, "
-                "severity = excluded.severity, probability = excluded.probability, "
-                "impact = excluded.impact, detection = excluded.detection, "
-                "automatic_recovery = excluded.automatic_recovery, "
-                "manual_intervention = excluded.manual_intervention, "
-                "retryable = excluded.retryable",
+                upsert_sql("failure_mode", "mode_id", (
+                    "mode_id", "category", "event", "severity", "probability", "impact",
+                    "detection", "automatic_recovery", "manual_intervention", "retryable")),
                 (
                     mode.mode_id, mode.category, mode.event, mode.severity, mode.probability,
                     mode.impact, mode.detection, mode.automatic_recovery,
@@ -114,8 +108,7 @@ def ensure_failure_modes(conn: apsw.Connection) -> bool:
             sorted(pairs),
         )
         conn.execute(
-            "INSERT INTO kernel_info (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            upsert_sql("kernel_info", "key", ("key", "value")),
             (_HASH_KEY, catalog.source_sha256),
         )
     return True
