@@ -1,7 +1,7 @@
 """The project's configuration file, ``orch.toml``: every key optional, defaults documented.
 
 Public API:
-    ``Config`` (frozen pydantic model: ``database``, ``workers``, ``rules``, ``views``);
+    ``Config`` (frozen pydantic model: ``database``, ``workers``, ``run``, ``rules``, ``views``);
     ``load_config(path) -> Config``; ``DEFAULT_CONFIG_TOML`` (the commented file ``orch init``
     writes).
 
@@ -41,6 +41,14 @@ class WorkersConfig(_Section):
     heartbeat_seconds: float = Field(10.0, gt=0)
     unresponsive_after_missed: int = Field(3, ge=1)
     shutdown_after_unresponsive_seconds: float = Field(180.0, gt=0)
+    retry_backoff_cap_seconds: float = Field(600.0, ge=0)
+    retry_jitter: float = Field(0.1, ge=0, le=1)
+    kill_grace_seconds: float = Field(5.0, ge=0)
+
+
+class RunConfig(_Section):
+    worktrees: bool = True
+    tick_seconds: float = Field(0.25, gt=0)
 
 
 class RulesConfig(_Section):
@@ -58,6 +66,7 @@ class ViewsConfig(_Section):
 class Config(_Section):
     database: DatabaseConfig = DatabaseConfig()
     workers: WorkersConfig = WorkersConfig()
+    run: RunConfig = RunConfig()
     rules: RulesConfig = RulesConfig()
     views: ViewsConfig = ViewsConfig()
 
@@ -80,6 +89,21 @@ busy_timeout_ms = 5000
 heartbeat_seconds = 10
 unresponsive_after_missed = 3
 shutdown_after_unresponsive_seconds = 180
+# A failed attempt is retried after retry_delay_seconds * 2^retry_count (the task's setting),
+# plus up to retry_jitter of that at random, and never later than the cap.
+retry_backoff_cap_seconds = 600
+retry_jitter = 0.1
+# A command that times out or is cancelled gets SIGTERM; its whole process group gets SIGKILL
+# this many seconds later.
+kill_grace_seconds = 5
+
+[run]
+# In a git repository each workstream runs in its own worktree and branch
+# (.state/worktrees/{ws}, branch orch/{ws}), merged into the base branch when it completes.
+worktrees = true
+# The scheduler re-checks timers (retry delays, heartbeats) at least this often; it wakes at
+# once when another process commits.
+tick_seconds = 0.25
 
 [rules]
 # The command each validation rule runs in the task's working directory; exit 0 passes.

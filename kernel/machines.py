@@ -321,12 +321,17 @@ def transition(
     to_state: str,
     trigger: str,
     metadata: Mapping[str, Any] | None = None,
+    *,
+    expect: Mapping[str, Any] | None = None,
     **columns: Any,
-) -> None:
+) -> bool:
     """Request one transition (the caller holds the write transaction).
 
     ``columns`` are set in the same UPDATE (e.g. ``worker_id``, ``retry_count``, ``started_at``);
     a column value given as ``("sql", expression)`` is inlined as SQL (``retry_count + 1``).
+    ``expect`` makes it a compare-and-set: the row changes only if those columns still hold those
+    values (e.g. ``{"state": "running", "generation": 7}``); then a row that no longer matches
+    returns False instead of raising.
     """
     table, key = ENTITY[machine]
     sets = ["state = ?", "transition_trigger = ?", "transition_metadata = ?"]
@@ -340,9 +345,15 @@ def transition(
             sets.append(f"{column} = ?")
             params.append(value)
     params.append(entity_id)
+    where = f"{key} = ?"
+    for column, value in (expect or {}).items():
+        if not column.isidentifier():
+            raise ValueError(f"bad column name {column!r}")
+        where += f" AND {column} IS ?"
+        params.append(value)
     try:
         changed = conn.execute(
-            f"UPDATE {table} SET {', '.join(sets)} WHERE {key} = ? RETURNING 1", params
+            f"UPDATE {table} SET {', '.join(sets)} WHERE {where} RETURNING 1", params
         ).fetchall()
     except apsw.ConstraintError as exc:
         raise IllegalTransition(
@@ -352,4 +363,7 @@ def transition(
             hint=f"the legal transitions are in docs/state_machines/{machine}_lifecycle.yaml",
         ) from exc
     if not changed:
+        if expect:
+            return False
         raise IllegalTransition("unknown_entity", f"no {machine} {entity_id!r}")
+    return True

@@ -318,6 +318,11 @@ class ExecutionSpec(_Model):
         description="Expected run time, used only for execution plans and the "
         "critical path. Default 60.",
     )
+    executor: Literal["subprocess", "noop", "pytest", "ruff"] | None = Field(
+        default=None,
+        description="How the task runs. Default by type: pytest -> pytest, lint -> ruff, "
+        "otherwise subprocess. noop does nothing and succeeds (for tests and benchmarks).",
+    )
     shell: bool = Field(
         default=False,
         description="Run command through /bin/sh (pipes, globs, &&). Default false: "

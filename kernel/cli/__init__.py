@@ -50,9 +50,9 @@ def cli(ctx: click.Context, root: str | None, json_: bool) -> None:
 
 
 def _register() -> None:
-    from kernel.cli import core, definitions, demo, events, plan
+    from kernel.cli import core, definitions, demo, events, operator, plan, run
 
-    for module in (core, definitions, plan, events, demo):
+    for module in (core, definitions, plan, run, operator, events, demo):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -1,0 +1,467 @@
+"""Claims and outcomes: the transactions a worker makes around one attempt of one task.
+
+Public API:
+    ``Claim``; ``claim_next(conn, worker_id, now, lease_ttl) -> Claim | None``;
+    ``record_process(conn, claim, pgid, hostname)``; ``fail_before_start``;
+    ``finish_execution``; ``finish_validation``; ``hand_on(conn, task_id, now, ...)`` (worker
+    lost); ``backoff_delay``; ``queue_ready(conn, now, ...)``; ``is_current(conn, claim)``.
+
+Stability Guarantees:
+    A claim is one ``BEGIN IMMEDIATE`` transaction: the task goes queued → running with a new
+    ``generation`` (the fencing token), an attempt row is opened, every resource is leased (all
+    or nothing) and the worker goes idle → busy. Every later report is a compare-and-set on
+    (state, generation): a result from a stale claim — the task was cancelled, or handed on
+    after its worker was declared lost — changes nothing and is logged as a
+    ``stale_result_rejected`` event. A task without post-execution rules finishes in one more
+    transaction (running → validating → completed, dependents queued, worker idle): two write
+    transactions per task.
+
+Integration Points:
+    ``kernel.worker`` calls these; ``kernel.scheduler.tick`` calls ``queue_ready``, ``hand_on``
+    and the retry timer. Transitions go through ``kernel.machines.transition`` so the SQL
+    triggers check them and write the events.
+
+Dependencies:
+    apsw; ``kernel.db``, ``kernel.machines``, ``kernel.leases``, ``kernel.clock``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import apsw
+
+from kernel import clock, db, leases
+from kernel.machines import transition
+
+#: How many queued tasks a claim looks at before giving up for this round.
+CLAIM_WINDOW = 64
+
+
+@dataclass(frozen=True)
+class Claim:
+    task_id: str
+    workstream_id: str
+    worker_id: str
+    generation: int
+    attempt_id: int
+    attempt_no: int
+    type: str
+    command: str | None
+    definition: dict[str, Any]
+    timeout_seconds: float | None
+    retry_count: int
+    max_retries: int
+    retry_delay_seconds: float
+    worktree_path: str | None
+    resources: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def post_rules(self) -> list[str]:
+        return list((self.definition.get("validation_rules") or {}).get("post_execution") or [])
+
+    @property
+    def pre_rules(self) -> list[str]:
+        return list((self.definition.get("validation_rules") or {}).get("pre_execution") or [])
+
+
+def _version(text: str | None) -> tuple[int, ...]:
+    parts = []
+    for p in (text or "0").split("-")[0].split("."):
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def worker_offers(conn: apsw.Connection, worker_id: str) -> dict[str, str]:
+    return dict(conn.execute(
+        "SELECT capability_id, version FROM worker_capability WHERE worker_id = ?", (worker_id,)))
+
+
+def capable(offers: dict[str, str], worker_version: str | None, needs: list[Any],
+            min_version: str | None) -> bool:
+    for cap, cap_min in needs:
+        have = offers.get(cap)
+        if have is None or (cap_min and _version(have) < _version(cap_min)):
+            return False
+    return not (min_version and _version(worker_version) < _version(min_version))
+
+
+_CANDIDATES = f"""
+SELECT t.task_id, t.workstream_id, t.generation, t.type, t.command, t.definition,
+       t.timeout_seconds, t.retry_count, t.max_retries, t.retry_delay_seconds,
+       w.worktree_path, w.max_parallelism,
+       (SELECT json_group_array(json_array(c.capability_id, c.min_version))
+          FROM task_capability c WHERE c.task_id = t.task_id) AS needs,
+       json_extract(t.definition, '$.worker_requirements.min_version') AS min_version,
+       EXISTS (SELECT 1 FROM task_resource r WHERE r.task_id = t.task_id) AS has_resources
+  FROM task t JOIN workstream w ON w.workstream_id = t.workstream_id
+ WHERE t.state = 'queued'
+ ORDER BY t.priority DESC, t.bottom_level DESC, t.queued_at, t.task_id
+ LIMIT {CLAIM_WINDOW}
+"""
+
+
+def claim_next(conn: apsw.Connection, worker_id: str, now: float, *, lease_ttl: float,
+               offers: dict[str, str] | None = None) -> Claim | None:
+    """Claim the best queued task this worker can run now, or return None."""
+    with db.write_tx(conn):
+        me = db.row(conn, "SELECT state, version, stop_requested, workstreams FROM worker "
+                          "WHERE worker_id = ?", (worker_id,))
+        if me is None or me["state"] != "idle" or me["stop_requested"]:
+            return None
+        offers = worker_offers(conn, worker_id) if offers is None else offers
+        scope = set(json.loads(me["workstreams"])) if me["workstreams"] else None
+        running_by_ws: dict[str, int] | None = None
+        stamp = clock.iso(now)
+        for cand in db.rows(conn, _CANDIDATES):
+            if scope is not None and cand["workstream_id"] not in scope:
+                continue
+            if not capable(offers, me["version"], json.loads(cand["needs"]),
+                           cand["min_version"]):
+                continue
+            if cand["max_parallelism"] is not None:
+                if running_by_ws is None:
+                    running_by_ws = dict(conn.execute(
+                        "SELECT workstream_id, COUNT(*) FROM task "
+                        "WHERE state IN ('running', 'validating') GROUP BY workstream_id"))
+                if running_by_ws.get(cand["workstream_id"], 0) >= cand["max_parallelism"]:
+                    continue
+            claim = _try_claim(conn, worker_id, cand, now, stamp, lease_ttl)
+            if claim is not None:
+                return claim
+        return None
+
+
+def _try_claim(conn: apsw.Connection, worker_id: str, cand: dict[str, Any], now: float,
+               stamp: str, lease_ttl: float) -> Claim | None:
+    task_id, generation = cand["task_id"], cand["generation"] + 1
+    attempt_no = int(db.scalar(conn, "SELECT COUNT(*) FROM attempt WHERE task_id = ?",
+                               (task_id,)) or 0) + 1
+    conn.execute("SAVEPOINT claim")
+    try:
+        conn.execute(
+            "INSERT INTO attempt (task_id, attempt_no, worker_id, generation, started_at) "
+            "VALUES (?, ?, ?, ?, ?)", (task_id, attempt_no, worker_id, generation, stamp))
+        attempt_id = conn.last_insert_rowid()
+        held: list[leases.Lease] = []
+        if cand["has_resources"]:
+            held = leases.acquire_all(conn, task_id, owner=worker_id, generation=generation,
+                                      attempt_id=attempt_id, now=now, ttl=lease_ttl)
+        meta: dict[str, Any] = {"at": stamp, "attempt": attempt_no}
+        if held:
+            meta["resources"] = {h.resource_id: (h.mode if h.mode != "units" else h.amount)
+                                 for h in held}
+        ok = transition(conn, "task", task_id, "running", "worker_started", meta,
+                        expect={"state": "queued", "generation": cand["generation"]},
+                        worker_id=worker_id, generation=generation,
+                        started_at=("sql", f"COALESCE(started_at, '{stamp}')"))
+        if not ok:
+            raise _Lost()
+        transition(conn, "worker", worker_id, "busy", "task_assigned",
+                   {"at": stamp, "task_id": task_id})
+    except (leases.LeaseUnavailable, _Lost):
+        conn.execute("ROLLBACK TO claim")
+        conn.execute("RELEASE claim")
+        return None
+    conn.execute("RELEASE claim")
+    return Claim(
+        task_id=task_id, workstream_id=cand["workstream_id"], worker_id=worker_id,
+        generation=generation, attempt_id=attempt_id, attempt_no=attempt_no, type=cand["type"],
+        command=cand["command"], definition=json.loads(cand["definition"]),
+        timeout_seconds=cand["timeout_seconds"], retry_count=cand["retry_count"],
+        max_retries=cand["max_retries"], retry_delay_seconds=cand["retry_delay_seconds"],
+        worktree_path=cand["worktree_path"],
+        resources=[{"resource_id": h.resource_id, "mode": h.mode, "amount": h.amount}
+                   for h in held])
+
+
+class _Lost(Exception):
+    pass
+
+
+def record_process(conn: apsw.Connection, claim: Claim, pgid: int, hostname: str) -> None:
+    with db.write_tx(conn):
+        conn.execute("UPDATE attempt SET pgid = ?, hostname = ? WHERE attempt_id = ?",
+                     (pgid, hostname, claim.attempt_id))
+
+
+def is_current(conn: apsw.Connection, claim: Claim) -> str | None:
+    """None while the claim still holds; else why it does not (cancelled, handed on, ...)."""
+    found = conn.execute("SELECT state, generation FROM task WHERE task_id = ?",
+                         (claim.task_id,)).fetchone()
+    if found is None:
+        return "the task was removed"
+    state, generation = found
+    if generation != claim.generation:
+        return "the task was handed to another worker"
+    if state not in ("running", "validating"):
+        return f"the task was {state}"
+    return None
+
+
+def backoff_delay(retry_delay: float, retries_before: int, *, cap: float, jitter: float,
+                  rng: random.Random | None = None) -> float:
+    """``retry_delay × 2^retries_before``, plus up to ``jitter`` of it at random, capped."""
+    base = retry_delay * (2 ** retries_before)
+    spread = base * jitter * (rng or random).random()
+    return min(cap, base + spread)
+
+
+def _reject_stale(conn: apsw.Connection, claim: Claim, stamp: str, what: str) -> None:
+    now_state = conn.execute("SELECT state, generation FROM task WHERE task_id = ?",
+                             (claim.task_id,)).fetchone()
+    conn.execute(
+        "INSERT INTO event (timestamp, event, event_type, severity, entity_type, entity_id, "
+        "workstream_id, task_id, trigger, metadata) VALUES (?, 'stale_result_rejected', "
+        "'task_fencing', 'warning', 'task', ?, ?, ?, 'fencing', ?)",
+        (stamp, claim.task_id, claim.workstream_id, claim.task_id, json.dumps({
+            "worker_id": claim.worker_id, "generation": claim.generation,
+            "current_generation": now_state[1] if now_state else None,
+            "current_state": now_state[0] if now_state else None, "result": what})))
+    conn.execute("UPDATE attempt SET finished_at = MAX(started_at, ?), "
+                 "outcome = COALESCE(outcome, 'lost') WHERE attempt_id = ?",
+                 (stamp, claim.attempt_id))
+
+
+def _worker_idle(conn: apsw.Connection, worker_id: str, stamp: str, task_id: str) -> None:
+    state = db.scalar(conn, "SELECT state FROM worker WHERE worker_id = ?", (worker_id,))
+    if state == "busy":
+        transition(conn, "worker", worker_id, "idle", "task_completed",
+                   {"at": stamp, "task_id": task_id})
+
+
+def _close_attempt(conn: apsw.Connection, claim: Claim, stamp: str, outcome: str, *,
+                   exit_code: int | None = None, failure_mode: str | None = None,
+                   error_type: str | None = None, error: str | None = None,
+                   output: dict[str, Any] | None = None) -> None:
+    conn.execute(
+        "UPDATE attempt SET finished_at = MAX(started_at, ?), outcome = ?, exit_code = ?, "
+        "failure_mode = ?, error_type = ?, error_message = ?, output = ?, log_path = ? "
+        "WHERE attempt_id = ?",
+        (stamp, outcome, exit_code, failure_mode, error_type, error,
+         json.dumps(output, sort_keys=True) if output is not None else None,
+         f".state/logs/{claim.task_id}.log", claim.attempt_id))
+
+
+def queue_ready(conn: apsw.Connection, now: float, *, after_task: str | None = None,
+                workstreams: list[str] | None = None) -> int:
+    """pending → queued for every task whose dependencies all completed (one statement).
+
+    With ``after_task``, only its dependents in the same workstream (the completing worker's
+    fast path); with ``workstreams``, only tasks of those.
+    """
+    stamp = clock.iso(now)
+    sql = ("UPDATE task SET state = 'queued', transition_trigger = 'scheduler_assigned', "
+           "transition_metadata = json_object('at', :at), queued_at = :at "
+           "WHERE state = 'pending' AND NOT EXISTS (SELECT 1 FROM task_dependency d "
+           "JOIN task p ON p.task_id = d.depends_on "
+           "WHERE d.task_id = task.task_id AND p.state <> 'completed')")
+    params: dict[str, Any] = {"at": stamp}
+    if after_task is not None:
+        sql += (" AND task_id IN (SELECT d.task_id FROM task_dependency d "
+                "WHERE d.depends_on = :done) AND workstream_id = "
+                "(SELECT workstream_id FROM task WHERE task_id = :done)")
+        params["done"] = after_task
+    if workstreams is not None:
+        sql += " AND workstream_id IN (SELECT value FROM json_each(:ws))"
+        params["ws"] = json.dumps(workstreams)
+    conn.execute(sql, params)
+    return conn.changes()
+
+
+def _output(status: str, validation: str, duration: float, error: str | None,
+            details: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"status": status, "files_modified": [], "diff_summary": "",
+                           "validation_status": validation, "commit_message": None,
+                           "error": error,
+                           "metadata": {"tokens_used": None,
+                                        "duration_seconds": round(duration, 3)}}
+    if details:
+        out["details"] = details
+    return out
+
+
+def _fail_or_retry(conn: apsw.Connection, claim: Claim, stamp: str, now: float, *,
+                   trigger: str, failure_mode: str, error: str, retryable: bool,
+                   from_state: str, backoff: dict[str, float],
+                   extra: dict[str, Any]) -> str:
+    meta = {"at": stamp, "failure_mode": failure_mode, "error": error, **extra}
+    expect = {"state": from_state, "generation": claim.generation}
+    retries = int(db.scalar(conn, "SELECT retry_count FROM task WHERE task_id = ?",
+                            (claim.task_id,)) or 0)
+    clear = {"worker_id": None} if from_state == "running" else {}
+    if retryable and retries < claim.max_retries:
+        delay = backoff_delay(claim.retry_delay_seconds, retries,
+                              cap=backoff.get("cap", 600.0), jitter=backoff.get("jitter", 0.1))
+        next_at = clock.iso(now + delay)
+        meta.update(next_attempt_at=next_at, delay_seconds=round(delay, 3),
+                    retry=retries + 1, max_retries=claim.max_retries)
+        ok = transition(conn, "task", claim.task_id, "retrying", trigger, meta, expect=expect,
+                        retry_count=("sql", "retry_count + 1"), next_attempt_at=next_at,
+                        last_error=error, failure_mode=failure_mode, **clear)
+        return "retrying" if ok else "stale"
+    ok = transition(conn, "task", claim.task_id, "failed", trigger, meta, expect=expect,
+                    last_error=error, failure_mode=failure_mode, completed_at=stamp, **clear)
+    return "failed" if ok else "stale"
+
+
+def fail_before_start(conn: apsw.Connection, claim: Claim, now: float, *, rule: str,
+                      reason: str, rules: dict[str, Any]) -> str:
+    """A pre-execution rule failed: the command never runs; the task fails (no retry)."""
+    stamp = clock.iso(now)
+    error = f"pre-execution rule {rule} failed: {reason}"
+    with db.write_tx(conn):
+        state = _fail_or_retry(conn, claim, stamp, now, trigger="execution_failed",
+                               failure_mode="Validation-Failed", error=error, retryable=False,
+                               from_state="running", backoff={},
+                               extra={"rule": rule, "phase": "pre_execution", "rules": rules})
+        if state == "stale":
+            _reject_stale(conn, claim, stamp, "pre-execution rules failed")
+        else:
+            _close_attempt(conn, claim, stamp, "not_started", failure_mode="Validation-Failed",
+                           error_type="pre_execution_rule_failed", error=error,
+                           output=_output("failure", "failed", 0.0, error))
+        _worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+    return state
+
+
+def finish_execution(conn: apsw.Connection, claim: Claim, now: float, *, outcome: str,
+                     exit_code: int | None, error: str | None, duration: float,
+                     details: dict[str, Any] | None = None, backoff: dict[str, float],
+                     cancel_reason: str | None = None) -> str:
+    """Report the command's result. Returns the task's new state, or "stale"."""
+    stamp = clock.iso(now)
+    with db.write_tx(conn):
+        expect = {"state": "running", "generation": claim.generation}
+        if outcome == "succeeded":
+            ok = transition(conn, "task", claim.task_id, "validating", "execution_completed",
+                            {"at": stamp, "exit_code": exit_code,
+                             "duration_seconds": round(duration, 3)},
+                            expect=expect, worker_id=None)
+            if not ok:
+                _reject_stale(conn, claim, stamp, "succeeded")
+                _worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+                return "stale"
+            if claim.post_rules:
+                return "validating"
+            _complete(conn, claim, stamp, now, duration, details, rules=None)
+            return "completed"
+        if outcome == "cancelled":
+            # The claim was lost (cancelled by an operator or handed on): nothing to report.
+            _reject_stale(conn, claim, stamp, f"killed: {cancel_reason}")
+            _worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+            return "stale"
+        if outcome == "timeout":
+            mode, trigger, retryable = "Task-Timeout", "task_timeout", True
+        elif outcome == "error":
+            mode, trigger, retryable = "Task-Failed", "execution_failed", False
+        else:
+            mode, trigger, retryable = "Task-Failed", "execution_failed", True
+        message = error or f"exit code {exit_code}"
+        state = _fail_or_retry(conn, claim, stamp, now, trigger=trigger, failure_mode=mode,
+                               error=message, retryable=retryable, from_state="running",
+                               backoff=backoff,
+                               extra={"exit_code": exit_code,
+                                      "duration_seconds": round(duration, 3),
+                                      **({"timeout_seconds": claim.timeout_seconds}
+                                         if outcome == "timeout" else {})})
+        if state == "stale":
+            _reject_stale(conn, claim, stamp, outcome)
+        else:
+            _close_attempt(conn, claim, stamp, "timeout" if outcome == "timeout" else "failed",
+                           exit_code=exit_code, failure_mode=mode,
+                           error_type="timeout" if outcome == "timeout" else
+                           ("start_failed" if outcome == "error" else "exit_code"),
+                           error=message,
+                           output=_output("failure", "pending", duration, message, details))
+        _worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+        return state
+
+
+def _complete(conn: apsw.Connection, claim: Claim, stamp: str, now: float, duration: float,
+              details: dict[str, Any] | None, rules: dict[str, Any] | None) -> None:
+    meta: dict[str, Any] = {"at": stamp}
+    if rules is not None:
+        meta["rules"] = rules
+    transition(conn, "task", claim.task_id, "completed", "validation_passed", meta,
+               completed_at=stamp, last_error=None, failure_mode=None)
+    _close_attempt(conn, claim, stamp, "succeeded", exit_code=0,
+                   output=_output("success", "passed", duration, None, details))
+    queue_ready(conn, now, after_task=claim.task_id)
+    _worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+
+
+def finish_validation(conn: apsw.Connection, claim: Claim, now: float, *, passed: bool,
+                      summary: str, rules: dict[str, Any], duration: float,
+                      details: dict[str, Any] | None = None) -> str:
+    """Report the post-execution rules: validating → completed, or failed (no retry)."""
+    stamp = clock.iso(now)
+    with db.write_tx(conn):
+        current = conn.execute("SELECT state, generation FROM task WHERE task_id = ?",
+                               (claim.task_id,)).fetchone()
+        if current is None or tuple(current) != ("validating", claim.generation):
+            _reject_stale(conn, claim, stamp, "validated")
+            _worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+            return "stale"
+        if passed:
+            _complete(conn, claim, stamp, now, duration, details, rules)
+            return "completed"
+        error = f"post-execution validation failed: {summary}"
+        transition(conn, "task", claim.task_id, "failed", "validation_failed",
+                   {"at": stamp, "failure_mode": "Validation-Failed", "error": error,
+                    "rules": rules},
+                   last_error=error, failure_mode="Validation-Failed", completed_at=stamp)
+        _close_attempt(conn, claim, stamp, "validation_failed", exit_code=0,
+                       failure_mode="Validation-Failed", error_type="validation_failed",
+                       error=error, output=_output("failure", "failed", duration, error, details))
+        _worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+        return "failed"
+
+
+def hand_on(conn: apsw.Connection, task_id: str, now: float, *, failure_mode: str, reason: str,
+            backoff: dict[str, float]) -> str | None:
+    """The task's worker is lost: close its attempt and retry or fail it (trigger worker_lost).
+
+    Call inside a write transaction, before moving the worker to shutdown.
+    """
+    task = db.row(conn, "SELECT task_id, workstream_id, state, generation, retry_count, "
+                        "max_retries, retry_delay_seconds, worker_id FROM task WHERE task_id = ?",
+                  (task_id,))
+    if task is None or task["state"] not in ("running", "validating"):
+        return None
+    attempt = db.row(conn, "SELECT attempt_id, attempt_no, worker_id FROM attempt "
+                           "WHERE task_id = ? AND finished_at IS NULL "
+                           "ORDER BY attempt_no DESC LIMIT 1", (task_id,))
+    stamp = clock.iso(now)
+    claim = Claim(task_id=task_id, workstream_id=task["workstream_id"],
+                  worker_id=task["worker_id"] or (attempt or {}).get("worker_id") or "",
+                  generation=task["generation"],
+                  attempt_id=attempt["attempt_id"] if attempt else 0,
+                  attempt_no=attempt["attempt_no"] if attempt else 0, type="", command=None,
+                  definition={}, timeout_seconds=None, retry_count=task["retry_count"],
+                  max_retries=task["max_retries"],
+                  retry_delay_seconds=task["retry_delay_seconds"], worktree_path=None)
+    state = _fail_or_retry(conn, claim, stamp, now, trigger="worker_lost",
+                           failure_mode=failure_mode, error=reason, retryable=True,
+                           from_state=task["state"], backoff=backoff,
+                           extra={"lost_worker": claim.worker_id})
+    if attempt:
+        _close_attempt(conn, claim, stamp, "lost", failure_mode=failure_mode,
+                       error_type="worker_lost", error=reason,
+                       output=_output("failure", "pending", 0.0, reason))
+    return state
+
+
+def requeue_due(conn: apsw.Connection, now: float) -> int:
+    """retrying → queued for every task whose backoff delay has elapsed (one statement)."""
+    stamp = clock.iso(now)
+    conn.execute("UPDATE task SET state = 'queued', transition_trigger = 'retry_delay_elapsed', "
+                 "transition_metadata = json_object('at', :at), queued_at = :at, "
+                 "next_attempt_at = NULL "
+                 "WHERE state = 'retrying' AND (next_attempt_at IS NULL OR next_attempt_at <= :at)",
+                 {"at": stamp})
+    return conn.changes()

@@ -1,0 +1,267 @@
+"""``orch cancel | retry | skip`` (operator actions) and ``orch status | show | why`` (reads).
+
+Public API:
+    ``COMMANDS`` (``cancel``, ``retry``, ``skip``, ``status``, ``show``, ``why``).
+
+Stability Guarantees:
+    See ``kernel.cli``. ``cancel``/``retry``/``skip`` print ``OperatorReport.as_dict()`` with
+    ``--json`` (``changed``, ``skipped``, ``workstreams_changed``, ``workstreams_skipped``) and
+    exit 0 even when every task was skipped; an unknown task or workstream exits 1
+    (``unknown_task`` / ``unknown_workstream``) with nothing changed; no TASK (and, for
+    ``cancel``, no ``--workstream``) is a usage error, exit 2. ``status``, ``show`` and ``why``
+    print the dictionaries of ``kernel.inspect`` with ``--json``. Text output is for people and
+    may change.
+
+Integration Points:
+    ``kernel.operator`` (writes: one short BEGIN IMMEDIATE transaction each, safe while
+    ``orch run`` runs) and ``kernel.inspect`` (reads, on a read-only connection).
+
+Dependencies:
+    click, rich; ``kernel.cli.common``, ``kernel.operator``, ``kernel.inspect``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import apsw
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from kernel import inspect as kinspect
+from kernel import operator as kop
+from kernel.cli.common import CliState, command, emit
+from kernel.errors import EXIT_OK, UsageError
+
+_STATE_STYLE = {
+    "completed": "green", "running": "cyan", "validating": "cyan", "queued": "blue",
+    "retrying": "yellow", "failed": "bold red", "cancelled": "magenta",
+}
+
+
+_MAX_ROWS = 50  # task rows in the text of `orch status`; --json lists every task
+
+
+def _require(task_ids: tuple[str, ...], name: str) -> None:
+    if not task_ids:
+        raise UsageError("usage", f"orch {name} needs at least one TASK id",
+                         hint=f"orch {name} TASK [TASK...]; `orch status` lists the tasks")
+
+
+def _write(state: CliState, action: Callable[[apsw.Connection], kop.OperatorReport],
+           verb: str) -> int:
+    conn = state.project().connect()
+    try:
+        report = action(conn)
+    finally:
+        conn.close()
+
+    def text() -> None:
+        for c in report.changed:
+            click.echo(f"{verb} {c['task_id']} ({c['from_state']} -> {c['to_state']})")
+        for w in report.workstreams_changed:
+            click.echo(f"workstream {w['workstream_id']}: {w['from_state']} -> {w['to_state']}")
+        for s in report.skipped:
+            click.echo(f"skipped {s['task_id']}: {s['reason']}")
+        for w in report.workstreams_skipped:
+            click.echo(f"workstream {w['workstream_id']} unchanged: {w['reason']}")
+        if not (report.changed or report.workstreams_changed):
+            click.echo("nothing changed")
+
+    emit(state, report.as_dict(), text)
+    return EXIT_OK
+
+
+@command("cancel")
+@click.argument("task_ids", nargs=-1, metavar="[TASK]...")
+@click.option("--workstream", "workstream", default=None, metavar="WS",
+              help="Cancel every unfinished task of this workstream, then the workstream.")
+def cancel_cmd(state: CliState, task_ids: tuple[str, ...], workstream: str | None) -> int:
+    """Cancel tasks (pending, queued, running, retrying or validating) or a whole workstream.
+
+    A running task's worker kills its process group within about a second. Tasks already
+    completed, failed or cancelled are reported as skipped. `orch retry TASK` revives a
+    cancelled task.
+    """
+    if workstream is not None and task_ids:
+        raise UsageError("usage", "give TASK ids or --workstream WS, not both",
+                         hint="run orch cancel twice")
+    if workstream is not None:
+        return _write(state, lambda c: kop.cancel_workstream(c, workstream), "cancelled")
+    if not task_ids:
+        raise UsageError("usage", "orch cancel needs TASK ids or --workstream WS",
+                         hint="orch cancel TASK [TASK...] | orch cancel --workstream WS")
+    return _write(state, lambda c: kop.cancel_tasks(c, task_ids), "cancelled")
+
+
+@command("retry")
+@click.argument("task_ids", nargs=-1, metavar="TASK...")
+def retry_cmd(state: CliState, task_ids: tuple[str, ...]) -> int:
+    """Give failed or cancelled tasks another chance: they go back to pending.
+
+    Their error is cleared; a failed or cancelled workstream of theirs goes back to executing.
+    Other tasks are reported as skipped.
+    """
+    _require(task_ids, "retry")
+    return _write(state, lambda c: kop.retry_tasks(c, task_ids), "reset")
+
+
+@command("skip")
+@click.argument("task_ids", nargs=-1, metavar="TASK...")
+def skip_cmd(state: CliState, task_ids: tuple[str, ...]) -> int:
+    """Mark pending tasks completed without running them, unblocking their dependents.
+
+    A failed or cancelled task must be `orch retry`-ed first, then skipped.
+    """
+    _require(task_ids, "skip")
+    return _write(state, lambda c: kop.skip_tasks(c, task_ids), "skipped")
+
+
+def _read(state: CliState, fn: Callable[[apsw.Connection], dict[str, Any]]) -> dict[str, Any]:
+    conn = state.project().connect(readonly=True)
+    try:
+        return fn(conn)
+    finally:
+        conn.close()
+
+
+def _styled(value: str) -> Text:
+    return Text(value, style=_STATE_STYLE.get(value, ""))
+
+
+def _cut(value: Any, width: int = 60) -> str:
+    text = " ".join(str(value or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    console = Console(highlight=False)
+    if not data["workstreams"]:
+        console.print("No workstreams loaded yet: write tasks/<workstream>/<task>.json and "
+                      "run `orch load` (or try `orch demo`).", markup=False)
+    else:
+        states = [s for s in kinspect.TASK_STATES if s in data["totals"]]
+        states += [s for s in data["totals"] if s not in states]
+        table = Table(title=Text("Workstreams"), box=box.SIMPLE_HEAD, title_justify="left")
+        table.add_column("workstream")
+        table.add_column("state")
+        for s in states:
+            table.add_column(s, justify="right")
+        for ws in data["workstreams"]:
+            table.add_row(Text(ws["workstream_id"]), _styled(ws["state"]),
+                          *[str(ws["counts"].get(s, "")) for s in states])
+        table.add_row(Text("total", style="bold"), "",
+                      *[str(data["totals"].get(s, 0)) for s in states])
+        console.print(table)
+        open_tasks = [t for t in data["tasks"] if t["state"] != "completed"]
+        if open_tasks:
+            tasks = Table(title=Text(f"Tasks not completed ({len(open_tasks)})"),
+                          box=box.SIMPLE_HEAD, title_justify="left")
+            for name in ("task", "workstream", "state", "retries", "worker", "problem"):
+                tasks.add_column(name, overflow="fold" if name == "problem" else "ellipsis")
+            for t in open_tasks[:_MAX_ROWS]:
+                problem = ": ".join(str(x) for x in (t["failure_mode"], t["last_error"]) if x)
+                tasks.add_row(Text(t["task_id"]), Text(t["workstream_id"]),
+                              _styled(t["state"]), f"{t['retry_count']}/{t['max_retries']}",
+                              Text(t["worker_id"] or ""), Text(_cut(problem)))
+            console.print(tasks)
+            if len(open_tasks) > _MAX_ROWS:
+                console.print(f"... and {len(open_tasks) - _MAX_ROWS} more "
+                              "(`orch --json status` lists every task)", markup=False)
+        else:
+            console.print("Every task is completed.")
+    if data["workers"]:
+        workers = Table(title=Text("Workers"), box=box.SIMPLE_HEAD, title_justify="left")
+        for name in ("worker", "state", "pid", "last heartbeat", "task"):
+            workers.add_column(name)
+        for w in data["workers"]:
+            workers.add_row(Text(w["worker_id"]), _styled(w["state"]), str(w["pid"] or ""),
+                            w["last_heartbeat_at"] or "", Text(w["running_task_id"] or ""))
+        console.print(workers)
+    else:
+        console.print("No workers registered (`orch run` starts some).")
+
+
+@command("status")
+def status_cmd(state: CliState) -> int:
+    """Show workstreams with their task counts by state, unfinished tasks and workers."""
+    data = _read(state, kinspect.status)
+    emit(state, data, lambda: _print_status(data))
+    return EXIT_OK
+
+
+_SHOW_FIELDS = ("workstream_id", "state", "type", "priority", "critical", "retry_count",
+                "max_retries", "timeout_seconds", "worker_id", "command", "created_at",
+                "queued_at", "started_at", "completed_at", "next_attempt_at", "failure_mode",
+                "last_error", "source_file")
+
+
+def _print_show(data: dict[str, Any]) -> None:
+    click.echo(f"task {data['task_id']}" + (f": {data['name']}" if data.get("name") else ""))
+    for name in _SHOW_FIELDS:
+        if data.get(name) not in (None, ""):
+            click.echo(f"  {name + ':':<17} {data[name]}")
+    deps = ", ".join(f"{d['task_id']} ({d['state']})" for d in data["dependencies"])
+    dependents = ", ".join(f"{d['task_id']} ({d['state']})" for d in data["dependents"])
+    click.echo(f"  {'dependencies:':<17} {deps or '-'}")
+    click.echo(f"  {'dependents:':<17} {dependents or '-'}")
+    if data["capabilities"]:
+        click.echo(f"  {'capabilities:':<17} "
+                   + ", ".join(c["capability_id"] for c in data["capabilities"]))
+    if data["resources"]:
+        click.echo(f"  {'resources:':<17} "
+                   + ", ".join(f"{r['resource_id']} ({r['mode']})" for r in data["resources"]))
+    for b in data["blocked_by"]:
+        click.echo(f"  blocked: {b['reason']}")
+    if data["attempts"]:
+        click.echo("attempts:")
+        for a in data["attempts"]:
+            bits = [f"#{a['attempt_no']}", a.get("outcome") or "open",
+                    f"worker {a['worker_id']}" if a.get("worker_id") else "",
+                    f"exit {a['exit_code']}" if a.get("exit_code") is not None else "",
+                    a.get("failure_mode") or "", f"{a['started_at']} .. {a['finished_at'] or ''}",
+                    _cut(a.get("error_message"), 80)]
+            click.echo("  " + "  ".join(b for b in bits if b))
+    if data["leases"]:
+        click.echo("leases held:")
+        for lease in data["leases"]:
+            click.echo(f"  {lease['resource_id']} ({lease['mode']} {lease['amount']:g}) "
+                       f"until {lease['expires_at']}")
+    if data["log_tail"] is not None:
+        click.echo(f"log ({data['log_path']}, last {len(data['log_tail'])} lines):")
+        for line in data["log_tail"]:
+            click.echo(f"  | {line}")
+
+
+@command("show")
+@click.argument("task_id", metavar="TASK")
+def show_cmd(state: CliState, task_id: str) -> int:
+    """Show one task in full: definition, state, dependencies, attempts, leases and log tail."""
+    project = state.project()
+    data = _read(state, lambda c: kinspect.show(c, task_id, project.logs_dir))
+    emit(state, data, lambda: _print_show(data))
+    return EXIT_OK
+
+
+def _print_why(data: dict[str, Any]) -> None:
+    for sentence in data["sentences"]:
+        click.echo(sentence)
+    for line in data.get("log_tail") or []:
+        click.echo(f"  | {line}")
+
+
+@command("why")
+@click.argument("task_id", metavar="TASK")
+def why_cmd(state: CliState, task_id: str) -> int:
+    """Explain in plain words why a task is in its state, and what would move it on."""
+    project = state.project()
+    data = _read(state, lambda c: kinspect.why(c, task_id, project.logs_dir))
+    emit(state, data, lambda: _print_why(data))
+    return EXIT_OK
+
+
+COMMANDS = [cancel_cmd, retry_cmd, skip_cmd, status_cmd, show_cmd, why_cmd]

@@ -1,0 +1,78 @@
+"""``orch run`` and ``orch worker``: run the loaded DAG.
+
+Public API:
+    ``COMMANDS``.
+
+Stability Guarantees:
+    ``orch run`` exits 0 when every task in scope completed, 1 otherwise (or when another
+    ``orch run`` owns the database), 130 on Ctrl-C. ``--json`` streams one event per line and
+    ends with a ``{"summary": ...}`` line. ``orch worker`` runs until Ctrl-C (or, with
+    ``--managed-by``, until its ``orch run`` asks it to stop or is gone).
+
+Integration Points:
+    ``kernel.runner``, ``kernel.worker``, ``kernel.progress``.
+
+Dependencies:
+    click; ``kernel.runner``, ``kernel.worker``, ``kernel.progress``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from kernel.cli.common import CliState, command
+from kernel.errors import EXIT_FAILED, EXIT_OK, UsageError
+
+
+@command("run")
+@click.option("--workers", "-w", type=int, default=2, show_default=True,
+              help="Local worker processes to start (0: only workers that join with "
+                   "`orch worker`).")
+@click.option("--workstream", default=None, help="Run only this workstream's tasks.")
+@click.option("--forever", is_flag=True, help="Keep polling for new work instead of returning.")
+@click.option("--no-worktrees", is_flag=True,
+              help="Run in place even in a git repository (default: one worktree per "
+                   "workstream).")
+@click.option("--max-seconds", type=float, default=None,
+              help="Stop (tasks are handed on) after this many seconds.")
+def run_cmd(state: CliState, workers: int, workstream: str | None, forever: bool,
+            no_worktrees: bool, max_seconds: float | None) -> int:
+    """Run the loaded tasks with workers until nothing more can run."""
+    from kernel.progress import make_progress
+    from kernel.runner import RunOptions, run
+
+    if workers < 0:
+        raise UsageError("usage", "--workers must be 0 or more", hint="e.g. --workers 4")
+    summary = run(state.project(),
+                  RunOptions(workers=workers, workstream=workstream, forever=forever,
+                             worktrees=False if no_worktrees else None,
+                             max_seconds=max_seconds),
+                  make_progress(state.json))
+    if summary.interrupted and max_seconds is None:
+        return 130
+    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+@command("worker")
+@click.option("--capability", "capabilities", multiple=True,
+              help="A capability this worker offers (NAME or NAME@VERSION); repeat. "
+                   "Default: every capability of the catalog.")
+@click.option("--workstream", "workstreams", multiple=True,
+              help="Only take tasks of this workstream; repeat.")
+@click.option("--name", default="", help="A display name.")
+@click.option("--managed-by", default=None, hidden=True)
+@click.option("--parent-pid", type=int, default=None, hidden=True)
+@click.option("--once", is_flag=True, help="Exit as soon as there is nothing to claim.")
+def worker_cmd(state: CliState, capabilities: tuple[str, ...], workstreams: tuple[str, ...],
+               name: str, managed_by: str | None, parent_pid: int | None, once: bool) -> int:
+    """Join the kernel as a worker: claim and run tasks one at a time until Ctrl-C."""
+    from kernel.worker import WorkerOptions, main
+
+    opts = WorkerOptions(capabilities=capabilities,
+                         workstreams=list(workstreams) if workstreams else None,
+                         scheduler_owner=managed_by, parent_pid=parent_pid, name=name,
+                         once=once)
+    return main(state.project(), opts)
+
+
+COMMANDS = [run_cmd, worker_cmd]

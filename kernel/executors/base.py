@@ -1,0 +1,87 @@
+"""The executor interface: what turns a claimed task into an outcome. One module per executor.
+
+Public API:
+    ``ExecutionRequest``, ``ExecutionResult``, ``Executor`` (protocol: ``name`` and
+    ``run(request, on_start, should_stop) -> ExecutionResult``), ``substitute(template, values,
+    shell)``, ``PLACEHOLDERS``.
+
+Stability Guarantees:
+    Adding an executor is adding a module with a class that satisfies ``Executor`` and one line
+    in ``kernel.executors.EXECUTORS``. Outcomes are ``succeeded``, ``failed``, ``timeout``,
+    ``cancelled`` and ``error`` (could not start: not retryable).
+
+Integration Points:
+    ``kernel.worker`` builds the request from the claim (working directory in the workstream's
+    worktree, environment, timeout, log file) and drives the task's state machine from the
+    result; ``should_stop`` is how a cancel or a lost claim reaches a running command.
+
+Dependencies:
+    None (standard library only).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+Outcome = Literal["succeeded", "failed", "timeout", "cancelled", "error"]
+
+PLACEHOLDERS = ("prompt", "task_id", "workstream_id", "attempt", "root", "worktree")
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
+
+
+@dataclass(frozen=True)
+class ExecutionRequest:
+    task_id: str
+    workstream_id: str
+    attempt_no: int
+    command: str
+    shell: bool
+    cwd: Path
+    env: Mapping[str, str]
+    timeout_seconds: float | None
+    log_path: Path
+    placeholders: Mapping[str, str]
+    kill_grace_seconds: float = 5.0
+    definition: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    outcome: Outcome
+    exit_code: int | None = None
+    error: str | None = None
+    duration_seconds: float = 0.0
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Executor(Protocol):
+    name: str
+
+    def run(self, request: ExecutionRequest, on_start: Callable[[int], None],
+            should_stop: Callable[[], str | None]) -> ExecutionResult:
+        """Run the task. ``on_start(pgid)`` once its process group exists; ``should_stop()``
+        returns a reason (e.g. "cancelled") when the run must be killed, else None."""
+        ...
+
+
+def substitute(template: str, values: Mapping[str, str], *, shell: bool) -> list[str] | str:
+    """Fill {prompt}, {task_id}, ... safely.
+
+    Without a shell the template is split first and each argument filled in, so a value can
+    never become two arguments or an operator; with a shell each value is shell-quoted.
+    Other braces are left alone.
+    """
+    def fill(text: str, quote: bool) -> str:
+        def one(m: re.Match[str]) -> str:
+            value = values.get(m.group(1), "")
+            return shlex.quote(value) if quote else value
+        return _PLACEHOLDER.sub(one, text)
+
+    if shell:
+        return fill(template, True)
+    return [fill(arg, False) for arg in shlex.split(template)]

@@ -1,0 +1,38 @@
+"""The ``ruff`` executor (task type ``lint``): the command, plus the number of findings.
+
+Public API:
+    ``RuffExecutor``.
+
+Stability Guarantees:
+    Runs exactly like ``subprocess``; the attempt's details gain ``lint_errors`` (from ruff's
+    "Found N errors" line, 0 on "All checks passed!") when the log has one.
+
+Integration Points:
+    The default executor of ``"type": "lint"`` tasks.
+
+Dependencies:
+    ``kernel.executors.local``, ``kernel.executors.pytest`` (log tail helper).
+"""
+
+from __future__ import annotations
+
+import re
+
+from kernel.executors.base import ExecutionRequest
+from kernel.executors.local import SubprocessExecutor
+from kernel.executors.pytest import _tail
+
+_FOUND = re.compile(r"Found (\d+) errors?")
+
+
+class RuffExecutor(SubprocessExecutor):
+    name = "ruff"
+
+    def details(self, request: ExecutionRequest, exit_code: int | None) -> dict[str, object]:
+        text = _tail(request).split(f"==== attempt {request.attempt_no} ended")[0]
+        found = _FOUND.findall(text)
+        if found:
+            return {"lint_errors": int(found[-1])}
+        if "All checks passed" in text:
+            return {"lint_errors": 0}
+        return {}

@@ -1,0 +1,235 @@
+"""``orch run``: own the database, start the workers, tick until nothing more can run.
+
+Public API:
+    ``RunOptions``, ``RunSummary``, ``run(project, options, progress=None) -> RunSummary``;
+    ``spawn_worker(project, owner, ...)``.
+
+Stability Guarantees:
+    Exactly one ``orch run`` owns a database (``scheduler_lock``); a second one exits with the
+    holder's pid, host and start time, unless the holder is dead (same host) or its lock expired.
+    Workers are separate processes in their own sessions: Ctrl-C reaches only ``orch run``,
+    which asks them to stop (their running tasks are handed on) and waits for them. The loop
+    wakes as soon as another process commits (``PRAGMA data_version``) and at least every
+    ``run.tick_seconds``. Exit status: 0 when every task in scope completed, else 1.
+
+Integration Points:
+    ``kernel.cli.run`` wraps it; ``kernel.progress`` renders it; ``kernel.scheduler.tick`` does
+    the work; workers run ``python -m kernel worker --managed-by OWNER --parent-pid PID``.
+
+Dependencies:
+    apsw; ``kernel.scheduler``, ``kernel.worktree``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from kernel import clock, db, scheduler
+from kernel.errors import OrchError
+from kernel.project import Project
+
+
+@dataclass
+class RunOptions:
+    workers: int = 2
+    workstream: str | None = None
+    forever: bool = False
+    worktrees: bool | None = None      # None: orch.toml [run] worktrees, if a git repository
+    max_seconds: float | None = None   # stop after this long (tests, demos)
+
+
+@dataclass
+class RunSummary:
+    counts: dict[str, int]
+    total: int
+    elapsed_seconds: float
+    workstreams: dict[str, str]
+    unrunnable: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+    owner: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and self.counts.get("completed", 0) == self.total
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "counts": self.counts, "total": self.total,
+                "elapsed_seconds": round(self.elapsed_seconds, 3),
+                "workstreams": self.workstreams, "unrunnable": self.unrunnable,
+                "interrupted": self.interrupted}
+
+
+class Progress:
+    """What the loop tells its display; the base class shows nothing."""
+
+    def start(self, conn: Any, options: RunOptions) -> None: ...
+
+    def update(self, conn: Any, report: scheduler.TickReport) -> None: ...
+
+    def finish(self, summary: RunSummary) -> None: ...
+
+
+def spawn_worker(project: Project, owner: str, index: int, workstreams: list[str] | None,
+                 log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "kernel", "--root", str(project.root), "worker",
+            "--managed-by", owner, "--parent-pid", str(os.getpid()),
+            "--name", f"{owner}-w{index}"]
+    for ws in workstreams or []:
+        args += ["--workstream", ws]
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=log or subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_for_change(conn: Any, last: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        version = int(conn.pragma("data_version"))
+        if version != last or time.monotonic() >= deadline:
+            return version
+        time.sleep(0.003)
+
+
+def run(project: Project, options: RunOptions, progress: Progress | None = None,
+        clock_fn: Callable[[], float] = time.time) -> RunSummary:
+    progress = progress or Progress()
+    project.require_db()
+    config = project.config
+    conn = project.connect()
+    owner = f"run-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    started = time.monotonic()
+    scheduler.acquire_lock(conn, owner, clock_fn())
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    logs: list[IO[bytes]] = []
+    interrupted = False
+    report = scheduler.TickReport()
+    try:
+        scope = [options.workstream] if options.workstream else None
+        if scope and db.scalar(conn, "SELECT 1 FROM workstream WHERE workstream_id = ?",
+                               (options.workstream,)) is None:
+            raise OrchError("unknown_workstream", f"no workstream {options.workstream!r}",
+                            hint="`orch status` lists them; `orch load` imports tasks/",
+                            exit_code=2)
+        use_worktrees = config.run.worktrees if options.worktrees is None else options.worktrees
+        if use_worktrees:
+            from kernel.worktree import is_git_repo
+
+            use_worktrees = is_git_repo(project.root)
+        ctx = scheduler.TickContext(root=project.root, config=config, workstreams=scope,
+                                    worktrees=use_worktrees)
+        scheduler.compute_bottom_levels(conn, scope)
+        progress.start(conn, options)
+        project.logs_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(options.workers):
+            log: IO[bytes] = open(project.logs_dir / f"worker-{i + 1}.log", "ab")  # noqa: SIM115
+            logs.append(log)
+            proc = spawn_worker(project, owner, i + 1, scope, log)
+            children[f"pid:{proc.pid}"] = proc
+        last = -1
+        next_lock = 0.0
+        while True:
+            now = clock_fn()
+            ctx.exited = _exited_children(conn, children)
+            report = scheduler.tick(conn, now, ctx)
+            progress.update(conn, report)
+            if time.monotonic() >= next_lock:
+                if not scheduler.renew_lock(conn, owner, now):
+                    raise OrchError("scheduler_lock_lost",
+                                    "another `orch run` took over this database",
+                                    hint="only one `orch run` may own a database", exit_code=1)
+                next_lock = time.monotonic() + scheduler.LOCK_TTL_SECONDS / 3
+            if report.done and not options.forever:
+                break
+            if options.max_seconds is not None and \
+                    time.monotonic() - started > options.max_seconds:
+                interrupted = True
+                break
+            last = _wait_for_change(conn, last, config.run.tick_seconds)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        _stop_children(conn, owner, children, config.workers.kill_grace_seconds + 5)
+        try:
+            final_ctx = scheduler.TickContext(root=project.root, config=config,
+                                              workstreams=[options.workstream]
+                                              if options.workstream else None,
+                                              worktrees=False)
+            final_ctx.exited = _exited_children(conn, children)
+            scheduler._worker_health(conn, clock_fn(), final_ctx, scheduler.TickReport())
+            scheduler.release_lock(conn, owner)
+        finally:
+            for log in logs:
+                log.close()
+    counts, _, unrunnable = scheduler._progress(conn, ctx)
+    ws_states = dict(conn.execute(
+        "SELECT workstream_id, state FROM workstream" +
+        (" WHERE workstream_id = ?" if options.workstream else ""),
+        (options.workstream,) if options.workstream else ()))
+    conn.close()
+    summary = RunSummary(counts=counts, total=sum(counts.values()),
+                         elapsed_seconds=time.monotonic() - started, workstreams=ws_states,
+                         unrunnable=unrunnable, interrupted=interrupted, owner=owner)
+    progress.finish(summary)
+    return summary
+
+
+def _exited_children(conn: Any, children: dict[str, subprocess.Popen[bytes]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for proc in children.values():
+        code = proc.poll()
+        if code is None:
+            continue
+        wid = db.scalar(conn, "SELECT worker_id FROM worker WHERE pid = ? AND state <> "
+                              "'shutdown' ORDER BY registered_at DESC LIMIT 1", (proc.pid,))
+        if wid:
+            out[wid] = code
+    return out
+
+
+def _stop_children(conn: Any, owner: str, children: dict[str, subprocess.Popen[bytes]],
+                   wait: float) -> None:
+    if not children:
+        return
+    try:
+        with db.write_tx(conn):
+            conn.execute("UPDATE worker SET stop_requested = 1 WHERE scheduler_owner = ? "
+                         "AND state <> 'shutdown'", (owner,))
+    except Exception:  # noqa: BLE001 - stopping must go on even if the database is busy
+        pass
+    deadline = time.monotonic() + wait
+    for proc in children.values():
+        if proc.poll() is None:
+            try:
+                proc.terminate()
+            except ProcessLookupError:
+                pass
+    for proc in children.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def summary_text(summary: RunSummary) -> str:
+    order = ("completed", "failed", "cancelled", "running", "validating", "retrying", "queued",
+             "pending")
+    parts = [f"{summary.counts[s]} {s}" for s in order if summary.counts.get(s)]
+    head = "all tasks completed" if summary.ok else (
+        "interrupted" if summary.interrupted else "not every task completed")
+    lines = [f"{head}: {', '.join(parts) or 'no tasks'} ({summary.total} tasks, "
+             f"{summary.elapsed_seconds:.1f} s)"]
+    for ws, state in sorted(summary.workstreams.items()):
+        lines.append(f"  workstream {ws}: {state}")
+    for item in summary.unrunnable:
+        lines.append(f"  {item['task_id']} cannot run: {item['reason']}")
+    if not summary.ok:
+        lines.append("next: `orch status`, `orch why TASK`, `orch retry TASK`")
+    _ = clock
+    return "\n".join(lines)
