@@ -23,8 +23,10 @@ Dependencies:
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -87,6 +89,10 @@ def spawn_worker(project: Project, owner: str, index: int, workstreams: list[str
                             stderr=log or subprocess.DEVNULL, start_new_session=True)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _wait_for_change(conn: Any, last: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while True:
@@ -100,6 +106,9 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
         clock_fn: Callable[[], float] = time.time) -> RunSummary:
     progress = progress or Progress()
     project.require_db()
+    if threading.current_thread() is threading.main_thread():
+        # `kill PID` stops a run the way Ctrl-C does: workers finish or hand on their tasks.
+        signal.signal(signal.SIGTERM, _interrupt)
     config = project.config
     conn = project.connect()
     owner = f"run-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -209,10 +218,13 @@ def _stop_children(conn: Any, owner: str, children: dict[str, subprocess.Popen[b
                 proc.terminate()
             except ProcessLookupError:
                 pass
+    # Workers finish their running task first; past the deadline (or on a second Ctrl-C) they
+    # are killed, and the final health check below hands their tasks on.
     for proc in children.values():
         try:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            deadline = 0.0
             proc.kill()
             proc.wait()
 

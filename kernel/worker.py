@@ -90,7 +90,9 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.hostname = socket.gethostname()
         self.conn = project.connect()
-        self._stop = threading.Event()
+        self._stop = threading.Event()     # hard stop: kill the running task, hand it on
+        self._drain = threading.Event()    # finish the running task, then exit
+        self._closing = threading.Event()  # ends the heartbeat thread
         self._hb_thread: threading.Thread | None = None
         self._offers: dict[str, str] = {}
         self.current: claims.Claim | None = None
@@ -139,10 +141,19 @@ class Worker:
         self._hb_thread.start()
 
     def stop(self) -> None:
+        """Kill the running task (it is handed on) and exit."""
+        self._drain.set()
         self._stop.set()
 
+    def drain(self) -> None:
+        """Finish the running task, then exit; a second call stops at once."""
+        if self._drain.is_set():
+            self._stop.set()
+        self._drain.set()
+
     def shutdown(self, trigger: str = "shutdown_requested") -> None:
-        self._stop.set()
+        self._drain.set()
+        self._closing.set()
         stamp = clock.now_iso()
         try:
             with db.write_tx(self.conn):
@@ -170,7 +181,7 @@ class Worker:
     def _heartbeat_loop(self) -> None:
         conn = self.project.connect()
         try:
-            while not self._stop.wait(self.heartbeat):
+            while not self._closing.wait(self.heartbeat):
                 now = time.time()
                 stamp = clock.iso(now)
                 try:
@@ -180,6 +191,7 @@ class Worker:
                         if state == "shutdown":
                             self.declared_dead = True
                             self._stop.set()
+                            self._drain.set()
                             return
                         conn.execute("UPDATE worker SET last_heartbeat_at = ? "
                                      "WHERE worker_id = ?", (stamp, self.worker_id))
@@ -200,7 +212,7 @@ class Worker:
         return pid is not None and (os.getppid() != pid or not _alive(pid))
 
     def should_exit(self) -> bool:
-        if self._stop.is_set() or self._parent_gone():
+        if self._drain.is_set() or self._parent_gone():
             return True
         flag = db.scalar(self.conn, "SELECT stop_requested FROM worker WHERE worker_id = ?",
                          (self.worker_id,))
@@ -245,8 +257,8 @@ class Worker:
     def _should_stop(self, claim: claims.Claim, conn: apsw.Connection) -> str | None:
         if self.declared_dead:
             return "the worker was declared lost"
-        if self._stop.is_set() and not self._parent_gone():
-            return "the worker is stopping"
+        if self._stop.is_set():
+            return "the worker was stopped"
         return claims.is_current(conn, claim)
 
     def run_one(self, claim: claims.Claim) -> str:
@@ -336,7 +348,8 @@ def main(project: Project, options: WorkerOptions, worker_id: str | None = None)
     worker = Worker(project, options, worker_id)
 
     def on_signal(signum: int, frame: Any) -> None:
-        worker.stop()
+        # First signal: finish the running task, then exit. Second: kill it (handed on).
+        worker.drain()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
