@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +38,9 @@ import apsw
 from kernel import clock, db, leases
 from kernel.machines import transition
 
-#: How many queued tasks a claim looks at before giving up for this round.
+#: How many queued tasks a claim looks at before giving up for this round, in pages.
 CLAIM_WINDOW = 64
+CLAIM_PAGE = 8
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ SELECT t.task_id, t.workstream_id, t.generation, t.type, t.command, t.definition
   FROM task t JOIN workstream w ON w.workstream_id = t.workstream_id
  WHERE t.state = 'queued'
  ORDER BY t.priority DESC, t.bottom_level DESC, t.queued_at, t.task_id
- LIMIT {CLAIM_WINDOW}
+ LIMIT {CLAIM_PAGE} OFFSET ?
 """
 
 
@@ -117,7 +119,7 @@ def claim_next(conn: apsw.Connection, worker_id: str, now: float, *, lease_ttl: 
         scope = set(json.loads(me["workstreams"])) if me["workstreams"] else None
         running_by_ws: dict[str, int] | None = None
         stamp = clock.iso(now)
-        for cand in db.rows(conn, _CANDIDATES):
+        for cand in _candidates(conn):
             if scope is not None and cand["workstream_id"] not in scope:
                 continue
             if not capable(offers, me["version"], json.loads(cand["needs"]),
@@ -134,6 +136,14 @@ def claim_next(conn: apsw.Connection, worker_id: str, now: float, *, lease_ttl: 
             if claim is not None:
                 return claim
         return None
+
+
+def _candidates(conn: apsw.Connection) -> Iterator[dict[str, Any]]:
+    for offset in range(0, CLAIM_WINDOW, CLAIM_PAGE):
+        page = db.rows(conn, _CANDIDATES, (offset,))
+        yield from page
+        if len(page) < CLAIM_PAGE:
+            return
 
 
 def _try_claim(conn: apsw.Connection, worker_id: str, cand: dict[str, Any], now: float,

@@ -293,15 +293,11 @@ class Worker:
                               "attempt": str(claim.attempt_no), "root": str(root),
                               "worktree": str(base)},
                 kill_grace_seconds=w.kill_grace_seconds, definition=claim.definition)
-            watch = self.project.connect(readonly=True)
-            try:
-                result = executor_for(claim.definition).run(
-                    request,
-                    on_start=lambda pgid: claims.record_process(self.conn, claim, pgid,
-                                                                self.hostname),
-                    should_stop=lambda: self._should_stop(claim, watch))
-            finally:
-                watch.close()
+            result = executor_for(claim.definition).run(
+                request,
+                on_start=lambda pgid: claims.record_process(self.conn, claim, pgid,
+                                                            self.hostname),
+                should_stop=lambda: self._should_stop(claim, self.conn))
             if self.declared_dead:
                 return "stale"
             reason = None
