@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,16 +101,22 @@ SELECT t.task_id, t.workstream_id, t.generation, t.type, t.command, t.definition
        json_extract(t.definition, '$.worker_requirements.min_version') AS min_version,
        EXISTS (SELECT 1 FROM task_resource r WHERE r.task_id = t.task_id) AS has_resources
   FROM task t JOIN workstream w ON w.workstream_id = t.workstream_id
- WHERE t.state = 'queued'
+ WHERE t.state = 'queued' AND w.state NOT IN ('completed', 'failed', 'cancelled')
  ORDER BY t.priority DESC, t.bottom_level DESC, t.queued_at, t.task_id
  LIMIT {CLAIM_PAGE} OFFSET ?
 """
 
 
-def claim_next(conn: apsw.Connection, worker_id: str, now: float, *, lease_ttl: float,
-               offers: dict[str, str] | None = None) -> Claim | None:
-    """Claim the best queued task this worker can run now, or return None."""
+def claim_next(conn: apsw.Connection, worker_id: str, now: float | Callable[[], float], *,
+               lease_ttl: float, offers: dict[str, str] | None = None) -> Claim | None:
+    """Claim the best queued task this worker can run now, or return None.
+
+    ``now`` may be a clock (e.g. ``time.time``): it is then read once the write lock is held,
+    so a claim is never stamped earlier than the commit that made its task ready.
+    """
     with db.write_tx(conn):
+        if callable(now):
+            now = now()
         me = db.row(conn, "SELECT state, version, stop_requested, workstreams FROM worker "
                           "WHERE worker_id = ?", (worker_id,))
         if me is None or me["state"] != "idle" or me["stop_requested"]:
@@ -232,7 +238,8 @@ def _reject_stale(conn: apsw.Connection, claim: Claim, stamp: str, what: str) ->
             "worker_id": claim.worker_id, "generation": claim.generation,
             "current_generation": now_state[1] if now_state else None,
             "current_state": now_state[0] if now_state else None, "result": what})))
-    conn.execute("UPDATE attempt SET finished_at = MAX(started_at, ?), "
+    # Close the attempt if nobody did; one closed already (cancel, hand-on) keeps its record.
+    conn.execute("UPDATE attempt SET finished_at = COALESCE(finished_at, MAX(started_at, ?)), "
                  "outcome = COALESCE(outcome, 'lost') WHERE attempt_id = ?",
                  (stamp, claim.attempt_id))
 
@@ -269,7 +276,9 @@ def queue_ready(conn: apsw.Connection, now: float, *, after_task: str | None = N
            "transition_metadata = json_object('at', :at), queued_at = :at "
            "WHERE state = 'pending' AND NOT EXISTS (SELECT 1 FROM task_dependency d "
            "JOIN task p ON p.task_id = d.depends_on "
-           "WHERE d.task_id = task.task_id AND p.state <> 'completed')")
+           "WHERE d.task_id = task.task_id AND p.state <> 'completed') "
+           "AND workstream_id IN (SELECT workstream_id FROM workstream "
+           "WHERE state NOT IN ('completed', 'failed', 'cancelled'))")
     params: dict[str, Any] = {"at": stamp}
     if after_task is not None:
         sql += (" AND task_id IN (SELECT d.task_id FROM task_dependency d "

@@ -1,40 +1,54 @@
-"""``orch demo``: what the kernel does today, end to end, on a generated example project.
+"""``orch demo``: orch running a realistic workstream end to end on a generated project.
 
 Public API:
-    ``run_demo(directory=None, *, on_step=None) -> DemoReport``; ``DemoReport`` (``as_dict()``
-    is the ``orch demo --json`` document); ``DemoStep(key, title, seconds)``;
-    ``example_project_files() -> dict[str, str]`` (the tiny Python project);
-    ``example_task_files(workstream_id=WORKSTREAM) -> dict[str, dict]`` (file name -> JSON);
-    ``ILLEGAL_TRANSITION`` (the transition the demo asks for and the database refuses);
-    ``WORKSTREAM``.
+    ``run_demo(directory=None, *, on_step=None, progress=None, workers=WORKERS, tools=None)
+    -> DemoReport``
+    (the three phases in one call: ``prepare``, ``execute``, ``cleanup``);
+    ``prepare(directory=None, *, on_step=None, tools=None) -> DemoReport`` (project, git,
+    ``orch init``, task files, ``orch load``, plan); ``execute(report, *, progress=None,
+    workers=WORKERS, on_step=None) -> DemoReport`` (``orch run``, then reads back what
+    happened); ``cleanup(report) -> bool`` (removes a temporary project after a good run);
+    ``DemoReport`` (``as_dict()`` is the ``orch demo --json`` document); ``DemoStep(key, title,
+    seconds)``; ``DemoTools`` and ``detect_tools(python=sys.executable)`` (which test runner
+    and linter the tasks use); ``example_project_files(tools=None) -> dict[str, str]``;
+    ``example_task_files(tools=None) -> dict[str, dict]``; ``WORKSTREAM``, ``FLAKY_TASK``,
+    ``BRANCHES``, ``WORKERS``.
 
 Stability Guarantees:
-    The demo never runs a task and never says it did: every task stays ``pending``
-    (``tasks_run`` is 0) until the scheduler (``orch run``) exists. Everything happens in a new
-    temporary directory that is removed at the end, even on failure, or in ``directory`` (must
-    be missing or empty; ``demo_dir_not_empty`` otherwise, exit 2), which is kept. Example
-    definitions are generated here, so an installed wheel needs nothing from ``docs/``. Keys of
-    ``as_dict()`` are only added. Nothing is printed: progress goes to ``on_step``.
+    The demo runs real processes: ``orch run`` with ``WORKERS`` worker processes executes every
+    task in a git worktree and merges the workstream's branch into ``main``. It needs git (else
+    ``demo_needs_git``, exit 1). The project is a new temporary directory, or ``directory``
+    (must be missing or empty; ``demo_dir_not_empty`` otherwise, exit 2), which is always kept.
+    A temporary project is removed by ``cleanup`` only after a run in which every task
+    completed; a failed or interrupted run keeps it (``DemoReport.kept``) so it can be
+    inspected. Example files are generated here, so an installed wheel needs nothing from
+    ``docs/``. The commands in the generated project use the absolute path of the Python running
+    orch, with pytest and ruff when that Python has them, else ``unittest`` and ``compileall``
+    (``DemoTools`` says which). Keys of ``as_dict()`` are only added. Nothing is printed here:
+    steps go to ``on_step``, the run's progress to ``progress``.
 
 Integration Points:
     ``kernel.cli.demo`` prints the report. Uses the library exactly as the commands do:
     ``kernel.project.init_project`` (orch init), ``kernel.load.load`` (orch validate + load),
-    ``kernel.plan`` (orch plan), ``kernel.machines.transition`` and the SQL triggers,
-    ``kernel.doctor.diagnose`` (orch doctor). git (optional: without it the example project is
-    simply not a repository) makes the project look like a user's.
+    ``kernel.plan`` (orch plan), ``kernel.runner.run`` (orch run), ``kernel.audit`` (orch
+    events), ``kernel.doctor.diagnose`` (orch doctor). The task commands read ``ORCH_ROOT`` and
+    ``ORCH_TASK_ID`` set by ``kernel.worker``.
 
 Dependencies:
-    standard library (tempfile, shutil, subprocess); ``kernel.db``, ``kernel.doctor``,
-    ``kernel.errors``, ``kernel.machines``, ``kernel.plan``, ``kernel.project``; ``kernel.load``
-    (imported when the demo runs).
+    standard library (tempfile, shutil, subprocess, importlib); git; ``kernel.db``,
+    ``kernel.clock``, ``kernel.doctor``, ``kernel.errors``, ``kernel.plan``, ``kernel.project``,
+    ``kernel.runner``; ``kernel.definitions`` and ``kernel.load`` (imported when the demo runs).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,18 +57,59 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kernel import db
+from kernel import clock, db
 from kernel.doctor import diagnose
-from kernel.errors import IllegalTransition, OrchError, UsageError
-from kernel.machines import transition
+from kernel.errors import OrchError, UsageError
 from kernel.plan import plan_document
 from kernel.project import Project, init_project
+from kernel.runner import Progress, RunOptions, RunSummary
 
-WORKSTREAM = "shout-flag"
-# Asked for on purpose: pending -> completed skips queued, running and validating.
-ILLEGAL_TRANSITION = {"task_id": "pytest", "to_state": "completed", "trigger": "validation_passed"}
-_GIT_IDENTITY = ("-c", "user.name=orch demo", "-c", "user.email=demo@orch.invalid",
-                 "-c", "commit.gpgsign=false")
+WORKSTREAM = "word-count"
+FLAKY_TASK = "smoke-test-cli"
+# Two chains that run side by side once add-word-count is in.
+BRANCHES: dict[str, tuple[str, ...]] = {
+    "tests": ("test-word-count", "run-tests"),
+    "cli": ("add-cli", "smoke-test-cli"),
+}
+WORKERS = 3
+THINK_SECONDS = 1.5        # how long a scripted edit "thinks", so there is something to watch
+MAX_RUN_SECONDS = 180.0    # a demo that hangs is stopped (and its project kept)
+BASE_BRANCH = "main"
+FLAKY_MARKER = ".state/demo-flaky"
+_GIT_IDENTITY = {"user.name": "orch demo", "user.email": "demo@orch.invalid",
+                 "commit.gpgsign": "false"}
+
+
+@dataclass(frozen=True)
+class DemoTools:
+    python: str          # absolute path of the interpreter the commands use
+    tests: str           # "pytest" or "unittest"
+    tests_command: str
+    lint: str            # "ruff" or "compileall"
+    lint_command: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"python": self.python, "tests": self.tests, "tests_command": self.tests_command,
+                "lint": self.lint, "lint_command": self.lint_command}
+
+
+def detect_tools(python: str | None = None) -> DemoTools:
+    """pytest and ruff when the Python running orch has them (the test extra), else fallbacks
+    from the standard library: ``unittest`` and ``compileall``."""
+    python = python or sys.executable
+    q = shlex.quote(python)
+    if importlib.util.find_spec("pytest") is not None:
+        tests, tests_command = "pytest", f"{q} -m pytest -q"
+    else:
+        tests, tests_command = "unittest", f"{q} -m unittest discover -q -s tests"
+    ruff_bin = shutil.which("ruff")
+    if importlib.util.find_spec("ruff") is not None:
+        lint, lint_command = "ruff", f"{q} -m ruff check ."
+    elif ruff_bin:
+        lint, lint_command = "ruff", f"{shlex.quote(ruff_bin)} check ."
+    else:
+        lint, lint_command = "compileall", f"{q} -m compileall -q textstats tests scripts"
+    return DemoTools(python, tests, tests_command, lint, lint_command)
 
 
 @dataclass(frozen=True)
@@ -68,52 +123,78 @@ class DemoStep:
 class DemoReport:
     project: Path
     kept: bool
+    tools: DemoTools
     removed: bool = False
     git_commit: str | None = None
     workstream_id: str = WORKSTREAM
     tasks_loaded: int = 0
-    validation: dict[str, Any] = field(default_factory=dict)
     load: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
+    summary: RunSummary | None = None
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     workstream_state: str = ""
-    task_states: dict[str, str] = field(default_factory=dict)
-    ready_tasks: list[str] = field(default_factory=list)
-    blocked_tasks: list[dict[str, Any]] = field(default_factory=list)
+    flaky: dict[str, Any] = field(default_factory=dict)
+    parallel: list[dict[str, Any]] = field(default_factory=list)
+    merge: dict[str, Any] = field(default_factory=dict)
+    git_log: list[str] = field(default_factory=list)
     event_count: int = 0
-    illegal_transition: dict[str, Any] = field(default_factory=dict)
     doctor: dict[str, Any] = field(default_factory=dict)
     steps: list[DemoStep] = field(default_factory=list)
     elapsed_seconds: float = 0.0
+    _started: float = field(default_factory=time.perf_counter, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return (self.summary is not None and self.summary.ok
+                and self.workstream_state == "completed" and bool(self.merge.get("merged")))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(self.summary.counts) if self.summary is not None else {}
 
     @property
     def where_to_look(self) -> list[dict[str, str]]:
+        root = shlex.quote(str(self.project))
+        failed = [t for t, v in self.tasks.items() if v.get("state") in ("failed", "cancelled")]
+        why_task = failed[0] if failed else FLAKY_TASK
+        why = ("in plain words: why it did not complete, and what would move it on" if failed
+               else "in plain words: failed once, retried, completed")
         return [
-            {"what": ".state/kernel.db", "why": "the single source of truth (any SQLite client)"},
-            {"what": "orch events", "why": "the audit log: one event per accepted transition"},
-            {"what": "orch plan", "why": "stages and critical path; --format mermaid|dot draws it"},
-            {"what": "sqlite3 .state/kernel.db 'SELECT * FROM ready_task'",
-             "why": "what may run next, straight from the view the scheduler will read"},
-            {"what": "orch run", "why": "running the tasks arrives with the scheduler"},
+            {"what": f"{self.project / '.state' / 'kernel.db'}",
+             "why": "the single source of truth: every task, attempt, lease and event "
+                    "(any SQLite client reads it)"},
+            {"what": f"{self.project / '.state' / 'logs'}/",
+             "why": "one log per task (every attempt) and per worker"},
+            {"what": f"orch --root {root} status",
+             "why": "workstreams, task counts and workers"},
+            {"what": f"orch --root {root} why {why_task}", "why": why},
+            {"what": f"orch --root {root} events",
+             "why": "the audit log: one event per accepted transition"},
+            {"what": f"git -C {root} log --oneline --graph",
+             "why": f"one commit per edit task, merged into {BASE_BRANCH}"},
         ]
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "ok": self.ok,
             "project": str(self.project),
             "kept": self.kept,
             "removed": self.removed,
             "git_commit": self.git_commit,
             "workstream_id": self.workstream_id,
-            "tasks_loaded": self.tasks_loaded,
-            "tasks_run": 0,
-            "validation": self.validation,
-            "load": self.load,
-            "plan": self.plan,
             "workstream_state": self.workstream_state,
-            "task_states": self.task_states,
-            "ready_tasks": self.ready_tasks,
-            "blocked_tasks": self.blocked_tasks,
+            "tasks_loaded": self.tasks_loaded,
+            "counts": self.counts,
+            "summary": self.summary.as_dict() if self.summary is not None else None,
+            "tasks": self.tasks,
+            "flaky_task": self.flaky,
+            "parallel": self.parallel,
+            "merge": self.merge,
+            "git_log": self.git_log,
             "event_count": self.event_count,
-            "illegal_transition": self.illegal_transition,
+            "tools": self.tools.as_dict(),
+            "plan": self.plan,
+            "load": self.load,
             "doctor": self.doctor,
             "where_to_look": self.where_to_look,
             "steps": [{"step": s.key, "title": s.title, "seconds": round(s.seconds, 3)}
@@ -124,150 +205,377 @@ class DemoReport:
 
 # --------------------------------------------------------------------------- example content
 
-_GREET_PY = '''\
-"""greet: a tiny command-line greeter (the example project of `orch demo`)."""
+_INIT_PY = '''\
+"""textstats: small statistics about text. The example project of `orch demo`."""
+
+from textstats.core import char_count, line_count
+
+__all__ = ["char_count", "line_count"]
+'''
+
+_CORE_PY = '''\
+"""Counting things in text."""
+
+from __future__ import annotations
+
+
+def line_count(text: str) -> int:
+    """Lines in ``text``; a last line without a newline counts too."""
+    return len(text.splitlines())
+
+
+def char_count(text: str, *, spaces: bool = True) -> int:
+    """Characters in ``text``; without whitespace when ``spaces`` is false."""
+    if spaces:
+        return len(text)
+    return sum(1 for ch in text if not ch.isspace())
+'''
+
+_TEST_CORE_PY = '''\
+import unittest
+
+from textstats import char_count, line_count
+
+
+class CoreTest(unittest.TestCase):
+    def test_line_count(self) -> None:
+        self.assertEqual(line_count("a\\nb\\n"), 2)
+        self.assertEqual(line_count("a\\nb"), 2)
+        self.assertEqual(line_count(""), 0)
+
+    def test_char_count(self) -> None:
+        self.assertEqual(char_count("a b"), 3)
+        self.assertEqual(char_count("a b\\n", spaces=False), 2)
+'''
+
+_PYPROJECT = '''\
+[project]
+name = "textstats"
+version = "0.1.0"
+description = "Small statistics about text (the example project of orch demo)."
+requires-python = ">=3.11"
+
+[tool.pytest.ini_options]
+testpaths = ["tests"]
+
+[tool.ruff]
+line-length = 100
+'''
+
+_README = """\
+# textstats
+
+Small statistics about text: `line_count` and `char_count` in `textstats/core.py`.
+
+Generated by `orch demo`. The workstream in `tasks/word-count/` adds `word_count`, its tests
+and a command line (`python -m textstats FILE...`). Its edits are made by the scripts in
+`scripts/`, stand-ins for a coding agent, so the demo needs no API key.
+"""
+
+_GITIGNORE = "__pycache__/\n*.pyc\n.pytest_cache/\n.ruff_cache/\n"
+
+_AGENT_PY = f'''\
+"""Scripted stand-ins for a coding agent: the edits the tasks in tasks/word-count/ make.
+
+Each step says what it does, takes a moment (as an agent would), and is idempotent: run twice,
+it leaves the file as it is. orch runs them in the workstream's git worktree and commits what
+they changed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+# How long a step "thinks" (DEMO_THINK_SECONDS overrides it; 0 for no pause).
+THINK_SECONDS = float(os.environ.get("DEMO_THINK_SECONDS", "{THINK_SECONDS!r}"))
+
+
+def say(message: str) -> None:
+    task = os.environ.get("ORCH_TASK_ID", "-")
+    attempt = os.environ.get("ORCH_ATTEMPT", "-")
+    print(f"[{{task}} attempt {{attempt}}] {{message}}", flush=True)
+
+
+def think(what: str) -> None:
+    say(what)
+    time.sleep(THINK_SECONDS)
+
+
+def write(path: str, text: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text, encoding="utf-8")
+    say(f"wrote {{path}}")
+
+
+def append(path: str, block: str) -> None:
+    text = Path(path).read_text(encoding="utf-8")
+    if block.strip() in text:
+        say(f"{{path}} already has it")
+        return
+    Path(path).write_text(text.rstrip("\\n") + "\\n" + block, encoding="utf-8")
+    say(f"edited {{path}}")
+
+
+def replace(path: str, old: str, new: str) -> None:
+    text = Path(path).read_text(encoding="utf-8")
+    if new in text:
+        say(f"{{path}} already has it")
+        return
+    if old not in text:
+        sys.exit(f"{{path}} does not contain {{old!r}}: cannot edit it")
+    Path(path).write_text(text.replace(old, new, 1), encoding="utf-8")
+    say(f"edited {{path}}")
+'''
+
+_ADD_WORD_COUNT_PY = '''\
+"""Add word_count() to textstats/core.py and export it."""
+
+from agent import append, replace, think
+
+WORD_COUNT = """
+
+def word_count(text: str) -> int:
+    \\"\\"\\"Words in ``text``: runs of characters between whitespace.\\"\\"\\"
+    return len(text.split())
+"""
+
+think("reading textstats/core.py, planning word_count()")
+append("textstats/core.py", WORD_COUNT)
+replace("textstats/__init__.py", "import char_count, line_count\\n",
+        "import char_count, line_count, word_count\\n")
+replace("textstats/__init__.py", '"line_count"]', '"line_count", "word_count"]')
+'''
+
+_ADD_TESTS_PY = '''\
+"""Write tests/test_word_count.py."""
+
+from agent import think, write
+
+TESTS = """\\
+import unittest
+
+from textstats import word_count
+
+
+class WordCountTest(unittest.TestCase):
+    def test_words_are_separated_by_whitespace(self) -> None:
+        self.assertEqual(word_count("one two  three\\\\nfour"), 4)
+
+    def test_no_words(self) -> None:
+        self.assertEqual(word_count(""), 0)
+        self.assertEqual(word_count(" \\\\n\\\\t"), 0)
+"""
+
+think("writing tests for word_count()")
+write("tests/test_word_count.py", TESTS)
+'''
+
+_ADD_CLI_PY = '''\
+"""Add a command line: python -m textstats FILE... prints lines, words and characters."""
+
+from agent import think, write
+
+MAIN = """\\
+\\"\\"\\"python -m textstats FILE...: lines, words and characters of each file.\\"\\"\\"
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-
-def greeting(name: str) -> str:
-    return f"Hello, {name}!"
+from textstats import char_count, line_count, word_count
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print a greeting.")
-    parser.add_argument("name", nargs="?", default="world")
+    parser = argparse.ArgumentParser(prog="textstats", description=__doc__)
+    parser.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args(argv)
-    print(greeting(args.name))
+    for path in args.files:
+        text = path.read_text(encoding="utf-8")
+        print(f"{line_count(text):>6} {word_count(text):>6} {char_count(text):>7} {path}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
+"""
+
+think("adding a command line to textstats")
+write("textstats/__main__.py", MAIN)
 '''
 
-_TEST_GREET_PY = '''\
-from greet import greeting, main
+_SMOKE_TEST_PY = f'''\
+"""Smoke-test the command line: python -m textstats README.md must print its counts.
 
+The first attempt fails on purpose, the way a network hiccup or a flaky test does: it leaves a
+marker in $ORCH_ROOT/{FLAKY_MARKER} (outside the worktree, so it survives between attempts)
+and exits 1. orch retries the task after its retry_delay_seconds; the next attempt finds the
+marker and runs the real check. Delete the marker to see it fail once more.
+"""
 
-def test_greeting() -> None:
-    assert greeting("Ada") == "Hello, Ada!"
+from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-def test_main_prints_the_greeting(capsys) -> None:
-    assert main(["Ada"]) == 0
-    assert capsys.readouterr().out == "Hello, Ada!\\n"
+from agent import say
+
+marker = Path(os.environ.get("ORCH_ROOT", ".")) / {FLAKY_MARKER!r}
+if not marker.exists():
+    time.sleep(0.5)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("the first attempt of smoke-test-cli failed here on purpose\\n")
+    say("connection reset by peer (a simulated transient failure): exit 1, orch will retry")
+    sys.exit(1)
+
+run = subprocess.run([sys.executable, "-m", "textstats", "README.md"],
+                     capture_output=True, text=True, check=False)
+say(f"python -m textstats README.md -> exit {{run.returncode}}: {{run.stdout.strip()}}")
+if run.returncode != 0 or "README.md" not in run.stdout:
+    sys.exit(run.stderr or "the command line did not print the counts")
 '''
 
-_README = """\
-# greeter
 
-A tiny command-line greeter: `python greet.py Ada` prints `Hello, Ada!`.
+def _orch_toml(tools: DemoTools) -> str:
+    def s(text: str) -> str:  # a TOML basic string (JSON escapes are valid TOML escapes)
+        return json.dumps(text)
 
-Generated by `orch demo` as an example project; tasks/shout-flag/ describes a change to it.
+    return f"""\
+# orch configuration of the demo project: quick heartbeats and ticks, so a small workstream
+# runs in seconds. The rule commands use the Python that ran `orch demo`
+# ({tools.tests} for tests, {tools.lint} for lint).
+
+[workers]
+heartbeat_seconds = 1
+kill_grace_seconds = 1
+retry_backoff_cap_seconds = 5
+
+[run]
+worktrees = true
+tick_seconds = 0.1
+
+[rules]
+git_clean = "git status --porcelain"
+tests_passing = {s(tools.tests_command)}
+tests_still_passing = {s(tools.tests_command)}
+no_lint_errors = {s(tools.lint_command)}
 """
 
 
-def example_project_files() -> dict[str, str]:
-    """Relative path -> text of the tiny Python project the demo commits."""
+def example_project_files(tools: DemoTools | None = None) -> dict[str, str]:
+    """Relative path -> text of the project the demo commits (orch.toml included)."""
+    tools = tools or detect_tools()
     return {
-        "greet.py": _GREET_PY,
-        "test_greet.py": _TEST_GREET_PY,
+        "textstats/__init__.py": _INIT_PY,
+        "textstats/core.py": _CORE_PY,
+        "tests/test_core.py": _TEST_CORE_PY,
+        "scripts/agent.py": _AGENT_PY,
+        "scripts/add_word_count.py": _ADD_WORD_COUNT_PY,
+        "scripts/add_word_count_tests.py": _ADD_TESTS_PY,
+        "scripts/add_cli.py": _ADD_CLI_PY,
+        "scripts/smoke_test_cli.py": _SMOKE_TEST_PY,
+        "pyproject.toml": _PYPROJECT,
         "README.md": _README,
-        ".gitignore": "__pycache__/\n*.pyc\n",
+        ".gitignore": _GITIGNORE,
+        "orch.toml": _orch_toml(tools),
     }
 
 
-def _task(task_id: str, workstream_id: str, name: str, description: str, type_: str, *,
-          command: str, seconds: float, dependencies: list[str], capabilities: list[str],
-          resources: dict[str, Any], critical: bool = False, priority: int = 0,
-          prompt: str | None = None, context: dict[str, Any] | None = None,
+def _task(task_id: str, name: str, description: str, type_: str, *, command: str,
+          seconds: float, dependencies: list[str], resources: dict[str, Any],
+          capabilities: list[str] | None = None, critical: bool = False, priority: int = 0,
+          max_retries: int = 0, executor: str | None = None,
           rules: dict[str, list[str]] | None = None) -> dict[str, Any]:
     execution: dict[str, Any] = {
         "command": command,
         "working_directory": ".",
-        "timeout_seconds": max(60, int(seconds * 4)),
-        "max_retries": 2 if type_ == "aider" else 1,
-        "retry_delay_seconds": 30,
+        "timeout_seconds": 120,
+        "max_retries": max_retries,
+        "retry_delay_seconds": 0.5,
         "estimated_duration_seconds": seconds,
     }
-    if prompt is not None:
-        execution["prompt"] = prompt
+    if executor is not None:
+        execution["executor"] = executor
     doc: dict[str, Any] = {
         "schema_version": "2.0.0",
         "task_id": task_id,
-        "workstream_id": workstream_id,
+        "workstream_id": WORKSTREAM,
         "name": name,
         "description": description,
         "type": type_,
         "critical": critical,
         "priority": priority,
         "dependencies": dependencies,
-        "worker_requirements": {"capabilities": capabilities},
+        "worker_requirements": {"capabilities": capabilities or []},
         "execution": execution,
         "resource_requirements": resources,
     }
-    if context is not None:
-        doc["context_requirements"] = context
     if rules is not None:
         doc["validation_rules"] = rules
     return doc
 
 
-def example_task_files(workstream_id: str = WORKSTREAM) -> dict[str, dict[str, Any]]:
-    """File name -> JSON document of the example workstream (tasks/{workstream_id}/).
+def example_task_files(tools: DemoTools | None = None) -> dict[str, dict[str, Any]]:
+    """File name -> JSON document of the example workstream (tasks/word-count/).
 
-    add-shout-flag (aider, critical) -> test-shout-flag (aider) and update-readme (aider), two
-    branches in parallel -> lint and pytest (critical) after the tests; at most two at once.
+    add-word-count, then two branches side by side: test-word-count -> run-tests, and
+    add-cli -> smoke-test-cli (fails once, retried); lint joins them. Edits lease
+    git_repo_write exclusively, so they take turns; checks run beside them.
     """
-    ws = workstream_id
+    tools = tools or detect_tools()
+    py = shlex.quote(tools.python)
+    edit = {"git_repo_write": "exclusive"}
+    seconds = THINK_SECONDS + 0.5
     tasks = [
-        _task("add-shout-flag", ws, "Add a --shout flag",
-              "Give greet.py a --shout option that prints the greeting in capitals.", "aider",
-              command="aider --yes-always --message {prompt} greet.py",
-              prompt="Add a --shout flag to greet.py's main() that upper-cases the greeting. "
-                     "Keep greeting() unchanged.",
-              seconds=300, dependencies=[], capabilities=["cap-aider-001"], critical=True,
-              priority=10, resources={"api_quota_openai": 10, "git_repo_read": "shared"},
-              context={"max_context_tokens": 8000, "required_files": ["greet.py"],
-                       "optional_files": ["README.md"],
-                       "exclude_patterns": ["__pycache__", "*.pyc", ".state"]},
-              rules={"pre_execution": ["git_clean"], "post_execution": ["no_lint_errors"]}),
-        _task("test-shout-flag", ws, "Test the --shout flag",
-              "Add tests for --shout to test_greet.py.", "aider",
-              command="aider --yes-always --message {prompt} test_greet.py",
-              prompt="Add a test to test_greet.py that main(['--shout', 'Ada']) prints "
-                     "'HELLO, ADA!'.",
-              seconds=240, dependencies=["add-shout-flag"], capabilities=["cap-aider-001"],
-              resources={"api_quota_openai": 10},
-              context={"max_context_tokens": 6000, "required_files": ["test_greet.py"],
-                       "optional_files": ["greet.py"],
-                       "exclude_patterns": ["__pycache__", "*.pyc", ".state"]}),
-        _task("update-readme", ws, "Document --shout",
-              "Mention the new flag in README.md.", "aider",
-              command="aider --yes-always --message {prompt} README.md",
-              prompt="Document the --shout flag of greet.py in README.md, with an example.",
-              seconds=90, dependencies=["add-shout-flag"], capabilities=["cap-aider-001"],
-              resources={"api_quota_openai": 5},
-              context={"max_context_tokens": 4000, "required_files": ["README.md"],
-                       "optional_files": ["greet.py"], "exclude_patterns": ["*.pyc"]}),
-        _task("lint", ws, "Lint with ruff", "ruff over the whole project.", "lint",
-              command="ruff check .", seconds=15, dependencies=["test-shout-flag"],
-              capabilities=["cap-ruff-001"], resources={"cpu_cores": 1}),
-        _task("pytest", ws, "Run the tests", "The full test suite must pass.", "pytest",
-              command="python -m pytest -q", seconds=30, dependencies=["test-shout-flag"],
-              capabilities=["cap-pytest-001"], critical=True, resources={"cpu_cores": 2},
+        _task("add-word-count", "Add word_count()",
+              "Add word_count(text) to textstats/core.py and export it (a scripted edit).",
+              "custom", command=f"{py} scripts/add_word_count.py", seconds=seconds,
+              dependencies=[], resources=edit, critical=True, priority=10,
+              rules={"pre_execution": ["git_clean"], "post_execution": ["tests_still_passing"]}),
+        _task("test-word-count", "Test word_count()",
+              "Write tests/test_word_count.py (a scripted edit); the new tests must pass.",
+              "custom", command=f"{py} scripts/add_word_count_tests.py", seconds=seconds,
+              dependencies=["add-word-count"], resources=edit, priority=5,
               rules={"pre_execution": [], "post_execution": ["tests_passing"]}),
+        _task("run-tests", "Run the test suite",
+              f"The whole suite ({tools.tests}) after the new tests.",
+              "pytest" if tools.tests == "pytest" else "custom", command=tools.tests_command,
+              seconds=1, dependencies=["test-word-count"], resources={"cpu_cores": 1},
+              capabilities=["cap-pytest-001"] if tools.tests == "pytest" else [],
+              critical=True, max_retries=1,
+              # The task is the test run: no second run as a post-execution rule.
+              rules={"pre_execution": [], "post_execution": []}),
+        _task("add-cli", "Add a command line",
+              "Add textstats/__main__.py: python -m textstats FILE... (a scripted edit).",
+              "custom", command=f"{py} scripts/add_cli.py", seconds=seconds,
+              dependencies=["add-word-count"], resources=edit, priority=4,
+              rules={"pre_execution": ["git_clean"], "post_execution": ["no_lint_errors"]}),
+        _task(FLAKY_TASK, "Smoke-test the command line",
+              "Run python -m textstats README.md. Its first attempt fails on purpose (a "
+              "stand-in for a network hiccup); orch retries it half a second later.",
+              "custom", command=f"{py} scripts/smoke_test_cli.py", seconds=1,
+              dependencies=["add-cli"], resources={"cpu_cores": 1}, max_retries=2),
+        _task("lint", "Lint the project", f"{tools.lint} over the whole project, last.",
+              "lint", command=tools.lint_command, seconds=1,
+              dependencies=["run-tests", FLAKY_TASK], resources={"cpu_cores": 1},
+              capabilities=["cap-ruff-001"] if tools.lint == "ruff" else [],
+              executor=None if tools.lint == "ruff" else "subprocess"),
     ]
     files: dict[str, dict[str, Any]] = {
         "workstream.json": {
             "schema_version": "1.0.0",
-            "workstream_id": ws,
-            "name": "Add a --shout flag to the greeter",
-            "description": "An agent edit, its tests and docs, then lint and tests.",
-            "max_parallelism": 2,
+            "workstream_id": WORKSTREAM,
+            "name": "Count words in textstats",
+            "description": "word_count(), its tests and a command line, checked and linted; "
+                           "merged into main when everything passed.",
+            "base_branch": BASE_BRANCH,
         }
     }
     files.update({f"{t['task_id']}.json": t for t in tasks})
@@ -277,7 +585,7 @@ def example_task_files(workstream_id: str = WORKSTREAM) -> dict[str, dict[str, A
 # --------------------------------------------------------------------------- the steps
 
 
-def _prepare(directory: Path | None) -> tuple[Path, bool]:
+def _prepare_dir(directory: Path | None) -> tuple[Path, bool]:
     if directory is None:
         return Path(tempfile.mkdtemp(prefix="orch-demo-")).resolve(), False
     directory = directory.expanduser().resolve()
@@ -294,47 +602,46 @@ def _prepare(directory: Path | None) -> tuple[Path, bool]:
     return directory, True
 
 
-def _git(root: Path, *args: str) -> str:
+def _git(root: Path, *args: str, check: bool = True) -> str:
     # GIT_* variables from a surrounding hook or worktree would point git elsewhere.
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     proc = subprocess.run(["git", *args], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=60)
-    if proc.returncode != 0:
+                          timeout=60, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
         raise OrchError("demo_git_failed",
                         f"git {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout}",
                         hint="check that git works here (git --version)")
     return proc.stdout.strip()
 
 
-def _write_project(root: Path) -> str | None:
-    for rel, text in example_project_files().items():
-        (root / rel).write_text(text, encoding="utf-8")
+def _git_init(root: Path) -> None:
     if shutil.which("git") is None:
-        return None
-    _git(root, "-c", "init.defaultBranch=main", "init", "-q")
-    return _commit(root, "greeter: a tiny CLI and its test")
+        raise OrchError("demo_needs_git",
+                        "the demo runs a workstream in a git worktree, but git is not installed",
+                        hint="install git (https://git-scm.com) and run `orch demo` again")
+    _git(root, "init", "-q")
+    _git(root, "symbolic-ref", "HEAD", f"refs/heads/{BASE_BRANCH}")
+    for key, value in _GIT_IDENTITY.items():
+        _git(root, "config", key, value)
+    # The user's global hooks (core.hooksPath) have no business in a throwaway project.
+    _git(root, "config", "core.hooksPath", os.devnull)
 
 
 def _commit(root: Path, message: str) -> str:
     _git(root, "add", "-A")
-    _git(root, *_GIT_IDENTITY, "commit", "-q", "--no-verify", "-m", message)
+    _git(root, "commit", "-q", "--no-verify", "-m", message)
     return _git(root, "rev-parse", "--short", "HEAD")
 
 
-def _write_tasks(project: Project, workstream_id: str) -> list[Path]:
-    folder = project.tasks_dir / workstream_id
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, doc in example_task_files(workstream_id).items():
-        path = folder / name
-        path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        written.append(path)
-    return written
+def _write_files(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
 
 
-def _validate_and_load(project: Project) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``orch validate`` then ``orch load``: (validation document, load report document)."""
-    # Imported here: written beside this module, and only the demo needs them.
+def _validate_and_load(project: Project) -> dict[str, Any]:
+    """``orch validate`` then ``orch load``: the load report document."""
     from kernel.definitions import validate
     from kernel.load import load
 
@@ -344,53 +651,184 @@ def _validate_and_load(project: Project) -> tuple[dict[str, Any], dict[str, Any]
         raise OrchError("demo_definitions_invalid",
                         f"the demo's own task files do not validate: [{first.code}] "
                         f"{first.message}", file=first.file, line=first.line, hint=first.hint)
-    return result.as_dict(), load(project).as_dict()
+    return load(project).as_dict()
 
 
-_STATES_SQL = "SELECT task_id, state FROM task WHERE workstream_id = ? ORDER BY task_id"
-_READY_SQL = "SELECT task_id FROM ready_task WHERE workstream_id = ? ORDER BY task_id"
-_BLOCKED_SQL = (
-    "SELECT task_id, blocked_by, reason FROM blocked_task WHERE workstream_id = ? "
-    "ORDER BY task_id, blocked_by"
-)
-
-
-def _observe(conn: Any, report: DemoReport) -> None:
-    ws = report.workstream_id
-    with db.read_tx(conn):
-        report.task_states = dict(conn.execute(_STATES_SQL, (ws,)).fetchall())
-        report.tasks_loaded = len(report.task_states)
-        report.ready_tasks = [r[0] for r in conn.execute(_READY_SQL, (ws,))]
-        report.blocked_tasks = db.rows(conn, _BLOCKED_SQL, (ws,))
-        report.workstream_state = db.scalar(
-            conn, "SELECT state FROM workstream WHERE workstream_id = ?", (ws,))
-        report.event_count = int(db.scalar(conn, "SELECT COUNT(*) FROM event"))
-
-
-def _try_illegal_transition(conn: Any) -> dict[str, Any]:
-    task_id, to_state, trigger = (ILLEGAL_TRANSITION[k] for k in ("task_id", "to_state",
-                                                                   "trigger"))
-    before = db.scalar(conn, "SELECT state FROM task WHERE task_id = ?", (task_id,))
-    events_before = int(db.scalar(conn, "SELECT COUNT(*) FROM event"))
-    attempt = {
-        "task_id": task_id,
-        "from_state": before,
-        "to_state": to_state,
-        "trigger": trigger,
-        "sql": f"UPDATE task SET state = '{to_state}', transition_trigger = '{trigger}' "
-               f"WHERE task_id = '{task_id}'",
-    }
+def prepare(directory: Path | None = None, *, on_step: Callable[[DemoStep], None] | None = None,
+            tools: DemoTools | None = None) -> DemoReport:
+    """Write the project, commit it, ``orch init``, write and ``orch load`` the workstream,
+    plan it. A temporary directory is removed again if this fails."""
+    root, keep = _prepare_dir(directory)
+    report = DemoReport(project=root, kept=keep, tools=tools or detect_tools())
     try:
-        with db.write_tx(conn):
-            transition(conn, "task", task_id, to_state, trigger)
-    except IllegalTransition as exc:
-        attempt.update(rejected=True, code=exc.code, message=exc.message)
-    else:  # the state machine would be broken; say so rather than hide it
-        attempt.update(rejected=False, code=None, message="the database ACCEPTED it")
-    attempt["state_after"] = db.scalar(conn, "SELECT state FROM task WHERE task_id = ?",
-                                       (task_id,))
-    attempt["events_written"] = int(db.scalar(conn, "SELECT COUNT(*) FROM event")) - events_before
-    return attempt
+        _steps(report, on_step)
+    except BaseException:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+            report.removed = True
+        raise
+    return report
+
+
+def _step(report: DemoReport, on_step: Callable[[DemoStep], None] | None, key: str,
+          title: str) -> None:
+    now = time.perf_counter()
+    last = sum(s.seconds for s in report.steps)
+    done = DemoStep(key, title, now - report._started - last)
+    report.steps.append(done)
+    if on_step is not None:
+        on_step(done)
+
+
+def _steps(report: DemoReport, on_step: Callable[[DemoStep], None] | None) -> None:
+    root, tools = report.project, report.tools
+    files = example_project_files(tools)
+    project_files = {k: v for k, v in files.items() if k != "orch.toml"}
+    _git_init(root)
+    _write_files(root, project_files)
+    report.git_commit = _commit(root, "textstats: line and character counts, with tests")
+    n_scripts = sum(1 for k in files if k.startswith("scripts/")) - 1
+    _step(report, on_step, "project",
+          f"wrote textstats (a small Python package, its tests and {n_scripts} scripted edit "
+          f"steps), committed on {BASE_BRANCH} in a new git repository ({report.git_commit})")
+    _write_files(root, {"orch.toml": files["orch.toml"]})
+    init = init_project(root)
+    _step(report, on_step, "init",
+          f"orch init: .state/kernel.db (schema version {init.schema_version}), "
+          f"capabilities/, orch.toml with 1 s heartbeats; tests: {tools.tests}, lint: "
+          f"{tools.lint}" + ("" if tools.tests == "pytest" and tools.lint == "ruff"
+                             else " (pytest or ruff is not installed for this Python: the `test` "
+                                  "extra has them)"))
+    folder = root / "tasks" / WORKSTREAM
+    folder.mkdir(parents=True, exist_ok=True)
+    task_files = example_task_files(tools)
+    for name, doc in task_files.items():
+        (folder / name).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    report.git_commit = _commit(root, f"orch: the {WORKSTREAM} workstream")
+    _step(report, on_step, "tasks",
+          f"wrote {len(task_files) - 1} tasks to tasks/{WORKSTREAM}/ and committed them: "
+          "scripted code edits, tests, lint, a flaky smoke test (max_retries 2), two branches")
+    project = Project(root)
+    report.load = _validate_and_load(project)
+    conn = project.connect()
+    try:
+        report.tasks_loaded = int(db.scalar(conn, "SELECT COUNT(*) FROM task WHERE "
+                                                  "workstream_id = ?", (WORKSTREAM,)) or 0)
+        report.plan = plan_document(conn, WORKSTREAM, datetime.now(UTC))
+    finally:
+        conn.close()
+    _step(report, on_step, "load",
+          f"orch validate + orch load: {report.tasks_loaded} tasks in one transaction; "
+          f"planned {len(report.plan['stages'])} stages")
+
+
+def execute(report: DemoReport, *, progress: Progress | None = None, workers: int = WORKERS,
+            on_step: Callable[[DemoStep], None] | None = None) -> DemoReport:
+    """``orch run`` with ``workers`` workers, then read back what happened."""
+    from kernel.runner import run
+
+    project = Project(report.project)
+    # Scoped to the demo's workstream, the only one in the project (as `orch run --workstream`).
+    options = RunOptions(workers=workers, workstream=WORKSTREAM, max_seconds=MAX_RUN_SECONDS)
+    report.summary = run(project, options, progress)
+    _observe(project, report)
+    _step(report, on_step, "run",
+          f"orch run: {report.summary.counts.get('completed', 0)} of {report.summary.total} "
+          f"tasks completed in {report.summary.elapsed_seconds:.1f} s")
+    report.doctor = _doctor(project)
+    report.elapsed_seconds = time.perf_counter() - report._started
+    return report
+
+
+def cleanup(report: DemoReport) -> bool:
+    """Remove a temporary project after a good run; True if it was removed. A kept directory,
+    or any run that did not complete, stays."""
+    if report.kept or report.removed:
+        return report.removed
+    if not report.ok:
+        report.kept = True
+        return False
+    shutil.rmtree(report.project, ignore_errors=True)
+    report.removed = not report.project.exists()
+    return report.removed
+
+
+def run_demo(directory: Path | None = None, *,
+             on_step: Callable[[DemoStep], None] | None = None,
+             progress: Progress | None = None, workers: int = WORKERS,
+             tools: DemoTools | None = None) -> DemoReport:
+    """``prepare``, ``execute`` and ``cleanup`` in one call."""
+    report = prepare(directory, on_step=on_step, tools=tools)
+    try:
+        execute(report, progress=progress, workers=workers, on_step=on_step)
+    finally:
+        cleanup(report)
+    return report
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+def _overlaps(tasks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pairs of tasks of different branches whose runs overlapped in time."""
+    out = []
+    left, right = BRANCHES["tests"], BRANCHES["cli"]
+    for a in left:
+        for b in right:
+            ta, tb = tasks.get(a, {}), tasks.get(b, {})
+            if not all(t.get("started_at") and t.get("completed_at") for t in (ta, tb)):
+                continue
+            a0, a1 = clock.epoch(ta["started_at"]), clock.epoch(ta["completed_at"])
+            b0, b1 = clock.epoch(tb["started_at"]), clock.epoch(tb["completed_at"])
+            shared = min(a1, b1) - max(a0, b0)
+            if shared >= 0.05:  # more than the few milliseconds between two claims
+                out.append({"tasks": [a, b], "seconds": round(shared, 3)})
+    return out
+
+
+def _observe(project: Project, report: DemoReport) -> None:
+    conn = project.connect(readonly=True)
+    try:
+        tasks: dict[str, dict[str, Any]] = {}
+        for r in db.rows(conn, "SELECT t.task_id, t.state, t.retry_count, t.started_at, "
+                               "t.completed_at, (SELECT COUNT(*) FROM attempt a "
+                               "WHERE a.task_id = t.task_id) AS attempts FROM task t "
+                               "WHERE t.workstream_id = ? ORDER BY t.task_id", (WORKSTREAM,)):
+            tasks[r.pop("task_id")] = r
+        report.tasks = tasks
+        report.parallel = _overlaps(tasks)
+        report.workstream_state = str(db.scalar(
+            conn, "SELECT state FROM workstream WHERE workstream_id = ?", (WORKSTREAM,)) or "")
+        retries = db.rows(conn, "SELECT seq, metadata FROM event WHERE event = 'task_retry' "
+                                "AND task_id = ? ORDER BY seq", (FLAKY_TASK,))
+        flaky = tasks.get(FLAKY_TASK, {})
+        report.flaky = {
+            "task_id": FLAKY_TASK, "state": flaky.get("state"),
+            "attempts": flaky.get("attempts", 0), "retry_events": len(retries),
+            "retry_delay_seconds": (json.loads(retries[0]["metadata"]).get("delay_seconds")
+                                    if retries else None),
+        }
+        merged = db.scalar(conn, "SELECT metadata FROM event WHERE entity_type = 'workstream' "
+                                 "AND entity_id = ? AND to_state = 'completed' "
+                                 "ORDER BY seq DESC LIMIT 1", (WORKSTREAM,))
+        report.event_count = int(db.scalar(conn, "SELECT COUNT(*) FROM event") or 0)
+    finally:
+        conn.close()
+    meta = json.loads(merged) if merged else {}
+    root = report.project
+    worktree = root / ".state" / "worktrees" / WORKSTREAM
+    branch_left = _git(root, "branch", "--list", f"orch/{WORKSTREAM}", check=False)
+    on_main = _git(root, "show", f"{BASE_BRANCH}:textstats/core.py", check=False)
+    report.merge = {
+        "merged": bool(merged) and "def word_count" in on_main,
+        "message": meta.get("merge"),
+        "commit": meta.get("merge_commit"),
+        "base_branch": BASE_BRANCH,
+        "branch": f"orch/{WORKSTREAM}",
+        "worktree_removed": not worktree.exists() and not branch_left,
+    }
+    report.git_log = _git(root, "log", "--oneline", "-n", "12", BASE_BRANCH,
+                          check=False).splitlines()
 
 
 def _doctor(project: Project) -> dict[str, Any]:
@@ -401,66 +839,3 @@ def _doctor(project: Project) -> dict[str, Any]:
         "failed": [c.name for c in checks if c.status == "fail"],
         "warned": [c.name for c in checks if c.status == "warn"],
     }
-
-
-def run_demo(
-    directory: Path | None = None, *, on_step: Callable[[DemoStep], None] | None = None
-) -> DemoReport:
-    """Generate, initialise, load, plan and inspect an example project; see the module doc."""
-    started = time.perf_counter()
-    root, keep = _prepare(directory)
-    report = DemoReport(project=root, kept=keep)
-    clock = [started]
-
-    def step(key: str, title: str) -> None:
-        now = time.perf_counter()
-        done = DemoStep(key, title, now - clock[0])
-        clock[0] = now
-        report.steps.append(done)
-        if on_step is not None:
-            on_step(done)
-
-    try:
-        report.git_commit = _write_project(root)
-        step("project", "wrote a tiny Python CLI (greet.py) and its test" + (
-            f", committed to a new git repository ({report.git_commit})"
-            if report.git_commit else " (git not found: not a repository)"))
-        project = Project(root)
-        init = init_project(root)
-        step("init", f"orch init: {len(init.created)} files and folders, schema version "
-                     f"{init.schema_version}, state in .state/kernel.db")
-        files = _write_tasks(project, report.workstream_id)
-        if report.git_commit is not None:
-            # Committed like a user would, so the aider task's git_clean rule would hold.
-            report.git_commit = _commit(root, f"orch: init, and the {report.workstream_id} "
-                                              "workstream")
-        step("tasks", f"wrote {len(files) - 1} task definitions and workstream.json to "
-                      f"tasks/{report.workstream_id}/" + (" and committed them"
-                                                          if report.git_commit else ""))
-        report.validation, report.load = _validate_and_load(project)
-        conn = project.connect()
-        try:
-            _observe(conn, report)
-            counts = report.validation.get("counts", {})
-            step("load", f"orch validate: {counts.get('errors', 0)} errors, "
-                         f"{counts.get('warnings', 0)} warnings; orch load: "
-                         f"{report.tasks_loaded} tasks, their dependencies and the registries, "
-                         "in one transaction")
-            report.plan = plan_document(conn, report.workstream_id, datetime.now(UTC))
-            step("plan", f"planned {len(report.plan['stages'])} stages; critical path "
-                         f"{' -> '.join(report.plan['critical_path_tasks'])}")
-            report.illegal_transition = _try_illegal_transition(conn)
-            step("state_machine", "asked the database for an illegal transition: "
-                 + ("rejected" if report.illegal_transition["rejected"] else "ACCEPTED"))
-            _observe(conn, report)
-        finally:
-            conn.close()
-        report.doctor = _doctor(project)
-        step("doctor", "orch doctor: " + ("all checks passed" if report.doctor["ok"]
-                                          else f"FAILED {', '.join(report.doctor['failed'])}"))
-    finally:
-        if not keep:
-            shutil.rmtree(root, ignore_errors=True)
-            report.removed = not root.exists()
-    report.elapsed_seconds = time.perf_counter() - started
-    return report

@@ -52,8 +52,11 @@ INVARIANT_QUERIES: dict[str, tuple[str, str]] = {
     ),
     "busy_worker_has_task": (
         "SELECT w.worker_id FROM worker w WHERE w.state = 'busy' "
-        "AND NOT EXISTS (SELECT 1 FROM task t WHERE t.worker_id = w.worker_id)",
-        "a busy worker has a running task",
+        "AND NOT EXISTS (SELECT 1 FROM task t WHERE t.worker_id = w.worker_id) "
+        "AND NOT EXISTS (SELECT 1 FROM task t JOIN attempt a ON a.task_id = t.task_id "
+        "AND a.generation = t.generation WHERE t.state = 'validating' "
+        "AND a.worker_id = w.worker_id AND a.finished_at IS NULL)",
+        "a busy worker has a running task (or one it is validating)",
     ),
     "retry_count_within_max": (
         "SELECT task_id, retry_count, max_retries FROM task "

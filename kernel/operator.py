@@ -194,8 +194,10 @@ def retry_tasks(conn: apsw.Connection, task_ids: Iterable[str], *,
             ws_state = db.scalar(conn, "SELECT state FROM workstream WHERE workstream_id = ?",
                                  (ws,))
             if ws_state in ("failed", "cancelled"):
+                # The max_duration_seconds clock restarts: a timed-out workstream gets its
+                # full time again.
                 transition(conn, "workstream", ws, "executing", "operator_reset",
-                           _metadata(stamp), completed_at=None)
+                           _metadata(stamp), completed_at=None, started_at=stamp)
                 report.workstreams_changed.append({"workstream_id": ws, "from_state": ws_state,
                                                    "to_state": "executing"})
     return report

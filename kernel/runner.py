@@ -115,6 +115,7 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
     started = time.monotonic()
     scheduler.acquire_lock(conn, owner, clock_fn())
     children: dict[str, subprocess.Popen[bytes]] = {}
+    dead: list[subprocess.Popen[bytes]] = []
     logs: list[IO[bytes]] = []
     interrupted = False
     report = scheduler.TickReport()
@@ -142,11 +143,25 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
             children[f"pid:{proc.pid}"] = proc
         last = -1
         next_lock = 0.0
+        restarts_left = 2 * options.workers
+        spawned = options.workers
         while True:
             now = clock_fn()
             ctx.exited = _exited_children(conn, children)
+            ctx.wait_for_workers = options.workers == 0 or restarts_left > 0 or any(
+                p.poll() is None for p in children.values())
             report = scheduler.tick(conn, now, ctx)
             progress.update(conn, report)
+            # A worker that died is replaced (a few times), so a crash does not stall the run.
+            for key, proc in list(children.items()):
+                if proc.poll() is not None:
+                    del children[key]
+                    dead.append(proc)
+                    if restarts_left > 0 and not report.done:
+                        restarts_left -= 1
+                        spawned += 1
+                        new = spawn_worker(project, owner, spawned, scope, logs[0])
+                        children[f"pid:{new.pid}"] = new
             if time.monotonic() >= next_lock:
                 if not scheduler.renew_lock(conn, owner, now):
                     raise OrchError("scheduler_lock_lost",
@@ -163,6 +178,10 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        # The signal may have landed inside a transaction (KeyboardInterrupt is raised wherever
+        # the loop was): end it, or the stop request and the final health check cannot write.
+        if not conn.get_autocommit():
+            conn.execute("ROLLBACK")
         _stop_children(conn, owner, children, config.workers.kill_grace_seconds + 5)
         try:
             final_ctx = scheduler.TickContext(root=project.root, config=config,

@@ -66,6 +66,8 @@ class TickContext:
     exited: dict[str, int] = field(default_factory=dict)   # worker_id -> exit code (children)
     alive: Callable[[int], bool] | None = None
     reported_exhaustion: set[str] = field(default_factory=set)
+    #: Wait for workers when none is alive (``orch run --workers 0``: they join by hand).
+    wait_for_workers: bool = True
 
     def backoff(self) -> dict[str, float]:
         w = self.config.workers
@@ -272,11 +274,12 @@ def _prepare_worktrees(conn: apsw.Connection, ctx: TickContext) -> list[str] | N
         return ctx.workstreams
     from kernel import worktree
 
+    ready_scope, ready_params = _scope_sql(ctx, "r.workstream_id")
     ready = [r[0] for r in conn.execute(
         f"SELECT DISTINCT r.workstream_id FROM ready_task r JOIN workstream w "
         f"ON w.workstream_id = r.workstream_id WHERE r.state = 'pending' AND "
         f"w.worktree_path IS NULL AND w.state NOT IN ('completed', 'failed', 'cancelled') "
-        f"AND r.{scope}", params)]
+        f"AND {ready_scope}", ready_params)]
     for ws in ready:
         base = db.scalar(conn, "SELECT base_branch FROM workstream WHERE workstream_id = ?",
                          (ws,))
@@ -300,6 +303,9 @@ def _derive_workstreams(conn: apsw.Connection, now: float, ctx: TickContext,
     for ws in db.rows(conn, f"SELECT * FROM workstream WHERE state NOT IN "
                             f"('completed', 'failed', 'cancelled') AND {scope}", params):
         wid, state = ws["workstream_id"], ws["state"]
+        if state == "validating":  # a run stopped before it merged: finish the merge now
+            _finish_workstream(conn, now, ctx, wid, report)
+            continue
         c = counts.get(wid, {})
         total = sum(c.values())
         if total == 0:
@@ -367,8 +373,10 @@ def _verdict(conn: apsw.Connection, wid: str, ws: dict[str, Any], c: dict[str, i
 
 def _cancel_unfinished(conn: apsw.Connection, wid: str, stamp: str, reason: str, *,
                        everything: bool) -> None:
+    # A failed workstream runs nothing more: what is running or waiting to run is cancelled.
+    # Pending tasks are cancelled only on a timeout; otherwise they wait for `orch retry`.
     states = ("running", "validating", "retrying", "queued", "pending") if everything \
-        else ("running", "validating")
+        else ("running", "validating", "retrying", "queued")
     for (task_id,) in conn.execute(
             "SELECT task_id FROM task WHERE workstream_id = ? AND state IN "
             "(SELECT value FROM json_each(?))", (wid, json.dumps(states))).fetchall():
@@ -487,6 +495,9 @@ def _unrunnable_queued(conn: apsw.Connection, ctx: TickContext) -> list[dict[str
                         f"{r['available']:g} can ever be leased (Resource-Exhaustion)"})
             continue
         needs = json.loads(t["needs"])
+        if not offers and not ctx.wait_for_workers:
+            out.append({"task_id": t["task_id"], "reason": "no live worker is left to run it"})
+            continue
         if offers and not any(claims.capable(o, v, needs, t["min_version"]) for o, v in offers):
             out.append({"task_id": t["task_id"], "reason":
                         "no live worker has the capabilities "

@@ -39,7 +39,7 @@ from typing import Any
 import apsw
 
 from kernel import __version__, claims, clock, db, leases
-from kernel.executors import ExecutionRequest, executor_for
+from kernel.executors import ExecutionRequest, ExecutionResult, executor_for
 from kernel.machines import transition
 from kernel.project import Project
 
@@ -111,8 +111,8 @@ class Worker:
             + w.shutdown_after_unresponsive_seconds
 
     def register(self) -> None:
-        stamp = clock.now_iso()
         with db.write_tx(self.conn):
+            stamp = clock.now_iso()  # under the write lock: events stay in time order
             if self.options.capabilities:
                 rows = []
                 for cap in self.options.capabilities:
@@ -197,8 +197,7 @@ class Worker:
                                      "WHERE worker_id = ?", (stamp, self.worker_id))
                         leases.renew(conn, self.worker_id, now, self.lease_ttl)
                         if state == "unresponsive":
-                            has_task = db.scalar(conn, "SELECT 1 FROM task WHERE worker_id = ?",
-                                                 (self.worker_id,))
+                            has_task = self.current is not None
                             transition(conn, "worker", self.worker_id,
                                        "busy" if has_task else "idle", "health_check_recovered",
                                        {"at": stamp})
@@ -232,7 +231,7 @@ class Worker:
                     last_version = version
                     next_try = now_m + 0.5
                     try:
-                        claim = claims.claim_next(self.conn, self.worker_id, time.time(),
+                        claim = claims.claim_next(self.conn, self.worker_id, time.time,
                                                   lease_ttl=self.lease_ttl, offers=self._offers)
                     except apsw.BusyError:
                         claim = None
@@ -253,6 +252,29 @@ class Worker:
             else:
                 self.shutdown()
         return 0
+
+    def _commit(self, claim: claims.Claim) -> str | None:
+        """Commit the task's changes on the workstream branch; an error message on failure.
+
+        Commits of one worktree are serialised with a lock file, so two workers finishing
+        at once never collide on git's index.lock.
+        """
+        import fcntl
+
+        from kernel.errors import OrchError
+        from kernel.worktree import commit_all
+
+        assert claim.worktree_path
+        lock_path = Path(claim.worktree_path).parent / f".{claim.workstream_id}.commit.lock"
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                commit_all(Path(claim.worktree_path),
+                           f"orch: {claim.task_id}: {claim.definition.get('name', '')}")
+            except OrchError as exc:
+                return f"the command succeeded but its changes could not be committed: " \
+                       f"{exc.message}"
+        return None
 
     def _should_stop(self, claim: claims.Claim, conn: apsw.Connection) -> str | None:
         if self.declared_dead:
@@ -316,10 +338,12 @@ class Worker:
             if (result.outcome == "succeeded" and claim.worktree_path
                     and claims.is_current(self.conn, claim) is None):
                 # The task's changes become one commit on the workstream's branch.
-                from kernel.worktree import commit_all
-
-                commit_all(Path(claim.worktree_path),
-                           f"orch: {claim.task_id}: {claim.definition.get('name', '')}")
+                commit_error = self._commit(claim)
+                if commit_error:
+                    result = ExecutionResult("error", exit_code=result.exit_code,
+                                             error=commit_error,
+                                             duration_seconds=result.duration_seconds,
+                                             details=result.details)
             state = claims.finish_execution(
                 self.conn, claim, time.time(), outcome=result.outcome,
                 exit_code=result.exit_code, error=result.error,

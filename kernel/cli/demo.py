@@ -1,26 +1,31 @@
-"""``orch demo [--keep DIR]``: the kernel end to end on a generated example project.
+"""``orch demo [--keep DIR]``: orch running a realistic workstream end to end.
 
 Public API:
     ``COMMANDS`` (``demo``).
 
 Stability Guarantees:
-    See ``kernel.cli``. ``--json`` prints one document (``kernel.demo.DemoReport.as_dict``).
-    Exit 0 when the database refused the illegal transition and ``orch doctor`` passed, 1
-    otherwise, 2 for a non-empty ``--keep`` directory. ``--root`` is ignored: the demo always
-    builds its own project. The text is for people and may change: progress lines on a
-    terminal, a compact summary (no progress) when piped.
+    See ``kernel.cli``. Exit 0 when every task completed and the workstream was merged, 1
+    otherwise (the project is then kept, and the output says where), 2 for a non-empty
+    ``--keep`` directory. ``--root`` is ignored: the demo always builds its own project.
+    ``--json`` streams nothing and prints one document at the end
+    (``kernel.demo.DemoReport.as_dict``: ``ok``, ``project``, ``counts``, ``summary``, ...).
+    The text is for people and may change: the run's live progress on a terminal
+    (``kernel.progress``), only its summary when piped.
 
 Integration Points:
-    ``kernel.demo.run_demo``; ``kernel.render.plan_table`` for the plan.
+    ``kernel.demo`` (``prepare``, ``execute``, ``cleanup``); ``kernel.progress.make_progress``
+    for the run; ``kernel.render.plan_table`` for the plan.
 
 Dependencies:
-    click, rich; ``kernel.cli.common``, ``kernel.demo``, ``kernel.render``.
+    click, rich; ``kernel.cli.common``, ``kernel.demo``, ``kernel.progress``, ``kernel.render``.
 """
 
 from __future__ import annotations
 
 import io
-from collections import Counter
+import shlex
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -31,14 +36,35 @@ from rich.table import Table
 from rich.text import Text
 
 from kernel.cli.common import CliState, command, emit
-from kernel.demo import DemoReport, DemoStep, run_demo
+from kernel.demo import (
+    BASE_BRANCH,
+    BRANCHES,
+    FLAKY_TASK,
+    WORKERS,
+    WORKSTREAM,
+    DemoReport,
+    DemoStep,
+    cleanup,
+    execute,
+    prepare,
+)
 from kernel.errors import EXIT_FAILED, EXIT_OK
 from kernel.render import plan_table
 
 
-def _states_line(report: DemoReport) -> str:
-    counts = Counter(report.task_states.values())
-    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"
+def _show(console: Console, draw: Callable[[Console], None]) -> None:
+    """Draw on the terminal, or as plain text without rich's trailing padding when piped."""
+    if console.is_terminal:
+        draw(console)
+        return
+    buffer = Console(file=io.StringIO(), width=console.width, color_system=None,
+                     highlight=False, force_terminal=False)
+    draw(buffer)
+    out = buffer.file
+    assert isinstance(out, io.StringIO)
+    text = "\n".join(line.rstrip() for line in out.getvalue().splitlines())
+    if text:
+        click.echo(text)
 
 
 def _grid(console: Console, rows: list[tuple[str, Text | str]], indent: int = 2) -> None:
@@ -51,75 +77,98 @@ def _grid(console: Console, rows: list[tuple[str, Text | str]], indent: int = 2)
     console.print(Padding(grid, (0, 0, 0, indent), expand=False))
 
 
-def _print_report(console: Console, report: DemoReport) -> None:
+def _intro(console: Console) -> None:
+    console.print("[bold]orch demo[/]: a small Python project, a workstream of six tasks, and "
+                  f"`orch run` running them with {WORKERS} workers.")
+
+
+def _plan(console: Console, report: DemoReport) -> None:
+    console.print()
+    plan_table(report.plan, console)
+    console.print()
+    tools = report.tools
+    console.print(f"[bold]orch run[/] --workers {WORKERS} --workstream {WORKSTREAM} "
+                  f"[dim](tests: {escape(tools.tests)}, lint: {escape(tools.lint)}; each "
+                  "command's output goes to .state/logs/)[/]")
+
+
+def _happened(report: DemoReport) -> list[tuple[str, Text | str]]:
     r = report
-    console.print()
-    console.print("[bold]orch demo[/]: what the kernel does today, read back from its database.")
-    _grid(console, [
-        ("Project", f"{r.project}" + (f" (git commit {r.git_commit})" if r.git_commit
-                                       else " (not a git repository)")),
-        ("Workstream", f"{r.workstream_id} ({r.workstream_state}): {r.tasks_loaded} tasks "
-                       f"validated and loaded from tasks/{r.workstream_id}/"),
-    ])
-    console.print()
-    plan_table(r.plan, console)
-    console.print()
-    console.print("[bold]The state machine lives in the database[/]")
-    t = r.illegal_transition
-    refused = bool(t.get("rejected"))
-    _grid(console, [
-        ("Task states", f"{_states_line(r)}. No task has run: running them (`orch run`) "
-                        "arrives with the scheduler."),
-        ("Ready now", ", ".join(r.ready_tasks) or "none"),
-        ("Blocked", (", ".join(sorted({b["task_id"] for b in r.blocked_tasks})) or "none")
-         + " (waiting for their dependencies)"),
-        ("Audit log", f"{r.event_count} events so far, one per creation or accepted "
-                      "transition (`orch events`)"),
-        ("Illegal", Text.assemble(
-            f"{t.get('from_state')} -> {t.get('to_state')} for {t.get('task_id')}: ",
-            ("refused by a trigger", "green") if refused else ("ACCEPTED", "bold red"))),
-    ])
-    _grid(console, [
-        ("SQL", f"UPDATE task SET state = '{t.get('to_state')}', transition_trigger = "
-                f"'{t.get('trigger')}' WHERE task_id = '{t.get('task_id')}'"),
-        ("error", str(t.get("message"))),
-        ("after", f"{t.get('task_id')} is still {t.get('state_after')}; "
-                  f"{t.get('events_written')} events written"),
-    ], indent=4)
-    console.print()
+    rows: list[tuple[str, Text | str]] = []
+    s = r.summary
+    if s is not None:
+        done = s.counts.get("completed", 0)
+        rows.append(("Tasks", Text.assemble(
+            (f"{done} of {s.total} completed", "green" if s.ok else "bold red"),
+            f" in {s.elapsed_seconds:.1f} s by {WORKERS} worker processes, each in the "
+            f"workstream's git worktree .state/worktrees/{WORKSTREAM}")))
+    f = r.flaky
+    if f:
+        if f.get("state") == "completed" and f.get("retry_events"):
+            delay = f.get("retry_delay_seconds")
+            rows.append(("Retried", f"{FLAKY_TASK} failed its first attempt on purpose, was "
+                                    f"retried {delay:.1f} s later and completed "
+                                    f"({f['attempts']} attempts)" if delay is not None else
+                                    f"{FLAKY_TASK} completed after {f['attempts']} attempts"))
+        else:
+            rows.append(("Retried", f"{FLAKY_TASK}: {f.get('state')} after "
+                                    f"{f.get('attempts')} attempts"))
+    if r.parallel:
+        best = max(r.parallel, key=lambda p: p["seconds"])
+        a, b = best["tasks"]
+        rows.append(("Parallel", f"{a} ran beside {b} for {best['seconds']:.1f} s (branches "
+                                 f"{' -> '.join(BRANCHES['tests'])} and "
+                                 f"{' -> '.join(BRANCHES['cli'])}); the edits took turns on "
+                                 "the exclusive git_repo_write lease"))
+    elif s is not None:
+        rows.append(("Parallel", "the two branches did not overlap this time"))
+    m = r.merge
+    if m.get("merged"):
+        commit = (m.get("commit") or "")[:7]
+        rows.append(("Merged", f"{m['branch']} into {BASE_BRANCH} at {commit}; worktree and "
+                               "branch " + ("removed" if m.get("worktree_removed")
+                                            else "still there")))
+    elif s is not None:
+        rows.append(("Merged", Text(f"no: workstream {WORKSTREAM} is {r.workstream_state}",
+                                    "bold red")))
+    if r.git_log:
+        rows.append((f"git log {BASE_BRANCH}", "\n".join(r.git_log[:6])))
     d = r.doctor
-    if d.get("ok"):
-        warned = f" ({len(d['warned'])} warnings)" if d.get("warned") else ""
-        console.print(f"orch doctor: [green]all {d.get('checks')} checks passed[/]{warned}")
-    else:
-        console.print(f"orch doctor: [bold red]failed[/] {escape(', '.join(d['failed']))}")
-    console.print()
-    where = "" if r.removed else f" (cd {escape(str(r.project))})"
-    console.print(f"[bold]Where to look[/]{where}")
-    for item in r.where_to_look:
-        console.print(f"  {escape(item['what'])}")
-        console.print(f"      {escape(item['why'])}", style="dim")
-    console.print()
-    if r.removed:
-        console.print(f"Removed the temporary project {escape(str(r.project))}.")
-        console.print("Keep one to explore with `orch demo --keep DIR`.")
-    else:
-        console.print(f"Kept the project in {escape(str(r.project))}.")
-    if console.is_terminal:
-        console.print(f"[dim]Done in {r.elapsed_seconds:.1f}s.[/]")
+    if d:
+        rows.append(("orch doctor", f"all {d.get('checks')} checks passed" if d.get("ok")
+                     else Text(f"failed: {', '.join(d['failed'])}", "bold red")))
+    return rows
 
 
-def _print_text(console: Console, report: DemoReport) -> None:
+def _after(console: Console, report: DemoReport) -> None:
+    console.print()
+    console.print("[bold]What happened[/] (read back from .state/kernel.db and git)")
+    _grid(console, _happened(report))
+    console.print()
+    if not report.kept and report.ok:  # cleanup() removes it next
+        console.print("[bold]Where to look[/] (this temporary project is removed next: "
+                      "`orch demo --keep DIR` keeps one)")
+    else:
+        console.print(f"[bold]Where to look[/] (in {escape(str(report.project))})")
+    for item in report.where_to_look:
+        console.print(Padding(Text(item["what"]), (0, 0, 0, 2), expand=False))
+        console.print(Padding(Text(item["why"], style="dim"), (0, 0, 0, 6), expand=False))
+    console.print()
+
+
+def _ending(console: Console, report: DemoReport) -> None:
+    where = escape(str(report.project))
+    if report.removed:
+        console.print(f"Removed the temporary project {where}. Keep one to explore with "
+                      "`orch demo --keep DIR`.")
+    elif report.ok:
+        console.print(f"Kept the project in {where}.")
+    else:
+        root = escape(shlex.quote(str(report.project)))
+        console.print(f"[bold red]Not every task completed.[/] The project is kept in {where}: "
+                      f"start with `orch --root {root} status`.")
     if console.is_terminal:
-        _print_report(console, report)
-        return
-    # Piped: plain text without the padding rich puts at the end of table lines.
-    buffer = Console(file=io.StringIO(), width=console.width, color_system=None,
-                     highlight=False, force_terminal=False)
-    _print_report(buffer, report)
-    out = buffer.file
-    assert isinstance(out, io.StringIO)
-    click.echo("\n".join(line.rstrip() for line in out.getvalue().splitlines()))
+        console.print(f"[dim]Done in {report.elapsed_seconds:.1f} s.[/]")
 
 
 @command("demo")
@@ -132,30 +181,49 @@ def _print_text(console: Console, report: DemoReport) -> None:
     help="Build the example project in DIR (new or empty) and keep it there.",
 )
 def demo_cmd(state: CliState, keep: Path | None) -> int:
-    """Show what orch does today, end to end, on a generated example project.
+    """Run an example workstream end to end on a generated project, with live progress.
 
-    Creates a git repository with a tiny Python CLI, runs `orch init` in it, writes a
-    workstream of realistic tasks (an Aider edit with context requirements, two branches that
-    may run in parallel, lint, pytest, critical tasks, resource requirements), validates and
-    loads them, prints the execution plan, shows the database refusing an illegal state
-    transition, and runs `orch doctor`. No task is run: that arrives with the scheduler
-    (`orch run`). The project lives in a temporary directory that is removed at the end,
-    unless --keep DIR is given.
+    Creates a git repository holding a small Python package (textstats) with tests, runs
+    `orch init`, writes a workstream of six tasks (code edits made by scripted steps, a test
+    run, lint, a smoke test that fails once and succeeds on retry, two branches that run in
+    parallel), loads it and runs it with `orch run` and 3 workers in about ten seconds. The
+    workstream's branch is merged into main. Then it prints where to look (.state/,
+    `orch status`, `orch why`, `orch events`, git log). The project lives in a temporary
+    directory that is removed at the end, unless --keep DIR is given or the run failed.
     """
+    from kernel.progress import make_progress
+    from kernel.runner import Progress
+
     console = Console(highlight=False)
-    live = console.is_terminal and not state.json
+    text = not state.json
 
     def on_step(step: DemoStep) -> None:
-        console.print(f"[green]✓[/] {escape(step.title)} [dim]({step.seconds:.2f}s)[/]")
+        if step.key != "run":
+            _show(console, lambda c: c.print(
+                f"[green]✓[/] {escape(step.title)} [dim]({step.seconds:.2f} s)[/]"))
 
-    if live:
-        with console.status("Running the demo…"):
-            report = run_demo(keep, on_step=on_step)
+    if text:
+        _show(console, _intro)
+    report = prepare(keep, on_step=on_step if text else None)
+    if text:
+        _show(console, lambda c: _plan(c, report))
+        sys.stdout.flush()
+    progress = make_progress(False, console.is_terminal) if text else Progress()
+    try:
+        execute(report, progress=progress, on_step=on_step if text else None)
+    except BaseException:
+        if not report.kept:
+            report.kept = True
+        click.echo(f"The demo project is kept in {report.project}.", err=True)
+        raise
+    if text:
+        _show(console, lambda c: _after(c, report))
+    cleanup(report)
+    if text:
+        _show(console, lambda c: _ending(c, report))
     else:
-        report = run_demo(keep)
-    emit(state, report.as_dict(), lambda: _print_text(console, report))
-    good = report.doctor.get("ok") and report.illegal_transition.get("rejected")
-    return EXIT_OK if good else EXIT_FAILED
+        emit(state, report.as_dict(), "")
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 COMMANDS = [demo_cmd]
