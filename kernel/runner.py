@@ -116,6 +116,7 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
     scheduler.acquire_lock(conn, owner, clock_fn())
     children: dict[str, subprocess.Popen[bytes]] = {}
     dead: list[subprocess.Popen[bytes]] = []
+    removed: list[subprocess.Popen[bytes]] = []   # dead since the last tick
     logs: list[IO[bytes]] = []
     interrupted = False
     report = scheduler.TickReport()
@@ -147,7 +148,10 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
         spawned = options.workers
         while True:
             now = clock_fn()
-            ctx.exited = _exited_children(conn, children)
+            # With the children removed since the last tick: one may have died after that
+            # tick's poll, and its exit code would be lost.
+            ctx.exited = _exited_children(conn, [*children.values(), *removed])
+            removed = []
             ctx.wait_for_workers = options.workers == 0 or restarts_left > 0 or any(
                 p.poll() is None for p in children.values())
             report = scheduler.tick(conn, now, ctx)
@@ -157,6 +161,7 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
                 if proc.poll() is not None:
                     del children[key]
                     dead.append(proc)
+                    removed.append(proc)
                     if restarts_left > 0 and not report.done:
                         restarts_left -= 1
                         spawned += 1
@@ -188,7 +193,7 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
                                               workstreams=[options.workstream]
                                               if options.workstream else None,
                                               worktrees=False)
-            final_ctx.exited = _exited_children(conn, children)
+            final_ctx.exited = _exited_children(conn, [*children.values(), *removed])
             scheduler._worker_health(conn, clock_fn(), final_ctx, scheduler.TickReport())
             scheduler.release_lock(conn, owner)
         finally:
@@ -207,9 +212,9 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
     return summary
 
 
-def _exited_children(conn: Any, children: dict[str, subprocess.Popen[bytes]]) -> dict[str, int]:
+def _exited_children(conn: Any, children: list[subprocess.Popen[bytes]]) -> dict[str, int]:
     out: dict[str, int] = {}
-    for proc in children.values():
+    for proc in children:
         code = proc.poll()
         if code is None:
             continue

@@ -1,18 +1,28 @@
-"""orch demo through the real console script: a generated project, loaded, planned, inspected,
-and (without --keep) removed again."""
+"""orch demo through the real console script: a generated git project whose workstream is run
+by `orch run` (scripted edits, tests, lint, a task that fails once and is retried, two branches
+side by side), merged into main, and (without --keep) removed again."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
-import apsw
 import pytest
 
 from kernel.dag import PlanTask, execution_plan
-from kernel.demo import ILLEGAL_TRANSITION, WORKSTREAM, example_task_files
+from kernel.demo import (
+    BRANCHES,
+    FLAKY_TASK,
+    WORKSTREAM,
+    DemoTools,
+    detect_tools,
+    example_project_files,
+    example_task_files,
+)
 from kernel.models import WorkstreamDefinition, parse_task
 
 from .conftest import orch, orch_json, run_cli
@@ -20,98 +30,164 @@ from .conftest import orch, orch_json, run_cli
 TASK_IDS = {name.removesuffix(".json") for name in example_task_files()} - {"workstream"}
 
 
-def test_the_example_definitions_are_valid_and_realistic() -> None:
+def _git(root: Path, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                          check=True, env=env).stdout
+
+
+def test_the_example_definitions_are_realistic() -> None:
     files = example_task_files()
     WorkstreamDefinition.model_validate(files["workstream.json"])
-    tasks = [parse_task(doc, name)[0] for name, doc in files.items() if name != "workstream.json"]
-    assert {t.type for t in tasks} == {"aider", "lint", "pytest"}
-    assert any(t.critical for t in tasks)
-    assert any(t.context_requirements and t.context_requirements.required_files for t in tasks)
-    assert all(t.resource_requirements for t in tasks)
+    tasks = {t.task_id: t for t in (parse_task(doc, name)[0] for name, doc in files.items()
+                                    if name != "workstream.json")}
+    assert {t.type for t in tasks.values()} == {"custom", "pytest", "lint"}
+    edits = [t for t in tasks.values() if "scripts/" in t.execution.command]
+    assert len(edits) == 4
+    for t in edits:
+        assert t.execution.command.startswith(shlex.quote(sys.executable) + " scripts/")
+    for task_id in ("add-word-count", "test-word-count", "add-cli"):
+        assert tasks[task_id].resource_requirements == {"git_repo_write": "exclusive"}
+    assert tasks["add-word-count"].validation_rules.pre_execution == ["git_clean"]
+    flaky = tasks[FLAKY_TASK].execution
+    assert (flaky.max_retries, flaky.retry_delay_seconds) == (2, 0.5)
+    assert any(t.critical for t in tasks.values())
     plan = execution_plan(
         [PlanTask(t.task_id, t.name, t.type, dependencies=tuple(t.dependencies),
                   estimated_duration_seconds=t.execution.estimated_duration_seconds)
-         for t in tasks],
-        WORKSTREAM, files["workstream.json"]["max_parallelism"], "2025-01-01T00:00:00.000Z")
-    # Two branches run side by side after the first edit.
-    assert [len(s["parallel_tasks"]) for s in plan["stages"]] == [1, 2, 2]
-    assert ILLEGAL_TRANSITION["task_id"] in TASK_IDS
+         for t in tasks.values()],
+        WORKSTREAM, None, "2025-01-01T00:00:00.000Z")
+    # After the first edit, the two branches run side by side; lint joins them.
+    assert [len(s["parallel_tasks"]) for s in plan["stages"]] == [1, 2, 2, 1]
+    assert set(BRANCHES["tests"]) | set(BRANCHES["cli"]) | {"add-word-count", "lint"} \
+        == TASK_IDS
+    # The project's config: quick heartbeats and ticks, rules run by this Python.
+    toml = example_project_files()["orch.toml"]
+    assert "heartbeat_seconds = 1\n" in toml and "tick_seconds = 0.1\n" in toml
+    assert json.dumps(detect_tools().tests_command) in toml
 
 
-def test_demo_keep_json(tmp_path: Path) -> None:
+def test_the_tools_fall_back_to_the_standard_library(tmp_path: Path) -> None:
+    """Without pytest and ruff (a plain `pip install .`) the tasks use unittest and
+    compileall; the scripted steps, the tests and the flaky smoke test work with them."""
+    tools = detect_tools()
+    assert (tools.tests, tools.lint) == ("pytest", "ruff")  # the test environment has both
+    q = shlex.quote(sys.executable)
+    fallback = DemoTools(sys.executable, "unittest", f"{q} -m unittest discover -q -s tests",
+                         "compileall", f"{q} -m compileall -q textstats tests scripts")
+    for rel, text in example_project_files(fallback).items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    tasks = {name.removesuffix(".json"): doc for name, doc in
+             example_task_files(fallback).items() if name != "workstream.json"}
+    assert tasks["run-tests"]["type"] == "custom"
+    assert tasks["lint"]["execution"]["executor"] == "subprocess"
+    env = {**os.environ, "DEMO_THINK_SECONDS": "0", "ORCH_ROOT": str(tmp_path)}
+
+    def run(task_id: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(shlex.split(tasks[task_id]["execution"]["command"]), cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    for task_id in ("add-word-count", "test-word-count", "run-tests", "add-cli"):
+        proc = run(task_id)
+        assert proc.returncode == 0, (task_id, proc.stdout, proc.stderr)
+    assert run("add-word-count").returncode == 0  # the edits are idempotent
+    assert "Ran 4 tests" in run("run-tests").stderr
+    first, second = run(FLAKY_TASK), run(FLAKY_TASK)
+    assert first.returncode == 1 and "orch will retry" in first.stdout
+    assert second.returncode == 0 and "README.md" in second.stdout, second.stderr
+    assert run("lint").returncode == 0
+
+
+def _times(events: list[dict], task_id: str) -> tuple[str, str]:
+    started = min(e["timestamp"] for e in events
+                  if e["task_id"] == task_id and e["event"] == "task_started")
+    completed = max(e["timestamp"] for e in events
+                    if e["task_id"] == task_id and e["event"] == "task_completed")
+    return started, completed
+
+
+def test_demo_keep_runs_the_workstream_end_to_end(tmp_path: Path) -> None:
     keep = tmp_path / "demo"
-    code, doc = orch_json("demo", "--keep", str(keep))
-    assert code == 0, doc
-    assert (doc["kept"], doc["removed"], doc["tasks_run"]) == (True, False, 0)
-    assert Path(doc["project"]) == keep.resolve()
-    assert doc["elapsed_seconds"] < 10
+    proc = orch("demo", "--keep", str(keep))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "all tasks completed: 6 completed" in out
+    assert f"{FLAKY_TASK} failed its first attempt on purpose" in out
+    assert f"orch --root {keep.resolve()} why {FLAKY_TASK}" in out
+    assert f"Kept the project in {keep.resolve()}." in out
+    assert all(line == line.rstrip() for line in out.splitlines())  # piped: plain text
 
-    # The kept project holds the loaded tasks, all still pending.
-    db_path = keep / ".state" / "kernel.db"
-    conn = apsw.Connection(str(db_path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        states = dict(conn.execute(
-            "SELECT task_id, state FROM task WHERE workstream_id = ?", (WORKSTREAM,)).fetchall())
-        events = conn.execute("SELECT COUNT(*) FROM event").fetchone()[0]
-    finally:
-        conn.close()
-    assert states == dict.fromkeys(TASK_IDS, "pending")
-    assert doc["task_states"] == states
-    assert doc["tasks_loaded"] == len(TASK_IDS)
-    assert doc["event_count"] == events
-    assert doc["ready_tasks"] == ["add-shout-flag"]
-    assert {(keep / "tasks" / WORKSTREAM / f"{t}.json").exists() for t in TASK_IDS} == {True}
-
-    # The plan came from the database.
-    assert [len(s["parallel_tasks"]) for s in doc["plan"]["stages"]] == [1, 2, 2]
-    assert doc["plan"]["critical_path_tasks"][0] == "add-shout-flag"
-
-    # The database refused the illegal transition and wrote nothing.
-    illegal = doc["illegal_transition"]
-    assert illegal["rejected"] is True
-    assert illegal["code"] == "illegal_transition"
-    assert "illegal task transition: pending -> completed" in illegal["message"]
-    assert (illegal["state_after"], illegal["events_written"]) == ("pending", 0)
-
-    # orch doctor passes there, in the demo and run again by hand.
-    assert doc["doctor"]["ok"] is True
-    code, report = orch_json("--root", str(keep), "doctor")
-    assert code == 0 and report["ok"] is True
-    code, plan = orch_json("--root", str(keep), "plan", WORKSTREAM)
+    # Every task completed, read back with the operator commands.
+    code, status = orch_json("--root", str(keep), "status")
     assert code == 0
-    assert plan["stages"] == doc["plan"]["stages"]
+    assert {t["task_id"]: t["state"] for t in status["tasks"]} == dict.fromkeys(TASK_IDS,
+                                                                              "completed")
+    assert [(w["workstream_id"], w["state"]) for w in status["workstreams"]] == [
+        (WORKSTREAM, "completed")]
+    assert {w["state"] for w in status["workers"]} == {"shutdown"}
+    assert len(status["workers"]) == 3
 
-    if shutil.which("git"):
-        assert doc["git_commit"]
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=keep, capture_output=True,
-                                text=True, check=True).stdout
-        assert status == ""  # everything the user would commit is committed
+    # The flaky task: two attempts, one task_retry event.
+    code, show = orch_json("--root", str(keep), "show", FLAKY_TASK)
+    assert code == 0
+    assert [a["outcome"] for a in show["attempts"]] == ["failed", "succeeded"]
+    code, events = orch_json("--root", str(keep), "events")
+    assert code == 0
+    events = events["events"]
+    assert [e["event"] for e in events if e["task_id"] == FLAKY_TASK].count("task_retry") == 1
+    why = orch("--root", str(keep), "why", FLAKY_TASK, check=True).stdout
+    assert "after 2 attempts" in why
+
+    # The two branches overlapped in time.
+    overlapping = []
+    for a in BRANCHES["tests"]:
+        for b in BRANCHES["cli"]:
+            (a0, a1), (b0, b1) = _times(events, a), _times(events, b)
+            if a0 < b1 and b0 < a1:
+                overlapping.append((a, b))
+    assert overlapping, "the two branches never ran at the same time"
+
+    # The workstream's branch is merged into main; its worktree and branch are gone.
+    log = _git(keep, "log", "--oneline", "main")
+    assert f"orch: merge workstream {WORKSTREAM}" in log
+    for task_id in ("add-word-count", "test-word-count", "add-cli"):
+        assert f"orch: {task_id}:" in log
+    assert "def word_count(text: str) -> int:" in _git(keep, "show", "main:textstats/core.py")
+    assert "word_count" in _git(keep, "show", "main:textstats/__main__.py")
+    assert "test_words_are_separated_by_whitespace" in (keep / "tests" /
+                                                        "test_word_count.py").read_text()
+    assert not (keep / ".state" / "worktrees" / WORKSTREAM).exists()
+    assert _git(keep, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert _git(keep, "branch", "--list", f"orch/{WORKSTREAM}").strip() == ""
+    assert _git(keep, "status", "--porcelain") == ""
+    assert (keep / ".state" / "logs" / f"{FLAKY_TASK}.log").exists()
 
 
-def test_demo_without_keep_leaves_nothing_behind(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_json_without_keep_leaves_nothing_behind(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))
-    code, doc = orch_json("demo")
+    code, doc = orch_json("demo")  # one JSON document: nothing streamed before it
     assert code == 0, doc
-    assert (doc["kept"], doc["removed"]) == (False, True)
-    assert not Path(doc["project"]).exists()
+    assert (doc["ok"], doc["kept"], doc["removed"]) == (True, False, True)
     assert Path(doc["project"]).parent == scratch.resolve()
     assert list(scratch.iterdir()) == []
-
-    # Piped text: compact, honest about what did not run, and says how to keep the project.
-    proc = orch("demo")
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
-    assert "Execution plan shout-flag" in out
-    assert "refused by a trigger" in out
-    assert "orch run" in out and "arrives with the scheduler" in out
-    assert "sqlite3 .state/kernel.db 'SELECT * FROM ready_task'" in out
-    assert "orch demo --keep DIR" in out
-    assert "✓" not in out  # no progress lines when piped
-    assert all(line == line.rstrip() for line in out.splitlines())
-    assert list(scratch.iterdir()) == []
+    assert doc["counts"] == {"completed": len(TASK_IDS)}
+    assert doc["summary"]["ok"] is True and doc["summary"]["total"] == len(TASK_IDS)
+    assert doc["workstream_state"] == "completed"
+    assert {t: v["state"] for t, v in doc["tasks"].items()} == dict.fromkeys(TASK_IDS,
+                                                                            "completed")
+    assert doc["flaky_task"]["attempts"] == 2 and doc["flaky_task"]["retry_events"] == 1
+    assert doc["parallel"]
+    assert doc["merge"]["merged"] is True and doc["merge"]["worktree_removed"] is True
+    assert doc["git_log"][0].endswith(f"orch: merge workstream {WORKSTREAM}")
+    assert doc["doctor"]["ok"] is True
+    assert (doc["tools"]["tests"], doc["tools"]["lint"]) == ("pytest", "ruff")
+    assert [s["step"] for s in doc["steps"]] == ["project", "init", "tasks", "load", "run"]
+    assert any(w["what"].endswith(f"why {FLAKY_TASK}") for w in doc["where_to_look"])
+    assert doc["elapsed_seconds"] < 60
 
 
 def test_demo_refuses_a_non_empty_directory(tmp_path: Path, capsys) -> None:
