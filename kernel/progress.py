@@ -102,7 +102,7 @@ class LiveProgress(Progress):
     def finish(self, summary: RunSummary) -> None:
         if self.live is not None:
             self.live.stop()
-        self.console.print(summary_text(summary))
+        self.console.print(summary_text(summary), markup=False, highlight=False)
 
 
 class QuietProgress(Progress):
