@@ -66,6 +66,7 @@ class TickContext:
     exited: dict[str, int] = field(default_factory=dict)   # worker_id -> exit code (children)
     alive: Callable[[int], bool] | None = None
     reported_exhaustion: set[str] = field(default_factory=set)
+    worktree_failures: dict[str, int] = field(default_factory=dict)
     #: Wait for workers when none is alive (``orch run --workers 0``: they join by hand).
     wait_for_workers: bool = True
 
@@ -283,7 +284,23 @@ def _prepare_worktrees(conn: apsw.Connection, ctx: TickContext) -> list[str] | N
     for ws in ready:
         base = db.scalar(conn, "SELECT base_branch FROM workstream WHERE workstream_id = ?",
                          (ws,))
-        wt = worktree.ensure_worktree(ctx.root, ws, base)
+        try:
+            wt = worktree.ensure_worktree(ctx.root, ws, base)
+        except OrchError as exc:
+            # git can fail for a moment (a ref locked by a background `git gc`): log it and
+            # try again next tick; give up, stopping the run with git's message, after 5 tries.
+            failures = ctx.worktree_failures[ws] = ctx.worktree_failures.get(ws, 0) + 1
+            with db.write_tx(conn):
+                conn.execute(
+                    "INSERT INTO event (timestamp, event, event_type, severity, entity_type, "
+                    "entity_id, workstream_id, trigger, metadata) VALUES (?, "
+                    "'worktree_failed', 'workstream_worktree', 'error', 'workstream', ?, ?, "
+                    "'create_worktree', ?)",
+                    (clock.now_iso(), ws, ws, json.dumps({"error": exc.message,
+                                                           "attempt": failures})))
+            if failures >= 5:
+                raise
+            continue
         with db.write_tx(conn):
             conn.execute("UPDATE workstream SET worktree_path = ?, branch = ?, base_branch = ? "
                          "WHERE workstream_id = ?", (str(wt.path), wt.branch, wt.base_branch, ws))

@@ -419,7 +419,9 @@ def test_workstreams_run_in_worktrees_merge_on_success_and_keep_failures(
     proc = run(root, workers=2)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     ws = {r["workstream_id"]: r for r in query(root, "SELECT * FROM workstream")}
-    assert (ws["good"]["state"], ws["bad"]["state"]) == ("completed", "failed")
+    logs = "".join(p.read_text() for p in (root / ".state" / "logs").glob("worker-*.log"))
+    assert (ws["good"]["state"], ws["bad"]["state"]) == ("completed", "failed"), \
+        proc.stdout + proc.stderr + logs + json.dumps(events(root), default=str)[-4000:]
 
     # The good workstream: merged into main, worktree and branch gone.
     assert (root / "out.txt").read_text() == "made by orch\n"
