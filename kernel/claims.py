@@ -4,7 +4,8 @@ Public API:
     ``Claim``; ``claim_next(conn, worker_id, now, lease_ttl) -> Claim | None``;
     ``record_process(conn, claim, pgid, hostname)``; ``fail_before_start``;
     ``finish_execution``; ``finish_validation``; ``hand_on(conn, task_id, now, ...)`` (worker
-    lost); ``backoff_delay``; ``queue_ready(conn, now, ...)``; ``is_current(conn, claim)``.
+    lost); ``backoff_delay``; ``queue_ready(conn, now, ...)``; ``is_current(conn, claim)``;
+    ``worker_idle``.
 
 Stability Guarantees:
     A claim is one ``BEGIN IMMEDIATE`` transaction: the task goes queued → running with a new
@@ -244,7 +245,7 @@ def _reject_stale(conn: apsw.Connection, claim: Claim, stamp: str, what: str) ->
                  (stamp, claim.attempt_id))
 
 
-def _worker_idle(conn: apsw.Connection, worker_id: str, stamp: str, task_id: str) -> None:
+def worker_idle(conn: apsw.Connection, worker_id: str, stamp: str, task_id: str) -> None:
     state = db.scalar(conn, "SELECT state FROM worker WHERE worker_id = ?", (worker_id,))
     if state == "busy":
         transition(conn, "worker", worker_id, "idle", "task_completed",
@@ -344,7 +345,7 @@ def fail_before_start(conn: apsw.Connection, claim: Claim, now: float, *, rule: 
             _close_attempt(conn, claim, stamp, "not_started", failure_mode="Validation-Failed",
                            error_type="pre_execution_rule_failed", error=error,
                            output=_output("failure", "failed", 0.0, error))
-        _worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+        worker_idle(conn, claim.worker_id, stamp, claim.task_id)
     return state
 
 
@@ -363,7 +364,7 @@ def finish_execution(conn: apsw.Connection, claim: Claim, now: float, *, outcome
                             expect=expect, worker_id=None)
             if not ok:
                 _reject_stale(conn, claim, stamp, "succeeded")
-                _worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+                worker_idle(conn, claim.worker_id, stamp, claim.task_id)
                 return "stale"
             if claim.post_rules:
                 return "validating"
@@ -372,7 +373,7 @@ def finish_execution(conn: apsw.Connection, claim: Claim, now: float, *, outcome
         if outcome == "cancelled":
             # The claim was lost (cancelled by an operator or handed on): nothing to report.
             _reject_stale(conn, claim, stamp, f"killed: {cancel_reason}")
-            _worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+            worker_idle(conn, claim.worker_id, stamp, claim.task_id)
             return "stale"
         if outcome == "timeout":
             mode, trigger, retryable = "Task-Timeout", "task_timeout", True
@@ -397,7 +398,7 @@ def finish_execution(conn: apsw.Connection, claim: Claim, now: float, *, outcome
                            ("start_failed" if outcome == "error" else "exit_code"),
                            error=message,
                            output=_output("failure", "pending", duration, message, details))
-        _worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+        worker_idle(conn, claim.worker_id, stamp, claim.task_id)
         return state
 
 
@@ -411,7 +412,7 @@ def _complete(conn: apsw.Connection, claim: Claim, stamp: str, now: float, durat
     _close_attempt(conn, claim, stamp, "succeeded", exit_code=0,
                    output=_output("success", "passed", duration, None, details))
     queue_ready(conn, now, after_task=claim.task_id)
-    _worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+    worker_idle(conn, claim.worker_id, stamp, claim.task_id)
 
 
 def finish_validation(conn: apsw.Connection, claim: Claim, now: float, *, passed: bool,
@@ -424,7 +425,7 @@ def finish_validation(conn: apsw.Connection, claim: Claim, now: float, *, passed
                                (claim.task_id,)).fetchone()
         if current is None or tuple(current) != ("validating", claim.generation):
             _reject_stale(conn, claim, stamp, "validated")
-            _worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+            worker_idle(conn, claim.worker_id, stamp, claim.task_id)
             return "stale"
         if passed:
             _complete(conn, claim, stamp, now, duration, details, rules)
@@ -437,7 +438,7 @@ def finish_validation(conn: apsw.Connection, claim: Claim, now: float, *, passed
         _close_attempt(conn, claim, stamp, "validation_failed", exit_code=0,
                        failure_mode="Validation-Failed", error_type="validation_failed",
                        error=error, output=_output("failure", "failed", duration, error, details))
-        _worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+        worker_idle(conn, claim.worker_id, stamp, claim.task_id)
         return "failed"
 
 

@@ -36,12 +36,12 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import apsw
 
-from kernel import db
+from kernel import clock, db
 from kernel.definitions import (
     ERROR,
     Definitions,
@@ -147,10 +147,7 @@ class LoadReport:
 
 
 def _timestamp(now: datetime | str | None) -> str | None:
-    if now is None or isinstance(now, str):
-        return now
-    now = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
-    return f"{now:%Y-%m-%dT%H:%M:%S}.{now.microsecond // 1000:03d}Z"
+    return now if now is None or isinstance(now, str) else clock.iso(now)
 
 
 def load(project: Project, paths: Sequence[str | os.PathLike[str]] | None = None, *,

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from kernel import clock, db, scheduler
+from kernel import db, scheduler
 from kernel.errors import OrchError
 from kernel.project import Project
 
@@ -115,7 +115,6 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
     started = time.monotonic()
     scheduler.acquire_lock(conn, owner, clock_fn())
     children: dict[str, subprocess.Popen[bytes]] = {}
-    dead: list[subprocess.Popen[bytes]] = []
     removed: list[subprocess.Popen[bytes]] = []   # dead since the last tick
     logs: list[IO[bytes]] = []
     interrupted = False
@@ -160,7 +159,6 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
             for key, proc in list(children.items()):
                 if proc.poll() is not None:
                     del children[key]
-                    dead.append(proc)
                     removed.append(proc)
                     if restarts_left > 0 and not report.done:
                         restarts_left -= 1
@@ -194,12 +192,12 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
                                               if options.workstream else None,
                                               worktrees=False)
             final_ctx.exited = _exited_children(conn, [*children.values(), *removed])
-            scheduler._worker_health(conn, clock_fn(), final_ctx, scheduler.TickReport())
+            scheduler.check_workers(conn, clock_fn(), final_ctx, scheduler.TickReport())
             scheduler.release_lock(conn, owner)
         finally:
             for log in logs:
                 log.close()
-    counts, _, unrunnable = scheduler._progress(conn, ctx)
+    counts, _, unrunnable = scheduler.progress_counts(conn, ctx)
     ws_states = dict(conn.execute(
         "SELECT workstream_id, state FROM workstream" +
         (" WHERE workstream_id = ?" if options.workstream else ""),
@@ -267,5 +265,4 @@ def summary_text(summary: RunSummary) -> str:
         lines.append(f"  {item['task_id']} cannot run: {item['reason']}")
     if not summary.ok:
         lines.append("next: `orch status`, `orch why TASK`, `orch retry TASK`")
-    _ = clock
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 Public API:
     ``TickContext``, ``TickReport``, ``tick(conn, now, ctx) -> TickReport``;
     ``acquire_lock`` / ``renew_lock`` / ``release_lock`` (one ``orch run`` per database);
-    ``compute_bottom_levels(conn, workstreams)``; ``SchedulerBusy``.
+    ``compute_bottom_levels(conn, workstreams)``; ``check_workers`` (tick phase 1 alone, for a
+    run's last look at its workers); ``progress_counts(conn, ctx)``; ``SchedulerBusy``.
 
 Stability Guarantees:
     One tick, in order: (1) worker health — a dead worker process is ``worker_crashed``, a
@@ -45,7 +46,7 @@ import networkx as nx
 from kernel import claims, clock, db, leases
 from kernel.config import Config
 from kernel.errors import OrchError
-from kernel.executors.local import kill_group
+from kernel.executors.local import kill_group, pid_alive
 from kernel.machines import transition
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -86,16 +87,6 @@ class TickReport:
     unrunnable: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # ----------------------------------------------------------------------------- the lock
 
 def acquire_lock(conn: apsw.Connection, owner: str, now: float,
@@ -104,7 +95,7 @@ def acquire_lock(conn: apsw.Connection, owner: str, now: float,
     with db.write_tx(conn):
         held = db.row(conn, "SELECT * FROM scheduler_lock WHERE lock_id = 1")
         if held and held["owner"] != owner:
-            dead = held["hostname"] == host and not _pid_alive(held["pid"])
+            dead = held["hostname"] == host and not pid_alive(held["pid"])
             if not dead and held["expires_at"] > clock.iso(now):
                 raise SchedulerBusy(
                     "scheduler_running",
@@ -169,7 +160,7 @@ def compute_bottom_levels(conn: apsw.Connection, workstreams: list[str] | None =
 
 def tick(conn: apsw.Connection, now: float, ctx: TickContext) -> TickReport:
     report = TickReport()
-    _worker_health(conn, now, ctx, report)
+    check_workers(conn, now, ctx, report)
     with db.write_tx(conn):
         _release_orphan_leases(conn, now)
         report.requeued = claims.requeue_due(conn, now)
@@ -178,7 +169,7 @@ def tick(conn: apsw.Connection, now: float, ctx: TickContext) -> TickReport:
         report.queued = claims.queue_ready(conn, now, workstreams=prepared)
     _derive_workstreams(conn, now, ctx, report)
     _check_exhaustion(conn, now, ctx, report)
-    report.counts, report.done, report.unrunnable = _progress(conn, ctx)
+    report.counts, report.done, report.unrunnable = progress_counts(conn, ctx)
     return report
 
 
@@ -188,10 +179,10 @@ def _scope_sql(ctx: TickContext, column: str = "workstream_id") -> tuple[str, tu
     return f"{column} IN (SELECT value FROM json_each(?))", (json.dumps(ctx.workstreams),)
 
 
-def _worker_health(conn: apsw.Connection, now: float, ctx: TickContext,
+def check_workers(conn: apsw.Connection, now: float, ctx: TickContext,
                    report: TickReport) -> None:
     w = ctx.config.workers
-    alive = ctx.alive or _pid_alive
+    alive = ctx.alive or pid_alive
     workers = db.rows(conn, "SELECT * FROM worker WHERE state <> 'shutdown'")
     for wk in workers:
         wid, state = wk["worker_id"], wk["state"]
@@ -477,7 +468,7 @@ def _check_exhaustion(conn: apsw.Connection, now: float, ctx: TickContext,
                  req["task_id"]))
 
 
-def _progress(conn: apsw.Connection, ctx: TickContext
+def progress_counts(conn: apsw.Connection, ctx: TickContext
               ) -> tuple[dict[str, int], bool, list[dict[str, Any]]]:
     scope, params = _scope_sql(ctx)
     counts = {s: n for s, n in conn.execute(

@@ -40,6 +40,7 @@ import apsw
 
 from kernel import __version__, claims, clock, db, leases
 from kernel.executors import ExecutionRequest, ExecutionResult, executor_for
+from kernel.executors.local import pid_alive
 from kernel.machines import transition
 from kernel.project import Project
 
@@ -69,16 +70,6 @@ def worker_env(claim: claims.Claim, root: Path, cwd: Path) -> dict[str, str]:
         "ORCH_WORKTREE": str(cwd),
     })
     return env
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Worker:
@@ -208,7 +199,7 @@ class Worker:
 
     def _parent_gone(self) -> bool:
         pid = self.options.parent_pid
-        return pid is not None and (os.getppid() != pid or not _alive(pid))
+        return pid is not None and (os.getppid() != pid or not pid_alive(pid))
 
     def should_exit(self) -> bool:
         if self._drain.is_set() or self._parent_gone():
@@ -332,7 +323,7 @@ class Worker:
                                        failure_mode="Worker-Crashed",
                                        reason="the worker stopped while running the task",
                                        backoff=backoff)
-                        claims._worker_idle(self.conn, self.worker_id, clock.now_iso(),
+                        claims.worker_idle(self.conn, self.worker_id, clock.now_iso(),
                                             claim.task_id)
                     return "handed_on"
             if (result.outcome == "succeeded" and claim.worktree_path

@@ -1,7 +1,8 @@
 """The ``subprocess`` executor: the task's command in its own process group on this machine.
 
 Public API:
-    ``SubprocessExecutor``, ``kill_group(pgid, grace)``.
+    ``SubprocessExecutor``, ``kill_group(pgid, grace)``, ``pid_alive(pid)``,
+    ``attempt_output(request)`` (this attempt's section of the log).
 
 Stability Guarantees:
     No shell unless the task sets ``execution.shell``; placeholders are filled safely (see
@@ -32,6 +33,17 @@ from kernel.executors.base import ExecutionRequest, ExecutionResult, Outcome, su
 _POLL = 0.02
 
 
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists on this host (it may belong to someone else)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def kill_group(pgid: int, grace: float) -> bool:
     """SIGTERM the group, then SIGKILL after ``grace`` seconds; True if it existed."""
     try:
@@ -52,6 +64,18 @@ def kill_group(pgid: int, grace: float) -> bool:
     except ProcessLookupError:
         pass
     return True
+
+
+def attempt_output(request: ExecutionRequest, size: int = 8192) -> str:
+    """The end of this attempt's section of the task's log (for executors that parse it)."""
+    try:
+        with open(request.log_path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - size))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return text.split(f"==== attempt {request.attempt_no} ended")[0]
 
 
 def _header(log: IO[str], request: ExecutionRequest, argv: list[str] | str) -> None:

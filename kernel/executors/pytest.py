@@ -19,26 +19,16 @@ from __future__ import annotations
 import re
 
 from kernel.executors.base import ExecutionRequest
-from kernel.executors.local import SubprocessExecutor
+from kernel.executors.local import SubprocessExecutor, attempt_output
 
 _COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed|deselected)")
-
-
-def _tail(request: ExecutionRequest, size: int = 8192) -> str:
-    try:
-        with open(request.log_path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - size))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 class PytestExecutor(SubprocessExecutor):
     name = "pytest"
 
     def details(self, request: ExecutionRequest, exit_code: int | None) -> dict[str, object]:
-        text = _tail(request).split(f"==== attempt {request.attempt_no} ended")[0]
+        text = attempt_output(request)
         lines = [ln for ln in text.splitlines() if _COUNT.search(ln)]
         if not lines:
             return {}

@@ -11,7 +11,7 @@ Integration Points:
     The default executor of ``"type": "lint"`` tasks.
 
 Dependencies:
-    ``kernel.executors.local``, ``kernel.executors.pytest`` (log tail helper).
+    ``kernel.executors.local``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from __future__ import annotations
 import re
 
 from kernel.executors.base import ExecutionRequest
-from kernel.executors.local import SubprocessExecutor
-from kernel.executors.pytest import _tail
+from kernel.executors.local import SubprocessExecutor, attempt_output
 
 _FOUND = re.compile(r"Found (\d+) errors?")
 
@@ -29,7 +28,7 @@ class RuffExecutor(SubprocessExecutor):
     name = "ruff"
 
     def details(self, request: ExecutionRequest, exit_code: int | None) -> dict[str, object]:
-        text = _tail(request).split(f"==== attempt {request.attempt_no} ended")[0]
+        text = attempt_output(request)
         found = _FOUND.findall(text)
         if found:
             return {"lint_errors": int(found[-1])}
