@@ -50,9 +50,24 @@ def cli(ctx: click.Context, root: str | None, json_: bool) -> None:
 
 
 def _register() -> None:
-    from kernel.cli import core, definitions, demo, events, operator, plan, run
+    from kernel.cli import (
+        audit,
+        backup,
+        bench,
+        core,
+        definitions,
+        demo,
+        events,
+        metrics,
+        operator,
+        plan,
+        run,
+        views,
+    )
 
-    for module in (core, definitions, plan, run, operator, events, demo):
+    modules = (core, definitions, plan, run, operator, events, views, audit, metrics, backup,
+               bench, demo)
+    for module in modules:
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -1,0 +1,1 @@
+-- Audit retention: archived event bookkeeping (orch audit rotate). Being written.

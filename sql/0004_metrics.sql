@@ -1,0 +1,1 @@
+-- Metric samples (orch metrics, .state/metrics.json). Being written.
