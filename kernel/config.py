@@ -60,6 +60,8 @@ class RulesConfig(_Section):
 
 
 class ViewsConfig(_Section):
+    export: bool = True
+    export_min_interval_seconds: float = Field(0.25, ge=0)
     metrics_interval_seconds: float = Field(60.0, gt=0)
 
 
@@ -117,6 +119,12 @@ no_lint_errors = "ruff check ."
 # no_security_issues = ""
 
 [views]
+# Keep the JSON views under .state/ (current.json, transitions.jsonl, indices, DAG and plan
+# files, checkpoints) up to date while orch run runs and after commands that change state.
+export = true
+# At most one export per this many seconds during a run (exports also keep within ~10% of the
+# run's time, so large projects export less often).
+export_min_interval_seconds = 0.25
 # How often a running kernel refreshes .state/metrics.json.
 metrics_interval_seconds = 60
 """

@@ -36,6 +36,7 @@ from typing import IO, Any
 from kernel import db, scheduler
 from kernel.errors import OrchError
 from kernel.project import Project
+from kernel.views import Exporter
 
 
 @dataclass
@@ -119,7 +120,11 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
     logs: list[IO[bytes]] = []
     interrupted = False
     report = scheduler.TickReport()
+    exporter: Exporter | None = None
     try:
+        if config.views.export:
+            exporter = Exporter(project.db_path, project.state_dir,
+                                min_interval=config.views.export_min_interval_seconds).start()
         scope = [options.workstream] if options.workstream else None
         if scope and db.scalar(conn, "SELECT 1 FROM workstream WHERE workstream_id = ?",
                                (options.workstream,)) is None:
@@ -177,7 +182,10 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
                     time.monotonic() - started > options.max_seconds:
                 interrupted = True
                 break
-            last = _wait_for_change(conn, last, config.run.tick_seconds)
+            version = _wait_for_change(conn, last, config.run.tick_seconds)
+            if exporter is not None and version != last:
+                exporter.request()
+            last = version
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -197,6 +205,8 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
         finally:
             for log in logs:
                 log.close()
+            if exporter is not None:
+                exporter.close()   # a last export: the views end exact
     counts, _, unrunnable = scheduler.progress_counts(conn, ctx)
     ws_states = dict(conn.execute(
         "SELECT workstream_id, state FROM workstream" +

@@ -45,6 +45,7 @@ from kernel.registries import (
     CapabilityRegistry,
     ResourceRegistry,
 )
+from kernel.views import DOCUMENT_MODELS, VIEWS_SCHEMA_VERSION
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -63,6 +64,8 @@ SCHEMAS: dict[str, tuple[type[BaseModel], str, str]] = {
         REGISTRY_SCHEMA_VERSION,
     ),
     "attempt-output.schema.json": (AttemptOutput, "attempt-output", ATTEMPT_OUTPUT_SCHEMA_VERSION),
+    **{f"{model.schema_name}.schema.json": (model, model.schema_name, VIEWS_SCHEMA_VERSION)
+       for model in DOCUMENT_MODELS},
 }
 
 

@@ -36,6 +36,7 @@ from kernel import inspect as kinspect
 from kernel import operator as kop
 from kernel.cli.common import CliState, command, emit
 from kernel.errors import EXIT_OK, UsageError
+from kernel.views import export_after_change
 
 _STATE_STYLE = {
     "completed": "green", "running": "cyan", "validating": "cyan", "queued": "blue",
@@ -54,11 +55,14 @@ def _require(task_ids: tuple[str, ...], name: str) -> None:
 
 def _write(state: CliState, action: Callable[[apsw.Connection], kop.OperatorReport],
            verb: str) -> int:
-    conn = state.project().connect()
+    project = state.project()
+    conn = project.connect()
     try:
         report = action(conn)
     finally:
         conn.close()
+    exported = export_after_change(project) if report.changed or report.workstreams_changed \
+        else None
 
     def text() -> None:
         for c in report.changed:
@@ -71,6 +75,8 @@ def _write(state: CliState, action: Callable[[apsw.Connection], kop.OperatorRepo
             click.echo(f"workstream {w['workstream_id']} unchanged: {w['reason']}")
         if not (report.changed or report.workstreams_changed):
             click.echo("nothing changed")
+        for warning in exported.warnings if exported else ():
+            click.echo(f"warning: {warning}", err=True)
 
     emit(state, report.as_dict(), text)
     return EXIT_OK

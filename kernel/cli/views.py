@@ -1,20 +1,49 @@
-"""``orch export``: being written.
+"""``orch export``: rewrite every ``.state/`` view from the database.
 
 Public API:
     ``COMMANDS``.
 
 Stability Guarantees:
-    None yet.
+    ``--json`` prints the export report: ``{timestamp, last_event_seq, tasks, events_appended,
+    files_written, workstreams_skipped, seconds, warnings}``. Exit 0 when the views were
+    written, 1 when an export problem was reported as a warning.
 
 Integration Points:
-    Registered by ``kernel.cli._register``.
+    ``kernel.views.export`` (the same function ``orch run`` calls in the background).
 
 Dependencies:
-    click.
+    click; ``kernel.views``, ``kernel.cli.common``.
 """
 
 from __future__ import annotations
 
 import click
 
-COMMANDS: list[click.Command] = []
+from kernel.cli.common import CliState, command, emit
+from kernel.errors import EXIT_FAILED, EXIT_OK
+from kernel.views import export
+
+
+@command("export")
+def export_cmd(state: CliState) -> int:
+    """Rewrite the JSON views under .state/ from the database (current.json, the indices,
+    DAG, plan and checkpoint files; transitions.jsonl gets the events it lacks)."""
+    project = state.project()
+    conn = project.connect(readonly=True)
+    try:
+        report = export(conn, project.state_dir)
+    finally:
+        conn.close()
+
+    def text() -> None:
+        click.echo(f"exported {report.tasks} tasks and {report.events_appended} new events "
+                   f"(up to seq {report.last_event_seq}) into {len(report.files_written)} files "
+                   f"under {project.state_dir} in {report.seconds:.2f} s")
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}", err=True)
+
+    emit(state, report.as_dict(), text)
+    return EXIT_FAILED if report.warnings else EXIT_OK
+
+
+COMMANDS: list[click.Command] = [export_cmd]
