@@ -175,7 +175,7 @@ def _try_claim(conn: apsw.Connection, worker_id: str, cand: dict[str, Any], now:
         ok = transition(conn, "task", task_id, "running", "worker_started", meta,
                         expect={"state": "queued", "generation": cand["generation"]},
                         worker_id=worker_id, generation=generation,
-                        started_at=("sql", f"COALESCE(started_at, '{stamp}')"))
+                        started_at=("sql", "COALESCE(started_at, ?)", stamp))
         if not ok:
             raise _Lost()
         transition(conn, "worker", worker_id, "busy", "task_assigned",

@@ -328,7 +328,9 @@ def transition(
     """Request one transition (the caller holds the write transaction).
 
     ``columns`` are set in the same UPDATE (e.g. ``worker_id``, ``retry_count``, ``started_at``);
-    a column value given as ``("sql", expression)`` is inlined as SQL (``retry_count + 1``).
+    a column value given as ``("sql", expression, *params)`` is inlined as SQL (``retry_count +
+    1``, ``COALESCE(started_at, ?)`` with the value as a parameter: never format values into the
+    expression, or every call prepares a new statement, triggers and all: about 0.7 ms).
     ``expect`` makes it a compare-and-set: the row changes only if those columns still hold those
     values (e.g. ``{"state": "running", "generation": 7}``); then a row that no longer matches
     returns False instead of raising.
@@ -339,8 +341,11 @@ def transition(
     for column, value in columns.items():
         if not column.isidentifier():
             raise ValueError(f"bad column name {column!r}")
-        if isinstance(value, tuple) and len(value) == 2 and value[0] == "sql":
+        if isinstance(value, tuple) and len(value) >= 2 and value[0] == "sql":
+            # ("sql", expression, *parameters): keep values out of the SQL text, so the
+            # statement (with every trigger compiled into it) is prepared once and cached.
             sets.append(f"{column} = {value[1]}")
+            params.extend(value[2:])
         else:
             sets.append(f"{column} = ?")
             params.append(value)

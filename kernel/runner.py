@@ -33,8 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import apsw
+
 from kernel import db, scheduler
 from kernel.errors import OrchError
+from kernel.metrics import MetricsTicker, write_metrics
 from kernel.project import Project
 from kernel.views import Exporter
 
@@ -57,6 +60,7 @@ class RunSummary:
     unrunnable: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
     owner: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -66,7 +70,7 @@ class RunSummary:
         return {"ok": self.ok, "counts": self.counts, "total": self.total,
                 "elapsed_seconds": round(self.elapsed_seconds, 3),
                 "workstreams": self.workstreams, "unrunnable": self.unrunnable,
-                "interrupted": self.interrupted}
+                "interrupted": self.interrupted, "warnings": self.warnings}
 
 
 class Progress:
@@ -121,6 +125,7 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
     interrupted = False
     report = scheduler.TickReport()
     exporter: Exporter | None = None
+    warnings: list[str] = []
     try:
         if config.views.export:
             exporter = Exporter(project.db_path, project.state_dir,
@@ -131,6 +136,7 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
             raise OrchError("unknown_workstream", f"no workstream {options.workstream!r}",
                             hint="`orch status` lists them; `orch load` imports tasks/",
                             exit_code=2)
+        metrics_ticker = MetricsTicker(config.views.metrics_interval_seconds)
         use_worktrees = config.run.worktrees if options.worktrees is None else options.worktrees
         if use_worktrees:
             from kernel.worktree import is_git_repo
@@ -160,6 +166,8 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
                 p.poll() is None for p in children.values())
             report = scheduler.tick(conn, now, ctx)
             progress.update(conn, report)
+            if metrics_ticker.due(now):
+                write_metrics(conn, project.state_dir, now)
             # A worker that died is replaced (a few times), so a crash does not stall the run.
             for key, proc in list(children.items()):
                 if proc.poll() is not None:
@@ -202,11 +210,17 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
             final_ctx.exited = _exited_children(conn, [*children.values(), *removed])
             scheduler.check_workers(conn, clock_fn(), final_ctx, scheduler.TickReport())
             scheduler.release_lock(conn, owner)
+            try:
+                write_metrics(conn, project.state_dir, clock_fn())
+            except (OSError, apsw.Error) as exc:   # never hide how the run ended
+                warnings.append(f"metrics.json not written: {exc}")
         finally:
             for log in logs:
                 log.close()
             if exporter is not None:
                 exporter.close()   # a last export: the views end exact
+                warnings.extend(f"the .state views were not updated: {e}"
+                                for e in dict.fromkeys(exporter.errors))
     counts, _, unrunnable = scheduler.progress_counts(conn, ctx)
     ws_states = dict(conn.execute(
         "SELECT workstream_id, state FROM workstream" +
@@ -215,7 +229,8 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
     conn.close()
     summary = RunSummary(counts=counts, total=sum(counts.values()),
                          elapsed_seconds=time.monotonic() - started, workstreams=ws_states,
-                         unrunnable=unrunnable, interrupted=interrupted, owner=owner)
+                         unrunnable=unrunnable, interrupted=interrupted, owner=owner,
+                         warnings=warnings)
     progress.finish(summary)
     return summary
 
@@ -273,6 +288,8 @@ def summary_text(summary: RunSummary) -> str:
         lines.append(f"  workstream {ws}: {state}")
     for item in summary.unrunnable:
         lines.append(f"  {item['task_id']} cannot run: {item['reason']}")
+    for warning in summary.warnings:
+        lines.append(f"  warning: {warning}")
     if not summary.ok:
         lines.append("next: `orch status`, `orch why TASK`, `orch retry TASK`")
     return "\n".join(lines)

@@ -244,7 +244,7 @@ def _lose_worker(conn: apsw.Connection, now: float, ctx: TickContext, wk: dict[s
         transition(conn, "worker", wid, to_state, trigger,
                    {"at": stamp, "reason": reason, "failure_mode": mode,
                     "tasks_handed_on": task_ids, "exit_code": exit_code},
-                   stopped_at=("sql", f"MAX(registered_at, '{stamp}')"), exit_code=exit_code)
+                   stopped_at=("sql", "MAX(registered_at, ?)", stamp), exit_code=exit_code)
 
 
 def _release_orphan_leases(conn: apsw.Connection, now: float) -> None:

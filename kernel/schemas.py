@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from kernel.metrics import METRICS_SCHEMA_NAME, METRICS_SCHEMA_VERSION, Metrics
 from kernel.models import (
     ATTEMPT_OUTPUT_SCHEMA_VERSION,
     REGISTRY_SCHEMA_VERSION,
@@ -64,6 +65,7 @@ SCHEMAS: dict[str, tuple[type[BaseModel], str, str]] = {
         REGISTRY_SCHEMA_VERSION,
     ),
     "attempt-output.schema.json": (AttemptOutput, "attempt-output", ATTEMPT_OUTPUT_SCHEMA_VERSION),
+    "metrics.schema.json": (Metrics, METRICS_SCHEMA_NAME, METRICS_SCHEMA_VERSION),
     **{f"{model.schema_name}.schema.json": (model, model.schema_name, VIEWS_SCHEMA_VERSION)
        for model in DOCUMENT_MODELS},
 }

@@ -329,8 +329,8 @@ SELECT workstream_id, ifnull(definition_sha256, '') || '/' || ifnull(max_paralle
 
 
 def _definition_fingerprints(conn: apsw.Connection) -> dict[str, str]:
-    edges = dict(conn.execute(_EDGES_SQL).fetchall())
-    own = dict(conn.execute(_WORKSTREAM_FP_SQL).fetchall())
+    edges: dict[str, int] = {ws: n for ws, n in conn.execute(_EDGES_SQL)}
+    own: dict[str, str] = {ws: fp for ws, fp in conn.execute(_WORKSTREAM_FP_SQL)}
     out = {}
     for wsid, n, ids in conn.execute(_DEFINITIONS_SQL):
         digest = hashlib.blake2b(ids.encode(), digest_size=16).hexdigest()

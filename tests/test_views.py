@@ -287,6 +287,12 @@ def test_a_real_run_and_an_operator_command_keep_the_views_current(tmp_path: Pat
     try:
         current = _check_agrees(conn, state)
         assert current["counts"] == {"completed": 2, "failed": 1, "pending": 1}
+        metrics = _load(state, "metrics.json")       # written at the end of the run
+        _validate(metrics, "metrics")
+        for name in ("pending", "running", "completed", "failed"):
+            assert metrics["tasks"][name] == current["counts"].get(name, 0)
+        workers = {w["state"] for w in current["workers"]}
+        assert metrics["workers"]["busy"] == 0 and workers == {"shutdown"}
         assert {t["task_id"]: t["waiting_for"] for t in current["tasks"]}["d"] == ["c"]
         retried = orch("--root", str(root), "retry", "c")
         assert retried.returncode == 0, retried.stderr
