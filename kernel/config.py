@@ -65,12 +65,17 @@ class ViewsConfig(_Section):
     metrics_interval_seconds: float = Field(60.0, gt=0)
 
 
+class BundleConfig(_Section):
+    redact: list[str] = Field(default_factory=list)
+
+
 class Config(_Section):
     database: DatabaseConfig = DatabaseConfig()
     workers: WorkersConfig = WorkersConfig()
     run: RunConfig = RunConfig()
     rules: RulesConfig = RulesConfig()
     views: ViewsConfig = ViewsConfig()
+    bundle: BundleConfig = BundleConfig()
 
 
 DEFAULT_CONFIG_TOML = """\
@@ -127,6 +132,11 @@ export = true
 export_min_interval_seconds = 0.25
 # How often a running kernel refreshes .state/metrics.json.
 metrics_interval_seconds = 60
+
+[bundle]
+# Extra regular expressions whose matches orch bundle replaces by [REDACTED] (besides the
+# built-in patterns for API keys, tokens, passwords and private keys).
+redact = []
 """
 
 

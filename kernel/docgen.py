@@ -163,15 +163,20 @@ def cli_reference() -> str:
     root = click.Context(cli, info_name="orch", terminal_width=100, max_content_width=100,
                          **cli.context_settings)
     lines += [cli.get_help(root).rstrip(), "```", ""]
+    def describe(command: click.Command, name: str, parent: click.Context, path: str) -> None:
+        ctx = click.Context(command, info_name=name, parent=parent)
+        lines.extend([f"## {path}", "", "```", command.get_help(ctx).rstrip(), "```", ""])
+        if isinstance(command, click.Group):   # e.g. orch audit: each subcommand in full
+            for sub in sorted(command.commands):
+                describe(command.commands[sub], sub, ctx, f"{path} {sub}")
+
     for name in sorted(cli.commands):
-        command = cli.commands[name]
-        ctx = click.Context(command, info_name=name, parent=root)
-        lines += [f"## orch {name}", "", "```", command.get_help(ctx).rstrip(), "```", ""]
+        describe(cli.commands[name], name, root, f"orch {name}")
     return "\n".join(lines).rstrip() + "\n"
 
 
 def doctor_reference() -> str:
-    from kernel.doctor import INVARIANT_QUERIES
+    from kernel.doctor import INVARIANT_QUERIES, REPAIR_DOC
 
     lines = [
         GENERATED_NOTICE.format(source="kernel/doctor.py"),
@@ -203,6 +208,7 @@ def doctor_reference() -> str:
     for name, (sql, meaning) in INVARIANT_QUERIES.items():
         lines += [f"## {name}", "", meaning[0].upper() + meaning[1:] + ".", "", "```sql",
                   sql, "```", ""]
+    lines += [REPAIR_DOC.rstrip(), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -4,7 +4,8 @@ Public API:
     ``status(conn) -> dict`` (workstreams with task counts by state, every task, every worker,
     totals); ``show(conn, task_id, logs_dir) -> dict`` (one task: columns, parsed definition,
     dependencies, dependents, capabilities, resources, attempts, held leases, blocked_by, log
-    tail); ``why(conn, task_id, logs_dir) -> dict`` (``{"task_id", "state", "sentences",
+    tail); ``why(conn, task_id, logs_dir, *, archive_dir=None) -> dict`` (``{"task_id",
+    "state", "sentences",
     "events", "log_tail"}``: plain-English sentences explaining the current state);
     ``log_tail(path, lines) -> list[str]``; ``TASK_STATES``.
 
@@ -16,12 +17,12 @@ Stability Guarantees:
 
 Integration Points:
     ``orch status | show | why`` (``kernel.cli.operator``). Reads the ``ready_task``,
-    ``blocked_task``, ``stuck_task``, ``worker_health`` views and the audit log through
-    ``kernel.audit.list_events``; task logs are ``<logs_dir>/<task_id>.log`` (or an attempt's
-    ``log_path``).
+    ``blocked_task``, ``stuck_task``, ``worker_health`` views and the audit log, live and
+    archived (``.state/archive/events``), through ``kernel.archive.read_events``; task logs
+    are ``<logs_dir>/<task_id>.log`` (or an attempt's ``log_path``).
 
 Dependencies:
-    apsw; ``kernel.db``, ``kernel.audit``, ``kernel.errors``.
+    apsw; ``kernel.db``, ``kernel.archive``, ``kernel.errors``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 import apsw
 
 from kernel import db
-from kernel.audit import list_events
+from kernel.archive import read_events
 from kernel.errors import OrchError
 
 # The task machine's states in lifecycle order (for counts and tables).
@@ -193,7 +194,19 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _failed_rules(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The failed results of a rules report (``kernel.rules.RulesReport.as_dict()``), which the
+    kernel puts in the metadata of validation failures as ``rules``."""
+    rules = meta.get("rules")
+    if isinstance(rules, dict) and isinstance(rules.get("results"), list):
+        return [r for r in rules["results"] if isinstance(r, dict) and not r.get("passed")]
+    return []
+
+
 def _rules(meta: dict[str, Any]) -> list[str]:
+    failed = _failed_rules(meta)
+    if failed:
+        return [str(r.get("rule")) for r in failed]
     rules = meta.get("rules")
     if isinstance(rules, list):
         return [str(r.get("rule") or r.get("name") or r) if isinstance(r, dict) else str(r)
@@ -201,6 +214,35 @@ def _rules(meta: dict[str, Any]) -> list[str]:
     if meta.get("rule"):
         return [str(meta["rule"])]
     return []
+
+
+def _rule_details(meta: dict[str, Any]) -> str:
+    """``: <reason>`` of the failed rules (with the exit code when the reason lacks it), when
+    the metadata carries them."""
+    failed = _failed_rules(meta)
+    parts = []
+    for r in failed:
+        text = str(r.get("reason") or "").strip()
+        code = r.get("exit_code")
+        if code is not None and str(code) not in text:
+            text = f"{text} (exit code {code})".strip()
+        if text:
+            parts.append(text if len(failed) == 1 else f"{r.get('rule')}: {text}")
+    return (": " + "; ".join(parts)) if parts else ""
+
+
+def _rule_output(meta: dict[str, Any], lines: int = 5) -> list[str]:
+    """Sentences quoting the end of each failed rule's output."""
+    out = []
+    for r in _failed_rules(meta):
+        tail = [ln for ln in str(r.get("output_tail") or "").splitlines() if ln.strip()]
+        if tail:
+            out.append(f"Rule {r.get('rule')} printed (last {_plural(len(tail[-lines:]), 'line')}"
+                       f"): {' / '.join(tail[-lines:])}")
+    return out
+
+
+_VALIDATION_PREFIX = "post-execution validation failed: "
 
 
 def _by(meta: dict[str, Any]) -> str:
@@ -330,10 +372,13 @@ def _failed_sentence(task: dict[str, Any], event: dict[str, Any] | None, attempt
     if trigger == "validation_failed":
         rules = _rules(meta)
         if len(rules) == 1:
-            return f"{tid} failed: validation rule {rules[0]} failed."
+            return f"{tid} failed: validation rule {rules[0]} failed{_rule_details(meta)}."
         if rules:
-            return f"{tid} failed: validation rules {', '.join(rules)} failed."
+            return (f"{tid} failed: validation rules {', '.join(rules)} failed"
+                    f"{_rule_details(meta)}.")
         detail = task.get("last_error") or meta.get("error")
+        if detail and detail.startswith(_VALIDATION_PREFIX):
+            detail = detail[len(_VALIDATION_PREFIX):]
         return f"{tid} failed: post-execution validation failed" + (
             f": {detail}." if detail else ".")
     mode = task.get("failure_mode") or meta.get("failure_mode")
@@ -341,6 +386,9 @@ def _failed_sentence(task: dict[str, Any], event: dict[str, Any] | None, attempt
     why = {"task_timeout": "its last attempt timed out",
            "worker_lost": "its worker was lost during its last attempt",
            "execution_failed": "its command failed"}.get(trigger or "", "it failed")
+    if trigger == "execution_failed" and meta.get("phase") == "pre_execution":
+        why = (f"pre-execution rule {meta.get('rule') or '?'} failed, so its command never "
+               "ran")
     text = f"{tid} failed after {_plural(attempts, 'attempt')}: {why}"
     if mode or detail:
         text += " (" + ": ".join(str(x) for x in (mode, detail) if x) + ")"
@@ -389,19 +437,29 @@ def _state_sentences(conn: apsw.Connection, task: dict[str, Any],
     return [f"{tid} is {state}."]
 
 
-def why(conn: apsw.Connection, task_id: str, logs_dir: Path | None) -> dict[str, Any]:
+def why(conn: apsw.Connection, task_id: str, logs_dir: Path | None, *,
+        archive_dir: Path | None = None) -> dict[str, Any]:
     """Why a task is in its state: ``sentences`` in plain English (the current state first,
     then the history of its attempts and operator actions, then what to do), its ``events``,
-    and for a failed task the ``log_tail`` of its last attempt (else None)."""
+    and for a failed task the ``log_tail`` of its last attempt (else None).
+
+    Events moved out of the live log by ``orch audit rotate`` are read from ``archive_dir``
+    (default: ``archive/events`` beside ``logs_dir``, i.e. ``.state/archive/events``)."""
+    if archive_dir is None and logs_dir is not None:
+        archive_dir = Path(logs_dir).parent / "archive" / "events"
     with _snapshot(conn):
         task = _task_row(conn, task_id)
-        events = list_events(conn, task_id=task_id)
+        events = [{k: v for k, v in e.items() if k != "source"}
+                  for e in read_events(conn, archive_dir, task_id=task_id)]
         attempt_rows = _attempts(conn, task_id)
         attempts = {a["attempt_no"]: a for a in attempt_rows}
         history, started = _history(task, events, attempts)
         started = max(started, len(attempt_rows))
         sentences = _state_sentences(conn, task, events, started) + history
         state = task["state"]
+        failed_event = _last_event_into(events, "failed") if state == "failed" else None
+        if failed_event is not None:
+            sentences += _rule_output(failed_event["metadata"])
         if state in ("failed", "cancelled"):
             waiting = [r["task_id"] for r in db.rows(
                 conn, "SELECT DISTINCT task_id FROM stuck_task WHERE root_task_id = ? "

@@ -492,15 +492,32 @@ def _event_lines(conn: apsw.Connection, after: int, up_to: int) -> Iterable[str]
         yield _dumps(event) + "\n"
 
 
+def _archived_lines(conn: apsw.Connection, state_dir: Path, after: int,
+                    up_to: int) -> Iterable[str]:
+    """Events already rotated into ``.state/archive/events/`` (when the file is rebuilt after
+    a rotation), then the live ones."""
+    from kernel import archive
+
+    for event in archive.iter_events(conn, archive.archive_dir(state_dir), since_seq=after):
+        if event["seq"] > up_to:
+            return
+        event.pop("source", None)
+        yield _dumps(event) + "\n"
+
+
 def _append_events(conn: apsw.Connection, path: Path, up_to: int) -> int:
     """Append the events after the file's last seq, up to ``up_to``; returns how many."""
     after = last_exported_seq(path)
     if after >= up_to:
         return 0
+    first_live = db.scalar(conn, "SELECT min(seq) FROM event")
+    lines = (_archived_lines(conn, path.parent, after, up_to)
+             if first_live is not None and first_live > after + 1
+             else _event_lines(conn, after, up_to))
     count = 0
     with open(path, "a", encoding="utf-8") as fh:
         batch: list[str] = []
-        for line in _event_lines(conn, after, up_to):
+        for line in lines:
             batch.append(line)
             if len(batch) >= 4096:
                 fh.write("".join(batch))

@@ -61,8 +61,10 @@ def new_worker_id() -> str:
     return f"w-{socket.gethostname().split('.')[0]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def worker_env(claim: claims.Claim, root: Path, cwd: Path) -> dict[str, str]:
-    env = dict(os.environ)
+def worker_env(claim: claims.Claim, root: Path, cwd: Path,
+               base: dict[str, str] | None = None) -> dict[str, str]:
+    """The task's environment: ``base`` (default: this process's environment) plus ORCH_*."""
+    env = dict(os.environ if base is None else base)
     env.update({
         "ORCH_ROOT": str(root), "ORCH_TASK_ID": claim.task_id,
         "ORCH_WORKSTREAM_ID": claim.workstream_id, "ORCH_ATTEMPT": str(claim.attempt_no),
@@ -88,6 +90,8 @@ class Worker:
         self._offers: dict[str, str] = {}
         self.current: claims.Claim | None = None
         self.declared_dead = False
+        # Read once: copying os.environ item by item costs ~0.1 ms, on every task.
+        self._base_env = dict(os.environ)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -280,7 +284,7 @@ class Worker:
         base = Path(claim.worktree_path) if claim.worktree_path else root
         workdir = (claim.definition.get("execution") or {}).get("working_directory") or "."
         cwd = (base / workdir).resolve()
-        env = {**worker_env(claim, root, base), **self.options.extra_env}
+        env = {**worker_env(claim, root, base, self._base_env), **self.options.extra_env}
         w = self.config.workers
         backoff = self._backoff()
         try:

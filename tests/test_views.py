@@ -325,3 +325,25 @@ def test_views_can_be_turned_off(tmp_path: Path) -> None:
     make_project(root, [task("a")], toml_extra="[views]\nexport = false\n")
     assert run(root, workers=1).returncode == 0
     assert not (root / ".state" / "current.json").exists()
+
+
+def test_a_rebuilt_events_file_includes_the_rotated_events(conn: apsw.Connection,
+                                                           project: Project) -> None:
+    """The events file is the whole log: after `orch audit rotate` moved old events into the
+    archives, deleting transitions.jsonl and exporting writes the archived events too."""
+    from kernel import archive
+    from kernel.machines import transition
+
+    with db.write_tx(conn):     # one more event, young, after the old history of the fixture
+        transition(conn, "task", "a", "queued", "scheduler_assigned",
+                   {"at": iso(T0 + 200 * 86400)})
+    everything = _db_events(conn)
+    result = archive.rotate(conn, archive.archive_dir(project.state_dir),
+                            now=T0 + 200 * 86400)
+    assert result["events"] > 0
+    live_first = db.scalar(conn, "SELECT min(seq) FROM event")
+    assert live_first > 1
+    views.export(conn, project.state_dir)
+    assert _jsonl(project.state_dir)[:len(everything)] == everything
+    assert [e["seq"] for e in _jsonl(project.state_dir)] == list(
+        range(1, db.scalar(conn, "SELECT max(seq) FROM event") + 1))

@@ -7,7 +7,7 @@ Stability Guarantees:
     See ``kernel.cli``: names, options, JSON shapes and exit codes are a contract.
 
 Integration Points:
-    ``kernel.project.init_project``, ``kernel.doctor.diagnose``.
+    ``kernel.project.init_project``, ``kernel.doctor.diagnose`` and ``kernel.doctor.repair``.
 
 Dependencies:
     click, rich; ``kernel.cli.common``.
@@ -15,12 +15,14 @@ Dependencies:
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.console import Console
 from rich.table import Table
 
+from kernel import doctor as kdoctor
 from kernel.cli.common import CliState, command, emit
-from kernel.doctor import diagnose
 from kernel.errors import EXIT_FAILED, EXIT_OK
 from kernel.project import init_project
 
@@ -55,9 +57,21 @@ _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
 
 
 @command("doctor")
-def doctor_cmd(state: CliState) -> int:
-    """Check integrity, schema and library versions, invariants (as SQL queries) and WAL size."""
-    checks = diagnose(state.project())
+@click.option("--repair", is_flag=True,
+              help="Also rewrite the .state views from the database; on a damaged database "
+                   "change nothing and name the backup to restore and what it would lose.")
+def doctor_cmd(state: CliState, repair: bool) -> int:
+    """Check integrity, schema and library versions, invariants (as SQL queries) and WAL size.
+
+    With --repair, rebuild the .state views of a sound database; for a damaged one (never
+    modified), print what restoring the newest backup in .state/backups/ would lose (compared
+    with .state/transitions.jsonl) and the exact `orch restore` command.
+    """
+    project = state.project()
+    if repair:
+        checks, fixed = kdoctor.repair(project)
+    else:
+        checks, fixed = kdoctor.diagnose(project), None
     failed = [c for c in checks if c.status == "fail"]
 
     def text() -> None:
@@ -76,9 +90,30 @@ def doctor_cmd(state: CliState) -> int:
             if c.hint:
                 console.print(f"     hint: {c.hint}", soft_wrap=True)
         console.print("[bold red]problems found[/]" if failed else "[green]all checks passed[/]")
+        if fixed is not None:
+            _print_repair(console, fixed)
 
-    emit(state, {"ok": not failed, "checks": [c.as_dict() for c in checks]}, text)
-    return EXIT_FAILED if failed else EXIT_OK
+    data: dict[str, Any] = {"ok": not failed, "checks": [c.as_dict() for c in checks]}
+    if fixed is not None:
+        data["repair"] = fixed.as_dict()
+    emit(state, data, text)
+    return EXIT_FAILED if failed or (fixed is not None and not fixed.ok) else EXIT_OK
+
+
+def _print_repair(console: Console, fixed: kdoctor.RepairReport) -> None:
+    console.print("[bold]repair[/]")
+    if fixed.damaged and fixed.restore is not None:
+        plan = fixed.restore
+        console.print("  the database is damaged; it was not changed.", soft_wrap=True)
+        for bad in plan["invalid_backups"]:
+            console.print(f"  unusable backup {bad['path']}: {bad['problem']}", soft_wrap=True)
+        console.print(f"  {plan['summary']}", soft_wrap=True, markup=False)
+        if plan["command"]:
+            console.print(f"\n  {plan['command']}\n", soft_wrap=True, markup=False)
+    elif fixed.views_error:
+        console.print(f"  [bold red]views not rebuilt[/]: {fixed.views_error}", soft_wrap=True)
+    else:
+        console.print("  the .state views were rebuilt from the database", soft_wrap=True)
 
 
 COMMANDS = [init_cmd, doctor_cmd]
