@@ -58,6 +58,34 @@ CREATE TABLE event (
     metadata      TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))
 ) STRICT;
 
+CREATE TABLE event_archive (
+    archive_id          INTEGER PRIMARY KEY,
+    rotation_seq        INTEGER NOT NULL,   -- seq of the audit_rotated event of this rotation
+    file                TEXT NOT NULL       -- file name in .state/archive/events/
+                        CHECK (file GLOB 'events-[0-9][0-9][0-9][0-9]-[0-9][0-9].sqlite'),
+    month               TEXT NOT NULL CHECK (month GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]'),
+    first_seq           INTEGER NOT NULL,   -- the events this rotation moved into the file
+    last_seq            INTEGER NOT NULL,
+    events              INTEGER NOT NULL CHECK (events >= 1),
+    batch_sha256        TEXT NOT NULL,      -- content checksum of those events
+    through_seq         INTEGER NOT NULL,   -- every event up to this seq has left the live table
+    file_events         INTEGER NOT NULL,   -- events in the file with seq <= through_seq
+    file_content_sha256 TEXT NOT NULL,      -- content checksum of those events
+    file_sha256         TEXT NOT NULL,      -- sha256 of the file's bytes (`sha256sum FILE`)
+    file_bytes          INTEGER NOT NULL,
+    rotated_at          TEXT NOT NULL,
+    CONSTRAINT event_archive_seq_range CHECK (
+        first_seq >= 1 AND first_seq <= last_seq AND last_seq <= through_seq
+        AND events <= last_seq - first_seq + 1 AND file_events >= events)
+) STRICT;
+
+CREATE TABLE event_rotation_marker (
+    marker_id    INTEGER PRIMARY KEY CHECK (marker_id = 1),
+    rotation_seq INTEGER NOT NULL,
+    last_seq     INTEGER NOT NULL CHECK (last_seq < rotation_seq),
+    started_at   TEXT NOT NULL
+) STRICT;
+
 CREATE TABLE failure_mode (
     mode_id             TEXT PRIMARY KEY,          -- e.g. 'Task-Timeout'
     category            TEXT NOT NULL CHECK (category IN ('task', 'worker', 'workstream', 'system')),
@@ -133,6 +161,15 @@ CREATE TABLE machine_transition (
     FOREIGN KEY (machine, from_state) REFERENCES machine_state (machine, state),
     FOREIGN KEY (machine, to_state) REFERENCES machine_state (machine, state)
 ) STRICT, WITHOUT ROWID;
+
+CREATE TABLE metric_sample (
+    -- The document's `timestamp` (ISO-8601 UTC, ms): when the sample was taken.
+    sampled_at     TEXT PRIMARY KEY CHECK (sampled_at GLOB
+                   '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'),
+    schema_version TEXT NOT NULL,
+    -- The whole metrics.json document (schemas/metrics.schema.json), compact, sorted keys.
+    document       TEXT NOT NULL CHECK (json_valid(document))
+) STRICT;
 
 CREATE TABLE resource (
     resource_id       TEXT PRIMARY KEY,
@@ -283,6 +320,10 @@ CREATE TABLE workstream (
         AND (completed_at IS NULL OR completed_at >= COALESCE(started_at, created_at)))
 ) STRICT;
 
+CREATE INDEX event_archive_by_file ON event_archive (file, archive_id);
+
+CREATE INDEX event_archive_by_rotation ON event_archive (rotation_seq, first_seq, last_seq);
+
 CREATE INDEX event_by_task ON event (task_id, seq) WHERE task_id IS NOT NULL;
 
 CREATE INDEX event_by_time ON event (timestamp);
@@ -321,6 +362,47 @@ SELECT t.task_id, t.workstream_id, d.depends_on AS blocked_by, p.state AS blocke
   JOIN task_dependency d ON d.task_id = t.task_id
   JOIN task p ON p.task_id = d.depends_on
  WHERE t.state = 'pending' AND p.state <> 'completed';
+
+CREATE VIEW failure_occurrence AS
+SELECT e.seq, e.timestamp, f.mode_id, f.category, e.event, e.severity, e.entity_type,
+       e.entity_id, e.workstream_id, e.task_id, e.from_state, e.to_state, e.trigger
+  FROM event e
+  JOIN failure_mode f
+    ON f.mode_id = COALESCE(json_extract(e.metadata, '$.failure_mode'),
+                            (SELECT m.mode_id FROM failure_mode m WHERE m.event = e.event
+                              ORDER BY m.mode_id LIMIT 1))
+ WHERE e.severity <> 'info'
+   AND (f.category = e.entity_type
+        OR (f.category = 'system' AND e.entity_type IN ('system', 'resource')))
+   AND NOT (e.entity_type = 'worker' AND e.from_state = 'unresponsive'
+            AND f.mode_id = 'Worker-Unresponsive');
+
+CREATE VIEW metric_history AS
+SELECT sampled_at,
+       json_extract(document, '$.workstreams.active')           AS workstreams_active,
+       json_extract(document, '$.workstreams.completed_today')  AS workstreams_completed_today,
+       json_extract(document, '$.workstreams.failed_today')     AS workstreams_failed_today,
+       json_extract(document, '$.tasks.pending')                AS tasks_pending,
+       json_extract(document, '$.tasks.queued')                 AS tasks_queued,
+       json_extract(document, '$.tasks.running')                AS tasks_running,
+       json_extract(document, '$.tasks.validating')             AS tasks_validating,
+       json_extract(document, '$.tasks.retrying')               AS tasks_retrying,
+       json_extract(document, '$.tasks.completed')              AS tasks_completed,
+       json_extract(document, '$.tasks.failed')                 AS tasks_failed,
+       json_extract(document, '$.tasks.cancelled')              AS tasks_cancelled,
+       json_extract(document, '$.tasks.avg_duration_seconds')   AS tasks_avg_duration_seconds,
+       json_extract(document, '$.tasks.completion_rate_per_hour') AS tasks_completion_rate_per_hour,
+       json_extract(document, '$.workers.total')                AS workers_total,
+       json_extract(document, '$.workers.idle')                 AS workers_idle,
+       json_extract(document, '$.workers.busy')                 AS workers_busy,
+       json_extract(document, '$.workers.unresponsive')         AS workers_unresponsive,
+       json_extract(document, '$.workers.avg_utilization')      AS workers_avg_utilization,
+       (SELECT COALESCE(SUM(e.value), 0) FROM json_each(document, '$.errors') e) AS errors_today
+  FROM metric_sample;
+
+CREATE VIEW metric_history_errors AS
+SELECT s.sampled_at, e.key AS mode_id, e.value AS occurrences_today
+  FROM metric_sample s, json_each(s.document, '$.errors') e;
 
 CREATE VIEW ready_task AS
 SELECT t.task_id, t.workstream_id, t.state, t.priority, t.critical,
@@ -370,6 +452,10 @@ SELECT w.worker_id, w.state, w.pid, w.last_heartbeat_at, w.heartbeat_interval_se
   FROM worker w;
 
 CREATE TRIGGER event_append_only_delete BEFORE DELETE ON event
+WHEN NOT EXISTS (
+    SELECT 1 FROM event_rotation_marker m
+      JOIN event_archive a ON a.rotation_seq = m.rotation_seq
+     WHERE OLD.seq <= m.last_seq AND OLD.seq BETWEEN a.first_seq AND a.last_seq)
 BEGIN
     SELECT RAISE(ABORT, 'the event log is append-only: an event cannot be deleted (old events are archived with orch audit rotate)');
 END;
@@ -377,6 +463,16 @@ END;
 CREATE TRIGGER event_append_only_update BEFORE UPDATE ON event
 BEGIN
     SELECT RAISE(ABORT, 'the event log is append-only: an event cannot be updated');
+END;
+
+CREATE TRIGGER event_archive_append_only_delete BEFORE DELETE ON event_archive
+BEGIN
+    SELECT RAISE(ABORT, 'event_archive is append-only: a rotation record cannot be deleted');
+END;
+
+CREATE TRIGGER event_archive_append_only_update BEFORE UPDATE ON event_archive
+BEGIN
+    SELECT RAISE(ABORT, 'event_archive is append-only: a rotation record cannot be changed');
 END;
 
 CREATE TRIGGER event_seq_gapless AFTER INSERT ON event
