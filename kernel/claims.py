@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,33 +117,36 @@ def claim_next(conn: apsw.Connection, worker_id: str, now: float | Callable[[], 
     so a claim is never stamped earlier than the commit that made its task ready.
     """
     with db.write_tx(conn):
-        if callable(now):
-            now = now()
-        me = db.row(conn, "SELECT state, version, stop_requested, workstreams FROM worker "
-                          "WHERE worker_id = ?", (worker_id,))
-        if me is None or me["state"] != "idle" or me["stop_requested"]:
-            return None
-        offers = worker_offers(conn, worker_id) if offers is None else offers
-        scope = set(json.loads(me["workstreams"])) if me["workstreams"] else None
-        running_by_ws: dict[str, int] | None = None
-        stamp = clock.iso(now)
-        for cand in _candidates(conn):
-            if scope is not None and cand["workstream_id"] not in scope:
-                continue
-            if not capable(offers, me["version"], json.loads(cand["needs"]),
-                           cand["min_version"]):
-                continue
-            if cand["max_parallelism"] is not None:
-                if running_by_ws is None:
-                    running_by_ws = dict(conn.execute(
-                        "SELECT workstream_id, COUNT(*) FROM task "
-                        "WHERE state IN ('running', 'validating') GROUP BY workstream_id"))
-                if running_by_ws.get(cand["workstream_id"], 0) >= cand["max_parallelism"]:
-                    continue
-            claim = _try_claim(conn, worker_id, cand, now, stamp, lease_ttl)
-            if claim is not None:
-                return claim
+        return _claim_in_tx(conn, worker_id, now() if callable(now) else now,
+                            lease_ttl=lease_ttl, offers=offers)
+
+
+def _claim_in_tx(conn: apsw.Connection, worker_id: str, now: float, *, lease_ttl: float,
+                 offers: dict[str, str] | None) -> Claim | None:
+    me = db.row(conn, "SELECT state, version, stop_requested, workstreams FROM worker "
+                      "WHERE worker_id = ?", (worker_id,))
+    if me is None or me["state"] != "idle" or me["stop_requested"]:
         return None
+    offers = worker_offers(conn, worker_id) if offers is None else offers
+    scope = set(json.loads(me["workstreams"])) if me["workstreams"] else None
+    running_by_ws: dict[str, int] | None = None
+    stamp = clock.iso(now)
+    for cand in _candidates(conn):
+        if scope is not None and cand["workstream_id"] not in scope:
+            continue
+        if not capable(offers, me["version"], json.loads(cand["needs"]), cand["min_version"]):
+            continue
+        if cand["max_parallelism"] is not None:
+            if running_by_ws is None:
+                running_by_ws = dict(conn.execute(
+                    "SELECT workstream_id, COUNT(*) FROM task "
+                    "WHERE state IN ('running', 'validating') GROUP BY workstream_id"))
+            if running_by_ws.get(cand["workstream_id"], 0) >= cand["max_parallelism"]:
+                continue
+        claim = _try_claim(conn, worker_id, cand, now, stamp, lease_ttl)
+        if claim is not None:
+            return claim
+    return None
 
 
 def _candidates(conn: apsw.Connection) -> Iterator[dict[str, Any]]:
@@ -354,52 +358,80 @@ def finish_execution(conn: apsw.Connection, claim: Claim, now: float, *, outcome
                      details: dict[str, Any] | None = None, backoff: dict[str, float],
                      cancel_reason: str | None = None) -> str:
     """Report the command's result. Returns the task's new state, or "stale"."""
-    stamp = clock.iso(now)
     with db.write_tx(conn):
-        expect = {"state": "running", "generation": claim.generation}
-        if outcome == "succeeded":
-            ok = transition(conn, "task", claim.task_id, "validating", "execution_completed",
-                            {"at": stamp, "exit_code": exit_code,
-                             "duration_seconds": round(duration, 3)},
-                            expect=expect, worker_id=None)
-            if not ok:
-                _reject_stale(conn, claim, stamp, "succeeded")
-                worker_idle(conn, claim.worker_id, stamp, claim.task_id)
-                return "stale"
-            if claim.post_rules:
-                return "validating"
-            _complete(conn, claim, stamp, now, duration, details, rules=None)
-            return "completed"
-        if outcome == "cancelled":
-            # The claim was lost (cancelled by an operator or handed on): nothing to report.
-            _reject_stale(conn, claim, stamp, f"killed: {cancel_reason}")
+        return _finish_execution(conn, claim, now, outcome=outcome, exit_code=exit_code,
+                                 error=error, duration=duration, details=details,
+                                 backoff=backoff, cancel_reason=cancel_reason)
+
+
+def finish_and_claim(conn: apsw.Connection, claim: Claim, now: float, *, outcome: str,
+                     exit_code: int | None, error: str | None, duration: float,
+                     details: dict[str, Any] | None = None, backoff: dict[str, float],
+                     lease_ttl: float, offers: dict[str, str] | None = None,
+                     ) -> tuple[str, Claim | None]:
+    """``finish_execution`` and, when that leaves the worker idle, ``claim_next`` in the same
+    transaction: one write transaction per task instead of two, and a dependent that the
+    finished task made ready starts without waiting for anyone (the claim is stamped a moment
+    later than the finish: the clock is read again)."""
+    with db.write_tx(conn):
+        state = _finish_execution(conn, claim, now, outcome=outcome, exit_code=exit_code,
+                                  error=error, duration=duration, details=details,
+                                  backoff=backoff, cancel_reason=None)
+        if state == "validating":
+            return state, None
+        return state, _claim_in_tx(conn, claim.worker_id, max(now, time.time()),
+                                   lease_ttl=lease_ttl, offers=offers)
+
+
+def _finish_execution(conn: apsw.Connection, claim: Claim, now: float, *, outcome: str,
+                      exit_code: int | None, error: str | None, duration: float,
+                      details: dict[str, Any] | None, backoff: dict[str, float],
+                      cancel_reason: str | None) -> str:
+    stamp = clock.iso(now)
+    expect = {"state": "running", "generation": claim.generation}
+    if outcome == "succeeded":
+        ok = transition(conn, "task", claim.task_id, "validating", "execution_completed",
+                        {"at": stamp, "exit_code": exit_code,
+                         "duration_seconds": round(duration, 3)},
+                        expect=expect, worker_id=None)
+        if not ok:
+            _reject_stale(conn, claim, stamp, "succeeded")
             worker_idle(conn, claim.worker_id, stamp, claim.task_id)
             return "stale"
-        if outcome == "timeout":
-            mode, trigger, retryable = "Task-Timeout", "task_timeout", True
-        elif outcome == "error":
-            mode, trigger, retryable = "Task-Failed", "execution_failed", False
-        else:
-            mode, trigger, retryable = "Task-Failed", "execution_failed", True
-        message = error or f"exit code {exit_code}"
-        state = _fail_or_retry(conn, claim, stamp, now, trigger=trigger, failure_mode=mode,
-                               error=message, retryable=retryable, from_state="running",
-                               backoff=backoff,
-                               extra={"exit_code": exit_code,
-                                      "duration_seconds": round(duration, 3),
-                                      **({"timeout_seconds": claim.timeout_seconds}
-                                         if outcome == "timeout" else {})})
-        if state == "stale":
-            _reject_stale(conn, claim, stamp, outcome)
-        else:
-            _close_attempt(conn, claim, stamp, "timeout" if outcome == "timeout" else "failed",
-                           exit_code=exit_code, failure_mode=mode,
-                           error_type="timeout" if outcome == "timeout" else
-                           ("start_failed" if outcome == "error" else "exit_code"),
-                           error=message,
-                           output=_output("failure", "pending", duration, message, details))
+        if claim.post_rules:
+            return "validating"
+        _complete(conn, claim, stamp, now, duration, details, rules=None)
+        return "completed"
+    if outcome == "cancelled":
+        # The claim was lost (cancelled by an operator or handed on): nothing to report.
+        _reject_stale(conn, claim, stamp, f"killed: {cancel_reason}")
         worker_idle(conn, claim.worker_id, stamp, claim.task_id)
-        return state
+        return "stale"
+    if outcome == "timeout":
+        mode, trigger, retryable = "Task-Timeout", "task_timeout", True
+    elif outcome == "error":
+        mode, trigger, retryable = "Task-Failed", "execution_failed", False
+    else:
+        mode, trigger, retryable = "Task-Failed", "execution_failed", True
+    message = error or f"exit code {exit_code}"
+    state = _fail_or_retry(conn, claim, stamp, now, trigger=trigger, failure_mode=mode,
+                           error=message, retryable=retryable, from_state="running",
+                           backoff=backoff,
+                           extra={"exit_code": exit_code,
+                                  "duration_seconds": round(duration, 3),
+                                  **({"timeout_seconds": claim.timeout_seconds}
+                                     if outcome == "timeout" else {})})
+    if state == "stale":
+        _reject_stale(conn, claim, stamp, outcome)
+    else:
+        _close_attempt(conn, claim, stamp, "timeout" if outcome == "timeout" else "failed",
+                       exit_code=exit_code, failure_mode=mode,
+                       error_type="timeout" if outcome == "timeout" else
+                       ("start_failed" if outcome == "error" else "exit_code"),
+                       error=message,
+                       output=_output("failure", "pending", duration, message, details))
+    worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+    return state
 
 
 def _complete(conn: apsw.Connection, claim: Claim, stamp: str, now: float, duration: float,
