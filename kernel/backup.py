@@ -1,20 +1,18 @@
-"""Backups, bug-report bundles and restores of ``.state/kernel.db``, safe while the kernel runs.
+"""Backups and restores of ``.state/kernel.db``, safe while the kernel runs.
 
 Public API:
     ``backup(project_or_db_path, dest=None, *, force=False) -> BackupReport``: one
     self-contained SQLite file (online backup API, journal_mode DELETE, checked, fsynced,
     renamed into place); ``dest=None`` means ``default_backup_path`` (``.state/backups/
     kernel-<UTC timestamp>.db``).
-    ``bundle(project, dest, *, redact_patterns=DEFAULT_PATTERNS, extra_patterns=(),
-    force=False) -> BundleReport``: one ``.tar.gz`` for a bug report (redacted database copy,
-    views, logs, doctor output, versions, a README and a manifest).
     ``restore(project, src, *, force=False) -> RestoreReport``: check ``src``, keep the current
     database aside as ``.state/kernel.db.before-restore-<timestamp>``, put ``src`` in place,
-    migrate.
+    migrate; ``restore_command(project, src)`` (the command line that does it).
     ``inspect_database_file(path) -> DatabaseInfo`` (is it a sound orch database, and what does
     it hold); ``list_backups(project)`` (newest first); ``database_users(project)`` (why the
-    database is in use right now); ``redact_text`` / ``redact_string`` / ``redact_json`` /
-    ``redact_database`` / ``compile_patterns``; ``REDACTED``, ``DEFAULT_PATTERNS``.
+    database is in use right now); ``SQLITE_MAGIC``, ``BACKUPS_DIR``.
+    Helpers shared with ``kernel.redact`` and ``kernel.bundle``: ``finish_single_file(path)``
+    (make a copy a checked rollback-journal file), ``fsync_path(path)``, ``utc_stamp(now)``.
 
 Stability Guarantees:
     A backup is never a raw copy of the WAL-mode file: it is an SQLite snapshot taken with the
@@ -23,37 +21,28 @@ Stability Guarantees:
     without ``force``; a failed backup leaves no partial file behind. ``restore`` never deletes
     the database it replaces, and never runs while an ``orch run`` (``scheduler_lock``), a
     live ``orch worker`` or another process holds the database. Refusals raise ``OrchError``
-    (exit 1) naming the file and what to do; an invalid ``--redact`` regex is a ``UsageError``
-    (exit 2). Error codes are only added.
+    (exit 1) naming the file and what to do. Error codes are only added.
 
 Integration Points:
-    ``orch backup|bundle|restore`` (``kernel.cli.backup``); ``orch doctor --repair``
-    (``kernel.doctor``) finds the newest backup with ``list_backups`` and checks it with
-    ``inspect_database_file``. Attempt logs are read from ``Project.logs_dir``, the views from
-    ``Project.state_dir``.
+    ``orch backup|restore`` (``kernel.cli.backup``); ``orch bundle`` (``kernel.bundle``) puts a
+    backup in the bundle; ``orch doctor --repair`` (``kernel.doctor``) finds the newest backup
+    with ``list_backups`` and checks it with ``inspect_database_file``. ``restore`` rewrites
+    the ``.state`` views with ``kernel.views.export``.
 
 Dependencies:
     apsw; ``kernel.db``, ``kernel.project``, ``kernel.errors``, ``kernel.clock``,
-    ``kernel.executors.local`` (``pid_alive``); ``kernel.doctor`` (lazily, for the bundle).
+    ``kernel.executors.local`` (``pid_alive``, lazily); ``kernel.views`` (lazily, on restore).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import io
-import json
 import os
-import platform
-import re
 import shlex
 import socket
-import sys
-import tarfile
-import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,197 +58,6 @@ PAGES_PER_STEP = 256          # pages copied per backup step (1 MiB at the 4 KiB
 STEP_SLEEP_SECONDS = 0.005    # pause between steps: the source's writers get the lock
 MAX_RESTARTS = 3              # a source written to this often is then copied in one step
 BACKUP_TIMEOUT_SECONDS = 120.0
-MAX_BUNDLE_FILE_BYTES = 8 * 1024 * 1024   # a bigger log or view keeps only its tail
-REDACTED = "[REDACTED]"
-
-# --------------------------------------------------------------------------------- redaction
-
-# Names of environment-like settings whose values are secrets: *TOKEN*, *SECRET*, *PASSWORD*,
-# *API_KEY*, *ACCESS_KEY*, *PRIVATE_KEY*, *CREDENTIAL*, any upper-case *_KEY, AWS_*.
-_NAME = (r"(?:[A-Za-z0-9_.-]{0,64}?(?i:token(?!s|iz)|secret|passw(?:or)?d|api[_-]?key"
-         r"|access[_-]?key|private[_-]?key|credentials?)[A-Za-z0-9_.-]{0,64}"
-         r"|[A-Z0-9_]{0,64}_KEY|AWS_[A-Z0-9_]{1,64})")
-SECRET_KEY_NAME = re.compile(_NAME)
-
-DEFAULT_PATTERNS: dict[str, re.Pattern[str]] = {
-    "private_key_block": re.compile(
-        r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"
-        r"(?:-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|\Z)"),
-    # The tail of a key block whose beginning was cut off (a truncated log).
-    "private_key_tail": re.compile(
-        r"\A[A-Za-z0-9+/=\s]*-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"),
-    "env_assignment": re.compile(
-        rf"(?<![A-Za-z0-9_.-]){_NAME}[\"']?[ \t]*[=:][ \t]*(?P<q>[\"'])?"
-        r"(?!\[REDACTED\])(?P<secret>(?(q)[^\"'\n]+|[^\s\"'&;,)}\]]+))"),
-    "secret_flag": re.compile(
-        r"(?i:(?<![A-Za-z0-9-])--?[a-z0-9-]{0,32}(?:token|secret|password|api-?key|access-key)"
-        r"(?:=|[ \t]+))(?!\[REDACTED\])(?P<secret>[^\s\"']+)"),
-    "authorization_header": re.compile(
-        r"(?i:\bauthorization[\"']?[ \t]*[:=][ \t]*[\"']?(?:basic|bearer|token|digest)[ \t]+)"
-        r"(?!\[REDACTED\])(?P<secret>[A-Za-z0-9._~+/=-]{6,})"),
-    "bearer_token": re.compile(
-        r"(?i:\bbearer[ \t]+)(?!\[REDACTED\])(?P<secret>[A-Za-z0-9._~+/=-]{16,})"),
-    "anthropic_key": re.compile(r"(?<![A-Za-z0-9])sk-ant-[A-Za-z0-9_-]{8,}"),
-    "openai_key": re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9][A-Za-z0-9_-]{14,}"),
-    "stripe_key": re.compile(r"(?<![A-Za-z0-9])[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"),
-    "github_token": re.compile(
-        r"(?<![A-Za-z0-9])(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"),
-    "gitlab_token": re.compile(r"(?<![A-Za-z0-9])glpat-[A-Za-z0-9_-]{20,}"),
-    "huggingface_token": re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}"),
-    "aws_access_key_id": re.compile(
-        r"(?<![A-Z0-9])(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{16}(?![A-Z0-9])"),
-    "google_api_key": re.compile(r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_-]{35}"),
-    "slack_token": re.compile(r"(?<![A-Za-z0-9])xox[baprs]-[A-Za-z0-9-]{10,}"),
-    "jwt": re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]+){0,2}"),
-    "url_password": re.compile(r"(?<=://)[^/\s:@]{1,128}:(?!\[REDACTED\])(?P<secret>[^/\s@]{1,256})@"),
-}
-
-
-def compile_patterns(regexes: Sequence[str]) -> dict[str, re.Pattern[str]]:
-    """Extra patterns (``--redact REGEX``): the whole match is redacted, or only the group
-    named ``secret`` when the regex has one."""
-    compiled: dict[str, re.Pattern[str]] = {}
-    for i, regex in enumerate(regexes, 1):
-        try:
-            compiled[f"extra_{i}"] = re.compile(regex)
-        except re.error as exc:
-            raise UsageError("bad_redact_pattern", f"--redact {regex!r} is not a valid regular "
-                             f"expression: {exc}",
-                             hint="use Python `re` syntax; quote it for the shell") from exc
-    return compiled
-
-
-def _substitute(match: re.Match[str]) -> str:
-    if "secret" in match.re.groupindex and match.group("secret") is not None:
-        start, end = match.span("secret")
-        whole = match.group(0)
-        return whole[: start - match.start()] + REDACTED + whole[end - match.start():]
-    return REDACTED
-
-
-def redact_text(text: str, patterns: Mapping[str, re.Pattern[str]]) -> tuple[str, int]:
-    """``text`` with every match replaced by ``[REDACTED]``, and the number of replacements."""
-    total = 0
-    for pattern in patterns.values():
-        text, n = pattern.subn(_substitute, text)
-        total += n
-    return text, total
-
-
-def redact_json(value: Any, patterns: Mapping[str, re.Pattern[str]]) -> tuple[Any, int]:
-    """A decoded JSON value with its strings redacted; string values under a secret-looking key
-    (``OPENAI_API_KEY``, ``password``, ...) are replaced whole."""
-    if isinstance(value, str):
-        return redact_string(value, patterns)
-    if isinstance(value, list):
-        items = [redact_json(v, patterns) for v in value]
-        return [v for v, _ in items], sum(n for _, n in items)
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        total = 0
-        for key, item in value.items():
-            new_key, n = redact_text(key, patterns) if isinstance(key, str) else (key, 0)
-            total += n
-            if (isinstance(item, str) and item and item != REDACTED
-                    and SECRET_KEY_NAME.fullmatch(str(key))):
-                out[new_key] = REDACTED
-                total += 1
-            else:
-                out[new_key], n = redact_json(item, patterns)
-                total += n
-        return out, total
-    return value, 0
-
-
-def redact_string(value: str, patterns: Mapping[str, re.Pattern[str]]) -> tuple[str, int]:
-    """Like ``redact_text``, but a string holding a JSON object or array stays valid JSON."""
-    if value.lstrip()[:1] in ("{", "["):
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            pass
-        else:
-            new, n = redact_json(parsed, patterns)
-            return (json.dumps(new, ensure_ascii=False) if n else value), n
-    return redact_text(value, patterns)
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _is_text(declared: str) -> bool:
-    declared = declared.upper()
-    return declared in ("", "TEXT", "ANY") or "CHAR" in declared or "CLOB" in declared
-
-
-def _redact_table(conn: apsw.Connection, table: str,
-                  patterns: Mapping[str, re.Pattern[str]]) -> dict[str, int]:
-    info = db.rows(conn, f"PRAGMA table_xinfo({_ident(table)})")
-    # Key columns are left alone: they identify rows (and foreign keys point at them).
-    columns = [str(c["name"]) for c in info
-               if not c["pk"] and not c["hidden"] and _is_text(str(c["type"] or ""))]
-    if not columns:
-        return {}
-    try:
-        conn.execute(f"SELECT rowid FROM {_ident(table)} LIMIT 0").fetchall()
-        keys = ["rowid"]
-    except apsw.SQLError:  # WITHOUT ROWID: its primary key
-        keys = [str(c["name"]) for c in sorted(info, key=lambda c: int(c["pk"])) if c["pk"]]
-    select = ", ".join(_ident(k) if k != "rowid" else "rowid" for k in keys)
-    select += ", " + ", ".join(_ident(c) for c in columns)
-    counts: dict[str, int] = {}
-    updates: list[tuple[dict[str, Any], list[Any]]] = []
-    for found in conn.execute(f"SELECT {select} FROM {_ident(table)}"):
-        key_values = list(found[: len(keys)])
-        changed: dict[str, Any] = {}
-        for column, value in zip(columns, found[len(keys):], strict=True):
-            if isinstance(value, str):
-                new, n = redact_string(value, patterns)
-                if n:
-                    changed[column] = new
-                    counts[f"{table}.{column}"] = counts.get(f"{table}.{column}", 0) + n
-        if changed:
-            updates.append((changed, key_values))
-    where = " AND ".join(f"{k if k == 'rowid' else _ident(k)} = ?" for k in keys)
-    for changed, key_values in updates:
-        sets = ", ".join(f"{_ident(c)} = ?" for c in changed)
-        conn.execute(f"UPDATE {_ident(table)} SET {sets} WHERE {where}",
-                     [*changed.values(), *key_values])
-    return counts
-
-
-def redact_database(src: Path, dest: Path,
-                    patterns: Mapping[str, re.Pattern[str]]) -> dict[str, int]:
-    """Redact every text column of every table of the COPY ``src`` (not key columns), then
-    ``VACUUM INTO dest`` so no redacted text survives in free pages. The triggers (among them
-    the event log's append-only guards) are dropped for the redaction and re-created after it,
-    in the same transaction, so ``dest`` has the original schema. Returns counts per column."""
-    conn = apsw.Connection(str(src))
-    try:
-        conn.pragma("foreign_keys", False)
-        conn.pragma("ignore_check_constraints", True)
-        conn.pragma("secure_delete", True)
-        triggers = [(str(name), str(sql)) for name, sql in conn.execute(
-            "SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND sql IS NOT NULL "
-            "ORDER BY rowid")]
-        tables = [str(r[0]) for r in conn.execute(
-            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
-            "AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name")]
-        counts: dict[str, int] = {}
-        with db.write_tx(conn):
-            for name, _sql in triggers:
-                conn.execute(f"DROP TRIGGER {_ident(name)}")
-            for table in tables:
-                counts.update(_redact_table(conn, table, patterns))
-            for _name, sql in triggers:
-                conn.execute(sql)
-        conn.execute("VACUUM INTO ?", (str(dest),))
-    finally:
-        conn.close()
-    _finish_single_file(dest)
-    return counts
-
 
 # --------------------------------------------------------------------------------- backup
 
@@ -299,7 +97,8 @@ class DatabaseInfo:
         return asdict(self)
 
 
-def _stamp(now: float | None = None) -> str:
+def utc_stamp(now: float | None = None) -> str:
+    """``now`` (default: the current time) as a compact UTC timestamp for file names."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
 
 
@@ -313,10 +112,11 @@ def _unique(path: Path) -> Path:
 
 def default_backup_path(state_dir: Path, now: float | None = None) -> Path:
     """``<state_dir>/backups/kernel-<UTC timestamp>.db`` (``-2``, ``-3``... when taken)."""
-    return _unique(state_dir / BACKUPS_DIR / f"kernel-{_stamp(now)}.db")
+    return _unique(state_dir / BACKUPS_DIR / f"kernel-{utc_stamp(now)}.db")
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a directory (after a rename into it) where the filesystem allows."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -335,7 +135,7 @@ def _sidecars(path: Path) -> list[Path]:
     return [p for p in (Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal")) if p.exists()]
 
 
-def _finish_single_file(path: Path) -> tuple[int, dict[str, Any]]:
+def finish_single_file(path: Path) -> tuple[int, dict[str, Any]]:
     """Make ``path`` a rollback-journal file, check it, and describe it. Raises when a check
     fails. Returns (page count, event summary)."""
     conn = apsw.Connection(str(path))
@@ -453,7 +253,7 @@ def backup(
     else:
         target = Path(dest).expanduser().resolve()
         if target.is_dir():
-            target = _unique(target / f"kernel-{_stamp()}.db")
+            target = _unique(target / f"kernel-{utc_stamp()}.db")
     _check_dest(target, source, force)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
@@ -462,15 +262,15 @@ def backup(
     try:
         try:
             steps, restarts = _copy_pages(src, tmp, pages_per_step, step_sleep, timeout)
-            pages, summary = _finish_single_file(tmp)
-            _fsync(tmp)
+            pages, summary = finish_single_file(tmp)
+            fsync_path(tmp)
         except BaseException:
             _remove_with_sidecars(tmp)
             raise
     finally:
         src.close()
     os.replace(tmp, target)
-    _fsync(target.parent)
+    fsync_path(target.parent)
     return BackupReport(
         source=str(source), dest=str(target), pages=pages, bytes=target.stat().st_size,
         events=summary["events"], max_seq=summary["max_seq"],
@@ -663,7 +463,7 @@ def _move_aside(path: Path, now: float) -> Path:
             conn.close()
     except apsw.Error:
         pass  # damaged: keep every file exactly as it is
-    aside = _unique(path.with_name(f"{path.name}.before-restore-{_stamp(now)}"))
+    aside = _unique(path.with_name(f"{path.name}.before-restore-{utc_stamp(now)}"))
     os.replace(path, aside)
     for suffix in ("-wal", "-shm", "-journal"):
         side = Path(f"{path}{suffix}")
@@ -701,8 +501,8 @@ def restore(project: Project, src: str | os.PathLike[str], *, force: bool = Fals
     try:
         try:
             _copy_pages(src_conn, tmp, -1, STEP_SLEEP_SECONDS, timeout)
-            _finish_single_file(tmp)
-            _fsync(tmp)
+            finish_single_file(tmp)
+            fsync_path(tmp)
         except BaseException:
             _remove_with_sidecars(tmp)
             raise
@@ -714,10 +514,10 @@ def restore(project: Project, src: str | os.PathLike[str], *, force: bool = Fals
     log = project.state_dir / "transitions.jsonl"
     log_aside = None
     if log.exists():
-        log_aside = _unique(log.with_name(f"{log.name}.before-restore-{_stamp(now)}"))
+        log_aside = _unique(log.with_name(f"{log.name}.before-restore-{utc_stamp(now)}"))
         os.replace(log, log_aside)
     os.replace(tmp, target)
-    _fsync(target.parent)
+    fsync_path(target.parent)
     conn = project.connect()  # migrates the restored file to this orch's schema
     try:
         version = db.schema_version(conn)
@@ -740,217 +540,3 @@ def _export_views(conn: apsw.Connection, project: Project) -> str | None:
     except (ImportError, OSError, apsw.Error, OrchError) as exc:
         return f"the .state views were not rewritten ({exc}); run `orch export`"
     return None
-
-
-# --------------------------------------------------------------------------------- bundle
-
-
-@dataclass
-class BundleReport:
-    dest: str
-    members: list[dict[str, Any]] = field(default_factory=list)
-    redactions: int = 0
-    database: dict[str, Any] | None = None
-    errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-_BUNDLE_README = """\
-orch bug-report bundle
-======================
-
-Made by `orch bundle` ({created_at}, orch {version}) from the project at
-{root}
-
-Members
-  kernel.db        a copy of .state/kernel.db made with SQLite's online backup API while
-                   the kernel may have been running, then redacted (see below). Open it with
-                   any SQLite client: sqlite3 kernel.db
-  state/           the .state/*.json and *.jsonl views, redacted
-  logs/            the attempt and worker logs of .state/logs/, redacted (a file over
-                   {max_mib} MiB keeps only its tail; manifest.json says so)
-  orch.toml        the project's configuration, redacted
-  doctor.json      what `orch doctor --json` reported
-  versions.json    python, platform, SQLite, apsw and orch versions
-  manifest.json    every member with its size, sha256 and number of redactions
-
-Redaction
-  Values of environment-like settings (KEY=value, KEY: value, "KEY": "value" where KEY
-  looks like *TOKEN*, *SECRET*, *PASSWORD*, *API_KEY*, *ACCESS_KEY*, *PRIVATE_KEY*,
-  *CREDENTIAL*, *_KEY or AWS_*), secret command-line flags (--token X, --api-key=X),
-  Authorization/Bearer tokens, OpenAI/Anthropic (sk-...), GitHub (ghp_, gho_,
-  github_pat_...), GitLab, Hugging Face, Stripe, Slack (xox?-), AWS access key ids
-  (AKIA...), Google API keys, JWT-like tokens (eyJ...), passwords in URLs and private
-  key blocks were replaced by [REDACTED]{extra}. Review the bundle before you share it:
-  redaction works by pattern and cannot know every secret.
-
-About the database copy
-  The copy's triggers, among them the event log's append-only guards
-  (event_append_only_update/_delete), were dropped while its text columns were redacted
-  and re-created afterwards, so its schema is the original one; then it was VACUUMed
-  into a fresh file so no redacted text is left in free pages. Key columns (task ids,
-  worker ids, ...) are not redacted. Because rows were rewritten, this copy is for
-  reading and debugging: do not restore it over a real project.
-"""
-
-
-def _redact_file_bytes(data: bytes, suffix: str,
-                       patterns: Mapping[str, re.Pattern[str]]) -> tuple[bytes, int]:
-    text = data.decode("utf-8", errors="surrogateescape")
-    total = 0
-    if suffix == ".json":
-        new, total = redact_string(text, patterns)
-    elif suffix == ".jsonl":
-        lines = []
-        for line in text.splitlines(keepends=True):
-            body = line.rstrip("\r\n")
-            new_body, n = redact_string(body, patterns)
-            if n and body.lstrip()[:1] == "{" and new_body != body:
-                try:  # keep one compact, sorted document per line
-                    new_body = json.dumps(json.loads(new_body), ensure_ascii=False,
-                                          sort_keys=True)
-                except ValueError:
-                    pass
-            total += n
-            lines.append(new_body + line[len(body):])
-        new = "".join(lines)
-    else:
-        new, total = redact_text(text, patterns)
-    if not total:
-        return data, 0
-    return new.encode("utf-8", errors="surrogateescape"), total
-
-
-def _read_tail(path: Path, limit: int) -> tuple[bytes, int | None]:
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        if size <= limit:
-            return fh.read(), None
-        fh.seek(size - limit)
-        data = fh.read()
-    cut = data.find(b"\n")
-    return (data[cut + 1:] if cut >= 0 else data), size
-
-
-def _versions() -> dict[str, Any]:
-    from kernel import __version__
-
-    return {"orch": __version__, "python": sys.version, "platform": platform.platform(),
-            "sqlite": apsw.sqlite_lib_version(), "apsw": apsw.apsw_version(),
-            "schema_version_supported": db.latest_schema_version()}
-
-
-def _doctor_output(project: Project) -> dict[str, Any]:
-    from kernel.doctor import doctor_report
-
-    try:
-        return doctor_report(project)
-    except OrchError as exc:
-        return {"error": exc.as_dict()}
-    except apsw.Error as exc:
-        return {"error": {"code": "database_unreadable", "message": str(exc)}}
-
-
-def bundle(
-    project: Project,
-    dest: str | os.PathLike[str],
-    *,
-    redact_patterns: Mapping[str, re.Pattern[str]] = DEFAULT_PATTERNS,
-    extra_patterns: Sequence[str] = (),
-    force: bool = False,
-    max_file_bytes: int = MAX_BUNDLE_FILE_BYTES,
-) -> BundleReport:
-    """Write one ``.tar.gz`` for a bug report (see ``_BUNDLE_README`` for what it holds)."""
-    started = time.monotonic()
-    patterns = {**redact_patterns, **compile_patterns(extra_patterns)}
-    target = Path(dest).expanduser().resolve()
-    if target.is_dir():
-        raise UsageError("destination_is_directory", "DEST is a directory",
-                         file=str(target), hint="name the file, e.g. orch-bundle.tar.gz")
-    if target.exists() and not force:
-        raise OrchError("destination_exists", "DEST already exists", file=str(target),
-                        hint="pass --force to overwrite it, or choose another DEST")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    report = BundleReport(dest=str(target))
-    now = time.time()
-    top = f"orch-bundle-{_stamp(now)}"
-    members: list[tuple[str, bytes, dict[str, Any]]] = []
-
-    def add(name: str, data: bytes, redactions: int = 0, **extra: Any) -> None:
-        report.redactions += redactions
-        members.append((name, data, {"name": f"{top}/{name}", "bytes": len(data),
-                                     "sha256": hashlib.sha256(data).hexdigest(),
-                                     "redactions": redactions, **extra}))
-
-    def add_file(name: str, path: Path) -> None:
-        try:
-            data, original = _read_tail(path, max_file_bytes)
-        except OSError as exc:
-            report.errors.append(f"{path}: {exc}")
-            return
-        data, n = _redact_file_bytes(data, path.suffix, patterns)
-        extra = {"truncated_from_bytes": original} if original is not None else {}
-        add(name, data, n, **extra)
-
-    with tempfile.TemporaryDirectory(prefix=".orch-bundle-", dir=target.parent) as work:
-        raw, clean = Path(work) / "raw.db", Path(work) / "kernel.db"
-        try:
-            copy = backup(project, raw)
-            counts = redact_database(raw, clean, patterns)
-            raw.unlink()
-            report.database = {
-                "member": f"{top}/kernel.db", "bytes": clean.stat().st_size,
-                "events": copy.events, "max_seq": copy.max_seq,
-                "last_event_at": copy.last_event_at, "schema_version": copy.schema_version,
-                "redactions": counts}
-            add("kernel.db", clean.read_bytes(), sum(counts.values()),
-                redactions_by_column=counts)
-        except (OrchError, apsw.Error) as exc:
-            report.errors.append(f"database not included: {exc}")
-        for path in sorted([*project.state_dir.glob("*.json"),
-                            *project.state_dir.glob("*.jsonl")]):
-            if path.is_file():
-                add_file(f"state/{path.name}", path)
-        if project.logs_dir.is_dir():
-            for path in sorted(p for p in project.logs_dir.rglob("*") if p.is_file()):
-                add_file(f"logs/{path.relative_to(project.logs_dir)}", path)
-        if project.config_path.is_file():
-            add_file("orch.toml", project.config_path)
-    doctor, n = redact_json(_doctor_output(project), patterns)
-    add("doctor.json", (json.dumps(doctor, indent=2, sort_keys=True, default=str) + "\n")
-        .encode(), n)
-    versions = _versions()
-    add("versions.json", (json.dumps(versions, indent=2, sort_keys=True) + "\n").encode())
-    from kernel import __version__
-
-    extra_note = (f", and matches of the extra patterns {list(extra_patterns)}"
-                  if extra_patterns else "")
-    readme = _BUNDLE_README.format(created_at=clock.iso(now), version=__version__,
-                                   root=project.root, max_mib=max_file_bytes // 1048576,
-                                   extra=extra_note)
-    add("README.txt", readme.encode())
-    report.members = [meta for _n, _d, meta in members]
-    report.seconds = round(time.monotonic() - started, 3)
-    manifest = {"created_at": clock.iso(now), "project": str(project.root),
-                "versions": versions, "patterns": sorted(patterns),
-                "extra_patterns": list(extra_patterns), **report.as_dict()}
-    add("manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-    report.members.append(members[-1][2])
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
-            for name, data, _meta in members:
-                info = tarfile.TarInfo(f"{top}/{name}")
-                info.size, info.mtime, info.mode = len(data), int(now), 0o644
-                tar.addfile(info, io.BytesIO(data))
-        _fsync(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, target)
-    _fsync(target.parent)
-    report.seconds = round(time.monotonic() - started, 3)
-    return report

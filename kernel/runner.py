@@ -98,8 +98,14 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+# Workers queue and claim ready work themselves, so a tick after every commit only competes
+# with them for the write lock: ticks are at least this far apart, however busy the database.
+MIN_TICK_GAP_SECONDS = 0.02
+
+
 def _wait_for_change(conn: Any, last: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
+    time.sleep(min(MIN_TICK_GAP_SECONDS, timeout))
     while True:
         version = int(conn.pragma("data_version"))
         if version != last or time.monotonic() >= deadline:

@@ -20,9 +20,10 @@ import apsw
 import pytest
 
 from kernel import audit, clock, db, views
-from kernel.backup import DEFAULT_PATTERNS, backup, list_backups, redact_string, redact_text
+from kernel.backup import backup, list_backups
 from kernel.machines import transition
 from kernel.project import Project
+from kernel.redact import DEFAULT_PATTERNS, redact_string, redact_text
 
 from .conftest import REPO, logical_dump, orch, orch_json
 from .e2e import make_project, py, run, task, wait_for

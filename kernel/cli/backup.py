@@ -5,17 +5,17 @@ Public API:
 
 Stability Guarantees:
     See ``kernel.cli``: names, options, JSON shapes and exit codes are a contract. ``--json``
-    prints the report of ``kernel.backup`` (``BackupReport``, ``BundleReport``,
-    ``RestoreReport`` as dictionaries). Exit codes: 0 done; 1 refused (DEST exists without
-    ``--force``, a source that is not a sound orch backup, a kernel using the database) or
-    failed; 2 usage (a bad ``--redact`` regex); 3 the project's database is missing or
-    unreadable.
+    prints the report of ``kernel.backup`` (``BackupReport``, ``RestoreReport``) or
+    ``kernel.bundle`` (``BundleReport``) as a dictionary. Exit codes: 0 done; 1 refused (DEST
+    exists without ``--force``, a source that is not a sound orch backup, a kernel using the
+    database) or failed; 2 usage (a bad ``--redact`` regex); 3 the project's database is
+    missing or unreadable.
 
 Integration Points:
-    ``kernel.backup.backup``, ``kernel.backup.bundle``, ``kernel.backup.restore``.
+    ``kernel.backup.backup``, ``kernel.bundle.bundle``, ``kernel.backup.restore``.
 
 Dependencies:
-    click; ``kernel.backup``, ``kernel.cli.common``.
+    click; ``kernel.backup``, ``kernel.bundle``, ``kernel.cli.common``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import click
 
 from kernel import backup as kbackup
+from kernel import bundle as kbundle
 from kernel.cli.common import CliState, command, emit
 from kernel.errors import EXIT_OK
 
@@ -74,7 +75,7 @@ def bundle_cmd(state: CliState, dest: Path, redact: tuple[str, ...], force: bool
     project = state.project()
     # `[bundle] redact = [...]` in orch.toml, then the --redact options.
     configured = project.config.bundle.redact
-    report = kbackup.bundle(project, dest, extra_patterns=[*configured, *redact], force=force)
+    report = kbundle.bundle(project, dest, extra_patterns=[*configured, *redact], force=force)
 
     def text() -> None:
         click.echo(f"bundle {report.dest}: {len(report.members)} files, "

@@ -1,0 +1,265 @@
+"""Secret redaction for bug-report bundles: text, JSON values, files and database copies.
+
+Public API:
+    ``redact_text(text, patterns) -> (text, count)``: every match replaced by ``[REDACTED]``
+    (only the group named ``secret`` when a pattern has one).
+    ``redact_string(value, patterns)``: like ``redact_text``, but a string holding a JSON object
+    or array stays valid JSON. ``redact_json(value, patterns)``: a decoded JSON value with its
+    strings redacted, and string values under a secret-looking key replaced whole.
+    ``redact_file_bytes(data, suffix, patterns) -> (bytes, count)``: a file's content, line by
+    line for ``.jsonl``, as a JSON document for ``.json``, as text otherwise.
+    ``redact_database(src, dest, patterns) -> {"table.column": count}``: redact every non-key
+    text column of a COPY of a database and ``VACUUM INTO`` a fresh, checked file.
+    ``compile_patterns(regexes)`` (the ``--redact REGEX`` options); ``REDACTED``,
+    ``DEFAULT_PATTERNS`` (name -> compiled regex), ``SECRET_KEY_NAME``.
+
+Stability Guarantees:
+    Matches become ``[REDACTED]``; JSON that held one is written out again (still valid JSON,
+    one document per line in a ``.jsonl`` file), and text or a file with nothing to redact
+    comes back unchanged. ``redact_database`` rewrites ``src`` in place, so it must be given a
+    copy (``orch bundle`` passes a fresh backup); ``dest`` keeps the original schema, triggers
+    included, and is checked (``integrity_check``, single file) before it is returned. Key
+    columns are never redacted. Patterns are only added. An invalid extra regex is a
+    ``UsageError`` (``bad_redact_pattern``, exit 2).
+
+Integration Points:
+    ``kernel.bundle`` redacts every bundle member with these helpers (``orch bundle``, whose
+    ``--redact`` options and ``[bundle] redact`` setting go through ``compile_patterns``).
+
+Dependencies:
+    apsw; ``kernel.db``, ``kernel.errors``, ``kernel.backup`` (``finish_single_file``, which
+    checks the redacted copy).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from kernel import db
+from kernel.backup import finish_single_file
+from kernel.errors import UsageError
+
+REDACTED = "[REDACTED]"
+
+# Names of environment-like settings whose values are secrets: *TOKEN*, *SECRET*, *PASSWORD*,
+# *API_KEY*, *ACCESS_KEY*, *PRIVATE_KEY*, *CREDENTIAL*, any upper-case *_KEY, AWS_*.
+_NAME = (r"(?:[A-Za-z0-9_.-]{0,64}?(?i:token(?!s|iz)|secret|passw(?:or)?d|api[_-]?key"
+         r"|access[_-]?key|private[_-]?key|credentials?)[A-Za-z0-9_.-]{0,64}"
+         r"|[A-Z0-9_]{0,64}_KEY|AWS_[A-Z0-9_]{1,64})")
+SECRET_KEY_NAME = re.compile(_NAME)
+
+DEFAULT_PATTERNS: dict[str, re.Pattern[str]] = {
+    "private_key_block": re.compile(
+        r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"
+        r"(?:-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|\Z)"),
+    # The tail of a key block whose beginning was cut off (a truncated log).
+    "private_key_tail": re.compile(
+        r"\A[A-Za-z0-9+/=\s]*-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"),
+    "env_assignment": re.compile(
+        rf"(?<![A-Za-z0-9_.-]){_NAME}[\"']?[ \t]*[=:][ \t]*(?P<q>[\"'])?"
+        r"(?!\[REDACTED\])(?P<secret>(?(q)[^\"'\n]+|[^\s\"'&;,)}\]]+))"),
+    "secret_flag": re.compile(
+        r"(?i:(?<![A-Za-z0-9-])--?[a-z0-9-]{0,32}(?:token|secret|password|api-?key|access-key)"
+        r"(?:=|[ \t]+))(?!\[REDACTED\])(?P<secret>[^\s\"']+)"),
+    "authorization_header": re.compile(
+        r"(?i:\bauthorization[\"']?[ \t]*[:=][ \t]*[\"']?(?:basic|bearer|token|digest)[ \t]+)"
+        r"(?!\[REDACTED\])(?P<secret>[A-Za-z0-9._~+/=-]{6,})"),
+    "bearer_token": re.compile(
+        r"(?i:\bbearer[ \t]+)(?!\[REDACTED\])(?P<secret>[A-Za-z0-9._~+/=-]{16,})"),
+    "anthropic_key": re.compile(r"(?<![A-Za-z0-9])sk-ant-[A-Za-z0-9_-]{8,}"),
+    "openai_key": re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9][A-Za-z0-9_-]{14,}"),
+    "stripe_key": re.compile(r"(?<![A-Za-z0-9])[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"),
+    "github_token": re.compile(
+        r"(?<![A-Za-z0-9])(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"),
+    "gitlab_token": re.compile(r"(?<![A-Za-z0-9])glpat-[A-Za-z0-9_-]{20,}"),
+    "huggingface_token": re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}"),
+    "aws_access_key_id": re.compile(
+        r"(?<![A-Z0-9])(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{16}(?![A-Z0-9])"),
+    "google_api_key": re.compile(r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_-]{35}"),
+    "slack_token": re.compile(r"(?<![A-Za-z0-9])xox[baprs]-[A-Za-z0-9-]{10,}"),
+    "jwt": re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]+){0,2}"),
+    "url_password": re.compile(r"(?<=://)[^/\s:@]{1,128}:(?!\[REDACTED\])(?P<secret>[^/\s@]{1,256})@"),
+}
+
+
+def compile_patterns(regexes: Sequence[str]) -> dict[str, re.Pattern[str]]:
+    """Extra patterns (``--redact REGEX``): the whole match is redacted, or only the group
+    named ``secret`` when the regex has one."""
+    compiled: dict[str, re.Pattern[str]] = {}
+    for i, regex in enumerate(regexes, 1):
+        try:
+            compiled[f"extra_{i}"] = re.compile(regex)
+        except re.error as exc:
+            raise UsageError("bad_redact_pattern", f"--redact {regex!r} is not a valid regular "
+                             f"expression: {exc}",
+                             hint="use Python `re` syntax; quote it for the shell") from exc
+    return compiled
+
+
+def _substitute(match: re.Match[str]) -> str:
+    if "secret" in match.re.groupindex and match.group("secret") is not None:
+        start, end = match.span("secret")
+        whole = match.group(0)
+        return whole[: start - match.start()] + REDACTED + whole[end - match.start():]
+    return REDACTED
+
+
+def redact_text(text: str, patterns: Mapping[str, re.Pattern[str]]) -> tuple[str, int]:
+    """``text`` with every match replaced by ``[REDACTED]``, and the number of replacements."""
+    total = 0
+    for pattern in patterns.values():
+        text, n = pattern.subn(_substitute, text)
+        total += n
+    return text, total
+
+
+def redact_json(value: Any, patterns: Mapping[str, re.Pattern[str]]) -> tuple[Any, int]:
+    """A decoded JSON value with its strings redacted; string values under a secret-looking key
+    (``OPENAI_API_KEY``, ``password``, ...) are replaced whole."""
+    if isinstance(value, str):
+        return redact_string(value, patterns)
+    if isinstance(value, list):
+        items = [redact_json(v, patterns) for v in value]
+        return [v for v, _ in items], sum(n for _, n in items)
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        total = 0
+        for key, item in value.items():
+            new_key, n = redact_text(key, patterns) if isinstance(key, str) else (key, 0)
+            total += n
+            if (isinstance(item, str) and item and item != REDACTED
+                    and SECRET_KEY_NAME.fullmatch(str(key))):
+                out[new_key] = REDACTED
+                total += 1
+            else:
+                out[new_key], n = redact_json(item, patterns)
+                total += n
+        return out, total
+    return value, 0
+
+
+def redact_string(value: str, patterns: Mapping[str, re.Pattern[str]]) -> tuple[str, int]:
+    """Like ``redact_text``, but a string holding a JSON object or array stays valid JSON."""
+    if value.lstrip()[:1] in ("{", "["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            pass
+        else:
+            new, n = redact_json(parsed, patterns)
+            return (json.dumps(new, ensure_ascii=False) if n else value), n
+    return redact_text(value, patterns)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _is_text(declared: str) -> bool:
+    declared = declared.upper()
+    return declared in ("", "TEXT", "ANY") or "CHAR" in declared or "CLOB" in declared
+
+
+def _redact_table(conn: apsw.Connection, table: str,
+                  patterns: Mapping[str, re.Pattern[str]]) -> dict[str, int]:
+    info = db.rows(conn, f"PRAGMA table_xinfo({_ident(table)})")
+    # Key columns are left alone: they identify rows (and foreign keys point at them).
+    columns = [str(c["name"]) for c in info
+               if not c["pk"] and not c["hidden"] and _is_text(str(c["type"] or ""))]
+    if not columns:
+        return {}
+    try:
+        conn.execute(f"SELECT rowid FROM {_ident(table)} LIMIT 0").fetchall()
+        keys = ["rowid"]
+    except apsw.SQLError:  # WITHOUT ROWID: its primary key
+        keys = [str(c["name"]) for c in sorted(info, key=lambda c: int(c["pk"])) if c["pk"]]
+    select = ", ".join(_ident(k) if k != "rowid" else "rowid" for k in keys)
+    select += ", " + ", ".join(_ident(c) for c in columns)
+    counts: dict[str, int] = {}
+    updates: list[tuple[dict[str, Any], list[Any]]] = []
+    for found in conn.execute(f"SELECT {select} FROM {_ident(table)}"):
+        key_values = list(found[: len(keys)])
+        changed: dict[str, Any] = {}
+        for column, value in zip(columns, found[len(keys):], strict=True):
+            if isinstance(value, str):
+                new, n = redact_string(value, patterns)
+                if n:
+                    changed[column] = new
+                    counts[f"{table}.{column}"] = counts.get(f"{table}.{column}", 0) + n
+        if changed:
+            updates.append((changed, key_values))
+    where = " AND ".join(f"{k if k == 'rowid' else _ident(k)} = ?" for k in keys)
+    for changed, key_values in updates:
+        sets = ", ".join(f"{_ident(c)} = ?" for c in changed)
+        conn.execute(f"UPDATE {_ident(table)} SET {sets} WHERE {where}",
+                     [*changed.values(), *key_values])
+    return counts
+
+
+def redact_database(src: Path, dest: Path,
+                    patterns: Mapping[str, re.Pattern[str]]) -> dict[str, int]:
+    """Redact every text column of every table of the COPY ``src`` (not key columns), then
+    ``VACUUM INTO dest`` so no redacted text survives in free pages. The triggers (among them
+    the event log's append-only guards) are dropped for the redaction and re-created after it,
+    in the same transaction, so ``dest`` has the original schema. Returns counts per column."""
+    conn = apsw.Connection(str(src))
+    try:
+        conn.pragma("foreign_keys", False)
+        conn.pragma("ignore_check_constraints", True)
+        conn.pragma("secure_delete", True)
+        triggers = [(str(name), str(sql)) for name, sql in conn.execute(
+            "SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND sql IS NOT NULL "
+            "ORDER BY rowid")]
+        tables = [str(r[0]) for r in conn.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name")]
+        counts: dict[str, int] = {}
+        with db.write_tx(conn):
+            for name, _sql in triggers:
+                conn.execute(f"DROP TRIGGER {_ident(name)}")
+            for table in tables:
+                counts.update(_redact_table(conn, table, patterns))
+            for _name, sql in triggers:
+                conn.execute(sql)
+        conn.execute("VACUUM INTO ?", (str(dest),))
+    finally:
+        conn.close()
+    finish_single_file(dest)
+    return counts
+
+
+def redact_file_bytes(data: bytes, suffix: str,
+                      patterns: Mapping[str, re.Pattern[str]]) -> tuple[bytes, int]:
+    """A file's content redacted: ``.json`` as one JSON document, ``.jsonl`` line by line
+    (a changed line is written back as one sorted JSON document), anything else as text;
+    undecodable bytes survive unchanged. Returns ``data`` itself when nothing matched."""
+    text = data.decode("utf-8", errors="surrogateescape")
+    total = 0
+    if suffix == ".json":
+        new, total = redact_string(text, patterns)
+    elif suffix == ".jsonl":
+        lines = []
+        for line in text.splitlines(keepends=True):
+            body = line.rstrip("\r\n")
+            new_body, n = redact_string(body, patterns)
+            if n and body.lstrip()[:1] == "{" and new_body != body:
+                try:  # keep one compact, sorted document per line
+                    new_body = json.dumps(json.loads(new_body), ensure_ascii=False,
+                                          sort_keys=True)
+                except ValueError:
+                    pass
+            total += n
+            lines.append(new_body + line[len(body):])
+        new = "".join(lines)
+    else:
+        new, total = redact_text(text, patterns)
+    if not total:
+        return data, 0
+    return new.encode("utf-8", errors="surrogateescape"), total
+
