@@ -160,6 +160,7 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
             children[f"pid:{proc.pid}"] = proc
         last = -1
         next_lock = 0.0
+        next_checkpoint = 0.0
         restarts_left = 2 * options.workers
         spawned = options.workers
         while True:
@@ -174,6 +175,9 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
             progress.update(conn, report)
             if metrics_ticker.due(now):
                 write_metrics(conn, project.state_dir, now)
+            if time.monotonic() >= next_checkpoint:
+                _keep_wal_small(conn, project, config.database.busy_timeout_ms)
+                next_checkpoint = time.monotonic() + 0.25
             # A worker that died is replaced (a few times), so a crash does not stall the run.
             for key, proc in list(children.items()):
                 if proc.poll() is not None:
@@ -239,6 +243,27 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
                          warnings=warnings)
     progress.finish(summary)
     return summary
+
+
+# A busy run appends tens of MB a second to the WAL; SQLite's automatic checkpoints copy the
+# frames back but can reset the file only when no reader uses it, and with the exporter, `orch
+# status` or Datasette reading, that moment may never come. So the run restarts the WAL itself
+# once it passes this size, waiting at most WAL_RESTART_WAIT_MS for readers (writers wait
+# meanwhile), and tries again a moment later if they did not finish.
+WAL_RESTART_BYTES = 16 * 1024 * 1024
+WAL_RESTART_WAIT_MS = 100
+
+
+def _keep_wal_small(conn: Any, project: Project, busy_timeout_ms: int) -> None:
+    if db.wal_size(project.db_path) < WAL_RESTART_BYTES:
+        return
+    conn.set_busy_timeout(WAL_RESTART_WAIT_MS)
+    try:
+        db.checkpoint(conn, "RESTART")
+    except apsw.BusyError:
+        pass
+    finally:
+        conn.set_busy_timeout(busy_timeout_ms)
 
 
 def _exited_children(conn: Any, children: list[subprocess.Popen[bytes]]) -> dict[str, int]:

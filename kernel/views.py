@@ -271,25 +271,27 @@ _TASK_JSON_FIELDS = {
     "task_id": "t.task_id",
     "type": "t.type",
     "updated_at": "t.updated_at",
-    "waiting_for": "json(ifnull(w.deps, '[]'))",
-    "workstream_id": "t.workstream_id",
 }
+# The last two keys, in sorted order, are appended in Python: "waiting_for" (the prerequisites
+# of a pending task that have not completed, found with a dict of states instead of 300,000
+# index lookups) and "workstream_id".
 assert list(_TASK_JSON_FIELDS) == sorted(_TASK_JSON_FIELDS)
+assert max(_TASK_JSON_FIELDS) < "waiting_for" < "workstream_id"
 # With a single max() aggregate, SQLite takes the bare columns from the row holding the max.
 _TASKS_SQL = f"""
 WITH a AS (SELECT task_id, count(*) AS n, max(attempt_no), worker_id, exit_code
-             FROM attempt GROUP BY task_id),
-     w AS (SELECT task_id, json_group_array(depends_on) AS deps FROM (
-             SELECT d.task_id, d.depends_on
-               FROM task t JOIN task_dependency d ON d.task_id = t.task_id
-               JOIN task p ON p.task_id = d.depends_on
-              WHERE t.state = 'pending' AND p.state <> 'completed'
-              ORDER BY d.task_id, d.depends_on)
-           GROUP BY task_id)
+             FROM attempt GROUP BY task_id)
 SELECT t.task_id, t.workstream_id, t.state, t.worker_id,
        json_object({", ".join(f"'{k}', {v}" for k, v in _TASK_JSON_FIELDS.items())})
-  FROM task t LEFT JOIN a ON a.task_id = t.task_id LEFT JOIN w ON w.task_id = t.task_id
+  FROM task t LEFT JOIN a ON a.task_id = t.task_id
  ORDER BY t.task_id
+"""
+# Prerequisites of pending tasks, one row per task (the primary key of task_dependency is
+# (task_id, depends_on): read in order, no sort).
+_PENDING_DEPS_SQL = """
+SELECT d.task_id, group_concat(d.depends_on, char(31)) FROM task_dependency d
+ WHERE d.task_id IN (SELECT task_id FROM task WHERE state = 'pending')
+ GROUP BY d.task_id
 """
 
 
@@ -362,12 +364,33 @@ def _rows(conn: apsw.Connection, sql: str, columns: tuple[str, ...]) -> list[dic
     return [dict(zip(columns, row, strict=True)) for row in conn.execute(sql)]
 
 
+def _json_strings(items: list[str]) -> str:
+    """A JSON array of strings; ids need no escaping (ID_PATTERN), but anything may be in a
+    database, so anything else goes through the encoder."""
+    plain = "".join(items)
+    if plain.isprintable() and '"' not in plain and "\\" not in plain:
+        return '["' + '","'.join(items) + '"]'
+    return _dumps(items)
+
+
 def _read(conn: apsw.Connection, now: str) -> _Snapshot:
     tasks: list[_TaskState] = []
-    rows = RawRows()
+    states: dict[str, str] = {}
+    texts: list[str] = []
     for tid, wsid, state, worker, text in conn.execute(_TASKS_SQL):
         tasks.append(_TaskState(tid, wsid, state, worker))
-        rows.append(text)
+        states[tid] = state
+        texts.append(text)
+    waiting: dict[str, str] = {}
+    for tid, deps in conn.execute(_PENDING_DEPS_SQL):
+        open_deps = [d for d in deps.split("\x1f") if states.get(d) != "completed"]
+        if open_deps:
+            waiting[tid] = _json_strings(sorted(open_deps))
+    ws_json = {ws: _dumps(ws) for ws in {task.workstream_id for task in tasks}}
+    rows = RawRows(
+        f'{text[:-1]},"waiting_for":{waiting.get(task.task_id, "[]")},'
+        f'"workstream_id":{ws_json[task.workstream_id]}}}'
+        for task, text in zip(tasks, texts, strict=True))
     counts: dict[str, dict[str, int]] = {}
     for ws, state, n in conn.execute(
             "SELECT workstream_id, state, count(*) FROM task GROUP BY 1, 2 ORDER BY 1, 2"):
@@ -588,13 +611,17 @@ class ExportReport:
     workstreams_skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    #: seconds per step: snapshot, current (current.json), events, indices, workstreams
+    #: (DAG, plan and checkpoint files)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"timestamp": self.timestamp, "last_event_seq": self.last_event_seq,
                 "tasks": self.tasks, "events_appended": self.events_appended,
                 "files_written": self.files_written,
                 "workstreams_skipped": self.workstreams_skipped,
-                "seconds": round(self.seconds, 3), "warnings": self.warnings}
+                "seconds": round(self.seconds, 3), "warnings": self.warnings,
+                "timings": {k: round(v, 3) for k, v in self.timings.items()}}
 
 
 def export(conn: apsw.Connection, state_dir: Path, *, full: bool = True,
@@ -628,9 +655,19 @@ def _export_locked(conn: apsw.Connection, state_dir: Path, full: bool, stamp: st
     # The snapshot is read in one short read transaction; files are written after it, so a
     # slow disk never keeps the WAL from being checkpointed. Events up to the snapshot's seq
     # never change, and the DAG documents are read in a snapshot of their own.
+    clock_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(step: str) -> None:
+        nonlocal clock_start
+        now = time.perf_counter()
+        timings[step] = now - clock_start
+        clock_start = now
+
     with db.read_tx(conn):
         snap = _read(conn, stamp)
-    report = ExportReport(stamp, snap.last_seq, len(snap.tasks), 0)
+    report = ExportReport(stamp, snap.last_seq, len(snap.tasks), 0, timings=timings)
+    lap("snapshot")
     counts: dict[str, int] = {}
     for task in snap.tasks:
         counts[task.state] = counts.get(task.state, 0) + 1
@@ -640,6 +677,7 @@ def _export_locked(conn: apsw.Connection, state_dir: Path, full: bool, stamp: st
     # STATE-OBS-003: current.json first (tmp, fsync, rename), then the events.
     write_atomic(state_dir / CURRENT, render(current))
     report.files_written.append(CURRENT)
+    lap("current")
     transitions = state_dir / TRANSITIONS
     exported = last_exported_seq(transitions)
     if exported > snap.last_seq:
@@ -648,11 +686,14 @@ def _export_locked(conn: apsw.Connection, state_dir: Path, full: bool, stamp: st
             f"{snap.last_seq} (was it restored from an older backup?); nothing was appended")
     report.events_appended = _append_events(conn, transitions, snap.last_seq)
     report.files_written.append(TRANSITIONS)
+    lap("events")
     for name, doc in _indices(snap, clock.now_iso()).items():
         write_atomic(state_dir / name, render(doc))
         report.files_written.append(name)
+    lap("indices")
     with db.read_tx(conn):
         _export_workstreams(conn, state_dir, snap, full, cache, report)
+    lap("workstreams")
     return report
 
 

@@ -347,3 +347,9 @@ def test_a_rebuilt_events_file_includes_the_rotated_events(conn: apsw.Connection
     assert _jsonl(project.state_dir)[:len(everything)] == everything
     assert [e["seq"] for e in _jsonl(project.state_dir)] == list(
         range(1, db.scalar(conn, "SELECT max(seq) FROM event") + 1))
+
+
+@pytest.mark.parametrize("ids", [["a", "b"], ['a","b'], ['q"uote', "back\\slash"], ["tab\tx"],
+                                 ["ünï"]])
+def test_waiting_for_lists_are_valid_json_whatever_the_ids(ids: list[str]) -> None:
+    assert json.loads(views._json_strings(ids)) == ids

@@ -1,0 +1,192 @@
+"""Bench-only instrumentation of orch processes, loaded through a ``sitecustomize`` module.
+
+Public API:
+    ``install()`` (called by the ``sitecustomize.py`` that ``kernel.bench.harness`` writes into
+    a temporary directory and puts first on ``PYTHONPATH`` of the ``orch run`` it starts, and so
+    of its workers); ``SITECUSTOMIZE`` (that file's text); the environment variables
+    ``TX_LOG_ENV`` (``ORCH_BENCH_TX_LOG``) and ``CLAIM_LOG_ENV`` (``ORCH_BENCH_CLAIM_LOG``);
+    ``CLAIM_CALLS``; ``read_tx_log(path)``, ``ClaimLog`` and ``read_claim_log(path)``.
+
+Stability Guarantees:
+    Measures without changing what it measures: an apsw commit hook (added to every connection
+    through ``apsw.connection_hooks``) counts committed write transactions — every ``BEGIN
+    IMMEDIATE`` counts, an empty claim included, read transactions do not — and each process
+    appends ``pid<TAB>role<TAB>commits`` to ``ORCH_BENCH_TX_LOG`` when it exits (role:
+    ``worker``, ``scheduler`` or ``other``). With ``ORCH_BENCH_CLAIM_LOG`` set, every call of
+    ``kernel.claims.claim_next`` and ``kernel.claims.finish_and_claim`` (the transaction that
+    finishes a task and claims the next) is timed (``time.perf_counter`` around the call, the
+    wait for the write lock included) and appended as ``seconds<TAB>claimed(0|1)<TAB>call``,
+    one line per call, in single ``O_APPEND`` writes so that concurrent workers never
+    interleave lines (the third field is optional for readers). If the kernel writes
+    that file itself (``kernel.worker.CLAIM_LOG_ENV`` exists), the shim leaves claims alone, so
+    the same reader works for both. Without the variables set, nothing is installed. A failure
+    to install is printed to stderr and never stops the process.
+
+Integration Points:
+    ``kernel.bench.harness.shim_env``; read by ``kernel.bench.throughput`` (write transactions
+    per task) and ``kernel.bench.latency`` (claim latency).
+
+Dependencies:
+    apsw; ``kernel.claims`` (only when claim timing is asked for).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+TX_LOG_ENV = "ORCH_BENCH_TX_LOG"
+CLAIM_LOG_ENV = "ORCH_BENCH_CLAIM_LOG"
+#: The calls of kernel.claims through which a worker claims a task: on its own, or in the
+#: transaction that finishes the previous task.
+CLAIM_CALLS = ("claim_next", "finish_and_claim")
+
+SITECUSTOMIZE = f'''\
+# Written by `orch bench` into its temporary directory; never installed anywhere else.
+import os
+import sys
+
+if os.environ.get("{TX_LOG_ENV}") or os.environ.get("{CLAIM_LOG_ENV}"):
+    try:
+        from kernel.bench.shim import install
+
+        install()
+    except Exception as exc:  # noqa: BLE001
+        sys.stderr.write("orch bench shim not installed: %r\\n" % (exc,))
+'''
+
+_commits = [0]
+
+
+def _role() -> str:
+    args = sys.argv[1:]
+    if "worker" in args:
+        return "worker"
+    if "run" in args:
+        return "scheduler"
+    return "other"
+
+
+def _append(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _count_commits(path: str) -> None:
+    import apsw
+
+    def on_commit() -> bool:
+        _commits[0] += 1
+        return False  # False: let the commit go ahead
+
+    def hook(conn: apsw.Connection) -> None:
+        conn.set_commit_hook(on_commit)
+
+    apsw.connection_hooks.append(hook)
+    atexit.register(lambda: _append(path, f"{os.getpid()}\t{_role()}\t{_commits[0]}\n"))
+
+
+def _claimed(result: Any) -> bool:
+    """``claim_next`` returns a Claim or None; ``finish_and_claim`` (state, Claim | None)."""
+    if isinstance(result, tuple):
+        return len(result) == 2 and result[1] is not None
+    return result is not None
+
+
+def _time_claims(path: str) -> None:
+    import kernel.worker
+    from kernel import claims
+
+    if getattr(kernel.worker, "CLAIM_LOG_ENV", None) == CLAIM_LOG_ENV:
+        return  # the kernel logs its claims itself
+    buffer: list[str] = []
+
+    def flush() -> None:
+        if buffer:
+            _append(path, "".join(buffer))
+            buffer.clear()
+
+    def timed(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            result = None
+            try:
+                result = original(*args, **kwargs)
+                return result
+            finally:
+                buffer.append(f"{time.perf_counter() - start:.6f}\t{int(_claimed(result))}"
+                              f"\t{name}\n")
+                if len(buffer) >= 64:
+                    flush()
+
+        call.__name__ = name
+        return call
+
+    for name in CLAIM_CALLS:
+        original = getattr(claims, name, None)
+        if callable(original):
+            setattr(claims, name, timed(name, original))
+    atexit.register(flush)
+
+
+def install() -> None:
+    tx_log = os.environ.get(TX_LOG_ENV)
+    if tx_log:
+        _count_commits(tx_log)
+    claim_log = os.environ.get(CLAIM_LOG_ENV)
+    if claim_log:
+        _time_claims(claim_log)
+
+
+def read_tx_log(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Committed write transactions by role, summed over the processes that exited."""
+    totals: dict[str, int] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                parts = line.split("\t")
+                if len(parts) == 3:
+                    totals[parts[1]] = totals.get(parts[1], 0) + int(parts[2])
+                    totals["processes"] = totals.get("processes", 0) + 1
+    except FileNotFoundError:
+        pass
+    return totals
+
+
+@dataclass
+class ClaimLog:
+    claimed: list[float] = field(default_factory=list)   # seconds of calls that claimed
+    empty: list[float] = field(default_factory=list)     # seconds of calls that found nothing
+    calls: dict[str, int] = field(default_factory=dict)  # claims by call name
+
+
+def read_claim_log(path: str | os.PathLike[str]) -> ClaimLog:
+    """Lines ``seconds<TAB>claimed(0|1)[<TAB>call]``; anything else is skipped."""
+    log = ClaimLog()
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                parts = line.strip().split("\t")
+                if len(parts) < 2 or parts[1] not in ("0", "1"):
+                    continue
+                try:
+                    seconds = float(parts[0])
+                except ValueError:
+                    continue
+                if parts[1] == "1":
+                    log.claimed.append(seconds)
+                    call = parts[2] if len(parts) > 2 else "claim"
+                    log.calls[call] = log.calls.get(call, 0) + 1
+                else:
+                    log.empty.append(seconds)
+    except FileNotFoundError:
+        pass
+    return log
