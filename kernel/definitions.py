@@ -13,8 +13,10 @@ Public API:
     ``validate(project, paths=None) -> ValidationResult`` runs both and writes nothing.
     ``read_existing(conn, defs) -> Existing``; ``dependency_graph(defs, existing)`` (task ->
     prerequisites once loaded); ``gc_paused()`` (context manager); records
-    ``ValidationProblem`` (``as_dict()``), ``TaskRecord``, ``WorkstreamRecord``,
-    ``Definitions``, ``Existing``, ``ValidationResult``; ``CODES`` (code -> severity).
+    ``Definitions``, ``Existing``, ``ExistingTask``, ``ValidationResult``; re-exported from
+    ``kernel.taskfiles`` (where parsing one file lives): ``ValidationProblem``
+    (``as_dict()``), ``TaskRecord``, ``WorkstreamRecord``, ``CODES`` (code -> severity),
+    ``ERROR``, ``WARNING``, ``PARALLEL_MIN_FILES``, ``CHUNK_FILES``.
 
 Stability Guarantees:
     Problem codes are only added, never renamed. Every problem is reported, never just the
@@ -26,26 +28,23 @@ Stability Guarantees:
 
 Integration Points:
     ``kernel.load`` runs ``collect``, then ``read_existing`` and ``check`` inside its write
-    transaction; ``orch validate`` prints ``validate``'s result. For large projects the
-    per-file work runs in worker processes (fork): pydantic validation of 100k task files
-    does not fit the load budget on one core.
+    transaction; ``orch validate`` prints ``validate``'s result. Reading and checking one
+    file is ``kernel.taskfiles`` (for large projects in worker processes: pydantic validation
+    of 100k task files does not fit the load budget on one core).
 
 Dependencies:
-    ``kernel.models``, ``kernel.registries``, ``kernel.project``, ``kernel.db`` (reads only),
-    ``kernel.dag`` (find_cycle); apsw, networkx, PyYAML, pydantic, standard library.
+    ``kernel.taskfiles``, ``kernel.models`` (DefinitionError), ``kernel.registries``,
+    ``kernel.project``, ``kernel.db`` (reads only), ``kernel.dag`` (find_cycle, gc_paused);
+    apsw, networkx, standard library.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
-import multiprocessing
 import os
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -53,20 +52,10 @@ from typing import Any, NamedTuple
 
 import apsw
 import networkx as nx
-import yaml
-from pydantic import BaseModel, ValidationError
 
 from kernel import db
 from kernel.dag import find_cycle, gc_paused
-from kernel.models import (
-    SEMVER_PATTERN,
-    DefinitionError,
-    TaskDefinition,
-    TaskDefinitionV1,
-    WorkstreamDefinition,
-    migrate_v1_to_v2,
-    problems_from,
-)
+from kernel.models import DefinitionError
 from kernel.project import Project
 from kernel.registries import (
     DEFAULT_CAPABILITY_REGISTRY,
@@ -75,73 +64,27 @@ from kernel.registries import (
     ResourceRegistry,
     load_yaml_registry,
 )
+from kernel.taskfiles import (
+    CHUNK_FILES,
+    CODES,
+    ERROR,
+    PARALLEL_MIN_FILES,
+    WARNING,
+    ParseContext,
+    TaskRecord,
+    ValidationProblem,
+    WorkstreamRecord,
+    display_path,
+    inside_root,
+    parse_task_files,
+    parse_workstream,
+)
 
-ERROR, WARNING = "error", "warning"
-CODES: dict[str, str] = {
-    "json_syntax": ERROR, "file_unreadable": ERROR, "schema": ERROR,
-    "unsupported_schema_version": ERROR, "status_not_pending": ERROR,
-    "file_name_mismatch": ERROR, "wrong_directory": ERROR, "duplicate_task_id": ERROR,
-    "unknown_dependency": ERROR, "dependency_cycle": ERROR, "unknown_capability": ERROR,
-    "deprecated_capability": WARNING, "unknown_resource": ERROR,
-    "impossible_resource_amount": ERROR, "resource_mode_mismatch": ERROR,
-    "required_file_missing": ERROR, "path_escapes_root": ERROR, "registry_invalid": ERROR,
-    "registry_default": WARNING, "workstream_file_invalid": ERROR,
-    # Checks against the database (orch load, and orch validate when a database exists).
-    "task_already_started": ERROR, "workstream_terminal": ERROR, "workstream_started": ERROR,
-    "task_file_missing": WARNING,
-}
-PARALLEL_MIN_FILES = 2000  # below this, worker processes cost more than they save
-CHUNK_FILES = 2000
-_SEMVER = re.compile(SEMVER_PATTERN)
-_JSON_HINT = "fix the JSON syntax (a trailing comma or a missing quote is the usual cause)"
-
-
-@dataclass(frozen=True, slots=True)
-class ValidationProblem:
-    code: str
-    file: str | None
-    path: str
-    message: str
-    hint: str | None = None
-    line: int | None = None
-    column: int | None = None
-    severity: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.severity:
-            object.__setattr__(self, "severity", CODES[self.code])
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "severity": self.severity, "file": self.file,
-                "line": self.line, "column": self.column, "path": self.path,
-                "message": self.message, "hint": self.hint}
-
-
-class TaskRecord(NamedTuple):
-    """One valid task file, reduced to what the checks and the loader need (cheap to pickle)."""
-
-    task_id: str
-    workstream_id: str
-    file: str
-    migrated: bool
-    dependencies: tuple[str, ...]
-    blocks: tuple[str, ...]
-    capabilities: tuple[tuple[str, str | None], ...]  # (capability_id, min_version)
-    resources: tuple[tuple[str, str, float], ...]  # (resource_id, mode, amount)
-    # name, description, type, critical, priority, max_retries, timeout_seconds,
-    # retry_delay_seconds, estimated_duration_seconds, command: the task table's columns.
-    columns: tuple[Any, ...]
-    definition: str  # the v2 model as JSON (field order fixed by the model)
-    sha256: str
-
-
-@dataclass(frozen=True)
-class WorkstreamRecord:
-    workstream_id: str
-    file: str | None  # None: no workstream.json, defaults apply
-    definition: WorkstreamDefinition
-    definition_json: str
-    sha256: str
+__all__ = [
+    "CHUNK_FILES", "CODES", "ERROR", "PARALLEL_MIN_FILES", "WARNING", "Definitions", "Existing",
+    "ExistingTask", "TaskRecord", "ValidationProblem", "ValidationResult", "WorkstreamRecord",
+    "check", "collect", "dependency_graph", "gc_paused", "read_existing", "validate",
+]
 
 
 @dataclass
@@ -214,36 +157,27 @@ class _Found(NamedTuple):
     problems: list[ValidationProblem]
 
 
-def _display(path: str, root: str) -> str:
-    return path[len(root) + 1:] if path.startswith(root + os.sep) else path
-
-
-def _inside(path: str, real_root: str) -> bool:
-    real = os.path.realpath(path)
-    return real == real_root or real.startswith(real_root + os.sep)
-
-
 def _walk(directory: str, root: str, real_root: str, found: _Found, top: bool) -> None:
-    if not _inside(directory, real_root) and top:
-        found.problems.append(_escape(_display(directory, root), "", directory))
+    if not inside_root(directory, real_root) and top:
+        found.problems.append(_escape(display_path(directory, root), "", directory))
         return
     try:
         entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except OSError as exc:
-        found.problems.append(ValidationProblem("file_unreadable", _display(directory, root),
+        found.problems.append(ValidationProblem("file_unreadable", display_path(directory, root),
                                                 "", f"cannot list the directory: {exc}"))
         return
     for entry in entries:
         if entry.name.startswith("."):
             continue  # .backups/ of orch migrate-tasks, editors' files
-        if entry.is_symlink() and not _inside(entry.path, real_root):
-            found.problems.append(_escape(_display(entry.path, root), "", entry.path))
+        if entry.is_symlink() and not inside_root(entry.path, real_root):
+            found.problems.append(_escape(display_path(entry.path, root), "", entry.path))
         elif entry.is_dir():
             _walk(entry.path, root, real_root, found, top=False)
         elif entry.name == "workstream.json":
-            found.workstreams[directory] = (entry.path, _display(entry.path, root))
+            found.workstreams[directory] = (entry.path, display_path(entry.path, root))
         elif entry.name.endswith(".json"):
-            found.tasks.append((entry.path, _display(entry.path, root)))
+            found.tasks.append((entry.path, display_path(entry.path, root)))
 
 
 def _escape(display: str, path: str, target: str) -> ValidationProblem:
@@ -268,381 +202,27 @@ def _discover(project: Project, paths: Sequence[str | os.PathLike[str]] | None) 
                 _walk(str(project.tasks_dir), root, real_root, found, top=True)
         elif path == str(project.capabilities_dir):
             found.registries.extend(
-                (str(f), _display(str(f), root))
+                (str(f), display_path(str(f), root))
                 for f in sorted(project.capabilities_dir.glob("*.y*ml")))
         elif os.path.isdir(path):
             _walk(path, root, real_root, found, top=True)
         elif not os.path.exists(path):
             found.problems.append(ValidationProblem(
-                "file_unreadable", _display(path, root), "", "no such file or directory"))
-        elif not _inside(path, real_root):
-            found.problems.append(_escape(_display(path, root), "", path))
+                "file_unreadable", display_path(path, root), "", "no such file or directory"))
+        elif not inside_root(path, real_root):
+            found.problems.append(_escape(display_path(path, root), "", path))
         elif path.endswith((".yaml", ".yml")):
-            found.registries.append((path, _display(path, root)))
+            found.registries.append((path, display_path(path, root)))
         elif os.path.basename(path) == "workstream.json":
-            found.workstreams[os.path.dirname(path)] = (path, _display(path, root))
+            found.workstreams[os.path.dirname(path)] = (path, display_path(path, root))
         else:
-            found.tasks.append((path, _display(path, root)))
+            found.tasks.append((path, display_path(path, root)))
     for task_path, _ in found.tasks:  # a task file's workstream.json comes with it
         directory = os.path.dirname(task_path)
         ws_file = os.path.join(directory, "workstream.json")
         if directory not in found.workstreams and os.path.isfile(ws_file):
-            found.workstreams[directory] = (ws_file, _display(ws_file, root))
+            found.workstreams[directory] = (ws_file, display_path(ws_file, root))
     return found
-
-
-# --------------------------------------------------------------------------- JSON locations
-
-
-def _node_line(text: str, loc: Sequence[Any]) -> int | None:
-    """The 1-based line of the value at ``loc`` in a JSON (or YAML) text; only called on errors.
-    JSON is YAML's flow style, so PyYAML's composer gives positions without a parser of ours."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return None
-    if node is None:
-        return None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if k.value == str(part)), None)
-            if match is None:  # a missing field: the line of the object that lacks it
-                break
-            node = match
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                break
-            node = node.value[part]
-        else:
-            break
-    return int(node.start_mark.line) + 1
-
-
-def _loc(path: str) -> list[str | int]:
-    return [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
-
-
-def _field_hint(model: type[BaseModel], loc: Sequence[Any]) -> str | None:
-    """The description of the field at ``loc``: what it is for, as the JSON Schema says."""
-    current: Any = model
-    info = None
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
-            return None
-        info = fields[part]
-        current = next((a for a in (info.annotation, *getattr(info.annotation, "__args__", ()))
-                        if isinstance(a, type) and issubclass(a, BaseModel)), None)
-    return info.description if info is not None else None
-
-
-# --------------------------------------------------------------------------- one task file
-
-
-@dataclass
-class _Context:
-    """What parsing a task file needs; inherited by worker processes (fork)."""
-
-    root: str
-    real_root: str
-    capabilities: dict[str, tuple[str, str, str | None]] | None  # ref -> (id, stability, by)
-    resources: dict[str, tuple[str, int | None, int | None]] | None  # id -> (type, lo, hi)
-    definitions: bool = True  # compute the canonical JSON and its sha256
-
-
-_CONTEXT: _Context | None = None
-
-
-def _set_context(context: _Context) -> None:
-    global _CONTEXT
-    _CONTEXT = context
-
-
-class _TaskFile:
-    """Per-file state while checking one task file (the text is kept for line numbers)."""
-
-    def __init__(self, path: str, display: str) -> None:
-        self.path, self.display = path, display
-        self.raw = b""
-        self.problems: list[ValidationProblem] = []
-        self.invalid: list[str] = []  # paths with a schema error: no second problem there
-
-    def add(self, code: str, path: str, message: str, hint: str | None = None) -> None:
-        if any(path == bad or path.startswith((bad + ".", bad + "[")) for bad in self.invalid):
-            return
-        self.problems.append(ValidationProblem(
-            code, self.display, path, message, hint, _node_line(self.text, _loc(path))))
-
-    @property
-    def text(self) -> str:  # decoded only when a problem needs a line number
-        return self.raw.decode("utf-8", errors="replace")
-
-    def pydantic(self, exc: ValidationError, model: type[BaseModel]) -> None:
-        for err, problem in zip(exc.errors(), problems_from(exc, model), strict=True):
-            if problem.path:
-                self.invalid.append(problem.path)
-            code = "status_not_pending" if problem.path == "status" else "schema"
-            hint = ("the kernel owns task state after load: write \"pending\" or leave status "
-                    "out" if code == "status_not_pending" else _field_hint(model, err["loc"]))
-            self.problems.append(ValidationProblem(
-                code, self.display, problem.path, problem.message, hint,
-                _node_line(self.text, err["loc"])))
-
-
-def _read(path: str) -> bytes:
-    # os.open/os.read: half the cost of open() for small files (no buffered file objects).
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        parts = [os.read(fd, 65536)]
-        while len(parts[-1]) == 65536:
-            parts.append(os.read(fd, 65536))
-        return b"".join(parts) if len(parts) > 1 else parts[0]
-    finally:
-        os.close(fd)
-
-
-def _parse_task(path: str, display: str, ctx: _Context) -> tuple[
-    TaskRecord | None, list[ValidationProblem]
-]:
-    f = _TaskFile(path, display)
-    try:
-        f.raw = _read(path)
-        data = json.loads(f.raw)
-    except OSError as exc:
-        return None, [ValidationProblem("file_unreadable", display, "", str(exc))]
-    except UnicodeDecodeError as exc:
-        return None, [ValidationProblem("json_syntax", display, "", f"not UTF-8: {exc.reason}",
-                                        "save the file as UTF-8")]
-    except json.JSONDecodeError as exc:
-        return None, [ValidationProblem("json_syntax", display, "", exc.msg, _JSON_HINT,
-                                        exc.lineno, exc.colno)]
-    if not isinstance(data, dict):
-        return None, [ValidationProblem("schema", display, "", "expected a JSON object, got "
-                                        f"{type(data).__name__}", "a task file holds one object")]
-    task, migrated = _validate(f, data)
-    if task is None:  # still check what can be checked on the raw document
-        _check_task(f, _view(data), ctx)
-        return None, f.problems
-    _check_task(f, _view(task), ctx)
-    definition = task.model_dump_json() if ctx.definitions else ""
-    record = TaskRecord(
-        task.task_id, task.workstream_id, display, migrated, tuple(task.dependencies),
-        tuple(task.blocks), _capabilities(task, ctx), _resources(task),
-        (task.name, task.description, task.type, int(task.critical), task.priority,
-         task.execution.max_retries, task.execution.timeout_seconds,
-         task.execution.retry_delay_seconds, task.execution.estimated_duration_seconds,
-         task.execution.command),
-        definition, hashlib.sha256(definition.encode()).hexdigest() if definition else "",
-    )
-    return record, f.problems
-
-
-def _validate(f: _TaskFile, data: dict[str, Any]) -> tuple[TaskDefinition | None, bool]:
-    version = data.get("schema_version", "2.0.0")
-    match = _SEMVER.match(version) if isinstance(version, str) else None
-    major_minor = (int(match[1]), int(match[2])) if match else None
-    try:
-        if major_minor == (2, 0):
-            return TaskDefinition.model_validate(data), False
-        if major_minor == (1, 0):
-            try:
-                TaskDefinitionV1.model_validate(data)
-            except ValidationError as exc:
-                f.pydantic(exc, TaskDefinitionV1)
-                return None, True
-            return TaskDefinition.model_validate(migrate_v1_to_v2(data, f.display)), True
-    except ValidationError as exc:
-        f.pydantic(exc, TaskDefinition)
-        return None, False
-    except DefinitionError as exc:  # cannot happen after the v1 check, kept for safety
-        for p in exc.problems:
-            f.add("schema", p.path, p.message)
-        return None, True
-    f.add("unsupported_schema_version", "schema_version",
-          f"schema_version {version!r} is not supported: this orch reads 2.0.x, and 1.0.x "
-          "(migrated on load)",
-          "use \"2.0.0\"; a newer version needs a newer orch" if match else
-          "write a semver string such as \"2.0.0\"")
-    return None, False
-
-
-class _View(NamedTuple):
-    """The fields the per-file checks read, from a valid model or (best effort) a raw dict."""
-
-    task_id: str | None
-    workstream_id: str | None
-    capabilities: list[str]
-    resources: dict[str, Any]
-    working_directory: str
-    required_files: list[str]
-    optional_files: list[str]
-
-
-def _view(task: TaskDefinition | dict[str, Any]) -> _View:
-    if isinstance(task, TaskDefinition):
-        context = task.context_requirements
-        return _View(task.task_id, task.workstream_id, task.worker_requirements.capabilities,
-                     task.resource_requirements, task.execution.working_directory,
-                     context.required_files if context else [],
-                     context.optional_files if context else [])
-
-    def part(key: str, inner: str, default: Any) -> Any:
-        outer = task.get(key)
-        value = outer.get(inner, default) if isinstance(outer, dict) else default
-        return value if isinstance(value, type(default)) else default
-
-    def strings(values: list[Any]) -> list[str]:
-        return [v if isinstance(v, str) else "" for v in values]
-
-    resources = task.get("resource_requirements")
-    return _View(
-        task.get("task_id") if isinstance(task.get("task_id"), str) else None,
-        task.get("workstream_id") if isinstance(task.get("workstream_id"), str) else None,
-        strings(part("worker_requirements", "capabilities", [])),
-        resources if isinstance(resources, dict) else {},
-        part("execution", "working_directory", "."),
-        strings(part("context_requirements", "required_files", [])),
-        strings(part("context_requirements", "optional_files", [])))
-
-
-def _check_task(f: _TaskFile, task: _View, ctx: _Context) -> None:
-    grand, parent, name = ["", "", *f.path.rsplit(os.sep, 2)][-3:]
-    if task.task_id is not None and name != f"{task.task_id}.json":
-        f.add("file_name_mismatch", "task_id",
-              f"task_id '{task.task_id}' differs from the file name {name}",
-              f"rename the file to {task.task_id}.json, or change task_id")
-    if task.workstream_id is not None and (
-            parent != task.workstream_id or not grand.endswith(os.sep + "tasks")):
-        f.add("wrong_directory", "workstream_id",
-              f"a task of workstream '{task.workstream_id}' must be in tasks/"
-              f"{task.workstream_id}/, not {_display(os.path.dirname(f.path), ctx.root)}/",
-              f"move the file to tasks/{task.workstream_id}/{name}, or change workstream_id")
-    if task.working_directory != "." or task.required_files or task.optional_files:
-        _check_paths(f, task, ctx)
-    if ctx.capabilities is not None:
-        for i, ref in enumerate(task.capabilities):
-            path = f"worker_requirements.capabilities[{i}]"
-            cap = ctx.capabilities.get(ref)
-            if cap is None:
-                f.add("unknown_capability", path, f"unknown capability '{ref}'",
-                      "known: " + ", ".join(sorted({c[0] for c in ctx.capabilities.values()})))
-            elif cap[1] == "deprecated":
-                f.add("deprecated_capability", path, f"capability '{ref}' is deprecated",
-                      f"use '{cap[2]}' instead" if cap[2] else "plan to stop using it")
-    if ctx.resources is not None:
-        for rid, want in task.resources.items():
-            _check_resource(f, rid, want, ctx.resources)
-
-
-def _check_paths(f: _TaskFile, task: _View, ctx: _Context) -> None:
-    named: list[tuple[str, str, bool]] = []
-    if task.working_directory != ".":
-        named.append(("execution.working_directory", task.working_directory, False))
-    named += [(f"context_requirements.required_files[{i}]", p, True)
-              for i, p in enumerate(task.required_files)]
-    named += [(f"context_requirements.optional_files[{i}]", p, False)
-              for i, p in enumerate(task.optional_files)]
-    for path, rel, required in named:
-        if not rel or os.path.isabs(rel) or ".." in rel.split("/"):
-            continue  # the schema reports these
-        full = os.path.join(ctx.root, rel)
-        if not _inside(full, ctx.real_root):
-            f.add("path_escapes_root", path,
-                  f"'{rel}' resolves to {os.path.realpath(full)}, outside the project root",
-                  "name files inside the project; check the symlinks on the way")
-        elif required and not os.path.exists(full):
-            f.add("required_file_missing", path, f"required file '{rel}' does not exist",
-                  "fix the path (relative to the project root); if an earlier task creates "
-                  "the file, list it in optional_files instead")
-
-
-def _check_resource(f: _TaskFile, rid: str, want: Any,
-                    resources: dict[str, tuple[str, int | None, int | None]]) -> None:
-    path = f"resource_requirements.{rid}"
-    if rid not in resources:
-        f.add("unknown_resource", path, f"unknown resource '{rid}'",
-              "known: " + ", ".join(sorted(resources)))
-        return
-    kind, low, high = resources[rid]
-    if kind in ("pooled", "rate_limited"):
-        if not isinstance(want, int) or isinstance(want, bool):
-            f.add("resource_mode_mismatch", path,
-                  f"'{rid}' is {kind}: ask for a number of units, not {want!r}",
-                  f'e.g. "{rid}": {low or 1}')
-        elif not (low or 1) <= want <= (high or want):
-            f.add("impossible_resource_amount", path,
-                  f"asks for {want} units of '{rid}'; a task may take {low or 1} to {high}",
-                  "the pool can never grant this: lower the amount, or raise capacity / "
-                  "max_per_task in capabilities/resources.yaml")
-    elif want != kind:
-        f.add("resource_mode_mismatch", path,
-              f"'{rid}' is {kind}: request it as \"{kind}\", not {want!r}", f'"{rid}": "{kind}"')
-
-
-def _capabilities(task: TaskDefinition, ctx: _Context) -> tuple[tuple[str, str | None], ...]:
-    refs = task.worker_requirements.capabilities
-    if not refs:
-        return ()
-    caps = ctx.capabilities or {}
-    ids = dict.fromkeys(caps[r][0] if r in caps else r for r in refs)
-    return tuple((cid, task.worker_requirements.min_version) for cid in ids)
-
-
-def _resources(task: TaskDefinition) -> tuple[tuple[str, str, float], ...]:
-    if not task.resource_requirements:
-        return ()
-    return tuple((rid, want, 1.0) if isinstance(want, str) else (rid, "units", float(want))
-                 for rid, want in task.resource_requirements.items())
-
-
-def _parse_chunk(files: list[tuple[str, str]]) -> tuple[list[TaskRecord], list[ValidationProblem]]:
-    ctx = _CONTEXT
-    assert ctx is not None, "_set_context first"
-    records, problems = [], []
-    with gc_paused():
-        for path, display in files:
-            record, found = _parse_task(path, display, ctx)
-            if record is not None:
-                records.append(record)
-            problems += found
-    return records, problems
-
-
-def _parse_all(files: list[tuple[str, str]], ctx: _Context, workers: int | None) -> tuple[
-    list[TaskRecord], list[ValidationProblem]
-]:
-    _set_context(ctx)
-    if workers is None:
-        workers = (os.cpu_count() or 1) if len(files) >= PARALLEL_MIN_FILES else 1
-    chunks = [files[i:i + CHUNK_FILES] for i in range(0, len(files), CHUNK_FILES)]
-    if workers <= 1 or len(chunks) < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        results = [_parse_chunk(c) for c in chunks]
-    else:
-        results = _parse_parallel(chunks, ctx, workers)
-    records = [r for chunk_records, _ in results for r in chunk_records]
-    problems = [p for _, chunk_problems in results for p in chunk_problems]
-    return records, problems
-
-
-def _parse_parallel(chunks: list[list[tuple[str, str]]], ctx: _Context, workers: int) -> list[
-    tuple[list[TaskRecord], list[ValidationProblem]]
-]:
-    # workers - 1 processes take chunks from the front; this process steals from the back
-    # (a chunk whose future can still be cancelled has not been sent to a worker).
-    results: list[Any] = [None] * len(chunks)
-    with ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("fork"),
-                             initializer=_set_context, initargs=(ctx,)) as pool:
-        futures: list[Future[Any]] = [pool.submit(_parse_chunk, c) for c in chunks]
-        for i in range(len(chunks) - 1, -1, -1):
-            if not futures[i].cancel():
-                break
-            results[i] = _parse_chunk(chunks[i])
-        for i, future in enumerate(futures):
-            if results[i] is None:
-                results[i] = future.result()
-    return results
 
 
 # --------------------------------------------------------------------------- collect
@@ -683,7 +263,7 @@ def _registries(project: Project, given: list[tuple[str, str]], defs: Definition
             continue
         own = project.capabilities_dir / name
         if own.is_file():
-            _load_registry(str(own), _display(str(own), str(project.root)), defs)
+            _load_registry(str(own), display_path(str(own), str(project.root)), defs)
         else:
             defs.problems.append(ValidationProblem(
                 "registry_default", f"capabilities/{name}", "",
@@ -693,37 +273,10 @@ def _registries(project: Project, given: list[tuple[str, str]], defs: Definition
 
 
 def _workstream(ws_id: str, path: str | None, display: str | None, defs: Definitions) -> None:
-    data: Any = {"workstream_id": ws_id}
-    text = ""
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-            data = json.loads(text)
-        except (OSError, UnicodeDecodeError) as exc:
-            defs.problems.append(ValidationProblem("file_unreadable", display, "", str(exc)))
-            return
-        except json.JSONDecodeError as exc:
-            defs.problems.append(ValidationProblem("json_syntax", display, "", exc.msg,
-                                                   _JSON_HINT, exc.lineno, exc.colno))
-            return
-    try:
-        model = WorkstreamDefinition.model_validate(data)
-    except ValidationError as exc:
-        for err, p in zip(exc.errors(), problems_from(exc, WorkstreamDefinition), strict=True):
-            defs.problems.append(ValidationProblem(
-                "workstream_file_invalid", display, p.path, p.message,
-                _field_hint(WorkstreamDefinition, err["loc"]), _node_line(text, err["loc"])))
-        return
-    if model.workstream_id != ws_id:
-        defs.problems.append(ValidationProblem(
-            "workstream_file_invalid", display, "workstream_id",
-            f"workstream_id '{model.workstream_id}' differs from its directory {ws_id}/",
-            "a workstream.json describes the directory it is in",
-            _node_line(text, ["workstream_id"])))
-        return
-    body = model.model_dump_json()
-    defs.workstreams[ws_id] = WorkstreamRecord(
-        ws_id, display, model, body, hashlib.sha256(body.encode()).hexdigest())
+    record, problems = parse_workstream(ws_id, path, display)
+    defs.problems += problems
+    if record is not None:
+        defs.workstreams[ws_id] = record
 
 
 def collect(project: Project, paths: Sequence[str | os.PathLike[str]] | None = None, *,
@@ -744,9 +297,9 @@ def _collect(project: Project, paths: Sequence[str | os.PathLike[str]] | None,
     found = _discover(project, paths)
     defs = Definitions(project.root, problems=list(found.problems), files=len(found.tasks))
     if paths and root not in {os.path.abspath(p) for p in paths}:
-        defs.scope = tuple(_display(os.path.abspath(p), root) for p in paths)
+        defs.scope = tuple(display_path(os.path.abspath(p), root) for p in paths)
     _registries(project, found.registries, defs)
-    ctx = _Context(
+    ctx = ParseContext(
         root, os.path.realpath(root),
         None if defs.capabilities is None else {
             ref: (c.capability_id, c.stability, c.deprecated_by)
@@ -756,7 +309,7 @@ def _collect(project: Project, paths: Sequence[str | os.PathLike[str]] | None,
             for r in defs.resources.resources},
         definitions,
     )
-    defs.tasks, problems = _parse_all(sorted(found.tasks), ctx, workers)
+    defs.tasks, problems = parse_task_files(sorted(found.tasks), ctx, workers)
     defs.problems += problems
     for path, display in found.workstreams.values():
         _workstream(os.path.basename(os.path.dirname(path)), path, display, defs)

@@ -333,9 +333,9 @@ def test_the_example_project_validates_and_loads_cleanly(project: Project) -> No
 
 def test_parsing_in_worker_processes_gives_the_same_result(small_project: Project,
                                                            monkeypatch) -> None:
-    from kernel import definitions
+    from kernel import definitions, taskfiles
 
-    monkeypatch.setattr(definitions, "CHUNK_FILES", 1)
+    monkeypatch.setattr(taskfiles, "CHUNK_FILES", 1)
     write_task(small_project, task_doc("bad", ws="ws1", status="x"))
     serial = definitions.collect(small_project, workers=1)
     parallel = definitions.collect(small_project, workers=2)

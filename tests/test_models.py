@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -704,3 +704,24 @@ def test_attempt_output_contract() -> None:
 def test_attempt_output_rejects(doc: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         AttemptOutput.model_validate(doc)
+
+
+@settings(max_examples=2000)
+@given(st.text(alphabet=st.characters(blacklist_characters="'\"\\"), max_size=60))
+def test_a_command_without_quotes_or_backslashes_always_splits(command: str) -> None:
+    """Why ExecutionSpec may skip shlex.split for such commands: it can never fail on them."""
+    import re
+    import shlex
+
+    from kernel.models import SHLEX_SPECIAL
+
+    assert SHLEX_SPECIAL.isdisjoint(command)
+    assert shlex.split(command) == [t for t in re.split("[ \t\r\n]+", command) if t]
+
+
+@pytest.mark.parametrize("command", ["echo 'unclosed", 'say "hi', "trailing \\"])
+def test_a_command_shlex_cannot_split_is_still_refused(command: str) -> None:
+    from kernel.models import ExecutionSpec
+
+    with pytest.raises(ValueError, match="cannot be split"):
+        ExecutionSpec.model_validate({"command": command})

@@ -444,3 +444,16 @@ def test_the_real_orch_command(project: Project) -> None:
     assert code == 1
     assert [(p["code"], p["file"], p["path"]) for p in doc["problems"]] == [
         ("unknown_dependency", "tasks/ws/a.json", "dependencies[0]")]
+
+
+def test_parsing_lives_in_taskfiles_and_definitions_still_exports_it(project: Project) -> None:
+    from kernel import definitions, taskfiles
+
+    for name in ("ValidationProblem", "TaskRecord", "WorkstreamRecord", "CODES", "ERROR",
+                 "WARNING"):
+        assert getattr(definitions, name) is getattr(taskfiles, name)
+    path = write_task(project, text='{\n  "task_id": "a",\n}\n', ws="ws", name="a")
+    ctx = taskfiles.ParseContext(str(project.root), os.path.realpath(project.root), None, None)
+    record, problems = taskfiles.parse_task(str(path), "tasks/ws/a.json", ctx)
+    assert record is None
+    assert [(p.code, p.line, p.column) for p in problems] == [("json_syntax", 3, 1)]

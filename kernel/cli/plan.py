@@ -7,7 +7,9 @@ Stability Guarantees:
     See ``kernel.cli``. ``--json`` is ``--format json``: with WS it prints that workstream's
     DAG-VIEW-003 document (plus ``external_dependencies``), without WS
     ``{"workstreams": {id: document}}`` (``{}`` for a project with no workstreams, exit 0).
-    ``--json`` together with ``--format mermaid|dot`` is a usage error (exit 2). Mermaid and DOT
+    ``--json`` together with ``--format mermaid|dot`` is a usage error (exit 2). With
+    ``--format json`` (or ``--json``) errors are printed as the JSON error document
+    ``{"error": {...}}`` on stdout too, with the same exit codes. Mermaid and DOT
     draw one workstream: WS is required unless the project holds exactly one (then that one is
     drawn); with several the command exits 2 and lists them. An unknown WS exits 1 with
     ``unknown_workstream``. The table is for people and may change; it fits 80 columns.
@@ -17,19 +19,22 @@ Integration Points:
     Everything is read in one snapshot from a read-only connection; nothing is written.
 
 Dependencies:
-    click, rich; ``kernel.cli.common``, ``kernel.db``, ``kernel.plan``, ``kernel.render``.
+    click, rich, apsw; ``kernel.cli.common``, ``kernel.db``, ``kernel.errors``, ``kernel.plan``,
+    ``kernel.render``.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import apsw
 import click
 from rich.console import Console
 
 from kernel import db
-from kernel.cli.common import CliState, command, emit
-from kernel.errors import EXIT_OK, UsageError
+from kernel.cli.common import CliState, command, emit, emit_error
+from kernel.db import locked_error
+from kernel.errors import EXIT_OK, OrchError, UsageError
 from kernel.plan import all_workstreams, plan_document, workstream_plan
 from kernel.render import plan_dot, plan_mermaid, plan_table
 
@@ -93,6 +98,24 @@ def plan_cmd(state: CliState, workstream: str | None, fmt: str | None) -> int:
         )
     fmt = "json" if state.json else (fmt or "table")
     state.json = fmt == "json"
+    try:
+        return _plan(state, workstream, fmt)
+    except OrchError as err:
+        if fmt != "json":
+            raise
+        # `--format json` without `--json`: kernel.cli.run only sees --json in argv, so the
+        # error document is printed here (one JSON document on stdout, errors included).
+        emit_error(err, True)
+        return err.exit_code
+    except apsw.BusyError:
+        if fmt != "json":
+            raise
+        locked = locked_error(".state/kernel.db")
+        emit_error(locked, True)
+        return locked.exit_code
+
+
+def _plan(state: CliState, workstream: str | None, fmt: str) -> int:
     now = datetime.now(UTC)
     conn = state.project().connect(readonly=True)
     try:
