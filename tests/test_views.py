@@ -353,3 +353,13 @@ def test_a_rebuilt_events_file_includes_the_rotated_events(conn: apsw.Connection
                                  ["ünï"]])
 def test_waiting_for_lists_are_valid_json_whatever_the_ids(ids: list[str]) -> None:
     assert json.loads(views._json_strings(ids)) == ids
+
+
+def test_orch_load_writes_the_views(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    make_project(root, [task("a"), task("b", deps=["a"])])
+    state = root / ".state"
+    current = _load(state, "current.json")
+    assert {t["task_id"]: t["waiting_for"] for t in current["tasks"]} == {"a": [], "b": ["a"]}
+    assert [s["parallel_tasks"] for s in _load(state, "execution_plan_ws.json")["stages"]] == [
+        ["a"], ["b"]]

@@ -32,6 +32,7 @@ from kernel.errors import EXIT_FAILED, EXIT_OK, OrchError, UsageError
 from kernel.load import LoadError, load
 from kernel.migrate_tasks import list_backups, migrate_tasks, restore_backup
 from kernel.models import TASK_SCHEMA_VERSION, TASK_V1_SCHEMA_VERSION
+from kernel.views import export_after_change
 
 _COLOUR = {"error": "red", "warning": "yellow"}
 
@@ -89,8 +90,9 @@ def load_cmd(state: CliState, paths: tuple[str, ...]) -> int:
     Creates workstreams and tasks, updates pending tasks whose file changed, and moves
     planned workstreams to ready. Unchanged files are a no-op; any error loads nothing.
     """
+    project = state.project()
     try:
-        report = load(state.project(), list(paths) or None)
+        report = load(project, list(paths) or None)
     except LoadError as err:
         problems = err.problems
         errors = sum(1 for p in problems if p.severity == ERROR)
@@ -106,10 +108,14 @@ def load_cmd(state: CliState, paths: tuple[str, ...]) -> int:
         emit(state, data, failed)
         return EXIT_FAILED
 
+    exported = export_after_change(project) if report.changed else None
+
     def text() -> None:
         for line in format_problems(report.warnings):
             click.echo(line)
         click.echo(report.summary())
+        for warning in exported.warnings if exported else ():
+            click.echo(f"warning: {warning}", err=True)
 
     emit(state, report.as_dict(), text)
     return EXIT_OK
