@@ -170,6 +170,11 @@ def tick(conn: apsw.Connection, now: float, ctx: TickContext) -> TickReport:
     _derive_workstreams(conn, now, ctx, report)
     _check_exhaustion(conn, now, ctx, report)
     report.counts, report.done, report.unrunnable = progress_counts(conn, ctx)
+    if report.done:
+        # The last task may have finished between the derivation and the count (workers
+        # commit on their own): derive once more, or the run would end with its workstream
+        # still executing. Nothing runs any more, so nothing can change after this one.
+        _derive_workstreams(conn, now, ctx, report)
     return report
 
 
