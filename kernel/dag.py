@@ -14,6 +14,7 @@ Public API:
     stage_duration(durations, max_parallelism) -> float    LPT estimate for one stage
     execution_plan(tasks, workstream_id, max_parallelism, generated_at) -> dict   DAG-VIEW-003
     dag_document(tasks, workstream_id, generated_at) -> dict                      DAG-VIEW-002
+    dag_and_plan(tasks, workstream_id, max_parallelism, generated_at) -> (dag, plan)  one graph
     gc_paused() (a context manager pausing the cyclic garbage collector during bulk work)
     generate_layered_dag(n_tasks, n_edges, seed, n_layers=None) -> list[PlanTask]
     DAG_SCHEMA_VERSION, PLAN_SCHEMA_VERSION
@@ -339,15 +340,37 @@ def execution_plan(
     """
     _check_parallelism(max_parallelism)
     with gc_paused():
-        return _execution_plan(list(tasks), workstream_id, max_parallelism, generated_at)
+        ordered = sorted(tasks, key=lambda t: t.task_id)
+        return _execution_plan(ordered, workstream_id, max_parallelism, generated_at,
+                               build_graph(ordered))
+
+
+def dag_and_plan(
+    tasks: Iterable[PlanTask],
+    workstream_id: str,
+    max_parallelism: int | None,
+    generated_at: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(dag_document(...), execution_plan(...))`` from one graph: the same documents for
+    half the work. Raises like execution_plan."""
+    _check_parallelism(max_parallelism)
+    with gc_paused():
+        ordered = sorted(tasks, key=lambda t: t.task_id)
+        graph = build_graph(ordered)
+        gens = stages(graph)
+        return (_dag_document(ordered, workstream_id, generated_at, graph, gens),
+                _execution_plan(ordered, workstream_id, max_parallelism, generated_at, graph,
+                                gens))
 
 
 def _execution_plan(
-    tasks: list[PlanTask], workstream_id: str, max_parallelism: int | None, generated_at: str
+    tasks: list[PlanTask], workstream_id: str, max_parallelism: int | None, generated_at: str,
+    graph: nx.DiGraph, gens: list[list[str]] | None = None,
 ) -> dict[str, Any]:
+    """``tasks`` sorted by id and ``graph`` built from them (so ties on the critical path are
+    broken the same way whoever calls); ``gens``: ``stages(graph)`` when known."""
     by_id = {t.task_id: t for t in tasks}
-    graph = build_graph(tasks)
-    gens = stages(graph)
+    gens = stages(graph) if gens is None else gens
     durations = {t.task_id: float(t.estimated_duration_seconds) for t in tasks}
     path, path_duration = _critical_path(graph, [v for gen in gens for v in gen], durations)
     on_path = set(path)
@@ -384,12 +407,13 @@ def dag_document(
 ) -> dict[str, Any]:
     """The DAG-VIEW-002 document: nodes and edges sorted by id. Raises like execution_plan."""
     with gc_paused():
-        return _dag_document(sorted(tasks, key=lambda t: t.task_id), workstream_id, generated_at)
+        ordered = sorted(tasks, key=lambda t: t.task_id)
+        return _dag_document(ordered, workstream_id, generated_at, build_graph(ordered))
 
 
-def _dag_document(tasks: list[PlanTask], workstream_id: str, generated_at: str) -> dict[str, Any]:
-    graph = build_graph(tasks)
-    order = topological_order(graph)
+def _dag_document(tasks: list[PlanTask], workstream_id: str, generated_at: str,
+                  graph: nx.DiGraph, gens: list[list[str]] | None = None) -> dict[str, Any]:
+    order = topological_order(graph) if gens is None else [v for gen in gens for v in gen]
     return {
         "schema_version": DAG_SCHEMA_VERSION,
         "schema_url": schema_url("dag", DAG_SCHEMA_VERSION),

@@ -2,7 +2,8 @@
 
 Public API:
     ``connect(path, *, readonly=False, durability="normal", busy_timeout_ms=5000, migrate=True)``
-    returns an ``apsw.Connection`` ready for the kernel; ``write_tx(conn)`` (``BEGIN IMMEDIATE``)
+    returns an ``apsw.Connection`` ready for the kernel; ``write_tx(conn)`` (``BEGIN IMMEDIATE``,
+    after ``writer_lock(conn)``)
     and ``read_tx(conn)`` context managers; ``rows(conn, sql, params)`` / ``row(...)`` return
     dicts, ``scalar(conn, sql, params)`` one value; ``upsert_sql(table, key, columns)``;
     ``migrations()``,
@@ -306,18 +307,32 @@ def _acquire(fd: int, timeout: float) -> bool:
 
 
 @contextlib.contextmanager
+def writer_lock(conn: apsw.Connection, timeout: float | None = None) -> Iterator[None]:
+    """Hold the kernel writers' lock file (see above): ``write_tx`` takes it; a checkpoint that
+    must not starve behind the kernel's writers takes it too. Raises ``apsw.BusyError`` after
+    ``timeout`` seconds (default: the connection's busy timeout)."""
+    if not conn.filename:
+        yield
+        return
+    # Opened per use (~10 µs): nothing to leak, and one lock per holder even within a thread.
+    fd = os.open(f"{conn.filename}.writer-lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        wait = _busy_timeouts.get(conn, DEFAULT_BUSY_TIMEOUT_MS / 1000) if timeout is None \
+            else timeout
+        if not _acquire(fd, wait):
+            raise apsw.BusyError("database is locked: another kernel writer held it beyond the "
+                                 "busy timeout")
+        yield
+    finally:
+        os.close(fd)   # releases the lock
+
+
+@contextlib.contextmanager
 def write_tx(conn: apsw.Connection) -> Iterator[apsw.Connection]:
     """A write transaction taken with BEGIN IMMEDIATE: the write lock is held from the start,
     so a transaction never fails half-way for want of it (no SQLITE_BUSY on upgrade). Kernel
     writers first queue on the writer lock file (see above)."""
-    fd = None
-    if conn.filename:   # opened per transaction (~10 µs): nothing to leak, one lock per tx
-        fd = os.open(f"{conn.filename}.writer-lock", os.O_RDWR | os.O_CREAT, 0o644)
-    timeout = _busy_timeouts.get(conn, DEFAULT_BUSY_TIMEOUT_MS / 1000)
-    try:
-        if fd is not None and not _acquire(fd, timeout):
-            raise apsw.BusyError("database is locked: another kernel writer held it beyond the "
-                                 "busy timeout")
+    with writer_lock(conn):
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -327,9 +342,6 @@ def write_tx(conn: apsw.Connection) -> Iterator[apsw.Connection]:
             raise
         else:
             conn.execute("COMMIT")
-    finally:
-        if fd is not None:
-            os.close(fd)   # releases the lock
 
 
 @contextlib.contextmanager

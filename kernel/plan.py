@@ -50,7 +50,7 @@ from typing import Any, cast
 import apsw
 
 from kernel import db
-from kernel.dag import DependencyCycle, PlanTask, ResourceValue, dag_document, execution_plan
+from kernel.dag import DependencyCycle, PlanTask, ResourceValue, dag_and_plan, execution_plan
 from kernel.errors import OrchError
 
 # Separator for group_concat: a control character, which task ids (ID_PATTERN) never contain.
@@ -296,8 +296,8 @@ def workstream_plan(
     ws = read_workstream(conn, workstream_id)
     generated_at = timestamp(now)
     with _cycle_as_error(workstream_id):
-        dag_doc = dag_document(ws.tasks, workstream_id, generated_at)
-        plan_doc = execution_plan(ws.tasks, workstream_id, ws.max_parallelism, generated_at)
+        dag_doc, plan_doc = dag_and_plan(ws.tasks, workstream_id, ws.max_parallelism,
+                                         generated_at)
     dag_doc["external_dependencies"] = _external_field(ws)
     plan_doc["external_dependencies"] = _external_field(ws)
     return dag_doc, plan_doc

@@ -160,7 +160,6 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
             children[f"pid:{proc.pid}"] = proc
         last = -1
         next_lock = 0.0
-        next_checkpoint = 0.0
         restarts_left = 2 * options.workers
         spawned = options.workers
         while True:
@@ -175,9 +174,7 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
             progress.update(conn, report)
             if metrics_ticker.due(now):
                 write_metrics(conn, project.state_dir, now)
-            if time.monotonic() >= next_checkpoint:
-                _keep_wal_small(conn, project, config.database.busy_timeout_ms)
-                next_checkpoint = time.monotonic() + 0.25
+            _keep_wal_small(conn, project, config.database.busy_timeout_ms)
             # A worker that died is replaced (a few times), so a crash does not stall the run.
             for key, proc in list(children.items()):
                 if proc.poll() is not None:
@@ -250,8 +247,8 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
 # status` or Datasette reading, that moment may never come. So the run restarts the WAL itself
 # once it passes this size, waiting at most WAL_RESTART_WAIT_MS for readers (writers wait
 # meanwhile), and tries again a moment later if they did not finish.
-WAL_RESTART_BYTES = 16 * 1024 * 1024
-WAL_RESTART_WAIT_MS = 100
+WAL_RESTART_BYTES = 8 * 1024 * 1024
+WAL_RESTART_WAIT_MS = 250
 
 
 def _keep_wal_small(conn: Any, project: Project, busy_timeout_ms: int) -> None:
@@ -259,7 +256,10 @@ def _keep_wal_small(conn: Any, project: Project, busy_timeout_ms: int) -> None:
         return
     conn.set_busy_timeout(WAL_RESTART_WAIT_MS)
     try:
-        db.checkpoint(conn, "RESTART")
+        # In the writers' queue, or the kernel's writers (who never use SQLite's busy handler
+        # against each other) would starve the checkpoint.
+        with db.writer_lock(conn, timeout=WAL_RESTART_WAIT_MS / 1000):
+            db.checkpoint(conn, "RESTART")
     except apsw.BusyError:
         pass
     finally:

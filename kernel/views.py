@@ -340,12 +340,9 @@ def _definition_fingerprints(conn: apsw.Connection) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class _TaskState:
-    task_id: str
-    workstream_id: str
-    state: str
-    worker_id: str | None
+# (task_id, workstream_id, state, worker_id): plain tuples, as SQLite returns them; 100,000
+# objects would cost more than the query.
+_TaskState = tuple[str, str, str, str | None]
 
 
 @dataclass
@@ -374,23 +371,19 @@ def _json_strings(items: list[str]) -> str:
 
 
 def _read(conn: apsw.Connection, now: str) -> _Snapshot:
-    tasks: list[_TaskState] = []
-    states: dict[str, str] = {}
-    texts: list[str] = []
-    for tid, wsid, state, worker, text in conn.execute(_TASKS_SQL):
-        tasks.append(_TaskState(tid, wsid, state, worker))
-        states[tid] = state
-        texts.append(text)
+    fetched: list[Any] = conn.execute(_TASKS_SQL).fetchall()
+    tasks: list[_TaskState] = [row[:4] for row in fetched]
+    completed = {row[0] for row in fetched if row[2] == "completed"}
     waiting: dict[str, str] = {}
     for tid, deps in conn.execute(_PENDING_DEPS_SQL):
-        open_deps = [d for d in deps.split("\x1f") if states.get(d) != "completed"]
+        open_deps = [d for d in deps.split("\x1f") if d not in completed]
         if open_deps:
             waiting[tid] = _json_strings(sorted(open_deps))
-    ws_json = {ws: _dumps(ws) for ws in {task.workstream_id for task in tasks}}
+    ws_json = {row[1]: _dumps(row[1]) for row in fetched}
     rows = RawRows(
-        f'{text[:-1]},"waiting_for":{waiting.get(task.task_id, "[]")},'
-        f'"workstream_id":{ws_json[task.workstream_id]}}}'
-        for task, text in zip(tasks, texts, strict=True))
+        f'{text[:-1]},"waiting_for":{waiting.get(tid, "[]")},"workstream_id":{ws_json[wsid]}}}'
+        for tid, wsid, _, _, text in fetched)
+    del fetched
     counts: dict[str, dict[str, int]] = {}
     for ws, state, n in conn.execute(
             "SELECT workstream_id, state, count(*) FROM task GROUP BY 1, 2 ORDER BY 1, 2"):
@@ -563,17 +556,15 @@ def _indices(snap: _Snapshot, generated_at: str) -> dict[str, dict[str, Any]]:
         w["worker_id"]: {"state": w["state"], "current_task": w["current_task"],
                          "last_heartbeat_at": w["last_heartbeat_at"], "tasks": []}
         for w in snap.workers}
-    for task in snap.tasks:
-        tid, state = task.task_id, task.state
+    for tid, wsid, state, worker in snap.tasks:
         statuses.setdefault(state, []).append(tid)
-        entry = per_ws.get(task.workstream_id)
+        entry = per_ws.get(wsid)
         if entry is not None:
             entry["tasks"].append(tid)
             if state in ("running", "validating"):
                 entry["running"].append(tid)
             elif state == "failed":
                 entry["failed"].append(tid)
-        worker = task.worker_id
         if worker in per_worker and state in ("running", "validating"):
             per_worker[worker]["tasks"].append(tid)
     common = {"generated_at": generated_at, "source_timestamp": snap.timestamp}
@@ -592,10 +583,10 @@ def _checkpoint(snap: _Snapshot, ws: dict[str, Any]) -> dict[str, Any]:
                 "pending": "pending", "queued": "pending", "retrying": "in_progress",
                 "running": "in_progress", "validating": "in_progress"}
     mine = set()
-    for task in snap.tasks:
-        if task.workstream_id == wsid:
-            groups[group_of.get(task.state, "in_progress")].append(task.task_id)
-            mine.add(task.task_id)
+    for tid, task_ws, state, _ in snap.tasks:
+        if task_ws == wsid:
+            groups[group_of.get(state, "in_progress")].append(tid)
+            mine.add(tid)
     return {**_header(Checkpoint), "timestamp": snap.timestamp, "last_event_seq": snap.last_seq,
             "workstream_id": wsid, "state": ws["state"], **groups,
             "resources_held": [lease for lease in snap.leases if lease["task_id"] in mine]}
@@ -669,8 +660,8 @@ def _export_locked(conn: apsw.Connection, state_dir: Path, full: bool, stamp: st
     report = ExportReport(stamp, snap.last_seq, len(snap.tasks), 0, timings=timings)
     lap("snapshot")
     counts: dict[str, int] = {}
-    for task in snap.tasks:
-        counts[task.state] = counts.get(task.state, 0) + 1
+    for _, _, state, _ in snap.tasks:
+        counts[state] = counts.get(state, 0) + 1
     current = {**_header(CurrentState), "timestamp": stamp, "last_event_seq": snap.last_seq,
                "counts": dict(sorted(counts.items())), "workstreams": snap.workstreams,
                "tasks": snap.task_rows, "workers": snap.workers, "resources": snap.leases}
@@ -714,8 +705,8 @@ def _export_workstreams(conn: apsw.Connection, state_dir: Path, snap: _Snapshot,
     checkpoints = state_dir / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
     states_by_ws: dict[str, dict[str, str]] = {}
-    for task in snap.tasks:
-        states_by_ws.setdefault(task.workstream_id, {})[task.task_id] = task.state
+    for tid, wsid, state, _ in snap.tasks:
+        states_by_ws.setdefault(wsid, {})[tid] = state
     for ws in snap.workstreams:
         wsid = ws["workstream_id"]
         fingerprint = snap.fingerprints.get(wsid, "0")

@@ -430,3 +430,17 @@ def test_stage_duration_bounds(durations: list[float], lanes: int) -> None:
     # LPT is within 4/3 of the optimum, which is at least the average lane load.
     optimum_lower_bound = max(max(durations), sum(durations) / lanes)
     assert estimate <= optimum_lower_bound * 4 / 3 + max(durations) + 1e-6
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_dag_and_plan_equal_the_two_documents_made_apart(seed: int) -> None:
+    import random
+
+    from kernel.dag import dag_and_plan, dag_document, execution_plan
+
+    tasks = generate_layered_dag(400, 1200, seed=seed)
+    random.Random(seed).shuffle(tasks)   # the input order must not matter either
+    together = dag_and_plan(tasks, "ws", 3, "2026-01-01T00:00:00.000Z")
+    apart = (dag_document(tasks, "ws", "2026-01-01T00:00:00.000Z"),
+             execution_plan(list(reversed(tasks)), "ws", 3, "2026-01-01T00:00:00.000Z"))
+    assert together == apart
