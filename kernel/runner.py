@@ -247,7 +247,7 @@ def run(project: Project, options: RunOptions, progress: Progress | None = None,
 # status` or Datasette reading, that moment may never come. So the run restarts the WAL itself
 # once it passes this size, waiting at most WAL_RESTART_WAIT_MS for readers (writers wait
 # meanwhile), and tries again a moment later if they did not finish.
-WAL_RESTART_BYTES = 8 * 1024 * 1024
+WAL_RESTART_BYTES = 16 * 1024 * 1024
 WAL_RESTART_WAIT_MS = 250
 
 
