@@ -18,7 +18,6 @@ Public API:
     ``CHECKSUM_FIELDS``; ``ARCHIVE_APPLICATION_ID``; ``ARCHIVE_FORMAT_VERSION``;
     ``archive_files(directory) -> {month: path}``; ``missing_files(conn, directory)``;
     ``live_first_seq(conn)``;
-    ``snapshot(conn)`` (a read transaction unless the caller holds one).
 
 Stability Guarantees:
     Nothing younger than the cut is ever moved, and the cut is never less than
@@ -48,12 +47,10 @@ Dependencies:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import heapq
 import itertools
 import json
-import os
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -66,6 +63,7 @@ import apsw
 from kernel import clock, db
 from kernel.audit import EVENT_FIELDS
 from kernel.errors import OrchError, UsageError
+from kernel.files import fsync_path
 
 MIN_RETENTION_DAYS = 90
 ARCHIVE_APPLICATION_ID = 0x4F524345  # "ORCE": an orch event archive
@@ -112,16 +110,6 @@ CREATE TABLE archive_info (
 PRAGMA application_id = {ARCHIVE_APPLICATION_ID};
 PRAGMA user_version = {ARCHIVE_FORMAT_VERSION};
 """
-
-
-@contextlib.contextmanager
-def snapshot(conn: apsw.Connection) -> Iterator[None]:
-    """A read transaction, unless the caller already holds one (then it is joined)."""
-    if conn.get_autocommit():
-        with db.read_tx(conn):
-            yield
-    else:
-        yield
 
 
 def archive_dir(state_dir: Path) -> Path:
@@ -238,14 +226,6 @@ def _open_archive_rw(path: Path, month: str, kernel_schema: int) -> apsw.Connect
     return conn
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def archive_files(directory: Path | None) -> dict[str, Path]:
     """The archive files in ``directory`` by month (``YYYY-MM``), oldest first."""
     if directory is None or not Path(directory).is_dir():
@@ -331,7 +311,7 @@ def plan_rotation(conn: apsw.Connection, *, older_than_days: float, now: float |
     cut = clock.iso(moment - older_than_days * 86400)
     base = RotationPlan(older_than_days=older_than_days, cut=cut, now=clock.iso(moment),
                         retention_override=older_than_days < MIN_RETENTION_DAYS)
-    with snapshot(conn):
+    with db.snapshot(conn):
         first = db.scalar(conn, "SELECT MIN(seq) FROM event")
         if first is None:
             return base
@@ -377,22 +357,22 @@ def write_archives(conn: apsw.Connection, plan: RotationPlan,
                 for column in live_columns:  # a column a later migration added: add it too
                     if column not in have:
                         arc.execute(f"ALTER TABLE event ADD COLUMN {column} ANY")
-                with snapshot(conn):
+                with db.snapshot(conn):
                     arc.executemany(
                         f"INSERT OR IGNORE INTO event ({', '.join(live_columns)}) "
                         f"VALUES ({', '.join('?' for _ in live_columns)})",
                         _live_batch(conn, plan, batch, live_columns))
         finally:
             arc.close()
-        _fsync(path)
-        _fsync(directory)
+        fsync_path(path)
+        fsync_path(directory)
         done.append(_read_back(conn, plan, batch, path))
     return done
 
 
 def _read_back(conn: apsw.Connection, plan: RotationPlan, batch: MonthBatch,
                path: Path) -> ArchiveFile:
-    with snapshot(conn):
+    with db.snapshot(conn):
         live_sha, live_n = content_sha256(_live_batch(conn, plan, batch, CHECKSUM_FIELDS))
     arc = _open_archive_ro(path)
     try:
@@ -589,7 +569,7 @@ def iter_events(conn: apsw.Connection, directory: Path | None, *, since_seq: int
 def read_events(conn: apsw.Connection, directory: Path | None, *, limit: int | None = None,
                 **filters: Any) -> list[dict[str, Any]]:
     """``iter_events`` as a list (at most ``limit`` events), read in one snapshot."""
-    with snapshot(conn):
+    with db.snapshot(conn):
         found = iter_events(conn, directory, **filters)
         return list(itertools.islice(found, limit) if limit is not None else found)
 
@@ -607,7 +587,7 @@ def verify(conn: apsw.Connection, directory: Path) -> dict[str, Any]:
     Overall: the archives hold every seq below the live log's first exactly once
     (``continuity``). ``ok`` is false when any check fails."""
     files: dict[str, dict[str, Any]] = {}
-    with snapshot(conn):
+    with db.snapshot(conn):
         first_live = live_first_seq(conn) or 1
         recorded = db.rows(
             conn, "SELECT a.* FROM event_archive a WHERE a.archive_id = (SELECT MAX(b.archive_id) "

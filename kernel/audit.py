@@ -177,7 +177,7 @@ def report(conn: apsw.Connection, *, since: str | None = None,
     ``actors`` ({"operators": {...}, "workers": {...}}); ``resources`` ({"leases": [...],
     "by_resource": {...}}) with ``seconds_held`` per lease (a lease still held counts up to now).
     """
-    from kernel.archive import iter_events, snapshot
+    from kernel.archive import iter_events
 
     stamp_now = clock.iso(time.time() if now is None else now)
     since_ts = since or "0000-00-00T00:00:00.000Z"
@@ -185,7 +185,7 @@ def report(conn: apsw.Connection, *, since: str | None = None,
     workstreams: dict[str, dict[str, Any]] = {}
     operators: dict[str, dict[str, Any]] = {}
     events_read = 0
-    with snapshot(conn):
+    with db.snapshot(conn):
         for event in iter_events(conn, archive_dir, from_ts=since):
             events_read += 1
             ws_id = event["workstream_id"]

@@ -12,7 +12,7 @@ Public API:
     it hold); ``list_backups(project)`` (newest first); ``database_users(project)`` (why the
     database is in use right now); ``SQLITE_MAGIC``, ``BACKUPS_DIR``.
     Helpers shared with ``kernel.redact`` and ``kernel.bundle``: ``finish_single_file(path)``
-    (make a copy a checked rollback-journal file), ``fsync_path(path)``, ``utc_stamp(now)``.
+    (make a copy a checked rollback-journal file), ``utc_stamp(now)``.
 
 Stability Guarantees:
     A backup is never a raw copy of the WAL-mode file: it is an SQLite snapshot taken with the
@@ -50,6 +50,7 @@ import apsw
 
 from kernel import clock, db
 from kernel.errors import OrchError, UsageError
+from kernel.files import fsync_path
 from kernel.project import Project
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -114,16 +115,6 @@ def default_backup_path(state_dir: Path, now: float | None = None) -> Path:
     """``<state_dir>/backups/kernel-<UTC timestamp>.db`` (``-2``, ``-3``... when taken)."""
     return _unique(state_dir / BACKUPS_DIR / f"kernel-{utc_stamp(now)}.db")
 
-
-def fsync_path(path: Path) -> None:
-    """fsync a file, or a directory (after a rename into it) where the filesystem allows."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems cannot fsync a directory
-        pass
-    finally:
-        os.close(fd)
 
 
 def _remove_with_sidecars(path: Path) -> None:

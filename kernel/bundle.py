@@ -47,8 +47,9 @@ from typing import Any
 import apsw
 
 from kernel import clock, db
-from kernel.backup import backup, fsync_path, utc_stamp
+from kernel.backup import backup, utc_stamp
 from kernel.errors import OrchError, UsageError
+from kernel.files import fsync_path
 from kernel.project import Project
 from kernel.redact import (
     DEFAULT_PATTERNS,

@@ -2,10 +2,11 @@
 
 Public API:
     ``connect(path, *, readonly=False, durability="normal", busy_timeout_ms=5000, migrate=True)``
-    returns an ``apsw.Connection`` ready for the kernel; ``write_tx(conn)`` (``BEGIN IMMEDIATE``,
-    after ``writer_lock(conn)``)
-    and ``read_tx(conn)`` context managers; ``rows(conn, sql, params)`` / ``row(...)`` return
-    dicts, ``scalar(conn, sql, params)`` one value; ``upsert_sql(table, key, columns)``;
+    returns an ``apsw.Connection`` ready for the kernel; context managers ``write_tx(conn)``
+    (``BEGIN IMMEDIATE``, after ``writer_lock(conn)``), ``read_tx(conn)`` and
+    ``snapshot(conn)`` (a read transaction, or the caller's); ``rows(conn, sql, params)`` /
+    ``row(...)`` return dicts, ``scalar(conn, sql, params)`` one value;
+    ``upsert_sql(table, key, columns)``;
     ``migrations()``,
     ``latest_schema_version()``, ``schema_version(conn)``, ``schema_sql(conn)`` (the snapshot
     text of ``sql/schema.sql``), ``checkpoint(conn)``, ``wal_size(path)``, ``sqlite_version()``;
@@ -342,6 +343,17 @@ def write_tx(conn: apsw.Connection) -> Iterator[apsw.Connection]:
             raise
         else:
             conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def snapshot(conn: apsw.Connection) -> Iterator[None]:
+    """A read transaction, unless the caller already holds a transaction (then it is joined):
+    every query inside sees one snapshot either way."""
+    if conn.get_autocommit():
+        with read_tx(conn):
+            yield
+    else:
+        yield
 
 
 @contextlib.contextmanager

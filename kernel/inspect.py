@@ -27,9 +27,7 @@ Dependencies:
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +46,6 @@ _TAIL_BYTES = 256 * 1024
 _HIDDEN_COLUMNS = ("definition", "transition_trigger", "transition_metadata")
 
 
-@contextlib.contextmanager
-def _snapshot(conn: apsw.Connection) -> Iterator[None]:
-    """One consistent snapshot; joins the caller's transaction if there is one."""
-    if conn.get_autocommit():
-        with db.read_tx(conn):
-            yield
-    else:
-        yield
-
-
 def _ordered_counts(counts: dict[str, int]) -> dict[str, int]:
     known = [s for s in TASK_STATES if s in counts]
     return {s: counts[s] for s in [*known, *sorted(set(counts) - set(known))]}
@@ -65,7 +53,7 @@ def _ordered_counts(counts: dict[str, int]) -> dict[str, int]:
 
 def status(conn: apsw.Connection) -> dict[str, Any]:
     """Every workstream (state, task counts), every task, every worker, and totals."""
-    with _snapshot(conn):
+    with db.snapshot(conn):
         workstreams = db.rows(
             conn, "SELECT workstream_id, state FROM workstream ORDER BY workstream_id")
         counts: dict[str, dict[str, int]] = {}
@@ -143,7 +131,7 @@ def show(conn: apsw.Connection, task_id: str, logs_dir: Path | None) -> dict[str
     ``dependencies`` / ``dependents`` ({task_id, state}), ``capabilities``, ``resources``,
     ``attempts`` (output parsed), ``leases`` (held), ``blocked_by`` (blocked_task rows),
     ``log_path`` and ``log_tail`` (its last 40 lines, or None without a log)."""
-    with _snapshot(conn):
+    with db.snapshot(conn):
         task = _task_row(conn, task_id)
         result = {k: v for k, v in task.items() if k not in _HIDDEN_COLUMNS}
         result["definition"] = _json(task.get("definition"))
@@ -447,7 +435,7 @@ def why(conn: apsw.Connection, task_id: str, logs_dir: Path | None, *,
     (default: ``archive/events`` beside ``logs_dir``, i.e. ``.state/archive/events``)."""
     if archive_dir is None and logs_dir is not None:
         archive_dir = Path(logs_dir).parent / "archive" / "events"
-    with _snapshot(conn):
+    with db.snapshot(conn):
         task = _task_row(conn, task_id)
         events = [{k: v for k, v in e.items() if k != "source"}
                   for e in read_events(conn, archive_dir, task_id=task_id)]

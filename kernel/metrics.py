@@ -11,7 +11,7 @@ Public API:
     ``MetricsTicker(interval)`` with ``.due(now) -> bool``   when the run loop should write
     ``OrchCollector(source, now=None)``; ``registry_for(conn, now=None) -> CollectorRegistry``;
     ``render_openmetrics(conn, now=None) -> bytes``; ``render_prometheus(conn, now=None)``
-    ``write_atomic(path, text)``; ``render_json(doc) -> str``;
+    ``render_json(doc) -> str``;
     ``start_server(project, host, port) -> (server, thread)``; ``serve(project, host, port)``
     (blocks until Ctrl-C or SIGTERM); ``is_loopback(host) -> bool``
     Models (pydantic, frozen): ``Metrics``, ``WorkstreamMetrics``, ``TaskMetrics``,
@@ -72,7 +72,6 @@ Dependencies:
 from __future__ import annotations
 
 import bisect
-import contextlib
 import ipaddress
 import json
 import os
@@ -100,6 +99,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field
 
 from kernel import __version__, clock, db
+from kernel.files import write_atomic
 from kernel.models import SEMVER_PATTERN, schema_url
 
 if TYPE_CHECKING:
@@ -218,16 +218,6 @@ def _day_start(now: float) -> float:
     return d.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
-@contextlib.contextmanager
-def _snapshot(conn: apsw.Connection) -> Iterator[None]:
-    """A read transaction, unless the caller already holds a transaction."""
-    if conn.get_autocommit():
-        with db.read_tx(conn):
-            yield
-    else:
-        yield
-
-
 def _pairs(conn: apsw.Connection, sql: str, params: Sequence[Any] = ()) -> dict[str, int]:
     """A two-column query (key, count) as a dict."""
     return {str(k): int(v or 0) for k, v in conn.execute(sql, params).fetchall()}
@@ -338,7 +328,7 @@ def collect(conn: apsw.Connection, now: float) -> dict[str, Any]:
 
     Reads in one read transaction (or inside the caller's transaction, if one is open).
     """
-    with _snapshot(conn):
+    with db.snapshot(conn):
         return _collect(conn, now)
 
 
@@ -358,21 +348,6 @@ def prune(conn: apsw.Connection, now: float, retention_days: float = RETENTION_D
     conn.execute("DELETE FROM metric_sample WHERE sampled_at < ?",
                  (clock.iso(now - retention_days * 86400),))
     return conn.changes()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``path.tmp``, fsync it, rename it over ``path``, fsync the directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def render_json(doc: dict[str, Any]) -> str:
@@ -566,12 +541,12 @@ class OrchCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         now = time.time() if self.now is None else self.now
         if isinstance(self.source, apsw.Connection):
-            with self._lock, _snapshot(self.source):
+            with self._lock, db.snapshot(self.source):
                 families = _families(self.source, now)
         else:
             conn = self.source()
             try:
-                with _snapshot(conn):
+                with db.snapshot(conn):
                     families = _families(conn, now)
             finally:
                 conn.close()

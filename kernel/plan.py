@@ -130,16 +130,6 @@ def timestamp(now: datetime | str) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
-@contextlib.contextmanager
-def _snapshot(conn: apsw.Connection) -> Iterator[None]:
-    # One consistent snapshot for the three queries; join the caller's transaction if any.
-    if conn.get_autocommit():
-        with db.read_tx(conn):
-            yield
-    else:
-        yield
-
-
 def all_workstreams(conn: apsw.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT workstream_id FROM workstream ORDER BY 1")]
 
@@ -189,7 +179,7 @@ def _resources(
 
 def read_workstream(conn: apsw.Connection, workstream_id: str) -> WorkstreamTasks:
     """The workstream's tasks (graph edges inside it only) and its cross-workstream edges."""
-    with _snapshot(conn):
+    with db.snapshot(conn):
         found = conn.execute(
             "SELECT max_parallelism FROM workstream WHERE workstream_id = ?", (workstream_id,)
         ).fetchone()

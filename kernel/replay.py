@@ -39,7 +39,7 @@ from typing import Any
 
 import apsw
 
-from kernel import archive
+from kernel import archive, db
 from kernel.operator import CANCELLED_ERROR
 
 TERMINAL = {
@@ -109,7 +109,7 @@ def replay(conn: apsw.Connection, at: str, *,
     workers: dict[str, dict[str, Any]] = {}
     read = 0
     last_seq = None
-    with archive.snapshot(conn):
+    with db.snapshot(conn):
         first_live = archive.live_first_seq(conn)
         missing = archive.missing_files(conn, archive_dir) if archive_dir is not None else []
         complete = first_live in (None, 1) or (archive_dir is not None and not missing)

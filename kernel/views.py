@@ -57,6 +57,7 @@ import apsw
 from pydantic import BaseModel, ConfigDict
 
 from kernel import clock, db
+from kernel.files import write_atomic
 from kernel.models import schema_url
 
 VIEWS_SCHEMA_VERSION = "1.0.0"
@@ -444,25 +445,6 @@ def render(doc: dict[str, Any]) -> str:
             text = _dumps(value)
         parts.append(f" {_dumps(key)}: {text}")
     return "{\n" + ",\n".join(parts) + "\n}\n"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``path.tmp``, fsync it, rename it over ``path``, fsync the directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def last_exported_seq(path: Path) -> int:

@@ -32,6 +32,7 @@ from kernel import clock
 from kernel import metrics as m
 from kernel.cli.common import CliState, command, emit
 from kernel.errors import EXIT_OK, OrchError, UsageError
+from kernel.files import write_atomic
 from kernel.project import Project
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -139,7 +140,7 @@ def metrics_cmd(state: CliState, openmetrics: str | None, serve: str | None,
             return EXIT_OK
         path = Path(openmetrics)
         try:
-            m.write_atomic(path.resolve(), data.decode("utf-8"))
+            write_atomic(path.resolve(), data.decode("utf-8"))
         except OSError as exc:
             raise OrchError("write_failed", f"cannot write {path}: {exc.strerror}",
                             file=str(path), hint="check the directory exists and is writable"
