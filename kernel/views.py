@@ -57,6 +57,7 @@ import apsw
 from pydantic import BaseModel, ConfigDict
 
 from kernel import clock, db
+from kernel.audit import EVENT_FIELDS
 from kernel.files import write_atomic
 from kernel.models import schema_url
 
@@ -64,11 +65,8 @@ VIEWS_SCHEMA_VERSION = "1.0.0"
 STALE_AFTER_SECONDS = 60.0
 CURRENT = "current.json"
 TRANSITIONS = "transitions.jsonl"
-INDICES = ("by_status.json", "by_workstream.json", "by_worker.json")
-EVENT_LINE_FIELDS = (
-    "seq", "timestamp", "event", "event_type", "severity", "entity_type", "entity_id",
-    "workstream_id", "task_id", "from_state", "to_state", "trigger", "caused_by", "metadata",
-)
+# A line of transitions.jsonl is an event as `orch events --json` prints it.
+EVENT_LINE_FIELDS = EVENT_FIELDS
 
 # ------------------------------------------------------------------------------------------
 # Document models: they define the JSON Schemas and let tests validate what was written. The
