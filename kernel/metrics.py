@@ -614,7 +614,10 @@ def serve(project: Project, host: str, port: int, *,
     except KeyboardInterrupt:
         pass
     finally:
-        server.shutdown()
+        # shutdown() waits for the serving loop to notice; never let Ctrl-C hang on it.
+        stopper = threading.Thread(target=server.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(5)
         server.server_close()
         if main:
             signal.signal(signal.SIGTERM, previous)
