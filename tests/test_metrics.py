@@ -160,7 +160,7 @@ def test_the_prometheus_endpoint_serves_the_database_and_stops_on_ctrl_c(
             assert resp.headers["Content-Type"].startswith("text/plain")
             text = resp.read().decode()
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=20) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
