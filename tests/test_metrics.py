@@ -126,7 +126,9 @@ def test_metrics_json_counts_equal_the_tables(ran: dict[str, Any]) -> None:
     for state in m.WORKER_STATES:
         assert doc["workers"][state] == workers.get(state, 0), state
     assert doc["workers"]["total"] == sum(n for s, n in workers.items() if s != "shutdown")
-    assert doc["workers"]["shutdown"] == 2  # the run's two workers stopped at its end
+    # Every worker of the run stopped at its end (the second of the two may not have
+    # registered at all: one worker can finish three quick tasks before it starts).
+    assert set(workers) == {"shutdown"} and 1 <= doc["workers"]["shutdown"] <= 2
     assert 0 < doc["workers"]["avg_utilization"] <= 1
     for state in m.WORKSTREAM_STATES:
         assert doc["workstreams"][state] == ws.get(state, 0), state
