@@ -48,7 +48,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -479,42 +479,24 @@ def last_exported_seq(path: Path) -> int:
             return int(json.loads(lines[-1])["seq"])
 
 
-def _event_lines(conn: apsw.Connection, after: int, up_to: int) -> Iterable[str]:
-    sql = (f"SELECT {', '.join(EVENT_LINE_FIELDS)} FROM event "
-           "WHERE seq > ? AND seq <= ? ORDER BY seq")
-    for row in conn.execute(sql, (after, up_to)):
-        event = dict(zip(EVENT_LINE_FIELDS, row, strict=True))
-        event["metadata"] = json.loads(event["metadata"])
-        yield _dumps(event) + "\n"
-
-
-def _archived_lines(conn: apsw.Connection, state_dir: Path, after: int,
-                    up_to: int) -> Iterable[str]:
-    """Events already rotated into ``.state/archive/events/`` (when the file is rebuilt after
-    a rotation), then the live ones."""
+def _append_events(conn: apsw.Connection, path: Path, up_to: int) -> int:
+    """Append the events after the file's last seq, up to ``up_to``; returns how many. They
+    come from the live table, and from ``.state/archive/events/`` when the file is rebuilt
+    after `orch audit rotate` moved its beginning there."""
     from kernel import archive
 
-    for event in archive.iter_events(conn, archive.archive_dir(state_dir), since_seq=after):
-        if event["seq"] > up_to:
-            return
-        event.pop("source", None)
-        yield _dumps(event) + "\n"
-
-
-def _append_events(conn: apsw.Connection, path: Path, up_to: int) -> int:
-    """Append the events after the file's last seq, up to ``up_to``; returns how many."""
     after = last_exported_seq(path)
     if after >= up_to:
         return 0
-    first_live = db.scalar(conn, "SELECT min(seq) FROM event")
-    lines = (_archived_lines(conn, path.parent, after, up_to)
-             if first_live is not None and first_live > after + 1
-             else _event_lines(conn, after, up_to))
     count = 0
     with open(path, "a", encoding="utf-8") as fh:
         batch: list[str] = []
-        for line in lines:
-            batch.append(line)
+        for event in archive.iter_events(conn, archive.archive_dir(path.parent),
+                                         since_seq=after):
+            if event["seq"] > up_to:
+                break
+            del event["source"]
+            batch.append(_dumps(event) + "\n")
             if len(batch) >= 4096:
                 fh.write("".join(batch))
                 count += len(batch)
@@ -662,8 +644,9 @@ def _export_locked(conn: apsw.Connection, state_dir: Path, full: bool, stamp: st
         write_atomic(state_dir / name, render(doc))
         report.files_written.append(name)
     lap("indices")
-    with db.read_tx(conn):
-        _export_workstreams(conn, state_dir, snap, full, cache, report)
+    # Each workstream's plan is read in a snapshot of its own (kernel.plan), and its files
+    # are written after that snapshot ends: no read transaction is held across file writes.
+    _export_workstreams(conn, state_dir, snap, full, cache, report)
     lap("workstreams")
     return report
 
