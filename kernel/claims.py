@@ -3,9 +3,12 @@
 Public API:
     ``Claim``; ``claim_next(conn, worker_id, now, lease_ttl) -> Claim | None``;
     ``record_process(conn, claim, pgid, hostname)``; ``fail_before_start``;
-    ``finish_execution``; ``finish_validation``; ``hand_on(conn, task_id, now, ...)`` (worker
-    lost); ``backoff_delay``; ``queue_ready(conn, now, ...)``; ``is_current(conn, claim)``;
-    ``worker_idle``.
+    ``finish_execution``; ``finish_validation``; ``hand_on_in_tx(conn, task_id, now, ...)``
+    (worker lost, or the run interrupted by its operator); ``backoff_delay``;
+    ``queue_ready(conn, now, ...)``; ``requeue_due``; ``is_current(conn, claim)``;
+    ``worker_idle``; ``capable(offers, needs)`` / ``missing_capabilities``; ``semver_key``;
+    ``unrunnable(conn, task_ids)`` (queued tasks no worker can ever run, with the reason);
+    ``live_offers``, ``catalog_offers``, ``worker_offers``.
 
 Stability Guarantees:
     A claim is one ``BEGIN IMMEDIATE`` transaction: the task goes queued → running with a new
@@ -18,9 +21,12 @@ Stability Guarantees:
     transactions per task.
 
 Integration Points:
-    ``kernel.worker`` calls these; ``kernel.scheduler.tick`` calls ``queue_ready``, ``hand_on``
-    and the retry timer. Transitions go through ``kernel.machines.transition`` so the SQL
-    triggers check them and write the events.
+    ``kernel.worker`` calls these; ``kernel.scheduler.tick`` calls ``queue_ready``,
+    ``hand_on_in_tx`` and the retry timer; ``orch why`` and ``orch run``'s summary call
+    ``unrunnable``. Queueing reads the ``queueable_task`` view and claims the
+    ``open_workstream`` view (sql/0005_trust.sql): the one definition of "ready".
+    Transitions go through ``kernel.machines.transition`` so the SQL triggers check them and
+    write the events.
 
 Dependencies:
     apsw; ``kernel.db``, ``kernel.machines``, ``kernel.leases``, ``kernel.clock``.
@@ -37,7 +43,7 @@ from typing import Any
 
 import apsw
 
-from kernel import clock, db, leases
+from kernel import clock, db, events, leases
 from kernel.machines import transition
 
 #: How many queued tasks a claim looks at before giving up for this round, in pages.
@@ -72,12 +78,19 @@ class Claim:
         return list((self.definition.get("validation_rules") or {}).get("pre_execution") or [])
 
 
-def _version(text: str | None) -> tuple[int, ...]:
-    parts = []
-    for p in (text or "0").split("-")[0].split("."):
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
+def semver_key(text: str | None) -> tuple[Any, ...]:
+    """A sort key for a semantic version: ``1.2.3 < 1.10.0``, a pre-release before its release
+    (``1.0.0-rc.1 < 1.0.0``), build metadata ignored. Missing parts count as 0."""
+    core, _, pre = (text or "0").split("+", 1)[0].partition("-")
+    nums: list[int] = []
+    for part in core.split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        nums.append(int(digits or 0))
+    nums += [0] * (3 - len(nums))
+    if not pre:
+        return (*nums, 1, ())
+    ids = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))
+    return (*nums, 0, ids)
 
 
 def worker_offers(conn: apsw.Connection, worker_id: str) -> dict[str, str]:
@@ -85,13 +98,91 @@ def worker_offers(conn: apsw.Connection, worker_id: str) -> dict[str, str]:
         "SELECT capability_id, version FROM worker_capability WHERE worker_id = ?", (worker_id,)))
 
 
-def capable(offers: dict[str, str], worker_version: str | None, needs: list[Any],
-            min_version: str | None) -> bool:
+def missing_capabilities(offers: dict[str, str], needs: list[Any]) -> list[str]:
+    """What a worker offering ``offers`` ({capability: version}) lacks for a task needing
+    ``needs`` ([capability, min_version] pairs, as ``task_capability`` holds them): each entry
+    names the capability, and the version wanted when the worker has an older one.
+
+    ``worker_requirements.min_version`` is the lowest version that every listed capability must
+    have on the worker (SPEC.md section 3); load copies it onto each ``task_capability`` row.
+    """
+    lacking = []
     for cap, cap_min in needs:
         have = offers.get(cap)
-        if have is None or (cap_min and _version(have) < _version(cap_min)):
-            return False
-    return not (min_version and _version(worker_version) < _version(min_version))
+        if have is None:
+            lacking.append(str(cap))
+        elif cap_min and semver_key(have) < semver_key(cap_min):
+            lacking.append(f"{cap} >= {cap_min} (has {have})")
+    return lacking
+
+
+def capable(offers: dict[str, str], needs: list[Any]) -> bool:
+    """True if a worker offering ``offers`` can run a task needing ``needs``."""
+    return not missing_capabilities(offers, needs)
+
+
+LIVE_WORKER_STATES = ("initializing", "idle", "busy")
+
+
+def live_offers(conn: apsw.Connection) -> list[dict[str, str]]:
+    """What each live worker offers ({capability: version}), one dict per worker."""
+    by_worker: dict[str, dict[str, str]] = {}
+    for wid, cap, version in conn.execute(
+            "SELECT w.worker_id, c.capability_id, c.version FROM worker w "
+            "LEFT JOIN worker_capability c ON c.worker_id = w.worker_id "
+            "WHERE w.state IN (SELECT value FROM json_each(?))",
+            (json.dumps(LIVE_WORKER_STATES),)):
+        offers = by_worker.setdefault(wid, {})
+        if cap is not None:
+            offers[cap] = version
+    return list(by_worker.values())
+
+
+def catalog_offers(conn: apsw.Connection) -> dict[str, str]:
+    """What a worker started without ``--capability`` offers: the whole catalog."""
+    return dict(conn.execute("SELECT capability_id, version FROM capability"))
+
+
+def unrunnable(conn: apsw.Connection, task_ids: list[str] | None = None, *,
+               offers: list[dict[str, str]] | None = None,
+               no_workers_reason: str | None = None) -> list[dict[str, Any]]:
+    """Queued tasks that no worker can ever run, each with the reason: a resource request no
+    pool can ever grant, or capabilities (at the versions ``min_version`` asks) that none of
+    ``offers`` has (default: the live workers). With no worker at all, a task is named only
+    when ``no_workers_reason`` is given (e.g. the run has no worker left to start).
+
+    The one definition of "unrunnable": ``orch run``'s summary, its ``task_unrunnable``
+    events and ``orch why`` read it.
+    """
+    offers = live_offers(conn) if offers is None else offers
+    impossible = {r["task_id"]: r for r in leases.impossible_requests(conn)}
+    sql = ("SELECT t.task_id, (SELECT json_group_array(json_array(c.capability_id, "
+           "c.min_version)) FROM task_capability c WHERE c.task_id = t.task_id) AS needs "
+           "FROM task t WHERE t.state = 'queued'")
+    params: tuple[Any, ...] = ()
+    if task_ids is not None:
+        sql += " AND t.task_id IN (SELECT value FROM json_each(?))"
+        params = (json.dumps(task_ids),)
+    out = []
+    for t in db.rows(conn, sql + " ORDER BY t.task_id", params):
+        reason = None
+        if t["task_id"] in impossible:
+            r = impossible[t["task_id"]]
+            reason = (f"requests {r['requested']:g} {r['resource_id']} but at most "
+                      f"{r['available']:g} can ever be leased (Resource-Exhaustion)")
+        elif not offers:
+            reason = no_workers_reason
+        else:
+            needs = json.loads(t["needs"])
+            lacking = [missing_capabilities(o, needs) for o in offers]
+            if all(lacking):
+                closest = min(lacking, key=len)
+                reason = ("no registered worker offers " + ", ".join(closest)
+                          + (" (the closest of "
+                             f"{len(offers)} workers)" if len(offers) > 1 else ""))
+        if reason:
+            out.append({"task_id": t["task_id"], "reason": reason})
+    return out
 
 
 _CANDIDATES = f"""
@@ -100,10 +191,10 @@ SELECT t.task_id, t.workstream_id, t.generation, t.type, t.command, t.definition
        w.worktree_path, w.max_parallelism,
        (SELECT json_group_array(json_array(c.capability_id, c.min_version))
           FROM task_capability c WHERE c.task_id = t.task_id) AS needs,
-       json_extract(t.definition, '$.worker_requirements.min_version') AS min_version,
        EXISTS (SELECT 1 FROM task_resource r WHERE r.task_id = t.task_id) AS has_resources
   FROM task t JOIN workstream w ON w.workstream_id = t.workstream_id
- WHERE t.state = 'queued' AND w.state NOT IN ('completed', 'failed', 'cancelled')
+ WHERE t.state = 'queued'
+   AND t.workstream_id IN (SELECT workstream_id FROM open_workstream)
  ORDER BY t.priority DESC, t.bottom_level DESC, t.queued_at, t.task_id
  LIMIT {CLAIM_PAGE} OFFSET ?
 """
@@ -134,7 +225,7 @@ def _claim_in_tx(conn: apsw.Connection, worker_id: str, now: float, *, lease_ttl
     for cand in _candidates(conn):
         if scope is not None and cand["workstream_id"] not in scope:
             continue
-        if not capable(offers, me["version"], json.loads(cand["needs"]), cand["min_version"]):
+        if not capable(offers, json.loads(cand["needs"])):
             continue
         if cand["max_parallelism"] is not None:
             if running_by_ws is None:
@@ -235,14 +326,13 @@ def backoff_delay(retry_delay: float, retries_before: int, *, cap: float, jitter
 def _reject_stale(conn: apsw.Connection, claim: Claim, stamp: str, what: str) -> None:
     now_state = conn.execute("SELECT state, generation FROM task WHERE task_id = ?",
                              (claim.task_id,)).fetchone()
-    conn.execute(
-        "INSERT INTO event (timestamp, event, event_type, severity, entity_type, entity_id, "
-        "workstream_id, task_id, trigger, metadata) VALUES (?, 'stale_result_rejected', "
-        "'task_fencing', 'warning', 'task', ?, ?, ?, 'fencing', ?)",
-        (stamp, claim.task_id, claim.workstream_id, claim.task_id, json.dumps({
-            "worker_id": claim.worker_id, "generation": claim.generation,
-            "current_generation": now_state[1] if now_state else None,
-            "current_state": now_state[0] if now_state else None, "result": what})))
+    events.emit_in_tx(
+        conn, "stale_result_rejected", entity_id=claim.task_id, task_id=claim.task_id,
+        workstream_id=claim.workstream_id, trigger="fencing", at=stamp,
+        caused_by=events.last_seq_in_tx(conn, task_id=claim.task_id),
+        metadata={"worker_id": claim.worker_id, "generation": claim.generation,
+                  "current_generation": now_state[1] if now_state else None,
+                  "current_state": now_state[0] if now_state else None, "result": what})
     # Close the attempt if nobody did; one closed already (cancel, hand-on) keeps its record.
     conn.execute("UPDATE attempt SET finished_at = COALESCE(finished_at, MAX(started_at, ?)), "
                  "outcome = COALESCE(outcome, 'lost') WHERE attempt_id = ?",
@@ -269,31 +359,39 @@ def _close_attempt(conn: apsw.Connection, claim: Claim, stamp: str, outcome: str
          f".state/logs/{claim.task_id}.log", claim.attempt_id))
 
 
+# The event a queued task owes its turn to: the completion of its dependency that completed
+# last (NULL for a task without dependencies).
+_LAST_DEPENDENCY_COMPLETION = (
+    "(SELECT MAX(e.seq) FROM task_dependency d JOIN event e ON e.task_id = d.depends_on "
+    "AND e.to_state = 'completed' AND e.event_type = 'task_state_transition' "
+    "WHERE d.task_id = task.task_id)")
+
+
 def queue_ready(conn: apsw.Connection, now: float, *, after_task: str | None = None,
                 workstreams: list[str] | None = None) -> int:
-    """pending → queued for every task whose dependencies all completed (one statement).
+    """pending → queued for every task of the ``queueable_task`` view (one statement).
 
-    With ``after_task``, only its dependents in the same workstream (the completing worker's
-    fast path); with ``workstreams``, only tasks of those.
+    With ``after_task``, only its dependents in its workstream (the completing worker's fast
+    path); with
+    ``workstreams``, only tasks of those. Each ``task_queued`` event names, in ``caused_by``,
+    the completion event of the dependency that completed last.
     """
     stamp = clock.iso(now)
     sql = ("UPDATE task SET state = 'queued', transition_trigger = 'scheduler_assigned', "
-           "transition_metadata = json_object('at', :at), queued_at = :at "
-           "WHERE state = 'pending' AND NOT EXISTS (SELECT 1 FROM task_dependency d "
-           "JOIN task p ON p.task_id = d.depends_on "
-           "WHERE d.task_id = task.task_id AND p.state <> 'completed') "
-           "AND workstream_id IN (SELECT workstream_id FROM workstream "
-           "WHERE state NOT IN ('completed', 'failed', 'cancelled'))")
+           f"transition_metadata = json_object('at', :at, 'caused_by', "
+           f"{_LAST_DEPENDENCY_COMPLETION}), queued_at = :at "
+           "WHERE task_id IN (SELECT q.task_id FROM queueable_task q")
     params: dict[str, Any] = {"at": stamp}
     if after_task is not None:
-        sql += (" AND task_id IN (SELECT d.task_id FROM task_dependency d "
-                "WHERE d.depends_on = :done) AND workstream_id = "
-                "(SELECT workstream_id FROM task WHERE task_id = :done)")
+        # Same workstream only: another workstream may still need its worktree (the tick
+        # queues those once it exists).
+        sql += (" JOIN task_dependency d ON d.task_id = q.task_id AND d.depends_on = :done "
+                "AND q.workstream_id = (SELECT workstream_id FROM task WHERE task_id = :done)")
         params["done"] = after_task
     if workstreams is not None:
-        sql += " AND workstream_id IN (SELECT value FROM json_each(:ws))"
+        sql += " WHERE q.workstream_id IN (SELECT value FROM json_each(:ws))"
         params["ws"] = json.dumps(workstreams)
-    conn.execute(sql, params)
+    conn.execute(sql + ")", params)
     return conn.changes()
 
 
@@ -474,11 +572,14 @@ def finish_validation(conn: apsw.Connection, claim: Claim, now: float, *, passed
         return "failed"
 
 
-def hand_on(conn: apsw.Connection, task_id: str, now: float, *, failure_mode: str, reason: str,
-            backoff: dict[str, float]) -> str | None:
-    """The task's worker is lost: close its attempt and retry or fail it (trigger worker_lost).
+def hand_on_in_tx(conn: apsw.Connection, task_id: str, now: float, *,
+                  failure_mode: str | None, reason: str, backoff: dict[str, float],
+                  caused_by: int | None = None, interrupted: bool = False) -> str | None:
+    """The task's worker is lost: close its attempt and retry or fail it (trigger
+    ``worker_lost``, the attempt counts). With ``interrupted`` the operator stopped the run:
+    the task goes back to the queue (trigger ``operator_interrupted``) and no retry is counted.
 
-    Call inside a write transaction, before moving the worker to shutdown.
+    Call inside a write transaction. ``caused_by``: the seq of the event that lost the worker.
     """
     task = db.row(conn, "SELECT task_id, workstream_id, state, generation, retry_count, "
                         "max_retries, retry_delay_seconds, worker_id FROM task WHERE task_id = ?",
@@ -497,10 +598,21 @@ def hand_on(conn: apsw.Connection, task_id: str, now: float, *, failure_mode: st
                   definition={}, timeout_seconds=None, retry_count=task["retry_count"],
                   max_retries=task["max_retries"],
                   retry_delay_seconds=task["retry_delay_seconds"], worktree_path=None)
+    if interrupted:
+        clear = {"worker_id": None} if task["state"] == "running" else {}
+        transition(conn, "task", task_id, "queued", "operator_interrupted",
+                   {"at": stamp, "reason": reason, "interrupted_worker": claim.worker_id,
+                    "caused_by": caused_by},
+                   expect={"state": task["state"], "generation": task["generation"]},
+                   queued_at=stamp, **clear)
+        if attempt:
+            _close_attempt(conn, claim, stamp, "lost", error_type="interrupted",
+                           error=reason, output=_output("failure", "pending", 0.0, reason))
+        return "queued"
     state = _fail_or_retry(conn, claim, stamp, now, trigger="worker_lost",
-                           failure_mode=failure_mode, error=reason, retryable=True,
-                           from_state=task["state"], backoff=backoff,
-                           extra={"lost_worker": claim.worker_id})
+                           failure_mode=failure_mode or "Worker-Crashed", error=reason,
+                           retryable=True, from_state=task["state"], backoff=backoff,
+                           extra={"lost_worker": claim.worker_id, "caused_by": caused_by})
     if attempt:
         _close_attempt(conn, claim, stamp, "lost", failure_mode=failure_mode,
                        error_type="worker_lost", error=reason,
@@ -509,11 +621,15 @@ def hand_on(conn: apsw.Connection, task_id: str, now: float, *, failure_mode: st
 
 
 def requeue_due(conn: apsw.Connection, now: float) -> int:
-    """retrying → queued for every task whose backoff delay has elapsed (one statement)."""
+    """retrying → queued for every task whose backoff delay has elapsed (one statement), in
+    workstreams that may still start work (``open_workstream``). ``caused_by`` is the event
+    that put the task into retrying."""
     stamp = clock.iso(now)
     conn.execute("UPDATE task SET state = 'queued', transition_trigger = 'retry_delay_elapsed', "
-                 "transition_metadata = json_object('at', :at), queued_at = :at, "
-                 "next_attempt_at = NULL "
-                 "WHERE state = 'retrying' AND (next_attempt_at IS NULL OR next_attempt_at <= :at)",
+                 "transition_metadata = json_object('at', :at, 'caused_by', "
+                 "(SELECT MAX(e.seq) FROM event e WHERE e.task_id = task.task_id "
+                 "AND e.to_state = 'retrying')), queued_at = :at, next_attempt_at = NULL "
+                 "WHERE state = 'retrying' AND (next_attempt_at IS NULL OR next_attempt_at <= :at) "
+                 "AND workstream_id IN (SELECT workstream_id FROM open_workstream)",
                  {"at": stamp})
     return conn.changes()

@@ -44,6 +44,9 @@ class WorkersConfig(_Section):
     retry_backoff_cap_seconds: float = Field(600.0, ge=0)
     retry_jitter: float = Field(0.1, ge=0, le=1)
     kill_grace_seconds: float = Field(5.0, ge=0)
+    #: An attempt's section of its task log keeps at most this many bytes: the first and the
+    #: last half, with a line saying how much was cut between them.
+    max_log_bytes_per_attempt: int = Field(16 * 1024 * 1024, ge=4096)
 
 
 class RunConfig(_Section):
@@ -103,6 +106,9 @@ retry_jitter = 0.1
 # A command that times out or is cancelled gets SIGTERM; its whole process group gets SIGKILL
 # this many seconds later.
 kill_grace_seconds = 5
+# Each attempt's section of .state/logs/{task}.log keeps at most this many bytes: its first and
+# its last half, with a line saying how many bytes were cut between them.
+max_log_bytes_per_attempt = 16777216
 
 [run]
 # In a git repository each workstream runs in its own worktree and branch

@@ -33,7 +33,7 @@ from typing import Any
 
 import apsw
 
-from kernel import db
+from kernel import claims, db
 from kernel.archive import read_events
 from kernel.errors import OrchError
 
@@ -312,25 +312,44 @@ def _last_event_into(events: list[dict[str, Any]], state: str) -> dict[str, Any]
     return next((e for e in reversed(events) if e["to_state"] == state), None)
 
 
-def _pending_sentences(conn: apsw.Connection, tid: str) -> list[str]:
+def _halt_sentence(conn: apsw.Connection, tid: str, ws: str) -> str | None:
+    """Why a pending task of a workstream that may not start work waits, or None."""
+    ws_state = db.scalar(conn, "SELECT state FROM workstream WHERE workstream_id = ?", (ws,))
+    if db.scalar(conn, "SELECT 1 FROM open_workstream WHERE workstream_id = ?", (ws,)):
+        return None
+    failed = [r[0] for r in conn.execute(
+        "SELECT task_id FROM task WHERE workstream_id = ? AND state IN ('failed', 'cancelled') "
+        "ORDER BY critical DESC, task_id", (ws,))]
+    critical = [r[0] for r in conn.execute(
+        "SELECT task_id FROM task WHERE workstream_id = ? AND state = 'failed' AND critical = 1 "
+        "ORDER BY task_id", (ws,))]
+    why = (f"critical task {', '.join(critical)} failed" if critical
+           else f"it is {ws_state}")
+    fix = f"; run `orch retry {' '.join((critical or failed)[:5])}` to go on" \
+        if (critical or failed) else ""
+    return (f"{tid} is pending and nothing more of its workstream {ws} runs: {why}{fix}.")
+
+
+def _pending_sentences(conn: apsw.Connection, tid: str, ws: str) -> list[str]:
     stuck = db.rows(conn, "SELECT DISTINCT root_task_id, root_state FROM stuck_task "
                           "WHERE task_id = ? ORDER BY root_task_id", (tid,))
     blocked = db.rows(conn, "SELECT blocked_by, blocked_by_state, needs_operator "
                             "FROM blocked_task WHERE task_id = ? ORDER BY blocked_by", (tid,))
     if stuck:
         direct = {b["blocked_by"] for b in blocked}
-        causes, fixes = [], []
-        for s in stuck:
-            root, root_state = s["root_task_id"], s["root_state"]
-            kind = "dependency" if root in direct else "upstream task"
-            causes.append(f"{kind} {root} {root_state}")
-            fixes.append(f"`orch retry {root}` or `orch skip {root}`")
+        causes = [f"{'dependency' if s['root_task_id'] in direct else 'upstream task'} "
+                  f"{s['root_task_id']} {s['root_state']}" for s in stuck]
+        roots = " ".join(s["root_task_id"] for s in stuck)
         return [f"{tid} is pending and cannot run until an operator acts: "
-                f"{'; '.join(causes)}; run {'; '.join(fixes)}."]
+                f"{'; '.join(causes)}; run `orch retry {roots}` to run "
+                f"{'it' if len(stuck) == 1 else 'them'} again."]
+    halted = _halt_sentence(conn, tid, ws)
     if blocked:
         waits = ", ".join(f"{b['blocked_by']} ({b['blocked_by_state']})" for b in blocked)
         word = "dependency" if len(blocked) == 1 else "dependencies"
-        return [f"{tid} is pending: it waits for {word} {waits}."]
+        return [f"{tid} is pending: it waits for {word} {waits}.", *([halted] if halted else [])]
+    if halted:
+        return [halted]
     return [f"{tid} is pending: its dependencies are completed (or it has none), so the "
             "scheduler queues it on its next tick (is `orch run` running?)."]
 
@@ -342,14 +361,27 @@ def _queued_sentence(conn: apsw.Connection, tid: str) -> str:
     resources = [r["resource_id"] for r in db.rows(
         conn, "SELECT resource_id FROM task_resource WHERE task_id = ? ORDER BY resource_id",
         (tid,))]
+    blocked = claims.unrunnable(conn, [tid])
+    if not blocked and not claims.live_offers(conn):
+        # No worker now: would a worker started with the catalog's capabilities run it?
+        blocked = claims.unrunnable(conn, [tid], offers=[claims.catalog_offers(conn)])
+        if blocked:
+            blocked[0]["reason"] = blocked[0]["reason"].replace(
+                "no registered worker offers", "a worker started with the catalog "
+                "(capabilities/registry.yaml) would lack")
+    if blocked:
+        return (f"{tid} is queued but no worker can run it: {blocked[0]['reason']}; start "
+                "`orch worker --capability NAME@VERSION` with what it needs, or change the "
+                "task's worker_requirements and `orch load` it again.")
     text = f"{tid} is queued: its dependencies completed; it waits for a worker"
     if caps:
         text += f" with capabilities [{', '.join(caps)}]"
     if resources:
         text += f" and the resources [{', '.join(resources)}]"
-    live = db.scalar(conn, "SELECT COUNT(*) FROM worker WHERE state IN ('idle', 'busy')")
-    if not live:
+    if not claims.live_offers(conn):
         text += "; no worker is running (start `orch run` or `orch worker`)"
+    elif not db.scalar(conn, "SELECT 1 FROM ready_task WHERE task_id = ?", (tid,)):
+        text += "; its workstream runs nothing new now"
     return text + "."
 
 
@@ -391,7 +423,7 @@ def _state_sentences(conn: apsw.Connection, task: dict[str, Any],
     last = _last_event_into(events, state)
     meta = last["metadata"] if last else {}
     if state == "pending":
-        return _pending_sentences(conn, tid)
+        return _pending_sentences(conn, tid, task["workstream_id"])
     if state == "queued":
         return [_queued_sentence(conn, tid)]
     if state == "running":
@@ -457,14 +489,13 @@ def why(conn: apsw.Connection, task_id: str, logs_dir: Path | None, *,
                 shown = ", ".join(waiting[:10]) + (
                     f" and {len(waiting) - 10} more" if len(waiting) > 10 else "")
                 sentences.append(f"{_plural(len(waiting), 'pending task')} cannot run until "
-                                 f"then (or until `orch skip {task_id}` after the retry): "
-                                 f"{shown}.")
+                                 f"then: {shown}.")
         ws_state = db.scalar(conn, "SELECT state FROM workstream WHERE workstream_id = ?",
                              (task["workstream_id"],))
     if ws_state in ("failed", "cancelled") and state not in ("completed", "failed",
-                                                             "cancelled"):
+                                                             "cancelled", "pending"):
         sentences.append(f"Its workstream {task['workstream_id']} is {ws_state}; "
-                         f"`orch retry` of a task revives it.")
+                         f"`orch retry` of one of its failed tasks revives it.")
     tail = None
     if state == "failed":
         path = _log_file(logs_dir, task_id, attempt_rows[-1] if attempt_rows else None)

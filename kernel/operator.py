@@ -205,7 +205,11 @@ def retry_tasks(conn: apsw.Connection, task_ids: Iterable[str], *,
 
 def skip_tasks(conn: apsw.Connection, task_ids: Iterable[str], *,
                now: datetime | float | str | None = None) -> OperatorReport:
-    """Pending tasks -> completed without running (``operator_skip``), unblocking dependents."""
+    """Pending tasks -> completed without running (``operator_skip``), unblocking dependents.
+
+    Refused (reported in ``skipped`` with the command that would be accepted) for a task whose
+    workstream runs nothing more (``open_workstream``): failed, cancelled, or halted by a
+    critical failure. Skipping there would not let anything run."""
     ids, stamp, report = _unique(task_ids), _stamp(now), OperatorReport()
     with db.write_tx(conn):
         states = _task_states(conn, ids)
@@ -213,13 +217,28 @@ def skip_tasks(conn: apsw.Connection, task_ids: Iterable[str], *,
             state = states[task_id]["state"]
             if state != "pending":
                 if state in ("failed", "cancelled"):
-                    why = (f"{state}: only a pending task can be skipped; run "
-                           f"`orch retry {task_id}` first, then `orch skip {task_id}`")
+                    why = (f"{state}: only a pending task can be skipped; `orch retry "
+                           f"{task_id}` runs it again")
                 elif state == "completed":
                     why = "already completed: nothing to skip"
                 else:
                     why = f"{state}: only a pending task can be skipped"
                 report.skipped.append({"task_id": task_id, "state": state, "reason": why})
+                continue
+            ws = states[task_id]["workstream_id"]
+            if not db.scalar(conn, "SELECT 1 FROM open_workstream WHERE workstream_id = ?",
+                             (ws,)):
+                # Skipping would change nothing that runs: nothing of a failed, cancelled or
+                # halted workstream is queued. Say what would be accepted instead.
+                blockers = [r[0] for r in conn.execute(
+                    "SELECT task_id FROM task WHERE workstream_id = ? AND state IN "
+                    "('failed', 'cancelled') ORDER BY critical DESC, task_id", (ws,))]
+                fix = (f"run `orch retry {' '.join(blockers[:5])}` first, then skip"
+                       if blockers else "run `orch retry` on one of its tasks first")
+                report.skipped.append({
+                    "task_id": task_id, "state": state,
+                    "reason": f"its workstream {ws} runs nothing more (a critical task failed, "
+                              f"or it failed or was cancelled): {fix}"})
                 continue
             transition(conn, "task", task_id, "completed", "operator_skip", _metadata(stamp),
                        completed_at=stamp)

@@ -47,6 +47,10 @@ class JsonProgress(Progress):
             self.last = event["seq"]
         sys.stdout.flush()
 
+    def notice(self, text: str) -> None:
+        sys.stdout.write(json.dumps({"notice": text}, sort_keys=True) + "\n")
+        sys.stdout.flush()
+
     def finish(self, summary: RunSummary) -> None:
         sys.stdout.write(json.dumps({"summary": summary.as_dict()}, sort_keys=True) + "\n")
         sys.stdout.flush()
@@ -98,6 +102,9 @@ class LiveProgress(Progress):
         from rich.console import Group
 
         return Group(head, table, Text(f"ETA from the plan: ~{eta:.0f} s", style="dim"))
+
+    def notice(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
 
     def finish(self, summary: RunSummary) -> None:
         if self.live is not None:

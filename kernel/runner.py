@@ -37,6 +37,7 @@ import apsw
 
 from kernel import db, scheduler
 from kernel.errors import OrchError
+from kernel.files import open_private
 from kernel.metrics import MetricsTicker, write_metrics
 from kernel.project import Project
 from kernel.views import Exporter
@@ -80,6 +81,11 @@ class Progress:
 
     def update(self, conn: Any, report: scheduler.TickReport) -> None: ...
 
+    def notice(self, text: str) -> None:
+        """A line for the person at the terminal (e.g. what Ctrl-C does now)."""
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
     def finish(self, summary: RunSummary) -> None: ...
 
 
@@ -115,131 +121,228 @@ def _wait_for_change(conn: Any, last: int, timeout: float) -> int:
 
 def run(project: Project, options: RunOptions, progress: Progress | None = None,
         clock_fn: Callable[[], float] = time.time) -> RunSummary:
-    progress = progress or Progress()
+    """Own the database, start the workers and tick until nothing more can run (or Ctrl-C).
+
+    Ctrl-C (or SIGTERM) at any moment, set-up included, ends in the "interrupted" summary:
+    workers finish their running tasks (up to ``kill_grace_seconds + 5`` s); a second Ctrl-C
+    stops them at once, and their tasks go back to the queue as interrupted by the operator.
+    """
     project.require_db()
     if threading.current_thread() is threading.main_thread():
         # `kill PID` stops a run the way Ctrl-C does: workers finish or hand on their tasks.
         signal.signal(signal.SIGTERM, _interrupt)
-    config = project.config
-    conn = project.connect()
-    owner = f"run-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    started = time.monotonic()
-    scheduler.acquire_lock(conn, owner, clock_fn())
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    removed: list[subprocess.Popen[bytes]] = []   # dead since the last tick
-    logs: list[IO[bytes]] = []
-    interrupted = False
-    report = scheduler.TickReport()
-    exporter: Exporter | None = None
-    warnings: list[str] = []
+    loop = _RunLoop(project, options, progress or Progress(), clock_fn)
     try:
-        if config.views.export:
-            exporter = Exporter(project.db_path, project.state_dir,
-                                min_interval=config.views.export_min_interval_seconds).start()
-        scope = [options.workstream] if options.workstream else None
-        if scope and db.scalar(conn, "SELECT 1 FROM workstream WHERE workstream_id = ?",
-                               (options.workstream,)) is None:
-            raise OrchError("unknown_workstream", f"no workstream {options.workstream!r}",
+        loop.set_up()
+        while loop.step():
+            pass
+    except KeyboardInterrupt:
+        loop.interrupted = True
+    finally:
+        loop.tear_down()
+    return loop.summarise()
+
+
+class _RunLoop:
+    """The state of one ``orch run``: set-up, one turn of the loop, tear-down, the summary."""
+
+    def __init__(self, project: Project, options: RunOptions, progress: Progress,
+                 clock_fn: Callable[[], float]) -> None:
+        self.project, self.options, self.progress, self.clock = (project, options, progress,
+                                                                  clock_fn)
+        self.config = project.config
+        self.owner = f"run-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.started = time.monotonic()
+        self.scope = [options.workstream] if options.workstream else None
+        self.conn: Any = None
+        self.locked = False
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.removed: list[subprocess.Popen[bytes]] = []   # dead since the last tick
+        self.logs: list[IO[bytes]] = []
+        self.interrupted = False
+        self.report = scheduler.TickReport()
+        self.exporter: Exporter | None = None
+        self.warnings: list[str] = []
+        self.ctx = scheduler.TickContext(root=project.root, config=self.config,
+                                         workstreams=self.scope, worktrees=False)
+        self.metrics = MetricsTicker(self.config.views.metrics_interval_seconds)
+        self.last_version = -1
+        self.next_lock = 0.0
+        self.restarts_left = 2 * options.workers
+        self.spawned = 0
+
+    # ---------------------------------------------------------------- set-up
+
+    def set_up(self) -> None:
+        self.conn = self.project.connect()
+        scheduler.acquire_lock(self.conn, self.owner, self.clock())
+        self.locked = True
+        if self.config.views.export:
+            self.exporter = Exporter(
+                self.project.db_path, self.project.state_dir,
+                min_interval=self.config.views.export_min_interval_seconds).start()
+        if self.scope and db.scalar(self.conn, "SELECT 1 FROM workstream WHERE "
+                                               "workstream_id = ?", (self.scope[0],)) is None:
+            raise OrchError("unknown_workstream", f"no workstream {self.scope[0]!r}",
                             hint="`orch status` lists them; `orch load` imports tasks/",
                             exit_code=2)
-        metrics_ticker = MetricsTicker(config.views.metrics_interval_seconds)
-        use_worktrees = config.run.worktrees if options.worktrees is None else options.worktrees
+        use_worktrees = self.config.run.worktrees if self.options.worktrees is None \
+            else self.options.worktrees
         if use_worktrees:
             from kernel.worktree import is_git_repo
 
-            use_worktrees = is_git_repo(project.root)
-        ctx = scheduler.TickContext(root=project.root, config=config, workstreams=scope,
-                                    worktrees=use_worktrees)
-        scheduler.compute_bottom_levels(conn, scope)
-        progress.start(conn, options)
-        project.logs_dir.mkdir(parents=True, exist_ok=True)
-        for i in range(options.workers):
-            log: IO[bytes] = open(project.logs_dir / f"worker-{i + 1}.log", "ab")  # noqa: SIM115
-            logs.append(log)
-            proc = spawn_worker(project, owner, i + 1, scope, log)
-            children[f"pid:{proc.pid}"] = proc
-        last = -1
-        next_lock = 0.0
-        restarts_left = 2 * options.workers
-        spawned = options.workers
-        while True:
-            now = clock_fn()
-            # With the children removed since the last tick: one may have died after that
-            # tick's poll, and its exit code would be lost.
-            ctx.exited = _exited_children(conn, [*children.values(), *removed])
-            removed = []
-            ctx.wait_for_workers = options.workers == 0 or restarts_left > 0 or any(
-                p.poll() is None for p in children.values())
-            report = scheduler.tick(conn, now, ctx)
-            progress.update(conn, report)
-            if metrics_ticker.due(now):
-                write_metrics(conn, project.state_dir, now)
-            _keep_wal_small(conn, project, config.database.busy_timeout_ms)
-            # A worker that died is replaced (a few times), so a crash does not stall the run.
-            for key, proc in list(children.items()):
-                if proc.poll() is not None:
-                    del children[key]
-                    removed.append(proc)
-                    if restarts_left > 0 and not report.done:
-                        restarts_left -= 1
-                        spawned += 1
-                        new = spawn_worker(project, owner, spawned, scope, logs[0])
-                        children[f"pid:{new.pid}"] = new
-            if time.monotonic() >= next_lock:
-                if not scheduler.renew_lock(conn, owner, now):
-                    raise OrchError("scheduler_lock_lost",
-                                    "another `orch run` took over this database",
-                                    hint="only one `orch run` may own a database", exit_code=1)
-                next_lock = time.monotonic() + scheduler.LOCK_TTL_SECONDS / 3
-            if report.done and not options.forever:
-                break
-            if options.max_seconds is not None and \
-                    time.monotonic() - started > options.max_seconds:
-                interrupted = True
-                break
-            version = _wait_for_change(conn, last, config.run.tick_seconds)
-            if exporter is not None and version != last:
-                exporter.request()
-            last = version
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
+            use_worktrees = is_git_repo(self.project.root)
+        self.ctx.worktrees = use_worktrees
+        scheduler.compute_bottom_levels(self.conn, self.scope)
+        self.progress.start(self.conn, self.options)
+        self.project.logs_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(self.options.workers):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self.spawned += 1
+        log: IO[bytes] = open_private(  # noqa: SIM115 - closed in tear_down
+            self.project.logs_dir / f"worker-{self.spawned}.log", "ab")
+        self.logs.append(log)
+        proc = spawn_worker(self.project, self.owner, self.spawned, self.scope, log)
+        self.children[f"pid:{proc.pid}"] = proc
+
+    # ---------------------------------------------------------------- one turn
+
+    def step(self) -> bool:
+        """One tick and its bookkeeping; False when the run is over."""
+        now = self.clock()
+        # With the children removed since the last tick: one may have died after that tick's
+        # poll, and its exit code would be lost.
+        self.ctx.exited = _exited_children(self.conn, [*self.children.values(), *self.removed])
+        self.removed = []
+        self.ctx.wait_for_workers = self.options.workers == 0 or self.restarts_left > 0 or any(
+            p.poll() is None for p in self.children.values())
+        self.report = scheduler.tick(self.conn, now, self.ctx)
+        self.progress.update(self.conn, self.report)
+        if self.metrics.due(now):
+            write_metrics(self.conn, self.project.state_dir, now)
+        _keep_wal_small(self.conn, self.project, self.config.database.busy_timeout_ms)
+        self._replace_dead_workers()
+        if time.monotonic() >= self.next_lock:
+            if not scheduler.renew_lock(self.conn, self.owner, now):
+                raise OrchError("scheduler_lock_lost",
+                                "another `orch run` took over this database",
+                                hint="only one `orch run` may own a database", exit_code=1)
+            self.next_lock = time.monotonic() + scheduler.LOCK_TTL_SECONDS / 3
+        if self.report.done and not self.options.forever:
+            return False
+        if self.options.max_seconds is not None and \
+                time.monotonic() - self.started > self.options.max_seconds:
+            self.interrupted = True
+            return False
+        version = _wait_for_change(self.conn, self.last_version, self.config.run.tick_seconds)
+        if self.exporter is not None and version != self.last_version:
+            self.exporter.request()
+        self.last_version = version
+        return True
+
+    def _replace_dead_workers(self) -> None:
+        """A worker that died is replaced (a few times), so a crash does not stall the run."""
+        for key, proc in list(self.children.items()):
+            if proc.poll() is not None:
+                del self.children[key]
+                self.removed.append(proc)
+                if self.restarts_left > 0 and not self.report.done:
+                    self.restarts_left -= 1
+                    self._spawn()
+
+    # ---------------------------------------------------------------- tear-down
+
+    def tear_down(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
         # The signal may have landed inside a transaction (KeyboardInterrupt is raised wherever
         # the loop was): end it, or the stop request and the final health check cannot write.
         if not conn.get_autocommit():
             conn.execute("ROLLBACK")
-        _stop_children(conn, owner, children, config.workers.kill_grace_seconds + 5)
+        hurry = _SecondSignal().install()
         try:
-            final_ctx = scheduler.TickContext(root=project.root, config=config,
-                                              workstreams=[options.workstream]
-                                              if options.workstream else None,
-                                              worktrees=False)
-            final_ctx.exited = _exited_children(conn, [*children.values(), *removed])
-            scheduler.check_workers(conn, clock_fn(), final_ctx, scheduler.TickReport())
-            scheduler.release_lock(conn, owner)
+            if self.interrupted and self.children:
+                running = _running_tasks(conn, self.owner)
+                grace = self.config.workers.kill_grace_seconds + 5
+                if running:
+                    self.progress.notice(
+                        f"stopping: waiting up to {grace:g} s for {running} running "
+                        f"{'task' if running == 1 else 'tasks'} (Ctrl-C again to stop them now)")
+            stopped = _stop_children(conn, self.owner, self.children,
+                                     self.config.workers.kill_grace_seconds + 5, hurry)
+            # Workers killed because the operator stopped the run are not crashes.
+            self.ctx.interrupted_by_operator = self.interrupted or stopped
+            self.ctx.worktrees = False
+            self.ctx.exited = _exited_children(conn, [*self.children.values(), *self.removed])
+            final = scheduler.TickReport()
+            scheduler.check_workers(conn, self.clock(), self.ctx, final)
+            if self.locked:
+                scheduler.release_lock(conn, self.owner)
             try:
-                write_metrics(conn, project.state_dir, clock_fn())
+                write_metrics(conn, self.project.state_dir, self.clock())
             except (OSError, apsw.Error) as exc:   # never hide how the run ended
-                warnings.append(f"metrics.json not written: {exc}")
+                self.warnings.append(f"metrics.json not written: {exc}")
         finally:
-            for log in logs:
+            hurry.restore()
+            for log in self.logs:
                 log.close()
-            if exporter is not None:
-                exporter.close()   # a last export: the views end exact
-                warnings.extend(f"the .state views were not updated: {e}"
-                                for e in dict.fromkeys(exporter.errors))
-    counts, _, unrunnable = scheduler.progress_counts(conn, ctx)
-    ws_states = dict(conn.execute(
-        "SELECT workstream_id, state FROM workstream" +
-        (" WHERE workstream_id = ?" if options.workstream else ""),
-        (options.workstream,) if options.workstream else ()))
-    conn.close()
-    summary = RunSummary(counts=counts, total=sum(counts.values()),
-                         elapsed_seconds=time.monotonic() - started, workstreams=ws_states,
-                         unrunnable=unrunnable, interrupted=interrupted, owner=owner,
-                         warnings=warnings)
-    progress.finish(summary)
-    return summary
+            if self.exporter is not None:
+                self.exporter.close()   # a last export: the views end exact
+                self.warnings.extend(f"the .state views were not updated: {e}"
+                                     for e in dict.fromkeys(self.exporter.errors))
+
+    def summarise(self) -> RunSummary:
+        conn = self.conn
+        if conn is None:
+            return RunSummary(counts={}, total=0, elapsed_seconds=time.monotonic() - self.started,
+                              workstreams={}, interrupted=True, owner=self.owner)
+        counts, _, _ = scheduler.progress_counts(conn, self.ctx)
+        ws_states = dict(conn.execute(
+            "SELECT workstream_id, state FROM workstream" +
+            (" WHERE workstream_id = ?" if self.scope else ""), tuple(self.scope or ())))
+        # Unrunnable tasks as the last tick saw them, while the workers were registered: after
+        # the workers stop, "no worker offers it" can no longer be told from "no worker".
+        queued = {r[0] for r in conn.execute("SELECT task_id FROM task WHERE state = 'queued'")}
+        unrunnable = [u for u in self.report.unrunnable if u["task_id"] in queued]
+        conn.close()
+        summary = RunSummary(counts=counts, total=sum(counts.values()),
+                             elapsed_seconds=time.monotonic() - self.started,
+                             workstreams=ws_states, unrunnable=unrunnable,
+                             interrupted=self.interrupted, owner=self.owner,
+                             warnings=self.warnings)
+        self.progress.finish(summary)
+        return summary
+
+
+class _SecondSignal:
+    """During tear-down a Ctrl-C (or SIGTERM) no longer raises: it asks to stop the workers
+    now instead of waiting for their tasks."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> _SecondSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, lambda *_: self.event.set())
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _running_tasks(conn: Any, owner: str) -> int:
+    return int(db.scalar(
+        conn, "SELECT COUNT(*) FROM task t JOIN attempt a ON a.task_id = t.task_id "
+              "AND a.generation = t.generation AND a.finished_at IS NULL "
+              "JOIN worker w ON w.worker_id = a.worker_id "
+              "WHERE t.state IN ('running', 'validating') AND w.scheduler_owner = ?",
+        (owner,)) or 0)
 
 
 # A busy run appends tens of MB a second to the WAL; SQLite's automatic checkpoints copy the
@@ -280,9 +383,11 @@ def _exited_children(conn: Any, children: list[subprocess.Popen[bytes]]) -> dict
 
 
 def _stop_children(conn: Any, owner: str, children: dict[str, subprocess.Popen[bytes]],
-                   wait: float) -> None:
+                   wait: float, hurry: _SecondSignal) -> bool:
+    """Ask the run's workers to stop after their task and wait for them; past ``wait`` seconds
+    or on a second Ctrl-C, kill them. True if any worker had to be killed."""
     if not children:
-        return
+        return False
     try:
         with db.write_tx(conn):
             conn.execute("UPDATE worker SET stop_requested = 1 WHERE scheduler_owner = ? "
@@ -297,14 +402,19 @@ def _stop_children(conn: Any, owner: str, children: dict[str, subprocess.Popen[b
             except ProcessLookupError:
                 pass
     # Workers finish their running task first; past the deadline (or on a second Ctrl-C) they
-    # are killed, and the final health check below hands their tasks on.
-    for proc in children.values():
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            deadline = 0.0
-            proc.kill()
-            proc.wait()
+    # are killed, and the final health check hands their tasks on.
+    killed = False
+    while any(p.poll() is None for p in children.values()):
+        if hurry.event.is_set() or time.monotonic() >= deadline:
+            for proc in children.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    killed = True
+            for proc in children.values():
+                proc.wait()
+            break
+        time.sleep(0.02)
+    return killed
 
 
 def summary_text(summary: RunSummary) -> str:

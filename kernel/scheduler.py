@@ -43,11 +43,11 @@ from typing import Any
 import apsw
 import networkx as nx
 
-from kernel import claims, clock, db, leases
+from kernel import claims, clock, db, events, leases
 from kernel.config import Config
 from kernel.errors import OrchError
-from kernel.executors.local import kill_group, pid_alive
 from kernel.machines import transition
+from kernel.processes import kill_group, kill_pids, pid_alive, pids_with_env
 
 TERMINAL = ("completed", "failed", "cancelled")
 LOCK_TTL_SECONDS = 15.0
@@ -70,6 +70,11 @@ class TickContext:
     worktree_failures: dict[str, int] = field(default_factory=dict)
     #: Wait for workers when none is alive (``orch run --workers 0``: they join by hand).
     wait_for_workers: bool = True
+    #: The operator stopped the run: workers that end now are not crashes, and their tasks are
+    #: put back in the queue (trigger operator_interrupted) instead of failing an attempt.
+    interrupted_by_operator: bool = False
+    #: task_id -> reason already recorded as a task_unrunnable event in this run.
+    reported_unrunnable: dict[str, str] = field(default_factory=dict)
 
     def backoff(self) -> dict[str, float]:
         w = self.config.workers
@@ -113,11 +118,8 @@ def acquire_lock(conn: apsw.Connection, owner: str, now: float,
             "expires_at = excluded.expires_at",
             (owner, os.getpid(), host, stamp, stamp, clock.iso(now + ttl)))
         if held and held["owner"] != owner:
-            conn.execute(
-                "INSERT INTO event (timestamp, event, event_type, severity, entity_type, "
-                "trigger, metadata) VALUES (?, 'scheduler_lock_taken_over', 'scheduler', "
-                "'warning', 'system', 'lock_expired', ?)",
-                (stamp, json.dumps({"previous": held, "owner": owner})))
+            events.emit_in_tx(conn, "scheduler_lock_taken_over", trigger="lock_expired",
+                              at=stamp, metadata={"previous": held, "owner": owner})
 
 
 def renew_lock(conn: apsw.Connection, owner: str, now: float,
@@ -170,6 +172,7 @@ def tick(conn: apsw.Connection, now: float, ctx: TickContext) -> TickReport:
     _derive_workstreams(conn, now, ctx, report)
     _check_exhaustion(conn, now, ctx, report)
     report.counts, report.done, report.unrunnable = progress_counts(conn, ctx)
+    _record_unrunnable(conn, now, ctx, report.unrunnable)
     if report.done:
         # The last task may have finished between the derivation and the count (workers
         # commit on their own): derive once more, or the run would end with its workstream
@@ -233,7 +236,12 @@ def _lose_worker(conn: apsw.Connection, now: float, ctx: TickContext, wk: dict[s
             "AND t.state IN ('running', 'validating')", (wid,)).fetchall():
         if host == ctx.hostname and isinstance(pgid, int):
             kill_group(pgid, ctx.config.workers.kill_grace_seconds)
+    if wk["hostname"] == ctx.hostname:
+        # And whatever its tasks started that left their process group (setsid, a daemon):
+        # every task process carries its worker's id in its environment.
+        kill_pids(pids_with_env("ORCH_WORKER_ID", wid), ctx.config.workers.kill_grace_seconds)
     stamp = clock.iso(now)
+    interrupted = ctx.interrupted_by_operator
     with db.write_tx(conn):
         state = db.scalar(conn, "SELECT state FROM worker WHERE worker_id = ?", (wid,))
         if state == "shutdown":
@@ -243,12 +251,28 @@ def _lose_worker(conn: apsw.Connection, now: float, ctx: TickContext, wk: dict[s
             "SELECT t.task_id FROM task t JOIN attempt a ON a.task_id = t.task_id "
             "AND a.generation = t.generation WHERE t.state = 'validating' "
             "AND a.worker_id = ? AND a.finished_at IS NULL", (wid, wid))]
+        worker_meta = {"at": stamp, "reason": reason, "failure_mode": mode,
+                       "tasks_handed_on": task_ids, "exit_code": exit_code}
+        if interrupted:
+            # The operator stopped the run: its tasks go back to the queue, no failure counted.
+            for task_id in task_ids:
+                claims.hand_on_in_tx(conn, task_id, now, failure_mode=None,
+                                     reason="interrupted by the operator (the run was stopped)",
+                                     backoff=ctx.backoff(), interrupted=True)
+            transition(conn, "worker", wid, "shutdown",
+                       "shutdown_requested" if state in ("idle", "busy") else trigger,
+                       {**worker_meta, "failure_mode": None,
+                        "reason": "stopped with its run by the operator"},
+                       stopped_at=("sql", "MAX(registered_at, ?)", stamp), exit_code=exit_code)
+            return
+        # The loss is recorded first, so each hand-on and the worker's shutdown can name it
+        # as their cause (a worker may only shut down once its task was handed on).
+        lost = events.emit_in_tx(conn, "worker_lost", entity_id=wid, trigger=trigger, at=stamp,
+                                 metadata={k: v for k, v in worker_meta.items() if k != "at"})
         for task_id in task_ids:
-            claims.hand_on(conn, task_id, now, failure_mode=mode, reason=reason,
-                           backoff=ctx.backoff())
-        transition(conn, "worker", wid, to_state, trigger,
-                   {"at": stamp, "reason": reason, "failure_mode": mode,
-                    "tasks_handed_on": task_ids, "exit_code": exit_code},
+            claims.hand_on_in_tx(conn, task_id, now, failure_mode=mode, reason=reason,
+                                 backoff=ctx.backoff(), caused_by=lost)
+        transition(conn, "worker", wid, to_state, trigger, {**worker_meta, "caused_by": lost},
                    stopped_at=("sql", "MAX(registered_at, ?)", stamp), exit_code=exit_code)
 
 
@@ -287,13 +311,9 @@ def _prepare_worktrees(conn: apsw.Connection, ctx: TickContext) -> list[str] | N
             # try again next tick; give up, stopping the run with git's message, after 5 tries.
             failures = ctx.worktree_failures[ws] = ctx.worktree_failures.get(ws, 0) + 1
             with db.write_tx(conn):
-                conn.execute(
-                    "INSERT INTO event (timestamp, event, event_type, severity, entity_type, "
-                    "entity_id, workstream_id, trigger, metadata) VALUES (?, "
-                    "'worktree_failed', 'workstream_worktree', 'error', 'workstream', ?, ?, "
-                    "'create_worktree', ?)",
-                    (clock.now_iso(), ws, ws, json.dumps({"error": exc.message,
-                                                           "attempt": failures})))
+                events.emit_in_tx(conn, "worktree_failed", entity_id=ws, workstream_id=ws,
+                                  trigger="create_worktree",
+                                  metadata={"error": exc.message, "attempt": failures})
             if failures >= 5:
                 raise
             continue
@@ -332,7 +352,11 @@ def _derive_workstreams(conn: apsw.Connection, now: float, ctx: TickContext,
                 first = db.scalar(conn, "SELECT MIN(started_at) FROM task "
                                         "WHERE workstream_id = ?", (wid,)) or stamp
                 transition(conn, "workstream", wid, "executing", "first_task_started",
-                           {"at": stamp}, started_at=max(first, ws["created_at"]))
+                           {"at": stamp, "caused_by": db.scalar(
+                               conn, "SELECT MIN(seq) FROM event WHERE workstream_id = ? "
+                                     "AND to_state = 'running' "
+                                     "AND event_type = 'task_state_transition'", (wid,))},
+                           started_at=max(first, ws["created_at"]))
                 state = "executing"
                 report.workstreams[wid] = state
             if state != "executing":
@@ -342,9 +366,7 @@ def _derive_workstreams(conn: apsw.Connection, now: float, ctx: TickContext,
                 continue
             to_state, trigger, meta = verdict
             if to_state == "failed":
-                _cancel_unfinished(conn, wid, stamp, meta["reason"],
-                                   everything=trigger == "workstream_timeout")
-            if to_state == "failed":
+                _cancel_unfinished_in_tx(conn, wid, stamp, trigger, meta["reason"])
                 transition(conn, "workstream", wid, to_state, trigger, {"at": stamp, **meta},
                            completed_at=stamp)
             else:
@@ -353,47 +375,79 @@ def _derive_workstreams(conn: apsw.Connection, now: float, ctx: TickContext,
         if report.workstreams.get(wid) == "validating":
             _finish_workstream(conn, now, ctx, wid, report)
         elif report.workstreams.get(wid) == "failed":
-            _archive(conn, ctx, wid)
+            archive_workstream(conn, ctx.root, wid)
+
+
+def _last_event(conn: apsw.Connection, wid: str, states: tuple[str, ...],
+                where: str = "1", params: tuple[Any, ...] = ()) -> int | None:
+    """The seq of the newest task event of ``wid`` into one of ``states`` (for caused_by)."""
+    found = db.scalar(
+        conn, f"SELECT MAX(e.seq) FROM event e JOIN task t ON t.task_id = e.task_id "
+              f"WHERE e.workstream_id = ? AND e.event_type = 'task_state_transition' "
+              f"AND e.to_state IN (SELECT value FROM json_each(?)) AND {where}",
+        (wid, json.dumps(states), *params))
+    return None if found is None else int(found)
 
 
 def _verdict(conn: apsw.Connection, wid: str, ws: dict[str, Any], c: dict[str, int],
              now: float) -> tuple[str, str, dict[str, Any]] | None:
+    """The workstream's next state from its tasks (SPEC.md section 8), or None to stay
+    executing. A critical failure halts the workstream (``open_workstream`` no longer lists
+    it): nothing more is queued or claimed, running tasks finish, then it fails."""
     total = sum(c.values())
     if c.get("completed", 0) == total:
-        return "validating", "all_tasks_completed", {}
+        return "validating", "all_tasks_completed", {
+            "caused_by": _last_event(conn, wid, ("completed",))}
     limit = ws["max_duration_seconds"]
     if limit and ws["started_at"] and now - clock.epoch(ws["started_at"]) > limit:
         return "failed", "workstream_timeout", {
             "failure_mode": "Workstream-Timeout",
             "reason": f"running longer than max_duration_seconds ({limit:g} s)"}
+    running = c.get("running", 0) + c.get("validating", 0)
     critical = db.scalar(conn, "SELECT group_concat(task_id, ', ') FROM task WHERE "
                                "workstream_id = ? AND critical = 1 AND state = 'failed'", (wid,))
     if critical:
+        if running:
+            return None   # halted: the running tasks finish first
         return "failed", "critical_task_failed", {
-            "failure_mode": "Workstream-Failed", "reason": f"critical task {critical} failed"}
-    active = sum(c.get(s, 0) for s in ("running", "validating", "retrying", "queued"))
-    ready = db.scalar(conn, "SELECT COUNT(*) FROM ready_task WHERE workstream_id = ? "
-                            "AND state = 'pending'", (wid,))
+            "failure_mode": "Workstream-Failed", "reason": f"critical task {critical} failed",
+            "caused_by": _last_event(conn, wid, ("failed",), "t.critical = 1")}
+    active = running + c.get("retrying", 0) + c.get("queued", 0)
+    ready = db.scalar(conn, "SELECT COUNT(*) FROM queueable_task WHERE workstream_id = ?",
+                      (wid,))
     failed = c.get("failed", 0) + c.get("cancelled", 0)
     if active == 0 and not ready and failed:
-        bad = db.scalar(conn, "SELECT group_concat(task_id, ', ') FROM task WHERE "
-                              "workstream_id = ? AND state IN ('failed', 'cancelled')", (wid,))
-        return "failed", "critical_task_failed", {
+        bad = db.scalar(conn, "SELECT group_concat(task_id || ' (' || state || ')', ', ') "
+                              "FROM task WHERE workstream_id = ? AND state IN "
+                              "('failed', 'cancelled')", (wid,))
+        return "failed", "tasks_not_completed", {
             "failure_mode": "Workstream-Failed",
-            "reason": f"nothing more can run: {bad} did not complete"}
+            "reason": f"nothing more can run: {bad} did not complete",
+            "caused_by": _last_event(conn, wid, ("failed", "cancelled"))}
     return None
 
 
-def _cancel_unfinished(conn: apsw.Connection, wid: str, stamp: str, reason: str, *,
-                       everything: bool) -> None:
-    # A failed workstream runs nothing more: what is running or waiting to run is cancelled.
-    # Pending tasks are cancelled only on a timeout; otherwise they wait for `orch retry`.
-    states = ("running", "validating", "retrying", "queued", "pending") if everything \
-        else ("running", "validating", "retrying", "queued")
+# What a failed workstream stops, by the trigger that failed it: a critical failure cancels
+# only what waits to run again (running tasks finished before it failed; pending ones wait for
+# `orch retry`); a timeout cancels everything unfinished, running tasks included (their
+# workers see the claim is gone and kill the process group).
+_CANCELLED_ON_FAILURE = {
+    "critical_task_failed": ("queued", "retrying"),
+    "tasks_not_completed": ("queued", "retrying"),
+    "workstream_timeout": ("pending", "queued", "running", "validating", "retrying"),
+}
+
+
+def _cancel_unfinished_in_tx(conn: apsw.Connection, wid: str, stamp: str, ws_trigger: str,
+                             reason: str) -> None:
+    states = _CANCELLED_ON_FAILURE[ws_trigger]
+    task_trigger = "workstream_timeout" if ws_trigger == "workstream_timeout" \
+        else "workstream_failed"
     for (task_id,) in conn.execute(
             "SELECT task_id FROM task WHERE workstream_id = ? AND state IN "
-            "(SELECT value FROM json_each(?))", (wid, json.dumps(states))).fetchall():
-        transition(conn, "task", str(task_id), "cancelled", "user_cancelled",
+            "(SELECT value FROM json_each(?)) ORDER BY task_id",
+            (wid, json.dumps(states))).fetchall():
+        transition(conn, "task", str(task_id), "cancelled", task_trigger,
                    {"at": stamp, "reason": f"workstream {wid} failed: {reason}"},
                    worker_id=None, completed_at=stamp,
                    last_error=f"cancelled: workstream {wid} failed: {reason}")
@@ -428,10 +482,12 @@ def _finish_workstream(conn: apsw.Connection, now: float, ctx: TickContext, wid:
                        {"at": stamp, "failure_mode": "Workstream-Failed",
                         "reason": f"merge failed: {message}"}, completed_at=stamp)
     report.workstreams[wid] = "completed" if ok else "failed"
-    _archive(conn, ctx, wid)
+    archive_workstream(conn, ctx.root, wid)
 
 
-def _archive(conn: apsw.Connection, ctx: TickContext, wid: str) -> None:
+def archive_workstream(conn: apsw.Connection, root: Path, wid: str) -> None:
+    """Write the workstream's final state to ``.state/archive/{ws}/`` (failed, cancelled or
+    completed workstreams; the worktree of a failed or cancelled one is kept)."""
     from kernel import worktree
 
     doc = {
@@ -443,7 +499,7 @@ def _archive(conn: apsw.Connection, ctx: TickContext, wid: str) -> None:
                                "ORDER BY task_id", (wid,)),
         "archived_at": clock.now_iso(),
     }
-    worktree.archive_state(ctx.root, wid, doc)
+    worktree.archive_state(root, wid, doc)
 
 
 def _check_exhaustion(conn: apsw.Connection, now: float, ctx: TickContext,
@@ -461,16 +517,39 @@ def _check_exhaustion(conn: apsw.Connection, now: float, ctx: TickContext,
                          (req["task_id"], req["resource_id"]))
         if seen:
             continue
+        ws = db.scalar(conn, "SELECT workstream_id FROM task WHERE task_id = ?",
+                       (req["task_id"],))
         with db.write_tx(conn):
-            conn.execute(
-                "INSERT INTO event (timestamp, event, event_type, severity, entity_type, "
-                "entity_id, task_id, workstream_id, trigger, metadata) "
-                "SELECT ?, 'resource_exhausted', 'resource', 'critical', 'resource', ?, "
-                "task_id, workstream_id, 'lease_impossible', ? FROM task WHERE task_id = ?",
-                (clock.iso(now), req["resource_id"], json.dumps({
-                    "resource_id": req["resource_id"], "requested": req["requested"],
-                    "available": req["available"], "failure_mode": "Resource-Exhaustion"}),
-                 req["task_id"]))
+            events.emit_in_tx(conn, "resource_exhausted", entity_id=req["resource_id"],
+                              task_id=req["task_id"], workstream_id=ws,
+                              trigger="lease_impossible", at=clock.iso(now),
+                              metadata={"resource_id": req["resource_id"],
+                                        "requested": req["requested"],
+                                        "available": req["available"],
+                                        "failure_mode": "Resource-Exhaustion"})
+
+
+def _record_unrunnable(conn: apsw.Connection, now: float, ctx: TickContext,
+                       found: list[dict[str, Any]]) -> None:
+    """A ``task_unrunnable`` event per task (and reason) that no worker can run, once: so the
+    log says why it stalled, and ``orch why`` can say it after the workers are gone."""
+    new = [u for u in found if ctx.reported_unrunnable.get(u["task_id"]) != u["reason"]]
+    if not new:
+        return
+    with db.write_tx(conn):
+        for u in new:
+            ctx.reported_unrunnable[u["task_id"]] = u["reason"]
+            last = db.row(conn, "SELECT event, metadata FROM event WHERE task_id = ? "
+                                "ORDER BY seq DESC LIMIT 1", (u["task_id"],))
+            if last and last["event"] == "task_unrunnable" and \
+                    json.loads(last["metadata"]).get("reason") == u["reason"]:
+                continue
+            ws = db.scalar(conn, "SELECT workstream_id FROM task WHERE task_id = ?",
+                           (u["task_id"],))
+            events.emit_in_tx(conn, "task_unrunnable", entity_id=u["task_id"],
+                              task_id=u["task_id"], workstream_id=ws, trigger="no_capable_worker",
+                              at=clock.iso(now), metadata={"reason": u["reason"]},
+                              caused_by=events.last_seq_in_tx(conn, task_id=u["task_id"]))
 
 
 def progress_counts(conn: apsw.Connection, ctx: TickContext
@@ -478,41 +557,21 @@ def progress_counts(conn: apsw.Connection, ctx: TickContext
     scope, params = _scope_sql(ctx)
     counts = {s: n for s, n in conn.execute(
         f"SELECT state, SUM(tasks) FROM task_state_count WHERE {scope} GROUP BY state", params)}
-    busy = sum(counts.get(s, 0) for s in ("running", "validating", "retrying"))
-    ready_pending = db.scalar(conn, f"SELECT COUNT(*) FROM ready_task WHERE state = 'pending' "
-                                    f"AND {scope}", params)
-    unrunnable = _unrunnable_queued(conn, ctx) if counts.get("queued") else []
+    busy = sum(counts.get(s, 0) for s in ("running", "validating"))
+    # Retrying tasks will be queued again, unless their workstream halted (a critical failure):
+    # then the workstream fails once nothing runs, and cancels them.
+    busy += db.scalar(conn, f"SELECT COUNT(*) FROM task WHERE state = 'retrying' AND {scope} "
+                            f"AND workstream_id IN (SELECT workstream_id FROM open_workstream)",
+                      params) or 0
+    ready_pending = db.scalar(conn, f"SELECT COUNT(*) FROM queueable_task WHERE {scope}",
+                              params)
+    unrunnable: list[dict[str, Any]] = []
+    if counts.get("queued"):
+        queued = [r[0] for r in conn.execute(f"SELECT task_id FROM task WHERE state = 'queued' "
+                                             f"AND {scope}", params)]
+        unrunnable = claims.unrunnable(
+            conn, queued, no_workers_reason=None if ctx.wait_for_workers
+            else "no live worker is left to run it")
     runnable_queued = counts.get("queued", 0) - len(unrunnable)
     done = busy == 0 and not ready_pending and runnable_queued <= 0
     return counts, done, unrunnable
-
-
-def _unrunnable_queued(conn: apsw.Connection, ctx: TickContext) -> list[dict[str, Any]]:
-    """Queued tasks that no live worker can take, or whose request no pool can ever give."""
-    scope, params = _scope_sql(ctx, "t.workstream_id")
-    impossible = {r["task_id"]: r for r in leases.impossible_requests(conn)}
-    offers: list[tuple[dict[str, str], str | None]] = []
-    for wid, version in conn.execute("SELECT worker_id, version FROM worker "
-                                     "WHERE state IN ('initializing', 'idle', 'busy')"):
-        offers.append((claims.worker_offers(conn, wid), version))
-    out = []
-    for t in db.rows(conn, f"SELECT t.task_id, (SELECT json_group_array(json_array("
-                           f"c.capability_id, c.min_version)) FROM task_capability c "
-                           f"WHERE c.task_id = t.task_id) AS needs, json_extract(t.definition, "
-                           f"'$.worker_requirements.min_version') AS min_version FROM task t "
-                           f"WHERE t.state = 'queued' AND {scope}", params):
-        if t["task_id"] in impossible:
-            r = impossible[t["task_id"]]
-            out.append({"task_id": t["task_id"], "reason":
-                        f"requests {r['requested']:g} {r['resource_id']} but at most "
-                        f"{r['available']:g} can ever be leased (Resource-Exhaustion)"})
-            continue
-        needs = json.loads(t["needs"])
-        if not offers and not ctx.wait_for_workers:
-            out.append({"task_id": t["task_id"], "reason": "no live worker is left to run it"})
-            continue
-        if offers and not any(claims.capable(o, v, needs, t["min_version"]) for o, v in offers):
-            out.append({"task_id": t["task_id"], "reason":
-                        "no live worker has the capabilities "
-                        + ", ".join(n for n, _ in needs)})
-    return out

@@ -40,8 +40,9 @@ import apsw
 
 from kernel import __version__, claims, clock, db, leases
 from kernel.executors import ExecutionRequest, ExecutionResult, executor_for
-from kernel.executors.local import pid_alive
+from kernel.files import open_private, private_dir
 from kernel.machines import transition
+from kernel.processes import become_subreaper, pid_alive
 from kernel.project import Project
 
 
@@ -159,10 +160,11 @@ class Worker:
                     running = db.scalar(self.conn, "SELECT task_id FROM task WHERE worker_id = ?",
                                         (self.worker_id,))
                     if running:
-                        claims.hand_on(self.conn, running, time.time(),
-                                       failure_mode="Worker-Crashed",
-                                       reason="the worker was stopped while running the task",
-                                       backoff=self._backoff())
+                        claims.hand_on_in_tx(
+                            self.conn, running, time.time(), failure_mode=None,
+                            reason="interrupted by the operator: the worker was stopped while "
+                                   "running the task", backoff=self._backoff(),
+                            interrupted=True)
                     transition(self.conn, "worker", self.worker_id, "shutdown", trigger,
                                {"at": stamp}, stopped_at=stamp, exit_code=0)
         finally:
@@ -287,6 +289,21 @@ class Worker:
             return "the worker was stopped"
         return claims.is_current(conn, claim)
 
+    def _execute(self, claim: claims.Claim, request: ExecutionRequest) -> ExecutionResult:
+        """Run the executor; an error inside it fails the attempt (outcome ``error``, not
+        retried) instead of killing the worker."""
+        try:
+            return executor_for(claim.definition).run(
+                request,
+                on_start=lambda pgid: claims.record_process(self.conn, claim, pgid,
+                                                            self.hostname),
+                should_stop=lambda: self._should_stop(claim, self.conn))
+        except (apsw.Error, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any executor failure is the task's, not ours
+            return ExecutionResult("error", error=f"the {claim.type or 'task'} executor "
+                                                  f"failed: {type(exc).__name__}: {exc}")
+
     def run_one(self, claim: claims.Claim) -> str:
         self.current = claim
         root = self.project.root
@@ -308,22 +325,26 @@ class Worker:
                         self.conn, claim, time.time(), rule=bad.rule, reason=bad.reason,
                         rules=report.as_dict())
             execution = claim.definition.get("execution") or {}
+            prompt = execution.get("prompt") or ""
+            prompt_file = self.project.state_dir / "prompts" / \
+                f"{claim.task_id}-{claim.attempt_no}.txt"
+            if "{prompt_file}" in (claim.command or ""):
+                private_dir(prompt_file.parent)
+                with open_private(prompt_file, "w") as fh:
+                    fh.write(prompt)
             request = ExecutionRequest(
                 task_id=claim.task_id, workstream_id=claim.workstream_id,
                 attempt_no=claim.attempt_no, command=claim.command or "",
                 shell=bool(execution.get("shell")), cwd=cwd, env=env,
                 timeout_seconds=claim.timeout_seconds,
                 log_path=self.project.logs_dir / f"{claim.task_id}.log",
-                placeholders={"prompt": execution.get("prompt") or "",
+                placeholders={"prompt": prompt, "prompt_file": str(prompt_file),
                               "task_id": claim.task_id, "workstream_id": claim.workstream_id,
                               "attempt": str(claim.attempt_no), "root": str(root),
                               "worktree": str(base)},
-                kill_grace_seconds=w.kill_grace_seconds, definition=claim.definition)
-            result = executor_for(claim.definition).run(
-                request,
-                on_start=lambda pgid: claims.record_process(self.conn, claim, pgid,
-                                                            self.hostname),
-                should_stop=lambda: self._should_stop(claim, self.conn))
+                kill_grace_seconds=w.kill_grace_seconds, definition=claim.definition,
+                log_cap_bytes=w.max_log_bytes_per_attempt)
+            result = self._execute(claim, request)
             if self.declared_dead:
                 return "stale"
             reason = None
@@ -332,10 +353,10 @@ class Worker:
                 if self._stop.is_set() and claims.is_current(self.conn, claim) is None:
                     # We were asked to stop mid-task: hand the task on, it will run again.
                     with db.write_tx(self.conn):
-                        claims.hand_on(self.conn, claim.task_id, time.time(),
-                                       failure_mode="Worker-Crashed",
-                                       reason="the worker stopped while running the task",
-                                       backoff=backoff)
+                        claims.hand_on_in_tx(
+                            self.conn, claim.task_id, time.time(), failure_mode=None,
+                            reason="interrupted by the operator: the worker was stopped while "
+                                   "running the task", backoff=backoff, interrupted=True)
                         claims.worker_idle(self.conn, self.worker_id, clock.now_iso(),
                                             claim.task_id)
                     return "handed_on"
@@ -385,5 +406,8 @@ def main(project: Project, options: WorkerOptions, worker_id: str | None = None)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # Processes a task starts that escape its process group are re-parented to this worker,
+    # which ends them with the attempt (kernel.processes).
+    become_subreaper()
     worker.register()
     return worker.run_forever()

@@ -269,20 +269,22 @@ def test_utilization_is_busy_share_of_alive_time_over_the_last_hour(
         fresh_db: apsw.Connection) -> None:
     c = fresh_db
     with db.write_tx(c):
+        # Written in time order, as the kernel writes them (an event is never stamped
+        # earlier than the one before it).
         # w1: alive all hour; busy 09:10-09:30 and 09:50-10:00 (still busy now) -> 30 min.
-        _worker(c, "w1", -7200)
-        transition(c, "worker", "w1", "busy", "task_assigned", _at(-3000))
-        transition(c, "worker", "w1", "idle", "task_completed", _at(-1800))
-        transition(c, "worker", "w1", "busy", "task_assigned", _at(-600))
         # w2: busy since before the window, shut down at 09:30 -> 30 min alive, all busy.
-        _worker(c, "w2", -5000)
-        transition(c, "worker", "w2", "busy", "task_assigned", _at(-4000))
-        transition(c, "worker", "w2", "shutdown", "shutdown_requested", _at(-1800))
         # w3: registered at 09:45, idle since -> 15 min alive, never busy.
-        _worker(c, "w3", -900)
         # w4: stopped long before the window: not counted.
         _worker(c, "w4", -9000)
         transition(c, "worker", "w4", "shutdown", "shutdown_requested", _at(-8000))
+        _worker(c, "w1", -7200)
+        _worker(c, "w2", -5000)
+        transition(c, "worker", "w2", "busy", "task_assigned", _at(-4000))
+        transition(c, "worker", "w1", "busy", "task_assigned", _at(-3000))
+        transition(c, "worker", "w1", "idle", "task_completed", _at(-1800))
+        transition(c, "worker", "w2", "shutdown", "shutdown_requested", _at(-1800))
+        _worker(c, "w3", -900)
+        transition(c, "worker", "w1", "busy", "task_assigned", _at(-600))
     doc = m.collect(c, T0)
     alive, busy = 3600 + 1800 + 900, 1800 + 1800
     assert doc["workers"]["avg_utilization"] == round(busy / alive, 4)

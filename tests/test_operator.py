@@ -394,7 +394,7 @@ def test_why_pending_waits_then_is_stuck(proj: Project) -> None:
     assert "Attempt 2 on worker w2 timed out after 30 s (Task-Timeout)" in text
     assert "Run `orch retry a`" in text
     assert ("b is pending and cannot run until an operator acts: dependency a failed; "
-            "run `orch retry a` or `orch skip a`.") in sentences(proj, "b")
+            "run `orch retry a` to run it again.") in sentences(proj, "b")
     assert "upstream task a failed" in sentences(proj, "c")
     conn = proj.connect(readonly=True)
     result = why(conn, "a", proj.logs_dir)
@@ -409,6 +409,8 @@ def test_why_queued_cancelled_completed_through_the_cli(proj: Project, capsys) -
     with db.write_tx(conn):
         conn.execute("INSERT INTO task_capability (task_id, capability_id) "
                      "VALUES ('d', 'python'), ('d', 'git')")
+        conn.execute("INSERT INTO worker_capability VALUES ('w2', 'python', '1.0.0'), "
+                     "('w2', 'git', '1.0.0')")
         transition(conn, "task", "d", "queued", "scheduler_assigned")
     start(conn, "e", "w1")
     with db.write_tx(conn):

@@ -206,11 +206,15 @@ def test_a_dead_worker_on_its_last_attempt_fails_the_task(conn: apsw.Connection,
     assert db.scalar(conn, "SELECT outcome FROM attempt") == "lost"
 
 
-def test_a_critical_failure_fails_the_workstream_and_cancels_running_tasks(
+def test_a_critical_failure_halts_the_workstream_and_lets_running_tasks_finish(
         conn: apsw.Connection, tmp_path: Path) -> None:
+    """SPEC.md section 8: a critical failure stops new work in its workstream (nothing more is
+    queued or claimed), running tasks finish, then the workstream fails; what waited in the
+    queue is cancelled by the kernel's own trigger, never the operator's user_cancelled."""
     with db.write_tx(conn):
-        _task(conn, "crit", critical=1)
-        _task(conn, "other")
+        _task(conn, "crit", critical=1, priority=9)
+        _task(conn, "other", priority=5)
+        _task(conn, "waiting")
         _task(conn, "later", "other")
         _worker(conn, "w1")
         _worker(conn, "w2")
@@ -218,15 +222,56 @@ def test_a_critical_failure_fails_the_workstream_and_cancels_running_tasks(
     scheduler.tick(conn, T0, ctx)
     c1 = claims.claim_next(conn, "w1", T0, lease_ttl=30)
     c2 = claims.claim_next(conn, "w2", T0, lease_ttl=30)
-    assert c1 and c2
-    crit = c1 if c1.task_id == "crit" else c2
+    assert c1 and c2 and {c1.task_id, c2.task_id} == {"crit", "other"}
+    crit, other = (c1, c2) if c1.task_id == "crit" else (c2, c1)
     claims.finish_execution(conn, crit, T0 + 1, outcome="failed", exit_code=1, error=None,
                             duration=1, backoff={})
     report = scheduler.tick(conn, T0 + 2, ctx)
+    assert db.scalar(conn, "SELECT state FROM workstream") == "executing"
+    assert _states(conn) == {"crit": "failed", "other": "running", "waiting": "queued",
+                             "later": "pending"}
+    assert not report.done
+    # The free worker claims nothing: the workstream is halted.
+    assert claims.claim_next(conn, "w1", T0 + 2, lease_ttl=30) is None
+    # The running task finishes normally; its dependent is not queued.
+    assert claims.finish_execution(conn, other, T0 + 3, outcome="succeeded", exit_code=0,
+                                   error=None, duration=2, backoff={}) == "completed"
+    report = scheduler.tick(conn, T0 + 4, ctx)
     assert report.workstreams["ws"] == "failed"
-    assert _states(conn) == {"crit": "failed", "other": "cancelled", "later": "pending"}
+    assert _states(conn) == {"crit": "failed", "other": "completed", "waiting": "cancelled",
+                             "later": "pending"}
+    cancel = db.row(conn, "SELECT trigger, severity FROM event WHERE task_id = 'waiting' "
+                          "AND to_state = 'cancelled'")
+    assert cancel == {"trigger": "workstream_failed", "severity": "warning"}
+    assert db.scalar(conn, "SELECT COUNT(*) FROM event WHERE trigger = 'user_cancelled'") == 0
+    failed = db.row(conn, "SELECT trigger, caused_by FROM event WHERE event = "
+                          "'workstream_failed'")
+    crit_failed = db.scalar(conn, "SELECT seq FROM event WHERE task_id = 'crit' "
+                                  "AND to_state = 'failed'")
+    assert failed == {"trigger": "critical_task_failed", "caused_by": crit_failed}
     assert (tmp_path / ".state" / "archive" / "ws" / "latest.json").exists()
     assert report.done
+
+
+def test_an_operator_cancel_is_not_a_critical_workstream_event(conn: apsw.Connection,
+                                                              tmp_path: Path) -> None:
+    from kernel.operator import cancel_tasks
+
+    with db.write_tx(conn):
+        _task(conn, "a")
+        _task(conn, "b")
+        _worker(conn, "w1")
+    ctx = _ctx(tmp_path)
+    scheduler.tick(conn, T0, ctx)
+    claim = claims.claim_next(conn, "w1", T0, lease_ttl=30)
+    assert claim is not None
+    cancel_tasks(conn, ["b" if claim.task_id == "a" else "a"], now=T0 + 1)
+    claims.finish_execution(conn, claim, T0 + 2, outcome="succeeded", exit_code=0, error=None,
+                            duration=1, backoff={})
+    report = scheduler.tick(conn, T0 + 3, ctx)
+    assert report.workstreams["ws"] == "failed"
+    ev = db.row(conn, "SELECT trigger, severity FROM event WHERE event = 'workstream_failed'")
+    assert ev == {"trigger": "tasks_not_completed", "severity": "error"}
 
 
 def test_a_workstream_past_max_duration_times_out(conn: apsw.Connection, tmp_path: Path) -> None:
@@ -274,7 +319,39 @@ def test_a_task_no_worker_can_take_is_reported_not_waited_for(conn: apsw.Connect
     report = scheduler.tick(conn, T0, _ctx(tmp_path))
     assert report.done
     assert report.unrunnable == [{"task_id": "a",
-                                  "reason": "no live worker has the capabilities cap-gpu"}]
+                                  "reason": "no registered worker offers cap-gpu"}]
+    # Said once in the log, so `orch why` can tell it after the workers are gone.
+    scheduler.tick(conn, T0 + 1, _ctx(tmp_path))
+    assert db.rows(conn, "SELECT task_id, json_extract(metadata, '$.reason') AS reason "
+                         "FROM event WHERE event = 'task_unrunnable'") == [
+        {"task_id": "a", "reason": "no registered worker offers cap-gpu"}]
+
+
+@pytest.mark.parametrize("offered, runs", [("1.0.0", True), ("1.2.0", True), ("0.9.9", False),
+                                           ("1.0.0-rc.1", False)])
+def test_min_version_is_the_lowest_version_of_each_capability(
+        conn: apsw.Connection, tmp_path: Path, offered: str, runs: bool) -> None:
+    """SPEC.md section 3: ``min_version`` is the lowest version that every listed capability
+    must have on the worker (the spec's own example value is 1.0.0; the worker's package
+    version plays no part)."""
+    with db.write_tx(conn):
+        _task(conn, "a")
+        conn.execute("INSERT INTO task_capability VALUES ('a', 'cap-pytest-001', '1.0.0')")
+        _worker(conn, "w1", caps={"cap-pytest-001": offered})
+        conn.execute("UPDATE worker SET version = '0.1.0'")
+    report = scheduler.tick(conn, T0, _ctx(tmp_path))
+    claim = claims.claim_next(conn, "w1", T0, lease_ttl=30)
+    assert (claim is not None) == runs
+    if not runs:
+        assert report.unrunnable == [{"task_id": "a", "reason": "no registered worker offers "
+                                      f"cap-pytest-001 >= 1.0.0 (has {offered})"}]
+
+
+def test_semver_order() -> None:
+    versions = ["0.9.9", "1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-beta", "1.0.0-rc.1", "1.0.0",
+                "1.0.1", "1.2.0", "1.10.0", "2.0.0"]
+    assert sorted(reversed(versions), key=claims.semver_key) == versions
+    assert claims.semver_key("1.0.0+build.7") == claims.semver_key("1.0.0")
 
 
 def test_one_scheduler_per_database(conn: apsw.Connection) -> None:

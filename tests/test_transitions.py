@@ -870,7 +870,7 @@ def test_transition_metadata_sets_timestamp_caused_by_and_metadata(
     """transition_metadata's "at" and "caused_by" become the event's timestamp and caused_by;
     the other keys land in the event's metadata; the column is NULL again afterwards."""
     conn = db_with_workstream
-    at = "2026-03-04T05:06:07.890Z"
+    at = "2099-03-04T05:06:07.890Z"   # later than every event so far: kept as given
     meta = {"at": at, "caused_by": 2, "reason": "manual", "attempt": 7}
     last, _ = log_position(conn)
     with db.write_tx(conn):
@@ -885,3 +885,23 @@ def test_transition_metadata_sets_timestamp_caused_by_and_metadata(
     assert conn.execute(
         "SELECT transition_trigger, transition_metadata, updated_at FROM task WHERE task_id = 'a'"
     ).fetchone() == (None, None, at)
+
+
+def test_event_time_never_runs_backwards_against_seq(db_with_workstream: apsw.Connection
+                                                     ) -> None:
+    """A caller that read its clock before it had the write lock asks for an earlier time than
+    the event before it: the event is stamped with the previous event's time instead, so
+    timestamp order is seq order (trigger-written and catalog events alike)."""
+    from kernel import events
+
+    conn = db_with_workstream
+    with db.write_tx(conn):
+        transition(conn, "task", "a", "queued", "scheduler_assigned",
+                   metadata={"at": "2099-01-01T00:00:00.000Z"})
+        transition(conn, "task", "a", "cancelled", "user_cancelled",
+                   metadata={"at": "2001-01-01T00:00:00.000Z"})
+        events.emit_in_tx(conn, "task_unrunnable", entity_id="b", task_id="b",
+                          at="2001-01-01T00:00:00.000Z", metadata={"reason": "test"})
+    stamps = [r[0] for r in conn.execute("SELECT timestamp FROM event ORDER BY seq")]
+    assert stamps == sorted(stamps)
+    assert stamps[-3:] == ["2099-01-01T00:00:00.000Z"] * 3

@@ -1,4 +1,5 @@
-"""The derived-state views: ready_task, blocked_task, stuck_task."""
+"""The derived-state views: open_workstream, queueable_task, ready_task, blocked_task,
+stuck_task (sql/0001_core.sql, sql/0005_trust.sql)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def test_ready_and_blocked_follow_the_dependencies(db_with_workstream: apsw.Conn
                             "WHERE task_id = 'b'")
     assert reasons == [{"task_id": "b", "needs_operator": 1,
                         "reason": "dependency a is cancelled: it runs only after "
-                                  "`orch retry a` or `orch skip a`"}]
+                                  "`orch retry a`"}]
     # c is stuck too, transitively, with a as the root cause.
     assert _ids(conn, "SELECT task_id, root_task_id, root_state FROM stuck_task") == [
         ("b", "a", "cancelled"), ("c", "a", "cancelled")]
@@ -38,3 +39,49 @@ def test_skip_unblocks_dependents(db_with_workstream: apsw.Connection) -> None:
         transition(conn, "task", "a", "completed", "operator_skip")
     assert _ids(conn, "SELECT task_id FROM ready_task") == [("b",)]
     assert _ids(conn, "SELECT task_id FROM stuck_task") == []
+
+
+def test_a_completed_intermediate_ends_the_stuck_chain(db_with_workstream: apsw.Connection
+                                                       ) -> None:
+    """a failed; b (between a and c) was completed (skipped): c no longer waits on a."""
+    conn = db_with_workstream
+    with db.write_tx(conn):
+        transition(conn, "task", "a", "cancelled", "user_cancelled")
+        transition(conn, "task", "b", "completed", "operator_skip")
+    assert _ids(conn, "SELECT task_id FROM stuck_task") == []
+    assert _ids(conn, "SELECT task_id FROM queueable_task") == [("c",)]
+
+
+def _critical_failure(conn: apsw.Connection) -> None:
+    """Task a of workstream ws is critical and failed; b and c wait behind it."""
+    with db.write_tx(conn):
+        conn.execute("UPDATE task SET critical = 1 WHERE task_id = 'a'")
+        conn.execute("INSERT INTO task (task_id, workstream_id) VALUES ('free', 'ws')")
+        transition(conn, "task", "a", "queued", "scheduler_assigned")
+        transition(conn, "task", "a", "running", "worker_started", worker_id="w1")
+        transition(conn, "task", "a", "failed", "execution_failed", worker_id=None)
+
+
+def test_a_critical_failure_halts_its_workstream(db_with_workstream: apsw.Connection) -> None:
+    """Nothing more of a workstream whose critical task failed is queueable or ready, even a
+    task without dependencies; the workstream is not open."""
+    conn = db_with_workstream
+    with db.write_tx(conn):
+        conn.execute("INSERT INTO workstream (workstream_id) VALUES ('other')")
+        conn.execute("INSERT INTO task (task_id, workstream_id) VALUES ('o', 'other')")
+    _critical_failure(conn)
+    assert _ids(conn, "SELECT workstream_id FROM open_workstream") == [("other",)]
+    assert _ids(conn, "SELECT task_id FROM queueable_task") == [("o",)]
+    assert _ids(conn, "SELECT task_id FROM ready_task") == [("o",)]
+
+
+def test_a_terminal_workstream_queues_nothing(db_with_workstream: apsw.Connection) -> None:
+    """The states that close a workstream come from machine_state, not from a list."""
+    conn = db_with_workstream
+    with db.write_tx(conn):
+        transition(conn, "workstream", "ws", "cancelled", "user_cancelled")
+    assert _ids(conn, "SELECT task_id FROM queueable_task") == []
+    assert _ids(conn, "SELECT workstream_id FROM open_workstream") == []
+    with db.write_tx(conn):
+        transition(conn, "workstream", "ws", "executing", "operator_reset")
+    assert _ids(conn, "SELECT task_id FROM queueable_task") == [("a",)]

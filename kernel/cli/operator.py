@@ -97,7 +97,16 @@ def cancel_cmd(state: CliState, task_ids: tuple[str, ...], workstream: str | Non
         raise UsageError("usage", "give TASK ids or --workstream WS, not both",
                          hint="run orch cancel twice")
     if workstream is not None:
-        return _write(state, lambda c: kop.cancel_workstream(c, workstream), "cancelled")
+        def cancel_and_archive(conn: apsw.Connection) -> kop.OperatorReport:
+            report = kop.cancel_workstream(conn, workstream)
+            if report.workstreams_changed:
+                # Cancelled workstreams are archived like failed ones (their worktree is kept).
+                from kernel.scheduler import archive_workstream
+
+                archive_workstream(conn, state.project().root, workstream)
+            return report
+
+        return _write(state, cancel_and_archive, "cancelled")
     if not task_ids:
         raise UsageError("usage", "orch cancel needs TASK ids or --workstream WS",
                          hint="orch cancel TASK [TASK...] | orch cancel --workstream WS")
@@ -121,7 +130,8 @@ def retry_cmd(state: CliState, task_ids: tuple[str, ...]) -> int:
 def skip_cmd(state: CliState, task_ids: tuple[str, ...]) -> int:
     """Mark pending tasks completed without running them, unblocking their dependents.
 
-    A failed or cancelled task must be `orch retry`-ed first, then skipped.
+    A failed or cancelled task is not skipped (`orch retry` runs it again); nor is a task of a
+    workstream that runs nothing more (failed, cancelled, or halted by a critical failure).
     """
     _require(task_ids, "skip")
     return _write(state, lambda c: kop.skip_tasks(c, task_ids), "skipped")

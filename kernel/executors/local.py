@@ -1,69 +1,61 @@
 """The ``subprocess`` executor: the task's command in its own process group on this machine.
 
 Public API:
-    ``SubprocessExecutor``, ``kill_group(pgid, grace)``, ``pid_alive(pid)``,
-    ``attempt_output(request)`` (this attempt's section of the log).
+    ``SubprocessExecutor``, ``attempt_output(request)`` (this attempt's section of the log),
+    ``CappedLog``; re-exports ``kill_group`` and ``pid_alive`` from ``kernel.processes``.
 
 Stability Guarantees:
     No shell unless the task sets ``execution.shell``; placeholders are filled safely (see
-    ``kernel.executors.base.substitute``). On timeout or cancel the whole process group gets
-    SIGTERM, then SIGKILL after ``kill_grace_seconds`` — children that ignore SIGTERM die too.
-    stdout and stderr go to ``.state/logs/{task_id}.log``, one section per attempt.
+    ``kernel.executors.base.substitute``).
+    **The gate.** The command's process is started held at a gate (its standard input, read by
+    a one-line ``/bin/sh`` before it ``exec``s the command) and let through only after
+    ``on_start(pgid)`` returned, i.e. after the worker committed the attempt's process group.
+    If the worker dies in between, the gate's pipe closes and the process exits (code 125)
+    without ever running the command: a task handed on by the scheduler can never run twice at
+    the same time because its group was unknown.
+    **Ending.** On timeout or cancel the whole process group gets SIGTERM, then SIGKILL after
+    ``kill_grace_seconds``; the worker is free as soon as the group is gone (zombies are reaped,
+    not waited out). When the attempt ends, however it ends, every process it started that is
+    still alive — in the group or escaped from it with ``setsid`` or a double fork — is ended
+    (the worker is a child subreaper, ``kernel.processes``): no process outlives its attempt.
+    **The log.** stdout and stderr go through a pipe to ``.state/logs/{task_id}.log`` (0600),
+    one section per attempt; a section keeps at most ``workers.max_log_bytes_per_attempt``
+    bytes (16 MiB by default): the first half and the last half, with a line saying how many
+    bytes were cut between them.
+    **Spawn errors** (no such program, not executable, a NUL byte, an argument list too long,
+    a missing working directory) fail the attempt with outcome ``error`` and a message; the
+    worker survives.
 
 Integration Points:
-    ``kernel.worker`` calls it; ``kernel.scheduler`` calls ``kill_group`` on the recorded
-    process group of an attempt whose worker died.
+    ``kernel.worker`` calls it; ``kernel.scheduler`` kills the recorded process group of an
+    attempt whose worker died; ``kernel.faults`` point ``after_spawn`` sits inside the gate's
+    window for the tests that kill a worker there.
 
 Dependencies:
-    ``kernel.executors.base``.
+    ``kernel.executors.base``, ``kernel.processes``, ``kernel.faults``, ``kernel.files``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
+import select
 import subprocess
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import IO
 
-from kernel import clock
+from kernel import clock, faults, processes
 from kernel.executors.base import ExecutionRequest, ExecutionResult, Outcome, substitute
+from kernel.files import open_private
+from kernel.processes import kill_group, kill_leftovers, pid_alive
+
+__all__ = ["CappedLog", "SubprocessExecutor", "attempt_output", "kill_group", "pid_alive"]
 
 _POLL = 0.02
-
-
-def pid_alive(pid: int) -> bool:
-    """True if a process with this pid exists on this host (it may belong to someone else)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def kill_group(pgid: int, grace: float) -> bool:
-    """SIGTERM the group, then SIGKILL after ``grace`` seconds; True if it existed."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(_POLL)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return True
+_GATE = 'IFS= read -r _ || exit 125; exec </dev/null; exec "$@"'
+DEFAULT_LOG_CAP = 16 * 1024 * 1024
 
 
 def attempt_output(request: ExecutionRequest, size: int = 8192) -> str:
@@ -78,11 +70,64 @@ def attempt_output(request: ExecutionRequest, size: int = 8192) -> str:
     return text.split(f"==== attempt {request.attempt_no} ended")[0]
 
 
-def _header(log: IO[str], request: ExecutionRequest, argv: list[str] | str) -> None:
+class CappedLog:
+    """Writes an attempt's output to its log, keeping at most ``cap`` bytes: the first half as
+    it comes, the last half held back and written at ``close()``, after a line that says how
+    many bytes were cut. Output under the cap is written as it comes."""
+
+    def __init__(self, fh: IO[bytes], cap: int) -> None:
+        self.fh = fh
+        self.head_left = cap - cap // 2
+        self.tail_cap = cap // 2
+        self.tail: deque[bytes] = deque()
+        self.tail_len = 0
+        self.cut = 0
+
+    def write(self, data: bytes) -> None:
+        if self.head_left > 0:
+            part = data[:self.head_left]
+            self.fh.write(part)
+            self.fh.flush()
+            self.head_left -= len(part)
+            data = data[len(part):]
+        if not data:
+            return
+        self.tail.append(data)
+        self.tail_len += len(data)
+        while self.tail_len > self.tail_cap:
+            extra = self.tail_len - self.tail_cap
+            first = self.tail[0]
+            if len(first) <= extra:
+                self.tail.popleft()
+                self.tail_len -= len(first)
+                self.cut += len(first)
+            else:
+                self.tail[0] = first[extra:]
+                self.tail_len -= extra
+                self.cut += extra
+
+    def close(self) -> None:
+        if self.cut:
+            self.fh.write(f"\n==== [orch: {self.cut} bytes of output cut here; an attempt's log "
+                          f"keeps its first and last {self.tail_cap} bytes "
+                          f"(workers.max_log_bytes_per_attempt)]\n".encode())
+        for chunk in self.tail:
+            self.fh.write(chunk)
+        self.tail.clear()
+        self.fh.flush()
+
+
+def _header(log: IO[bytes], request: ExecutionRequest, argv: list[str] | str) -> None:
     shown = argv if isinstance(argv, str) else " ".join(argv)
     log.write(f"==== {clock.now_iso()} attempt {request.attempt_no} of {request.task_id} "
-              f"in {request.cwd}\n$ {shown}\n")
+              f"in {request.cwd}\n$ {shown}\n".encode("utf-8", "replace"))
     log.flush()
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 class SubprocessExecutor:
@@ -90,24 +135,52 @@ class SubprocessExecutor:
 
     def run(self, request: ExecutionRequest, on_start: Callable[[int], None],
             should_stop: Callable[[], str | None]) -> ExecutionResult:
-        argv = substitute(request.command, request.placeholders, shell=request.shell)
-        request.log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        with open(request.log_path, "a", encoding="utf-8", errors="replace") as log:
-            _header(log, request, argv)
+        request.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open_private(request.log_path, "ab") as fh:
+            try:
+                argv, extra_env = substitute(request.command, request.placeholders,
+                                             shell=request.shell)
+            except ValueError as exc:
+                return self._cannot_start(fh, request, f"the command cannot be parsed: {exc}",
+                                          started)
+            _header(fh, request, argv)
+            cmd = ["/bin/sh", "-c", argv] if isinstance(argv, str) else argv
+            gate_r, gate_w = os.pipe()
+            out_r, out_w = os.pipe()
             try:
                 proc = subprocess.Popen(
-                    argv, shell=request.shell, cwd=request.cwd, env=dict(request.env),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True)
-            except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
-                msg = f"cannot start the command: {exc}"
-                log.write(f"==== {msg}\n")
-                return ExecutionResult("error", error=msg,
-                                       duration_seconds=time.monotonic() - started)
-            on_start(proc.pid)
-            outcome: Outcome
-            outcome, reason = self._wait(proc, request, should_stop, started)
+                    ["/bin/sh", "-c", _GATE, "orch-gate", *cmd], cwd=request.cwd,
+                    env={**request.env, **extra_env}, stdin=gate_r, stdout=out_w,
+                    stderr=out_w, start_new_session=True)
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                _close(gate_r, gate_w, out_r, out_w)
+                return self._cannot_start(fh, request, f"cannot start the command: {exc}",
+                                          started)
+            finally:
+                _close(gate_r, out_w)
+            log = CappedLog(fh, request.log_cap_bytes)
+            try:
+                faults.point("after_spawn")
+                on_start(proc.pid)    # the process group is durably recorded ...
+                os.write(gate_w, b"go\n")   # ... and only then does the command start
+            except BaseException:
+                _close(gate_w)
+                proc.wait()
+                _close(out_r)
+                raise
+            finally:
+                _close(gate_w)
+            try:
+                outcome, reason = self._wait(proc, request, should_stop, started, out_r, log)
+                # Nothing the command started outlives the attempt (escaped processes are
+                # ours to end only in a worker process, which is their subreaper).
+                if processes.SUBREAPER:
+                    kill_leftovers(min(request.kill_grace_seconds, 1.0))
+                self._drain(out_r, log)
+            finally:
+                _close(out_r)
+                log.close()
             duration = time.monotonic() - started
             code = proc.returncode
             if outcome == "succeeded" and code != 0:
@@ -116,36 +189,66 @@ class SubprocessExecutor:
                     "timeout": f"timed out after {request.timeout_seconds:g} s; "
                                "process group killed" if request.timeout_seconds else "timeout",
                     "cancelled": f"{reason}; process group killed"}[outcome]
-            log.write(f"\n==== attempt {request.attempt_no} ended: {note} "
-                      f"({duration:.2f} s)\n")
+            fh.write(f"\n==== attempt {request.attempt_no} ended: {note} "
+                     f"({duration:.2f} s)\n".encode())
         error = None if outcome == "succeeded" else note
         return ExecutionResult(outcome, exit_code=code, error=error, duration_seconds=duration,
                                details=self.details(request, code))
+
+    @staticmethod
+    def _cannot_start(fh: IO[bytes], request: ExecutionRequest, message: str,
+                      started: float) -> ExecutionResult:
+        fh.write(f"==== {clock.now_iso()} attempt {request.attempt_no} of {request.task_id}: "
+                 f"{message}\n".encode("utf-8", "replace"))
+        return ExecutionResult("error", error=message,
+                               duration_seconds=time.monotonic() - started)
 
     def details(self, request: ExecutionRequest, exit_code: int | None) -> dict[str, object]:
         return {}
 
     @staticmethod
+    def _drain(out_r: int, log: CappedLog, wait: float = 1.0) -> None:
+        """Copy what is left in the pipe; every writer is gone, so EOF comes at once (a bounded
+        wait all the same, in case a writer survived on a system without a subreaper)."""
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            ready, _, _ = select.select([out_r], [], [], max(0.0, end - time.monotonic()))
+            if not ready:
+                return
+            data = os.read(out_r, 65536)
+            if not data:
+                return
+            log.write(data)
+
+    @staticmethod
     def _wait(proc: subprocess.Popen[bytes], request: ExecutionRequest,
-              should_stop: Callable[[], str | None], started: float
-              ) -> tuple[Outcome, str | None]:
+              should_stop: Callable[[], str | None], started: float, out_r: int,
+              log: CappedLog) -> tuple[Outcome, str | None]:
         deadline = started + request.timeout_seconds if request.timeout_seconds else None
         checked = 0.0
+        eof = False
         while True:
-            try:
-                proc.wait(timeout=_POLL)
+            if not eof:
+                ready, _, _ = select.select([out_r], [], [], _POLL)
+                if ready:
+                    data = os.read(out_r, 65536)
+                    if data:
+                        log.write(data)
+                    else:
+                        eof = True
+            else:
+                time.sleep(_POLL)
+            if proc.poll() is not None:
                 return "succeeded", None
-            except subprocess.TimeoutExpired:
-                pass
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                kill_group(proc.pid, request.kill_grace_seconds)
+                kill_group(proc.pid, request.kill_grace_seconds, leader=proc)
                 proc.wait()
                 return "timeout", None
             if now - checked >= 0.1:
                 checked = now
                 reason = should_stop()
                 if reason:
-                    kill_group(proc.pid, request.kill_grace_seconds)
+                    kill_group(proc.pid, request.kill_grace_seconds, leader=proc)
                     proc.wait()
                     return "cancelled", reason
