@@ -32,6 +32,7 @@ POINTS = {
     "after_spawn": "the task's process was started and waits at its gate; its process group "
                    "is not yet committed to attempt.pgid",
     "before_finish": "the command ended; its outcome is not yet committed",
+    "run_setup": "`orch run` holds the database but has not started its workers yet",
 }
 
 

@@ -54,6 +54,7 @@ class OperatorReport:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     workstreams_changed: list[dict[str, Any]] = field(default_factory=list)
     workstreams_skipped: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,10 +208,11 @@ def skip_tasks(conn: apsw.Connection, task_ids: Iterable[str], *,
                now: datetime | float | str | None = None) -> OperatorReport:
     """Pending tasks -> completed without running (``operator_skip``), unblocking dependents.
 
-    Refused (reported in ``skipped`` with the command that would be accepted) for a task whose
-    workstream runs nothing more (``open_workstream``): failed, cancelled, or halted by a
-    critical failure. Skipping there would not let anything run."""
+    In a workstream that runs nothing more (not in ``open_workstream``: failed, cancelled, or
+    halted by a critical failure) a skip is bookkeeping: it is accepted, and ``notes`` says
+    which `orch retry` revives the workstream; until then nothing of it is queued."""
     ids, stamp, report = _unique(task_ids), _stamp(now), OperatorReport()
+    halted: list[str] = []
     with db.write_tx(conn):
         states = _task_states(conn, ids)
         for task_id in ids:
@@ -225,23 +227,20 @@ def skip_tasks(conn: apsw.Connection, task_ids: Iterable[str], *,
                     why = f"{state}: only a pending task can be skipped"
                 report.skipped.append({"task_id": task_id, "state": state, "reason": why})
                 continue
-            ws = states[task_id]["workstream_id"]
-            if not db.scalar(conn, "SELECT 1 FROM open_workstream WHERE workstream_id = ?",
-                             (ws,)):
-                # Skipping would change nothing that runs: nothing of a failed, cancelled or
-                # halted workstream is queued. Say what would be accepted instead.
-                blockers = [r[0] for r in conn.execute(
-                    "SELECT task_id FROM task WHERE workstream_id = ? AND state IN "
-                    "('failed', 'cancelled') ORDER BY critical DESC, task_id", (ws,))]
-                fix = (f"run `orch retry {' '.join(blockers[:5])}` first, then skip"
-                       if blockers else "run `orch retry` on one of its tasks first")
-                report.skipped.append({
-                    "task_id": task_id, "state": state,
-                    "reason": f"its workstream {ws} runs nothing more (a critical task failed, "
-                              f"or it failed or was cancelled): {fix}"})
-                continue
             transition(conn, "task", task_id, "completed", "operator_skip", _metadata(stamp),
                        completed_at=stamp)
             report.changed.append({"task_id": task_id, "from_state": state,
                                    "to_state": "completed"})
+            ws = states[task_id]["workstream_id"]
+            if ws not in halted and not db.scalar(
+                    conn, "SELECT 1 FROM open_workstream WHERE workstream_id = ?", (ws,)):
+                # Skipping is bookkeeping: nothing of a failed, cancelled or halted workstream
+                # runs until `orch retry` of a failed task revives it. Say so.
+                halted.append(ws)
+                blockers = [r[0] for r in conn.execute(
+                    "SELECT task_id FROM task WHERE workstream_id = ? AND state IN "
+                    "('failed', 'cancelled') ORDER BY critical DESC, task_id", (ws,))]
+                fix = f"`orch retry {' '.join(blockers[:5])}`" if blockers else "`orch retry`"
+                report.notes.append(f"workstream {ws} runs nothing more until {fix} revives "
+                                    "it; the skipped tasks then count as completed")
     return report

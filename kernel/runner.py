@@ -35,7 +35,7 @@ from typing import IO, Any
 
 import apsw
 
-from kernel import db, scheduler
+from kernel import db, faults, scheduler
 from kernel.errors import OrchError
 from kernel.files import open_private
 from kernel.metrics import MetricsTicker, write_metrics
@@ -194,6 +194,7 @@ class _RunLoop:
             use_worktrees = is_git_repo(self.project.root)
         self.ctx.worktrees = use_worktrees
         scheduler.compute_bottom_levels(self.conn, self.scope)
+        faults.point("run_setup")
         self.progress.start(self.conn, self.options)
         self.project.logs_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(self.options.workers):

@@ -38,7 +38,7 @@ from typing import Any
 
 import apsw
 
-from kernel import __version__, claims, clock, db, leases
+from kernel import __version__, claims, clock, db, faults, leases
 from kernel.executors import ExecutionRequest, ExecutionResult, executor_for
 from kernel.files import open_private, private_dir
 from kernel.machines import transition
@@ -56,6 +56,7 @@ class WorkerOptions:
     once: bool = False                         # exit when nothing is claimable (tests)
     idle_exit_seconds: float | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    export_views: bool = True                  # when not managed by an `orch run`
 
 
 def new_worker_id() -> str:
@@ -92,6 +93,7 @@ class Worker:
         self.current: claims.Claim | None = None
         self.declared_dead = False
         self.next_claim: claims.Claim | None = None   # claimed in the finishing transaction
+        self._exporter: Any = None
         # Read once: copying os.environ item by item costs ~0.1 ms, on every task.
         self._base_env = dict(os.environ)
 
@@ -136,6 +138,15 @@ class Worker:
         self._hb_thread = threading.Thread(target=self._heartbeat_loop, daemon=True,
                                            name="orch-heartbeat")
         self._hb_thread.start()
+        if self.options.scheduler_owner is None and self.config.views.export \
+                and self.options.export_views:
+            # Without an `orch run` to export after commits, a worker joined by hand keeps the
+            # .state views current itself (STATE-OBS-001 holds whoever commits).
+            from kernel.views import Exporter
+
+            self._exporter = Exporter(
+                self.project.db_path, self.project.state_dir,
+                min_interval=self.config.views.export_min_interval_seconds).start()
 
     def stop(self) -> None:
         """Kill the running task (it is handed on) and exit."""
@@ -171,6 +182,8 @@ class Worker:
             if self._hb_thread is not None:
                 self._hb_thread.join(timeout=2)
             self.conn.close()
+            if self._exporter is not None:
+                self._exporter.close()   # a last export: the views end exact
 
     def _backoff(self) -> dict[str, float]:
         w = self.config.workers
@@ -242,6 +255,8 @@ class Worker:
                         while claim is not None:   # the next claim may come with the finish
                             self.next_claim = None
                             self.run_one(claim)
+                            if self._exporter is not None:
+                                self._exporter.request()
                             claim, self.next_claim = self.next_claim, None
                         idle_since = time.monotonic()
                         last_version = None
@@ -255,6 +270,8 @@ class Worker:
         finally:
             if self.declared_dead:
                 self.conn.close()
+                if self._exporter is not None:
+                    self._exporter.close()
             else:
                 self.shutdown()
         return 0
@@ -345,6 +362,7 @@ class Worker:
                 kill_grace_seconds=w.kill_grace_seconds, definition=claim.definition,
                 log_cap_bytes=w.max_log_bytes_per_attempt)
             result = self._execute(claim, request)
+            faults.point("before_finish")
             if self.declared_dead:
                 return "stale"
             reason = None

@@ -75,6 +75,8 @@ def _write(state: CliState, action: Callable[[apsw.Connection], kop.OperatorRepo
             click.echo(f"workstream {w['workstream_id']} unchanged: {w['reason']}")
         if not (report.changed or report.workstreams_changed):
             click.echo("nothing changed")
+        for note in report.notes:
+            click.echo(f"note: {note}")
         for warning in exported.warnings if exported else ():
             click.echo(f"warning: {warning}", err=True)
 
@@ -130,8 +132,9 @@ def retry_cmd(state: CliState, task_ids: tuple[str, ...]) -> int:
 def skip_cmd(state: CliState, task_ids: tuple[str, ...]) -> int:
     """Mark pending tasks completed without running them, unblocking their dependents.
 
-    A failed or cancelled task is not skipped (`orch retry` runs it again); nor is a task of a
-    workstream that runs nothing more (failed, cancelled, or halted by a critical failure).
+    A failed or cancelled task is not skipped (`orch retry` runs it again). In a workstream that
+    runs nothing more (failed, cancelled, or halted by a critical failure) the skip is recorded
+    and a note says which `orch retry` revives the workstream.
     """
     _require(task_ids, "skip")
     return _write(state, lambda c: kop.skip_tasks(c, task_ids), "skipped")

@@ -40,10 +40,12 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import IO
 
 from kernel import clock, faults, processes
@@ -130,6 +132,28 @@ def _close(*fds: int) -> None:
             os.close(fd)
 
 
+def _cannot_exec(cmd: list[str], cwd: Path, env: Mapping[str, str]) -> str | None:
+    """Why ``cmd`` cannot be started (as Popen would say it), or None. Checked before the
+    gate's shell is started, so a missing program is a clear start error, not exit 127."""
+    if not cwd.is_dir():
+        return f"[Errno 2] No such file or directory: {str(cwd)!r} (the working directory)"
+    if not cmd:
+        return "the command is empty"
+    prog = cmd[0]
+    if "\0" in prog:
+        return "embedded null byte"
+    if "/" in prog:
+        path = prog if os.path.isabs(prog) else os.path.join(cwd, prog)
+        if not os.path.exists(path):
+            return f"[Errno 2] No such file or directory: {prog!r}"
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            return f"[Errno 13] Permission denied: {prog!r}"
+        return None
+    if shutil.which(prog, path=env.get("PATH", os.defpath)) is None:
+        return f"[Errno 2] No such file or directory: {prog!r}"
+    return None
+
+
 class SubprocessExecutor:
     name = "subprocess"
 
@@ -146,6 +170,10 @@ class SubprocessExecutor:
                                           started)
             _header(fh, request, argv)
             cmd = ["/bin/sh", "-c", argv] if isinstance(argv, str) else argv
+            problem = _cannot_exec(cmd, request.cwd, {**request.env, **extra_env})
+            if problem:
+                return self._cannot_start(fh, request, f"cannot start the command: {problem}",
+                                          started)
             gate_r, gate_w = os.pipe()
             out_r, out_w = os.pipe()
             try:
