@@ -63,7 +63,7 @@ import apsw
 from kernel import clock, db
 from kernel.audit import EVENT_FIELDS
 from kernel.errors import OrchError, UsageError
-from kernel.files import fsync_path
+from kernel.files import fsync_path, make_private, open_private, private_dir
 
 MIN_RETENTION_DAYS = 90
 ARCHIVE_APPLICATION_ID = 0x4F524345  # "ORCE": an orch event archive
@@ -187,7 +187,10 @@ def _open_archive_ro(path: Path) -> apsw.Connection:
 
 
 def _open_archive_rw(path: Path, month: str, kernel_schema: int) -> apsw.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
+    if not path.exists():  # created 0600 before SQLite opens it, so it and its journal stay so
+        open_private(path, "wb").close()
+    make_private(path)
     conn = apsw.Connection(str(path))
     try:
         conn.set_busy_timeout(db.DEFAULT_BUSY_TIMEOUT_MS)
@@ -344,7 +347,7 @@ def write_archives(conn: apsw.Connection, plan: RotationPlan,
     if plan.first_seq is None or plan.last_seq is None:
         return []
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     live_columns = _columns(conn)
     kernel_schema = db.schema_version(conn)
     done: list[ArchiveFile] = []

@@ -49,7 +49,7 @@ import apsw
 from kernel import clock, db
 from kernel.backup import backup, utc_stamp
 from kernel.errors import OrchError, UsageError
-from kernel.files import fsync_path
+from kernel.files import fsync_path, open_private
 from kernel.project import Project
 from kernel.redact import (
     DEFAULT_PATTERNS,
@@ -231,10 +231,11 @@ def bundle(
     report.members.append(members[-1][2])
     tmp = target.with_name(target.name + ".tmp")
     try:
-        with tarfile.open(tmp, "w:gz") as tar:
+        # 0600 from its creation whatever the umask; members unpack as 0600 too.
+        with open_private(tmp, "wb") as out, tarfile.open(fileobj=out, mode="w:gz") as tar:
             for name, data, _meta in members:
                 info = tarfile.TarInfo(f"{top}/{name}")
-                info.size, info.mtime, info.mode = len(data), int(now), 0o644
+                info.size, info.mtime, info.mode = len(data), int(now), 0o600
                 tar.addfile(info, io.BytesIO(data))
         fsync_path(tmp)
     except BaseException:
