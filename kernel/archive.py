@@ -30,7 +30,8 @@ Stability Guarantees:
     with the same seq stops the rotation). The archive file format (``archive_info`` says
     ``format_version``) and the checksum definition (``CHECKSUM_FIELDS``, documented in
     docs/operations/AUDIT_RETENTION.md) only change with a new format version that readers
-    still understand; columns are only added (readers fill missing ones with NULL).
+    still understand; columns are only added (readers fill missing ones with NULL). Archive
+    files are created 0600, and their directory 0700, whatever the umask.
 
 Integration Points:
     ``orch audit rotate | query | verify`` and ``orch replay`` (``kernel.cli.audit``),
@@ -41,7 +42,8 @@ Integration Points:
     Datasette read them.
 
 Dependencies:
-    apsw; ``kernel.db``, ``kernel.clock``, ``kernel.errors``, ``kernel.audit`` (EVENT_FIELDS),
+    apsw; ``kernel.db``, ``kernel.clock``, ``kernel.errors``, ``kernel.files``,
+    ``kernel.audit`` (EVENT_FIELDS),
     ``kernel.operator`` (``operator_name``, imported when a rotation commits).
 """
 

@@ -21,7 +21,10 @@ Stability Guarantees:
     without ``force``; a failed backup leaves no partial file behind. ``restore`` never deletes
     the database it replaces, and never runs while an ``orch run`` (``scheduler_lock``), a
     live ``orch worker`` or another process holds the database. Refusals raise ``OrchError``
-    (exit 1) naming the file and what to do. Error codes are only added.
+    (exit 1) naming the file and what to do. Error codes are only added. Whatever the umask,
+    a backup is 0600 from the moment it is created (``.state/backups/`` 0700), and so are the
+    files a restore writes or keeps aside (the restored database, the replaced one and its
+    ``-wal``/``-shm``, the replaced events file): they hold commands, logs and events.
 
 Integration Points:
     ``orch backup|restore`` (``kernel.cli.backup``); ``orch bundle`` (``kernel.bundle``) puts a
@@ -30,7 +33,7 @@ Integration Points:
     the ``.state`` views with ``kernel.views.export``.
 
 Dependencies:
-    apsw; ``kernel.db``, ``kernel.project``, ``kernel.errors``, ``kernel.clock``,
+    apsw; ``kernel.db``, ``kernel.project``, ``kernel.errors``, ``kernel.clock``, ``kernel.files``,
     ``kernel.executors.local`` (``pid_alive``, lazily); ``kernel.views`` (lazily, on restore).
 """
 

@@ -5,13 +5,17 @@ Public API:
     (only the group named ``secret`` when a pattern has one).
     ``redact_string(value, patterns)``: like ``redact_text``, but a string holding a JSON object
     or array stays valid JSON. ``redact_json(value, patterns)``: a decoded JSON value with its
-    strings redacted, and string values under a secret-looking key replaced whole.
+    strings redacted, and string values under a secret-looking key (or random-looking ones
+    under any key) replaced whole.
     ``redact_file_bytes(data, suffix, patterns) -> (bytes, count)``: a file's content, line by
     line for ``.jsonl``, as a JSON document for ``.json``, as text otherwise.
     ``redact_database(src, dest, patterns) -> {"table.column": count}``: redact every non-key
     text column of a COPY of a database and ``VACUUM INTO`` a fresh, checked file.
     ``compile_patterns(regexes)`` (the ``--redact REGEX`` options); ``REDACTED``,
     ``DEFAULT_PATTERNS`` (name -> compiled regex), ``SECRET_KEY_NAME``.
+    ``looks_random(value)``: the shape test for values of variables of any name (used by the
+    ``random_assignment`` pattern and for JSON values); ``VALUE_CHECKS`` (pattern -> test its
+    ``secret`` group must pass); ``MIN_RANDOM_LENGTH``, ``ENTROPY_BITS_PER_CHAR``.
 
 Stability Guarantees:
     Matches become ``[REDACTED]``; JSON that held one is written out again (still valid JSON,
@@ -20,15 +24,19 @@ Stability Guarantees:
     copy (``orch bundle`` passes a fresh backup); ``dest`` keeps the original schema, triggers
     included, and is checked (``integrity_check``, single file) before it is returned. Key
     columns are never redacted. Patterns are only added. An invalid extra regex is a
-    ``UsageError`` (``bad_redact_pattern``, exit 2).
+    ``UsageError`` (``bad_redact_pattern``, exit 2). Redacting redacted text changes nothing
+    (count 0). Hex strings (commit ids, sha256 digests) and UUIDs are never redacted by their
+    shape, only under a secret-looking name. The redacted database copy is created 0600.
+    The patterns are our own table, modelled on detect-secrets' plugins and gitleaks' rules;
+    docs/operations/BACKUP.md says why no secret-scanning library is used.
 
 Integration Points:
     ``kernel.bundle`` redacts every bundle member with these helpers (``orch bundle``, whose
     ``--redact`` options and ``[bundle] redact`` setting go through ``compile_patterns``).
 
 Dependencies:
-    apsw; ``kernel.db``, ``kernel.errors``, ``kernel.backup`` (``finish_single_file``, which
-    checks the redacted copy).
+    apsw; ``kernel.db``, ``kernel.errors``, ``kernel.files``, ``kernel.backup``
+    (``finish_single_file``, which checks the redacted copy).
 """
 
 from __future__ import annotations
