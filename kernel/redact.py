@@ -209,6 +209,30 @@ _KEYWORDS_BY_NAME: dict[str, tuple[str, ...]] = {
     "url_password": ("://",),
 }
 _KEYWORDS = {DEFAULT_PATTERNS[name]: words for name, words in _KEYWORDS_BY_NAME.items()}
+_ANY_KEYWORD = re.compile("|".join(sorted(
+    {re.escape(w) for words in _KEYWORDS_BY_NAME.values() for w in words})))
+
+
+_Plan = tuple[tuple[re.Pattern[str], ...], tuple[tuple[re.Pattern[str], tuple[str, ...]], ...],
+              bool]
+_PLANS: dict[tuple[int, ...], _Plan] = {}
+
+
+def _plan(patterns: Mapping[str, re.Pattern[str]]) -> _Plan:
+    """For a set of patterns: those without keywords, all with their keywords (in order), and
+    whether any has a value check (then JSON values are shape-checked too). Cached by the
+    patterns' identities (hashing a compiled pattern hashes its whole program); the cached plan
+    holds the patterns, so an identity is not reused while its plan is cached."""
+    values = tuple(patterns.values())
+    key = tuple(map(id, values))
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= 64:
+            _PLANS.clear()
+        plan = _PLANS[key] = (tuple(p for p in values if p not in _KEYWORDS),
+                              tuple((p, _KEYWORDS.get(p, ())) for p in values),
+                              any(p in VALUE_CHECKS for p in values))
+    return plan
 
 
 def compile_patterns(regexes: Sequence[str]) -> dict[str, re.Pattern[str]]:
@@ -248,15 +272,17 @@ def _redact_matches(pattern: re.Pattern[str], text: str) -> tuple[str, int]:
 
 def redact_text(text: str, patterns: Mapping[str, re.Pattern[str]]) -> tuple[str, int]:
     """``text`` with every match replaced by ``[REDACTED]``, and the number of replacements."""
+    ungated, every, _checks = _plan(patterns)
     total = 0
-    lowered: str | None = None  # "[REDACTED]" adds no keyword, so one lowering serves all
-    for pattern in patterns.values():
-        words = _KEYWORDS.get(pattern)
-        if words:
-            if lowered is None:
-                lowered = text.lower()
-            if not any(w in lowered for w in words):
-                continue
+    lowered = text.lower()  # "[REDACTED]" adds no keyword, so one lowering serves all patterns
+    if _ANY_KEYWORD.search(lowered) is None:  # most texts: only the patterns without keywords
+        for pattern in ungated:
+            text, n = _redact_matches(pattern, text)
+            total += n
+        return text, total
+    for pattern, words in every:
+        if words and not any(w in lowered for w in words):
+            continue
         text, n = _redact_matches(pattern, text)
         total += n
     return text, total
@@ -273,7 +299,7 @@ def redact_json(value: Any, patterns: Mapping[str, re.Pattern[str]]) -> tuple[An
         return [v for v, _ in items], sum(n for _, n in items)
     if isinstance(value, dict):
         # A random-looking value under any key is a secret when the caller redacts them in text.
-        shapes = any(p in VALUE_CHECKS for p in patterns.values())
+        shapes = _plan(patterns)[2]
         out: dict[str, Any] = {}
         total = 0
         for key, item in value.items():
