@@ -30,7 +30,8 @@ Stability Guarantees:
     with the same seq stops the rotation). The archive file format (``archive_info`` says
     ``format_version``) and the checksum definition (``CHECKSUM_FIELDS``, documented in
     docs/operations/AUDIT_RETENTION.md) only change with a new format version that readers
-    still understand; columns are only added (readers fill missing ones with NULL).
+    still understand; columns are only added (readers fill missing ones with NULL). Archive
+    files are created 0600, and their directory 0700, whatever the umask.
 
 Integration Points:
     ``orch audit rotate | query | verify`` and ``orch replay`` (``kernel.cli.audit``),
@@ -41,7 +42,8 @@ Integration Points:
     Datasette read them.
 
 Dependencies:
-    apsw; ``kernel.db``, ``kernel.clock``, ``kernel.errors``, ``kernel.audit`` (EVENT_FIELDS),
+    apsw; ``kernel.db``, ``kernel.clock``, ``kernel.errors``, ``kernel.files``,
+    ``kernel.audit`` (EVENT_FIELDS),
     ``kernel.operator`` (``operator_name``, imported when a rotation commits).
 """
 
@@ -63,7 +65,7 @@ import apsw
 from kernel import clock, db
 from kernel.audit import EVENT_FIELDS
 from kernel.errors import OrchError, UsageError
-from kernel.files import fsync_path
+from kernel.files import fsync_path, make_private, open_private, private_dir
 
 MIN_RETENTION_DAYS = 90
 ARCHIVE_APPLICATION_ID = 0x4F524345  # "ORCE": an orch event archive
@@ -187,7 +189,10 @@ def _open_archive_ro(path: Path) -> apsw.Connection:
 
 
 def _open_archive_rw(path: Path, month: str, kernel_schema: int) -> apsw.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
+    if not path.exists():  # created 0600 before SQLite opens it, so it and its journal stay so
+        open_private(path, "wb").close()
+    make_private(path)
     conn = apsw.Connection(str(path))
     try:
         conn.set_busy_timeout(db.DEFAULT_BUSY_TIMEOUT_MS)
@@ -344,7 +349,7 @@ def write_archives(conn: apsw.Connection, plan: RotationPlan,
     if plan.first_seq is None or plan.last_seq is None:
         return []
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     live_columns = _columns(conn)
     kernel_schema = db.schema_version(conn)
     done: list[ArchiveFile] = []

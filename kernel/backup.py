@@ -21,7 +21,10 @@ Stability Guarantees:
     without ``force``; a failed backup leaves no partial file behind. ``restore`` never deletes
     the database it replaces, and never runs while an ``orch run`` (``scheduler_lock``), a
     live ``orch worker`` or another process holds the database. Refusals raise ``OrchError``
-    (exit 1) naming the file and what to do. Error codes are only added.
+    (exit 1) naming the file and what to do. Error codes are only added. Whatever the umask,
+    a backup is 0600 from the moment it is created (``.state/backups/`` 0700), and so are the
+    files a restore writes or keeps aside (the restored database, the replaced one and its
+    ``-wal``/``-shm``, the replaced events file): they hold commands, logs and events.
 
 Integration Points:
     ``orch backup|restore`` (``kernel.cli.backup``); ``orch bundle`` (``kernel.bundle``) puts a
@@ -30,7 +33,7 @@ Integration Points:
     the ``.state`` views with ``kernel.views.export``.
 
 Dependencies:
-    apsw; ``kernel.db``, ``kernel.project``, ``kernel.errors``, ``kernel.clock``,
+    apsw; ``kernel.db``, ``kernel.project``, ``kernel.errors``, ``kernel.clock``, ``kernel.files``,
     ``kernel.executors.local`` (``pid_alive``, lazily); ``kernel.views`` (lazily, on restore).
 """
 
@@ -50,7 +53,7 @@ import apsw
 
 from kernel import clock, db
 from kernel.errors import OrchError, UsageError
-from kernel.files import fsync_path
+from kernel.files import fsync_path, make_private, open_private, private_dir
 from kernel.project import Project
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -115,6 +118,13 @@ def default_backup_path(state_dir: Path, now: float | None = None) -> Path:
     """``<state_dir>/backups/kernel-<UTC timestamp>.db`` (``-2``, ``-3``... when taken)."""
     return _unique(state_dir / BACKUPS_DIR / f"kernel-{utc_stamp(now)}.db")
 
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty and 0600 before SQLite opens it: SQLite then keeps that mode, and
+    gives its journal the same one, so the copy is never readable by others, not even for the
+    moment between its creation and a chmod."""
+    open_private(path, "wb").close()
 
 
 def _remove_with_sidecars(path: Path) -> None:
@@ -240,6 +250,7 @@ def backup(
     started = time.monotonic()
     source, state_dir = _resolve_source(project_or_db_path)
     if dest is None:
+        private_dir(state_dir / BACKUPS_DIR)
         target = default_backup_path(state_dir)
     else:
         target = Path(dest).expanduser().resolve()
@@ -252,8 +263,10 @@ def backup(
     src = db.connect(source, readonly=True)
     try:
         try:
+            _create_private(tmp)
             steps, restarts = _copy_pages(src, tmp, pages_per_step, step_sleep, timeout)
             pages, summary = finish_single_file(tmp)
+            make_private(tmp)
             fsync_path(tmp)
         except BaseException:
             _remove_with_sidecars(tmp)
@@ -456,10 +469,12 @@ def _move_aside(path: Path, now: float) -> Path:
         pass  # damaged: keep every file exactly as it is
     aside = _unique(path.with_name(f"{path.name}.before-restore-{utc_stamp(now)}"))
     os.replace(path, aside)
+    make_private(aside)  # a database made by an older orch, or under another umask, may be 0644
     for suffix in ("-wal", "-shm", "-journal"):
         side = Path(f"{path}{suffix}")
         if side.exists():
             os.replace(side, Path(f"{aside}{suffix}"))
+            make_private(Path(f"{aside}{suffix}"))
     return aside
 
 
@@ -491,8 +506,10 @@ def restore(project: Project, src: str | os.PathLike[str], *, force: bool = Fals
     src_conn = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READONLY)
     try:
         try:
+            _create_private(tmp)
             _copy_pages(src_conn, tmp, -1, STEP_SLEEP_SECONDS, timeout)
             finish_single_file(tmp)
+            make_private(tmp)
             fsync_path(tmp)
         except BaseException:
             _remove_with_sidecars(tmp)
@@ -507,6 +524,7 @@ def restore(project: Project, src: str | os.PathLike[str], *, force: bool = Fals
     if log.exists():
         log_aside = _unique(log.with_name(f"{log.name}.before-restore-{utc_stamp(now)}"))
         os.replace(log, log_aside)
+        make_private(log_aside)
     os.replace(tmp, target)
     fsync_path(target.parent)
     conn = project.connect()  # migrates the restored file to this orch's schema

@@ -14,7 +14,8 @@ Stability Guarantees:
     log or view bigger than ``max_file_bytes`` keeps only its tail, and the manifest says so.
     A database or file that cannot be read is reported in ``errors`` instead of failing the
     bundle. An existing destination is never overwritten without ``force``; the archive is
-    written to a temporary file, fsynced and renamed into place. Refusals raise ``OrchError``
+    written to a temporary file (0600 from its creation, whatever the umask; its members say
+    0600 too), fsynced and renamed into place. Refusals raise ``OrchError``
     (exit 1); an invalid extra regex is a ``UsageError`` (exit 2).
 
 Integration Points:
@@ -24,7 +25,8 @@ Integration Points:
 
 Dependencies:
     apsw; ``kernel.backup`` (the database copy), ``kernel.redact``, ``kernel.db``,
-    ``kernel.clock``, ``kernel.errors``, ``kernel.project``; ``kernel.doctor`` (lazily).
+    ``kernel.clock``, ``kernel.errors``, ``kernel.files``, ``kernel.project``;
+    ``kernel.doctor`` (lazily).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import apsw
 from kernel import clock, db
 from kernel.backup import backup, utc_stamp
 from kernel.errors import OrchError, UsageError
-from kernel.files import fsync_path
+from kernel.files import fsync_path, open_private
 from kernel.project import Project
 from kernel.redact import (
     DEFAULT_PATTERNS,
@@ -97,12 +99,16 @@ Members
 Redaction
   Values of environment-like settings (KEY=value, KEY: value, "KEY": "value" where KEY
   looks like *TOKEN*, *SECRET*, *PASSWORD*, *API_KEY*, *ACCESS_KEY*, *PRIVATE_KEY*,
-  *CREDENTIAL*, *_KEY or AWS_*), secret command-line flags (--token X, --api-key=X),
-  Authorization/Bearer tokens, OpenAI/Anthropic (sk-...), GitHub (ghp_, gho_,
-  github_pat_...), GitLab, Hugging Face, Stripe, Slack (xox?-), AWS access key ids
-  (AKIA...), Google API keys, JWT-like tokens (eyJ...), passwords in URLs and private
-  key blocks were replaced by [REDACTED]{extra}. Review the bundle before you share it:
-  redaction works by pattern and cannot know every secret.
+  *CREDENTIAL*, *_KEY or AWS_*), values of variables of any name that look random (20+
+  characters, mixed case and digits, high entropy; not hex, UUIDs, paths or words),
+  secret command-line flags (--token X, --api-key=X, --password 'X'), mysql -pX and
+  sshpass -p X, Authorization/Bearer tokens, OpenAI/Anthropic (sk-...), GitHub (ghp_,
+  gho_, github_pat_...), GitLab, Hugging Face, Stripe, Slack tokens and webhook URLs,
+  Discord webhooks, npm, PyPI, SendGrid, Telegram, DigitalOcean, Shopify, Azure storage
+  and Google keys, AWS access key ids (AKIA...), JWT-like tokens (eyJ...), passwords in
+  URLs and private key blocks were replaced by [REDACTED]{extra}. Commit ids, digests
+  and UUIDs are kept. Review the bundle before you share it: redaction works by pattern
+  and cannot know every secret.
 
 About the database copy
   The copy's triggers, among them the event log's append-only guards
@@ -231,10 +237,11 @@ def bundle(
     report.members.append(members[-1][2])
     tmp = target.with_name(target.name + ".tmp")
     try:
-        with tarfile.open(tmp, "w:gz") as tar:
+        # 0600 from its creation whatever the umask; members unpack as 0600 too.
+        with open_private(tmp, "wb") as out, tarfile.open(fileobj=out, mode="w:gz") as tar:
             for name, data, _meta in members:
                 info = tarfile.TarInfo(f"{top}/{name}")
-                info.size, info.mtime, info.mode = len(data), int(now), 0o644
+                info.size, info.mtime, info.mode = len(data), int(now), 0o600
                 tar.addfile(info, io.BytesIO(data))
         fsync_path(tmp)
     except BaseException:

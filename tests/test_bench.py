@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -42,11 +41,9 @@ FIELDS = {"benchmark", "figure", "value", "unit", "reference", "ratio", "goal", 
 @pytest.mark.slow
 def test_quick_json_run_reports_every_figure_in_shape(tmp_path: Path) -> None:
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # never a real Huey venv
-    started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "kernel", "bench", "--quick", "--json",
                            "--no-install"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=170, env=env)
-    elapsed = time.monotonic() - started
+                          timeout=170, env=env)  # only against a hang: timings are the bench's
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     report = json.loads(proc.stdout)  # exactly one JSON document
     assert report["ok"] is True and report["errors"] == []
@@ -79,7 +76,6 @@ def test_quick_json_run_reports_every_figure_in_shape(tmp_path: Path) -> None:
     assert huey["met"] is None and "--no-install" in huey["note"]
     assert not (tmp_path / "cache" / "orch-bench").exists()  # nothing was installed
     assert not any(tmp_path.iterdir())  # the bench works in its own temporary directory
-    assert elapsed < 60, f"orch bench --quick took {elapsed:.0f} s"
 
 
 def test_unknown_benchmark_is_a_usage_error(tmp_path: Path) -> None:

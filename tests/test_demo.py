@@ -187,7 +187,8 @@ def test_demo_json_without_keep_leaves_nothing_behind(tmp_path: Path,
     assert (doc["tools"]["tests"], doc["tools"]["lint"]) == ("pytest", "ruff")
     assert [s["step"] for s in doc["steps"]] == ["project", "init", "tasks", "load", "run"]
     assert any(w["what"].endswith(f"why {FLAKY_TASK}") for w in doc["where_to_look"])
-    assert doc["elapsed_seconds"] < 60
+    # How long it took is reported, not judged: a timing belongs in `orch bench`.
+    assert isinstance(doc["elapsed_seconds"], int | float) and doc["elapsed_seconds"] > 0
 
 
 def test_demo_refuses_a_non_empty_directory(tmp_path: Path, capsys) -> None:
