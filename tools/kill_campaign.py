@@ -135,23 +135,32 @@ def campaign(root: Path, kills: int, workers: int, window_share: float,
             proc = _start(root, workers)
             counts["restarts"] += 1
             continue
-        busy = [int(p) for (p,) in _rows(root, "SELECT pid FROM worker WHERE state = 'busy'")]
-        window = [int(p) for (p,) in _rows(
-            root, "SELECT w.pid FROM attempt a JOIN worker w ON w.worker_id = a.worker_id "
-                  "WHERE a.finished_at IS NULL AND a.pgid IS NULL AND w.state = 'busy'")]
+        # Aim at running work: wait (a little) until some worker is busy.
+        busy: list[int] = []
+        window: list[int] = []
+        wait_until = time.monotonic() + 10
+        while not busy and time.monotonic() < wait_until and proc.poll() is None:
+            busy = [int(p) for (p,) in _rows(root, "SELECT pid FROM worker "
+                                                   "WHERE state = 'busy'")]
+            window = [int(p) for (p,) in _rows(
+                root, "SELECT w.pid FROM attempt a JOIN worker w ON w.worker_id = a.worker_id "
+                      "WHERE a.finished_at IS NULL AND a.pgid IS NULL AND w.state = 'busy'")]
+            if not busy:
+                time.sleep(0.02)
+        if not busy:
+            continue
         roll = rng.random()
         if window and roll < window_share:
             _kill(rng.choice(window))
             counts["worker_in_window"] += 1
-        elif roll < 0.7 and busy:
+        elif roll < 0.7:
             _kill(rng.choice(busy))
             counts["worker"] += 1
         elif roll < 0.85:
             _kill(proc.pid)
             counts["run"] += 1
         else:
-            if busy:
-                _kill(rng.choice(busy))
+            _kill(rng.choice(busy))
             _kill(proc.pid)
             counts["both"] += 1
         done += 1
