@@ -64,7 +64,7 @@ import networkx as nx
 from kernel import db
 from kernel.config import Config, ConfigError
 from kernel.dag import find_cycle, gc_paused
-from kernel.documents import kind_of
+from kernel.documents import DocumentError, kind_of
 from kernel.models import DefinitionError
 from kernel.project import Project
 from kernel.registries import (
@@ -288,6 +288,10 @@ def _discover(project: Project, paths: Sequence[str | os.PathLike[str]] | None) 
 def _load_registry(path: str, display: str, defs: Definitions, max_bytes: int) -> None:
     try:
         registry = load_yaml_registry(Path(path), max_bytes)
+    except DocumentError as exc:  # not a regular file, too large, ...
+        defs.problems.append(ValidationProblem(exc.code, display, exc.path, exc.message,
+                                               exc.hint, exc.line, exc.column))
+        return
     except DefinitionError as exc:
         for p in exc.problems:
             defs.problems.append(ValidationProblem(

@@ -195,6 +195,16 @@ def _loc_text(loc: tuple[Any, ...]) -> str:
     return text
 
 
+def _pattern_message(value: Any, pattern: str | None, default: str) -> str:
+    if pattern == SEMVER_PATTERN:
+        return (f"{value!r} is not a semantic version: write MAJOR.MINOR.PATCH such as "
+                "\"1.2.0\" (semver.org)")
+    if pattern == ID_PATTERN:
+        return (f"{value!r} is not a valid id: 1-128 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit")
+    return f"{value!r} does not have the required form ({default.lower()})"
+
+
 _FIELD_PREFIX = re.compile(
     r"^([A-Za-z_][A-Za-z0-9_]*(?:\[[0-9]+\])*(?:\.[A-Za-z_][A-Za-z0-9_]*(?:\[[0-9]+\])*)*): "
     r"(.+)$", re.S)
@@ -213,6 +223,8 @@ def problems_from(
         if at:
             loc += tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", at[1]))
             message = at[2]
+        if err["type"] == "string_pattern_mismatch":
+            message = _pattern_message(err["input"], err.get("ctx", {}).get("pattern"), message)
         if err["type"] == "extra_forbidden":
             known = _known_fields(model, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)

@@ -46,7 +46,6 @@ from pydantic import (
 
 from kernel.documents import (
     DEFAULT_MAX_FILE_BYTES,
-    DocumentError,
     parse_yaml,
     read_file,
     yaml_line,
@@ -372,10 +371,7 @@ _REGISTRY_NAMES: dict[type, str] = {
 def _load_yaml(path: Path, model: type[Registry] | None,
                max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Registry:
     source = str(path)
-    try:
-        raw = read_file(source, max_bytes=max_bytes)
-    except DocumentError as exc:
-        raise DefinitionError(source, "registry file", [Problem("", exc.message)]) from None
+    raw = read_file(source, max_bytes=max_bytes)  # DocumentError: not a file we may read
     data, root, problems = parse_yaml(raw, source)
     if problems:
         raise DefinitionError(source, "YAML", [Problem(p.path, p.message, p.line)
