@@ -409,7 +409,7 @@ class ExecutionSpec(_Model):
     @model_validator(mode="after")
     def _check_command(self) -> ExecutionSpec:
         if not self.command.strip():
-            raise ValueError("command is empty")
+            raise ValueError("command: command is empty")
         # shlex fails only on an unclosed quote or a trailing backslash: a command without
         # quotes and backslashes cannot fail (tests/test_models.py), and skipping the split
         # saves about a sixth of parsing a task file.
@@ -417,9 +417,9 @@ class ExecutionSpec(_Model):
             try:
                 shlex.split(self.command)
             except ValueError as exc:
-                raise ValueError(f"command cannot be split into arguments: {exc}") from None
+                raise ValueError(f"command: cannot be split into arguments: {exc}") from None
         if "{prompt}" in self.command and self.prompt is None:
-            raise ValueError("command uses {prompt} but the task has no prompt")
+            raise ValueError("prompt: the command uses {prompt} but the task has no prompt")
         return self
 
 
@@ -554,10 +554,11 @@ class _TaskBase(_Document):
     @model_validator(mode="after")
     def _check_edges(self) -> _TaskBase:
         if self.task_id in self.dependencies or self.task_id in self.blocks:
-            raise ValueError(f"task '{self.task_id}' depends on itself")
+            field = "dependencies" if self.task_id in self.dependencies else "blocks"
+            raise ValueError(f"{field}: task '{self.task_id}' depends on itself")
         both = sorted(set(self.dependencies) & set(self.blocks))
         if both:
-            raise ValueError(f"both depends on and blocks {', '.join(both)} (a cycle)")
+            raise ValueError(f"blocks: both depends on and blocks {', '.join(both)} (a cycle)")
         return self
 
 

@@ -353,7 +353,8 @@ def _validate(f: _TaskFile, data: dict[str, Any]) -> tuple[TaskDefinition | None
         return None, True
     f.add("unsupported_schema_version", "schema_version",
           f"schema_version {version!r} is not supported: this orch reads 2.0.x, and 1.0.x "
-          "(migrated on load)",
+          "(migrated on load)" if isinstance(version, str) else
+          f"schema_version must be a semver string such as \"2.0.0\", not {version!r}",
           "use \"2.0.0\"; a newer version needs a newer orch" if match else
           "write a semver string such as \"2.0.0\"")
     return None, False
