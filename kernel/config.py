@@ -195,8 +195,9 @@ metrics_interval_seconds = 60
 redact = []
 
 [definitions]
-# orch validate and orch load refuse a task file (also workstream.json and the registries in
-# capabilities/) larger than this many bytes, before reading it.
+# orch validate and orch load refuse a task file (or workstream.json) larger than this many
+# bytes, before reading it. The registries in capabilities/ may be as large as this, and
+# always 1 MiB.
 max_task_file_bytes = 1048576
 """
 

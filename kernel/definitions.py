@@ -64,7 +64,7 @@ import networkx as nx
 from kernel import db
 from kernel.config import Config, ConfigError
 from kernel.dag import find_cycle, gc_paused
-from kernel.documents import DocumentError, kind_of
+from kernel.documents import DEFAULT_MAX_FILE_BYTES, DocumentError, kind_of
 from kernel.models import DefinitionError
 from kernel.project import Project
 from kernel.registries import (
@@ -362,7 +362,8 @@ def _collect(project: Project, paths: Sequence[str | os.PathLike[str]] | None,
     if paths and root not in {os.path.abspath(p) for p in paths}:
         defs.scope = tuple(display_path(os.path.abspath(p), root) for p in paths)
     max_bytes = _config(project, defs).definitions.max_task_file_bytes
-    _registries(project, found.registries, defs, max_bytes)
+    # The registries are not task files: a lower limit does not apply to them, a higher does.
+    _registries(project, found.registries, defs, max(max_bytes, DEFAULT_MAX_FILE_BYTES))
     ctx = ParseContext(
         root, os.path.realpath(root),
         None if defs.capabilities is None else {
