@@ -192,7 +192,7 @@ def _walk(directory: str, root: str, real_root: str, found: _Found, top: bool,
         found.problems.append(ValidationProblem("file_unreadable", display_path(directory, root),
                                                 "", f"cannot list the directory: {exc}"))
         return
-    workstream_level = real == os.path.join(real_root, "tasks")
+    workstream_level = real == os.path.realpath(os.path.join(root, "tasks"))
     for entry in entries:
         if entry.name.startswith("."):
             continue  # .backups/ of orch migrate-tasks, editors' files
