@@ -44,6 +44,7 @@ import math
 import os
 import re
 import stat
+import threading
 import tomllib
 from collections.abc import Sequence
 from typing import Any
@@ -66,10 +67,9 @@ DOCUMENT_CODES = (
 )
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# A JSON text can only hold a NUL or a lone surrogate as a \u escape, can only nest deeper
-# than MAX_DEPTH with more than MAX_DEPTH brackets, and can only hold an integer beyond 64
-# bits (or a float that overflows to infinity) with 19 digits in a row or a 3-digit exponent.
-_NEEDS_WALK = re.compile(rb"\\u|[0-9]{19}|[eE][+-]?[0-9]{3}")
+# A JSON text can only hold a NUL or a lone surrogate as a \u escape, and can only nest
+# deeper than MAX_DEPTH with more than MAX_DEPTH brackets; the number hooks of parse_json flag
+# integers of 19 digits or more and floats that overflow. Otherwise no walk is needed.
 _TOML_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
@@ -159,7 +159,7 @@ def read_file(path: str, *, max_bytes: int, display: str | None = None) -> bytes
     data = b"".join(parts) if len(parts) > 1 else parts[0]
     if len(data) > max_bytes:  # it grew while we read it
         raise _too_large(shown, len(data), max_bytes)
-    if not data.strip():
+    if data.isspace() or not data:
         raise DocumentError("empty_file", "the file is empty" if not data else
                             "the file holds only white space", file=shown,
                             hint="write the document, or delete the file")
@@ -293,8 +293,44 @@ def check_values(data: Any) -> list[DocumentError]:
 # --------------------------------------------------------------------------- JSON
 
 
+# The hooks of one reused decoder (making a decoder per document costs more than parsing a
+# task file) note in _FLAGGED what needs a walk: NaN/Infinity, an integer of 19 digits or
+# more, a float that overflows, an object with a key twice.
+_FLAGGED = threading.local()
+
+
+def _flag(what: str) -> None:
+    _FLAGGED.items = [*getattr(_FLAGGED, "items", []), what]
+
+
 def _constant(name: str) -> float:
+    _flag(name)
     return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[name]
+
+
+def _integer(digits: str) -> int:
+    if len(digits) > 18:
+        _flag(digits)
+    return int(digits)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        _flag(text)
+    return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    _flag("duplicate key")
+    return _marked(pairs)
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant,
+                            parse_int=_integer, parse_float=_float)
 
 
 def parse_json(raw: bytes, display: str | None = None) -> tuple[Any, list[DocumentError]]:
@@ -303,21 +339,9 @@ def parse_json(raw: bytes, display: str | None = None) -> tuple[Any, list[Docume
         text = decode_utf8(raw, display)
     except DocumentError as exc:
         return None, [exc]
-    flagged: list[str] = []  # NaN/Infinity seen, or an object with a key twice
-
-    def constant(name: str) -> float:
-        flagged.append(name)
-        return _constant(name)
-
-    def object_(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = dict(pairs)
-        if len(obj) == len(pairs):
-            return obj
-        flagged.append("duplicate")
-        return _marked(pairs)
-
+    _FLAGGED.items = []
     try:
-        data = json.loads(text, object_pairs_hook=object_, parse_constant=constant)
+        data = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         return None, [DocumentError(
             "json_syntax", exc.msg, file=display, line=exc.lineno, column=exc.colno,
@@ -325,7 +349,7 @@ def parse_json(raw: bytes, display: str | None = None) -> tuple[Any, list[Docume
     except RecursionError:
         return None, [DocumentError("too_deep", f"nested more than {MAX_DEPTH} levels deep",
                                     file=display, hint=_VALUE_HINTS["too_deep"])]
-    if not (flagged or _NEEDS_WALK.search(raw)
+    if not (_FLAGGED.items or b"\\u" in raw
             or raw.count(b"{") + raw.count(b"[") > MAX_DEPTH):
         return data, []
     problems = check_values(data)

@@ -111,6 +111,7 @@ except (ValueError, OSError, AttributeError):  # pragma: no cover - POSIX always
     ARG_MAX = 262144
 if ARG_MAX <= 0:  # pragma: no cover - "no limit"
     ARG_MAX = 2**31
+_ARG_BOUND = min(MAX_ARG_STRLEN or ARG_MAX, ARG_MAX // 2)
 _SEMVER = re.compile(SEMVER_PATTERN)
 
 
@@ -506,16 +507,16 @@ def _check_argv(f: _TaskFile, task: TaskDefinition, ctx: ParseContext) -> None:
     with the placeholders filled in as a worker fills them (kernel.executors.base)."""
     execution = task.execution
     command, prompt = execution.command, execution.prompt or ""
+    # Cheap bound first: a filled-in value is at most ~5x longer once shell-quoted, and a
+    # character is at most 4 bytes of UTF-8. Almost every command is far below the limits.
+    longest = max(len(prompt), len(ctx.real_root) + len(task.workstream_id) + 32, 128)
+    bound = 20 * len(command) + command.count("{") * (20 * longest + 8) + 64
+    if bound < _ARG_BOUND:
+        return
     values = {"prompt": prompt, "task_id": task.task_id, "workstream_id": task.workstream_id,
               "attempt": str(execution.max_retries + 1), "root": ctx.real_root,
               "worktree": os.path.join(ctx.real_root, ".state", "worktrees",
                                        task.workstream_id)}
-    # Cheap bound first: a filled-in value is at most ~5x longer once shell-quoted, and a
-    # character is at most 4 bytes of UTF-8. Almost every command is far below the limits.
-    longest = max(len(v) for v in values.values())
-    bound = 4 * len(command) + command.count("{") * (20 * longest + 8) + 16 * len(command) + 64
-    if bound < min(MAX_ARG_STRLEN or ARG_MAX, ARG_MAX // 2):
-        return
     try:
         argv = substitute(command, values, shell=execution.shell)
     except ValueError:  # an unclosed quote: the schema check reports it
