@@ -435,3 +435,16 @@ def test_migrate_tasks_refuses_a_fifo_and_writes_nothing(project: Project) -> No
     assert v1.read_text() == text and not (project.tasks_dir / ".backups").exists()
     proc = orch("--root", str(project.root), "migrate-tasks")
     assert proc.returncode == 1 and "FIFO" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_symlink_to_a_task_file_inside_the_project_is_followed(project: Project) -> None:
+    shared = project.root / "shared" / "a.json"
+    shared.parent.mkdir()
+    shared.write_text(json.dumps(task_doc("a")))
+    (project.tasks_dir / "ws").mkdir()
+    (project.tasks_dir / "ws" / "a.json").symlink_to(shared)
+    (project.tasks_dir / "ws2").symlink_to(project.root / "shared2", target_is_directory=True)
+    (project.root / "shared2").mkdir()
+    (project.root / "shared2" / "b.json").write_text(json.dumps(task_doc("b", ws="ws2")))
+    result = validate(project, workers=1)
+    assert result.problems == [] and result.tasks == 2
