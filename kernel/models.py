@@ -712,7 +712,8 @@ class WorkstreamDefinition(_Document):
     @model_validator(mode="before")
     @classmethod
     def _default_name(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("name") and "workstream_id" in data:
+        if (isinstance(data, dict) and not data.get("name")
+                and isinstance(data.get("workstream_id"), str)):
             data = {**data, "name": data["workstream_id"]}
         return data
 
