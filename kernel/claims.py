@@ -6,7 +6,7 @@ Public API:
     ``finish_execution``; ``finish_validation``; ``hand_on_in_tx(conn, task_id, now, ...)``
     (worker lost, or the run interrupted by its operator); ``backoff_delay``;
     ``queue_ready(conn, now, ...)``; ``requeue_due``; ``is_current(conn, claim)``;
-    ``worker_idle``; ``capable(offers, needs)`` / ``missing_capabilities``; ``semver_key``;
+    ``worker_idle``; ``capable(offers, needs)`` / ``missing_capabilities``;
     ``unrunnable(conn, task_ids)`` (queued tasks no worker can ever run, with the reason);
     ``live_offers``, ``catalog_offers``, ``worker_offers``.
 
@@ -45,6 +45,7 @@ import apsw
 
 from kernel import clock, db, events, leases
 from kernel.machines import transition
+from kernel.models import semver_key
 
 #: How many queued tasks a claim looks at before giving up for this round, in pages.
 CLAIM_WINDOW = 64
@@ -78,19 +79,13 @@ class Claim:
         return list((self.definition.get("validation_rules") or {}).get("pre_execution") or [])
 
 
-def semver_key(text: str | None) -> tuple[Any, ...]:
-    """A sort key for a semantic version: ``1.2.3 < 1.10.0``, a pre-release before its release
-    (``1.0.0-rc.1 < 1.0.0``), build metadata ignored. Missing parts count as 0."""
-    core, _, pre = (text or "0").split("+", 1)[0].partition("-")
-    nums: list[int] = []
-    for part in core.split("."):
-        digits = "".join(ch for ch in part if ch.isdigit())
-        nums.append(int(digits or 0))
-    nums += [0] * (3 - len(nums))
-    if not pre:
-        return (*nums, 1, ())
-    ids = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))
-    return (*nums, 0, ids)
+def _version_key(text: str | None) -> tuple[Any, ...]:
+    """Semver precedence (``kernel.models.semver_key``, the one definition); a version that is
+    not semver (a worker row written by another client) sorts below every real one."""
+    try:
+        return semver_key(text or "")
+    except ValueError:
+        return (-1,)
 
 
 def worker_offers(conn: apsw.Connection, worker_id: str) -> dict[str, str]:
@@ -111,7 +106,7 @@ def missing_capabilities(offers: dict[str, str], needs: list[Any]) -> list[str]:
         have = offers.get(cap)
         if have is None:
             lacking.append(str(cap))
-        elif cap_min and semver_key(have) < semver_key(cap_min):
+        elif cap_min and _version_key(have) < _version_key(cap_min):
             lacking.append(f"{cap} >= {cap_min} (has {have})")
     return lacking
 
@@ -318,7 +313,7 @@ def is_current(conn: apsw.Connection, claim: Claim) -> str | None:
 def backoff_delay(retry_delay: float, retries_before: int, *, cap: float, jitter: float,
                   rng: random.Random | None = None) -> float:
     """``retry_delay × 2^retries_before``, plus up to ``jitter`` of it at random, capped."""
-    base = retry_delay * (2 ** retries_before)
+    base = retry_delay * (2 ** min(retries_before, 64))   # capped: no overflow at any count
     spread = base * jitter * (rng or random).random()
     return min(cap, base + spread)
 

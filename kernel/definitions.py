@@ -22,7 +22,13 @@ Stability Guarantees:
     Problem codes are only added, never renamed. Every problem is reported, never just the
     first. ``file`` is relative to the project root (absolute outside it); ``path`` is a JSON
     path (``execution.timeout_seconds``, ``dependencies[2]``); ``line`` is 1-based or None.
-    Nothing here writes: without a database ``.state/`` is not even created. Dependencies may
+    Nothing here writes: without a database ``.state/`` is not even created. Everything under
+    ``tasks/`` (but dot-entries) must be a directory or a regular file; a FIFO, socket, device,
+    dangling or looping symlink, or a directory named like a task file (``x.json`` inside a
+    workstream) is an error, never opened. Symlinks are followed when they stay inside the
+    project (``path_escapes_root`` otherwise); a directory reached twice is a
+    ``symlink_loop``. The problems of ``orch.toml`` are listed as problems of that file (and
+    the defaults are used to check the rest). Dependencies may
     cross workstreams (task ids are global). Paths in ``context_requirements`` and
     ``execution.working_directory`` are relative to the project root (the worktree's root).
 
@@ -34,13 +40,15 @@ Integration Points:
 
 Dependencies:
     ``kernel.taskfiles``, ``kernel.models`` (DefinitionError), ``kernel.registries``,
-    ``kernel.project``, ``kernel.db`` (reads only), ``kernel.dag`` (find_cycle, gc_paused);
+    ``kernel.project``, ``kernel.config``, ``kernel.documents`` (kind_of), ``kernel.db``
+    (reads only), ``kernel.dag`` (find_cycle, gc_paused);
     apsw, networkx, standard library.
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import os
 from collections import Counter
@@ -54,7 +62,9 @@ import apsw
 import networkx as nx
 
 from kernel import db
+from kernel.config import Config, ConfigError
 from kernel.dag import find_cycle, gc_paused
+from kernel.documents import DEFAULT_MAX_FILE_BYTES, DocumentError, kind_of
 from kernel.models import DefinitionError
 from kernel.project import Project
 from kernel.registries import (
@@ -62,6 +72,7 @@ from kernel.registries import (
     DEFAULT_RESOURCE_REGISTRY,
     CapabilityRegistry,
     ResourceRegistry,
+    lease_ceiling,
     load_yaml_registry,
 )
 from kernel.taskfiles import (
@@ -98,6 +109,7 @@ class Definitions:
     problems: list[ValidationProblem] = field(default_factory=list)
     scope: tuple[str, ...] | None = None  # rel paths given; None = the whole project
     files: int = 0
+    config_invalid: bool = False  # orch.toml has errors (listed in problems); defaults used
 
     @property
     def migrated(self) -> int:
@@ -157,27 +169,68 @@ class _Found(NamedTuple):
     problems: list[ValidationProblem]
 
 
-def _walk(directory: str, root: str, real_root: str, found: _Found, top: bool) -> None:
+def _walk(directory: str, root: str, real_root: str, found: _Found, top: bool,
+          seen: set[str] | None = None) -> None:
+    """Find the definition files under ``directory``. Everything there (but dot-entries) must
+    be a directory or a regular file, directly or through a symlink that stays inside the
+    project; a directory is read once (a symlink loop is reported, not followed)."""
     if not inside_root(directory, real_root) and top:
         found.problems.append(_escape(display_path(directory, root), "", directory))
         return
+    seen = set() if seen is None else seen
+    real = os.path.realpath(directory)
+    if real in seen:
+        found.problems.append(ValidationProblem(
+            "symlink_loop", display_path(directory, root), "",
+            f"leads to {display_path(real, os.path.realpath(root))}/, a directory already read "
+            "(a symlink loop, or a second link to it)", "remove the symlink"))
+        return
+    seen.add(real)
     try:
         entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except OSError as exc:
         found.problems.append(ValidationProblem("file_unreadable", display_path(directory, root),
                                                 "", f"cannot list the directory: {exc}"))
         return
+    workstream_level = real == os.path.realpath(os.path.join(root, "tasks"))
     for entry in entries:
         if entry.name.startswith("."):
             continue  # .backups/ of orch migrate-tasks, editors' files
         if entry.is_symlink() and not inside_root(entry.path, real_root):
             found.problems.append(_escape(display_path(entry.path, root), "", entry.path))
-        elif entry.is_dir():
-            _walk(entry.path, root, real_root, found, top=False)
+            continue
+        try:  # from the directory listing; a stat only for symlinks
+            is_dir, is_file = entry.is_dir(), entry.is_file()
+        except OSError:
+            is_dir = is_file = False
+        shown = display_path(entry.path, root)
+        if is_dir and entry.name.endswith(".json") and not workstream_level:
+            found.problems.append(ValidationProblem(
+                "not_a_regular_file", shown, "", "a directory where a task file is expected",
+                "a task file is a regular file tasks/{workstream}/{task_id}.json: rename or "
+                "remove the directory"))
+        elif is_dir:
+            _walk(entry.path, root, real_root, found, False, seen)
+        elif not is_file:
+            found.problems.append(ValidationProblem(
+                "not_a_regular_file", shown, "", f"{_describe(entry.path)}, not a regular file "
+                "or a directory", "nothing under tasks/ may be a FIFO, socket, device or "
+                "dangling symlink: remove it"))
         elif entry.name == "workstream.json":
-            found.workstreams[directory] = (entry.path, display_path(entry.path, root))
+            found.workstreams[directory] = (entry.path, shown)
         elif entry.name.endswith(".json"):
-            found.tasks.append((entry.path, display_path(entry.path, root)))
+            found.tasks.append((entry.path, shown))
+
+
+def _describe(path: str) -> str:
+    try:
+        return kind_of(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return f"a dangling symlink (to {os.readlink(path)!r}, which does not exist)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop"
+        return f"unreadable ({exc.strerror or exc})"
 
 
 def _escape(display: str, path: str, target: str) -> ValidationProblem:
@@ -206,6 +259,10 @@ def _discover(project: Project, paths: Sequence[str | os.PathLike[str]] | None) 
                 for f in sorted(project.capabilities_dir.glob("*.y*ml")))
         elif os.path.isdir(path):
             _walk(path, root, real_root, found, top=True)
+        elif os.path.islink(path) and not os.path.exists(path):
+            found.problems.append(ValidationProblem(
+                "not_a_regular_file", display_path(path, root), "", _describe(path),
+                "point the symlink at an existing file, or remove it"))
         elif not os.path.exists(path):
             found.problems.append(ValidationProblem(
                 "file_unreadable", display_path(path, root), "", "no such file or directory"))
@@ -220,7 +277,7 @@ def _discover(project: Project, paths: Sequence[str | os.PathLike[str]] | None) 
     for task_path, _ in found.tasks:  # a task file's workstream.json comes with it
         directory = os.path.dirname(task_path)
         ws_file = os.path.join(directory, "workstream.json")
-        if directory not in found.workstreams and os.path.isfile(ws_file):
+        if directory not in found.workstreams and os.path.lexists(ws_file):
             found.workstreams[directory] = (ws_file, display_path(ws_file, root))
     return found
 
@@ -228,9 +285,13 @@ def _discover(project: Project, paths: Sequence[str | os.PathLike[str]] | None) 
 # --------------------------------------------------------------------------- collect
 
 
-def _load_registry(path: str, display: str, defs: Definitions) -> None:
+def _load_registry(path: str, display: str, defs: Definitions, max_bytes: int) -> None:
     try:
-        registry = load_yaml_registry(Path(path))
+        registry = load_yaml_registry(Path(path), max_bytes)
+    except DocumentError as exc:  # not a regular file, too large, ...
+        defs.problems.append(ValidationProblem(exc.code, display, exc.path, exc.message,
+                                               exc.hint, exc.line, exc.column))
+        return
     except DefinitionError as exc:
         for p in exc.problems:
             defs.problems.append(ValidationProblem(
@@ -254,26 +315,28 @@ def _load_registry(path: str, display: str, defs: Definitions) -> None:
         defs.resources = registry
 
 
-def _registries(project: Project, given: list[tuple[str, str]], defs: Definitions) -> None:
+def _registries(project: Project, given: list[tuple[str, str]], defs: Definitions,
+                max_bytes: int) -> None:
     for path, display in given:
-        _load_registry(path, display, defs)
+        _load_registry(path, display, defs, max_bytes)
     for kind, name, default in (("capabilities", "registry.yaml", DEFAULT_CAPABILITY_REGISTRY),
                                 ("resources", "resources.yaml", DEFAULT_RESOURCE_REGISTRY)):
         if kind in defs.registry_files or any(d.endswith(name) for _, d in given):
             continue
         own = project.capabilities_dir / name
-        if own.is_file():
-            _load_registry(str(own), display_path(str(own), str(project.root)), defs)
+        if os.path.lexists(own):  # a FIFO or a dangling symlink is an error, not "missing"
+            _load_registry(str(own), display_path(str(own), str(project.root)), defs, max_bytes)
         else:
             defs.problems.append(ValidationProblem(
                 "registry_default", f"capabilities/{name}", "",
                 f"the project has no capabilities/{name}: using the {kind} registry shipped "
                 "with orch", "run `orch init` to copy it into the project and adapt it"))
-            _load_registry(str(default), f"<orch>/{name}", defs)
+            _load_registry(str(default), f"<orch>/{name}", defs, max_bytes)
 
 
-def _workstream(ws_id: str, path: str | None, display: str | None, defs: Definitions) -> None:
-    record, problems = parse_workstream(ws_id, path, display)
+def _workstream(ws_id: str, path: str | None, display: str | None, defs: Definitions,
+                max_bytes: int) -> None:
+    record, problems = parse_workstream(ws_id, path, display, max_bytes)
     defs.problems += problems
     if record is not None:
         defs.workstreams[ws_id] = record
@@ -298,24 +361,40 @@ def _collect(project: Project, paths: Sequence[str | os.PathLike[str]] | None,
     defs = Definitions(project.root, problems=list(found.problems), files=len(found.tasks))
     if paths and root not in {os.path.abspath(p) for p in paths}:
         defs.scope = tuple(display_path(os.path.abspath(p), root) for p in paths)
-    _registries(project, found.registries, defs)
+    max_bytes = _config(project, defs).definitions.max_task_file_bytes
+    # The registries are not task files: a lower limit does not apply to them, a higher does.
+    _registries(project, found.registries, defs, max(max_bytes, DEFAULT_MAX_FILE_BYTES))
     ctx = ParseContext(
         root, os.path.realpath(root),
         None if defs.capabilities is None else {
-            ref: (c.capability_id, c.stability, c.deprecated_by)
+            ref: (c.capability_id, c.stability, c.deprecated_by, c.version)
             for c in defs.capabilities.capabilities for ref in (c.capability_id, c.name)},
         None if defs.resources is None else {
-            r.resource_id: (r.type, r.min_per_task, r.max_per_task)
+            r.resource_id: (r.type, r.min_per_task, r.max_per_task,
+                            lease_ceiling(r.type, r.capacity, r.reserved))
             for r in defs.resources.resources},
-        definitions,
+        definitions, max_bytes,
     )
     defs.tasks, problems = parse_task_files(sorted(found.tasks), ctx, workers)
     defs.problems += problems
     for path, display in found.workstreams.values():
-        _workstream(os.path.basename(os.path.dirname(path)), path, display, defs)
+        _workstream(os.path.basename(os.path.dirname(path)), path, display, defs, max_bytes)
     for ws_id in sorted({t.workstream_id for t in defs.tasks} - set(defs.workstreams)):
-        _workstream(ws_id, None, None, defs)
+        _workstream(ws_id, None, None, defs, max_bytes)
     return defs
+
+
+def _config(project: Project, defs: Definitions) -> Config:
+    """The project's configuration; its problems become problems of ``orch.toml`` (and the
+    defaults are used to check the rest)."""
+    try:
+        return project.config
+    except ConfigError as exc:
+        shown = display_path(str(project.config_path), str(project.root))
+        defs.config_invalid = True
+        defs.problems += [ValidationProblem(p.code, shown, p.path, p.message, p.hint, p.line,
+                                            p.column) for p in exc.problems]
+        return Config()
 
 
 # --------------------------------------------------------------------------- the database
@@ -370,7 +449,9 @@ def read_existing(conn: apsw.Connection, defs: Definitions) -> Existing:
 
 
 def _read_existing_for_validate(project: Project, defs: Definitions) -> Existing:
-    conn = project.connect(readonly=True)
+    # With a broken orch.toml (reported as problems) the database settings are the defaults.
+    conn = (db.connect(project.db_path, readonly=True) if defs.config_invalid
+            else project.connect(readonly=True))
     try:
         with db.read_tx(conn):
             return read_existing(conn, defs)

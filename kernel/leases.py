@@ -17,17 +17,19 @@ Integration Points:
     heartbeat; ``kernel.scheduler.tick`` reclaims expired ones by handing their task on.
 
 Dependencies:
-    apsw; ``kernel.clock``.
+    apsw; ``kernel.clock``, ``kernel.db``, ``kernel.registries`` (``lease_ceiling``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import apsw
 
 from kernel import clock, db
+from kernel.registries import lease_ceiling
 
 
 class LeaseUnavailable(Exception):
@@ -102,13 +104,18 @@ def expired(conn: apsw.Connection, now: float) -> list[dict[str, Any]]:
 
 def impossible_requests(conn: apsw.Connection, task_ids: list[str] | None = None
                         ) -> list[dict[str, Any]]:
-    """Requests larger than a pool or bucket can ever give (Resource-Exhaustion)."""
+    """Requests larger than a pool or bucket can ever give (Resource-Exhaustion): the rule is
+    ``kernel.registries.lease_ceiling``, the one ``orch validate`` applies to task files."""
+    ceilings = {rid: ceiling for rid, kind, capacity, reserved in conn.execute(
+        "SELECT resource_id, type, capacity, reserved FROM resource")
+        if (ceiling := lease_ceiling(kind, capacity, reserved)) is not None}
+    if not ceilings:
+        return []
     sql = (
-        "SELECT tr.task_id, tr.resource_id, tr.amount AS requested, "
-        "       r.capacity - r.reserved AS available "
-        "  FROM task_resource tr JOIN resource r ON r.resource_id = tr.resource_id "
-        " WHERE r.type IN ('pooled', 'rate_limited') AND tr.amount > r.capacity - r.reserved")
-    found = db.rows(conn, sql)
+        "SELECT tr.task_id, tr.resource_id, tr.amount AS requested, c.value AS available "
+        "  FROM task_resource tr JOIN json_each(?) c ON c.key = tr.resource_id "
+        " WHERE tr.amount > c.value")
+    found = db.rows(conn, sql, (json.dumps(ceilings),))
     if task_ids is not None:
         wanted = set(task_ids)
         found = [f for f in found if f["task_id"] in wanted]

@@ -90,7 +90,9 @@ class LoadError(OrchError):
         self.problems = problems
         errors = [p for p in problems if p.severity == ERROR]
         refused = all(p.code in _DB_CODES for p in errors)
-        listed = "".join(f"\n  {p.file or '-'}: [{p.code}] {p.message}" for p in errors[:10])
+        listed = "".join(
+            f"\n  {p.file or '-'}{f':{p.line}' if p.line else ''}: "
+            f"{f'{p.path}: ' if p.path else ''}{p.message} [{p.code}]" for p in errors[:10])
         more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
         super().__init__(
             "load_refused" if refused else "invalid_definitions",
@@ -166,6 +168,8 @@ def load(project: Project, paths: Sequence[str | os.PathLike[str]] | None = None
     """
     project.require_db()
     defs = collect(project, paths, workers=workers)
+    if defs.config_invalid:  # orch.toml must be fixed first; nothing is opened for writing
+        raise LoadError(_sorted(defs.problems))
     conn = project.connect()
     try:
         return load_definitions(conn, defs, now=now)

@@ -17,7 +17,9 @@ Stability Guarantees:
     change is copied byte for byte to ``tasks/.backups/<UTC timestamp>/`` with the same
     relative layout; each rewrite is atomic (temp file + ``os.replace``). Output JSON keeps the
     key order, uses a 2-space indent and ends with a newline. Files already at the target
-    version are not touched. ``workstream.json`` and dot-directories are skipped.
+    version are not touched. ``workstream.json`` and dot-directories are skipped. Files are read
+    through ``kernel.documents`` like ``orch load`` reads them (a FIFO, a directory named
+    ``x.json`` or a malformed document is an error of that file, never waited on).
 
 Integration Points:
     The CLI's migrate command calls migrate_tasks / restore_backup and prints the report; the
@@ -25,7 +27,7 @@ Integration Points:
     load migrations cannot drift apart. Documented in docs/schema_migrations/.
 
 Dependencies:
-    kernel.models, standard library (json, shutil, os, argparse).
+    kernel.models, kernel.documents, standard library (json, shutil, os, argparse).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kernel.documents import DEFAULT_MAX_FILE_BYTES, DocumentError, parse_json, read_file
 from kernel.errors import OrchError
 from kernel.models import (
     TASK_SCHEMA_VERSION,
@@ -123,12 +126,15 @@ def downgrade_v2_to_v1(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read(path: Path, source: str) -> dict[str, Any]:
+    # The strict parse layer of orch validate/load: a FIFO is refused, not waited on.
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DefinitionError(source, "JSON", [Problem("", exc.msg, exc.lineno)]) from None
-    except UnicodeDecodeError as exc:
-        raise DefinitionError(source, "JSON", [Problem("", f"not UTF-8: {exc.reason}")]) from None
+        raw = read_file(str(path), max_bytes=DEFAULT_MAX_FILE_BYTES)
+    except DocumentError as exc:
+        raise DefinitionError(source, "task file", [Problem("", exc.message)]) from None
+    data, flaws = parse_json(raw)
+    if flaws:
+        raise DefinitionError(source, "JSON", [Problem(p.path, p.message, p.line)
+                                               for p in flaws])
     if not isinstance(data, dict):
         raise DefinitionError(source, "task definition", [Problem("", "expected a JSON object")])
     return data

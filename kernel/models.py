@@ -5,7 +5,7 @@ Public API:
     Versions: TASK_SCHEMA_VERSION ("2.0.0"), TASK_V1_SCHEMA_VERSION, WORKSTREAM_SCHEMA_VERSION,
     REGISTRY_SCHEMA_VERSION, ATTEMPT_OUTPUT_SCHEMA_VERSION, SUPPORTED_TASK_SCHEMA_VERSIONS,
     SCHEMA_URL_BASE, schema_url(name, version) -> str.
-    Models (pydantic v2, frozen, unknown fields rejected): TaskDefinition (v2.0.0),
+    Models (pydantic v2, frozen, strict, unknown fields rejected): TaskDefinition (v2.0.0),
     TaskDefinitionV1, ExecutionSpec, WorkerRequirements, ContextRequirements, ValidationRules,
     TaskStateSnapshot, WorkstreamDefinition, AttemptOutput.
     Errors: DefinitionError(OrchError, ValueError) with ``.source``, ``.problems`` (Problem:
@@ -13,15 +13,19 @@ Public API:
     Tasks: parse_task(data, source=None) -> (TaskDefinition, migrated);
     load_task_file(path) -> (TaskDefinition, migrated); migrate_v1_to_v2(data, source=None)
     -> dict; default_context_requirements(type) -> dict | None; default_validation_rules(type).
-    Shared field types and base models (Id, IdList, SemVer, _Model, _Document) that
-    kernel.registries builds on.
+    Shared field types and base models (Id, IdList, SemVer, Timestamp, _Model, _Document) that
+    kernel.registries builds on; SEMVER_PATTERN, semver_key(version) (semver precedence, for
+    comparing versions: parsed, never compared as strings).
 
 Stability Guarantees:
     Field names, defaults and the JSON Schemas generated from these models (schemas/*.json)
     follow SCHEMA-VER-001: patch = compatible, minor = new optional fields, major = breaking
     (see docs/schema_migrations/VERSIONING.md). A task file without ``schema_version`` is read
     as the current version (2.0.0). Omitted ``context_requirements`` / ``validation_rules`` get
-    the same type defaults that the v1 -> v2 migration writes, so both routes agree.
+    the same type defaults that the v1 -> v2 migration writes, so both routes agree. Types are
+    strict: a value of the wrong JSON type is an error, never converted ("60" for a number,
+    true for a count, "yes" for a boolean, 1 for a string); an integer is accepted where a
+    float is expected; NaN and infinity are refused; durations stop at MAX_SECONDS.
 
 Integration Points:
     The task-file loader calls load_task_file/parse_task and turns models into rows and into
@@ -30,8 +34,9 @@ Integration Points:
     kernel.migrate_tasks rewrites task files on disk with migrate_v1_to_v2.
 
 Dependencies:
-    kernel.errors (OrchError), pydantic 2, PyYAML, standard
-    library. No database, no I/O beyond reading the given files.
+    kernel.errors (OrchError), kernel.documents (the strict parse layer, for
+    load_task_file), pydantic 2, standard library. No database, no I/O beyond reading the
+    given files.
 """
 
 from __future__ import annotations
@@ -56,6 +61,13 @@ from pydantic import (
     model_validator,
 )
 
+from kernel.documents import (
+    DEFAULT_MAX_FILE_BYTES,
+    MAX_SECONDS,
+    DocumentError,
+    parse_json,
+    read_file,
+)
 from kernel.errors import OrchError
 
 TASK_SCHEMA_VERSION = "2.0.0"
@@ -68,10 +80,14 @@ SCHEMA_URL_BASE = "https://orch.dev/schemas/"
 
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+# Semantic Versioning 2.0.0 (semver.org): groups 1-3 are major, minor, patch; group 4 the
+# pre-release identifiers, group 5 the build metadata (ignored in comparisons).
+_SEMVER_IDENT = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
 SEMVER_PATTERN = (
     r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
-    r"(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
+    rf"(?:-({_SEMVER_IDENT}(?:\.{_SEMVER_IDENT})*))?(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
 )
+_SEMVER = re.compile(SEMVER_PATTERN)
 
 SHLEX_SPECIAL = frozenset("'\"\\")
 TaskType = Literal["aider", "pytest", "lint", "custom"]
@@ -91,6 +107,21 @@ _RULE_DEFAULTS: dict[str, tuple[list[str], list[str]]] = {
     "lint": ([], []),
     "custom": ([], []),
 }
+
+
+def semver_key(version: str) -> tuple[Any, ...]:
+    """A sort key for a semver string, with semver's precedence: numeric parts as numbers
+    (1.10.0 > 1.9.2), a pre-release below its release (1.0.0-rc.1 < 1.0.0), pre-release
+    identifiers compared one by one (numeric < alphanumeric), build metadata ignored.
+    Raises ValueError for anything that is not semver."""
+    match = _SEMVER.match(version) if isinstance(version, str) else None
+    if match is None:
+        raise ValueError(f"{version!r} is not a semantic version such as 1.2.0")
+    core = (int(match[1]), int(match[2]), int(match[3]))
+    if match[4] is None:
+        return (*core, 1, ())
+    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in match[4].split("."))
+    return (*core, 0, parts)
 
 
 def schema_url(name: str, version: str) -> str:
@@ -164,6 +195,21 @@ def _loc_text(loc: tuple[Any, ...]) -> str:
     return text
 
 
+def _pattern_message(value: Any, pattern: str | None, default: str) -> str:
+    if pattern == SEMVER_PATTERN:
+        return (f"{value!r} is not a semantic version: write MAJOR.MINOR.PATCH such as "
+                "\"1.2.0\" (semver.org)")
+    if pattern == ID_PATTERN:
+        return (f"{value!r} is not a valid id: 1-128 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit")
+    return f"{value!r} does not have the required form ({default.lower()})"
+
+
+_FIELD_PREFIX = re.compile(
+    r"^([A-Za-z_][A-Za-z0-9_]*(?:\[[0-9]+\])*(?:\.[A-Za-z_][A-Za-z0-9_]*(?:\[[0-9]+\])*)*): "
+    r"(.+)$", re.S)
+
+
 def problems_from(
     exc: ValidationError, model: type[BaseModel], line_of: Any = None
 ) -> list[Problem]:
@@ -172,6 +218,13 @@ def problems_from(
     for err in exc.errors():
         loc = tuple(err["loc"])
         message = err["msg"].removeprefix("Value error, ")
+        # A model-level check names the field it is about as "field.path: message".
+        at = _FIELD_PREFIX.match(message) if err["type"] == "value_error" else None
+        if at:
+            loc += tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", at[1]))
+            message = at[2]
+        if err["type"] == "string_pattern_mismatch":
+            message = _pattern_message(err["input"], err.get("ctx", {}).get("pattern"), message)
         if err["type"] == "extra_forbidden":
             known = _known_fields(model, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
@@ -235,7 +288,10 @@ ResourceRequest = Annotated[
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: a value of the wrong JSON type is an error, never converted ("60" is not a
+    # number, true is not a count, "yes" is not a boolean, 1 is not a string). As in JSON
+    # mode, an integer is accepted where a float is expected. NaN and infinity are refused.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class _Document(_Model):
@@ -282,7 +338,14 @@ class WorkerRequirements(_Model):
         default_factory=list,
         description="Capability ids (or names) from capabilities/registry.yaml, all required.",
     )
-    min_version: SemVer | None = Field(default=None, description="Lowest worker version (semver).")
+    min_version: SemVer | None = Field(
+        default=None,
+        description="The lowest version (semver) that every capability listed in capabilities "
+        "must have on the worker. Capability versions come from capabilities/registry.yaml "
+        "(1.0.0 by default). Without capabilities it constrains nothing (a warning); above a "
+        "listed capability's registry version, no worker offering the catalog can take the "
+        "task (a warning).",
+    )
 
 
 class ExecutionSpec(_Model):
@@ -299,11 +362,12 @@ class ExecutionSpec(_Model):
     timeout_seconds: int = Field(
         default=3600,
         gt=0,
+        le=MAX_SECONDS,
         description="Wall-clock limit per attempt; the process group is then killed "
         "(Task-Timeout). Alias: max_runtime_seconds. Default 3600 (one hour).",
     )
     max_runtime_seconds: int | None = Field(
-        default=None, gt=0, exclude=True, description="Alias of timeout_seconds."
+        default=None, gt=0, le=MAX_SECONDS, exclude=True, description="Alias of timeout_seconds."
     )
     max_retries: int = Field(
         default=0,
@@ -311,11 +375,12 @@ class ExecutionSpec(_Model):
         description="Extra attempts after a failure or timeout. Default 0: fail at once.",
     )
     retry_delay_seconds: float = Field(
-        default=30, ge=0, description="Seconds to wait before retrying. Default 30."
+        default=30, ge=0, le=MAX_SECONDS, description="Seconds to wait before retrying. Default 30."
     )
     estimated_duration_seconds: float = Field(
         default=60,
         ge=0,
+        le=MAX_SECONDS,
         description="Expected run time, used only for execution plans and the "
         "critical path. Default 60.",
     )
@@ -344,7 +409,7 @@ class ExecutionSpec(_Model):
     @model_validator(mode="after")
     def _check_command(self) -> ExecutionSpec:
         if not self.command.strip():
-            raise ValueError("command is empty")
+            raise ValueError("command: command is empty")
         # shlex fails only on an unclosed quote or a trailing backslash: a command without
         # quotes and backslashes cannot fail (tests/test_models.py), and skipping the split
         # saves about a sixth of parsing a task file.
@@ -352,9 +417,9 @@ class ExecutionSpec(_Model):
             try:
                 shlex.split(self.command)
             except ValueError as exc:
-                raise ValueError(f"command cannot be split into arguments: {exc}") from None
+                raise ValueError(f"command: cannot be split into arguments: {exc}") from None
         if "{prompt}" in self.command and self.prompt is None:
-            raise ValueError("command uses {prompt} but the task has no prompt")
+            raise ValueError("prompt: the command uses {prompt} but the task has no prompt")
         return self
 
 
@@ -403,12 +468,23 @@ class ValidationRules(_Model):
     )
 
 
+def _iso_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("write the time as an ISO-8601 string, e.g. \"2026-01-31T12:00:00Z\"")
+    return value
+
+
+# JSON has no date type: a timestamp is an ISO-8601 string with a time zone (parsed, so not
+# strict), and nothing else (a number is not read as seconds since 1970).
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_text), Field(strict=False)]
+
+
 class TaskStateSnapshot(_Model):
     """Input-only snapshot from another tool; validated, then ignored (the kernel owns state)."""
 
-    created_at: AwareDatetime | None = None
-    started_at: AwareDatetime | None = None
-    completed_at: AwareDatetime | None = None
+    created_at: Timestamp | None = None
+    started_at: Timestamp | None = None
+    completed_at: Timestamp | None = None
     assigned_worker: str | None = None
     retry_count: int = Field(default=0, ge=0)
     last_error: str | None = None
@@ -452,7 +528,8 @@ class _TaskBase(_Document):
         default=None, description="Accepted for import; ignored."
     )
     max_runtime_seconds: int | None = Field(
-        default=None, gt=0, exclude=True, description="Alias of execution.timeout_seconds."
+        default=None, gt=0, le=MAX_SECONDS, exclude=True,
+        description="Alias of execution.timeout_seconds.",
     )
 
     @model_validator(mode="before")
@@ -477,10 +554,11 @@ class _TaskBase(_Document):
     @model_validator(mode="after")
     def _check_edges(self) -> _TaskBase:
         if self.task_id in self.dependencies or self.task_id in self.blocks:
-            raise ValueError(f"task '{self.task_id}' depends on itself")
+            field = "dependencies" if self.task_id in self.dependencies else "blocks"
+            raise ValueError(f"{field}: task '{self.task_id}' depends on itself")
         both = sorted(set(self.dependencies) & set(self.blocks))
         if both:
-            raise ValueError(f"both depends on and blocks {', '.join(both)} (a cycle)")
+            raise ValueError(f"blocks: both depends on and blocks {', '.join(both)} (a cycle)")
         return self
 
 
@@ -580,9 +658,13 @@ def parse_task(data: Any, source: str | None = None) -> tuple[TaskDefinition, bo
 def load_task_file(path: Path) -> tuple[TaskDefinition, bool]:
     """Read tasks/{ws}/{task}.json; also checks the file and directory names (TASK-DEF-001)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DefinitionError(str(path), "JSON", [Problem("", exc.msg, exc.lineno)]) from None
+        raw = read_file(str(path), max_bytes=DEFAULT_MAX_FILE_BYTES)
+    except DocumentError as exc:
+        raise DefinitionError(str(path), "task file", [Problem("", exc.message)]) from None
+    data, flaws = parse_json(raw)
+    if flaws:
+        raise DefinitionError(str(path), "JSON", [Problem(p.path, p.message, p.line)
+                                                  for p in flaws])
     task, migrated = parse_task(data, str(path))
     problems = []
     if path.stem != task.task_id:
@@ -618,6 +700,7 @@ class WorkstreamDefinition(_Document):
     max_duration_seconds: int | None = Field(
         default=None,
         gt=0,
+        le=MAX_SECONDS,
         description="Workstream-Timeout after this long executing. Default: none.",
     )
     max_parallelism: int | None = Field(
@@ -629,7 +712,8 @@ class WorkstreamDefinition(_Document):
     @model_validator(mode="before")
     @classmethod
     def _default_name(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("name") and "workstream_id" in data:
+        if (isinstance(data, dict) and not data.get("name")
+                and isinstance(data.get("workstream_id"), str)):
             data = {**data, "name": data["workstream_id"]}
         return data
 

@@ -7,12 +7,18 @@ Public API:
     warnings)``), Resource (``refill_per_second``), ResourceRegistry (``get(id)``,
     ``conflicts(a, b)``, ``check_requirements(reqs) -> list``); loaders
     ``load_capability_registry(path)``, ``load_resource_registry(path)``,
-    ``load_yaml_registry(path)``, ``load_default_registries()``; the shipped defaults
-    ``DEFAULT_CAPABILITY_REGISTRY`` and ``DEFAULT_RESOURCE_REGISTRY``.
+    ``load_yaml_registry(path, max_bytes)``, ``load_default_registries()``; the shipped
+    defaults ``DEFAULT_CAPABILITY_REGISTRY`` and ``DEFAULT_RESOURCE_REGISTRY``;
+    ``lease_ceiling(type, capacity, reserved)`` (the most units one task can ever lease: the
+    one definition of an impossible request, also used by ``kernel.leases``) and
+    ``Resource.ceiling``.
 
 Stability Guarantees:
     Registry fields follow SCHEMA-VER-001 like every schema'd document (patch compatible, minor
-    adds optional fields, major breaks); capability and resource ids are stable.
+    adds optional fields, major breaks); capability and resource ids are stable. The files are
+    read through ``kernel.documents`` (regular file, strict YAML: no duplicate keys, aliases,
+    NaN or infinity) and validated strictly (no type coercion); a problem found by a
+    model-level check names its field (``resources[2].reserved``).
 
 Integration Points:
     ``orch init`` copies the defaults into ``capabilities/``; ``orch validate`` / ``orch load``
@@ -20,7 +26,8 @@ Integration Points:
     and ``resource_conflict`` tables; kernel.schemas renders their JSON Schemas.
 
 Dependencies:
-    kernel.models (shared field types, errors), kernel.resources, pydantic 2, PyYAML.
+    kernel.models (shared field types, errors), kernel.documents, kernel.resources,
+    pydantic 2.
 """
 
 from __future__ import annotations
@@ -30,7 +37,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import (
     BeforeValidator,
     Field,
@@ -38,6 +44,12 @@ from pydantic import (
     model_validator,
 )
 
+from kernel.documents import (
+    DEFAULT_MAX_FILE_BYTES,
+    parse_yaml,
+    read_file,
+    yaml_line,
+)
 from kernel.models import (
     REGISTRY_SCHEMA_VERSION,
     DefinitionError,
@@ -48,7 +60,6 @@ from kernel.models import (
     _Document,
     _Model,
     _not_a_number,
-    _unique,
     problems_from,
 )
 from kernel.resources import defaults_dir
@@ -106,10 +117,11 @@ class Capability(_Model):
     @model_validator(mode="after")
     def _check(self) -> Capability:
         if self.deprecated_by == self.capability_id:
-            raise ValueError(f"{self.capability_id} is deprecated_by itself")
+            raise ValueError(f"deprecated_by: {self.capability_id} is deprecated_by itself")
         if self.deprecated_by and self.stability != "deprecated":
-            raise ValueError("deprecated_by is set, so stability must be 'deprecated'")
-        _unique([op.name for op in self.operations])
+            raise ValueError("stability: deprecated_by is set, so stability must be "
+                             "'deprecated'")
+        _unique_in("operations", "name", [op.name for op in self.operations])
         return self
 
 
@@ -124,8 +136,8 @@ class CapabilityRegistry(_Document):
     @model_validator(mode="after")
     def _check(self) -> CapabilityRegistry:
         ids = [c.capability_id for c in self.capabilities]
-        _unique_in("capability_id", ids)
-        _unique_in("name", [c.name for c in self.capabilities])
+        _unique_in("capabilities", "capability_id", ids)
+        _unique_in("capabilities", "name", [c.name for c in self.capabilities])
         for index, cap in enumerate(self.capabilities):
             if cap.deprecated_by and cap.deprecated_by not in ids:
                 raise ValueError(
@@ -150,11 +162,31 @@ class CapabilityRegistry(_Document):
         return errors, warnings
 
 
-def _unique_in(field: str, values: list[str]) -> None:
-    try:
-        _unique(values)
-    except ValueError as exc:
-        raise ValueError(f"duplicate {field}: {exc}") from None
+def _unique_in(items: str, field: str, values: list[str]) -> None:
+    first: dict[str, int] = {}
+    for index, value in enumerate(values):
+        if value in first:
+            raise ValueError(f"{items}[{index}].{field}: duplicate {field}: '{value}' is "
+                             f"used twice (also by {items}[{first[value]}])")
+        first[value] = index
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def lease_ceiling(kind: str, capacity: float | None, reserved: float | None) -> float | None:
+    """The most units of a resource that one task can ever lease, whatever else runs: a pooled
+    resource's ``capacity - reserved``, a rate-limited one's bucket size (``capacity``); None
+    for exclusive and shared resources (a lease of those is one holder, not units).
+
+    The one definition of "a request no pool can ever grant": the lease triggers
+    (sql/0002_scheduler.sql) refuse more than this, ``kernel.leases.impossible_requests``
+    finds loaded requests above it (Resource-Exhaustion), and ``orch validate`` refuses task
+    files that ask for more."""
+    if kind not in _SIZED or capacity is None:
+        return None
+    return capacity - (reserved or 0)
 
 
 # --- resource registry (CONC-REG-001/002) ---------------------------------------------------
@@ -217,22 +249,25 @@ class Resource(_Model):
         kind = data.get("type")
         if kind == "exclusive":
             data.setdefault("max_holders", 1)
-        rate = _RATE_RE.match(data.get("refill_rate") or "") if kind == "rate_limited" else None
+        refill = data.get("refill_rate")
+        rate = _RATE_RE.match(refill) if kind == "rate_limited" and isinstance(refill, str) \
+            else None
         if rate and data.get("capacity") is None:
             data["capacity"] = int(rate[1])
-        if kind in _SIZED and isinstance(data.get("capacity"), int):
+        if kind in _SIZED and _whole(data.get("capacity")):
             reserved = data.setdefault("reserved", 0) if kind == "pooled" else 0
             data.setdefault("min_per_task", 1)
-            if isinstance(reserved, int) and data["capacity"] > reserved:
+            if _whole(reserved) and data["capacity"] > reserved:
                 data.setdefault("max_per_task", data["capacity"] - reserved)
         return data
 
     @model_validator(mode="after")
     def _check(self) -> Resource:
         if self.max_holders == 0 or self.max_holders < -1:
-            raise ValueError("max_holders must be -1 (unlimited) or at least 1")
+            raise ValueError("max_holders: must be -1 (unlimited) or at least 1")
         if self.type == "exclusive" and self.max_holders != 1:
-            raise ValueError("an exclusive resource has max_holders 1; use shared or pooled")
+            raise ValueError("max_holders: an exclusive resource has max_holders 1; use shared "
+                             "or pooled")
         sized = {
             "capacity": self.capacity,
             "min_per_task": self.min_per_task,
@@ -252,12 +287,19 @@ class Resource(_Model):
         if self.capacity is not None:
             usable = self.capacity - (self.reserved or 0)
             if usable < 1:
-                raise ValueError(f"reserved ({self.reserved}) leaves nothing of {self.capacity}")
+                raise ValueError(f"reserved: {self.reserved} leaves nothing of the capacity "
+                                 f"{self.capacity}")
             if not (self.min_per_task or 1) <= (self.max_per_task or usable) <= usable:
                 raise ValueError(
-                    f"need min_per_task <= max_per_task <= {usable} (capacity - reserved)"
+                    f"max_per_task: need min_per_task <= max_per_task <= {usable} "
+                    "(capacity - reserved)"
                 )
         return self
+
+    @property
+    def ceiling(self) -> float | None:
+        """The most units one task can ever lease (``lease_ceiling``); None: no unit limit."""
+        return lease_ceiling(self.type, self.capacity, self.reserved)
 
     @property
     def refill_per_second(self) -> float | None:
@@ -277,7 +319,7 @@ class ResourceRegistry(_Document):
     @model_validator(mode="after")
     def _check(self) -> ResourceRegistry:
         ids = [r.resource_id for r in self.resources]
-        _unique_in("resource_id", ids)
+        _unique_in("resources", "resource_id", ids)
         for index, res in enumerate(self.resources):
             unknown = [c for c in res.conflicts_with if c not in ids]
             if unknown:
@@ -326,28 +368,14 @@ _REGISTRY_NAMES: dict[type, str] = {
 }
 
 
-def _yaml_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    if root is None or not loc:
-        return None
-    node = root
-    for part in loc:
-        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-            node = next((v for k, v in node.value if k.value == part), node)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            node = node.value[part] if part < len(node.value) else node
-    return node.start_mark.line + 1
-
-
-def _load_yaml(path: Path, model: type[Registry] | None) -> Registry:
+def _load_yaml(path: Path, model: type[Registry] | None,
+               max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Registry:
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        message = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        problem = Problem("", message, mark.line + 1 if mark is not None else None)
-        raise DefinitionError(source, "YAML", [problem]) from None
+    raw = read_file(source, max_bytes=max_bytes)  # DocumentError: not a file we may read
+    data, root, problems = parse_yaml(raw, source)
+    if problems:
+        raise DefinitionError(source, "YAML", [Problem(p.path, p.message, p.line)
+                                               for p in problems])
     keys = set(data) if isinstance(data, dict) else set()
     if model is None and keys & {"capabilities", "resources"}:
         model = CapabilityRegistry if "capabilities" in keys else ResourceRegistry
@@ -358,9 +386,8 @@ def _load_yaml(path: Path, model: type[Registry] | None) -> Registry:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        root = yaml.compose(text)
-        problems = problems_from(exc, model, lambda loc: _yaml_line(root, loc))
-        raise DefinitionError(source, _REGISTRY_NAMES[model], problems) from None
+        problems_ = problems_from(exc, model, lambda loc: yaml_line(root, loc))
+        raise DefinitionError(source, _REGISTRY_NAMES[model], problems_) from None
 
 
 def load_capability_registry(path: Path) -> CapabilityRegistry:
@@ -375,9 +402,10 @@ def load_resource_registry(path: Path) -> ResourceRegistry:
     return result
 
 
-def load_yaml_registry(path: Path) -> Registry:
-    """Either registry, chosen by its top-level key (capabilities / resources)."""
-    return _load_yaml(path, None)
+def load_yaml_registry(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Registry:
+    """Either registry, chosen by its top-level key (capabilities / resources); read through
+    ``kernel.documents`` (a regular file of at most ``max_bytes``, strict YAML)."""
+    return _load_yaml(path, None, max_bytes)
 
 
 def load_default_registries() -> tuple[CapabilityRegistry, ResourceRegistry]:

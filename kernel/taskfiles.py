@@ -1,16 +1,19 @@
 """Parsing definition files: one task file or workstream file in, a record and its problems out.
 
 Public API:
-    ``ParseContext(root, real_root, capabilities, resources, definitions=True)`` (what parsing
-    a task file needs to know about the project); ``parse_task(path, display, ctx) ->
+    ``ParseContext(root, real_root, capabilities, resources, definitions=True,
+    max_file_bytes=1 MiB)`` (what parsing a task file needs to know about the project);
+    ``parse_task(path, display, ctx) ->
     (TaskRecord | None, list[ValidationProblem])``; ``parse_task_files(files, ctx, workers)
     -> (records, problems)`` (many files, in worker processes for large projects; results in
     the order of ``files``); ``parse_workstream(ws_id, path, display) -> (WorkstreamRecord |
-    None, problems)``; ``read_bytes(path)``. Records ``ValidationProblem`` (``as_dict()``),
+    None, problems)``; ``read_bytes(path, max_bytes)``. Records ``ValidationProblem``
+    (``as_dict()``),
     ``TaskRecord``, ``WorkstreamRecord``; ``CODES`` (problem code -> severity), ``ERROR``,
     ``WARNING``; helpers ``display_path(path, root)``, ``inside_root(path, real_root)``,
     ``node_line(text, loc)`` (the line of a JSON/YAML value), ``field_hint(model, loc)``;
-    tuning constants ``PARALLEL_MIN_FILES``, ``CHUNK_FILES``.
+    tuning constants ``PARALLEL_MIN_FILES``, ``CHUNK_FILES``; the argument limits
+    ``MAX_ARG_STRLEN`` (Linux; None elsewhere) and ``ARG_MAX``.
 
 Stability Guarantees:
     Every problem of a file is reported, with ``file`` relative to the project root, ``path``
@@ -18,7 +21,15 @@ Stability Guarantees:
     ``column`` for JSON syntax errors) or None. A schema error is reported once per field:
     the per-file checks skip paths that already have one. Results do not depend on
     ``workers`` (same records, same problems, same order). Problem codes are only added,
-    never renamed. Nothing here writes.
+    never renamed. Nothing here writes. Every file goes through ``kernel.documents`` first
+    (regular file, size limit, UTF-8 without BOM, no NaN/infinity, 64-bit integers, nesting,
+    duplicate keys, NUL characters), then the strict models. A command must be startable:
+    with its placeholders filled as a worker fills them, no argument over ``MAX_ARG_STRLEN``
+    and argv plus this environment within ``ARG_MAX`` (``argument_too_long``). Warnings for
+    a task no worker offering the catalog can run: ``unknown_capability``,
+    ``min_version_unmet`` (min_version above a listed capability's registry version, semver
+    precedence), ``min_version_unused`` (min_version without capabilities). A request above
+    ``kernel.registries.lease_ceiling`` is an error (``impossible_resource_amount``).
 
 Integration Points:
     ``kernel.definitions.collect`` discovers the files and calls ``parse_task_files`` and
@@ -29,17 +40,19 @@ Integration Points:
 
 Dependencies:
     ``kernel.models`` (TaskDefinition, TaskDefinitionV1, WorkstreamDefinition,
-    migrate_v1_to_v2, problems_from), ``kernel.dag`` (gc_paused); pydantic, PyYAML (line
-    numbers of errors only), standard library.
+    migrate_v1_to_v2, problems_from, semver_key), ``kernel.documents`` (read_file,
+    parse_json), ``kernel.executors.base`` (substitute: the argv a worker builds),
+    ``kernel.dag`` (gc_paused); pydantic, PyYAML (line numbers of errors only), standard
+    library.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import os
 import re
+import sys
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +62,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from kernel.dag import gc_paused
+from kernel.documents import (
+    DEFAULT_MAX_FILE_BYTES,
+    DOCUMENT_CODES,
+    DocumentError,
+    parse_json,
+    read_file,
+)
+from kernel.executors.base import substitute
 from kernel.models import (
     SEMVER_PATTERN,
     DefinitionError,
@@ -57,25 +78,40 @@ from kernel.models import (
     WorkstreamDefinition,
     migrate_v1_to_v2,
     problems_from,
+    semver_key,
 )
 
 ERROR, WARNING = "error", "warning"
 CODES: dict[str, str] = {
+    **dict.fromkeys(DOCUMENT_CODES, ERROR),  # the strict parse layer (kernel.documents)
     "json_syntax": ERROR, "file_unreadable": ERROR, "schema": ERROR,
     "unsupported_schema_version": ERROR, "status_not_pending": ERROR,
     "file_name_mismatch": ERROR, "wrong_directory": ERROR, "duplicate_task_id": ERROR,
-    "unknown_dependency": ERROR, "dependency_cycle": ERROR, "unknown_capability": ERROR,
+    "unknown_dependency": ERROR, "dependency_cycle": ERROR,
+    # A task no worker offering the catalog can run: loaded, but said out loud.
+    "unknown_capability": WARNING, "min_version_unmet": WARNING, "min_version_unused": WARNING,
     "deprecated_capability": WARNING, "unknown_resource": ERROR,
     "impossible_resource_amount": ERROR, "resource_mode_mismatch": ERROR,
     "required_file_missing": ERROR, "path_escapes_root": ERROR, "registry_invalid": ERROR,
     "registry_default": WARNING, "workstream_file_invalid": ERROR,
+    "symlink_loop": ERROR, "argument_too_long": ERROR, "config_invalid": ERROR,
     # Checks against the database (orch load, and orch validate when a database exists).
     "task_already_started": ERROR, "workstream_terminal": ERROR, "workstream_started": ERROR,
     "task_file_missing": WARNING,
 }
 PARALLEL_MIN_FILES = 2000  # below this, worker processes cost more than they save
 CHUNK_FILES = 2000
-JSON_HINT = "fix the JSON syntax (a trailing comma or a missing quote is the usual cause)"
+# Linux refuses (E2BIG) to start a program with one argument longer than MAX_ARG_STRLEN
+# (32 pages: 131072 bytes, the terminating NUL included), or with argv and the environment
+# together over sysconf(SC_ARG_MAX).
+MAX_ARG_STRLEN = 131072 if sys.platform.startswith("linux") else None
+try:
+    ARG_MAX = int(os.sysconf("SC_ARG_MAX"))
+except (ValueError, OSError, AttributeError):  # pragma: no cover - POSIX always has it
+    ARG_MAX = 262144
+if ARG_MAX <= 0:  # pragma: no cover - "no limit"
+    ARG_MAX = 2**31
+_ARG_BOUND = min(MAX_ARG_STRLEN or ARG_MAX, ARG_MAX // 2)
 _SEMVER = re.compile(SEMVER_PATTERN)
 
 
@@ -145,7 +181,7 @@ def node_line(text: str, loc: Sequence[Any]) -> int | None:
     JSON is YAML's flow style, so PyYAML's composer gives positions without a parser of ours."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return None
     if node is None:
         return None
@@ -193,9 +229,12 @@ class ParseContext:
 
     root: str
     real_root: str
-    capabilities: dict[str, tuple[str, str, str | None]] | None  # ref -> (id, stability, by)
-    resources: dict[str, tuple[str, int | None, int | None]] | None  # id -> (type, lo, hi)
+    # ref (id or name) -> (capability_id, stability, deprecated_by, version)
+    capabilities: dict[str, tuple[str, str, str | None, str]] | None
+    # resource_id -> (type, min_per_task, max_per_task, lease ceiling: registries.lease_ceiling)
+    resources: dict[str, tuple[str, int | None, int | None, float | None]] | None
     definitions: bool = True  # compute the canonical JSON and its sha256
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # [definitions] max_task_file_bytes
 
 
 _CONTEXT: ParseContext | None = None
@@ -228,27 +267,27 @@ class _TaskFile:
         return self.raw.decode("utf-8", errors="replace")
 
     def pydantic(self, exc: ValidationError, model: type[BaseModel]) -> None:
-        for err, problem in zip(exc.errors(), problems_from(exc, model), strict=True):
+        for problem in problems_from(exc, model):
             if problem.path:
                 self.invalid.append(problem.path)
             code = "status_not_pending" if problem.path == "status" else "schema"
+            loc = _loc(problem.path)
             hint = ("the kernel owns task state after load: write \"pending\" or leave status "
-                    "out" if code == "status_not_pending" else field_hint(model, err["loc"]))
+                    "out" if code == "status_not_pending" else field_hint(model, loc))
             self.problems.append(ValidationProblem(
                 code, self.display, problem.path, problem.message, hint,
-                node_line(self.text, err["loc"])))
+                node_line(self.text, loc)))
 
 
-def read_bytes(path: str) -> bytes:
-    # os.open/os.read: half the cost of open() for small files (no buffered file objects).
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        parts = [os.read(fd, 65536)]
-        while len(parts[-1]) == 65536:
-            parts.append(os.read(fd, 65536))
-        return b"".join(parts) if len(parts) > 1 else parts[0]
-    finally:
-        os.close(fd)
+def read_bytes(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The bytes of a definition file (``kernel.documents.read_file``: a regular file, never
+    waited on, at most ``max_bytes``); raises ``DocumentError``."""
+    return read_file(path, max_bytes=max_bytes)
+
+
+def _document_problem(exc: DocumentError, display: str | None) -> ValidationProblem:
+    return ValidationProblem(exc.code, display, exc.path, exc.message, exc.hint, exc.line,
+                             exc.column)
 
 
 def parse_task(path: str, display: str, ctx: ParseContext) -> tuple[
@@ -258,16 +297,12 @@ def parse_task(path: str, display: str, ctx: ParseContext) -> tuple[
     makes it unusable) and every problem found in it."""
     f = _TaskFile(path, display)
     try:
-        f.raw = read_bytes(path)
-        data = json.loads(f.raw)
-    except OSError as exc:
-        return None, [ValidationProblem("file_unreadable", display, "", str(exc))]
-    except UnicodeDecodeError as exc:
-        return None, [ValidationProblem("json_syntax", display, "", f"not UTF-8: {exc.reason}",
-                                        "save the file as UTF-8")]
-    except json.JSONDecodeError as exc:
-        return None, [ValidationProblem("json_syntax", display, "", exc.msg, JSON_HINT,
-                                        exc.lineno, exc.colno)]
+        f.raw = read_file(path, max_bytes=ctx.max_file_bytes, display=display)
+    except DocumentError as exc:
+        return None, [_document_problem(exc, display)]
+    data, found = parse_json(f.raw, display)
+    if found:
+        return None, [_document_problem(p, display) for p in found]
     if not isinstance(data, dict):
         return None, [ValidationProblem("schema", display, "", "expected a JSON object, got "
                                         f"{type(data).__name__}", "a task file holds one object")]
@@ -282,6 +317,8 @@ def parse_task(path: str, display: str, ctx: ParseContext) -> tuple[
                          execution.working_directory,
                          context.required_files if context else [],
                          context.optional_files if context else []), ctx)
+    _check_min_version(f, task, ctx)
+    _check_argv(f, task, ctx)
     definition = task.model_dump_json() if ctx.definitions else ""
     record = TaskRecord(
         task.task_id, task.workstream_id, display, migrated, tuple(task.dependencies),
@@ -317,7 +354,8 @@ def _validate(f: _TaskFile, data: dict[str, Any]) -> tuple[TaskDefinition | None
         return None, True
     f.add("unsupported_schema_version", "schema_version",
           f"schema_version {version!r} is not supported: this orch reads 2.0.x, and 1.0.x "
-          "(migrated on load)",
+          "(migrated on load)" if isinstance(version, str) else
+          f"schema_version must be a semver string such as \"2.0.0\", not {version!r}",
           "use \"2.0.0\"; a newer version needs a newer orch" if match else
           "write a semver string such as \"2.0.0\"")
     return None, False
@@ -374,7 +412,9 @@ def _check_task(f: _TaskFile, task: _View, ctx: ParseContext) -> None:
             path = f"worker_requirements.capabilities[{i}]"
             cap = ctx.capabilities.get(ref)
             if cap is None:
-                f.add("unknown_capability", path, f"unknown capability '{ref}'",
+                f.add("unknown_capability", path, f"unknown capability '{ref}': no worker "
+                      "offers it unless started with `orch worker --capability "
+                      f"{ref}@VERSION`, so the task may wait forever",
                       "known: " + ", ".join(sorted({c[0] for c in ctx.capabilities.values()})))
             elif cap[1] == "deprecated":
                 f.add("deprecated_capability", path, f"capability '{ref}' is deprecated",
@@ -407,18 +447,26 @@ def _check_paths(f: _TaskFile, task: _View, ctx: ParseContext) -> None:
 
 
 def _check_resource(f: _TaskFile, rid: str, want: Any,
-                    resources: dict[str, tuple[str, int | None, int | None]]) -> None:
+                    resources: dict[str, tuple[str, int | None, int | None, float | None]]
+                    ) -> None:
     path = f"resource_requirements.{rid}"
     if rid not in resources:
         f.add("unknown_resource", path, f"unknown resource '{rid}'",
               "known: " + ", ".join(sorted(resources)))
         return
-    kind, low, high = resources[rid]
+    kind, low, high, ceiling = resources[rid]
     if kind in ("pooled", "rate_limited"):
         if not isinstance(want, int) or isinstance(want, bool):
             f.add("resource_mode_mismatch", path,
                   f"'{rid}' is {kind}: ask for a number of units, not {want!r}",
                   f'e.g. "{rid}": {low or 1}')
+        elif ceiling is not None and want > ceiling:
+            what = "capacity - reserved" if kind == "pooled" else "the bucket size"
+            f.add("impossible_resource_amount", path,
+                  f"asks for {want} units of '{rid}', more than it can ever lease to one task "
+                  f"({ceiling:g}: {what}); a task may take {low or 1} to {high}",
+                  "the task would wait forever: lower the amount, or raise capacity in "
+                  "capabilities/resources.yaml")
         elif not (low or 1) <= want <= (high or want):
             f.add("impossible_resource_amount", path,
                   f"asks for {want} units of '{rid}'; a task may take {low or 1} to {high}",
@@ -427,6 +475,77 @@ def _check_resource(f: _TaskFile, rid: str, want: Any,
     elif want != kind:
         f.add("resource_mode_mismatch", path,
               f"'{rid}' is {kind}: request it as \"{kind}\", not {want!r}", f'"{rid}": "{kind}"')
+
+
+def _check_min_version(f: _TaskFile, task: TaskDefinition, ctx: ParseContext) -> None:
+    """min_version is the lowest version every listed capability must have on the worker."""
+    wanted = task.worker_requirements.min_version
+    if wanted is None:
+        return
+    path = "worker_requirements.min_version"
+    if not task.worker_requirements.capabilities:
+        f.add("min_version_unused", path,
+              f"min_version {wanted} constrains nothing: worker_requirements.capabilities is "
+              "empty", "list the capabilities it applies to, or remove min_version")
+        return
+    if ctx.capabilities is None:
+        return
+    key = semver_key(wanted)
+    for ref in task.worker_requirements.capabilities:
+        cap = ctx.capabilities.get(ref)
+        if cap is not None and semver_key(cap[3]) < key:
+            f.add("min_version_unmet", path,
+                  f"min_version {wanted} is above version {cap[3]} of capability '{ref}' in "
+                  "the registry: no worker offering the catalog can take this task",
+                  f"lower min_version to {cap[3]}, or raise the capability's version in "
+                  f"capabilities/registry.yaml (or start a worker with --capability "
+                  f"{cap[0]}@{wanted})")
+
+
+def _check_argv(f: _TaskFile, task: TaskDefinition, ctx: ParseContext) -> None:
+    """The command must be startable: no argument over MAX_ARG_STRLEN, argv within ARG_MAX,
+    with the placeholders filled in as a worker fills them (kernel.executors.base)."""
+    execution = task.execution
+    command, prompt = execution.command, execution.prompt or ""
+    # Cheap bound first: a filled-in value is at most ~5x longer once shell-quoted, and a
+    # character is at most 4 bytes of UTF-8. Almost every command is far below the limits.
+    longest = max(len(prompt), len(ctx.real_root) + len(task.workstream_id) + 32, 128)
+    bound = 20 * len(command) + command.count("{") * (20 * longest + 8) + 64
+    if bound < _ARG_BOUND:
+        return
+    values = {"prompt": prompt, "task_id": task.task_id, "workstream_id": task.workstream_id,
+              "attempt": str(execution.max_retries + 1), "root": ctx.real_root,
+              "worktree": os.path.join(ctx.real_root, ".state", "worktrees",
+                                       task.workstream_id)}
+    values["prompt_file"] = os.path.join(ctx.real_root, ".state", "prompts",
+                                         f"{task.task_id}-1.txt")
+    try:
+        argv, env = substitute(command, values, shell=execution.shell)
+    except ValueError:  # an unclosed quote: the schema check reports it
+        return
+    # Values filled into a shell script travel as environment variables: the same limits.
+    args = (["/bin/sh", "-c", argv] if isinstance(argv, str) else argv) + [
+        f"{k}={v}" for k, v in env.items()]
+    sizes = [len(a.encode("utf-8", "surrogatepass")) + 1 for a in args]  # + the NUL
+    blame = ("execution.prompt" if prompt and "{prompt}" in command
+             and len(prompt) >= len(command) else "execution.command")
+    filled = " once {prompt} is filled in" if blame == "execution.prompt" else ""
+    hint = ("pass long text through a file the command reads (write it into the repository), "
+            "or shorten it")
+    for i, size in enumerate(sizes):
+        if MAX_ARG_STRLEN is not None and size > MAX_ARG_STRLEN:
+            which = "the shell command" if execution.shell else f"argument {i + 1}"
+            f.add("argument_too_long", blame,
+                  f"{which} is {size - 1} bytes{filled}; Linux refuses to start a program "
+                  f"with an argument over {MAX_ARG_STRLEN - 1} bytes (MAX_ARG_STRLEN)", hint)
+            return
+    environment = sum(len(k) + len(v) + 2 + 8 for k, v in os.environ.items())
+    total = sum(sizes) + 8 * (len(sizes) + 1)
+    if total + environment > ARG_MAX:
+        f.add("argument_too_long", blame,
+              f"the command's {len(sizes)} arguments take {total} bytes{filled}; with this "
+              f"environment ({environment} bytes) that is over the system's limit of "
+              f"{ARG_MAX} bytes for arguments and environment (sysconf SC_ARG_MAX)", hint)
 
 
 def _capabilities(task: TaskDefinition, ctx: ParseContext) -> tuple[tuple[str, str | None], ...]:
@@ -503,7 +622,8 @@ def _parse_parallel(chunks: list[list[tuple[str, str]]], ctx: ParseContext,
 # --------------------------------------------------------------------------- workstream files
 
 
-def parse_workstream(ws_id: str, path: str | None, display: str | None) -> tuple[
+def parse_workstream(ws_id: str, path: str | None, display: str | None,
+                     max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[
     WorkstreamRecord | None, list[ValidationProblem]
 ]:
     """The workstream of directory ``ws_id`` from its ``workstream.json`` (``path``), or with
@@ -512,23 +632,21 @@ def parse_workstream(ws_id: str, path: str | None, display: str | None) -> tuple
     text = ""
     if path is not None:
         try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-            data = json.loads(text)
-        except (OSError, UnicodeDecodeError) as exc:
-            return None, [ValidationProblem("file_unreadable", display, "", str(exc))]
-        except json.JSONDecodeError as exc:
-            return None, [ValidationProblem("json_syntax", display, "", exc.msg, JSON_HINT,
-                                            exc.lineno, exc.colno)]
+            raw = read_file(path, max_bytes=max_bytes, display=display)
+        except DocumentError as exc:
+            return None, [_document_problem(exc, display)]
+        data, found = parse_json(raw, display)
+        if found:
+            return None, [_document_problem(p, display) for p in found]
+        text = raw.decode("utf-8")
     try:
         model = WorkstreamDefinition.model_validate(data)
     except ValidationError as exc:
         return None, [
             ValidationProblem("workstream_file_invalid", display, p.path, p.message,
-                              field_hint(WorkstreamDefinition, err["loc"]),
-                              node_line(text, err["loc"]))
-            for err, p in zip(exc.errors(), problems_from(exc, WorkstreamDefinition),
-                              strict=True)]
+                              field_hint(WorkstreamDefinition, _loc(p.path)),
+                              node_line(text, _loc(p.path)))
+            for p in problems_from(exc, WorkstreamDefinition)]
     if model.workstream_id != ws_id:
         return None, [ValidationProblem(
             "workstream_file_invalid", display, "workstream_id",

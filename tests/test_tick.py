@@ -12,6 +12,7 @@ import pytest
 from kernel import claims, db, scheduler
 from kernel.clock import iso
 from kernel.config import Config, WorkersConfig
+from kernel.models import semver_key
 
 T0 = 1_800_000_000.0
 CONFIG = Config(workers=WorkersConfig(heartbeat_seconds=1, unresponsive_after_missed=3,
@@ -350,8 +351,8 @@ def test_min_version_is_the_lowest_version_of_each_capability(
 def test_semver_order() -> None:
     versions = ["0.9.9", "1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-beta", "1.0.0-rc.1", "1.0.0",
                 "1.0.1", "1.2.0", "1.10.0", "2.0.0"]
-    assert sorted(reversed(versions), key=claims.semver_key) == versions
-    assert claims.semver_key("1.0.0+build.7") == claims.semver_key("1.0.0")
+    assert sorted(reversed(versions), key=semver_key) == versions
+    assert semver_key("1.0.0+build.7") == semver_key("1.0.0")
 
 
 def test_one_scheduler_per_database(conn: apsw.Connection) -> None:

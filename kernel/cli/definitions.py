@@ -7,7 +7,8 @@ Public API:
 Stability Guarantees:
     See ``kernel.cli``. ``validate --json`` prints ``{"ok", "problems": [{code, severity, file,
     line, column, path, message, hint}], "counts": {errors, warnings, files, tasks,
-    workstreams, migrated}}``; exit 1 on any error, 0 with warnings only. ``load --json``
+    workstreams, migrated}}``, plus ``"error": {code, message, file, line, hint}`` (the first
+    error) when there is one; exit 1 on any error, 0 with warnings only. ``load --json``
     prints ``LoadReport.as_dict()`` on success; on failure the validate shape plus ``error``,
     exit 1. ``validate`` writes nothing; ``load`` writes all or nothing.
 
@@ -78,8 +79,21 @@ def validate_cmd(state: CliState, paths: tuple[str, ...]) -> int:
             click.echo(line)
         click.echo(_counts_line(result))
 
-    emit(state, result.as_dict(), text)
+    data = result.as_dict()
+    if not result.ok:
+        data["error"] = _error(result.problems).as_dict()
+    emit(state, data, text)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _error(problems: list[ValidationProblem]) -> OrchError:
+    """The ``error`` object of a failed ``validate --json``: the first error, and how many."""
+    errors = [p for p in problems if p.severity == ERROR]
+    first = errors[0]
+    where = f"{first.path}: " if first.path else ""
+    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    return OrchError("invalid_definitions", f"{where}{first.message}{more}", file=first.file,
+                     line=first.line, hint=first.hint or "fix the problems listed")
 
 
 @command("load")

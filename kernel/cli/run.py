@@ -66,8 +66,21 @@ def run_cmd(state: CliState, workers: int, workstream: str | None, forever: bool
 def worker_cmd(state: CliState, capabilities: tuple[str, ...], workstreams: tuple[str, ...],
                name: str, managed_by: str | None, parent_pid: int | None, once: bool) -> int:
     """Join the kernel as a worker: claim and run tasks one at a time until Ctrl-C."""
+    from kernel.models import semver_key
     from kernel.worker import WorkerOptions, main
 
+    for cap in capabilities:
+        name, _, version = cap.partition("@")
+        if not name:
+            raise UsageError("usage", f"--capability {cap!r} names no capability",
+                             hint="e.g. --capability cap-aider-001@1.2.0")
+        if version:
+            try:
+                semver_key(version)
+            except ValueError:
+                raise UsageError("usage", f"--capability {cap!r}: {version!r} is not a "
+                                          "semantic version", hint="e.g. cap-aider-001@1.2.0"
+                                 ) from None
     opts = WorkerOptions(capabilities=capabilities,
                          workstreams=list(workstreams) if workstreams else None,
                          scheduler_owner=managed_by, parent_pid=parent_pid, name=name,
