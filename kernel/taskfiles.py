@@ -524,8 +524,9 @@ def _check_argv(f: _TaskFile, task: TaskDefinition, ctx: ParseContext) -> None:
     except ValueError:  # an unclosed quote: the schema check reports it
         return
     # Values filled into a shell script travel as environment variables: the same limits.
-    args = (["/bin/sh", "-c", argv] if isinstance(argv, str) else argv) + [
-        f"{k}={v}" for k, v in env.items()]
+    argv_list = ["/bin/sh", "-c", argv] if isinstance(argv, str) else argv
+    env_items = [f"{k}={v}" for k, v in env.items()]
+    args = argv_list + env_items
     sizes = [len(a.encode("utf-8", "surrogatepass")) + 1 for a in args]  # + the NUL
     blame = ("execution.prompt" if prompt and "{prompt}" in command
              and len(prompt) >= len(command) else "execution.command")
@@ -534,7 +535,11 @@ def _check_argv(f: _TaskFile, task: TaskDefinition, ctx: ParseContext) -> None:
             "or shorten it")
     for i, size in enumerate(sizes):
         if MAX_ARG_STRLEN is not None and size > MAX_ARG_STRLEN:
-            which = "the shell command" if execution.shell else f"argument {i + 1}"
+            if i >= len(argv_list):
+                var = env_items[i - len(argv_list)].split("=", 1)[0]
+                which = f"the value the shell reads from ${var}"
+            else:
+                which = "the shell command" if execution.shell else f"argument {i + 1}"
             f.add("argument_too_long", blame,
                   f"{which} is {size - 1} bytes{filled}; Linux refuses to start a program "
                   f"with an argument over {MAX_ARG_STRLEN - 1} bytes (MAX_ARG_STRLEN)", hint)
