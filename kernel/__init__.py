@@ -1,9 +1,12 @@
 """orch: an embedded, SQLite-centric orchestration kernel for AI coding-agent work.
 
 Public API:
-    ``__version__``. The library is organised as small noun modules: ``kernel.db`` (connections,
-    migrations), ``kernel.machines`` (state machines as data), ``kernel.project`` (project layout
-    and configuration), ``kernel.doctor``, ``kernel.audit`` and ``kernel.cli`` (the ``orch``
+    ``__version__``. The library is organised as small noun modules: ``kernel.store.db``
+    (connections,
+    migrations), ``kernel.store.machines`` (state machines as data), ``kernel.store.project``
+    (project layout
+    and configuration), ``kernel.maintain.doctor``, ``kernel.observe.audit`` and ``kernel.cli``
+    (the ``orch``
     command).
 
 Stability Guarantees:

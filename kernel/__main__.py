@@ -7,7 +7,8 @@ Stability Guarantees:
     Identical to ``orch``.
 
 Integration Points:
-    ``kernel.runner.spawn_worker`` runs ``python -m kernel worker ...`` with the interpreter of
+    ``kernel.runtime.runner.spawn_worker`` runs ``python -m kernel worker ...`` with the
+    interpreter of
     the running ``orch``, so workers always use the same installation.
 
 Dependencies:

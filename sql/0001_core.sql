@@ -8,7 +8,7 @@
 --
 -- The state machines (docs/state_machines/*.yaml) are loaded by the kernel into machine,
 -- machine_state and machine_transition; the kernel also generates one `<machine>_illegal_transition`
--- trigger per machine from them (see kernel/machines.py). The triggers below hold the guards and
+-- trigger per machine from them (see kernel/store/machines.py). The triggers below hold the guards and
 -- invariants that do not depend on the YAML's wording, and write the audit events.
 --
 -- Requesting a transition: UPDATE the entity's `state` together with `transition_trigger`

@@ -1,7 +1,7 @@
 -- 0003_audit: audit retention (AUDIT-002): `orch audit rotate` moves events older than the
 -- retention period (at least 90 days) into monthly archive files under .state/archive/events/.
 -- The procedure, its crash behaviour and how to verify the archives are in
--- docs/operations/AUDIT_RETENTION.md; the code is kernel/archive.py.
+-- docs/operations/AUDIT_RETENTION.md; the code is kernel/observe/archive.py.
 --
 -- * event_archive: one row per archive file written by a rotation (append-only): which events
 --   went where, how many, and the checksums to verify the file with.

@@ -1,6 +1,6 @@
 -- 0004_metrics: metric samples and failure occurrences (SPEC OBS-001, OBS-002).
 --
--- * metric_sample: one row per `.state/metrics.json` written (kernel.metrics.write_metrics: at
+-- * metric_sample: one row per `.state/metrics.json` written (kernel.observe.metrics.write_metrics: at
 --   the start and end of `orch run`, every [views] metrics_interval_seconds while it runs, and
 --   on every `orch metrics`). Rows older than the retention (30 days by default, never less) are
 --   deleted by the same transaction that inserts a new one.

@@ -12,9 +12,9 @@ from pathlib import Path
 import apsw
 import pytest
 
-from kernel import db
 from kernel.cli import run
-from kernel.project import Project, init_project
+from kernel.store import db
+from kernel.store.project import Project, init_project
 
 REPO = Path(__file__).resolve().parent.parent
 

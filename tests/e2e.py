@@ -17,8 +17,10 @@ from typing import Any
 
 import yaml
 
-from kernel import audit, clock, db
-from kernel.project import init_project
+from kernel.base import clock
+from kernel.observe import audit
+from kernel.store import db
+from kernel.store.project import init_project
 from tests.conftest import orch
 
 PY = sys.executable

@@ -15,19 +15,21 @@ from typing import Any
 import apsw
 import pytest
 
-from kernel import archive, db, operator
-from kernel.clock import iso
-from kernel.inspect import why
-from kernel.machines import transition
-from kernel.project import Project
-from kernel.replay import replay
+from kernel.base.clock import iso
+from kernel.observe import archive
+from kernel.observe.replay import replay
+from kernel.observe.status import why
+from kernel.runtime import actions
+from kernel.store import db
+from kernel.store.machines import transition
+from kernel.store.project import Project
 
 from .conftest import logical_dump, orch, orch_json, run_cli
 from .e2e import make_project, py, query, run, task
 
 DAY = 86400.0
 NOW = time.time()
-USER = operator.operator_name()
+USER = actions.operator_name()
 
 
 def _ago(days: float) -> str:
@@ -57,7 +59,7 @@ def _history(conn: apsw.Connection) -> None:
         transition(conn, "worker", "w1", "busy", "task_assigned", {"at": _ago(100)})
         transition(conn, "workstream", "ws", "executing", "first_task_started",
                    {"at": _ago(100)})
-    operator.cancel_tasks(conn, ["b"], now=_ago(95))
+    actions.cancel_tasks(conn, ["b"], now=_ago(95))
     with db.write_tx(conn):
         transition(conn, "task", "a", "validating", "execution_completed", {"at": _ago(92)},
                    worker_id=None)

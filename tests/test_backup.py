@@ -19,19 +19,21 @@ from typing import Any
 import apsw
 import pytest
 
-from kernel import audit, clock, db, views
-from kernel.backup import backup, list_backups
-from kernel.machines import transition
-from kernel.project import Project
-from kernel.redact import DEFAULT_PATTERNS, redact_string, redact_text
+from kernel.base import clock
+from kernel.maintain.backup import backup, list_backups
+from kernel.maintain.redact import DEFAULT_PATTERNS, redact_string, redact_text
+from kernel.observe import audit, exports
+from kernel.store import db
+from kernel.store.machines import transition
+from kernel.store.project import Project
 
 from .conftest import REPO, logical_dump, orch, orch_json
 from .e2e import make_project, py, run, task, wait_for
 
 WRITER = r"""
 import pathlib, sys, time
-from kernel import db
-from kernel.machines import transition
+from kernel.store import db
+from kernel.store.machines import transition
 
 conn = db.connect(sys.argv[1])
 stop = pathlib.Path(sys.argv[2])
@@ -215,7 +217,7 @@ def test_bundle_redacts_every_member_and_leaves_the_database_alone(tmp_path: Pat
             conn.execute("UPDATE attempt SET error_message = ? WHERE task_id = 'boom'",
                          (f"slack {SLACK} jwt {JWT}",))
         # The views see the planted secrets too.
-        views.export(conn, project.state_dir, full=True)
+        exports.export(conn, project.state_dir, full=True)
     finally:
         conn.close()
     (project.logs_dir / "extra.log").write_text(

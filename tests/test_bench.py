@@ -151,12 +151,12 @@ def test_shim_counts_commits_and_times_claims_in_a_child(tmp_path: Path) -> None
 
     (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
     script = (
-        "import apsw, kernel.claims as c\n"
+        "import apsw, kernel.runtime.claims as c\n"
         f"conn = apsw.Connection({str(tmp_path / 'x.db')!r})\n"
         "conn.execute('CREATE TABLE t (x)')\n"
         "conn.execute('BEGIN IMMEDIATE'); conn.execute('COMMIT')\n"
         "conn.execute('SELECT * FROM t').fetchall()\n"
-        "import kernel.worker as w\n"
+        "import kernel.runtime.worker as w\n"
         "assert getattr(w, 'CLAIM_LOG_ENV', None) or c.claim_next.__module__ == "
         "'kernel.bench.shim'\n"
         "assert c.claim_next.__name__ == 'claim_next'\n"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel import db
-from kernel.project import Project
+from kernel.store import db
+from kernel.store.project import Project
 
 from .conftest import logical_dump, orch, orch_json, run_cli
 

@@ -22,8 +22,8 @@ import apsw
 import pytest
 import yaml
 
-from kernel.load import load
-from kernel.project import Project, init_project
+from kernel.definitions.load import load
+from kernel.store.project import Project, init_project
 
 from .conftest import logical_dump, orch, run_cli
 

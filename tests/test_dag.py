@@ -1,4 +1,5 @@
-"""Tests for kernel/dag.py: worked examples, then hypothesis properties against networkx."""
+"""Tests for kernel/planning/dag.py: worked examples, then hypothesis properties against
+networkx."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel.dag import (
+from kernel.planning.dag import (
     DagError,
     DependencyCycle,
     DuplicateTask,
@@ -436,7 +437,7 @@ def test_stage_duration_bounds(durations: list[float], lanes: int) -> None:
 def test_dag_and_plan_equal_the_two_documents_made_apart(seed: int) -> None:
     import random
 
-    from kernel.dag import dag_and_plan, dag_document, execution_plan
+    from kernel.planning.dag import dag_and_plan, dag_document, execution_plan
 
     tasks = generate_layered_dag(400, 1200, seed=seed)
     random.Random(seed).shuffle(tasks)   # the input order must not matter either

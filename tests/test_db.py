@@ -8,9 +8,9 @@ from pathlib import Path
 import apsw
 import pytest
 
-from kernel import db
+from kernel.base.errors import DatabaseUnavailable
 from kernel.docgen import schema_snapshot
-from kernel.errors import DatabaseUnavailable
+from kernel.store import db
 
 from .conftest import logical_dump
 

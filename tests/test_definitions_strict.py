@@ -1,4 +1,4 @@
-"""The strict parse layer (kernel.documents) and what is built on it: strict models, semver
+"""The strict parse layer (kernel.base.documents) and what is built on it: strict models, semver
 precedence, the one definition of an impossible resource request, argument limits, orch.toml
 checks, and no crash whatever a definition holds. Real files, real FIFOs, real SQLite."""
 
@@ -16,10 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernel import db, leases, taskfiles
-from kernel.config import DEFAULT_CONFIG_TOML, Config, ConfigError, config_problems, load_config
-from kernel.definitions import validate
-from kernel.documents import (
+from kernel.base.config import (
+    DEFAULT_CONFIG_TOML,
+    Config,
+    ConfigError,
+    config_problems,
+    load_config,
+)
+from kernel.base.documents import (
     INT64_MAX,
     MAX_DEPTH,
     DocumentError,
@@ -29,12 +33,16 @@ from kernel.documents import (
     parse_yaml,
     read_file,
 )
-from kernel.load import LoadError, load
-from kernel.migrate_tasks import MigrationError, migrate_tasks
-from kernel.models import TaskDefinition, semver_key
-from kernel.project import Project
-from kernel.registries import ResourceRegistry, lease_ceiling
-from kernel.taskfiles import ParseContext, parse_task
+from kernel.definitions import taskfiles
+from kernel.definitions.check import validate
+from kernel.definitions.load import LoadError, load
+from kernel.definitions.migrate_tasks import MigrationError, migrate_tasks
+from kernel.definitions.models import TaskDefinition, semver_key
+from kernel.definitions.registries import ResourceRegistry, lease_ceiling
+from kernel.definitions.taskfiles import ParseContext, parse_task
+from kernel.runtime import leases
+from kernel.store import db
+from kernel.store.project import Project
 
 from .conftest import logical_dump, orch, orch_json
 from .test_validate import task_doc, write_task

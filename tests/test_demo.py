@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel.dag import PlanTask, execution_plan
+from kernel.definitions.models import WorkstreamDefinition, parse_task
 from kernel.demo import (
     BRANCHES,
     FLAKY_TASK,
@@ -23,7 +23,7 @@ from kernel.demo import (
     example_project_files,
     example_task_files,
 )
-from kernel.models import WorkstreamDefinition, parse_task
+from kernel.planning.dag import PlanTask, execution_plan
 
 from .conftest import orch, orch_json, run_cli
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kernel.cli import cli
 from kernel.docgen import generated_files, stale_files
-from kernel.machines import load_machines
+from kernel.store.machines import load_machines
 
 REPO = Path(__file__).resolve().parent.parent
 

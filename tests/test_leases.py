@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernel import db, leases
-from kernel.clock import iso
+from kernel.base.clock import iso
+from kernel.runtime import leases
+from kernel.store import db
 
 T0 = 1_800_000_000.0
 

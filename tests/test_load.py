@@ -12,11 +12,11 @@ from typing import Any
 import apsw
 import pytest
 
-from kernel import db
-from kernel.errors import DatabaseUnavailable
-from kernel.load import LoadError, load
-from kernel.machines import transition
-from kernel.project import Project
+from kernel.base.errors import DatabaseUnavailable
+from kernel.definitions.load import LoadError, load
+from kernel.store import db
+from kernel.store.machines import transition
+from kernel.store.project import Project
 
 from .conftest import logical_dump, run_cli
 from .test_validate import task_doc, write_task
@@ -320,7 +320,7 @@ def test_the_example_project_validates_and_loads_cleanly(project: Project) -> No
     for part in ("src", "tests"):
         shutil.copytree(example / part, project.root / part)
     shutil.copytree(example / "tasks", project.tasks_dir, dirs_exist_ok=True)
-    from kernel.definitions import validate
+    from kernel.definitions.check import validate
 
     assert validate(project).problems == []
     report = load(project, workers=1)
@@ -333,12 +333,12 @@ def test_the_example_project_validates_and_loads_cleanly(project: Project) -> No
 
 def test_parsing_in_worker_processes_gives_the_same_result(small_project: Project,
                                                            monkeypatch) -> None:
-    from kernel import definitions, taskfiles
+    from kernel.definitions import check, taskfiles
 
     monkeypatch.setattr(taskfiles, "CHUNK_FILES", 1)
     write_task(small_project, task_doc("bad", ws="ws1", status="x"))
-    serial = definitions.collect(small_project, workers=1)
-    parallel = definitions.collect(small_project, workers=2)
+    serial = check.collect(small_project, workers=1)
+    parallel = check.collect(small_project, workers=2)
     assert parallel.tasks == serial.tasks and parallel.problems == serial.problems
 
 

@@ -1,4 +1,5 @@
-"""The bulk write path of orch load (kernel.load.insert_rows): tasks are inserted a batch per
+"""The bulk write path of orch load (kernel.definitions.load.insert_rows): tasks are
+inserted a batch per
 statement, and that changes nothing in the database but the time it takes: the same rows, the
 same event log (one task_created event per task, in task_id order, gapless seq) as one INSERT
 per row; a failure inside a batch still leaves the database as it was."""
@@ -13,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel import db
-from kernel import load as load_module
-from kernel.load import insert_rows, load
-from kernel.project import Project, init_project
+from kernel.definitions import load as load_module
+from kernel.definitions.load import insert_rows, load
+from kernel.store import db
+from kernel.store.project import Project, init_project
 
 from .conftest import logical_dump
 from .test_validate import task_doc, write_task

@@ -4,7 +4,7 @@ The Python model below knows the YAML transition table and the SQL guards (depen
 completed before queued, a live and free worker for running, running <=> worker_id, retries
 counted and bounded, retry_count monotonic, a worker keeps its running task until it is handed
 on, created_at <= started_at <= completed_at). Every request, legal or not, is sent through
-``kernel.machines.transition`` and the database must decide exactly as the model predicts;
+``kernel.store.machines.transition`` and the database must decide exactly as the model predicts;
 the invariants are checked against the database after every step.
 """
 
@@ -28,9 +28,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from kernel import db
-from kernel.errors import IllegalTransition
-from kernel.machines import ENTITY, TransitionDef, load_machines, transition
+from kernel.base.errors import IllegalTransition
+from kernel.store import db
+from kernel.store.machines import ENTITY, TransitionDef, load_machines, transition
 
 MACHINES = load_machines()
 LEGAL = {

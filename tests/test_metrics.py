@@ -23,10 +23,11 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
-from kernel import clock, db
-from kernel import metrics as m
-from kernel.machines import load_machines, transition
-from kernel.project import Project
+from kernel.base import clock
+from kernel.observe import metrics as m
+from kernel.store import db
+from kernel.store.machines import load_machines, transition
+from kernel.store.project import Project
 from tests.conftest import REPO, orch, orch_json, run_cli
 from tests.e2e import ORCH, make_project, py, query, run, task
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kernel.migrate_tasks import (
+from kernel.definitions.migrate_tasks import (
     MigrationError,
     list_backups,
     main,
@@ -17,7 +17,7 @@ from kernel.migrate_tasks import (
     restore_backup,
     task_files,
 )
-from kernel.models import load_task_file
+from kernel.definitions.models import load_task_file
 
 NOW = datetime(2026, 11, 24, 10, 15, 0, tzinfo=UTC)
 STAMP = "20261124T101500Z"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from kernel.models import (
+from kernel.definitions.models import (
     AttemptOutput,
     DefinitionError,
     TaskDefinition,
@@ -22,7 +22,7 @@ from kernel.models import (
     parse_task,
     schema_url,
 )
-from kernel.registries import (
+from kernel.definitions.registries import (
     DEFAULT_CAPABILITY_REGISTRY,
     DEFAULT_RESOURCE_REGISTRY,
     CapabilityRegistry,
@@ -713,7 +713,7 @@ def test_a_command_without_quotes_or_backslashes_always_splits(command: str) -> 
     import re
     import shlex
 
-    from kernel.models import SHLEX_SPECIAL
+    from kernel.definitions.models import SHLEX_SPECIAL
 
     assert SHLEX_SPECIAL.isdisjoint(command)
     assert shlex.split(command) == [t for t in re.split("[ \t\r\n]+", command) if t]
@@ -721,7 +721,7 @@ def test_a_command_without_quotes_or_backslashes_always_splits(command: str) -> 
 
 @pytest.mark.parametrize("command", ["echo 'unclosed", 'say "hi', "trailing \\"])
 def test_a_command_shlex_cannot_split_is_still_refused(command: str) -> None:
-    from kernel.models import ExecutionSpec
+    from kernel.definitions.models import ExecutionSpec
 
     with pytest.raises(ValueError, match="cannot be split"):
         ExecutionSpec.model_validate({"command": command})

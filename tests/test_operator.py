@@ -10,11 +10,11 @@ from typing import Any
 import apsw
 import pytest
 
-from kernel import db
-from kernel.inspect import why
-from kernel.machines import transition
-from kernel.operator import cancel_tasks
-from kernel.project import Project
+from kernel.observe.status import why
+from kernel.runtime.actions import cancel_tasks
+from kernel.store import db
+from kernel.store.machines import transition
+from kernel.store.project import Project
 
 from .conftest import logical_dump, orch_json, run_cli
 
@@ -268,7 +268,7 @@ def test_skip_of_a_failed_task_says_retry_first(proj: Project) -> None:
     start(conn, "d", "w1")
     finish(conn, "d", "failed", "execution_failed", outcome="failed", exit_code=1,
            failure_mode="Task-Failed")
-    from kernel.operator import skip_tasks
+    from kernel.runtime.actions import skip_tasks
 
     report = skip_tasks(conn, ["d"])
     conn.close()

@@ -1,4 +1,4 @@
-"""orch plan and kernel.plan: execution plans read from rows in a real database."""
+"""orch plan and kernel.planning.plan: execution plans read from rows in a real database."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ from typing import Any
 import apsw
 import pytest
 
-from kernel import db
-from kernel.dag import PlanTask, execution_plan
-from kernel.errors import OrchError
-from kernel.plan import (
+from kernel.base.errors import OrchError
+from kernel.planning.dag import PlanTask, execution_plan
+from kernel.planning.plan import (
     all_workstreams,
     plan_tasks,
     read_workstream,
     timestamp,
     workstream_plan,
 )
-from kernel.project import Project
+from kernel.store import db
+from kernel.store.project import Project
 
 from .conftest import run_cli
 
@@ -155,7 +155,7 @@ def test_plan_json_equals_the_dag_modules_plan(diamond_project: Project, capsys)
 
 def test_workstream_plan_matches_the_dag_module(diamond_project: Project,
                                                 conn: apsw.Connection) -> None:
-    from kernel.dag import dag_document
+    from kernel.planning.dag import dag_document
 
     now = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
     dag_doc, plan_doc = workstream_plan(conn, "diamond", now)

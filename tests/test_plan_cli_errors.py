@@ -9,8 +9,8 @@ from pathlib import Path
 import apsw
 import pytest
 
-from kernel.load import load
-from kernel.project import Project
+from kernel.definitions.load import load
+from kernel.store.project import Project
 
 from .conftest import run_cli
 from .test_validate import task_doc, write_task

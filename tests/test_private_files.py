@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from kernel import archive, db
-from kernel.machines import transition
-from kernel.project import Project, init_project
+from kernel.observe import archive
+from kernel.store import db
+from kernel.store.machines import transition
+from kernel.store.project import Project, init_project
 
 from .conftest import orch
 

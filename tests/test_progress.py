@@ -9,9 +9,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from kernel.progress import LiveProgress, QuietProgress, make_progress
-from kernel.project import Project
-from kernel.runner import RunOptions, run
+from kernel.runtime.progress import LiveProgress, QuietProgress, make_progress
+from kernel.runtime.runner import RunOptions, run
+from kernel.store.project import Project
 from tests.conftest import orch
 from tests.e2e import make_project, sleep_cmd, task
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import apsw
 import pytest
 
-from kernel import db
-from kernel.backup import backup
-from kernel.machines import transition
-from kernel.project import Project
+from kernel.maintain.backup import backup
+from kernel.store import db
+from kernel.store.machines import transition
+from kernel.store.project import Project
 
 from .conftest import REPO
 

@@ -12,7 +12,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from kernel import claims, clock, db
+from kernel.base import clock
+from kernel.runtime import claims
+from kernel.store import db
 from tests.e2e import (
     events,
     first,

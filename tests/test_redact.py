@@ -13,8 +13,14 @@ from pathlib import Path
 import apsw
 import pytest
 
-from kernel import db
-from kernel.redact import DEFAULT_PATTERNS, REDACTED, looks_random, redact_string, redact_text
+from kernel.maintain.redact import (
+    DEFAULT_PATTERNS,
+    REDACTED,
+    looks_random,
+    redact_string,
+    redact_text,
+)
+from kernel.store import db
 
 from .conftest import logical_dump, orch_json
 from .e2e import make_project, py, run, task

@@ -1,4 +1,5 @@
-"""Tests for kernel/render.py: every node and edge drawn, critical path styled, ids escaped."""
+"""Tests for kernel/planning/render.py: every node and edge drawn, critical path styled, ids
+escaped."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import re
 import pytest
 from rich.console import Console
 
-from kernel.dag import PlanTask, dag_document, execution_plan, generate_layered_dag
-from kernel.render import (
+from kernel.planning.dag import PlanTask, dag_document, execution_plan, generate_layered_dag
+from kernel.planning.render import (
     format_duration,
     join_middle,
     plan_dot,

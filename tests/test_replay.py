@@ -13,13 +13,14 @@ from typing import Any
 import apsw
 import pytest
 
-from kernel import claims, db, operator, scheduler
-from kernel.audit import parse_timestamp
-from kernel.clock import epoch, iso
-from kernel.config import Config, WorkersConfig
-from kernel.errors import UsageError
-from kernel.machines import transition
-from kernel.replay import format_replay, replay
+from kernel.base.clock import epoch, iso
+from kernel.base.config import Config, WorkersConfig
+from kernel.base.errors import UsageError
+from kernel.observe.audit import parse_timestamp
+from kernel.observe.replay import format_replay, replay
+from kernel.runtime import actions, claims, scheduler
+from kernel.store import db
+from kernel.store.machines import transition
 
 from .conftest import orch_json, run_cli
 
@@ -112,12 +113,12 @@ def _recorded_run(conn: apsw.Connection, root: Path) -> list[tuple[float, dict[s
     assert claims.finish_execution(conn, c1, t, outcome="timeout", exit_code=None,
                                    error="timed out after 5 s", duration=5,
                                    backoff=ctx.backoff()) == "failed"
-    operator.cancel_tasks(conn, ["d"], now=t)
+    actions.cancel_tasks(conn, ["d"], now=t)
     step(t)
     t = T0 + 40  # a is requeued and claimed again; c and d are retried by an operator
     scheduler.tick(conn, t, ctx)
     a2 = _claim(conn, "w1", t)
-    operator.retry_tasks(conn, ["c", "d"], now=t)
+    actions.retry_tasks(conn, ["c", "d"], now=t)
     step(t)
     t = T0 + 50  # w1 dies while running a: a is handed on (retrying), w1 shut down
     ctx.exited["w1"] = 137
@@ -181,7 +182,7 @@ def test_replay_at_five_moments_carries_the_details(recorded: tuple[Any, Any]) -
     assert (a30["state"], a30["retry_count"], a30["failure_mode"], a30["last_error"]) == (
         "retrying", 1, "Task-Failed", "exit code 3")
     assert at[30]["tasks"]["c"]["failure_mode"] == "Task-Timeout"
-    assert at[30]["tasks"]["d"]["last_error"] == operator.CANCELLED_ERROR
+    assert at[30]["tasks"]["d"]["last_error"] == actions.CANCELLED_ERROR
     assert at[40]["tasks"]["c"]["state"] == "pending"
     assert at[40]["tasks"]["c"]["last_error"] is None
     a50 = at[50]["tasks"]["a"]

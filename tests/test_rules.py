@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel.config import RulesConfig
-from kernel.rules import RULE_NAMES, RuleResult, RulesReport, run_rule, run_rules
+from kernel.base.config import RulesConfig
+from kernel.runtime.rules import RULE_NAMES, RuleResult, RulesReport, run_rule, run_rules
 
 OTHER_RULES = [name for name in RULE_NAMES if name != "git_clean"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kernel import clock
+from kernel.base import clock
 from tests.conftest import orch
 from tests.e2e import (
     PY,

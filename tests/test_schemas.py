@@ -1,4 +1,5 @@
-"""schemas/*.json are generated from kernel.models and must be current; defaults must conform."""
+"""schemas/*.json are generated from kernel.definitions.models and must be current; defaults must
+conform."""
 
 from __future__ import annotations
 
@@ -10,17 +11,17 @@ from typing import Any
 import pytest
 import yaml
 
-from kernel.models import (
+from kernel.definitions.models import (
     TaskDefinition,
     schema_url,
 )
-from kernel.registries import (
+from kernel.definitions.registries import (
     DEFAULT_CAPABILITY_REGISTRY,
     DEFAULT_RESOURCE_REGISTRY,
     CapabilityRegistry,
     ResourceRegistry,
 )
-from kernel.schemas import SCHEMAS, generate_schemas, render, stale_schemas, write_schemas
+from kernel.observe.schemas import SCHEMAS, generate_schemas, render, stale_schemas, write_schemas
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 HAVE_JSONSCHEMA = importlib.util.find_spec("jsonschema") is not None

@@ -9,10 +9,11 @@ from pathlib import Path
 import apsw
 import pytest
 
-from kernel import claims, db, scheduler
-from kernel.clock import iso
-from kernel.config import Config, WorkersConfig
-from kernel.models import semver_key
+from kernel.base.clock import iso
+from kernel.base.config import Config, WorkersConfig
+from kernel.definitions.models import semver_key
+from kernel.runtime import claims, scheduler
+from kernel.store import db
 
 T0 = 1_800_000_000.0
 CONFIG = Config(workers=WorkersConfig(heartbeat_seconds=1, unresponsive_after_missed=3,
@@ -256,7 +257,7 @@ def test_a_critical_failure_halts_the_workstream_and_lets_running_tasks_finish(
 
 def test_an_operator_cancel_is_not_a_critical_workstream_event(conn: apsw.Connection,
                                                               tmp_path: Path) -> None:
-    from kernel.operator import cancel_tasks
+    from kernel.runtime.actions import cancel_tasks
 
     with db.write_tx(conn):
         _task(conn, "a")

@@ -3,7 +3,8 @@
 ``docs/state_machines/*_lifecycle.yaml`` is the oracle. Every legal transition is applied to an
 entity brought into its from-state by a legal path and must write exactly one matching event.
 Every other (from, to) pair, and every legal pair with a wrong trigger, must be rejected by all
-three clients the kernel promises to guard against (apsw through ``kernel.machines.transition``,
+three clients the kernel promises to guard against (apsw through
+``kernel.store.machines.transition``,
 Python's ``sqlite3`` module and the ``sqlite3`` shell) without changing the entity or the log.
 Then the SQL guards beyond the table, and the event log's append-only, gapless contract.
 """
@@ -23,9 +24,9 @@ from typing import Any, NamedTuple
 import apsw
 import pytest
 
-from kernel import db
-from kernel.errors import IllegalTransition
-from kernel.machines import (
+from kernel.base.errors import IllegalTransition
+from kernel.store import db
+from kernel.store.machines import (
     ENTITY,
     MachineDef,
     TransitionDef,
@@ -892,7 +893,7 @@ def test_event_time_never_runs_backwards_against_seq(db_with_workstream: apsw.Co
     """A caller that read its clock before it had the write lock asks for an earlier time than
     the event before it: the event is stamped with the previous event's time instead, so
     timestamp order is seq order (trigger-written and catalog events alike)."""
-    from kernel import events
+    from kernel.store import events
 
     conn = db_with_workstream
     with db.write_tx(conn):

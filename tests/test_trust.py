@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from kernel import db
-from kernel.executors.base import ExecutionRequest
-from kernel.executors.local import SubprocessExecutor
+from kernel.runtime.executors.base import ExecutionRequest
+from kernel.runtime.executors.local import SubprocessExecutor
+from kernel.store import db
 from tests.conftest import orch
 from tests.e2e import (
     ORCH,

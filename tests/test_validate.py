@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from kernel.definitions import CODES, ValidationProblem, validate
-from kernel.load import load
-from kernel.project import Project
+from kernel.definitions.check import CODES, ValidationProblem, validate
+from kernel.definitions.load import load
+from kernel.store.project import Project
 
 from .conftest import logical_dump, orch_json, run_cli
 
@@ -452,11 +452,11 @@ def test_the_real_orch_command(project: Project) -> None:
 
 
 def test_parsing_lives_in_taskfiles_and_definitions_still_exports_it(project: Project) -> None:
-    from kernel import definitions, taskfiles
+    from kernel.definitions import check, taskfiles
 
     for name in ("ValidationProblem", "TaskRecord", "WorkstreamRecord", "CODES", "ERROR",
                  "WARNING"):
-        assert getattr(definitions, name) is getattr(taskfiles, name)
+        assert getattr(check, name) is getattr(taskfiles, name)
     path = write_task(project, text='{\n  "task_id": "a",\n}\n', ws="ws", name="a")
     ctx = taskfiles.ParseContext(str(project.root), os.path.realpath(project.root), None, None)
     record, problems = taskfiles.parse_task(str(path), "tasks/ws/a.json", ctx)

@@ -14,10 +14,12 @@ import apsw
 import jsonschema
 import pytest
 
-from kernel import claims, db, scheduler, views
-from kernel.clock import iso
-from kernel.config import Config, WorkersConfig
-from kernel.project import Project
+from kernel.base.clock import iso
+from kernel.base.config import Config, WorkersConfig
+from kernel.observe import exports
+from kernel.runtime import claims, scheduler
+from kernel.store import db
+from kernel.store.project import Project
 from tests.conftest import REPO, orch
 from tests.e2e import make_project, run, task
 
@@ -39,11 +41,11 @@ def _load(state: Path, name: str) -> dict[str, Any]:
 
 
 def _jsonl(state: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (state / views.TRANSITIONS).read_text().splitlines()]
+    return [json.loads(line) for line in (state / exports.TRANSITIONS).read_text().splitlines()]
 
 
 def _db_events(conn: apsw.Connection) -> list[dict[str, Any]]:
-    out = db.rows(conn, f"SELECT {', '.join(views.EVENT_LINE_FIELDS)} FROM event ORDER BY seq")
+    out = db.rows(conn, f"SELECT {', '.join(exports.EVENT_LINE_FIELDS)} FROM event ORDER BY seq")
     for event in out:
         event["metadata"] = json.loads(event["metadata"])
     return out
@@ -54,7 +56,7 @@ def _check_agrees(conn: apsw.Connection, state: Path) -> dict[str, Any]:
     to the event table; the indices valid and derived from current.json; no .tmp left."""
     current = _load(state, "current.json")
     _validate(current, "current-state")
-    views.CurrentState.model_validate(current)
+    exports.CurrentState.model_validate(current)
     tasks = {t["task_id"]: t for t in current["tasks"]}
     rows = db.rows(conn, "SELECT task_id, state, retry_count, worker_id, last_error, "
                          "failure_mode FROM task")
@@ -123,7 +125,7 @@ def test_every_step_of_a_scripted_run_is_exported_exactly(conn: apsw.Connection,
     backoff = {"retry_delay_seconds": 0, "cap": 0, "jitter": 0}
 
     def step() -> dict[str, Any]:
-        views.export(conn, state)
+        exports.export(conn, state)
         return _check_agrees(conn, state)
 
     step()
@@ -160,7 +162,7 @@ def test_every_step_of_a_scripted_run_is_exported_exactly(conn: apsw.Connection,
 
 
 def test_pending_tasks_name_what_they_wait_for(conn: apsw.Connection, project: Project) -> None:
-    views.export(conn, project.state_dir)
+    exports.export(conn, project.state_dir)
     tasks = {t["task_id"]: t for t in _load(project.state_dir, "current.json")["tasks"]}
     assert tasks["b"]["waiting_for"] == ["a"] and tasks["a"]["waiting_for"] == []
 
@@ -168,9 +170,9 @@ def test_pending_tasks_name_what_they_wait_for(conn: apsw.Connection, project: P
 def test_exports_are_idempotent_and_never_append_an_event_twice(conn: apsw.Connection,
                                                                 project: Project) -> None:
     state = project.state_dir
-    first = views.export(conn, state, now="2026-01-01T00:00:00.000Z")
+    first = exports.export(conn, state, now="2026-01-01T00:00:00.000Z")
     text = (state / "current.json").read_text()
-    second = views.export(conn, state, now="2026-01-01T00:00:00.000Z")
+    second = exports.export(conn, state, now="2026-01-01T00:00:00.000Z")
     assert first.events_appended == db.scalar(conn, "SELECT count(*) FROM event") > 0
     assert second.events_appended == 0
     assert (state / "current.json").read_text() == text
@@ -181,11 +183,11 @@ def test_unchanged_workstreams_keep_their_dag_files_between_run_exports(
         conn: apsw.Connection, project: Project) -> None:
     cache: dict[str, str] = {}
     state = project.state_dir
-    assert "dag_ws.json" in views.export(conn, state, full=False, cache=cache).files_written
-    again = views.export(conn, state, full=False, cache=cache)
+    assert "dag_ws.json" in exports.export(conn, state, full=False, cache=cache).files_written
+    again = exports.export(conn, state, full=False, cache=cache)
     assert again.workstreams_skipped == ["ws"] and "dag_ws.json" not in again.files_written
     scheduler.tick(conn, T0, _ctx(project.root))
-    changed = views.export(conn, state, full=False, cache=cache)
+    changed = exports.export(conn, state, full=False, cache=cache)
     assert "dag_ws.json" in changed.files_written
     assert {n["task_id"]: n["status"] for n in _load(state, "dag_ws.json")["nodes"]}["a"] == \
         "queued"
@@ -194,19 +196,20 @@ def test_unchanged_workstreams_keep_their_dag_files_between_run_exports(
 KILL_BETWEEN_RENAME_AND_APPEND = """
 import os, sys
 from pathlib import Path
-from kernel import db, views
+from kernel.observe import exports
+from kernel.store import db
 def die(*args, **kwargs):
     os._exit(9)
-views._append_events = die
+exports._append_events = die
 conn = db.connect(sys.argv[1], readonly=True)
-views.export(conn, Path(sys.argv[2]))
+exports.export(conn, Path(sys.argv[2]))
 """
 
 
 def test_a_kill_between_the_rename_and_the_append_loses_nothing(conn: apsw.Connection,
                                                                 project: Project) -> None:
     state = project.state_dir
-    views.export(conn, state)
+    exports.export(conn, state)
     before = len(_jsonl(state))
     scheduler.tick(conn, T0, _ctx(project.root))       # new events the killed export misses
     proc = subprocess.run([sys.executable, "-c", KILL_BETWEEN_RENAME_AND_APPEND,
@@ -215,19 +218,19 @@ def test_a_kill_between_the_rename_and_the_append_loses_nothing(conn: apsw.Conne
     current = _load(state, "current.json")
     assert current["last_event_seq"] == db.scalar(conn, "SELECT max(seq) FROM event")
     assert len(_jsonl(state)) == before < current["last_event_seq"]   # renamed, not appended
-    views.export(conn, state)
+    exports.export(conn, state)
     _check_agrees(conn, state)
 
 
 def test_a_torn_last_line_and_a_leftover_tmp_are_repaired(conn: apsw.Connection,
                                                           project: Project) -> None:
     state = project.state_dir
-    views.export(conn, state)
+    exports.export(conn, state)
     scheduler.tick(conn, T0, _ctx(project.root))
-    with open(state / views.TRANSITIONS, "a") as fh:   # a process died mid-append
+    with open(state / exports.TRANSITIONS, "a") as fh:   # a process died mid-append
         fh.write('{"seq": 99, "event": "task_qu')
     (state / "current.json.tmp").write_text("{ half a docu")
-    views.export(conn, state)
+    exports.export(conn, state)
     _check_agrees(conn, state)
 
 
@@ -239,7 +242,7 @@ def test_concurrent_exports_do_not_duplicate_events(conn: apsw.Connection,
     def export_once() -> None:
         c = db.connect(project.db_path, readonly=True)
         try:
-            views.export(c, project.state_dir)
+            exports.export(c, project.state_dir)
         except BaseException as exc:   # pragma: no cover - reported below
             errors.append(exc)
         finally:
@@ -256,21 +259,21 @@ def test_concurrent_exports_do_not_duplicate_events(conn: apsw.Connection,
 
 def test_a_stale_index_is_not_used(conn: apsw.Connection, project: Project) -> None:
     state = project.state_dir
-    views.export(conn, state, now="2026-01-01T00:00:00.000Z")
-    assert views.read_view(state, "by_status.json")["_read_from"] == "by_status.json"
+    exports.export(conn, state, now="2026-01-01T00:00:00.000Z")
+    assert exports.read_view(state, "by_status.json")["_read_from"] == "by_status.json"
     current = _load(state, "current.json")
     current["timestamp"] = "2026-01-01T00:01:01.000Z"   # current.json moved on; index did not
     (state / "current.json").write_text(json.dumps(current))
-    assert views.read_view(state, "by_status.json")["_read_from"] == "current.json"
+    assert exports.read_view(state, "by_status.json")["_read_from"] == "current.json"
 
 
 def test_the_events_file_ahead_of_the_database_is_reported_not_rewritten(
         conn: apsw.Connection, project: Project) -> None:
     state = project.state_dir
-    views.export(conn, state)
-    with open(state / views.TRANSITIONS, "a") as fh:
+    exports.export(conn, state)
+    with open(state / exports.TRANSITIONS, "a") as fh:
         fh.write(json.dumps({"seq": 10_000, "event": "from_a_newer_database"}) + "\n")
-    report = views.export(conn, state)
+    report = exports.export(conn, state)
     assert report.events_appended == 0
     assert report.warnings and "seq 10000" in report.warnings[0]
     assert _jsonl(state)[-1]["seq"] == 10_000
@@ -331,8 +334,8 @@ def test_a_rebuilt_events_file_includes_the_rotated_events(conn: apsw.Connection
                                                            project: Project) -> None:
     """The events file is the whole log: after `orch audit rotate` moved old events into the
     archives, deleting transitions.jsonl and exporting writes the archived events too."""
-    from kernel import archive
-    from kernel.machines import transition
+    from kernel.observe import archive
+    from kernel.store.machines import transition
 
     with db.write_tx(conn):     # one more event, young, after the old history of the fixture
         transition(conn, "task", "a", "queued", "scheduler_assigned",
@@ -343,7 +346,7 @@ def test_a_rebuilt_events_file_includes_the_rotated_events(conn: apsw.Connection
     assert result["events"] > 0
     live_first = db.scalar(conn, "SELECT min(seq) FROM event")
     assert live_first > 1
-    views.export(conn, project.state_dir)
+    exports.export(conn, project.state_dir)
     assert _jsonl(project.state_dir)[:len(everything)] == everything
     assert [e["seq"] for e in _jsonl(project.state_dir)] == list(
         range(1, db.scalar(conn, "SELECT max(seq) FROM event") + 1))
@@ -352,7 +355,7 @@ def test_a_rebuilt_events_file_includes_the_rotated_events(conn: apsw.Connection
 @pytest.mark.parametrize("ids", [["a", "b"], ['a","b'], ['q"uote', "back\\slash"], ["tab\tx"],
                                  ["ünï"]])
 def test_waiting_for_lists_are_valid_json_whatever_the_ids(ids: list[str]) -> None:
-    assert json.loads(views._json_strings(ids)) == ids
+    assert json.loads(exports._json_strings(ids)) == ids
 
 
 def test_orch_load_writes_the_views(tmp_path: Path) -> None:

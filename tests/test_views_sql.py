@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import apsw
 
-from kernel import db
-from kernel.machines import transition
+from kernel.store import db
+from kernel.store.machines import transition
 
 
 def _ids(conn: apsw.Connection, sql: str) -> list[tuple]:

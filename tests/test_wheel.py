@@ -48,7 +48,7 @@ def test_installed_wheel_inits_an_empty_directory(wheel: Path, tmp_path: Path) -
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target), "PYTHONSAFEPATH": "1"}
     script = (
-        "import sys, kernel, kernel.resources as r; "
+        "import sys, kernel, kernel.base.data as r; "
         "assert str(r.sql_dir()).startswith(sys.argv[1]), r.sql_dir(); "
         "from kernel.cli import run; sys.exit(run(sys.argv[2:]))"
     )

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel.errors import OrchError
-from kernel.worktree import (
+from kernel.base.errors import OrchError
+from kernel.runtime.worktree import (
     MergeResult,
     Worktree,
     archive_state,

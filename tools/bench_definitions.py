@@ -6,14 +6,16 @@ Public API:
     main(argv=None) -> int
 
 Stability Guarantees:
-    Same arguments, same files: the tasks are ``kernel.dag.generate_layered_dag(tasks, edges,
+    Same arguments, same files: the tasks are ``kernel.planning.dag.generate_layered_dag(tasks,
+    edges,
     seed)`` spread round-robin over ``--workstreams`` workstreams (dependencies cross them),
     written once as v2 task files into ``DIR`` (default: a directory under the system temp dir
     named after the arguments) and reused by later runs. Steps, each run ``--repeat`` times,
     in seconds: ``validate`` (no database), ``parse`` (``collect`` alone: reading and
     validating the files, the part of a load before the database), ``load`` (into a fresh
     database), ``reload`` (unchanged files: must write nothing), ``validate_with_db`` and
-    ``plan`` (``kernel.plan.workstream_plan`` for every workstream; skipped when kernel.plan is
+    ``plan`` (``kernel.planning.plan.workstream_plan`` for every workstream; skipped when
+    kernel.planning.plan is
     absent). ``--steps`` picks some of them (``load`` always runs when ``reload``,
     ``validate_with_db`` or ``plan`` is picked: they need its database). For each step: the
     best wall-clock time, the median and the worst (the spread on a shared machine), and the
@@ -25,11 +27,12 @@ Stability Guarantees:
 
 Integration Points:
     The numbers quoted for ``orch validate`` and ``orch load`` come from this script; it calls
-    the library functions the commands call (``kernel.definitions.validate``,
-    ``kernel.load.load``).
+    the library functions the commands call (``kernel.definitions.check.validate``,
+    ``kernel.definitions.load.load``).
 
 Dependencies:
-    kernel.dag, kernel.definitions, kernel.load, kernel.project, kernel.db; standard library.
+    kernel.planning.dag, kernel.definitions, kernel.definitions.load, kernel.store.project,
+    kernel.db; standard library.
 """
 
 from __future__ import annotations
@@ -53,11 +56,11 @@ try:
 except ModuleNotFoundError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernel import db
-from kernel.dag import generate_layered_dag
-from kernel.definitions import collect, validate
-from kernel.load import load
-from kernel.project import Project, init_project
+from kernel.definitions.check import collect, validate
+from kernel.definitions.load import load
+from kernel.planning.dag import generate_layered_dag
+from kernel.store import db
+from kernel.store.project import Project, init_project
 
 LIMIT_SECONDS = 5.0  # validate + load
 STEPS = ("validate", "parse", "load", "reload", "validate_with_db", "plan")
@@ -138,7 +141,7 @@ def _event_count(project: Project) -> int:
 
 
 def _plan_all(project: Project) -> int:
-    from kernel import plan
+    from kernel.planning import plan
 
     conn = project.connect(readonly=True)
     try:

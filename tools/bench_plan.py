@@ -1,11 +1,12 @@
-"""Benchmark of kernel/dag.py on a large seeded layered DAG, against bare networkx.
+"""Benchmark of kernel/planning/dag.py on a large seeded layered DAG, against bare networkx.
 
 Public API:
     python tools/bench_plan.py [--tasks 100000] [--edges 300000] [--seed 42] [--repeat 3]
     main(argv=None) -> int
 
 Stability Guarantees:
-    Same arguments, same graph (kernel.dag.generate_layered_dag). Each step reports the best of
+    Same arguments, same graph (kernel.planning.dag.generate_layered_dag). Each step reports the
+    best of
     ``--repeat`` runs after a gc.collect(), in seconds. Exit status 1 when the whole plan misses a
     target: under 2 s, and within 2x the bare-networkx reference (the figures EXEC-DOC-002 quotes).
 
@@ -14,7 +15,7 @@ Integration Points:
     the benchmark suite reuses generate_layered_dag.
 
 Dependencies:
-    kernel.dag, networkx, standard library.
+    kernel.planning.dag, networkx, standard library.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from typing import Any
 import networkx as nx
 
 try:
-    import kernel.dag as dag
+    import kernel.planning.dag as dag
 except ModuleNotFoundError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import kernel.dag as dag
+    import kernel.planning.dag as dag
 
 PLAN_LIMIT_SECONDS = 2.0
 REFERENCE_FACTOR = 2.0

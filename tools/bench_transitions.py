@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kernel import db  # noqa: E402
+from kernel.store import db  # noqa: E402
 
 
 def main(n: int) -> None:

@@ -1,4 +1,4 @@
-"""Regenerate schemas/*.json from kernel.models: python tools/gen_schemas.py"""
+"""Regenerate schemas/*.json from kernel.definitions.models: python tools/gen_schemas.py"""
 
 import sys
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kernel.schemas import write_schemas  # noqa: E402
+from kernel.observe.schemas import write_schemas  # noqa: E402
 
 if __name__ == "__main__":
     print("wrote", ", ".join(write_schemas(ROOT / "schemas")))

@@ -15,7 +15,8 @@ Public API:
 Stability Guarantees:
     Every benchmark always returns the same figure rows, whatever happens: a figure that could
     not be measured has ``value`` null, ``met`` null and a note saying why (Huey not installed,
-    ``kernel.views`` missing, ...). A benchmark that raises is recorded in ``Report.errors``
+    ``kernel.observe.exports`` missing, ...). A benchmark that raises is recorded in
+    ``Report.errors``
     with its traceback and the others still run; ``Report.ok`` is false then. ``met`` is true or
     false only for a figure with a goal and a value; informational figures have ``met`` null and
     a note. ``--json`` prints ``Report.as_dict()``: ``{ok, quick, machine, benchmarks,
@@ -289,7 +290,7 @@ def select(names: Iterable[str] | None) -> list[Benchmark]:
 
 def run(names: Iterable[str] | None = None, *, quick: bool = False, install: bool = True,
         say: Callable[[str], None] | None = None, keep: bool = False) -> Report:
-    from kernel import clock
+    from kernel.base import clock
 
     chosen = select(names)
     say = say or (lambda text: None)

@@ -21,7 +21,8 @@ Integration Points:
     processes ``orch_run`` starts when asked.
 
 Dependencies:
-    apsw; ``kernel.project``, ``kernel.load``, ``kernel.db``, ``kernel.clock``,
+    apsw; ``kernel.store.project``, ``kernel.definitions.load``, ``kernel.store.db``,
+    ``kernel.base.clock``,
     ``kernel.bench.shim``; standard library.
 """
 
@@ -43,10 +44,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from kernel import clock, db
+from kernel.base import clock
 from kernel.bench import BenchContext
 from kernel.bench.shim import CLAIM_LOG_ENV, SITECUSTOMIZE, TX_LOG_ENV
-from kernel.project import Project, init_project
+from kernel.store import db
+from kernel.store.project import Project, init_project
 
 SAMPLE_SECONDS = 0.05
 
@@ -127,7 +129,7 @@ def noop_project(root: Path, n_tasks: int, *, executor: str | None = "noop",
                "type": "custom", "execution": execution,
                "dependencies": [f"t-{i - 1:0{digits}d}"] if chain and i else []}
         (directory / f"{task_id}.json").write_text(json.dumps(doc), encoding="utf-8")
-    from kernel.load import load
+    from kernel.definitions.load import load
 
     load(project)
     return project

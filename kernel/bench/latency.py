@@ -13,7 +13,7 @@ Stability Guarantees:
 
     claim-contention: 16 workers (``orch run --workers 16``) draining 20,000 (``--quick``: 300)
     independent noop tasks. Claim latency is the time a worker spends in the call that claims
-    a task — ``kernel.claims.claim_next``, or ``finish_and_claim``, the one transaction that
+    a task — ``kernel.runtime.claims.claim_next``, or ``finish_and_claim``, the one transaction that
     finishes a task and claims the next — waiting for the write lock included, read from the
     claim log (``ORCH_BENCH_CLAIM_LOG``: one ``seconds<TAB>claimed[<TAB>call]`` line per
     call), written by the kernel if it supports that variable and otherwise by the bench shim;
@@ -27,18 +27,19 @@ Integration Points:
     ``kernel.bench.BENCHMARKS``.
 
 Dependencies:
-    ``kernel.bench.harness``, ``kernel.bench.shim``, ``kernel.clock``.
+    ``kernel.bench.harness``, ``kernel.bench.shim``, ``kernel.base.clock``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kernel import clock, db
+from kernel.base import clock
 from kernel.bench import BenchContext, Figure, at_most, figure, unavailable
 from kernel.bench.harness import busy_lines, noop_project, orch_run, percentile, shim_env
 from kernel.bench.shim import read_claim_log
-from kernel.project import Project
+from kernel.store import db
+from kernel.store.project import Project
 
 DISPATCH = "dispatch-latency"
 CONTENTION = "claim-contention"
@@ -106,11 +107,12 @@ def double_claims(project: Project) -> dict[str, Any]:
 
 
 def _claim_source() -> str:
-    import kernel.worker
+    import kernel.runtime.worker
 
-    if getattr(kernel.worker, "CLAIM_LOG_ENV", None):
+    if getattr(kernel.runtime.worker, "CLAIM_LOG_ENV", None):
         return "the kernel's claim log"
-    return ("the bench shim timing kernel.claims.claim_next and finish_and_claim (the kernel "
+    return ("the bench shim timing kernel.runtime.claims.claim_next and finish_and_claim "
+            "(the kernel "
             "has no claim log yet)")
 
 

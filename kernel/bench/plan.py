@@ -6,11 +6,12 @@ Public API:
     ``plan_all(project)``.
 
 Stability Guarantees:
-    The workload is ``tools/bench_definitions.write_project`` with ``kernel.dag``'s seeded
+    The workload is ``tools/bench_definitions.write_project`` with ``kernel.planning.dag``'s seeded
     ``generate_layered_dag`` (100,000 tasks, 300,000 edges, seed 42; 2,000 / 6,000 with
     ``--quick``), all in ONE workstream, so that ``orch plan`` plans exactly the graph the
-    networkx reference works on. Library figures: ``kernel.definitions.validate`` and
-    ``kernel.load.load`` once each on the freshly initialised project, and ``plan_all`` (what
+    networkx reference works on. Library figures: ``kernel.definitions.check.validate`` and
+    ``kernel.definitions.load.load`` once each on the freshly initialised project, and ``plan_all``
+    (what
     ``orch plan --json`` computes: every workstream's ``plan_document`` in one read snapshot)
     as the best of three. Reference: ``tools/bench_plan.reference_steps`` on the same tasks
     (build the DiGraph, acyclicity check, topological generations, weighted longest path),
@@ -24,7 +25,8 @@ Integration Points:
     ``tools/`` (the figures are reported unavailable without it).
 
 Dependencies:
-    networkx; ``kernel.dag``, ``kernel.definitions``, ``kernel.load``, ``kernel.plan``,
+    networkx; ``kernel.planning.dag``, ``kernel.definitions.check``, ``kernel.definitions.load``,
+    ``kernel.planning.plan``,
     ``kernel.bench.harness``.
 """
 
@@ -35,10 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kernel import db
 from kernel.bench import SEED, BenchContext, Figure, at_most, figure, unavailable
 from kernel.bench.harness import ProcRun, ToolMissing, last_lines, load_tool, run_orch, timed
-from kernel.project import Project
+from kernel.store import db
+from kernel.store.project import Project
 
 NAME = "plan-100k"
 LOAD_GOAL = at_most(5.0, "< 5 s")
@@ -66,7 +68,7 @@ class PlanRun:
 
 def plan_all(project: Project) -> dict[str, Any]:
     """What ``orch plan --json`` computes: every workstream's plan, in one read snapshot."""
-    from kernel.plan import all_workstreams, plan_document
+    from kernel.planning.plan import all_workstreams, plan_document
 
     now = datetime.now(UTC)
     conn = project.connect(readonly=True)
@@ -99,9 +101,9 @@ def _reference(tools_plan: Any, tasks: list[Any], repeat: int) -> tuple[float, f
 
 def measure(ctx: BenchContext) -> PlanRun:
     def go() -> PlanRun:
-        from kernel.dag import generate_layered_dag
-        from kernel.definitions import validate
-        from kernel.load import load
+        from kernel.definitions.check import validate
+        from kernel.definitions.load import load
+        from kernel.planning.dag import generate_layered_dag
 
         s = ctx.sizes
         try:
@@ -162,9 +164,9 @@ def figures(ctx: BenchContext) -> list[Figure]:
     startup = "interpreter start-up and output included"
     return [
         figure(NAME, "validate (library)", run.validate, "s",
-               note=f"kernel.definitions.validate, {size}, fresh database"),
+               note=f"kernel.definitions.check.validate, {size}, fresh database"),
         figure(NAME, "load (library)", run.load, "s",
-               note="kernel.load.load into the fresh database"),
+               note="kernel.definitions.load.load into the fresh database"),
         figure(NAME, "validate + load (library)", run.validate + run.load, "s", goal=LOAD_GOAL,
                note=size),
         figure(NAME, "plan (library)", run.plan, "s", reference=run.reference, goal=PLAN_GOAL,

@@ -13,12 +13,14 @@ Stability Guarantees:
     IMMEDIATE`` counts, an empty claim included, read transactions do not — and each process
     appends ``pid<TAB>role<TAB>commits`` to ``ORCH_BENCH_TX_LOG`` when it exits (role:
     ``worker``, ``scheduler`` or ``other``). With ``ORCH_BENCH_CLAIM_LOG`` set, every call of
-    ``kernel.claims.claim_next`` and ``kernel.claims.finish_and_claim`` (the transaction that
+    ``kernel.runtime.claims.claim_next`` and ``kernel.runtime.claims.finish_and_claim`` (the
+    transaction that
     finishes a task and claims the next) is timed (``time.perf_counter`` around the call, the
     wait for the write lock included) and appended as ``seconds<TAB>claimed(0|1)<TAB>call``,
     one line per call, in single ``O_APPEND`` writes so that concurrent workers never
     interleave lines (the third field is optional for readers). If the kernel writes
-    that file itself (``kernel.worker.CLAIM_LOG_ENV`` exists), the shim leaves claims alone, so
+    that file itself (``kernel.runtime.worker.CLAIM_LOG_ENV`` exists), the shim leaves claims
+    alone, so
     the same reader works for both. Without the variables set, nothing is installed. A failure
     to install is printed to stderr and never stops the process.
 
@@ -27,7 +29,7 @@ Integration Points:
     per task) and ``kernel.bench.latency`` (claim latency).
 
 Dependencies:
-    apsw; ``kernel.claims`` (only when claim timing is asked for).
+    apsw; ``kernel.runtime.claims`` (only when claim timing is asked for).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from typing import Any
 
 TX_LOG_ENV = "ORCH_BENCH_TX_LOG"
 CLAIM_LOG_ENV = "ORCH_BENCH_CLAIM_LOG"
-#: The calls of kernel.claims through which a worker claims a task: on its own, or in the
+#: The calls of kernel.runtime.claims through which a worker claims a task: on its own, or in the
 #: transaction that finishes the previous task.
 CLAIM_CALLS = ("claim_next", "finish_and_claim")
 
@@ -102,10 +104,10 @@ def _claimed(result: Any) -> bool:
 
 
 def _time_claims(path: str) -> None:
-    import kernel.worker
-    from kernel import claims
+    import kernel.runtime.worker
+    from kernel.runtime import claims
 
-    if getattr(kernel.worker, "CLAIM_LOG_ENV", None) == CLAIM_LOG_ENV:
+    if getattr(kernel.runtime.worker, "CLAIM_LOG_ENV", None) == CLAIM_LOG_ENV:
         return  # the kernel logs its claims itself
     buffer: list[str] = []
 

@@ -29,7 +29,8 @@ Integration Points:
     Registered as ``noop-throughput`` in ``kernel.bench.BENCHMARKS``.
 
 Dependencies:
-    apsw; ``kernel.db``, ``kernel.clock``, ``kernel.bench.harness``, ``kernel.bench.huey``,
+    apsw; ``kernel.store.db``, ``kernel.base.clock``, ``kernel.bench.harness``,
+    ``kernel.bench.huey``,
     ``kernel.bench.shim``.
 """
 
@@ -40,13 +41,14 @@ from pathlib import Path
 
 import apsw
 
-from kernel import clock, db
+from kernel.base import clock
 from kernel.bench import BenchContext, Figure, at_least, at_most, figure, unavailable
 from kernel.bench.harness import RunResult, noop_project, orch_run, shim_env
 from kernel.bench.shim import read_tx_log
+from kernel.store import db
 
 NAME = "noop-throughput"
-#: Write transactions per task when the run's own count is missing. kernel.claims: a worker
+#: Write transactions per task when the run's own count is missing. kernel.runtime.claims: a worker
 #: that finishes a task claims its next one in the same transaction (finish_and_claim), so a
 #: task without post-execution rules costs one; claim_next alone adds one when the worker was
 #: idle. The SQLite ceiling issues its updates in as many transactions as measured.
@@ -146,7 +148,7 @@ def figures(ctx: BenchContext) -> list[Figure]:
     s = ctx.sizes
     run = measure(ctx)
     tx = run.extra.get("tx") or {}
-    tx_per_task, how = KERNEL_TX_PER_TASK, "as kernel.claims documents (not measured)"
+    tx_per_task, how = KERNEL_TX_PER_TASK, "as kernel.runtime.claims documents (not measured)"
     if tx.get("worker") and run.completed:
         tx_per_task = max(1, min(3, round(tx["worker"] / run.completed)))
         how = "as the workers' commits per task measured in this run"

@@ -1,12 +1,14 @@
 """views-100k: exporting the ``.state/`` views, and what exports cost a run.
 
 Public API:
-    ``figures(ctx) -> list[Figure]``; ``export_function()`` (``kernel.views.export`` or the
+    ``figures(ctx) -> list[Figure]``; ``export_function()`` (``kernel.observe.exports.export`` or
+    the
     reason it is missing); ``export_switch()`` (the default of ``[views] export`` in
     ``orch.toml``, or the reason there is none).
 
 Stability Guarantees:
-    Export: ``kernel.views.export(conn, state_dir, full=True)`` once on the project plan-100k
+    Export: ``kernel.observe.exports.export(conn, state_dir, full=True)`` once on the project
+    plan-100k
     loaded (100,000 tasks; ``--quick``: 2,000), timed in this process; the files under
     ``.state/`` it wrote are counted. Slowdown: the noop-throughput workload four more times,
     with ``[views] export = false`` / ``true`` in ``orch.toml`` in the order off, on, on, off
@@ -14,7 +16,7 @@ Stability Guarantees:
     percent, each side's throughput being its completed tasks over its summed event spans
     (negative: noise in favour of exports); the runs are kept in the context as ``views-runs``
     (``footprint`` compares their WAL sizes). Both figures are
-    reported unavailable, with the reason, while ``kernel.views.export`` or the ``[views]
+    reported unavailable, with the reason, while ``kernel.observe.exports.export`` or the ``[views]
     export`` key does not exist. Goals: export under 1.5 s; slowdown at most 15%.
 
 Integration Points:
@@ -22,7 +24,7 @@ Integration Points:
     and ``kernel.bench.throughput`` measurements.
 
 Dependencies:
-    ``kernel.views`` (optional), ``kernel.config``, ``kernel.bench.plan``,
+    ``kernel.observe.exports`` (optional), ``kernel.base.config``, ``kernel.bench.plan``,
     ``kernel.bench.throughput``, ``kernel.bench.harness``.
 """
 
@@ -43,21 +45,21 @@ SLOWDOWN_GOAL = at_most(15.0, "<= 15%")
 
 def export_function() -> tuple[Callable[..., Any] | None, str]:
     try:
-        module = importlib.import_module("kernel.views")
+        module = importlib.import_module("kernel.observe.exports")
     except ImportError as exc:
-        return None, f"kernel.views cannot be imported yet ({exc})"
+        return None, f"kernel.observe.exports cannot be imported yet ({exc})"
     fn = getattr(module, "export", None)
     if not callable(fn):
-        return None, "kernel.views has no export() yet"
+        return None, "kernel.observe.exports has no export() yet"
     return fn, ""
 
 
 def export_switch() -> tuple[bool | None, str]:
-    from kernel.config import ViewsConfig
+    from kernel.base.config import ViewsConfig
 
     field = ViewsConfig.model_fields.get("export")
     if field is None:
-        return None, ("orch.toml has no [views] export switch yet (kernel.config.ViewsConfig "
+        return None, ("orch.toml has no [views] export switch yet (kernel.base.config.ViewsConfig "
                       "lacks `export`)")
     return bool(field.default), ""
 
@@ -92,7 +94,8 @@ def _export(ctx: BenchContext) -> Figure:
         else seconds
     detail = ", ".join(f"{k} {v:.2f} s" for k, v in steps.items())
     return figure(NAME, "export current.json and indices", part, "s", goal=EXPORT_GOAL,
-                  note=f"kernel.views.export(conn, state_dir, full=True) on {run.tasks:,} "
+                  note="kernel.observe.exports.export(conn, state_dir, full=True) on "
+                       f"{run.tasks:,} "
                        f"tasks: {seconds:.2f} s in all ({detail}); {len(written)} new "
                        f"file(s), {size / 2**20:.1f} MiB")
 

@@ -17,7 +17,7 @@ Integration Points:
     nearest parent holding ``.state/``, else the current directory).
 
 Dependencies:
-    click, apsw; ``kernel.errors``, ``kernel.project``.
+    click, apsw; ``kernel.base.errors``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import apsw
 import click
 
 from kernel import __version__
+from kernel.base.errors import EXIT_FAILED, EXIT_USAGE, OrchError
 from kernel.cli.common import CliState, emit_error
-from kernel.db import locked_error
-from kernel.errors import EXIT_FAILED, EXIT_USAGE, OrchError
+from kernel.store.db import locked_error
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -5,32 +5,36 @@ Public API:
     ``COMMANDS`` (``replay``, the ``audit`` group).
 
 Stability Guarantees:
-    See ``kernel.cli``. ``--json`` shapes: ``replay`` prints ``kernel.replay.replay``'s
-    dictionary; ``audit report`` ``kernel.audit.report``'s; ``audit rotate``
-    ``kernel.archive.rotate``'s; ``audit query`` ``{"events": [...], "count", "archive_dir"}``
+    See ``kernel.cli``. ``--json`` shapes: ``replay`` prints ``kernel.observe.replay.replay``'s
+    dictionary; ``audit report`` ``kernel.observe.audit.report``'s; ``audit rotate``
+    ``kernel.observe.archive.rotate``'s; ``audit query`` ``{"events": [...], "count",
+    "archive_dir"}``
     (each event with its ``source``: ``live`` or the archive file); ``audit verify``
-    ``kernel.archive.verify``'s. ``audit rotate`` refuses ``--older-than`` below 90 days with
+    ``kernel.observe.archive.verify``'s. ``audit rotate`` refuses ``--older-than`` below 90 days
+    with
     exit 2 (``retention_too_short``) before it opens the database, unless
     ``--force-short-retention``; ``audit verify`` exits 1 when a check fails. A timestamp that
     is not ISO-8601 is a usage error (exit 2, ``bad_timestamp``).
 
 Integration Points:
-    ``kernel.replay``, ``kernel.audit``, ``kernel.archive``; archives live in
+    ``kernel.observe.replay``, ``kernel.observe.audit``, ``kernel.observe.archive``; archives live
+    in
     ``.state/archive/events/`` (docs/operations/AUDIT_RETENTION.md).
 
 Dependencies:
-    click; ``kernel.cli.common``, ``kernel.replay``, ``kernel.audit``, ``kernel.archive``.
+    click; ``kernel.cli.common``, ``kernel.observe.replay``, ``kernel.observe.audit``,
+    ``kernel.observe.archive``.
 """
 
 from __future__ import annotations
 
 import click
 
-from kernel import archive
-from kernel.audit import format_event, format_report, parse_timestamp, report
+from kernel.base.errors import EXIT_FAILED, EXIT_OK, UsageError
 from kernel.cli.common import CliState, command, emit
-from kernel.errors import EXIT_FAILED, EXIT_OK, UsageError
-from kernel.replay import format_replay, replay
+from kernel.observe import archive
+from kernel.observe.audit import format_event, format_report, parse_timestamp, report
+from kernel.observe.replay import format_replay, replay
 
 
 @command("replay")

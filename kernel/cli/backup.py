@@ -5,17 +5,19 @@ Public API:
 
 Stability Guarantees:
     See ``kernel.cli``: names, options, JSON shapes and exit codes are a contract. ``--json``
-    prints the report of ``kernel.backup`` (``BackupReport``, ``RestoreReport``) or
-    ``kernel.bundle`` (``BundleReport``) as a dictionary. Exit codes: 0 done; 1 refused (DEST
+    prints the report of ``kernel.maintain.backup`` (``BackupReport``, ``RestoreReport``) or
+    ``kernel.maintain.bundle`` (``BundleReport``) as a dictionary. Exit codes: 0 done; 1 refused
+    (DEST
     exists without ``--force``, a source that is not a sound orch backup, a kernel using the
     database) or failed; 2 usage (a bad ``--redact`` regex); 3 the project's database is
     missing or unreadable.
 
 Integration Points:
-    ``kernel.backup.backup``, ``kernel.bundle.bundle``, ``kernel.backup.restore``.
+    ``kernel.maintain.backup.backup``, ``kernel.maintain.bundle.bundle``,
+    ``kernel.maintain.backup.restore``.
 
 Dependencies:
-    click; ``kernel.backup``, ``kernel.bundle``, ``kernel.cli.common``.
+    click; ``kernel.maintain.backup``, ``kernel.maintain.bundle``, ``kernel.cli.common``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from pathlib import Path
 
 import click
 
-from kernel import backup as kbackup
-from kernel import bundle as kbundle
+from kernel.base.errors import EXIT_OK
 from kernel.cli.common import CliState, command, emit
-from kernel.errors import EXIT_OK
+from kernel.maintain import backup as kbackup
+from kernel.maintain import bundle as kbundle
 
 
 def _mib(n: int) -> str:

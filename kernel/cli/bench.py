@@ -29,8 +29,8 @@ import sys
 
 import click
 
+from kernel.base.errors import EXIT_FAILED, EXIT_OK, UsageError
 from kernel.cli.common import CliState, command, emit
-from kernel.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 
 @command("bench")

@@ -12,7 +12,7 @@ Integration Points:
     Every module of ``kernel.cli``.
 
 Dependencies:
-    click; ``kernel.project``, ``kernel.errors``.
+    click; ``kernel.store.project``, ``kernel.base.errors``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 import click
 
-from kernel.errors import OrchError
-from kernel.project import Project, find_root
+from kernel.base.errors import OrchError
+from kernel.store.project import Project, find_root
 
 
 @dataclass

@@ -7,7 +7,8 @@ Stability Guarantees:
     See ``kernel.cli``: names, options, JSON shapes and exit codes are a contract.
 
 Integration Points:
-    ``kernel.project.init_project``, ``kernel.doctor.diagnose`` and ``kernel.doctor.repair``.
+    ``kernel.store.project.init_project``, ``kernel.maintain.doctor.diagnose`` and
+    ``kernel.maintain.doctor.repair``.
 
 Dependencies:
     click, rich; ``kernel.cli.common``.
@@ -21,10 +22,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from kernel import doctor as kdoctor
+from kernel.base.errors import EXIT_FAILED, EXIT_OK
 from kernel.cli.common import CliState, command, emit
-from kernel.errors import EXIT_FAILED, EXIT_OK
-from kernel.project import init_project
+from kernel.maintain import doctor as kdoctor
+from kernel.store.project import init_project
 
 
 @command("init")

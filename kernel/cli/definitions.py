@@ -13,11 +13,12 @@ Stability Guarantees:
     exit 1. ``validate`` writes nothing; ``load`` writes all or nothing.
 
 Integration Points:
-    ``kernel.definitions.validate``, ``kernel.load.load``, ``kernel.migrate_tasks``.
+    ``kernel.definitions.check.validate``, ``kernel.definitions.load.load``,
+    ``kernel.definitions.migrate_tasks``.
 
 Dependencies:
-    click; ``kernel.cli.common``, ``kernel.definitions``, ``kernel.load``,
-    ``kernel.migrate_tasks``, ``kernel.errors``.
+    click; ``kernel.cli.common``, ``kernel.definitions.check``, ``kernel.definitions.load``,
+    ``kernel.definitions.migrate_tasks``, ``kernel.base.errors``.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from pathlib import Path
 
 import click
 
+from kernel.base.errors import EXIT_FAILED, EXIT_OK, OrchError, UsageError
 from kernel.cli.common import CliState, command, emit
-from kernel.definitions import ERROR, ValidationProblem, ValidationResult, validate
-from kernel.errors import EXIT_FAILED, EXIT_OK, OrchError, UsageError
-from kernel.load import LoadError, load
-from kernel.migrate_tasks import list_backups, migrate_tasks, restore_backup
-from kernel.models import TASK_SCHEMA_VERSION, TASK_V1_SCHEMA_VERSION
-from kernel.views import export_after_change
+from kernel.definitions.check import ERROR, ValidationProblem, ValidationResult, validate
+from kernel.definitions.load import LoadError, load
+from kernel.definitions.migrate_tasks import list_backups, migrate_tasks, restore_backup
+from kernel.definitions.models import TASK_SCHEMA_VERSION, TASK_V1_SCHEMA_VERSION
+from kernel.observe.exports import export_after_change
 
 _COLOUR = {"error": "red", "warning": "yellow"}
 

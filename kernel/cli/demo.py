@@ -10,14 +10,16 @@ Stability Guarantees:
     ``--json`` streams nothing and prints one document at the end
     (``kernel.demo.DemoReport.as_dict``: ``ok``, ``project``, ``counts``, ``summary``, ...).
     The text is for people and may change: the run's live progress on a terminal
-    (``kernel.progress``), only its summary when piped.
+    (``kernel.runtime.progress``), only its summary when piped.
 
 Integration Points:
-    ``kernel.demo`` (``prepare``, ``execute``, ``cleanup``); ``kernel.progress.make_progress``
-    for the run; ``kernel.render.plan_table`` for the plan.
+    ``kernel.demo`` (``prepare``, ``execute``, ``cleanup``);
+    ``kernel.runtime.progress.make_progress``
+    for the run; ``kernel.planning.render.plan_table`` for the plan.
 
 Dependencies:
-    click, rich; ``kernel.cli.common``, ``kernel.demo``, ``kernel.progress``, ``kernel.render``.
+    click, rich; ``kernel.cli.common``, ``kernel.demo``, ``kernel.runtime.progress``,
+    ``kernel.planning.render``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from kernel.base.errors import EXIT_FAILED, EXIT_OK
 from kernel.cli.common import CliState, command, emit
 from kernel.demo import (
     BASE_BRANCH,
@@ -48,8 +51,7 @@ from kernel.demo import (
     execute,
     prepare,
 )
-from kernel.errors import EXIT_FAILED, EXIT_OK
-from kernel.render import plan_table
+from kernel.planning.render import plan_table
 
 
 def _show(console: Console, draw: Callable[[Console], None]) -> None:
@@ -191,8 +193,8 @@ def demo_cmd(state: CliState, keep: Path | None) -> int:
     `orch status`, `orch why`, `orch events`, git log). The project lives in a temporary
     directory that is removed at the end, unless --keep DIR is given or the run failed.
     """
-    from kernel.progress import make_progress
-    from kernel.runner import Progress
+    from kernel.runtime.progress import make_progress
+    from kernel.runtime.runner import Progress
 
     console = Console(highlight=False)
     text = not state.json

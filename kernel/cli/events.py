@@ -8,10 +8,10 @@ Stability Guarantees:
     prints one JSON event per line instead (a stream has no single document).
 
 Integration Points:
-    ``kernel.audit.list_events``.
+    ``kernel.observe.audit.list_events``.
 
 Dependencies:
-    click; ``kernel.audit``, ``kernel.cli.common``.
+    click; ``kernel.observe.audit``, ``kernel.cli.common``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import time
 
 import click
 
-from kernel.audit import format_event, list_events
+from kernel.base.errors import EXIT_OK, UsageError
 from kernel.cli.common import CliState, command, emit
-from kernel.errors import EXIT_OK, UsageError
+from kernel.observe.audit import format_event, list_events
 
 
 @command("events")

@@ -12,10 +12,11 @@ Stability Guarantees:
     ``--allow-remote`` is given.
 
 Integration Points:
-    ``kernel.metrics`` (collect, write_metrics, samples, render_openmetrics, serve).
+    ``kernel.observe.metrics`` (collect, write_metrics, samples, render_openmetrics, serve).
 
 Dependencies:
-    click; ``kernel.metrics``, ``kernel.clock``, ``kernel.cli.common``, ``kernel.errors``.
+    click; ``kernel.observe.metrics``, ``kernel.base.clock``, ``kernel.cli.common``,
+    ``kernel.base.errors``.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from typing import Any
 
 import click
 
-from kernel import clock
-from kernel import metrics as m
+from kernel.base import clock
+from kernel.base.errors import EXIT_OK, OrchError, UsageError
+from kernel.base.files import write_atomic
 from kernel.cli.common import CliState, command, emit
-from kernel.errors import EXIT_OK, OrchError, UsageError
-from kernel.files import write_atomic
-from kernel.project import Project
+from kernel.observe import metrics as m
+from kernel.store.project import Project
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

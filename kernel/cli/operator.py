@@ -9,15 +9,16 @@ Stability Guarantees:
     exit 0 even when every task was skipped; an unknown task or workstream exits 1
     (``unknown_task`` / ``unknown_workstream``) with nothing changed; no TASK (and, for
     ``cancel``, no ``--workstream``) is a usage error, exit 2. ``status``, ``show`` and ``why``
-    print the dictionaries of ``kernel.inspect`` with ``--json``. Text output is for people and
+    print the dictionaries of ``kernel.observe.status`` with ``--json``. Text output is for people
+    and
     may change.
 
 Integration Points:
-    ``kernel.operator`` (writes: one short BEGIN IMMEDIATE transaction each, safe while
-    ``orch run`` runs) and ``kernel.inspect`` (reads, on a read-only connection).
+    ``kernel.runtime.actions`` (writes: one short BEGIN IMMEDIATE transaction each, safe while
+    ``orch run`` runs) and ``kernel.observe.status`` (reads, on a read-only connection).
 
 Dependencies:
-    click, rich; ``kernel.cli.common``, ``kernel.operator``, ``kernel.inspect``.
+    click, rich; ``kernel.cli.common``, ``kernel.runtime.actions``, ``kernel.observe.status``.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from kernel import inspect as kinspect
-from kernel import operator as kop
+from kernel.base.errors import EXIT_OK, UsageError
 from kernel.cli.common import CliState, command, emit
-from kernel.errors import EXIT_OK, UsageError
-from kernel.views import export_after_change
+from kernel.observe import status as kinspect
+from kernel.observe.exports import export_after_change
+from kernel.runtime import actions as kop
 
 _STATE_STYLE = {
     "completed": "green", "running": "cyan", "validating": "cyan", "queued": "blue",
@@ -103,7 +104,7 @@ def cancel_cmd(state: CliState, task_ids: tuple[str, ...], workstream: str | Non
             report = kop.cancel_workstream(conn, workstream)
             if report.workstreams_changed:
                 # Cancelled workstreams are archived like failed ones (their worktree is kept).
-                from kernel.scheduler import archive_workstream
+                from kernel.runtime.scheduler import archive_workstream
 
                 archive_workstream(conn, state.project().root, workstream)
             return report

@@ -15,12 +15,14 @@ Stability Guarantees:
     ``unknown_workstream``. The table is for people and may change; it fits 80 columns.
 
 Integration Points:
-    ``kernel.plan`` (documents from the database), ``kernel.render`` (table, Mermaid, DOT).
+    ``kernel.planning.plan`` (documents from the database), ``kernel.planning.render`` (table,
+    Mermaid, DOT).
     Everything is read in one snapshot from a read-only connection; nothing is written.
 
 Dependencies:
-    click, rich, apsw; ``kernel.cli.common``, ``kernel.db``, ``kernel.errors``, ``kernel.plan``,
-    ``kernel.render``.
+    click, rich, apsw; ``kernel.cli.common``, ``kernel.store.db``, ``kernel.base.errors``,
+    ``kernel.planning.plan``,
+    ``kernel.planning.render``.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ import apsw
 import click
 from rich.console import Console
 
-from kernel import db
+from kernel.base.errors import EXIT_OK, OrchError, UsageError
 from kernel.cli.common import CliState, command, emit, emit_error
-from kernel.db import locked_error
-from kernel.errors import EXIT_OK, OrchError, UsageError
-from kernel.plan import all_workstreams, plan_document, workstream_plan
-from kernel.render import plan_dot, plan_mermaid, plan_table
+from kernel.planning.plan import all_workstreams, plan_document, workstream_plan
+from kernel.planning.render import plan_dot, plan_mermaid, plan_table
+from kernel.store import db
+from kernel.store.db import locked_error
 
 FORMATS = ("table", "json", "mermaid", "dot")
 _EMPTY = (

@@ -10,18 +10,18 @@ Stability Guarantees:
     ``--managed-by``, until its ``orch run`` asks it to stop or is gone).
 
 Integration Points:
-    ``kernel.runner``, ``kernel.worker``, ``kernel.progress``.
+    ``kernel.runtime.runner``, ``kernel.runtime.worker``, ``kernel.runtime.progress``.
 
 Dependencies:
-    click; ``kernel.runner``, ``kernel.worker``, ``kernel.progress``.
+    click; ``kernel.runtime.runner``, ``kernel.runtime.worker``, ``kernel.runtime.progress``.
 """
 
 from __future__ import annotations
 
 import click
 
+from kernel.base.errors import EXIT_FAILED, EXIT_OK, UsageError
 from kernel.cli.common import CliState, command
-from kernel.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 
 @command("run")
@@ -38,8 +38,8 @@ from kernel.errors import EXIT_FAILED, EXIT_OK, UsageError
 def run_cmd(state: CliState, workers: int, workstream: str | None, forever: bool,
             no_worktrees: bool, max_seconds: float | None) -> int:
     """Run the loaded tasks with workers until nothing more can run."""
-    from kernel.progress import make_progress
-    from kernel.runner import RunOptions, run
+    from kernel.runtime.progress import make_progress
+    from kernel.runtime.runner import RunOptions, run
 
     if workers < 0:
         raise UsageError("usage", "--workers must be 0 or more", hint="e.g. --workers 4")
@@ -66,8 +66,8 @@ def run_cmd(state: CliState, workers: int, workstream: str | None, forever: bool
 def worker_cmd(state: CliState, capabilities: tuple[str, ...], workstreams: tuple[str, ...],
                name: str, managed_by: str | None, parent_pid: int | None, once: bool) -> int:
     """Join the kernel as a worker: claim and run tasks one at a time until Ctrl-C."""
-    from kernel.models import semver_key
-    from kernel.worker import WorkerOptions, main
+    from kernel.definitions.models import semver_key
+    from kernel.runtime.worker import WorkerOptions, main
 
     for cap in capabilities:
         name, _, version = cap.partition("@")

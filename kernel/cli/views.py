@@ -9,19 +9,19 @@ Stability Guarantees:
     written, 1 when an export problem was reported as a warning.
 
 Integration Points:
-    ``kernel.views.export`` (the same function ``orch run`` calls in the background).
+    ``kernel.observe.exports.export`` (the same function ``orch run`` calls in the background).
 
 Dependencies:
-    click; ``kernel.views``, ``kernel.cli.common``.
+    click; ``kernel.observe.exports``, ``kernel.cli.common``.
 """
 
 from __future__ import annotations
 
 import click
 
+from kernel.base.errors import EXIT_FAILED, EXIT_OK
 from kernel.cli.common import CliState, command, emit
-from kernel.errors import EXIT_FAILED, EXIT_OK
-from kernel.views import export
+from kernel.observe.exports import export
 
 
 @command("export")

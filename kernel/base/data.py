@@ -1,0 +1,55 @@
+"""Where the kernel's bundled data lives: SQL migrations, state machines, failure modes.
+
+Public API:
+    ``sql_dir()``, ``state_machine_dir()``, ``failure_modes_file()``, ``defaults_dir()``.
+
+Stability Guarantees:
+    The layout inside the wheel (``kernel/_data/...``) is internal; call these functions.
+
+Integration Points:
+    In a source checkout (or an editable install) the files are read from the repository's top
+    level (``sql/``, ``docs/state_machines/``, ``docs/failure_modes/``), which is where people
+    edit them. In an installed wheel they are read from ``kernel/_data/``, where
+    ``pyproject.toml`` force-includes the same files.
+
+Dependencies:
+    None (standard library only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+_DATA = _PACKAGE / "_data"
+_REPO = _PACKAGE.parent
+
+
+def _pick(installed: Path, source: Path) -> Path:
+    if installed.exists():
+        return installed
+    if source.exists():
+        return source
+    raise FileNotFoundError(
+        f"bundled data not found at {installed} or {source}: the installation is incomplete; "
+        "reinstall orch"
+    )
+
+
+def sql_dir() -> Path:
+    return _pick(_DATA / "sql", _REPO / "sql")
+
+
+def state_machine_dir() -> Path:
+    return _pick(_DATA / "state_machines", _REPO / "docs" / "state_machines")
+
+
+def failure_modes_file() -> Path:
+    return _pick(
+        _DATA / "failure_modes" / "failure_modes.yaml",
+        _REPO / "docs" / "failure_modes" / "failure_modes.yaml",
+    )
+
+
+def defaults_dir() -> Path:
+    return _PACKAGE / "defaults"

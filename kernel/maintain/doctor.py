@@ -1,0 +1,502 @@
+"""``orch doctor``: is the database sound, current, and true to its invariants?
+
+Public API:
+    ``diagnose(project) -> list[Check]``; ``doctor_report(project) -> dict`` (what
+    ``orch doctor --json`` prints); ``repair(project) -> (list[Check], RepairReport)`` (``orch
+    doctor --repair``); ``restore_plan(project) -> dict`` (the newest usable backup and what
+    restoring it would lose); ``rebuild_views(project) -> dict``; ``Check(name, status, detail,
+    hint)`` with status ``ok`` | ``warn`` | ``fail``; ``INVARIANT_QUERIES`` (name -> (SQL
+    returning offending rows, what it means)); ``REPAIR_DOC`` (the ``--repair`` section of
+    docs/operations/DOCTOR.md).
+
+Stability Guarantees:
+    Check names are stable (scripts may grep them); checks are only added. Doctor never writes
+    to the database except to apply pending migrations, as every command does. A damaged
+    database (``integrity_check`` fails, or the file is not a database) is only ever opened
+    read-only and never migrated; ``--repair`` then changes nothing and prints the ``orch
+    restore`` command instead. On a sound database ``--repair`` rewrites the ``.state`` views.
+
+Integration Points:
+    ``orch doctor [--repair] [--json]`` exits 1 when any check fails (and with ``--repair``
+    when a repair fails or the database is damaged). The invariant queries are plain SQL, so
+    any SQLite client can run them (they are also listed in docs/operations/DOCTOR.md).
+    ``--repair`` calls ``kernel.observe.exports.export(conn, state_dir, full=True)`` and reads
+    backups
+    through ``kernel.maintain.backup``; ``orch bundle`` includes ``doctor_report``.
+
+Dependencies:
+    apsw; ``kernel.store.db``, ``kernel.store.machines``, ``kernel.store.project``,
+    ``kernel.maintain.backup``,
+    ``kernel.observe.exports`` (imported when ``--repair`` runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import apsw
+
+from kernel.base.errors import DatabaseUnavailable, OrchError
+from kernel.maintain.backup import (
+    SQLITE_MAGIC,
+    inspect_database_file,
+    list_backups,
+    restore_command,
+)
+from kernel.store import db
+from kernel.store.machines import load_machines, stored_matches_yaml
+from kernel.store.project import Project
+
+Status = Literal["ok", "warn", "fail"]
+WAL_WARN_BYTES = 2 * db.JOURNAL_SIZE_LIMIT
+
+# Each query returns the rows that violate the invariant; an empty result is a pass.
+INVARIANT_QUERIES: dict[str, tuple[str, str]] = {
+    "running_iff_worker": (
+        "SELECT task_id, state, worker_id FROM task "
+        "WHERE (state = 'running') <> (worker_id IS NOT NULL)",
+        "a task is running if and only if it has an assigned worker",
+    ),
+    "one_running_task_per_worker": (
+        "SELECT worker_id, COUNT(*) AS running FROM task WHERE worker_id IS NOT NULL "
+        "GROUP BY worker_id HAVING COUNT(*) > 1",
+        "a worker runs at most one task",
+    ),
+    "running_task_on_live_worker": (
+        "SELECT t.task_id, t.worker_id, w.state AS worker_state FROM task t "
+        "LEFT JOIN worker w ON w.worker_id = t.worker_id "
+        "WHERE t.state = 'running' "
+        "AND (w.state IS NULL OR w.state NOT IN ('busy', 'unresponsive'))",
+        "a running task's worker is busy (or unresponsive, until its task is handed on)",
+    ),
+    "busy_worker_has_task": (
+        "SELECT w.worker_id FROM worker w WHERE w.state = 'busy' "
+        "AND NOT EXISTS (SELECT 1 FROM task t WHERE t.worker_id = w.worker_id) "
+        "AND NOT EXISTS (SELECT 1 FROM task t JOIN attempt a ON a.task_id = t.task_id "
+        "AND a.generation = t.generation WHERE t.state = 'validating' "
+        "AND a.worker_id = w.worker_id AND a.finished_at IS NULL)",
+        "a busy worker has a running task (or one it is validating)",
+    ),
+    "retry_count_within_max": (
+        "SELECT task_id, retry_count, max_retries FROM task "
+        "WHERE retry_count < 0 OR retry_count > max_retries",
+        "0 <= retry_count <= max_retries",
+    ),
+    "task_timestamps_ordered": (
+        "SELECT task_id, created_at, started_at, completed_at FROM task "
+        "WHERE started_at < created_at OR completed_at < COALESCE(started_at, created_at)",
+        "created_at <= started_at <= completed_at",
+    ),
+    "queued_dependencies_completed": (
+        "SELECT t.task_id, d.depends_on, p.state FROM task t "
+        "JOIN task_dependency d ON d.task_id = t.task_id JOIN task p ON p.task_id = d.depends_on "
+        "WHERE t.state IN ('queued', 'running', 'validating') AND p.state <> 'completed'",
+        "a queued (or later) task has all its dependencies completed",
+    ),
+    "known_states": (
+        "SELECT 'task' AS machine, task_id AS id, state FROM task WHERE state NOT IN "
+        "(SELECT state FROM machine_state WHERE machine = 'task') "
+        "UNION ALL SELECT 'workstream', workstream_id, state FROM workstream WHERE state NOT IN "
+        "(SELECT state FROM machine_state WHERE machine = 'workstream') "
+        "UNION ALL SELECT 'worker', worker_id, state FROM worker WHERE state NOT IN "
+        "(SELECT state FROM machine_state WHERE machine = 'worker')",
+        "every entity is in a state of its machine",
+    ),
+    "no_pending_transition_request": (
+        "SELECT 'task' AS machine, task_id AS id FROM task WHERE transition_trigger IS NOT NULL "
+        "UNION ALL SELECT 'workstream', workstream_id FROM workstream "
+        "WHERE transition_trigger IS NOT NULL "
+        "UNION ALL SELECT 'worker', worker_id FROM worker WHERE transition_trigger IS NOT NULL",
+        "transition_trigger is NULL at rest (the event trigger clears it)",
+    ),
+    "event_seq_gapless": (
+        "SELECT MIN(seq) AS first, MAX(seq) AS last, COUNT(*) AS events FROM event "
+        "HAVING COUNT(*) > 0 AND MAX(seq) - MIN(seq) + 1 <> COUNT(*)",
+        "event seq numbers have no gaps",
+    ),
+    "log_agrees_with_tables": (
+        "SELECT t.task_id, t.state, e.to_state AS last_logged_state FROM task t "
+        "JOIN event e ON e.seq = (SELECT MAX(seq) FROM event x "
+        "WHERE x.task_id = t.task_id AND x.entity_type = 'task') "
+        "WHERE e.to_state IS NOT t.state",
+        "each task's last event leads to its current state (the log can rebuild the state)",
+    ),
+    "no_dependency_cycle": (
+        "WITH RECURSIVE reach (origin, task_id, depth) AS ("
+        " SELECT task_id, depends_on, 1 FROM task_dependency"
+        " UNION SELECT r.origin, d.depends_on, r.depth + 1 FROM reach r"
+        " JOIN task_dependency d ON d.task_id = r.task_id WHERE r.depth < 10000)"
+        " SELECT DISTINCT origin AS task_id FROM reach WHERE origin = task_id LIMIT 20",
+        "the dependency graph has no cycle",
+    ),
+}
+
+# The cycle query walks every path; past this many edges doctor leaves cycles to `orch validate`.
+CYCLE_CHECK_MAX_EDGES = 20000
+
+# The --repair section of docs/operations/DOCTOR.md (rendered by kernel.docgen).
+REPAIR_DOC = """\
+## orch doctor --repair
+
+`--repair` runs the same checks, then:
+
+- **A sound database** (`integrity_check` passes): the `.state` views are rewritten from it
+  (`kernel.observe.exports.export(conn, state_dir, full=True)`): `current.json`,
+  `transitions.jsonl`,
+  the indices, the DAG and plan files. Use it after a view was deleted, truncated or edited by
+  hand. The database is only read (apart from pending migrations, as for every command).
+- **A damaged database** (`integrity_check` fails, or the file is not an SQLite database at
+  all): nothing is changed, the database is not even migrated. Doctor looks for the newest
+  backup in `.state/backups/` that passes `integrity_check`, compares its newest event (seq and
+  timestamp) with `.state/transitions.jsonl` (an independent copy of the event log, written
+  after every commit), and reports the events a restore would lose: how many, their seq range
+  and their time range. It prints the exact command, for example
+  `orch --root /p restore /p/.state/backups/kernel-20260101T120000Z.db --force`.
+  The restore keeps the damaged file as `.state/kernel.db.before-restore-<timestamp>`.
+
+`--repair` exits 0 when every check passes and the views were rewritten, and 1 when a check
+fails, the views could not be written, or the database is damaged. With `--json` the report
+has a `repair` object: `damaged`, `views` (the export report), `views_error`, and `restore`
+(`backup`, `invalid_backups`, `log_max_seq`, `lost_events`, `lost_first_seq`,
+`lost_last_seq`, `lost_from`, `lost_to`, `damaged_database_max_seq`, `command`, `summary`).
+Plain `orch doctor` on a file that is not a database exits 3 (`database_unreadable`);
+`orch doctor --repair` reports it as damaged instead. See docs/operations/BACKUP.md.
+"""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    hint: str | None = None
+    rows: tuple[dict[str, Any], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rows"] = list(self.rows)
+        return data
+
+
+def _library() -> Check:
+    lib = ".".join(map(str, db.sqlite_version()))
+    minimum = ".".join(map(str, db.MIN_SQLITE_VERSION))
+    return Check("sqlite_library", "ok", f"SQLite {lib} (apsw), at least {minimum} required")
+
+
+def _versions(conn: apsw.Connection) -> list[Check]:
+    from kernel import __version__
+
+    version, latest = db.schema_version(conn), db.latest_schema_version()
+    app_id = int(conn.pragma("application_id"))
+    return [
+        _library(),
+        Check(
+            "schema_version",
+            "ok" if version == latest else "fail",
+            f"schema version {version}; orch {__version__} knows up to {latest}",
+            None if version == latest else "run any orch command to migrate, or upgrade orch",
+        ),
+        Check(
+            "application_id",
+            "ok" if app_id == db.APPLICATION_ID else "fail",
+            f"application_id {app_id:#x}",
+        ),
+    ]
+
+
+DAMAGED_HINT = ("the file is damaged: `orch doctor --repair` names the newest backup and what "
+                "restoring it would lose (docs/operations/BACKUP.md)")
+
+
+def _integrity(conn: apsw.Connection, checked: list[str] | None = None) -> list[Check]:
+    """``checked``: the integrity_check result already found by ``_probe``."""
+    result = checked if checked is not None else [
+        str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
+    fk = conn.execute("PRAGMA foreign_key_check").fetchall()
+    return [
+        Check(
+            "integrity_check",
+            "ok" if result == ["ok"] else "fail",
+            "ok" if result == ["ok"] else "; ".join(result[:10]),
+            None if result == ["ok"] else DAMAGED_HINT,
+        ),
+        Check(
+            "foreign_key_check",
+            "ok" if not fk else "fail",
+            f"{len(fk)} rows reference missing rows" if fk else "ok",
+            rows=tuple({"table": r[0], "rowid": r[1], "parent": r[2]} for r in fk[:20]),
+        ),
+    ]
+
+
+def _machines(conn: apsw.Connection) -> Check:
+    problems = stored_matches_yaml(conn, load_machines())
+    return Check(
+        "transition_table_matches_yaml",
+        "ok" if not problems else "fail",
+        "ok" if not problems else "; ".join(problems[:10]),
+        None if not problems else "someone edited machine_transition by hand; "
+        "DELETE FROM machine to make orch reload the YAML on next open",
+    )
+
+
+def _invariants(conn: apsw.Connection) -> list[Check]:
+    checks = []
+    edges = int(db.scalar(conn, "SELECT COUNT(*) FROM task_dependency"))
+    for name, (sql, meaning) in INVARIANT_QUERIES.items():
+        if name == "no_dependency_cycle" and edges > CYCLE_CHECK_MAX_EDGES:
+            checks.append(Check(f"invariant:{name}", "warn",
+                                f"skipped for {edges} dependencies; run `orch validate`"))
+            continue
+        found = db.rows(conn, sql)
+        checks.append(
+            Check(
+                f"invariant:{name}",
+                "ok" if not found else "fail",
+                meaning if not found else f"violated by {len(found)} row(s): {meaning}",
+                None if not found
+                else "State-Corruption: see docs/operations/DOCTOR.md",
+                rows=tuple(found[:20]),
+            )
+        )
+    return checks
+
+
+def _wal(project: Project) -> Check:
+    size = db.wal_size(project.db_path)
+    status: Status = "ok" if size <= WAL_WARN_BYTES else "warn"
+    return Check(
+        "wal_size",
+        status,
+        f"{size / 1048576:.1f} MiB write-ahead log",
+        None if status == "ok" else "a long-lived reader may be holding the WAL open; "
+        "stop idle readers so the next checkpoint can reset it",
+    )
+
+
+def _probe(path: Path) -> tuple[list[str], list[Check]]:
+    """Open the file read-only, without migrating it, and run integrity_check. Returns the
+    result (``["ok"]`` when sound) and the version checks it could read. Raises
+    ``DatabaseUnavailable`` (``database_unreadable``) when the file is not a database at all."""
+    with open(path, "rb") as fh:
+        header = fh.read(len(SQLITE_MAGIC))
+    if header and header != SQLITE_MAGIC:
+        raise DatabaseUnavailable("database_unreadable", f"{path} is not an SQLite database",
+                                  file=str(path), hint=DAMAGED_HINT)
+    if not header:
+        return ["ok"], []  # an empty file: the first connect creates the schema in it
+    try:
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    except apsw.CantOpenError as exc:
+        raise DatabaseUnavailable("database_unreadable", f"cannot open {path}: {exc}",
+                                  file=str(path)) from exc
+    try:
+        conn.set_busy_timeout(db.DEFAULT_BUSY_TIMEOUT_MS)
+        try:
+            versions = _versions(conn)
+        except apsw.NotADBError as exc:
+            raise DatabaseUnavailable("database_unreadable",
+                                      f"{path} is not an SQLite database ({exc})",
+                                      file=str(path), hint=DAMAGED_HINT) from exc
+        except apsw.CorruptError:
+            versions = []
+        try:
+            result = [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
+        except (apsw.CorruptError, apsw.NotADBError) as exc:
+            result = [f"{exc}"]
+        return result, versions
+    except apsw.BusyError as exc:
+        raise db.locked_error(path) from exc
+    finally:
+        conn.close()
+
+
+def diagnose(project: Project) -> list[Check]:
+    project.require_db()
+    checked, versions = _probe(project.db_path)
+    if checked != ["ok"]:
+        # Damaged: never migrate it or run more queries against it.
+        return [*(versions or [_library()]), *_integrity_failed(checked)]
+    conn = project.connect()
+    try:
+        with db.read_tx(conn):
+            return [
+                *_versions(conn),
+                *_integrity(conn, checked),
+                _machines(conn),
+                *_invariants(conn),
+                _wal(project),
+            ]
+    finally:
+        conn.close()
+
+
+def _integrity_failed(result: list[str]) -> list[Check]:
+    return [Check("integrity_check", "fail", "; ".join(result[:10]), DAMAGED_HINT)]
+
+
+def doctor_report(project: Project) -> dict[str, Any]:
+    """What ``orch doctor --json`` prints: ``{"ok", "checks"}``."""
+    checks = diagnose(project)
+    return {"ok": not any(c.status == "fail" for c in checks),
+            "checks": [c.as_dict() for c in checks]}
+
+
+# ----------------------------------------------------------------------------- --repair
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    damaged: bool
+    views: dict[str, Any] | None = None
+    views_error: str | None = None
+    restore: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged and self.views_error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def _jsonable(result: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        data: Any = dataclasses.asdict(result)
+    elif hasattr(result, "model_dump"):
+        data = result.model_dump(mode="json")
+    elif hasattr(result, "as_dict"):
+        data = result.as_dict()
+    else:
+        data = result
+    if not isinstance(data, dict):
+        data = {"result": data}
+    return json.loads(json.dumps(data, default=str))
+
+
+def rebuild_views(project: Project) -> dict[str, Any]:
+    """Rewrite every ``.state`` view from the database (``kernel.observe.exports.export``, full)."""
+    views = importlib.import_module("kernel.observe.exports")
+    conn = project.connect()
+    try:
+        return _jsonable(views.export(conn, project.state_dir, full=True))
+    finally:
+        conn.close()
+
+
+def _log_events(path: Path) -> tuple[list[tuple[int, str | None]], int]:
+    """(seq, timestamp) of each event in a ``transitions.jsonl`` and the unreadable lines."""
+    events: list[tuple[int, str | None]] = []
+    bad = 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+                events.append((int(event["seq"]), event.get("timestamp")))
+            except (ValueError, KeyError, TypeError):
+                bad += 1  # e.g. a line cut short by a crash
+    return events, bad
+
+
+def _damaged_max_seq(path: Path) -> int | None:
+    """What the damaged file itself still says about its newest event (read-only; may fail)."""
+    try:
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    except apsw.Error:
+        return None
+    try:
+        found = db.scalar(conn, "SELECT MAX(seq) FROM event")
+        return int(found) if found is not None else None
+    except apsw.Error:
+        return None
+    finally:
+        conn.close()
+
+
+def restore_plan(project: Project) -> dict[str, Any]:
+    """The newest usable backup in ``.state/backups/``, the events a restore of it would lose
+    according to ``.state/transitions.jsonl`` (an independent copy of the event log), and the
+    exact ``orch restore`` command."""
+    invalid: list[dict[str, str]] = []
+    chosen = None
+    for path in list_backups(project):
+        try:
+            chosen = inspect_database_file(path)
+            break
+        except OrchError as exc:
+            invalid.append({"path": str(path), "problem": exc.message})
+    log_path = project.state_dir / "transitions.jsonl"
+    plan: dict[str, Any] = {
+        "backup": chosen.as_dict() if chosen else None,
+        "invalid_backups": invalid,
+        "log": str(log_path) if log_path.exists() else None,
+        "damaged_database_max_seq": _damaged_max_seq(project.db_path),
+        "log_max_seq": None, "lost_events": None, "lost_first_seq": None,
+        "lost_last_seq": None, "lost_from": None, "lost_to": None,
+        "command": restore_command(project, chosen.path) if chosen else None,
+    }
+    if log_path.exists():
+        events, plan["log_unreadable_lines"] = _log_events(log_path)
+        plan["log_max_seq"] = max((seq for seq, _ in events), default=None)
+        if chosen:
+            lost = sorted(e for e in events if e[0] > (chosen.max_seq or 0))
+            plan["lost_events"] = len(lost)
+            if lost:
+                plan["lost_first_seq"], plan["lost_from"] = lost[0]
+                plan["lost_last_seq"], plan["lost_to"] = lost[-1]
+    plan["summary"] = _plan_summary(project, plan)
+    return plan
+
+
+def _plan_summary(project: Project, plan: dict[str, Any]) -> str:
+    backup = plan["backup"]
+    if backup is None:
+        found = f" ({len(plan['invalid_backups'])} unusable)" if plan["invalid_backups"] else ""
+        return (f"no usable backup in {project.state_dir / 'backups'}{found}. Restore one from "
+                "elsewhere with `orch restore FILE --force`, or move the damaged file away, "
+                "run `orch init` and `orch load` again (the history stays in "
+                ".state/transitions.jsonl).")
+    held = (f"holding events up to seq {backup['max_seq']} ({backup['last_event_at']})"
+            if backup["max_seq"] is not None else "holding no events")
+    text = (f"the newest usable backup is {backup['path']} (written "
+            f"{backup['modified_at']}), {held}. ")
+    if plan["log"] is None:
+        text += ("There is no .state/transitions.jsonl to compare with: every event after "
+                 f"{backup['last_event_at']} would be lost. ")
+    elif plan["lost_events"]:
+        text += (f"Restoring it would lose {plan['lost_events']} event(s) that "
+                 f".state/transitions.jsonl holds: seq {plan['lost_first_seq']} to "
+                 f"{plan['lost_last_seq']}, from {plan['lost_from']} to {plan['lost_to']}. ")
+    else:
+        text += "According to .state/transitions.jsonl no event would be lost. "
+    return text + f"To restore it: {plan['command']}"
+
+
+def repair(project: Project) -> tuple[list[Check], RepairReport]:
+    """``orch doctor --repair``: diagnose; on a sound database rewrite the views; on a damaged
+    one change nothing and say what restoring the newest backup would lose."""
+    project.require_db()
+    try:
+        checks = diagnose(project)
+    except DatabaseUnavailable as exc:
+        if exc.code != "database_unreadable":
+            raise
+        checks = [_library(), *_integrity_failed([exc.message])]
+    damaged = any(c.name == "integrity_check" and c.status == "fail" for c in checks)
+    if damaged:
+        return checks, RepairReport(damaged=True, restore=restore_plan(project))
+    try:
+        return checks, RepairReport(damaged=False, views=rebuild_views(project))
+    except ImportError as exc:
+        return checks, RepairReport(damaged=False,
+                                    views_error=f"this orch cannot export views: {exc}")
+    except (OrchError, apsw.Error, OSError) as exc:
+        return checks, RepairReport(damaged=False, views_error=str(exc))

@@ -1,0 +1,43 @@
+"""Executors: how a claimed task is run. One small module each; this one picks among them.
+
+Public API:
+    ``EXECUTORS`` (name → class), ``executor_for(definition) -> Executor``, and re-exports of
+    ``ExecutionRequest``, ``ExecutionResult``, ``Executor``.
+
+Stability Guarantees:
+    A task picks its executor with ``execution.executor``; without it the type decides:
+    ``pytest`` → pytest, ``lint`` → ruff, otherwise ``subprocess``.
+
+Integration Points:
+    ``kernel.runtime.worker``. A new executor (aider, dask) is a new module plus one entry here.
+
+Dependencies:
+    The executor modules of this package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kernel.runtime.executors.base import ExecutionRequest, ExecutionResult, Executor
+from kernel.runtime.executors.local import SubprocessExecutor
+from kernel.runtime.executors.noop import NoopExecutor
+from kernel.runtime.executors.pytest import PytestExecutor
+from kernel.runtime.executors.ruff import RuffExecutor
+
+EXECUTORS: dict[str, type[Executor]] = {
+    "subprocess": SubprocessExecutor,
+    "noop": NoopExecutor,
+    "pytest": PytestExecutor,
+    "ruff": RuffExecutor,
+}
+_BY_TYPE = {"pytest": "pytest", "lint": "ruff"}
+
+__all__ = ["EXECUTORS", "ExecutionRequest", "ExecutionResult", "Executor", "executor_for"]
+
+
+def executor_for(definition: Mapping[str, Any]) -> Executor:
+    name = (definition.get("execution") or {}).get("executor") \
+        or _BY_TYPE.get(str(definition.get("type")), "subprocess")
+    return EXECUTORS[name]()

@@ -1,0 +1,125 @@
+"""Resource leases (CONC-REG-002): all-or-nothing, with owner, expiry and a fencing generation.
+
+Public API:
+    ``acquire_all(conn, task_id, *, owner, generation, attempt_id, now, ttl) -> list[Lease]``
+    (raises ``LeaseUnavailable``, nothing taken); ``renew(conn, owner, now, ttl) -> int``;
+    ``release_task(conn, task_id, now, reason) -> int``; ``expired(conn, now) -> list[dict]``;
+    ``impossible_requests(conn) -> list[dict]`` (requests no pool can ever grant).
+
+Stability Guarantees:
+    The guarantees live in SQL (sql/0002_scheduler.sql): triggers on ``INSERT INTO lease`` refuse
+    any lease that would break exclusivity, a conflict, ``max_holders``, a pool's capacity or a
+    token bucket, from any client; a trigger releases a task's leases whenever it leaves
+    running/validating. This module only takes them all-or-nothing inside a SAVEPOINT.
+
+Integration Points:
+    ``kernel.runtime.claims`` takes leases in the claim transaction; workers renew them with each
+    heartbeat; ``kernel.runtime.scheduler.tick`` reclaims expired ones by handing their task on.
+
+Dependencies:
+    apsw; ``kernel.base.clock``, ``kernel.store.db``, ``kernel.definitions.registries``
+    (``lease_ceiling``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+from kernel.base import clock
+from kernel.definitions.registries import lease_ceiling
+from kernel.store import db
+
+
+class LeaseUnavailable(Exception):
+    """A requested resource cannot be leased now (someone else holds it, or no tokens)."""
+
+    def __init__(self, resource_id: str, reason: str) -> None:
+        super().__init__(f"{resource_id}: {reason}")
+        self.resource_id = resource_id
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Lease:
+    lease_id: int
+    resource_id: str
+    mode: str
+    amount: float
+
+
+def requirements(conn: apsw.Connection, task_id: str) -> list[tuple[str, str, float]]:
+    return [(r, m, a) for r, m, a in conn.execute(
+        "SELECT resource_id, mode, amount FROM task_resource WHERE task_id = ? "
+        "ORDER BY resource_id", (task_id,))]
+
+
+def acquire_all(conn: apsw.Connection, task_id: str, *, owner: str, generation: int,
+                attempt_id: int | None, now: float, ttl: float,
+                reqs: list[tuple[str, str, float]] | None = None) -> list[Lease]:
+    """Lease every resource the task requires, or none (call inside a write transaction)."""
+    reqs = requirements(conn, task_id) if reqs is None else reqs
+    if not reqs:
+        return []
+    acquired, expires = clock.iso(now), clock.iso(now + ttl)
+    taken: list[Lease] = []
+    conn.execute("SAVEPOINT lease_all")
+    try:
+        for resource_id, mode, amount in reqs:
+            try:
+                conn.execute(
+                    "INSERT INTO lease (resource_id, task_id, attempt_id, owner, mode, amount, "
+                    "generation, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (resource_id, task_id, attempt_id, owner, mode, amount, generation,
+                     acquired, expires))
+            except apsw.ConstraintError as exc:
+                raise LeaseUnavailable(resource_id, str(exc).split("ConstraintError: ")[-1]) \
+                    from None
+            taken.append(Lease(conn.last_insert_rowid(), resource_id, mode, amount))
+    except BaseException:
+        conn.execute("ROLLBACK TO lease_all")
+        conn.execute("RELEASE lease_all")
+        raise
+    conn.execute("RELEASE lease_all")
+    return taken
+
+
+def renew(conn: apsw.Connection, owner: str, now: float, ttl: float) -> int:
+    conn.execute("UPDATE lease SET expires_at = ? WHERE owner = ? AND released_at IS NULL",
+                 (clock.iso(now + ttl), owner))
+    return conn.changes()
+
+
+def release_task(conn: apsw.Connection, task_id: str, now: float, reason: str) -> int:
+    conn.execute("UPDATE lease SET released_at = MAX(acquired_at, ?), release_reason = ? "
+                 "WHERE task_id = ? AND released_at IS NULL", (clock.iso(now), reason, task_id))
+    return conn.changes()
+
+
+def expired(conn: apsw.Connection, now: float) -> list[dict[str, Any]]:
+    return db.rows(conn, "SELECT * FROM lease WHERE released_at IS NULL AND expires_at < ? "
+                         "ORDER BY lease_id", (clock.iso(now),))
+
+
+def impossible_requests(conn: apsw.Connection, task_ids: list[str] | None = None
+                        ) -> list[dict[str, Any]]:
+    """Requests larger than a pool or bucket can ever give (Resource-Exhaustion): the rule is
+    ``kernel.definitions.registries.lease_ceiling``,
+    the one ``orch validate`` applies to task files."""
+    ceilings = {rid: ceiling for rid, kind, capacity, reserved in conn.execute(
+        "SELECT resource_id, type, capacity, reserved FROM resource")
+        if (ceiling := lease_ceiling(kind, capacity, reserved)) is not None}
+    if not ceilings:
+        return []
+    sql = (
+        "SELECT tr.task_id, tr.resource_id, tr.amount AS requested, c.value AS available "
+        "  FROM task_resource tr JOIN json_each(?) c ON c.key = tr.resource_id "
+        " WHERE tr.amount > c.value")
+    found = db.rows(conn, sql, (json.dumps(ceilings),))
+    if task_ids is not None:
+        wanted = set(task_ids)
+        found = [f for f in found if f["task_id"] in wanted]
+    return found

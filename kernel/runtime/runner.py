@@ -1,0 +1,440 @@
+"""``orch run``: own the database, start the workers, tick until nothing more can run.
+
+Public API:
+    ``RunOptions``, ``RunSummary``, ``run(project, options, progress=None) -> RunSummary``;
+    ``spawn_worker(project, owner, ...)``.
+
+Stability Guarantees:
+    Exactly one ``orch run`` owns a database (``scheduler_lock``); a second one exits with the
+    holder's pid, host and start time, unless the holder is dead (same host) or its lock expired.
+    Workers are separate processes in their own sessions: Ctrl-C reaches only ``orch run``,
+    which asks them to stop (their running tasks are handed on) and waits for them. The loop
+    wakes as soon as another process commits (``PRAGMA data_version``) and at least every
+    ``run.tick_seconds``. Exit status: 0 when every task in scope completed, else 1.
+
+Integration Points:
+    ``kernel.cli.run`` wraps it; ``kernel.runtime.progress`` renders it;
+    ``kernel.runtime.scheduler.tick`` does
+    the work; workers run ``python -m kernel worker --managed-by OWNER --parent-pid PID``.
+
+Dependencies:
+    apsw; ``kernel.runtime.scheduler``, ``kernel.runtime.worktree``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import apsw
+
+from kernel.base import faults
+from kernel.base.errors import OrchError
+from kernel.base.files import open_private
+from kernel.observe.exports import Exporter
+from kernel.observe.metrics import MetricsTicker, write_metrics
+from kernel.runtime import scheduler
+from kernel.store import db
+from kernel.store.project import Project
+
+
+@dataclass
+class RunOptions:
+    workers: int = 2
+    workstream: str | None = None
+    forever: bool = False
+    worktrees: bool | None = None      # None: orch.toml [run] worktrees, if a git repository
+    max_seconds: float | None = None   # stop after this long (tests, demos)
+
+
+@dataclass
+class RunSummary:
+    counts: dict[str, int]
+    total: int
+    elapsed_seconds: float
+    workstreams: dict[str, str]
+    unrunnable: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+    owner: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and self.counts.get("completed", 0) == self.total
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "counts": self.counts, "total": self.total,
+                "elapsed_seconds": round(self.elapsed_seconds, 3),
+                "workstreams": self.workstreams, "unrunnable": self.unrunnable,
+                "interrupted": self.interrupted, "warnings": self.warnings}
+
+
+class Progress:
+    """What the loop tells its display; the base class shows nothing."""
+
+    def start(self, conn: Any, options: RunOptions) -> None: ...
+
+    def update(self, conn: Any, report: scheduler.TickReport) -> None: ...
+
+    def notice(self, text: str) -> None:
+        """A line for the person at the terminal (e.g. what Ctrl-C does now)."""
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def finish(self, summary: RunSummary) -> None: ...
+
+
+def spawn_worker(project: Project, owner: str, index: int, workstreams: list[str] | None,
+                 log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "kernel", "--root", str(project.root), "worker",
+            "--managed-by", owner, "--parent-pid", str(os.getpid()),
+            "--name", f"{owner}-w{index}"]
+    for ws in workstreams or []:
+        args += ["--workstream", ws]
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=log or subprocess.DEVNULL, start_new_session=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+# Workers queue and claim ready work themselves, so a tick after every commit only competes
+# with them for the write lock: ticks are at least this far apart, however busy the database.
+MIN_TICK_GAP_SECONDS = 0.02
+
+
+def _wait_for_change(conn: Any, last: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    time.sleep(min(MIN_TICK_GAP_SECONDS, timeout))
+    while True:
+        version = int(conn.pragma("data_version"))
+        if version != last or time.monotonic() >= deadline:
+            return version
+        time.sleep(0.003)
+
+
+def run(project: Project, options: RunOptions, progress: Progress | None = None,
+        clock_fn: Callable[[], float] = time.time) -> RunSummary:
+    """Own the database, start the workers and tick until nothing more can run (or Ctrl-C).
+
+    Ctrl-C (or SIGTERM) at any moment, set-up included, ends in the "interrupted" summary:
+    workers finish their running tasks (up to ``kill_grace_seconds + 5`` s); a second Ctrl-C
+    stops them at once, and their tasks go back to the queue as interrupted by the operator.
+    """
+    project.require_db()
+    if threading.current_thread() is threading.main_thread():
+        # `kill PID` stops a run the way Ctrl-C does: workers finish or hand on their tasks.
+        signal.signal(signal.SIGTERM, _interrupt)
+    loop = _RunLoop(project, options, progress or Progress(), clock_fn)
+    try:
+        loop.set_up()
+        while loop.step():
+            pass
+    except KeyboardInterrupt:
+        loop.interrupted = True
+    finally:
+        loop.tear_down()
+    return loop.summarise()
+
+
+class _RunLoop:
+    """The state of one ``orch run``: set-up, one turn of the loop, tear-down, the summary."""
+
+    def __init__(self, project: Project, options: RunOptions, progress: Progress,
+                 clock_fn: Callable[[], float]) -> None:
+        self.project, self.options, self.progress, self.clock = (project, options, progress,
+                                                                  clock_fn)
+        self.config = project.config
+        self.owner = f"run-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.started = time.monotonic()
+        self.scope = [options.workstream] if options.workstream else None
+        self.conn: Any = None
+        self.locked = False
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.removed: list[subprocess.Popen[bytes]] = []   # dead since the last tick
+        self.logs: list[IO[bytes]] = []
+        self.interrupted = False
+        self.report = scheduler.TickReport()
+        self.exporter: Exporter | None = None
+        self.warnings: list[str] = []
+        self.ctx = scheduler.TickContext(root=project.root, config=self.config,
+                                         workstreams=self.scope, worktrees=False)
+        self.metrics = MetricsTicker(self.config.views.metrics_interval_seconds)
+        self.last_version = -1
+        self.next_lock = 0.0
+        self.restarts_left = 2 * options.workers
+        self.spawned = 0
+
+    # ---------------------------------------------------------------- set-up
+
+    def set_up(self) -> None:
+        self.conn = self.project.connect()
+        scheduler.acquire_lock(self.conn, self.owner, self.clock())
+        self.locked = True
+        if self.config.views.export:
+            self.exporter = Exporter(
+                self.project.db_path, self.project.state_dir,
+                min_interval=self.config.views.export_min_interval_seconds).start()
+        if self.scope and db.scalar(self.conn, "SELECT 1 FROM workstream WHERE "
+                                               "workstream_id = ?", (self.scope[0],)) is None:
+            raise OrchError("unknown_workstream", f"no workstream {self.scope[0]!r}",
+                            hint="`orch status` lists them; `orch load` imports tasks/",
+                            exit_code=2)
+        use_worktrees = self.config.run.worktrees if self.options.worktrees is None \
+            else self.options.worktrees
+        if use_worktrees:
+            from kernel.runtime.worktree import is_git_repo
+
+            use_worktrees = is_git_repo(self.project.root)
+        self.ctx.worktrees = use_worktrees
+        scheduler.compute_bottom_levels(self.conn, self.scope)
+        faults.point("run_setup")
+        self.progress.start(self.conn, self.options)
+        self.project.logs_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(self.options.workers):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self.spawned += 1
+        log: IO[bytes] = open_private(  # noqa: SIM115 - closed in tear_down
+            self.project.logs_dir / f"worker-{self.spawned}.log", "ab")
+        self.logs.append(log)
+        proc = spawn_worker(self.project, self.owner, self.spawned, self.scope, log)
+        self.children[f"pid:{proc.pid}"] = proc
+
+    # ---------------------------------------------------------------- one turn
+
+    def step(self) -> bool:
+        """One tick and its bookkeeping; False when the run is over."""
+        now = self.clock()
+        # With the children removed since the last tick: one may have died after that tick's
+        # poll, and its exit code would be lost.
+        self.ctx.exited = _exited_children(self.conn, [*self.children.values(), *self.removed])
+        self.removed = []
+        self.ctx.wait_for_workers = self.options.workers == 0 or self.restarts_left > 0 or any(
+            p.poll() is None for p in self.children.values())
+        self.report = scheduler.tick(self.conn, now, self.ctx)
+        self.progress.update(self.conn, self.report)
+        if self.metrics.due(now):
+            write_metrics(self.conn, self.project.state_dir, now)
+        _keep_wal_small(self.conn, self.project, self.config.database.busy_timeout_ms)
+        self._replace_dead_workers()
+        if time.monotonic() >= self.next_lock:
+            if not scheduler.renew_lock(self.conn, self.owner, now):
+                raise OrchError("scheduler_lock_lost",
+                                "another `orch run` took over this database",
+                                hint="only one `orch run` may own a database", exit_code=1)
+            self.next_lock = time.monotonic() + scheduler.LOCK_TTL_SECONDS / 3
+        if self.report.done and not self.options.forever:
+            return False
+        if self.options.max_seconds is not None and \
+                time.monotonic() - self.started > self.options.max_seconds:
+            self.interrupted = True
+            return False
+        version = _wait_for_change(self.conn, self.last_version, self.config.run.tick_seconds)
+        if self.exporter is not None and version != self.last_version:
+            self.exporter.request()
+        self.last_version = version
+        return True
+
+    def _replace_dead_workers(self) -> None:
+        """A worker that died is replaced (a few times), so a crash does not stall the run."""
+        for key, proc in list(self.children.items()):
+            if proc.poll() is not None:
+                del self.children[key]
+                self.removed.append(proc)
+                if self.restarts_left > 0 and not self.report.done:
+                    self.restarts_left -= 1
+                    self._spawn()
+
+    # ---------------------------------------------------------------- tear-down
+
+    def tear_down(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        # The signal may have landed inside a transaction (KeyboardInterrupt is raised wherever
+        # the loop was): end it, or the stop request and the final health check cannot write.
+        if not conn.get_autocommit():
+            conn.execute("ROLLBACK")
+        hurry = _SecondSignal().install()
+        try:
+            if self.interrupted and self.children:
+                running = _running_tasks(conn, self.owner)
+                grace = self.config.workers.kill_grace_seconds + 5
+                if running:
+                    self.progress.notice(
+                        f"stopping: waiting up to {grace:g} s for {running} running "
+                        f"{'task' if running == 1 else 'tasks'} (Ctrl-C again to stop them now)")
+            stopped = _stop_children(conn, self.owner, self.children,
+                                     self.config.workers.kill_grace_seconds + 5, hurry)
+            # Workers killed because the operator stopped the run are not crashes.
+            self.ctx.interrupted_by_operator = self.interrupted or stopped
+            self.ctx.worktrees = False
+            self.ctx.exited = _exited_children(conn, [*self.children.values(), *self.removed])
+            final = scheduler.TickReport()
+            scheduler.check_workers(conn, self.clock(), self.ctx, final)
+            if self.locked:
+                scheduler.release_lock(conn, self.owner)
+            try:
+                write_metrics(conn, self.project.state_dir, self.clock())
+            except (OSError, apsw.Error) as exc:   # never hide how the run ended
+                self.warnings.append(f"metrics.json not written: {exc}")
+        finally:
+            hurry.restore()
+            for log in self.logs:
+                log.close()
+            if self.exporter is not None:
+                self.exporter.close()   # a last export: the views end exact
+                self.warnings.extend(f"the .state views were not updated: {e}"
+                                     for e in dict.fromkeys(self.exporter.errors))
+
+    def summarise(self) -> RunSummary:
+        conn = self.conn
+        if conn is None:
+            return RunSummary(counts={}, total=0, elapsed_seconds=time.monotonic() - self.started,
+                              workstreams={}, interrupted=True, owner=self.owner)
+        counts, _, _ = scheduler.progress_counts(conn, self.ctx)
+        ws_states = dict(conn.execute(
+            "SELECT workstream_id, state FROM workstream" +
+            (" WHERE workstream_id = ?" if self.scope else ""), tuple(self.scope or ())))
+        # Unrunnable tasks as the last tick saw them, while the workers were registered: after
+        # the workers stop, "no worker offers it" can no longer be told from "no worker".
+        queued = {r[0] for r in conn.execute("SELECT task_id FROM task WHERE state = 'queued'")}
+        unrunnable = [u for u in self.report.unrunnable if u["task_id"] in queued]
+        conn.close()
+        summary = RunSummary(counts=counts, total=sum(counts.values()),
+                             elapsed_seconds=time.monotonic() - self.started,
+                             workstreams=ws_states, unrunnable=unrunnable,
+                             interrupted=self.interrupted, owner=self.owner,
+                             warnings=self.warnings)
+        self.progress.finish(summary)
+        return summary
+
+
+class _SecondSignal:
+    """During tear-down a Ctrl-C (or SIGTERM) no longer raises: it asks to stop the workers
+    now instead of waiting for their tasks."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> _SecondSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, lambda *_: self.event.set())
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _running_tasks(conn: Any, owner: str) -> int:
+    return int(db.scalar(
+        conn, "SELECT COUNT(*) FROM task t JOIN attempt a ON a.task_id = t.task_id "
+              "AND a.generation = t.generation AND a.finished_at IS NULL "
+              "JOIN worker w ON w.worker_id = a.worker_id "
+              "WHERE t.state IN ('running', 'validating') AND w.scheduler_owner = ?",
+        (owner,)) or 0)
+
+
+# A busy run appends tens of MB a second to the WAL; SQLite's automatic checkpoints copy the
+# frames back but can reset the file only when no reader uses it, and with the exporter, `orch
+# status` or Datasette reading, that moment may never come. So the run restarts the WAL itself
+# once it passes this size, waiting at most WAL_RESTART_WAIT_MS for readers (writers wait
+# meanwhile), and tries again a moment later if they did not finish.
+WAL_RESTART_BYTES = 16 * 1024 * 1024
+WAL_RESTART_WAIT_MS = 250
+
+
+def _keep_wal_small(conn: Any, project: Project, busy_timeout_ms: int) -> None:
+    if db.wal_size(project.db_path) < WAL_RESTART_BYTES:
+        return
+    conn.set_busy_timeout(WAL_RESTART_WAIT_MS)
+    try:
+        # In the writers' queue, or the kernel's writers (who never use SQLite's busy handler
+        # against each other) would starve the checkpoint.
+        with db.writer_lock(conn, timeout=WAL_RESTART_WAIT_MS / 1000):
+            db.checkpoint(conn, "RESTART")
+    except apsw.BusyError:
+        pass
+    finally:
+        conn.set_busy_timeout(busy_timeout_ms)
+
+
+def _exited_children(conn: Any, children: list[subprocess.Popen[bytes]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for proc in children:
+        code = proc.poll()
+        if code is None:
+            continue
+        wid = db.scalar(conn, "SELECT worker_id FROM worker WHERE pid = ? AND state <> "
+                              "'shutdown' ORDER BY registered_at DESC LIMIT 1", (proc.pid,))
+        if wid:
+            out[wid] = code
+    return out
+
+
+def _stop_children(conn: Any, owner: str, children: dict[str, subprocess.Popen[bytes]],
+                   wait: float, hurry: _SecondSignal) -> bool:
+    """Ask the run's workers to stop after their task and wait for them; past ``wait`` seconds
+    or on a second Ctrl-C, kill them. True if any worker had to be killed."""
+    if not children:
+        return False
+    try:
+        with db.write_tx(conn):
+            conn.execute("UPDATE worker SET stop_requested = 1 WHERE scheduler_owner = ? "
+                         "AND state <> 'shutdown'", (owner,))
+    except Exception:  # noqa: BLE001 - stopping must go on even if the database is busy
+        pass
+    deadline = time.monotonic() + wait
+    for proc in children.values():
+        if proc.poll() is None:
+            try:
+                proc.terminate()
+            except ProcessLookupError:
+                pass
+    # Workers finish their running task first; past the deadline (or on a second Ctrl-C) they
+    # are killed, and the final health check hands their tasks on.
+    killed = False
+    while any(p.poll() is None for p in children.values()):
+        if hurry.event.is_set() or time.monotonic() >= deadline:
+            for proc in children.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    killed = True
+            for proc in children.values():
+                proc.wait()
+            break
+        time.sleep(0.02)
+    return killed
+
+
+def summary_text(summary: RunSummary) -> str:
+    order = ("completed", "failed", "cancelled", "running", "validating", "retrying", "queued",
+             "pending")
+    parts = [f"{summary.counts[s]} {s}" for s in order if summary.counts.get(s)]
+    head = "all tasks completed" if summary.ok else (
+        "interrupted" if summary.interrupted else "not every task completed")
+    lines = [f"{head}: {', '.join(parts) or 'no tasks'} ({summary.total} tasks, "
+             f"{summary.elapsed_seconds:.1f} s)"]
+    for ws, state in sorted(summary.workstreams.items()):
+        lines.append(f"  workstream {ws}: {state}")
+    for item in summary.unrunnable:
+        lines.append(f"  {item['task_id']} cannot run: {item['reason']}")
+    for warning in summary.warnings:
+        lines.append(f"  warning: {warning}")
+    if not summary.ok:
+        lines.append("next: `orch status`, `orch why TASK`, `orch retry TASK`")
+    return "\n".join(lines)

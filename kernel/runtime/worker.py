@@ -1,0 +1,435 @@
+"""A worker process: registers, heartbeats, claims one task at a time, runs it, reports.
+
+Public API:
+    ``WorkerOptions``; ``Worker(project, options)`` with ``register()``, ``run_forever()``,
+    ``run_one(claim)``, ``stop()``; ``main(...)`` (what ``orch worker`` runs);
+    ``worker_env(claim, root)``.
+
+Stability Guarantees:
+    A worker runs at most one task at a time (the SQL index on ``task.worker_id`` enforces it).
+    It heartbeats every ``workers.heartbeat_seconds`` from a thread with its own connection, so a
+    long command never makes it look dead; each heartbeat renews its leases. It polls its task's
+    row while the command runs and kills the process group within 0.1 s when the task is
+    cancelled or handed on. A worker started by ``orch run`` finishes its task and exits when
+    that ``orch run`` is gone, so a restarted scheduler never meets two runs of one task.
+
+Integration Points:
+    ``orch run --workers N`` starts N of these as ``python -m kernel worker --managed ...``;
+    ``orch worker`` joins by hand. Claims and outcomes go through ``kernel.runtime.claims``; rules
+    through ``kernel.runtime.rules``; commands through ``kernel.runtime.executors``.
+
+Dependencies:
+    apsw; ``kernel.runtime.claims``, ``kernel.runtime.executors``, ``kernel.runtime.rules``,
+    ``kernel.base.clock``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from kernel import __version__
+from kernel.base import clock, faults
+from kernel.base.files import open_private, private_dir
+from kernel.base.processes import become_subreaper, pid_alive
+from kernel.runtime import claims, leases
+from kernel.runtime.executors import ExecutionRequest, ExecutionResult, executor_for
+from kernel.store import db
+from kernel.store.machines import transition
+from kernel.store.project import Project
+
+
+@dataclass
+class WorkerOptions:
+    capabilities: Sequence[str] = ()          # empty: every capability of the catalog
+    workstreams: Sequence[str] | None = None   # None: all
+    scheduler_owner: str | None = None
+    parent_pid: int | None = None              # exit after the task when this pid is gone
+    name: str = ""
+    once: bool = False                         # exit when nothing is claimable (tests)
+    idle_exit_seconds: float | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    export_views: bool = True                  # when not managed by an `orch run`
+
+
+def new_worker_id() -> str:
+    return f"w-{socket.gethostname().split('.')[0]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def worker_env(claim: claims.Claim, root: Path, cwd: Path,
+               base: dict[str, str] | None = None) -> dict[str, str]:
+    """The task's environment: ``base`` (default: this process's environment) plus ORCH_*."""
+    env = dict(os.environ if base is None else base)
+    env.update({
+        "ORCH_ROOT": str(root), "ORCH_TASK_ID": claim.task_id,
+        "ORCH_WORKSTREAM_ID": claim.workstream_id, "ORCH_ATTEMPT": str(claim.attempt_no),
+        "ORCH_GENERATION": str(claim.generation), "ORCH_WORKER_ID": claim.worker_id,
+        "ORCH_WORKTREE": str(cwd),
+    })
+    return env
+
+
+class Worker:
+    def __init__(self, project: Project, options: WorkerOptions | None = None,
+                 worker_id: str | None = None) -> None:
+        self.project = project
+        self.options = options or WorkerOptions()
+        self.config = project.config
+        self.worker_id = worker_id or new_worker_id()
+        self.hostname = socket.gethostname()
+        self.conn = project.connect()
+        self._stop = threading.Event()     # hard stop: kill the running task, hand it on
+        self._drain = threading.Event()    # finish the running task, then exit
+        self._closing = threading.Event()  # ends the heartbeat thread
+        self._hb_thread: threading.Thread | None = None
+        self._offers: dict[str, str] = {}
+        self.current: claims.Claim | None = None
+        self.declared_dead = False
+        self.next_claim: claims.Claim | None = None   # claimed in the finishing transaction
+        self._exporter: Any = None
+        # Read once: copying os.environ item by item costs ~0.1 ms, on every task.
+        self._base_env = dict(os.environ)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def heartbeat(self) -> float:
+        return self.config.workers.heartbeat_seconds
+
+    @property
+    def lease_ttl(self) -> float:
+        w = self.config.workers
+        return w.heartbeat_seconds * (w.unresponsive_after_missed + 1) \
+            + w.shutdown_after_unresponsive_seconds
+
+    def register(self) -> None:
+        with db.write_tx(self.conn):
+            stamp = clock.now_iso()  # under the write lock: events stay in time order
+            if self.options.capabilities:
+                rows = []
+                for cap in self.options.capabilities:
+                    name, _, version = cap.partition("@")
+                    found = db.scalar(self.conn, "SELECT version FROM capability "
+                                                 "WHERE capability_id = ?", (name,))
+                    rows.append((name, version or found or "0.0.0"))
+            else:
+                rows = list(self.conn.execute("SELECT capability_id, version FROM capability"))
+            self.conn.execute(
+                "INSERT INTO worker (worker_id, name, pid, hostname, version, "
+                "heartbeat_interval_seconds, last_heartbeat_at, registered_at, updated_at, "
+                "scheduler_owner, workstreams) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (self.worker_id, self.options.name or self.worker_id, os.getpid(),
+                 self.hostname, __version__, self.heartbeat, stamp, stamp, stamp,
+                 self.options.scheduler_owner,
+                 json.dumps(list(self.options.workstreams))
+                 if self.options.workstreams is not None else None))
+            self.conn.executemany("INSERT INTO worker_capability VALUES (?, ?, ?)",
+                                  [(self.worker_id, c, v) for c, v in rows])
+            transition(self.conn, "worker", self.worker_id, "idle", "registration_complete",
+                       {"at": stamp, "capabilities": sorted(c for c, _ in rows)})
+        self._offers = dict(rows)
+        self._hb_thread = threading.Thread(target=self._heartbeat_loop, daemon=True,
+                                           name="orch-heartbeat")
+        self._hb_thread.start()
+        if self.options.scheduler_owner is None and self.config.views.export \
+                and self.options.export_views:
+            # Without an `orch run` to export after commits, a worker joined by hand keeps the
+            # .state views current itself (STATE-OBS-001 holds whoever commits).
+            from kernel.observe.exports import Exporter
+
+            self._exporter = Exporter(
+                self.project.db_path, self.project.state_dir,
+                min_interval=self.config.views.export_min_interval_seconds).start()
+
+    def stop(self) -> None:
+        """Kill the running task (it is handed on) and exit."""
+        self._drain.set()
+        self._stop.set()
+
+    def drain(self) -> None:
+        """Finish the running task, then exit; a second call stops at once."""
+        if self._drain.is_set():
+            self._stop.set()
+        self._drain.set()
+
+    def shutdown(self, trigger: str = "shutdown_requested") -> None:
+        self._drain.set()
+        self._closing.set()
+        stamp = clock.now_iso()
+        try:
+            with db.write_tx(self.conn):
+                state = db.scalar(self.conn, "SELECT state FROM worker WHERE worker_id = ?",
+                                  (self.worker_id,))
+                if state in ("idle", "busy"):
+                    running = db.scalar(self.conn, "SELECT task_id FROM task WHERE worker_id = ?",
+                                        (self.worker_id,))
+                    if running:
+                        claims.hand_on_in_tx(
+                            self.conn, running, time.time(), failure_mode=None,
+                            reason="interrupted by the operator: the worker was stopped while "
+                                   "running the task", backoff=self._backoff(),
+                            interrupted=True)
+                    transition(self.conn, "worker", self.worker_id, "shutdown", trigger,
+                               {"at": stamp}, stopped_at=stamp, exit_code=0)
+        finally:
+            if self._hb_thread is not None:
+                self._hb_thread.join(timeout=2)
+            self.conn.close()
+            if self._exporter is not None:
+                self._exporter.close()   # a last export: the views end exact
+
+    def _backoff(self) -> dict[str, float]:
+        w = self.config.workers
+        return {"cap": w.retry_backoff_cap_seconds, "jitter": w.retry_jitter}
+
+    def _heartbeat_loop(self) -> None:
+        conn = self.project.connect()
+        try:
+            while not self._closing.wait(self.heartbeat):
+                now = time.time()
+                stamp = clock.iso(now)
+                try:
+                    with db.write_tx(conn):
+                        state = db.scalar(conn, "SELECT state FROM worker WHERE worker_id = ?",
+                                          (self.worker_id,))
+                        if state == "shutdown":
+                            self.declared_dead = True
+                            self._stop.set()
+                            self._drain.set()
+                            return
+                        conn.execute("UPDATE worker SET last_heartbeat_at = ? "
+                                     "WHERE worker_id = ?", (stamp, self.worker_id))
+                        leases.renew(conn, self.worker_id, now, self.lease_ttl)
+                        if state == "unresponsive":
+                            has_task = self.current is not None
+                            transition(conn, "worker", self.worker_id,
+                                       "busy" if has_task else "idle", "health_check_recovered",
+                                       {"at": stamp})
+                except apsw.BusyError:
+                    continue
+        finally:
+            conn.close()
+
+    def _parent_gone(self) -> bool:
+        pid = self.options.parent_pid
+        return pid is not None and (os.getppid() != pid or not pid_alive(pid))
+
+    def _stopping(self) -> bool:
+        """No new claim now (a stop, a drain, --once, or no parent any more)."""
+        return (self.options.once or self.declared_dead or self._stop.is_set()
+                or self._drain.is_set() or self._parent_gone())
+
+    def should_exit(self) -> bool:
+        if self._drain.is_set() or self._parent_gone():
+            return True
+        flag = db.scalar(self.conn, "SELECT stop_requested FROM worker WHERE worker_id = ?",
+                         (self.worker_id,))
+        return bool(flag)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run_forever(self) -> int:
+        last_version = None
+        idle_since = time.monotonic()
+        next_try = 0.0
+        try:
+            while not self.should_exit():
+                version = self.conn.pragma("data_version")
+                now_m = time.monotonic()
+                if version != last_version or now_m >= next_try:
+                    last_version = version
+                    next_try = now_m + 0.5
+                    try:
+                        claim = claims.claim_next(self.conn, self.worker_id, time.time,
+                                                  lease_ttl=self.lease_ttl, offers=self._offers)
+                    except apsw.BusyError:
+                        claim = None
+                    if claim is not None:
+                        while claim is not None:   # the next claim may come with the finish
+                            self.next_claim = None
+                            self.run_one(claim)
+                            if self._exporter is not None:
+                                self._exporter.request()
+                            claim, self.next_claim = self.next_claim, None
+                        idle_since = time.monotonic()
+                        last_version = None
+                        continue
+                    if self.options.once:
+                        break
+                if (self.options.idle_exit_seconds is not None
+                        and time.monotonic() - idle_since > self.options.idle_exit_seconds):
+                    break
+                time.sleep(0.005)
+        finally:
+            if self.declared_dead:
+                self.conn.close()
+                if self._exporter is not None:
+                    self._exporter.close()
+            else:
+                self.shutdown()
+        return 0
+
+    def _commit(self, claim: claims.Claim) -> str | None:
+        """Commit the task's changes on the workstream branch; an error message on failure.
+
+        Commits of one worktree are serialised with a lock file, so two workers finishing
+        at once never collide on git's index.lock.
+        """
+        import fcntl
+
+        from kernel.base.errors import OrchError
+        from kernel.runtime.worktree import commit_all
+
+        assert claim.worktree_path
+        lock_path = Path(claim.worktree_path).parent / f".{claim.workstream_id}.commit.lock"
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                commit_all(Path(claim.worktree_path),
+                           f"orch: {claim.task_id}: {claim.definition.get('name', '')}")
+            except OrchError as exc:
+                return f"the command succeeded but its changes could not be committed: " \
+                       f"{exc.message}"
+        return None
+
+    def _should_stop(self, claim: claims.Claim, conn: apsw.Connection) -> str | None:
+        if self.declared_dead:
+            return "the worker was declared lost"
+        if self._stop.is_set():
+            return "the worker was stopped"
+        return claims.is_current(conn, claim)
+
+    def _execute(self, claim: claims.Claim, request: ExecutionRequest) -> ExecutionResult:
+        """Run the executor; an error inside it fails the attempt (outcome ``error``, not
+        retried) instead of killing the worker."""
+        try:
+            return executor_for(claim.definition).run(
+                request,
+                on_start=lambda pgid: claims.record_process(self.conn, claim, pgid,
+                                                            self.hostname),
+                should_stop=lambda: self._should_stop(claim, self.conn))
+        except (apsw.Error, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any executor failure is the task's, not ours
+            return ExecutionResult("error", error=f"the {claim.type or 'task'} executor "
+                                                  f"failed: {type(exc).__name__}: {exc}")
+
+    def run_one(self, claim: claims.Claim) -> str:
+        self.current = claim
+        root = self.project.root
+        base = Path(claim.worktree_path) if claim.worktree_path else root
+        workdir = (claim.definition.get("execution") or {}).get("working_directory") or "."
+        cwd = (base / workdir).resolve()
+        env = {**worker_env(claim, root, base, self._base_env), **self.options.extra_env}
+        w = self.config.workers
+        backoff = self._backoff()
+        try:
+            if claim.pre_rules:
+                from kernel.runtime.rules import run_rules
+
+                report = run_rules(claim.pre_rules, cwd, self.config.rules, env=env,
+                                   stop_at_first_failure=True)
+                if not report.passed:
+                    bad = report.failed[0]
+                    return claims.fail_before_start(
+                        self.conn, claim, time.time(), rule=bad.rule, reason=bad.reason,
+                        rules=report.as_dict())
+            execution = claim.definition.get("execution") or {}
+            prompt = execution.get("prompt") or ""
+            prompt_file = self.project.state_dir / "prompts" / \
+                f"{claim.task_id}-{claim.attempt_no}.txt"
+            if "{prompt_file}" in (claim.command or ""):
+                private_dir(prompt_file.parent)
+                with open_private(prompt_file, "w") as fh:
+                    fh.write(prompt)
+            request = ExecutionRequest(
+                task_id=claim.task_id, workstream_id=claim.workstream_id,
+                attempt_no=claim.attempt_no, command=claim.command or "",
+                shell=bool(execution.get("shell")), cwd=cwd, env=env,
+                timeout_seconds=claim.timeout_seconds,
+                log_path=self.project.logs_dir / f"{claim.task_id}.log",
+                placeholders={"prompt": prompt, "prompt_file": str(prompt_file),
+                              "task_id": claim.task_id, "workstream_id": claim.workstream_id,
+                              "attempt": str(claim.attempt_no), "root": str(root),
+                              "worktree": str(base)},
+                kill_grace_seconds=w.kill_grace_seconds, definition=claim.definition,
+                log_cap_bytes=w.max_log_bytes_per_attempt)
+            result = self._execute(claim, request)
+            faults.point("before_finish")
+            if self.declared_dead:
+                return "stale"
+            reason = None
+            if result.outcome == "cancelled":
+                reason = self._should_stop(claim, self.conn) or "stopped"
+                if self._stop.is_set() and claims.is_current(self.conn, claim) is None:
+                    # We were asked to stop mid-task: hand the task on, it will run again.
+                    with db.write_tx(self.conn):
+                        claims.hand_on_in_tx(
+                            self.conn, claim.task_id, time.time(), failure_mode=None,
+                            reason="interrupted by the operator: the worker was stopped while "
+                                   "running the task", backoff=backoff, interrupted=True)
+                        claims.worker_idle(self.conn, self.worker_id, clock.now_iso(),
+                                            claim.task_id)
+                    return "handed_on"
+            if (result.outcome == "succeeded" and claim.worktree_path
+                    and claims.is_current(self.conn, claim) is None):
+                # The task's changes become one commit on the workstream's branch.
+                commit_error = self._commit(claim)
+                if commit_error:
+                    result = ExecutionResult("error", exit_code=result.exit_code,
+                                             error=commit_error,
+                                             duration_seconds=result.duration_seconds,
+                                             details=result.details)
+            if result.outcome != "cancelled" and not self._stopping():
+                # Finishing and claiming the next task share one transaction.
+                state, self.next_claim = claims.finish_and_claim(
+                    self.conn, claim, time.time(), outcome=result.outcome,
+                    exit_code=result.exit_code, error=result.error,
+                    duration=result.duration_seconds, details=dict(result.details),
+                    backoff=backoff, lease_ttl=self.lease_ttl, offers=self._offers)
+            else:
+                state = claims.finish_execution(
+                    self.conn, claim, time.time(), outcome=result.outcome,
+                    exit_code=result.exit_code, error=result.error,
+                    duration=result.duration_seconds, details=dict(result.details),
+                    backoff=backoff, cancel_reason=reason)
+            if state != "validating":
+                return state
+            from kernel.runtime.rules import run_rules
+
+            started = time.monotonic()
+            report = run_rules(claim.post_rules, cwd, self.config.rules, env=env)
+            return claims.finish_validation(
+                self.conn, claim, time.time(), passed=report.passed, summary=report.summary(),
+                rules=report.as_dict(),
+                duration=result.duration_seconds + time.monotonic() - started,
+                details=dict(result.details))
+        finally:
+            self.current = None
+
+
+def main(project: Project, options: WorkerOptions, worker_id: str | None = None) -> int:
+    worker = Worker(project, options, worker_id)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        # First signal: finish the running task, then exit. Second: kill it (handed on).
+        worker.drain()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # Processes a task starts that escape its process group are re-parented to this worker,
+    # which ends them with the attempt (kernel.base.processes).
+    become_subreaper()
+    worker.register()
+    return worker.run_forever()

@@ -1,0 +1,442 @@
+"""The one connection factory: opening ``.state/kernel.db``, pragmas, migrations, transactions.
+
+Public API:
+    ``connect(path, *, readonly=False, durability="normal", busy_timeout_ms=5000, migrate=True)``
+    returns an ``apsw.Connection`` ready for the kernel; context managers ``write_tx(conn)``
+    (``BEGIN IMMEDIATE``, after ``writer_lock(conn)``), ``read_tx(conn)`` and
+    ``snapshot(conn)`` (a read transaction, or the caller's); ``rows(conn, sql, params)`` /
+    ``row(...)`` return dicts, ``scalar(conn, sql, params)`` one value;
+    ``upsert_sql(table, key, columns)``;
+    ``migrations()``,
+    ``latest_schema_version()``, ``schema_version(conn)``, ``schema_sql(conn)`` (the snapshot
+    text of ``sql/schema.sql``), ``checkpoint(conn)``, ``wal_size(path)``, ``sqlite_version()``;
+    constants ``APPLICATION_ID``,
+    ``MIN_SQLITE_VERSION``.
+
+Stability Guarantees:
+    A database is only ever migrated forward. A database whose ``user_version`` is newer than
+    this code, whose ``application_id`` is not orch's, or an SQLite library older than
+    ``MIN_SQLITE_VERSION`` is refused with ``DatabaseUnavailable`` (exit code 3); nothing is
+    written in that case.
+
+Integration Points:
+    Every kernel module gets its connection here. Other SQLite clients (the ``sqlite3`` shell,
+    Python's ``sqlite3``, Datasette) may open the same file; the schema stays within SQLite
+    3.40's features for them. Never open the file with both apsw and ``sqlite3`` in one process.
+
+Dependencies:
+    apsw (bundles SQLite >= 3.51.3); ``kernel.store.machines`` and ``kernel.store.reference`` to
+    load the
+    state machines and the failure-mode catalog after migrating.
+
+The pragmas, and why:
+    journal_mode=WAL        readers (Datasette, exporters, ``orch status``) never block the writer
+                            and the writer never blocks them.
+    synchronous=NORMAL      in WAL mode a crash cannot corrupt the database; at worst the last
+                            transactions before a power loss are lost. ``durability="full"``
+                            (``orch.toml`` ``[database] durability = "full"``) makes every commit
+                            durable at the cost of an fsync per commit.
+    busy_timeout            a writer waits (default 5 s) for another writer instead of failing
+                            at once; past it the command exits 3 (Database-Locked).
+    foreign_keys=ON         SQLite leaves them off by default; the data model relies on them.
+    recursive_triggers=ON   a trigger that moves another row of the same table (a workstream
+                            cancelling its tasks) must still fire that row's guard and event
+                            triggers; otherwise such nested transitions would go unchecked.
+    journal_size_limit      the WAL file is truncated back to 64 MiB after a checkpoint, so a
+                            burst of writes cannot leave a huge file behind.
+    temp_store=MEMORY       (writers) every statement that fires triggers keeps a statement
+                            journal of the pages it changes; past 64 KiB SQLite moves it to a
+                            temporary file, which made a transition or an insert cost 20-30 µs
+                            of file writes. Statements of the kernel are small, so memory it is.
+    writer lock file        ``kernel.db.writer-lock``: kernel writers queue on it (flock) before
+                            BEGIN IMMEDIATE, so the next writer wakes the moment the lock is
+                            free instead of sleeping in SQLite's busy handler (1, 2, 5, ...
+                            100 ms): the tail of claim latency with 16 workers falls several
+                            times. Other clients do not use it; the busy timeout still rules.
+    wal_checkpoint(RESTART) run periodically by long-lived writers (``checkpoint()``) so that
+                            the WAL cannot grow without bound while readers come and go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from kernel.base.data import sql_dir
+from kernel.base.errors import DatabaseUnavailable
+
+APPLICATION_ID = 0x4F524348  # "ORCH" in ASCII
+MIN_SQLITE_VERSION = (3, 51, 3)  # older versions have a WAL corruption bug with several writers
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+DURABILITY = {"normal": "NORMAL", "full": "FULL"}
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    number: int
+    name: str
+    path: Path
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+
+def sqlite_version() -> tuple[int, int, int]:
+    major, minor, patch = (int(p) for p in apsw.sqlite_lib_version().split(".")[:3])
+    return (major, minor, patch)
+
+
+def check_library() -> None:
+    if sqlite_version() < MIN_SQLITE_VERSION:
+        raise DatabaseUnavailable(
+            "sqlite_too_old",
+            f"SQLite {apsw.sqlite_lib_version()} is older than "
+            f"{'.'.join(map(str, MIN_SQLITE_VERSION))}, which has a WAL corruption bug when "
+            "several connections write",
+            hint="upgrade apsw (pip install -U apsw); it bundles a current SQLite",
+        )
+
+
+def migrations() -> list[Migration]:
+    found = []
+    for path in sorted(sql_dir().glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), path))
+    numbers = [m.number for m in found]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise RuntimeError(f"migrations must be numbered 0001, 0002, ... without gaps: {numbers}")
+    return found
+
+
+def latest_schema_version() -> int:
+    return len(migrations())
+
+
+def schema_version(conn: apsw.Connection) -> int:
+    return int(conn.pragma("user_version"))
+
+
+def connect(
+    path: str | os.PathLike[str],
+    *,
+    readonly: bool = False,
+    durability: str = "normal",
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    migrate: bool = True,
+) -> apsw.Connection:
+    """Open the kernel database, set the pragmas, migrate it and load the state machines.
+
+    ``readonly`` connections never write (no migration, no pragma that writes).
+    """
+    check_library()
+    if durability not in DURABILITY:
+        raise ValueError(f"durability must be one of {sorted(DURABILITY)}, not {durability!r}")
+    path = Path(path)
+    if readonly and not path.exists():
+        raise DatabaseUnavailable(
+            "database_missing",
+            f"no database at {path}",
+            file=str(path),
+            hint="run `orch init` in the project root, or pass --root",
+        )
+    flags = apsw.SQLITE_OPEN_READONLY if readonly else (
+        apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    )
+    try:
+        conn = apsw.Connection(str(path), flags=flags)
+    except apsw.CantOpenError as exc:
+        raise DatabaseUnavailable(
+            "database_unreadable", f"cannot open {path}: {exc}", file=str(path)
+        ) from exc
+    try:
+        conn.set_busy_timeout(busy_timeout_ms)
+        _busy_timeouts[conn] = busy_timeout_ms / 1000
+        _check_identity(conn, path)
+        conn.pragma("foreign_keys", True)
+        conn.pragma("recursive_triggers", True)
+        if not readonly:
+            if conn.pragma("journal_mode") != "wal":
+                conn.pragma("journal_mode", "wal")
+            conn.pragma("synchronous", DURABILITY[durability])
+            conn.pragma("journal_size_limit", JOURNAL_SIZE_LIMIT)
+            conn.pragma("temp_store", "MEMORY")
+            if migrate:
+                _migrate(conn, path)
+        else:
+            _check_not_newer(conn, path)
+    except apsw.BusyError as exc:
+        conn.close()
+        raise locked_error(path) from exc
+    except apsw.NotADBError as exc:
+        conn.close()
+        raise DatabaseUnavailable(
+            "database_unreadable",
+            f"{path} is not an SQLite database",
+            file=str(path),
+            hint="restore it from a backup (orch backup / orch restore)",
+        ) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def locked_error(path: str | os.PathLike[str]) -> DatabaseUnavailable:
+    return DatabaseUnavailable(
+        "database_locked",
+        f"{path} stayed locked by another writer beyond the busy timeout",
+        file=str(path),
+        hint="another orch process is writing; retry, or find it with `orch doctor`",
+    )
+
+
+def _check_identity(conn: apsw.Connection, path: Path) -> None:
+    app_id = int(conn.pragma("application_id"))
+    if app_id not in (0, APPLICATION_ID):
+        raise DatabaseUnavailable(
+            "not_an_orch_database",
+            f"{path} is an SQLite database of another application "
+            f"(application_id {app_id:#x})",
+            file=str(path),
+        )
+    if app_id == 0 and schema_version(conn) == 0:
+        has_tables = conn.execute(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' LIMIT 1"
+        ).fetchone()
+        if has_tables:
+            raise DatabaseUnavailable(
+                "not_an_orch_database",
+                f"{path} holds tables but was not created by orch",
+                file=str(path),
+                hint="point --root at an orch project, or move the file away",
+            )
+
+
+def _check_not_newer(conn: apsw.Connection, path: Path) -> None:
+    version, latest = schema_version(conn), latest_schema_version()
+    if version > latest:
+        from kernel import __version__
+
+        raise DatabaseUnavailable(
+            "schema_too_new",
+            f"{path} has schema version {version}, newer than this orch {__version__} "
+            f"understands (up to {latest})",
+            file=str(path),
+            hint="upgrade orch (pip install -U orch-kernel); the database was not changed",
+        )
+
+
+def _migrate(conn: apsw.Connection, path: Path) -> None:
+    _check_not_newer(conn, path)
+    pending = [m for m in migrations() if m.number > schema_version(conn)]
+    for migration in pending:
+        with write_tx(conn):
+            # Another process may have migrated while we waited for the write lock.
+            if schema_version(conn) >= migration.number:
+                continue
+            conn.execute(migration.sql)
+            conn.pragma("application_id", APPLICATION_ID)
+            conn.pragma("user_version", migration.number)
+    # Imported here: both modules import this one for write_tx.
+    from kernel.store.machines import ensure_machines
+    from kernel.store.reference import ensure_failure_modes
+
+    ensure_machines(conn)
+    ensure_failure_modes(conn)
+
+
+# Kernel writers queue for the write lock on a lock file beside the database (flock): the
+# kernel wakes the next waiter the moment the lock is released. SQLite's own busy handler
+# instead sleeps 1, 2, 5, 10, ... up to 100 ms between tries, so with many workers committing
+# every millisecond an unlucky claim waits for seconds. Other clients (the sqlite3 shell,
+# Datasette) do not take this lock; against them the busy timeout still applies.
+_busy_timeouts: weakref.WeakKeyDictionary[apsw.Connection, float] = weakref.WeakKeyDictionary()
+
+
+class _WaitedTooLong(Exception):
+    pass
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _WaitedTooLong()
+
+
+def _acquire(fd: int, timeout: float) -> bool:
+    """flock(fd) within ``timeout`` seconds. In the main thread the wait blocks (woken at once
+    on release, bounded by an interval timer); other threads poll every millisecond."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        pass
+    if threading.current_thread() is not threading.main_thread():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.001)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                continue
+        return False
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    except _WaitedTooLong:
+        return False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def writer_lock(conn: apsw.Connection, timeout: float | None = None) -> Iterator[None]:
+    """Hold the kernel writers' lock file (see above): ``write_tx`` takes it; a checkpoint that
+    must not starve behind the kernel's writers takes it too. Raises ``apsw.BusyError`` after
+    ``timeout`` seconds (default: the connection's busy timeout)."""
+    if not conn.filename:
+        yield
+        return
+    # Opened per use (~10 µs): nothing to leak, and one lock per holder even within a thread.
+    fd = os.open(f"{conn.filename}.writer-lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        wait = _busy_timeouts.get(conn, DEFAULT_BUSY_TIMEOUT_MS / 1000) if timeout is None \
+            else timeout
+        if not _acquire(fd, wait):
+            raise apsw.BusyError("database is locked: another kernel writer held it beyond the "
+                                 "busy timeout")
+        yield
+    finally:
+        os.close(fd)   # releases the lock
+
+
+@contextlib.contextmanager
+def write_tx(conn: apsw.Connection) -> Iterator[apsw.Connection]:
+    """A write transaction taken with BEGIN IMMEDIATE: the write lock is held from the start,
+    so a transaction never fails half-way for want of it (no SQLITE_BUSY on upgrade). Kernel
+    writers first queue on the writer lock file (see above)."""
+    with writer_lock(conn):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if not conn.get_autocommit():
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def snapshot(conn: apsw.Connection) -> Iterator[None]:
+    """A read transaction, unless the caller already holds a transaction (then it is joined):
+    every query inside sees one snapshot either way."""
+    if conn.get_autocommit():
+        with read_tx(conn):
+            yield
+    else:
+        yield
+
+
+@contextlib.contextmanager
+def read_tx(conn: apsw.Connection) -> Iterator[apsw.Connection]:
+    """A read transaction: every query inside sees the same snapshot of the database."""
+    conn.execute("BEGIN DEFERRED")
+    try:
+        yield conn
+    finally:
+        if not conn.get_autocommit():
+            conn.execute("COMMIT")
+
+
+def _dict_row(cursor: apsw.Cursor, row: Sequence[Any]) -> dict[str, Any]:
+    return {d[0]: value for d, value in zip(cursor.get_description(), row, strict=True)}
+
+
+def rows(conn: apsw.Connection, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[
+    dict[str, Any]
+]:
+    cursor = conn.cursor()
+    cursor.row_trace = _dict_row
+    return list(cursor.execute(sql, params))
+
+
+def row(
+    conn: apsw.Connection, sql: str, params: Sequence[Any] | dict[str, Any] = ()
+) -> dict[str, Any] | None:
+    found = rows(conn, sql, params)
+    return found[0] if found else None
+
+
+def scalar(
+    conn: apsw.Connection, sql: str, params: Sequence[Any] | dict[str, Any] = ()
+) -> Any:
+    """The first column of the first row (None when there is no row)."""
+    found = conn.execute(sql, params).fetchone()
+    return None if found is None else found[0]
+
+
+def upsert_sql(table: str, key: str, columns: Sequence[str]) -> str:
+    """INSERT of ``columns`` into ``table`` that updates every non-key column when ``key``
+    already exists (for reference tables; entity tables refuse re-inserts by trigger)."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"VALUES ({', '.join('?' for _ in columns)}) "
+        f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+    )
+
+
+def schema_sql(conn: apsw.Connection) -> str:
+    """The schema as the snapshot ``sql/schema.sql`` holds it: every object, sorted by type and
+    name, each statement as SQLite stored it. Generated objects (the machines' illegal-transition
+    triggers) are included: they are part of the schema a fresh database has."""
+    objects = conn.execute(
+        "SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL "
+        "AND name NOT LIKE 'sqlite_%' "
+        "ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 "
+        "ELSE 3 END, name"
+    ).fetchall()
+    header = (
+        "-- Generated by `python tools/gen_docs.py` from a freshly migrated database.\n"
+        "-- Do not edit: change sql/NNNN_*.sql or docs/state_machines/*.yaml instead.\n"
+        f"-- PRAGMA user_version = {schema_version(conn)};\n"
+        f"-- PRAGMA application_id = {APPLICATION_ID};\n\n"
+    )
+    return header + "".join(f"{sql};\n\n" for _type, _name, sql in objects).rstrip() + "\n"
+
+
+def checkpoint(conn: apsw.Connection, mode: str = "RESTART") -> tuple[int, int, int]:
+    """Checkpoint the WAL; RESTART makes the next writer start at the file's beginning, so the
+    WAL stops growing. Returns (busy, log frames, checkpointed frames)."""
+    if mode not in {"PASSIVE", "FULL", "RESTART", "TRUNCATE"}:
+        raise ValueError(mode)
+    result = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+    if result is None:  # not in WAL mode (e.g. an in-memory database)
+        return (0, 0, 0)
+    busy, log, done = result
+    return int(busy), int(log), int(done)
+
+
+def wal_size(path: str | os.PathLike[str]) -> int:
+    wal = Path(f"{path}-wal")
+    return wal.stat().st_size if wal.exists() else 0

@@ -1,0 +1,111 @@
+"""The catalog of events that are not state transitions, and the one way to emit them.
+
+Public API:
+    ``EventDef`` (name, event_type, severity, entity_type, doc); ``CATALOG`` (name → EventDef);
+    ``emit_in_tx(conn, name, *, entity_id=None, task_id=None, workstream_id=None,
+    trigger=None, caused_by=None, metadata=None, at=None, severity=None) -> int`` (the new
+    event's seq); ``last_seq_in_tx(conn, ...)``; ``STAMP_SQL``.
+
+Stability Guarantees:
+    Transition events are written by the SQL triggers from the machine tables (their names are
+    in ``docs/state_machines/*.yaml``). Every other event is declared here once, with its type,
+    default severity, entity and one line of documentation, and emitted only through
+    ``emit_in_tx``: an undeclared name raises ``KeyError``. Names are only added, never renamed
+    (the audit log is a contract). An event's timestamp is never earlier than the event before
+    it (``STAMP_SQL``), so timestamp order is seq order, as for the trigger-written events.
+
+Integration Points:
+    The claims, the scheduler, the loader and the audit rotation emit through here; the
+    generated docs list ``CATALOG``; ``orch why`` and Datasette read the events back.
+
+Dependencies:
+    apsw; ``kernel.base.clock``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+from kernel.base import clock
+
+
+@dataclass(frozen=True)
+class EventDef:
+    name: str
+    event_type: str
+    severity: str
+    entity_type: str
+    doc: str
+
+
+_DEFS = (
+    EventDef("stale_result_rejected", "task_fencing", "warning", "task",
+             "A worker reported on a claim it no longer holds (the task was cancelled or handed "
+             "on): the report changed nothing."),
+    EventDef("task_unrunnable", "task_unrunnable", "error", "task",
+             "No registered worker can ever run this queued task (a capability or version "
+             "nobody offers); the reason is in metadata.reason."),
+    EventDef("worker_lost", "worker_crashed", "error", "worker",
+             "The kernel found a worker dead (its process is gone) or silent past the limit; "
+             "the hand-on of its task and its shutdown name this event in caused_by."),
+    EventDef("resource_exhausted", "resource", "critical", "resource",
+             "A task requests more of a pooled or rate-limited resource than it can ever give "
+             "(Resource-Exhaustion); the task waits queued, limits are never raised."),
+    EventDef("worktree_failed", "workstream_worktree", "error", "workstream",
+             "Creating the workstream's git worktree failed; it is tried again next tick, and "
+             "the run stops after 5 failures."),
+    EventDef("scheduler_lock_taken_over", "scheduler", "warning", "system",
+             "An `orch run` took over the database from a previous one whose lock expired or "
+             "whose process is gone."),
+    EventDef("workstream_definition_updated", "workstream_definition", "info", "workstream",
+             "`orch load` changed the definition of a workstream that had not started."),
+    EventDef("task_definition_updated", "task_definition", "info", "task",
+             "`orch load` changed the definition of a task that had not started."),
+    EventDef("audit_rotated", "audit_retention", "info", "system",
+             "`orch audit rotate` moved old events into monthly archive files (warning when the "
+             "retention was shortened by --force-short-retention)."),
+)
+
+CATALOG: dict[str, EventDef] = {d.name: d for d in _DEFS}
+
+#: The timestamp of a new event: the caller's time, or the time of the event before it when
+#: that is later (the caller read its clock before it held the write lock).
+STAMP_SQL = ("MAX(?, COALESCE((SELECT e.timestamp FROM event e ORDER BY e.seq DESC LIMIT 1), "
+             "''))")
+
+
+def emit_in_tx(conn: apsw.Connection, name: str, *, entity_id: str | None = None,
+               task_id: str | None = None, workstream_id: str | None = None,
+               trigger: str | None = None, caused_by: int | None = None,
+               metadata: Mapping[str, Any] | None = None, at: str | None = None,
+               severity: str | None = None) -> int:
+    """Append one declared event (the caller holds the write transaction); returns its seq."""
+    d = CATALOG[name]
+    conn.execute(
+        "INSERT INTO event (timestamp, event, event_type, severity, entity_type, entity_id, "
+        "workstream_id, task_id, trigger, caused_by, metadata) "
+        f"VALUES ({STAMP_SQL}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (at or clock.now_iso(), name, d.event_type, severity or d.severity, d.entity_type,
+         entity_id, workstream_id, task_id, trigger, caused_by,
+         json.dumps(dict(metadata or {}), sort_keys=True)))
+    return int(conn.last_insert_rowid())
+
+
+def last_seq_in_tx(conn: apsw.Connection, *, task_id: str | None = None,
+                   entity_id: str | None = None, to_state: str | None = None,
+                   event: str | None = None) -> int | None:
+    """The seq of the newest live event matching the filters (for ``caused_by``)."""
+    where, params = [], []
+    for column, value in (("task_id", task_id), ("entity_id", entity_id),
+                          ("to_state", to_state), ("event", event)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    found = conn.execute(f"SELECT MAX(seq) FROM event WHERE {' AND '.join(where) or '1'}",
+                         params).fetchone()
+    return None if found is None or found[0] is None else int(found[0])
