@@ -15,6 +15,7 @@ from typing import Any
 import apsw
 import pytest
 
+from kernel.base import identity
 from kernel.base.clock import iso
 from kernel.observe import archive
 from kernel.observe.replay import replay
@@ -29,7 +30,7 @@ from .e2e import make_project, py, query, run, task
 
 DAY = 86400.0
 NOW = time.time()
-USER = actions.operator_name()
+USER = identity.operator_name()
 
 
 def _ago(days: float) -> str:

@@ -9,8 +9,8 @@ import apsw
 import pytest
 
 from kernel.base.errors import DatabaseUnavailable
-from kernel.docgen import schema_snapshot
 from kernel.store import db
+from tools.docgen import schema_snapshot
 
 from .conftest import logical_dump
 

@@ -33,14 +33,13 @@ from kernel.base.documents import (
     parse_yaml,
     read_file,
 )
-from kernel.definitions import taskfiles
+from kernel.definitions import fit, taskfiles
 from kernel.definitions.check import validate
 from kernel.definitions.load import LoadError, load
 from kernel.definitions.migrate_tasks import MigrationError, migrate_tasks
 from kernel.definitions.models import TaskDefinition, semver_key
 from kernel.definitions.registries import ResourceRegistry, lease_ceiling
 from kernel.definitions.taskfiles import ParseContext, parse_task
-from kernel.runtime import leases
 from kernel.store import db
 from kernel.store.project import Project
 
@@ -234,11 +233,11 @@ def _pools(conn: apsw.Connection) -> None:
 
 def test_impossible_requests_use_the_same_ceiling(fresh_db: apsw.Connection) -> None:
     _pools(fresh_db)
-    found = sorted(leases.impossible_requests(fresh_db), key=lambda r: r["task_id"])
+    found = sorted(fit.impossible_requests(fresh_db), key=lambda r: r["task_id"])
     assert found == [
         {"task_id": "over", "resource_id": "pool", "requested": 6.0, "available": 5.0},
         {"task_id": "rate", "resource_id": "api", "requested": 11.0, "available": 10.0}]
-    assert leases.impossible_requests(fresh_db, ["over", "at"]) == [found[0]]
+    assert fit.impossible_requests(fresh_db, ["over", "at"]) == [found[0]]
 
 
 def test_the_lease_trigger_grants_exactly_up_to_the_ceiling(fresh_db: apsw.Connection) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kernel.cli import cli
-from kernel.docgen import generated_files, stale_files
 from kernel.store.machines import load_machines
+from tools.docgen import generated_files, stale_files
 
 REPO = Path(__file__).resolve().parent.parent
 

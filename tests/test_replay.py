@@ -19,7 +19,7 @@ from kernel.base.errors import UsageError
 from kernel.observe.audit import parse_timestamp
 from kernel.observe.replay import format_replay, replay
 from kernel.runtime import actions, claims, scheduler
-from kernel.store import db
+from kernel.store import db, machines
 from kernel.store.machines import transition
 
 from .conftest import orch_json, run_cli
@@ -182,7 +182,7 @@ def test_replay_at_five_moments_carries_the_details(recorded: tuple[Any, Any]) -
     assert (a30["state"], a30["retry_count"], a30["failure_mode"], a30["last_error"]) == (
         "retrying", 1, "Task-Failed", "exit code 3")
     assert at[30]["tasks"]["c"]["failure_mode"] == "Task-Timeout"
-    assert at[30]["tasks"]["d"]["last_error"] == actions.CANCELLED_ERROR
+    assert at[30]["tasks"]["d"]["last_error"] == machines.CANCELLED_ERROR
     assert at[40]["tasks"]["c"]["state"] == "pending"
     assert at[40]["tasks"]["c"]["last_error"] is None
     a50 = at[50]["tasks"]["a"]

@@ -901,7 +901,7 @@ def test_event_time_never_runs_backwards_against_seq(db_with_workstream: apsw.Co
                    metadata={"at": "2099-01-01T00:00:00.000Z"})
         transition(conn, "task", "a", "cancelled", "user_cancelled",
                    metadata={"at": "2001-01-01T00:00:00.000Z"})
-        events.emit_in_tx(conn, "task_unrunnable", entity_id="b", task_id="b",
+        events.emit_event_in_tx(conn, "task_unrunnable", entity_id="b", task_id="b",
                           at="2001-01-01T00:00:00.000Z", metadata={"reason": "test"})
     stamps = [r[0] for r in conn.execute("SELECT timestamp FROM event ORDER BY seq")]
     assert stamps == sorted(stamps)

@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kernel.docgen import stale_files, write_generated  # noqa: E402
+from tools.docgen import stale_files, write_generated  # noqa: E402
 
 
 def main() -> int:

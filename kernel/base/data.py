@@ -1,7 +1,8 @@
 """Where the kernel's bundled data lives: SQL migrations, state machines, failure modes.
 
 Public API:
-    ``sql_dir()``, ``state_machine_dir()``, ``failure_modes_file()``, ``defaults_dir()``.
+    ``sql_dir()``, ``state_machine_dir()``, ``failure_modes_file()``, ``defaults_dir()``;
+    ``SCHEMA_URL_BASE``, ``schema_url(name, version)`` (the published schemas' addresses).
 
 Stability Guarantees:
     The layout inside the wheel (``kernel/_data/...``) is internal; call these functions.
@@ -34,6 +35,15 @@ def _pick(installed: Path, source: Path) -> Path:
         f"bundled data not found at {installed} or {source}: the installation is incomplete; "
         "reinstall orch"
     )
+
+
+#: Where the JSON Schemas of every published document live (``schema_url`` in each document).
+SCHEMA_URL_BASE = "https://orch.dev/schemas/"
+
+
+def schema_url(name: str, version: str) -> str:
+    """The address of version ``version`` of the published schema ``name``."""
+    return f"{SCHEMA_URL_BASE}{name}/v{version}.json"
 
 
 def sql_dir() -> Path:

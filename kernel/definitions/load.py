@@ -62,7 +62,7 @@ from kernel.definitions.check import (
     gc_paused,
     read_existing,
 )
-from kernel.store import db
+from kernel.store import db, events
 from kernel.store.machines import transition
 from kernel.store.project import Project
 
@@ -282,24 +282,11 @@ def _write_workstreams(conn: apsw.Connection, defs: Definitions, existing: Exist
             "max_duration_seconds = ?, max_parallelism = ?, definition = ?, "
             f"definition_sha256 = ?, updated_at = COALESCE(?, {_NOW_SQL}) "
             "WHERE workstream_id = ?", (*values, stamp, ws_id))
-        _event(conn, stamp, "workstream_definition_updated", "workstream_definition",
-               "workstream", ws_id, ws_id, None,
-               {"old_sha256": sha, "new_sha256": rec.sha256, "source_file": rec.file})
+        events.emit_event_in_tx(
+            conn, "workstream_definition_updated", entity_id=ws_id, workstream_id=ws_id,
+            trigger="definition_loaded", at=stamp,
+            metadata={"old_sha256": sha, "new_sha256": rec.sha256, "source_file": rec.file})
         report.workstreams_updated.append(ws_id)
-
-
-def _event(conn: apsw.Connection, stamp: str | None, event: str, event_type: str,
-           entity_type: str, entity_id: str, ws_id: str, task_id: str | None,
-           metadata: dict[str, Any]) -> None:
-    conn.execute(
-        "INSERT INTO event (timestamp, event, event_type, severity, entity_type, entity_id, "
-        "workstream_id, task_id, trigger, metadata) "
-        f"VALUES (COALESCE(?, {_NOW_SQL}), ?, ?, 'info', ?, ?, ?, ?, 'definition_loaded', ?)",
-        (stamp, event, event_type, entity_type, entity_id, ws_id, task_id,
-         json.dumps(metadata, sort_keys=True)))
-
-
-# --------------------------------------------------------------------------- tasks
 
 
 def _write_tasks(conn: apsw.Connection, defs: Definitions, existing: Existing,
@@ -330,7 +317,7 @@ def _write_tasks(conn: apsw.Connection, defs: Definitions, existing: Existing,
         (json.dumps([r.task_id for r in changed]),))} if changed else {}
     _update_tasks(conn, [(r.task_id, r.workstream_id, *r.columns, r.definition, r.sha256,
                           r.file, created) for r in changed])
-    events = []
+    updated = []
     for rec in changed:
         old = old_defs.get(rec.task_id, {})
         new_def = json.loads(rec.definition)
@@ -338,12 +325,12 @@ def _write_tasks(conn: apsw.Connection, defs: Definitions, existing: Existing,
                 "source_file": rec.file,
                 "changed_fields": sorted(k for k in new_def.keys() | old.keys()
                                          if new_def.get(k) != old.get(k))}
-        events.append((created, "task_definition_updated", "task_definition", "info", "task",
-                       rec.task_id, rec.workstream_id, rec.task_id, "definition_loaded",
-                       json.dumps(meta, sort_keys=True)))
+        updated.append({"entity_id": rec.task_id, "workstream_id": rec.workstream_id,
+                        "task_id": rec.task_id, "metadata": meta})
         report.tasks_updated.append(rec.task_id)
-    insert_rows(conn, "INSERT INTO event (timestamp, event, event_type, severity, entity_type, "
-                "entity_id, workstream_id, task_id, trigger, metadata)", events)
+    events.emit_events_in_tx(conn, "task_definition_updated", updated,
+                             trigger="definition_loaded", at=created,
+                             batch_parameters=BATCH_PARAMETERS)
     if changed:
         ids = json.dumps([r.task_id for r in changed])
         for table in ("task_capability", "task_resource"):
@@ -385,29 +372,8 @@ def _update_tasks(conn: apsw.Connection, rows: list[tuple[Any, ...]]) -> None:
 
 
 def insert_rows(conn: apsw.Connection, insert: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """``insert`` (``INSERT INTO t (columns)``) of every row, ``BATCH_PARAMETERS`` values per
-    statement (multi-row VALUES), in the order given.
-
-    Why not ``executemany``: an INSERT that fires triggers runs in a statement transaction
-    (a RAISE(ABORT) in a trigger undoes just that statement), so SQLite first copies every
-    existing page the statement changes into the statement journal: for a task, the leaves
-    of the task table and its indexes, of the event table and its indexes, and
-    sqlite_sequence: about ten 4 KiB pages. The statement journal lives in memory up to
-    64 KiB; once a statement outgrew that, it is a temporary file until the transaction ends,
-    and with one statement per task every row cost ~21 pwrite calls (seen with strace):
-    ~24 us of the ~36 us a task took, where the trigger itself costs ~5 us. One statement per
-    batch journals each page once per batch. The triggers still fire for every row.
-    """
-    if not rows:
-        return
-    width = len(rows[0])
-    per = max(1, BATCH_PARAMETERS // width)
-    values = "(" + ", ".join("?" * width) + ")"
-    full = f"{insert} VALUES {', '.join([values] * per)}"
-    for start in range(0, len(rows), per):
-        batch = rows[start:start + per]
-        sql = full if len(batch) == per else f"{insert} VALUES {', '.join([values] * len(batch))}"
-        conn.execute(sql, list(chain.from_iterable(batch)))
+    """``db.insert_rows`` with the loader's batch size (``BATCH_PARAMETERS``)."""
+    db.insert_rows(conn, insert, rows, batch_parameters=BATCH_PARAMETERS)
 
 
 def _created_metadata(rec: TaskRecord, stamp: str | None) -> str | None:

@@ -63,6 +63,7 @@ from pydantic import (
     model_validator,
 )
 
+from kernel.base.data import SCHEMA_URL_BASE, schema_url
 from kernel.base.documents import (
     DEFAULT_MAX_FILE_BYTES,
     MAX_SECONDS,
@@ -78,7 +79,6 @@ SUPPORTED_TASK_SCHEMA_VERSIONS = (TASK_V1_SCHEMA_VERSION, TASK_SCHEMA_VERSION)
 WORKSTREAM_SCHEMA_VERSION = "1.0.0"
 REGISTRY_SCHEMA_VERSION = "1.0.0"
 ATTEMPT_OUTPUT_SCHEMA_VERSION = "1.0.0"
-SCHEMA_URL_BASE = "https://orch.dev/schemas/"
 
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -124,10 +124,6 @@ def semver_key(version: str) -> tuple[Any, ...]:
         return (*core, 1, ())
     parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in match[4].split("."))
     return (*core, 0, parts)
-
-
-def schema_url(name: str, version: str) -> str:
-    return f"{SCHEMA_URL_BASE}{name}/v{version}.json"
 
 
 def default_context_requirements(task_type: str) -> dict[str, Any] | None:

@@ -181,7 +181,7 @@ def lease_ceiling(kind: str, capacity: float | None, reserved: float | None) -> 
     for exclusive and shared resources (a lease of those is one holder, not units).
 
     The one definition of "a request no pool can ever grant": the lease triggers
-    (sql/0002_scheduler.sql) refuse more than this, ``kernel.runtime.leases.impossible_requests``
+    (sql/0002_scheduler.sql) refuse more than this, ``kernel.definitions.fit.impossible_requests``
     finds loaded requests above it (Resource-Exhaustion), and ``orch validate`` refuses task
     files that ask for more."""
     if kind not in _SIZED or capacity is None:

@@ -68,6 +68,7 @@ from kernel.base.documents import (
     parse_json,
     read_file,
 )
+from kernel.definitions.commands import substitute
 from kernel.definitions.models import (
     SEMVER_PATTERN,
     DefinitionError,
@@ -79,7 +80,6 @@ from kernel.definitions.models import (
     semver_key,
 )
 from kernel.planning.dag import gc_paused
-from kernel.runtime.executors.base import substitute
 
 ERROR, WARNING = "error", "warning"
 CODES: dict[str, str] = {
@@ -504,7 +504,7 @@ def _check_min_version(f: _TaskFile, task: TaskDefinition, ctx: ParseContext) ->
 
 def _check_argv(f: _TaskFile, task: TaskDefinition, ctx: ParseContext) -> None:
     """The command must be startable: no argument over MAX_ARG_STRLEN, argv within ARG_MAX,
-    with the placeholders filled in as a worker fills them (kernel.runtime.executors.base)."""
+    with the placeholders filled in as a worker fills them (kernel.definitions.commands)."""
     execution = task.execution
     command, prompt = execution.command, execution.prompt or ""
     # Cheap bound first: a filled-in value is at most ~5x longer once shell-quoted, and a

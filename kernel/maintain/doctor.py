@@ -139,7 +139,7 @@ INVARIANT_QUERIES: dict[str, tuple[str, str]] = {
 # The cycle query walks every path; past this many edges doctor leaves cycles to `orch validate`.
 CYCLE_CHECK_MAX_EDGES = 20000
 
-# The --repair section of docs/operations/DOCTOR.md (rendered by kernel.docgen).
+# The --repair section of docs/operations/DOCTOR.md (rendered by tools/docgen.py).
 REPAIR_DOC = """\
 ## orch doctor --repair
 

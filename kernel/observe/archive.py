@@ -45,7 +45,7 @@ Integration Points:
 Dependencies:
     apsw; ``kernel.store.db``, ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.files``,
     ``kernel.observe.audit`` (EVENT_FIELDS),
-    ``kernel.runtime.actions`` (``operator_name``, imported when a rotation commits).
+    ``kernel.base.identity`` (``operator_name``).
 """
 
 from __future__ import annotations
@@ -66,8 +66,9 @@ import apsw
 from kernel.base import clock
 from kernel.base.errors import OrchError, UsageError
 from kernel.base.files import fsync_path, make_private, open_private, private_dir
+from kernel.base.identity import operator_name
 from kernel.observe.audit import EVENT_FIELDS
-from kernel.store import db
+from kernel.store import db, events
 
 MIN_RETENTION_DAYS = 90
 ARCHIVE_APPLICATION_ID = 0x4F524345  # "ORCE": an orch event archive
@@ -412,7 +413,6 @@ def commit_rotation(conn: apsw.Connection, plan: RotationPlan, files: Sequence[A
     """Step 2, one transaction: append the ``audit_rotated`` event first (so the newest event
     stays and seq stays gapless), record the archive files, delete the archived events while
     the rotation marker allows it, remove the marker. Returns the event's seq."""
-    from kernel.runtime.actions import operator_name
 
     if plan.first_seq is None or plan.last_seq is None:
         raise ValueError("nothing to commit: the plan moves no events")
@@ -442,13 +442,9 @@ def commit_rotation(conn: apsw.Connection, plan: RotationPlan, files: Sequence[A
             raise OrchError("rotation_incomplete",
                             "the archive files do not cover every planned event; nothing was "
                             "deleted", hint="run `orch audit rotate` again")
-        conn.execute(
-            "INSERT INTO event (timestamp, event, event_type, severity, entity_type, trigger, "
-            "metadata) VALUES (?, 'audit_rotated', 'audit_retention', ?, 'system', "
-            "'audit_rotate', ?)",
-            (stamp, "warning" if plan.retention_override else "info",
-             json.dumps(meta, sort_keys=True)))
-        rotation_seq = conn.last_insert_rowid()
+        rotation_seq = events.emit_event_in_tx(
+            conn, "audit_rotated", trigger="audit_rotate", at=stamp, metadata=meta,
+            severity="warning" if plan.retention_override else None)
         conn.execute("INSERT INTO event_rotation_marker (marker_id, rotation_seq, last_seq, "
                      "started_at) VALUES (1, ?, ?, ?)", (rotation_seq, plan.last_seq, stamp))
         conn.executemany(

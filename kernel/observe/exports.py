@@ -58,8 +58,8 @@ import apsw
 from pydantic import BaseModel, ConfigDict
 
 from kernel.base import clock
+from kernel.base.data import schema_url
 from kernel.base.files import write_atomic
-from kernel.definitions.models import schema_url
 from kernel.observe.audit import EVENT_FIELDS
 from kernel.store import db
 

@@ -104,6 +104,7 @@ from kernel.base import clock
 from kernel.base.files import write_atomic
 from kernel.definitions.models import SEMVER_PATTERN, schema_url
 from kernel.store import db
+from kernel.store.machines import terminal_sql, terminal_states
 
 if TYPE_CHECKING:
     from kernel.store.project import Project
@@ -121,7 +122,6 @@ WORKER_STATES = ("initializing", "idle", "busy", "unresponsive", "shutdown")
 WORKSTREAM_STATES = ("planned", "ready", "executing", "validating", "completed", "failed",
                      "cancelled")
 ACTIVE_WORKSTREAM_STATES = ("executing", "validating")
-TERMINAL_WORKSTREAM_STATES = ("completed", "failed", "cancelled")
 ATTEMPT_OUTCOMES = ("succeeded", "failed", "timeout", "cancelled", "lost", "validation_failed",
                     "not_started")
 SEVERITIES = ("info", "warning", "error", "critical")
@@ -504,11 +504,11 @@ def _families(conn: apsw.Connection, now: float) -> list[Metric]:
     workstreams = conn.execute(
         "SELECT state, (julianday(COALESCE(completed_at, updated_at)) - julianday(started_at)) "
         "* 86400.0 FROM workstream WHERE started_at IS NOT NULL "
-        "AND state IN ('completed', 'failed', 'cancelled')").fetchall()
+        f"AND state IN {terminal_sql('workstream')}").fetchall()
     out.append(_histogram("orch_workstream_duration",
                           "Duration of finished workstreams (started_at to completed_at), "
                           "by final state.", "state",
-                          _durations(workstreams, TERMINAL_WORKSTREAM_STATES),
+                          _durations(workstreams, terminal_states("workstream")),
                           WORKSTREAM_DURATION_BUCKETS))
     stays = conn.execute(
         "SELECT state, seconds FROM (SELECT to_state AS state, "

@@ -7,7 +7,7 @@ Public API:
     ``last_seq`` (the last event applied), ``complete`` (false when events older than the live
     log were archived and could not be read: no ``archive_dir``, or a recorded archive file is
     missing; ``note`` then says which) and ``counts`` (states per kind);
-    ``format_replay(result) -> str`` (the text of ``orch replay``); ``TERMINAL``.
+    ``format_replay(result) -> str`` (the text of ``orch replay``).
 
 Stability Guarantees:
     The state at ``at`` is the result of applying, in seq order, every event whose timestamp is
@@ -29,7 +29,8 @@ Integration Points:
     kernel's transition metadata (``error``, ``failure_mode``, ``next_attempt_at``).
 
 Dependencies:
-    apsw; ``kernel.observe.archive``; ``kernel.runtime.actions`` (``CANCELLED_ERROR``).
+    apsw; ``kernel.observe.archive``; ``kernel.store.machines`` (``CANCELLED_ERROR``,
+    terminal states).
 """
 
 from __future__ import annotations
@@ -40,14 +41,9 @@ from typing import Any
 import apsw
 
 from kernel.observe import archive
-from kernel.runtime.actions import CANCELLED_ERROR
 from kernel.store import db
+from kernel.store.machines import CANCELLED_ERROR, terminal_states
 
-TERMINAL = {
-    "task": ("completed", "failed", "cancelled"),
-    "workstream": ("completed", "failed", "cancelled"),
-    "worker": ("shutdown",),
-}
 # Transitions that clear a task's error columns (kernel.runtime.claims._complete,
 # kernel.runtime.actions.retry).
 _CLEARS_ERROR = ("validation_passed", "operator_reset")
@@ -91,7 +87,7 @@ def _apply_task(task: dict[str, Any], event: dict[str, Any]) -> None:
         task["next_attempt_at"] = meta.get("next_attempt_at")
     elif to_state in ("queued", "pending"):
         task["next_attempt_at"] = None
-    if to_state in TERMINAL["task"]:
+    if to_state in terminal_states("task"):
         task["completed_at"] = stamp
     elif trigger == "operator_reset":
         task["completed_at"] = None
@@ -190,10 +186,10 @@ def format_replay(result: dict[str, Any], *, limit: int = 50) -> str:
         lines.append(f"{kind}s: {len(entities)}" + (f" ({counts})" if counts else ""))
     active: list[str] = []
     for ws_id, ws in result["workstreams"].items():
-        if ws["state"] not in TERMINAL["workstream"]:
+        if ws["state"] not in terminal_states("workstream"):
             active.append(f"  workstream {ws_id}: {ws['state']} since {ws['last_event_at']}")
     for task_id, t in result["tasks"].items():
-        if t["state"] in TERMINAL["task"]:
+        if t["state"] in terminal_states("task"):
             continue
         text = f"  task {task_id} ({t['workstream_id']}): {t['state']}"
         if t["worker_id"]:
@@ -206,7 +202,7 @@ def format_replay(result: dict[str, Any], *, limit: int = 50) -> str:
             text += f", last error: {t['last_error']}"
         active.append(text + f" (since {t['last_event_at']})")
     for wid, wk in result["workers"].items():
-        if wk["state"] not in TERMINAL["worker"]:
+        if wk["state"] not in terminal_states("worker"):
             busy = f" running {wk['task_id']}" if wk["task_id"] else ""
             active.append(f"  worker {wid}: {wk['state']}{busy}")
     if active:

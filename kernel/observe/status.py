@@ -34,8 +34,8 @@ from typing import Any
 import apsw
 
 from kernel.base.errors import OrchError
+from kernel.definitions import fit
 from kernel.observe.archive import read_events
-from kernel.runtime import claims
 from kernel.store import db
 
 # The task machine's states in lifecycle order (for counts and tables).
@@ -363,10 +363,10 @@ def _queued_sentence(conn: apsw.Connection, tid: str) -> str:
     resources = [r["resource_id"] for r in db.rows(
         conn, "SELECT resource_id FROM task_resource WHERE task_id = ? ORDER BY resource_id",
         (tid,))]
-    blocked = claims.unrunnable(conn, [tid])
-    if not blocked and not claims.live_offers(conn):
+    blocked = fit.unrunnable(conn, [tid])
+    if not blocked and not fit.live_offers(conn):
         # No worker now: would a worker started with the catalog's capabilities run it?
-        blocked = claims.unrunnable(conn, [tid], offers=[claims.catalog_offers(conn)])
+        blocked = fit.unrunnable(conn, [tid], offers=[fit.catalog_offers(conn)])
         if blocked:
             blocked[0]["reason"] = blocked[0]["reason"].replace(
                 "no registered worker offers", "a worker started with the catalog "
@@ -380,7 +380,7 @@ def _queued_sentence(conn: apsw.Connection, tid: str) -> str:
         text += f" with capabilities [{', '.join(caps)}]"
     if resources:
         text += f" and the resources [{', '.join(resources)}]"
-    if not claims.live_offers(conn):
+    if not fit.live_offers(conn):
         text += "; no worker is running (start `orch run` or `orch worker`)"
     elif not db.scalar(conn, "SELECT 1 FROM ready_task WHERE task_id = ?", (tid,)):
         text += "; its workstream runs nothing new now"

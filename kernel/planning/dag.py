@@ -63,7 +63,7 @@ from typing import Any
 
 import networkx as nx
 
-from kernel.definitions.models import schema_url
+from kernel.base.data import schema_url
 
 DAG_SCHEMA_VERSION = "1.0.0"
 PLAN_SCHEMA_VERSION = "1.0.0"

@@ -6,7 +6,7 @@ Public API:
     ``retry_tasks(conn, task_ids, *, now=None) -> OperatorReport``;
     ``skip_tasks(conn, task_ids, *, now=None) -> OperatorReport``;
     ``OperatorReport`` (``changed``, ``skipped``, ``workstreams_changed``,
-    ``workstreams_skipped``, ``as_dict()``); ``operator_name()``.
+    ``workstreams_skipped``, ``as_dict()``).
 
 Stability Guarantees:
     Each call is one short ``BEGIN IMMEDIATE`` transaction (safe while ``orch run`` runs in
@@ -29,7 +29,6 @@ Dependencies:
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -39,13 +38,15 @@ import apsw
 
 from kernel.base import clock
 from kernel.base.errors import OrchError
+from kernel.base.identity import operator_name
 from kernel.store import db
-from kernel.store.machines import transition
-
-TERMINAL = ("completed", "failed", "cancelled")
-CANCELLABLE = ("pending", "queued", "running", "retrying", "validating")
-WORKSTREAM_CANCELLABLE = ("planned", "ready", "executing")
-CANCELLED_ERROR = "cancelled by an operator"
+from kernel.store.machines import (
+    CANCELLED_ERROR,
+    states_allowing,
+    terminal_sql,
+    terminal_states,
+    transition,
+)
 
 
 @dataclass
@@ -61,14 +62,6 @@ class OperatorReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def operator_name() -> str:
-    """The login name of whoever runs the command (``unknown`` when it cannot be found)."""
-    try:
-        return getpass.getuser()
-    except Exception:  # no USER/LOGNAME and no passwd entry (some containers)
-        return "unknown"
 
 
 def _stamp(now: datetime | float | str | None) -> str:
@@ -108,7 +101,7 @@ def _cancel_in_tx(conn: apsw.Connection, task_ids: list[str], stamp: str, reason
     states = _task_states(conn, task_ids)
     for task_id in task_ids:
         state = states[task_id]["state"]
-        if state not in CANCELLABLE:
+        if state not in states_allowing("task", "user_cancelled"):
             report.skipped.append({"task_id": task_id, "state": state,
                                    "reason": f"already {state}: nothing to cancel"})
             continue
@@ -153,18 +146,18 @@ def cancel_workstream(conn: apsw.Connection, workstream_id: str, *,
         live = [
             str(r[0]) for r in conn.execute(
                 "SELECT task_id FROM task WHERE workstream_id = ? "
-                "AND state NOT IN ('completed', 'failed', 'cancelled') ORDER BY task_id",
+                f"AND state NOT IN {terminal_sql('task')} ORDER BY task_id",
                 (workstream_id,),
             ).fetchall()
         ]
         _cancel_in_tx(conn, live, stamp, "workstream_cancelled", report)
-        if ws_state in WORKSTREAM_CANCELLABLE:
+        if ws_state in states_allowing("workstream", "user_cancelled"):
             transition(conn, "workstream", workstream_id, "cancelled", "user_cancelled",
                        _metadata(stamp), completed_at=stamp)
             report.workstreams_changed.append({"workstream_id": workstream_id,
                                                "from_state": ws_state, "to_state": "cancelled"})
         else:
-            why = (f"already {ws_state}" if ws_state in TERMINAL
+            why = (f"already {ws_state}" if ws_state in terminal_states("workstream")
                    else f"{ws_state}: a workstream in {ws_state} cannot be cancelled")
             report.workstreams_skipped.append({"workstream_id": workstream_id,
                                                "state": ws_state, "reason": why})

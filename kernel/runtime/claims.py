@@ -45,9 +45,9 @@ from typing import Any
 import apsw
 
 from kernel.base import clock
-from kernel.definitions.models import semver_key
+from kernel.definitions.fit import capable, worker_offers
 from kernel.runtime import leases
-from kernel.store import db, events
+from kernel.store import db, events, queries
 from kernel.store.machines import transition
 
 #: How many queued tasks a claim looks at before giving up for this round, in pages.
@@ -80,108 +80,6 @@ class Claim:
     @property
     def pre_rules(self) -> list[str]:
         return list((self.definition.get("validation_rules") or {}).get("pre_execution") or [])
-
-
-def _version_key(text: str | None) -> tuple[Any, ...]:
-    """Semver precedence
-    (``kernel.definitions.models.semver_key``, the one definition); a version that is
-    not semver (a worker row written by another client) sorts below every real one."""
-    try:
-        return semver_key(text or "")
-    except ValueError:
-        return (-1,)
-
-
-def worker_offers(conn: apsw.Connection, worker_id: str) -> dict[str, str]:
-    return dict(conn.execute(
-        "SELECT capability_id, version FROM worker_capability WHERE worker_id = ?", (worker_id,)))
-
-
-def missing_capabilities(offers: dict[str, str], needs: list[Any]) -> list[str]:
-    """What a worker offering ``offers`` ({capability: version}) lacks for a task needing
-    ``needs`` ([capability, min_version] pairs, as ``task_capability`` holds them): each entry
-    names the capability, and the version wanted when the worker has an older one.
-
-    ``worker_requirements.min_version`` is the lowest version that every listed capability must
-    have on the worker (SPEC.md section 3); load copies it onto each ``task_capability`` row.
-    """
-    lacking = []
-    for cap, cap_min in needs:
-        have = offers.get(cap)
-        if have is None:
-            lacking.append(str(cap))
-        elif cap_min and _version_key(have) < _version_key(cap_min):
-            lacking.append(f"{cap} >= {cap_min} (has {have})")
-    return lacking
-
-
-def capable(offers: dict[str, str], needs: list[Any]) -> bool:
-    """True if a worker offering ``offers`` can run a task needing ``needs``."""
-    return not missing_capabilities(offers, needs)
-
-
-LIVE_WORKER_STATES = ("initializing", "idle", "busy")
-
-
-def live_offers(conn: apsw.Connection) -> list[dict[str, str]]:
-    """What each live worker offers ({capability: version}), one dict per worker."""
-    by_worker: dict[str, dict[str, str]] = {}
-    for wid, cap, version in conn.execute(
-            "SELECT w.worker_id, c.capability_id, c.version FROM worker w "
-            "LEFT JOIN worker_capability c ON c.worker_id = w.worker_id "
-            "WHERE w.state IN (SELECT value FROM json_each(?))",
-            (json.dumps(LIVE_WORKER_STATES),)):
-        offers = by_worker.setdefault(wid, {})
-        if cap is not None:
-            offers[cap] = version
-    return list(by_worker.values())
-
-
-def catalog_offers(conn: apsw.Connection) -> dict[str, str]:
-    """What a worker started without ``--capability`` offers: the whole catalog."""
-    return dict(conn.execute("SELECT capability_id, version FROM capability"))
-
-
-def unrunnable(conn: apsw.Connection, task_ids: list[str] | None = None, *,
-               offers: list[dict[str, str]] | None = None,
-               no_workers_reason: str | None = None) -> list[dict[str, Any]]:
-    """Queued tasks that no worker can ever run, each with the reason: a resource request no
-    pool can ever grant, or capabilities (at the versions ``min_version`` asks) that none of
-    ``offers`` has (default: the live workers). With no worker at all, a task is named only
-    when ``no_workers_reason`` is given (e.g. the run has no worker left to start).
-
-    The one definition of "unrunnable": ``orch run``'s summary, its ``task_unrunnable``
-    events and ``orch why`` read it.
-    """
-    offers = live_offers(conn) if offers is None else offers
-    impossible = {r["task_id"]: r for r in leases.impossible_requests(conn)}
-    sql = ("SELECT t.task_id, (SELECT json_group_array(json_array(c.capability_id, "
-           "c.min_version)) FROM task_capability c WHERE c.task_id = t.task_id) AS needs "
-           "FROM task t WHERE t.state = 'queued'")
-    params: tuple[Any, ...] = ()
-    if task_ids is not None:
-        sql += " AND t.task_id IN (SELECT value FROM json_each(?))"
-        params = (json.dumps(task_ids),)
-    out = []
-    for t in db.rows(conn, sql + " ORDER BY t.task_id", params):
-        reason = None
-        if t["task_id"] in impossible:
-            r = impossible[t["task_id"]]
-            reason = (f"requests {r['requested']:g} {r['resource_id']} but at most "
-                      f"{r['available']:g} can ever be leased (Resource-Exhaustion)")
-        elif not offers:
-            reason = no_workers_reason
-        else:
-            needs = json.loads(t["needs"])
-            lacking = [missing_capabilities(o, needs) for o in offers]
-            if all(lacking):
-                closest = min(lacking, key=len)
-                reason = ("no registered worker offers " + ", ".join(closest)
-                          + (" (the closest of "
-                             f"{len(offers)} workers)" if len(offers) > 1 else ""))
-        if reason:
-            out.append({"task_id": t["task_id"], "reason": reason})
-    return out
 
 
 _CANDIDATES = f"""
@@ -325,7 +223,7 @@ def backoff_delay(retry_delay: float, retries_before: int, *, cap: float, jitter
 def _reject_stale(conn: apsw.Connection, claim: Claim, stamp: str, what: str) -> None:
     now_state = conn.execute("SELECT state, generation FROM task WHERE task_id = ?",
                              (claim.task_id,)).fetchone()
-    events.emit_in_tx(
+    events.emit_event_in_tx(
         conn, "stale_result_rejected", entity_id=claim.task_id, task_id=claim.task_id,
         workstream_id=claim.workstream_id, trigger="fencing", at=stamp,
         caused_by=events.last_seq_in_tx(conn, task_id=claim.task_id),
@@ -358,14 +256,6 @@ def _close_attempt(conn: apsw.Connection, claim: Claim, stamp: str, outcome: str
          f".state/logs/{claim.task_id}.log", claim.attempt_id))
 
 
-# The event a queued task owes its turn to: the completion of its dependency that completed
-# last (NULL for a task without dependencies).
-_LAST_DEPENDENCY_COMPLETION = (
-    "(SELECT MAX(e.seq) FROM task_dependency d JOIN event e ON e.task_id = d.depends_on "
-    "AND e.to_state = 'completed' AND e.event_type = 'task_state_transition' "
-    "WHERE d.task_id = task.task_id)")
-
-
 def queue_ready(conn: apsw.Connection, now: float, *, after_task: str | None = None,
                 workstreams: list[str] | None = None) -> int:
     """pending → queued for every task of the ``queueable_task`` view (one statement).
@@ -376,21 +266,15 @@ def queue_ready(conn: apsw.Connection, now: float, *, after_task: str | None = N
     the completion event of the dependency that completed last.
     """
     stamp = clock.iso(now)
-    sql = ("UPDATE task SET state = 'queued', transition_trigger = 'scheduler_assigned', "
-           f"transition_metadata = json_object('at', :at, 'caused_by', "
-           f"{_LAST_DEPENDENCY_COMPLETION}), queued_at = :at "
-           "WHERE task_id IN (SELECT q.task_id FROM queueable_task q")
+    sql = queries.QUEUE_READY
     params: dict[str, Any] = {"at": stamp}
     if after_task is not None:
-        # Same workstream only: another workstream may still need its worktree (the tick
-        # queues those once it exists).
-        sql += (" JOIN task_dependency d ON d.task_id = q.task_id AND d.depends_on = :done "
-                "AND q.workstream_id = (SELECT workstream_id FROM task WHERE task_id = :done)")
+        sql += queries.QUEUE_AFTER_TASK
         params["done"] = after_task
     if workstreams is not None:
-        sql += " WHERE q.workstream_id IN (SELECT value FROM json_each(:ws))"
+        sql += queries.QUEUE_IN_WORKSTREAMS
         params["ws"] = json.dumps(workstreams)
-    conn.execute(sql + ")", params)
+    conn.execute(sql + queries.QUEUE_END, params)
     return conn.changes()
 
 
@@ -624,11 +508,5 @@ def requeue_due(conn: apsw.Connection, now: float) -> int:
     workstreams that may still start work (``open_workstream``). ``caused_by`` is the event
     that put the task into retrying."""
     stamp = clock.iso(now)
-    conn.execute("UPDATE task SET state = 'queued', transition_trigger = 'retry_delay_elapsed', "
-                 "transition_metadata = json_object('at', :at, 'caused_by', "
-                 "(SELECT MAX(e.seq) FROM event e WHERE e.task_id = task.task_id "
-                 "AND e.to_state = 'retrying')), queued_at = :at, next_attempt_at = NULL "
-                 "WHERE state = 'retrying' AND (next_attempt_at IS NULL OR next_attempt_at <= :at) "
-                 "AND workstream_id IN (SELECT workstream_id FROM open_workstream)",
-                 {"at": stamp})
+    conn.execute(queries.REQUEUE_DUE, {"at": stamp})
     return conn.changes()

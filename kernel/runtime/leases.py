@@ -4,7 +4,6 @@ Public API:
     ``acquire_all(conn, task_id, *, owner, generation, attempt_id, now, ttl) -> list[Lease]``
     (raises ``LeaseUnavailable``, nothing taken); ``renew(conn, owner, now, ttl) -> int``;
     ``release_task(conn, task_id, now, reason) -> int``; ``expired(conn, now) -> list[dict]``;
-    ``impossible_requests(conn) -> list[dict]`` (requests no pool can ever grant).
 
 Stability Guarantees:
     The guarantees live in SQL (sql/0002_scheduler.sql): triggers on ``INSERT INTO lease`` refuse
@@ -23,14 +22,12 @@ Dependencies:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import apsw
 
 from kernel.base import clock
-from kernel.definitions.registries import lease_ceiling
 from kernel.store import db
 
 
@@ -104,22 +101,3 @@ def expired(conn: apsw.Connection, now: float) -> list[dict[str, Any]]:
                          "ORDER BY lease_id", (clock.iso(now),))
 
 
-def impossible_requests(conn: apsw.Connection, task_ids: list[str] | None = None
-                        ) -> list[dict[str, Any]]:
-    """Requests larger than a pool or bucket can ever give (Resource-Exhaustion): the rule is
-    ``kernel.definitions.registries.lease_ceiling``,
-    the one ``orch validate`` applies to task files."""
-    ceilings = {rid: ceiling for rid, kind, capacity, reserved in conn.execute(
-        "SELECT resource_id, type, capacity, reserved FROM resource")
-        if (ceiling := lease_ceiling(kind, capacity, reserved)) is not None}
-    if not ceilings:
-        return []
-    sql = (
-        "SELECT tr.task_id, tr.resource_id, tr.amount AS requested, c.value AS available "
-        "  FROM task_resource tr JOIN json_each(?) c ON c.key = tr.resource_id "
-        " WHERE tr.amount > c.value")
-    found = db.rows(conn, sql, (json.dumps(ceilings),))
-    if task_ids is not None:
-        wanted = set(task_ids)
-        found = [f for f in found if f["task_id"] in wanted]
-    return found

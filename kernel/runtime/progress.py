@@ -28,6 +28,7 @@ from kernel.base import clock
 from kernel.runtime.runner import Progress, RunOptions, RunSummary, summary_text
 from kernel.runtime.scheduler import TickReport
 from kernel.store import db
+from kernel.store.machines import terminal_sql
 
 _ORDER = ("pending", "queued", "running", "validating", "retrying", "completed", "failed",
           "cancelled")
@@ -98,7 +99,7 @@ class LiveProgress(Progress):
                           f"{r['timeout_seconds']:g} s" if r["timeout_seconds"] else "-")
         left = db.row(conn, "SELECT MAX(bottom_level) AS chain, "
                             "SUM(estimated_duration_seconds) AS work FROM task "
-                            "WHERE state NOT IN ('completed', 'failed', 'cancelled')")
+                            f"WHERE state NOT IN {terminal_sql('task')}")
         eta = max(left["chain"] or 0, (left["work"] or 0) / self.workers) if left else 0
         from rich.console import Group
 

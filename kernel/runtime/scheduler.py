@@ -49,11 +49,11 @@ from kernel.base import clock
 from kernel.base.config import Config
 from kernel.base.errors import OrchError
 from kernel.base.processes import kill_group, kill_pids, pid_alive, pids_with_env
+from kernel.definitions import fit
 from kernel.runtime import claims, leases
 from kernel.store import db, events
-from kernel.store.machines import transition
+from kernel.store.machines import terminal_sql, transition
 
-TERMINAL = ("completed", "failed", "cancelled")
 LOCK_TTL_SECONDS = 15.0
 
 
@@ -122,7 +122,7 @@ def acquire_lock(conn: apsw.Connection, owner: str, now: float,
             "expires_at = excluded.expires_at",
             (owner, os.getpid(), host, stamp, stamp, clock.iso(now + ttl)))
         if held and held["owner"] != owner:
-            events.emit_in_tx(conn, "scheduler_lock_taken_over", trigger="lock_expired",
+            events.emit_event_in_tx(conn, "scheduler_lock_taken_over", trigger="lock_expired",
                               at=stamp, metadata={"previous": held, "owner": owner})
 
 
@@ -146,7 +146,7 @@ def compute_bottom_levels(conn: apsw.Connection, workstreams: list[str] | None =
     """task.bottom_level = its estimated duration plus the longest chain after it."""
     tasks = {t: d for t, d in conn.execute(
         "SELECT task_id, estimated_duration_seconds FROM task WHERE state NOT IN "
-        "('completed', 'failed', 'cancelled')")}
+        f"{terminal_sql('task')}")}
     graph: nx.DiGraph = nx.DiGraph()
     graph.add_nodes_from(tasks)
     graph.add_edges_from((p, c) for c, p in conn.execute(
@@ -271,8 +271,9 @@ def _lose_worker(conn: apsw.Connection, now: float, ctx: TickContext, wk: dict[s
             return
         # The loss is recorded first, so each hand-on and the worker's shutdown can name it
         # as their cause (a worker may only shut down once its task was handed on).
-        lost = events.emit_in_tx(conn, "worker_lost", entity_id=wid, trigger=trigger, at=stamp,
-                                 metadata={k: v for k, v in worker_meta.items() if k != "at"})
+        lost = events.emit_event_in_tx(
+            conn, "worker_lost", entity_id=wid, trigger=trigger, at=stamp,
+            metadata={k: v for k, v in worker_meta.items() if k != "at"})
         for task_id in task_ids:
             claims.hand_on_in_tx(conn, task_id, now, failure_mode=mode, reason=reason,
                                  backoff=ctx.backoff(), caused_by=lost)
@@ -303,7 +304,7 @@ def _prepare_worktrees(conn: apsw.Connection, ctx: TickContext) -> list[str] | N
     ready = [r[0] for r in conn.execute(
         f"SELECT DISTINCT r.workstream_id FROM ready_task r JOIN workstream w "
         f"ON w.workstream_id = r.workstream_id WHERE r.state = 'pending' AND "
-        f"w.worktree_path IS NULL AND w.state NOT IN ('completed', 'failed', 'cancelled') "
+        f"w.worktree_path IS NULL AND w.state NOT IN {terminal_sql('workstream')} "
         f"AND {ready_scope}", ready_params)]
     for ws in ready:
         base = db.scalar(conn, "SELECT base_branch FROM workstream WHERE workstream_id = ?",
@@ -315,7 +316,7 @@ def _prepare_worktrees(conn: apsw.Connection, ctx: TickContext) -> list[str] | N
             # try again next tick; give up, stopping the run with git's message, after 5 tries.
             failures = ctx.worktree_failures[ws] = ctx.worktree_failures.get(ws, 0) + 1
             with db.write_tx(conn):
-                events.emit_in_tx(conn, "worktree_failed", entity_id=ws, workstream_id=ws,
+                events.emit_event_in_tx(conn, "worktree_failed", entity_id=ws, workstream_id=ws,
                                   trigger="create_worktree",
                                   metadata={"error": exc.message, "attempt": failures})
             if failures >= 5:
@@ -338,7 +339,7 @@ def _derive_workstreams(conn: apsw.Connection, now: float, ctx: TickContext,
                                      f"WHERE {scope}", params):
         counts.setdefault(ws, {})[state] = n
     for ws in db.rows(conn, f"SELECT * FROM workstream WHERE state NOT IN "
-                            f"('completed', 'failed', 'cancelled') AND {scope}", params):
+                            f"{terminal_sql('workstream')} AND {scope}", params):
         wid, state = ws["workstream_id"], ws["state"]
         if state == "validating":  # a run stopped before it merged: finish the merge now
             _finish_workstream(conn, now, ctx, wid, report)
@@ -511,7 +512,7 @@ def _check_exhaustion(conn: apsw.Connection, now: float, ctx: TickContext,
     queued = [r[0] for r in conn.execute("SELECT task_id FROM task WHERE state = 'queued'")]
     if not queued:
         return
-    for req in leases.impossible_requests(conn, queued):
+    for req in fit.impossible_requests(conn, queued):
         key = f"{req['task_id']}:{req['resource_id']}"
         if key in ctx.reported_exhaustion:
             continue
@@ -524,7 +525,7 @@ def _check_exhaustion(conn: apsw.Connection, now: float, ctx: TickContext,
         ws = db.scalar(conn, "SELECT workstream_id FROM task WHERE task_id = ?",
                        (req["task_id"],))
         with db.write_tx(conn):
-            events.emit_in_tx(conn, "resource_exhausted", entity_id=req["resource_id"],
+            events.emit_event_in_tx(conn, "resource_exhausted", entity_id=req["resource_id"],
                               task_id=req["task_id"], workstream_id=ws,
                               trigger="lease_impossible", at=clock.iso(now),
                               metadata={"resource_id": req["resource_id"],
@@ -550,7 +551,7 @@ def _record_unrunnable(conn: apsw.Connection, now: float, ctx: TickContext,
                 continue
             ws = db.scalar(conn, "SELECT workstream_id FROM task WHERE task_id = ?",
                            (u["task_id"],))
-            events.emit_in_tx(conn, "task_unrunnable", entity_id=u["task_id"],
+            events.emit_event_in_tx(conn, "task_unrunnable", entity_id=u["task_id"],
                               task_id=u["task_id"], workstream_id=ws, trigger="no_capable_worker",
                               at=clock.iso(now), metadata={"reason": u["reason"]},
                               caused_by=events.last_seq_in_tx(conn, task_id=u["task_id"]))
@@ -573,7 +574,7 @@ def progress_counts(conn: apsw.Connection, ctx: TickContext
     if counts.get("queued"):
         queued = [r[0] for r in conn.execute(f"SELECT task_id FROM task WHERE state = 'queued' "
                                              f"AND {scope}", params)]
-        unrunnable = claims.unrunnable(
+        unrunnable = fit.unrunnable(
             conn, queued, no_workers_reason=None if ctx.wait_for_workers
             else "no live worker is left to run it")
     runnable_queued = counts.get("queued", 0) - len(unrunnable)

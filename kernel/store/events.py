@@ -2,15 +2,18 @@
 
 Public API:
     ``EventDef`` (name, event_type, severity, entity_type, doc); ``CATALOG`` (name → EventDef);
-    ``emit_in_tx(conn, name, *, entity_id=None, task_id=None, workstream_id=None,
+    ``emit_event_in_tx(conn, name, *, entity_id=None, task_id=None, workstream_id=None,
     trigger=None, caused_by=None, metadata=None, at=None, severity=None) -> int`` (the new
-    event's seq); ``last_seq_in_tx(conn, ...)``; ``STAMP_SQL``.
+    event's seq); ``emit_events_in_tx(conn, name, events, *, trigger=None, at=None)`` (many of one
+    kind, in
+    batches); ``last_seq_in_tx(conn, ...)``; ``STAMP_SQL``.
 
 Stability Guarantees:
     Transition events are written by the SQL triggers from the machine tables (their names are
     in ``docs/state_machines/*.yaml``). Every other event is declared here once, with its type,
     default severity, entity and one line of documentation, and emitted only through
-    ``emit_in_tx``: an undeclared name raises ``KeyError``. Names are only added, never renamed
+    ``emit_event_in_tx``: an undeclared name raises ``KeyError``. Names are only added, never
+    renamed
     (the audit log is a contract). An event's timestamp is never earlier than the event before
     it (``STAMP_SQL``), so timestamp order is seq order, as for the trigger-written events.
 
@@ -25,13 +28,14 @@ Dependencies:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import apsw
 
 from kernel.base import clock
+from kernel.store import db
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,12 @@ STAMP_SQL = ("MAX(?, COALESCE((SELECT e.timestamp FROM event e ORDER BY e.seq DE
              "''))")
 
 
-def emit_in_tx(conn: apsw.Connection, name: str, *, entity_id: str | None = None,
+_INSERT = ("INSERT INTO event (timestamp, event, event_type, severity, entity_type, entity_id, "
+           "workstream_id, task_id, trigger, caused_by, metadata)")
+_VALUES = f"({STAMP_SQL}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def emit_event_in_tx(conn: apsw.Connection, name: str, *, entity_id: str | None = None,
                task_id: str | None = None, workstream_id: str | None = None,
                trigger: str | None = None, caused_by: int | None = None,
                metadata: Mapping[str, Any] | None = None, at: str | None = None,
@@ -87,13 +96,25 @@ def emit_in_tx(conn: apsw.Connection, name: str, *, entity_id: str | None = None
     """Append one declared event (the caller holds the write transaction); returns its seq."""
     d = CATALOG[name]
     conn.execute(
-        "INSERT INTO event (timestamp, event, event_type, severity, entity_type, entity_id, "
-        "workstream_id, task_id, trigger, caused_by, metadata) "
-        f"VALUES ({STAMP_SQL}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"{_INSERT} VALUES {_VALUES}",
         (at or clock.now_iso(), name, d.event_type, severity or d.severity, d.entity_type,
          entity_id, workstream_id, task_id, trigger, caused_by,
          json.dumps(dict(metadata or {}), sort_keys=True)))
     return int(conn.last_insert_rowid())
+
+
+def emit_events_in_tx(conn: apsw.Connection, name: str, events: Sequence[Mapping[str, Any]], *,
+                      trigger: str | None = None, at: str | None = None,
+                      batch_parameters: int = db.BATCH_PARAMETERS) -> None:
+    """Append many events of one declared kind, in order, a multi-row INSERT per batch (the
+    loader's bulk path; see ``db.insert_rows``). Each mapping may hold ``entity_id``,
+    ``workstream_id``, ``task_id``, ``caused_by`` and ``metadata``."""
+    d = CATALOG[name]
+    stamp = at or clock.now_iso()
+    rows = [(stamp, name, d.event_type, d.severity, d.entity_type, e.get("entity_id"),
+             e.get("workstream_id"), e.get("task_id"), trigger, e.get("caused_by"),
+             json.dumps(dict(e.get("metadata") or {}), sort_keys=True)) for e in events]
+    db.insert_rows(conn, _INSERT, rows, batch_parameters=batch_parameters, values=_VALUES)
 
 
 def last_seq_in_tx(conn: apsw.Connection, *, task_id: str | None = None,

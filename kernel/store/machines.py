@@ -34,6 +34,7 @@ states and the trigger. A constant cannot name the row, so the entity id is adde
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -161,6 +162,39 @@ def source_hashes(directory: Path | None = None) -> dict[str, str]:
         name: hashlib.sha256((directory / f"{name}_lifecycle.yaml").read_bytes()).hexdigest()
         for name in MACHINES
     }
+
+
+@functools.cache
+def shipped() -> dict[str, MachineDef]:
+    """The machines this version ships (read once per process)."""
+    return load_machines()
+
+
+#: The ``last_error`` of a task an operator cancelled (replay reconstructs it from the event).
+CANCELLED_ERROR = "cancelled by an operator"
+
+
+def terminal_states(machine: str) -> tuple[str, ...]:
+    """The terminal states of ``machine``, from its YAML: the one home of "terminal"."""
+    return tuple(s.name for s in shipped()[machine].states if s.terminal)
+
+
+def states_allowing(machine: str, trigger: str, to_state: str | None = None) -> tuple[str, ...]:
+    """The states from which ``trigger`` (to ``to_state``) is allowed: what an operator may
+    cancel (``user_cancelled``), retry (``user_retry``) or skip, read from the YAML."""
+    return tuple(sorted({t.from_state for t in shipped()[machine].transitions
+                         if t.trigger == trigger and (to_state is None or t.to_state == to_state)}))
+
+
+def in_list_sql(states: tuple[str, ...]) -> str:
+    """``('a', 'b')`` for SQL from states of the machine tables (never from user input)."""
+    return "(" + ", ".join(f"'{s}'" for s in states) + ")"
+
+
+def terminal_sql(machine: str) -> str:
+    """``('completed', 'failed', 'cancelled')`` for the task machine: ``terminal_states`` as an
+    SQL list, for ``state IN ...`` / ``state NOT IN ...``."""
+    return in_list_sql(terminal_states(machine))
 
 
 def load_machines(directory: Path | None = None) -> dict[str, MachineDef]:

@@ -6,7 +6,7 @@ Public API:
 
 Stability Guarantees:
     No shell unless the task sets ``execution.shell``; placeholders are filled safely (see
-    ``kernel.runtime.executors.base.substitute``).
+    ``kernel.definitions.commands.substitute``).
     **The gate.** The command's process is started held at a gate (its standard input, read by
     a one-line ``/bin/sh`` before it ``exec``s the command) and let through only after
     ``on_start(pgid)`` returned, i.e. after the worker committed the attempt's process group.
@@ -53,7 +53,8 @@ from typing import IO
 from kernel.base import clock, faults, processes
 from kernel.base.files import open_private
 from kernel.base.processes import kill_group, kill_leftovers, pid_alive
-from kernel.runtime.executors.base import ExecutionRequest, ExecutionResult, Outcome, substitute
+from kernel.definitions.commands import substitute
+from kernel.runtime.executors.base import ExecutionRequest, ExecutionResult, Outcome
 
 __all__ = ["CappedLog", "SubprocessExecutor", "attempt_output", "kill_group", "pid_alive"]
 
