@@ -44,7 +44,7 @@ Integration Points:
 
 Dependencies:
     apsw; ``kernel.store.db``, ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.files``,
-    ``kernel.observe.audit`` (EVENT_FIELDS),
+    ``kernel.store.events`` (EVENT_FIELDS),
     ``kernel.base.identity`` (``operator_name``).
 """
 
@@ -67,8 +67,8 @@ from kernel.base import clock
 from kernel.base.errors import OrchError, UsageError
 from kernel.base.files import fsync_path, make_private, open_private, private_dir
 from kernel.base.identity import operator_name
-from kernel.observe.audit import EVENT_FIELDS
 from kernel.store import db, events
+from kernel.store.events import EVENT_FIELDS
 
 MIN_RETENTION_DAYS = 90
 ARCHIVE_APPLICATION_ID = 0x4F524345  # "ORCE": an orch event archive

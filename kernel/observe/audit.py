@@ -42,11 +42,7 @@ import apsw
 from kernel.base import clock
 from kernel.base.errors import UsageError
 from kernel.store import db
-
-EVENT_FIELDS = (
-    "seq", "timestamp", "event", "event_type", "severity", "entity_type", "entity_id",
-    "workstream_id", "task_id", "from_state", "to_state", "trigger", "caused_by", "metadata",
-)
+from kernel.store.events import EVENT_FIELDS
 
 # Triggers an operator command requests (kernel.runtime.actions stamps their metadata with
 # "operator").

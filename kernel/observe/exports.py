@@ -60,8 +60,8 @@ from pydantic import BaseModel, ConfigDict
 from kernel.base import clock
 from kernel.base.data import schema_url
 from kernel.base.files import write_atomic
-from kernel.observe.audit import EVENT_FIELDS
 from kernel.store import db
+from kernel.store.events import EVENT_FIELDS
 
 VIEWS_SCHEMA_VERSION = "1.0.0"
 STALE_AFTER_SECONDS = 60.0

@@ -1,7 +1,8 @@
 """The catalog of events that are not state transitions, and the one way to emit them.
 
 Public API:
-    ``EventDef`` (name, event_type, severity, entity_type, doc); ``CATALOG`` (name → EventDef);
+    ``EVENT_FIELDS`` (an event row's columns, in order); ``EventDef`` (name, event_type, severity,
+    entity_type, doc); ``CATALOG`` (name → EventDef);
     ``emit_event_in_tx(conn, name, *, entity_id=None, task_id=None, workstream_id=None,
     trigger=None, caused_by=None, metadata=None, at=None, severity=None) -> int`` (the new
     event's seq); ``emit_events_in_tx(conn, name, events, *, trigger=None, at=None)`` (many of one
@@ -36,6 +37,12 @@ import apsw
 
 from kernel.base import clock
 from kernel.store import db
+
+#: The columns of an event, in the order every reader and the archive files keep them.
+EVENT_FIELDS = (
+    "seq", "timestamp", "event", "event_type", "severity", "entity_type", "entity_id",
+    "workstream_id", "task_id", "from_state", "to_state", "trigger", "caused_by", "metadata",
+)
 
 
 @dataclass(frozen=True)
