@@ -230,8 +230,76 @@ def configuration_reference() -> str:
     ])
 
 
+def events_reference(machines: dict[str, MachineDef] | None = None) -> str:
+    """Every event the kernel writes: transitions (from the YAML), row lifecycle (SQL
+    triggers) and the kernel's own events (``kernel.store.events.CATALOG``)."""
+    from kernel.store.events import CATALOG, EVENT_FIELDS, LIFECYCLE
+
+    machines = machines or load_machines()
+    lines = [
+        GENERATED_NOTICE.format(
+            source="docs/state_machines/*.yaml and kernel/store/events.py"),
+        "# Events",
+        "",
+        "Every change of state and every decision of the kernel is one row of the `event` table",
+        "of `.state/kernel.db`, in the same transaction as the change (`seq` orders them; a",
+        "timestamp is never earlier than the one before it). Columns: "
+        + ", ".join(f"`{f}`" for f in EVENT_FIELDS) + ".",
+        "`caused_by` holds the `seq` of the event that caused this one, when there is one;",
+        "`orch why` and `orch events` follow it.",
+        "",
+        "There are three kinds. Names are only ever added, never renamed: the log is a contract.",
+        "A test (tests/test_events_catalog.py) fails when code or SQL writes an event that is",
+        "not on this page.",
+        "",
+        "## Transition events",
+        "",
+        "Written by the transition triggers, one per accepted state change; the transition",
+        "(from, to, trigger) names its event in `docs/state_machines/*.yaml`.",
+        "",
+        "| machine | event | event_type | severity | transitions (from -> to: trigger) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in machines.items():
+        by_event: dict[str, list[str]] = {}
+        meta: dict[str, tuple[str, str]] = {}
+        for t in m.transitions:
+            by_event.setdefault(t.event, []).append(
+                f"{t.from_state} -> {t.to_state}: {t.trigger}")
+            meta.setdefault(t.event, (m.event_type(t), t.severity))
+        for event in sorted(by_event):
+            event_type, severity = meta[event]
+            lines.append(f"| {name} | `{event}` | {event_type} | {severity} | "
+                         + "<br>".join(by_event[event]) + " |")
+    lines += [
+        "",
+        "## Lifecycle events",
+        "",
+        "Written by SQL triggers when a row is created or deleted.",
+        "",
+        "| event | event_type | severity | entity | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| `{d.name}` | {d.event_type} | {d.severity} | {d.entity_type} | {d.doc} |"
+              for d in sorted(LIFECYCLE.values(), key=lambda d: d.name)]
+    lines += [
+        "",
+        "## Kernel events",
+        "",
+        "Decisions and findings of the kernel that are not a state change, written only through",
+        "`kernel.store.events.emit_event_in_tx` (an undeclared name is refused).",
+        "",
+        "| event | event_type | default severity | entity | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| `{d.name}` | {d.event_type} | {d.severity} | {d.entity_type} | {d.doc} |"
+              for d in sorted(CATALOG.values(), key=lambda d: d.name)]
+    return "\n".join(lines) + "\n"
+
+
 def generated_files(repo: Path) -> dict[Path, str]:
     files = {
+        repo / "docs" / "operations" / "EVENTS.md": events_reference(),
         repo / "docs" / "execution_model" / "STATE_MACHINE.md": state_machine_markdown(),
         repo / "sql" / "schema.sql": schema_snapshot(),
         repo / "docs" / "CLI.md": cli_reference(),

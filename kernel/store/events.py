@@ -1,7 +1,8 @@
 """The catalog of events that are not state transitions, and the one way to emit them.
 
 Public API:
-    ``EVENT_FIELDS`` (an event row's columns, in order); ``EventDef`` (name, event_type, severity,
+    ``EVENT_FIELDS`` (an event row's columns, in order); ``LIFECYCLE`` (the events the SQL
+    triggers write when a row is created or deleted); ``EventDef`` (name, event_type, severity,
     entity_type, doc); ``CATALOG`` (name → EventDef);
     ``emit_event_in_tx(conn, name, *, entity_id=None, task_id=None, workstream_id=None,
     trigger=None, caused_by=None, metadata=None, at=None, severity=None) -> int`` (the new
@@ -83,6 +84,21 @@ _DEFS = (
 )
 
 CATALOG: dict[str, EventDef] = {d.name: d for d in _DEFS}
+
+#: Events the SQL triggers write when a row is created or deleted (sql/0001_core.sql,
+#: sql/0005_trust.sql). The transition events are not listed here: each transition of
+#: docs/state_machines/*.yaml names its event, and the transition triggers write it.
+LIFECYCLE: dict[str, EventDef] = {d.name: d for d in (
+    EventDef("task_created", "task_state_transition", "info", "task",
+             "`orch load` inserted the task (to_state is its first state, normally pending)."),
+    EventDef("task_deleted", "task_state_transition", "warning", "task",
+             "`orch load` deleted a task whose file was removed before the task ever started "
+             "(trigger definition_removed); from_state is the state it had."),
+    EventDef("workstream_created", "workstream_state_transition", "info", "workstream",
+             "`orch load` inserted the workstream."),
+    EventDef("worker_started", "worker_registration", "info", "worker",
+             "A worker registered itself (`orch worker`, or one `orch run` started)."),
+)}
 
 #: The timestamp of a new event: the caller's time, or the time of the event before it when
 #: that is later (the caller read its clock before it held the write lock).
