@@ -19,7 +19,7 @@ Integration Points:
     any SQLite client may read.
 
 Dependencies:
-    apsw, pydantic, networkx, click, pyyaml, rich (see pyproject.toml).
+    None (standard library only).
 """
 
 __version__ = "0.1.0"

@@ -24,7 +24,10 @@ Dependencies:
 
 from __future__ import annotations
 
+import ast
+import sys
 import tempfile
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -297,6 +300,80 @@ def events_reference(machines: dict[str, MachineDef] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _is_module(root: Path, dotted: str) -> bool:
+    where = root.parent / Path(*dotted.split("."))
+    return where.with_suffix(".py").exists() or (where / "__init__.py").exists()
+
+
+def _imported(path: Path, root: Path) -> tuple[list[str], list[str]]:
+    """The kernel modules and the third-party packages ``path`` imports (anywhere in it)."""
+    module = ".".join(path.relative_to(root.parent).with_suffix("").parts)
+    package = module.removesuffix(".__init__") if path.name == "__init__.py" \
+        else module.rsplit(".", 1)[0]
+    kernel: set[str] = set()
+    third: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [target]
+            if target.split(".")[0] == "kernel":
+                modules = [f"{target}.{a.name}" for a in node.names
+                           if _is_module(root, f"{target}.{a.name}")]
+                names = modules if len(modules) == len(node.names) else [target, *modules]
+        for name in names:
+            top = name.split(".")[0]
+            if top == "kernel":
+                if name not in ("kernel", module.removesuffix(".__init__")):
+                    kernel.add(name)
+            elif top and top not in sys.stdlib_module_names and top != "__future__":
+                third.add(top)
+    return sorted(kernel), sorted(third)
+
+
+def dependencies_section(path: Path, root: Path) -> str:
+    """The body of a module's "Dependencies:" section, from its imports (MOD-IDX-001)."""
+    kernel, third = _imported(path, root)
+    parts = []
+    if third:
+        parts.append(", ".join(third))
+    if kernel:
+        parts.append(", ".join(f"``{k}``" for k in kernel))
+    text = ("; ".join(parts) + ".") if parts else "None (standard library only)."
+    return "\n".join(textwrap.wrap(text, 96, initial_indent="    ", subsequent_indent="    ",
+                                   break_on_hyphens=False))
+
+
+def with_dependencies(path: Path, root: Path) -> str:
+    """The module's source with its "Dependencies:" section generated from its imports."""
+    source = path.read_text(encoding="utf-8")
+    body = dependencies_section(path, root)
+    start = source.find('"""')
+    end = source.find('"""', start + 3)
+    doc = source[start + 3:end]
+    head, found, tail = doc.partition("\nDependencies:\n")
+    if not found:
+        return source[:end].rstrip("\n") + f"\n\nDependencies:\n{body}\n" + source[end:]
+    lines = tail.split("\n")
+    keep = 0
+    while keep < len(lines) and lines[keep].startswith("    "):
+        keep += 1
+    rest = "\n".join(lines[keep:])
+    new_doc = f"{head}\nDependencies:\n{body}\n{rest}"
+    return source[:start + 3] + new_doc + source[end:]
+
+
+def module_sources(repo: Path) -> dict[Path, str]:
+    root = repo / "kernel"
+    return {path: with_dependencies(path, root) for path in sorted(root.rglob("*.py"))}
+
+
 def generated_files(repo: Path) -> dict[Path, str]:
     files = {
         repo / "docs" / "operations" / "EVENTS.md": events_reference(),
@@ -310,6 +387,7 @@ def generated_files(repo: Path) -> dict[Path, str]:
 
     for name, text in _schema_texts(generate_schemas()).items():
         files[repo / "schemas" / name] = text
+    files.update(module_sources(repo))
     return files
 
 

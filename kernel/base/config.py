@@ -25,8 +25,7 @@ Integration Points:
     validate`` / ``orch load``).
 
 Dependencies:
-    pydantic; ``kernel.base.documents`` (the strict TOML reader), ``kernel.base.errors``; tomllib,
-    shlex, re (standard library).
+    pydantic; ``kernel.base.documents``, ``kernel.base.errors``.
 """
 
 from __future__ import annotations

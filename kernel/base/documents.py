@@ -35,7 +35,7 @@ Integration Points:
     this module; their callers turn a ``DocumentError`` into their own problem records.
 
 Dependencies:
-    ``kernel.base.errors``; PyYAML; standard library (json, tomllib, os, stat).
+    yaml; ``kernel.base.errors``.
 """
 
 from __future__ import annotations

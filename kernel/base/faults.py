@@ -18,7 +18,7 @@ Integration Points:
     a worker inside that window.
 
 Dependencies:
-    The standard library.
+    None (standard library only).
 """
 
 from __future__ import annotations

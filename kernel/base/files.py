@@ -21,7 +21,7 @@ Integration Points:
     ``kernel.maintain.bundle``).
 
 Dependencies:
-    The standard library.
+    None (standard library only).
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Stability Guarantees:
 Integration Points:
     ``kernel.runtime.actions`` (cancel, retry, skip, reset) and ``kernel.observe.archive``
     (``orch audit rotate``) put it into event metadata as ``operator``.
+
+Dependencies:
+    None (standard library only).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ Integration Points:
     else a dead worker's task left running (even with a new session).
 
 Dependencies:
-    The standard library (ctypes for prctl on Linux).
+    None (standard library only).
 """
 
 from __future__ import annotations

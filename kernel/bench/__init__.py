@@ -34,8 +34,7 @@ Integration Points:
     full run's table (``orch bench --markdown``).
 
 Dependencies:
-    apsw, networkx; standard library. The modules use ``kernel.bench.harness`` and, for the
-    plan workload, ``tools/bench_definitions.py`` and ``tools/bench_plan.py`` of a checkout.
+    apsw, networkx; ``kernel.base.clock``.
 """
 
 from __future__ import annotations

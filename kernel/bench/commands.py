@@ -15,7 +15,7 @@ Integration Points:
     Registered as ``subprocess`` in ``kernel.bench.BENCHMARKS``.
 
 Dependencies:
-    ``kernel.bench.harness``; the ``xargs`` and ``true`` programs.
+    ``kernel.bench``, ``kernel.bench.harness``.
 """
 
 from __future__ import annotations

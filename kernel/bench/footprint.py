@@ -18,7 +18,7 @@ Integration Points:
     Registered as ``footprint`` in ``kernel.bench.BENCHMARKS``.
 
 Dependencies:
-    ``kernel.bench.plan``, ``kernel.bench.throughput``.
+    ``kernel.bench``, ``kernel.bench.plan``, ``kernel.bench.throughput``.
 """
 
 from __future__ import annotations

@@ -21,9 +21,8 @@ Integration Points:
     processes ``orch_run`` starts when asked.
 
 Dependencies:
-    apsw; ``kernel.store.project``, ``kernel.definitions.load``, ``kernel.store.db``,
-    ``kernel.base.clock``,
-    ``kernel.bench.shim``; standard library.
+    ``kernel.base.clock``, ``kernel.bench``, ``kernel.bench.shim``, ``kernel.definitions.load``,
+    ``kernel.store.db``, ``kernel.store.project``.
 """
 
 from __future__ import annotations

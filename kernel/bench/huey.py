@@ -21,7 +21,7 @@ Integration Points:
     ``kernel.bench.throughput`` (the ``vs Huey`` figure).
 
 Dependencies:
-    Standard library here; huey inside its own virtual environment.
+    None (standard library only).
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ Integration Points:
     ``kernel.bench.BENCHMARKS``.
 
 Dependencies:
-    ``kernel.bench.harness``, ``kernel.bench.shim``, ``kernel.base.clock``.
+    ``kernel.base.clock``, ``kernel.bench``, ``kernel.bench.harness``, ``kernel.bench.shim``,
+    ``kernel.runtime.worker``, ``kernel.store.db``, ``kernel.store.project``.
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ Integration Points:
     ``tools/`` (the figures are reported unavailable without it).
 
 Dependencies:
-    networkx; ``kernel.planning.dag``, ``kernel.definitions.check``, ``kernel.definitions.load``,
-    ``kernel.planning.plan``,
-    ``kernel.bench.harness``.
+    ``kernel.bench``, ``kernel.bench.harness``, ``kernel.definitions.check``,
+    ``kernel.definitions.load``, ``kernel.planning.dag``, ``kernel.planning.plan``,
+    ``kernel.store.db``, ``kernel.store.project``.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ Integration Points:
     per task) and ``kernel.bench.latency`` (claim latency).
 
 Dependencies:
-    apsw; ``kernel.runtime.claims`` (only when claim timing is asked for).
+    apsw; ``kernel.runtime.claims``, ``kernel.runtime.worker``.
 """
 
 from __future__ import annotations

@@ -29,9 +29,8 @@ Integration Points:
     Registered as ``noop-throughput`` in ``kernel.bench.BENCHMARKS``.
 
 Dependencies:
-    apsw; ``kernel.store.db``, ``kernel.base.clock``, ``kernel.bench.harness``,
-    ``kernel.bench.huey``,
-    ``kernel.bench.shim``.
+    apsw; ``kernel.base.clock``, ``kernel.bench``, ``kernel.bench.harness``,
+    ``kernel.bench.huey``, ``kernel.bench.shim``, ``kernel.store.db``.
 """
 
 from __future__ import annotations

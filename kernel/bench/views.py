@@ -24,8 +24,8 @@ Integration Points:
     and ``kernel.bench.throughput`` measurements.
 
 Dependencies:
-    ``kernel.observe.exports`` (optional), ``kernel.base.config``, ``kernel.bench.plan``,
-    ``kernel.bench.throughput``, ``kernel.bench.harness``.
+    ``kernel.base.config``, ``kernel.bench``, ``kernel.bench.harness``, ``kernel.bench.plan``,
+    ``kernel.bench.throughput``.
 """
 
 from __future__ import annotations

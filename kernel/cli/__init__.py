@@ -17,7 +17,11 @@ Integration Points:
     nearest parent holding ``.state/``, else the current directory).
 
 Dependencies:
-    click, apsw; ``kernel.base.errors``, ``kernel.store.project``.
+    apsw, click; ``kernel.base.errors``, ``kernel.cli.audit``, ``kernel.cli.backup``,
+    ``kernel.cli.bench``, ``kernel.cli.common``, ``kernel.cli.core``,
+    ``kernel.cli.definitions``, ``kernel.cli.demo``, ``kernel.cli.events``,
+    ``kernel.cli.metrics``, ``kernel.cli.operator``, ``kernel.cli.plan``, ``kernel.cli.run``,
+    ``kernel.cli.views``, ``kernel.store.db``.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ Integration Points:
     ``.state/archive/events/`` (docs/operations/AUDIT_RETENTION.md).
 
 Dependencies:
-    click; ``kernel.cli.common``, ``kernel.observe.replay``, ``kernel.observe.audit``,
-    ``kernel.observe.archive``.
+    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.observe.archive``,
+    ``kernel.observe.audit``, ``kernel.observe.replay``.
 """
 
 from __future__ import annotations

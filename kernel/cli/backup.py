@@ -17,7 +17,8 @@ Integration Points:
     ``kernel.maintain.backup.restore``.
 
 Dependencies:
-    click; ``kernel.maintain.backup``, ``kernel.maintain.bundle``, ``kernel.cli.common``.
+    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.maintain.backup``,
+    ``kernel.maintain.bundle``.
 """
 
 from __future__ import annotations

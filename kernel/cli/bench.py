@@ -20,7 +20,7 @@ Integration Points:
     docs/PERFORMANCE.md holds a full run's ``--markdown`` table.
 
 Dependencies:
-    click; ``kernel.bench``, ``kernel.cli.common``.
+    click; ``kernel.base.errors``, ``kernel.bench``, ``kernel.cli.common``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Integration Points:
     Every module of ``kernel.cli``.
 
 Dependencies:
-    click; ``kernel.store.project``, ``kernel.base.errors``.
+    click; ``kernel.base.errors``, ``kernel.store.project``.
 """
 
 from __future__ import annotations

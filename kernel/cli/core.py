@@ -11,7 +11,8 @@ Integration Points:
     ``kernel.maintain.doctor.repair``.
 
 Dependencies:
-    click, rich; ``kernel.cli.common``.
+    click, rich; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.maintain.doctor``,
+    ``kernel.store.project``.
 """
 
 from __future__ import annotations

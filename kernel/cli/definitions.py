@@ -17,8 +17,9 @@ Integration Points:
     ``kernel.definitions.migrate_tasks``.
 
 Dependencies:
-    click; ``kernel.cli.common``, ``kernel.definitions.check``, ``kernel.definitions.load``,
-    ``kernel.definitions.migrate_tasks``, ``kernel.base.errors``.
+    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.definitions.check``,
+    ``kernel.definitions.load``, ``kernel.definitions.migrate_tasks``,
+    ``kernel.definitions.models``, ``kernel.observe.exports``.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ Integration Points:
     for the run; ``kernel.planning.render.plan_table`` for the plan.
 
 Dependencies:
-    click, rich; ``kernel.cli.common``, ``kernel.demo``, ``kernel.runtime.progress``,
-    ``kernel.planning.render``.
+    click, rich; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.demo``,
+    ``kernel.planning.render``, ``kernel.runtime.progress``, ``kernel.runtime.runner``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Integration Points:
     ``kernel.observe.audit.list_events``.
 
 Dependencies:
-    click; ``kernel.observe.audit``, ``kernel.cli.common``.
+    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.observe.audit``.
 """
 
 from __future__ import annotations

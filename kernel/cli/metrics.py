@@ -15,8 +15,8 @@ Integration Points:
     ``kernel.observe.metrics`` (collect, write_metrics, samples, render_openmetrics, serve).
 
 Dependencies:
-    click; ``kernel.observe.metrics``, ``kernel.base.clock``, ``kernel.cli.common``,
-    ``kernel.base.errors``.
+    click; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.files``,
+    ``kernel.cli.common``, ``kernel.observe.metrics``, ``kernel.store.project``.
 """
 
 from __future__ import annotations

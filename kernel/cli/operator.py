@@ -18,7 +18,9 @@ Integration Points:
     ``orch run`` runs) and ``kernel.observe.status`` (reads, on a read-only connection).
 
 Dependencies:
-    click, rich; ``kernel.cli.common``, ``kernel.runtime.actions``, ``kernel.observe.status``.
+    apsw, click, rich; ``kernel.base.errors``, ``kernel.cli.common``,
+    ``kernel.observe.exports``, ``kernel.observe.status``, ``kernel.runtime.actions``,
+    ``kernel.runtime.scheduler``.
 """
 
 from __future__ import annotations

@@ -20,9 +20,8 @@ Integration Points:
     Everything is read in one snapshot from a read-only connection; nothing is written.
 
 Dependencies:
-    click, rich, apsw; ``kernel.cli.common``, ``kernel.store.db``, ``kernel.base.errors``,
-    ``kernel.planning.plan``,
-    ``kernel.planning.render``.
+    apsw, click, rich; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.planning.plan``,
+    ``kernel.planning.render``, ``kernel.store.db``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ Integration Points:
     ``kernel.runtime.runner``, ``kernel.runtime.worker``, ``kernel.runtime.progress``.
 
 Dependencies:
-    click; ``kernel.runtime.runner``, ``kernel.runtime.worker``, ``kernel.runtime.progress``.
+    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.definitions.models``,
+    ``kernel.runtime.progress``, ``kernel.runtime.runner``, ``kernel.runtime.worker``.
 """
 
 from __future__ import annotations

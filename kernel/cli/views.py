@@ -12,7 +12,7 @@ Integration Points:
     ``kernel.observe.exports.export`` (the same function ``orch run`` calls in the background).
 
 Dependencies:
-    click; ``kernel.observe.exports``, ``kernel.cli.common``.
+    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.observe.exports``.
 """
 
 from __future__ import annotations

@@ -41,12 +41,10 @@ Integration Points:
     of 100k task files does not fit the load budget on one core).
 
 Dependencies:
-    ``kernel.definitions.taskfiles``, ``kernel.definitions.models`` (DefinitionError),
-    ``kernel.definitions.registries``,
-    ``kernel.store.project``, ``kernel.base.config``, ``kernel.base.documents`` (kind_of),
-    ``kernel.store.db``
-    (reads only), ``kernel.planning.dag`` (find_cycle, gc_paused);
-    apsw, networkx, standard library.
+    apsw, networkx; ``kernel.base.config``, ``kernel.base.documents``,
+    ``kernel.definitions.models``, ``kernel.definitions.registries``,
+    ``kernel.definitions.taskfiles``, ``kernel.planning.dag``, ``kernel.store.db``,
+    ``kernel.store.project``.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ Integration Points:
     ``orch validate`` (``kernel.definitions.taskfiles``) fills them as a worker would, to check
     the argument limits before a worker ever claims the task; the local executor
     (``kernel.runtime.executors.local``) fills them to run it. One definition for both.
+
+Dependencies:
+    None (standard library only).
 """
 
 from __future__ import annotations

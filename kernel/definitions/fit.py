@@ -17,6 +17,9 @@ Integration Points:
     ``kernel.runtime.claims`` (claiming), ``kernel.runtime.scheduler`` (the run's summary),
     ``kernel.observe.status`` (``orch why``). The resource ceiling is
     ``kernel.definitions.registries.lease_ceiling``, the rule ``orch validate`` applies.
+
+Dependencies:
+    apsw; ``kernel.definitions.models``, ``kernel.definitions.registries``, ``kernel.store.db``.
 """
 
 from __future__ import annotations

@@ -31,9 +31,9 @@ Integration Points:
     model as JSON and ``definition_sha256`` its hash.
 
 Dependencies:
-    ``kernel.definitions.check``, ``kernel.store.db``, ``kernel.store.machines`` (transition),
-    ``kernel.base.errors``,
-    ``kernel.store.project``; apsw, standard library.
+    apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.definitions.check``,
+    ``kernel.store.db``, ``kernel.store.events``, ``kernel.store.machines``,
+    ``kernel.store.project``.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ Integration Points:
     load migrations cannot drift apart. Documented in docs/schema_migrations/.
 
 Dependencies:
-    kernel.definitions.models, kernel.base.documents, standard library (json, shutil, os, argparse).
+    ``kernel.base.documents``, ``kernel.base.errors``, ``kernel.definitions.models``.
 """
 
 from __future__ import annotations

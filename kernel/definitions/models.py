@@ -36,9 +36,7 @@ Integration Points:
     kernel.definitions.migrate_tasks rewrites task files on disk with migrate_v1_to_v2.
 
 Dependencies:
-    kernel.base.errors (OrchError), kernel.base.documents (the strict parse layer, for
-    load_task_file), pydantic 2, standard library. No database, no I/O beyond reading the
-    given files.
+    pydantic; ``kernel.base.data``, ``kernel.base.documents``, ``kernel.base.errors``.
 """
 
 from __future__ import annotations

@@ -26,8 +26,7 @@ Integration Points:
     and ``resource_conflict`` tables; kernel.observe.schemas renders their JSON Schemas.
 
 Dependencies:
-    kernel.definitions.models (shared field types, errors), kernel.base.documents, kernel.base.data,
-    pydantic 2.
+    pydantic; ``kernel.base.data``, ``kernel.base.documents``, ``kernel.definitions.models``.
 """
 
 from __future__ import annotations

@@ -39,11 +39,8 @@ Integration Points:
     front.
 
 Dependencies:
-    ``kernel.definitions.models`` (TaskDefinition, TaskDefinitionV1, WorkstreamDefinition,
-    migrate_v1_to_v2, problems_from, semver_key), ``kernel.base.documents`` (read_file,
-    parse_json), ``kernel.runtime.executors.base`` (substitute: the argv a worker builds),
-    ``kernel.planning.dag`` (gc_paused); pydantic, PyYAML (line numbers of errors only), standard
-    library.
+    pydantic, yaml; ``kernel.base.documents``, ``kernel.definitions.commands``,
+    ``kernel.definitions.models``, ``kernel.planning.dag``.
 """
 
 from __future__ import annotations

@@ -38,11 +38,9 @@ Integration Points:
     ``ORCH_TASK_ID`` set by ``kernel.runtime.worker``.
 
 Dependencies:
-    standard library (tempfile, shutil, subprocess, importlib); git; ``kernel.store.db``,
-    ``kernel.base.clock``, ``kernel.maintain.doctor``, ``kernel.base.errors``,
-    ``kernel.planning.plan``, ``kernel.store.project``,
-    ``kernel.runtime.runner``; ``kernel.definitions.check`` and ``kernel.definitions.load``
-    (imported when the demo runs).
+    ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.definitions.check``,
+    ``kernel.definitions.load``, ``kernel.maintain.doctor``, ``kernel.planning.plan``,
+    ``kernel.runtime.runner``, ``kernel.store.db``, ``kernel.store.project``.
 """
 
 from __future__ import annotations

@@ -36,11 +36,8 @@ Integration Points:
     the ``.state`` views with ``kernel.observe.exports.export``.
 
 Dependencies:
-    apsw; ``kernel.store.db``, ``kernel.store.project``, ``kernel.base.errors``,
-    ``kernel.base.clock``,
-    ``kernel.base.files``,
-    ``kernel.runtime.executors.local`` (``pid_alive``, lazily); ``kernel.observe.exports`` (lazily,
-    on restore).
+    apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.files``,
+    ``kernel.runtime.executors.local``, ``kernel.store.db``, ``kernel.store.project``.
 """
 
 from __future__ import annotations

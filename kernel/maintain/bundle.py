@@ -25,10 +25,9 @@ Integration Points:
     ``Project.state_dir``, the configuration from ``Project.config_path``.
 
 Dependencies:
-    apsw; ``kernel.maintain.backup`` (the database copy), ``kernel.maintain.redact``,
-    ``kernel.store.db``,
-    ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.files``, ``kernel.store.project``;
-    ``kernel.maintain.doctor`` (lazily).
+    apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.files``,
+    ``kernel.maintain.backup``, ``kernel.maintain.doctor``, ``kernel.maintain.redact``,
+    ``kernel.store.db``, ``kernel.store.project``.
 """
 
 from __future__ import annotations

@@ -25,9 +25,8 @@ Integration Points:
     through ``kernel.maintain.backup``; ``orch bundle`` includes ``doctor_report``.
 
 Dependencies:
-    apsw; ``kernel.store.db``, ``kernel.store.machines``, ``kernel.store.project``,
-    ``kernel.maintain.backup``,
-    ``kernel.observe.exports`` (imported when ``--repair`` runs).
+    apsw; ``kernel.base.errors``, ``kernel.maintain.backup``, ``kernel.store.db``,
+    ``kernel.store.machines``, ``kernel.store.project``.
 """
 
 from __future__ import annotations

@@ -36,9 +36,8 @@ Integration Points:
     ``--redact`` options and ``[bundle] redact`` setting go through ``compile_patterns``).
 
 Dependencies:
-    apsw; ``kernel.store.db``, ``kernel.base.errors``, ``kernel.base.files``,
-    ``kernel.maintain.backup``
-    (``finish_single_file``, which checks the redacted copy).
+    apsw; ``kernel.base.errors``, ``kernel.base.files``, ``kernel.maintain.backup``,
+    ``kernel.store.db``.
 """
 
 from __future__ import annotations

@@ -43,9 +43,8 @@ Integration Points:
     Datasette read them.
 
 Dependencies:
-    apsw; ``kernel.store.db``, ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.files``,
-    ``kernel.store.events`` (EVENT_FIELDS),
-    ``kernel.base.identity`` (``operator_name``).
+    apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.files``,
+    ``kernel.base.identity``, ``kernel.store.db``, ``kernel.store.events``.
 """
 
 from __future__ import annotations

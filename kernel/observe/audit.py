@@ -23,10 +23,8 @@ Integration Points:
     ``kernel.observe.archive.iter_events``), ``attempt``, ``lease``, ``task`` and ``workstream``.
 
 Dependencies:
-    apsw; ``kernel.store.db``, ``kernel.base.clock``, ``kernel.base.errors``;
-    ``kernel.observe.archive``
-    (imported when a
-    report is made: it imports this module).
+    apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.observe.archive``,
+    ``kernel.store.db``, ``kernel.store.events``.
 """
 
 from __future__ import annotations

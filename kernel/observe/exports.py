@@ -35,8 +35,9 @@ Integration Points:
     ``kernel.planning.plan.workstream_plan`` makes the DAG and plan documents.
 
 Dependencies:
-    apsw, pydantic; ``kernel.store.db``, ``kernel.base.clock``, ``kernel.planning.plan``,
-    ``kernel.definitions.models``.
+    apsw, pydantic; ``kernel.base.clock``, ``kernel.base.data``, ``kernel.base.errors``,
+    ``kernel.base.files``, ``kernel.observe.archive``, ``kernel.planning.plan``,
+    ``kernel.store.db``, ``kernel.store.events``.
 """
 
 from __future__ import annotations

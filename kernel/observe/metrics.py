@@ -65,9 +65,9 @@ Integration Points:
     ``metric_sample``, ``metric_history``, ``metric_history_errors`` and ``failure_occurrence``.
 
 Dependencies:
-    apsw, pydantic, prometheus-client; ``kernel.store.db``, ``kernel.base.clock``,
-    ``kernel.definitions.models``
-    (``schema_url``), ``kernel.store.project`` (only for serving).
+    apsw, prometheus_client, pydantic; ``kernel.base.clock``, ``kernel.base.files``,
+    ``kernel.definitions.models``, ``kernel.store.db``, ``kernel.store.machines``,
+    ``kernel.store.project``.
 """
 
 from __future__ import annotations

@@ -29,8 +29,7 @@ Integration Points:
     kernel's transition metadata (``error``, ``failure_mode``, ``next_attempt_at``).
 
 Dependencies:
-    apsw; ``kernel.observe.archive``; ``kernel.store.machines`` (``CANCELLED_ERROR``,
-    terminal states).
+    apsw; ``kernel.observe.archive``, ``kernel.store.db``, ``kernel.store.machines``.
 """
 
 from __future__ import annotations

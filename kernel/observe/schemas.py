@@ -18,7 +18,8 @@ Integration Points:
     editors can point ``$schema`` in a task file at the ``$id`` URL or at the committed file.
 
 Dependencies:
-    kernel.definitions.models, pydantic (model_json_schema), standard library.
+    pydantic; ``kernel.definitions.models``, ``kernel.definitions.registries``,
+    ``kernel.observe.exports``, ``kernel.observe.metrics``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ Integration Points:
     are ``<logs_dir>/<task_id>.log`` (or an attempt's ``log_path``).
 
 Dependencies:
-    apsw; ``kernel.store.db``, ``kernel.observe.archive``, ``kernel.base.errors``.
+    apsw; ``kernel.base.errors``, ``kernel.definitions.fit``, ``kernel.observe.archive``,
+    ``kernel.store.db``.
 """
 
 from __future__ import annotations

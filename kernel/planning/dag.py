@@ -44,8 +44,7 @@ Integration Points:
     ``generate_layered_dag``.
 
 Dependencies:
-    networkx (graph container only; the algorithms here walk its adjacency dicts directly),
-    standard library (dataclasses, heapq, random, types).
+    networkx; ``kernel.base.data``.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ Integration Points:
     when the caller holds none).
 
 Dependencies:
-    apsw; ``kernel.planning.dag`` (the algorithms), ``kernel.store.db``, ``kernel.base.errors``.
+    apsw; ``kernel.base.errors``, ``kernel.planning.dag``, ``kernel.store.db``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ Integration Points:
     DOT text on request; docs may embed the Mermaid output.
 
 Dependencies:
-    rich (table only). No networkx, no database.
+    rich.
 """
 
 from __future__ import annotations

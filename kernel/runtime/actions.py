@@ -22,9 +22,8 @@ Integration Points:
     triggers on entering pending / completed / failed / cancelled (not here).
 
 Dependencies:
-    apsw; ``kernel.store.db``, ``kernel.store.machines``, ``kernel.base.errors``,
-    ``kernel.base.clock``
-    (timestamps).
+    apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.identity``,
+    ``kernel.store.db``, ``kernel.store.machines``.
 """
 
 from __future__ import annotations

@@ -29,8 +29,9 @@ Integration Points:
     write the events.
 
 Dependencies:
-    apsw; ``kernel.store.db``, ``kernel.store.machines``, ``kernel.runtime.leases``,
-    ``kernel.base.clock``.
+    apsw; ``kernel.base.clock``, ``kernel.definitions.fit``, ``kernel.runtime.leases``,
+    ``kernel.store.db``, ``kernel.store.events``, ``kernel.store.machines``,
+    ``kernel.store.queries``.
 """
 
 from __future__ import annotations

@@ -16,8 +16,7 @@ Integration Points:
     heartbeat; ``kernel.runtime.scheduler.tick`` reclaims expired ones by handing their task on.
 
 Dependencies:
-    apsw; ``kernel.base.clock``, ``kernel.store.db``, ``kernel.definitions.registries``
-    (``lease_ceiling``).
+    apsw; ``kernel.base.clock``, ``kernel.store.db``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ Integration Points:
     ``kernel.runtime.runner.run`` calls ``start``, ``update`` after each tick and ``finish``.
 
 Dependencies:
-    rich; ``kernel.observe.audit``.
+    rich; ``kernel.base.clock``, ``kernel.observe.audit``, ``kernel.runtime.runner``,
+    ``kernel.runtime.scheduler``, ``kernel.store.db``, ``kernel.store.machines``.
 """
 
 from __future__ import annotations

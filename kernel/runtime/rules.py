@@ -21,9 +21,7 @@ Integration Points:
     The commands come from ``[rules]`` in ``orch.toml`` (``kernel.base.config.RulesConfig``).
 
 Dependencies:
-    ``kernel.base.config`` (``RulesConfig``); subprocess, shlex, signal (standard library). POSIX
-    only
-    (each command runs in its own process group, killed as a group on timeout).
+    ``kernel.base.config``.
 """
 
 from __future__ import annotations

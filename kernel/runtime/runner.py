@@ -18,7 +18,9 @@ Integration Points:
     the work; workers run ``python -m kernel worker --managed-by OWNER --parent-pid PID``.
 
 Dependencies:
-    apsw; ``kernel.runtime.scheduler``, ``kernel.runtime.worktree``.
+    apsw; ``kernel.base.errors``, ``kernel.base.faults``, ``kernel.base.files``,
+    ``kernel.observe.exports``, ``kernel.observe.metrics``, ``kernel.runtime.scheduler``,
+    ``kernel.runtime.worktree``, ``kernel.store.db``, ``kernel.store.project``.
 """
 
 from __future__ import annotations

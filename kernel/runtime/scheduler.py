@@ -26,9 +26,10 @@ Integration Points:
     ``kernel.store.machines.transition`` so the triggers check every change.
 
 Dependencies:
-    apsw, networkx; ``kernel.runtime.claims``, ``kernel.runtime.leases``,
-    ``kernel.runtime.worktree``,
-    ``kernel.runtime.executors.local``.
+    apsw, networkx; ``kernel.base.clock``, ``kernel.base.config``, ``kernel.base.errors``,
+    ``kernel.base.processes``, ``kernel.definitions.fit``, ``kernel.runtime.claims``,
+    ``kernel.runtime.leases``, ``kernel.runtime.worktree``, ``kernel.store.db``,
+    ``kernel.store.events``, ``kernel.store.machines``.
 """
 
 from __future__ import annotations

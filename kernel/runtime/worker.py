@@ -19,8 +19,11 @@ Integration Points:
     through ``kernel.runtime.rules``; commands through ``kernel.runtime.executors``.
 
 Dependencies:
-    apsw; ``kernel.runtime.claims``, ``kernel.runtime.executors``, ``kernel.runtime.rules``,
-    ``kernel.base.clock``.
+    apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.faults``,
+    ``kernel.base.files``, ``kernel.base.processes``, ``kernel.observe.exports``,
+    ``kernel.runtime.claims``, ``kernel.runtime.executors``, ``kernel.runtime.leases``,
+    ``kernel.runtime.rules``, ``kernel.runtime.worktree``, ``kernel.store.db``,
+    ``kernel.store.machines``, ``kernel.store.project``.
 """
 
 from __future__ import annotations

@@ -23,9 +23,7 @@ Integration Points:
     ``orch init``) keeps the worktrees out of the main checkout's ``git status``.
 
 Dependencies:
-    ``kernel.base.errors``, ``kernel.definitions.models`` (``ID_PATTERN``); the ``git`` executable
-    (2.17 or later)
-    through subprocess.
+    ``kernel.base.errors``, ``kernel.definitions.models``.
 """
 
 from __future__ import annotations

@@ -25,9 +25,8 @@ Integration Points:
     3.40's features for them. Never open the file with both apsw and ``sqlite3`` in one process.
 
 Dependencies:
-    apsw (bundles SQLite >= 3.51.3); ``kernel.store.machines`` and ``kernel.store.reference`` to
-    load the
-    state machines and the failure-mode catalog after migrating.
+    apsw; ``kernel.base.data``, ``kernel.base.errors``, ``kernel.store.machines``,
+    ``kernel.store.reference``.
 
 The pragmas, and why:
     journal_mode=WAL        readers (Datasette, exporters, ``orch status``) never block the writer

@@ -24,7 +24,7 @@ Integration Points:
     generated docs list ``CATALOG``; ``orch why`` and Datasette read the events back.
 
 Dependencies:
-    apsw; ``kernel.base.clock``.
+    apsw; ``kernel.base.clock``, ``kernel.store.db``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ Integration Points:
     ``tools/gen_docs.py`` renders STATE_MACHINE.md from ``load_machines()``.
 
 Dependencies:
-    pydantic, pyyaml, apsw; ``kernel.store.db`` for transactions.
+    apsw, pydantic, yaml; ``kernel.base.data``, ``kernel.base.errors``, ``kernel.store.db``.
 
 Why the trigger messages are generated: SQLite 3.40 (the ``sqlite3`` shell, Python's sqlite3
 and Datasette) only accepts a constant string in ``RAISE()``. So each machine gets one trigger

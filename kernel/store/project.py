@@ -14,7 +14,8 @@ Integration Points:
     Every command resolves its project through ``find_root`` (``--root`` overrides it).
 
 Dependencies:
-    ``kernel.store.db``, ``kernel.base.config``, ``kernel.base.data``.
+    apsw; ``kernel.base.config``, ``kernel.base.data``, ``kernel.base.errors``,
+    ``kernel.store.db``.
 """
 
 from __future__ import annotations

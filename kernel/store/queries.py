@@ -18,6 +18,9 @@ Integration Points:
     ``kernel.runtime.claims`` runs them inside the caller's write transaction (the scheduler's
     tick, and a completing worker's fast path). Like procrastinate's ``queries.sql``: one place
     to read what the kernel does to many rows at once.
+
+Dependencies:
+    None (standard library only).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Integration Points:
     classifies failures with these ids; the failure-mode docs are generated from the same YAML.
 
 Dependencies:
-    pydantic, pyyaml, apsw; ``kernel.store.db``.
+    apsw, pydantic, yaml; ``kernel.base.data``, ``kernel.store.db``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ Integration Points:
     ``kernel.runtime.worker``. A new executor (aider, dask) is a new module plus one entry here.
 
 Dependencies:
-    The executor modules of this package.
+    ``kernel.runtime.executors.base``, ``kernel.runtime.executors.local``,
+    ``kernel.runtime.executors.noop``, ``kernel.runtime.executors.pytest``,
+    ``kernel.runtime.executors.ruff``.
 """
 
 from __future__ import annotations

@@ -33,8 +33,9 @@ Integration Points:
     window for the tests that kill a worker there.
 
 Dependencies:
-    ``kernel.runtime.executors.base``, ``kernel.base.processes``, ``kernel.base.faults``,
-    ``kernel.base.files``.
+    ``kernel.base.clock``, ``kernel.base.faults``, ``kernel.base.files``,
+    ``kernel.base.processes``, ``kernel.definitions.commands``,
+    ``kernel.runtime.executors.base``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Integration Points:
     The default executor of ``"type": "pytest"`` tasks.
 
 Dependencies:
-    ``kernel.runtime.executors.local``.
+    ``kernel.runtime.executors.base``, ``kernel.runtime.executors.local``.
 """
 
 from __future__ import annotations
