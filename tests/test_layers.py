@@ -81,8 +81,8 @@ def imports(path: Path, root: Path) -> set[str]:
 def graph(root: Path) -> nx.DiGraph:
     g: nx.DiGraph = nx.DiGraph()
     for path in sorted(root.rglob("*.py")):
-        if "_data" in path.parts:
-            continue
+        if "_data" in path.parts or path.is_relative_to(root / "demo" / "project"):
+            continue  # the example project of `orch demo` is data, not kernel code
         source = module_name(path, root)
         g.add_node(source)
         for target in imports(path, root):

@@ -65,3 +65,36 @@ def test_installed_wheel_inits_an_empty_directory(wheel: Path, tmp_path: Path) -
     assert json.loads(doctor.stdout)["ok"] is True
     events = orch("--json", "events")
     assert events.returncode == 0 and json.loads(events.stdout) == {"events": []}
+
+
+def test_installed_wheel_runs_the_demo_and_its_workers(wheel: Path, tmp_path: Path) -> None:
+    """`orch demo` from the installed wheel: the example project comes from the package's data
+    files, and `orch run` starts its workers as `python -m kernel worker` from the wheel."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+         str(target), str(wheel)],
+        check=True, capture_output=True, timeout=300,
+    )
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "kernel/demo/project/scripts/agent.py" in names
+    assert "kernel/demo/project/gitignore" in names
+    work = tmp_path / "work"
+    work.mkdir()
+    # Not PYTHONSAFEPATH here: the tasks' own scripts import their neighbours (scripts/agent.py).
+    # The current directory is a fresh one, so only the wheel provides `kernel`.
+    env = {**os.environ, "PYTHONPATH": str(target), "DEMO_THINK_SECONDS": "0"}
+    env.pop("PYTHONSAFEPATH", None)
+    script = (
+        "import sys, kernel.demo as d; "
+        "assert str(d.PROJECT_DIR).startswith(sys.argv[1]), d.PROJECT_DIR; "
+        "from kernel.cli import run; sys.exit(run(sys.argv[2:]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(target), "--json", "demo", "--keep",
+                           str(work / "demo")], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is True and doc["workstream_state"] == "completed"
+    assert (work / "demo" / ".gitignore").read_text().startswith("__pycache__/")
+    assert doc["summary"]["ok"] is True

@@ -371,7 +371,13 @@ def with_dependencies(path: Path, root: Path) -> str:
 
 def module_sources(repo: Path) -> dict[Path, str]:
     root = repo / "kernel"
-    return {path: with_dependencies(path, root) for path in sorted(root.rglob("*.py"))}
+    return {path: with_dependencies(path, root) for path in kernel_modules(root)}
+
+
+def kernel_modules(root: Path) -> list[Path]:
+    """The kernel's own modules (not the example project ``orch demo`` ships as data)."""
+    project = root / "demo" / "project"
+    return [p for p in sorted(root.rglob("*.py")) if not p.is_relative_to(project)]
 
 
 def generated_files(repo: Path) -> dict[Path, str]:
