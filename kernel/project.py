@@ -12,7 +12,9 @@ Stability Guarantees:
     database is created: ``.state/`` 0700 and ``kernel.db`` 0600 whatever the umask (when it
     creates them), the database built in a temporary file and linked into place whole.
     ``Project.connect`` never creates one: a missing, empty, damaged or foreign file is
-    refused with ``DatabaseUnavailable`` (exit 3), also by ``init_project`` itself.
+    refused with ``DatabaseUnavailable`` (exit 3), also by ``init_project`` itself, which also
+    refuses to create one beside a leftover non-empty ``kernel.db-wal`` (SQLite would replay
+    it into the new file).
 
 Integration Points:
     Every command resolves its project through ``find_root`` (``--root`` overrides it).
@@ -183,6 +185,19 @@ def init_project(root: Path) -> InitReport:
 def _create_database(project: Project, durability: str) -> bool:
     """Build a new database beside ``kernel.db`` (0600 whatever the umask) and link it into
     place. False when another ``orch init`` linked its own first (then that one is kept)."""
+    for suffix in ("-wal", "-journal"):
+        orphan = Path(f"{project.db_path}{suffix}")
+        if orphan.is_file() and orphan.stat().st_size > 0:
+            # SQLite would replay it into the new file: the old database's pages in a new one.
+            raise DatabaseUnavailable(
+                "database_missing",
+                f"there is no database, but its {orphan.name} is still there: the database "
+                "was deleted or moved without it",
+                file=str(project.db_path),
+                hint=f"put the database back beside {orphan.name}, or restore a backup with "
+                     f"`orch restore BACKUP`; to start afresh, move {orphan.name} away and run "
+                     "`orch init` again",
+            )
     tmp = project.state_dir / f"{DB_NAME}.init-{os.getpid()}.tmp"
     _remove_with_sidecars(tmp)
     try:

@@ -322,6 +322,23 @@ def test_init_never_replaces_an_existing_database(template: Path, tmp_path: Path
     assert fingerprint(project.db_path) == before
 
 
+def test_init_refuses_a_write_ahead_log_without_its_database(template: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    """kernel.db deleted while its -wal still holds commits: a new database would have the old
+    one's pages replayed into it. init refuses; once the -wal is moved away it starts afresh."""
+    project = damaged_copy(template, tmp_path / "p", "missing")
+    wal = Path(f"{project.db_path}-wal")
+    wal.write_bytes(b"\x37\x7f\x06\x82" + bytes(60))
+    assert run_cli("--root", str(project.root), "--json", "init") == 3
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["code"] == "database_missing" and "kernel.db-wal" in error["message"]
+    assert not project.db_path.exists()
+    wal.rename(tmp_path / "kept-wal")
+    assert run_cli("--root", str(project.root), "init") == 0
+    assert project.db_path.stat().st_size > 0
+
+
 # --------------------------------------------------------------------------- db.connect
 
 
