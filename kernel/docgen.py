@@ -134,7 +134,7 @@ def state_machine_markdown(machines: dict[str, MachineDef] | None = None) -> str
 
 def schema_snapshot() -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        conn = db.connect(Path(tmp) / "snapshot.db")
+        conn = db.connect(Path(tmp) / "snapshot.db", create=True)
         try:
             return db.schema_sql(conn)
         finally:
@@ -152,7 +152,9 @@ def cli_reference() -> str:
         "document, errors included: `{\"error\": {\"code\", \"message\", \"file\", \"line\", "
         "\"hint\"}}`.",
         "Exit codes: 0 ok; 1 the work failed or a check failed; 2 usage error; 3 the database is",
-        "locked beyond its timeout, unreadable, or newer than this orch.",
+        "locked beyond its timeout, missing, empty, damaged, not orch's, not accessible, or newer",
+        "than this orch (what each error code means and what to do:",
+        "[operations/RECOVERY.md](operations/RECOVERY.md)).",
         "",
         "## orch",
         "",

@@ -14,7 +14,11 @@ Stability Guarantees:
     to the database except to apply pending migrations, as every command does. A damaged
     database (``integrity_check`` fails, or the file is not a database) is only ever opened
     read-only and never migrated; ``--repair`` then changes nothing and prints the ``orch
-    restore`` command instead. On a sound database ``--repair`` rewrites the ``.state`` views.
+    restore`` command instead. A file ``kernel.db`` refuses before opening it (empty,
+    truncated, not SQLite, not orch's, a schema that does not match its version: see
+    ``kernel.db``) makes plain ``orch doctor`` exit 3 with that error, never a traceback;
+    ``--repair`` reports it as damaged (``db.DAMAGED_CODES``). On a sound database
+    ``--repair`` rewrites the ``.state`` views.
 
 Integration Points:
     ``orch doctor [--repair] [--json]`` exits 1 when any check fails (and with ``--repair``
@@ -41,7 +45,6 @@ import apsw
 
 from kernel import db
 from kernel.backup import (
-    SQLITE_MAGIC,
     inspect_database_file,
     list_backups,
     restore_command,
@@ -280,19 +283,13 @@ def _wal(project: Project) -> Check:
 def _probe(path: Path) -> tuple[list[str], list[Check]]:
     """Open the file read-only, without migrating it, and run integrity_check. Returns the
     result (``["ok"]`` when sound) and the version checks it could read. Raises
-    ``DatabaseUnavailable`` (``database_unreadable``) when the file is not a database at all."""
-    with open(path, "rb") as fh:
-        header = fh.read(len(SQLITE_MAGIC))
-    if header and header != SQLITE_MAGIC:
-        raise DatabaseUnavailable("database_unreadable", f"{path} is not an SQLite database",
-                                  file=str(path), hint=DAMAGED_HINT)
-    if not header:
-        return ["ok"], []  # an empty file: the first connect creates the schema in it
+    ``DatabaseUnavailable`` when ``db.check_file`` refuses the file (empty, not a file, not
+    SQLite, truncated, unreadable) or SQLite cannot open it; nothing is written either way."""
+    db.check_file(path)
     try:
         conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    except apsw.CantOpenError as exc:
-        raise DatabaseUnavailable("database_unreadable", f"cannot open {path}: {exc}",
-                                  file=str(path)) from exc
+    except apsw.Error as exc:
+        raise db.error_for(exc, path) from exc
     try:
         conn.set_busy_timeout(db.DEFAULT_BUSY_TIMEOUT_MS)
         try:
@@ -484,7 +481,7 @@ def repair(project: Project) -> tuple[list[Check], RepairReport]:
     try:
         checks = diagnose(project)
     except DatabaseUnavailable as exc:
-        if exc.code != "database_unreadable":
+        if exc.code not in db.DAMAGED_CODES:
             raise
         checks = [_library(), *_integrity_failed([exc.message])]
     damaged = any(c.name == "integrity_check" and c.status == "fail" for c in checks)

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def fresh_db(tmp_path: Path) -> Iterator[apsw.Connection]:
     """A freshly migrated kernel database (no project files around it)."""
-    conn = db.connect(tmp_path / "kernel.db")
+    conn = db.connect(tmp_path / "kernel.db", create=True)
     yield conn
     conn.close()
 

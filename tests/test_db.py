@@ -29,7 +29,7 @@ def test_pragmas_are_set(fresh_db: apsw.Connection) -> None:
 
 
 def test_full_durability_sets_synchronous_full(tmp_path: Path) -> None:
-    conn = db.connect(tmp_path / "k.db", durability="full")
+    conn = db.connect(tmp_path / "k.db", create=True, durability="full")
     assert conn.pragma("synchronous") == 2  # FULL
     conn.close()
     with pytest.raises(ValueError, match="durability"):
@@ -45,7 +45,7 @@ def test_fresh_migration_reproduces_the_snapshot() -> None:
 def test_reopening_is_idempotent(tmp_path: Path) -> None:
     """A second open migrates nothing and rewrites no machine rows (no new events, same schema)."""
     path = tmp_path / "k.db"
-    first = db.connect(path)
+    first = db.connect(path, create=True)
     schema_before = db.schema_sql(first)
     data_version = first.pragma("data_version")
     first.close()
@@ -58,7 +58,7 @@ def test_reopening_is_idempotent(tmp_path: Path) -> None:
 
 def test_newer_database_is_refused_and_left_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "k.db"
-    db.connect(path).close()
+    db.connect(path, create=True).close()
     newer = db.latest_schema_version() + 1
     with sqlite3.connect(path) as raw:
         raw.execute(f"PRAGMA user_version = {newer}")
@@ -99,7 +99,7 @@ def test_old_sqlite_library_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path
     """The library version is the edge we cannot vary for real; raise the minimum instead."""
     monkeypatch.setattr(db, "MIN_SQLITE_VERSION", (99, 0, 0))
     with pytest.raises(DatabaseUnavailable) as err:
-        db.connect(tmp_path / "k.db")
+        db.connect(tmp_path / "k.db", create=True)
     assert err.value.code == "sqlite_too_old"
     assert "WAL corruption" in err.value.message
     assert not (tmp_path / "k.db").exists()
@@ -112,7 +112,7 @@ def test_the_bundled_sqlite_is_new_enough() -> None:
 def test_write_tx_is_immediate_and_rolls_back(tmp_path: Path) -> None:
     """BEGIN IMMEDIATE takes the write lock at once: a second writer waits, then gives up."""
     path = tmp_path / "k.db"
-    first = db.connect(path)
+    first = db.connect(path, create=True)
     second = db.connect(path, busy_timeout_ms=50)
     with db.write_tx(first):
         first.execute("INSERT INTO workstream (workstream_id) VALUES ('ws')")

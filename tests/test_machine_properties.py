@@ -51,7 +51,7 @@ def migrated_template() -> Path:
     """One freshly migrated database, shared by all examples (each works on a copy)."""
     directory = Path(tempfile.mkdtemp(prefix="orch-sm-template-"))
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    db.connect(directory / "kernel.db").close()
+    db.connect(directory / "kernel.db", create=True).close()
     return directory / "kernel.db"
 
 

@@ -49,7 +49,7 @@ NO_SHELL = "the sqlite3 command-line shell is not on PATH (shutil.which('sqlite3
 def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One freshly migrated database, closed (so its WAL is checkpointed into the file)."""
     path = tmp_path_factory.mktemp("template") / "kernel.db"
-    db.connect(path).close()
+    db.connect(path, create=True).close()
     return path
 
 
@@ -415,7 +415,7 @@ def one_entity_per_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A database (closed, WAL checkpointed) holding, for every machine and every state, the
     entity ``<machine>-<state>`` brought there by a legal path."""
     path = tmp_path_factory.mktemp("states") / "base.db"
-    conn = db.connect(path)
+    conn = db.connect(path, create=True)
     for name, m in MACHINES.items():
         for state in m.state_names:
             reach(conn, name, f"{name}-{state}", state)

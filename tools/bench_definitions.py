@@ -100,7 +100,7 @@ def write_project(root: Path, n_tasks: int, n_edges: int, seed: int, n_ws: int) 
 def fresh_db(project: Project) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{project.db_path}{suffix}").unlink(missing_ok=True)
-    db.connect(project.db_path).close()
+    db.connect(project.db_path, create=True).close()
 
 
 CPU: dict[str, float] = {}  # step -> CPU seconds (this process and its workers) of the best run

@@ -25,7 +25,7 @@ from kernel import db  # noqa: E402
 
 def main(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        conn = db.connect(Path(tmp) / "kernel.db")
+        conn = db.connect(Path(tmp) / "kernel.db", create=True)
         t0 = time.perf_counter()
         with db.write_tx(conn):
             conn.execute("INSERT INTO workstream (workstream_id) VALUES ('ws')")

@@ -77,7 +77,7 @@ def measure(ctx: BenchContext) -> RunResult:
 
 
 def _task_columns(directory: Path) -> list[tuple[str, str]]:
-    conn = db.connect(directory / "kernel.db")
+    conn = db.connect(directory / "kernel.db", create=True)
     try:
         return [(name, ctype or "") for _cid, name, ctype, *_ in
                 conn.execute("PRAGMA table_info(task)")]

@@ -31,7 +31,9 @@ from kernel.project import init_project
 def init_cmd(state: CliState) -> int:
     """Create .state/kernel.db, tasks/, capabilities/ and a commented orch.toml.
 
-    Idempotent: files that exist are kept, never overwritten.
+    Idempotent: files that exist are kept, never overwritten. The only command that creates a
+    database (.state/ 0700, kernel.db 0600); an existing one is migrated as every command
+    does, and an empty, damaged or foreign one is refused (exit 3), never replaced.
     """
     report = init_project(state.root_or_cwd())
 
