@@ -258,7 +258,7 @@ def test_a_missing_database_is_not_created_by_any_command(template: Path,
     assert not project.db_path.exists() and not sidecars(project.db_path)
 
 
-@pytest.mark.parametrize("kind", ["empty", "truncated", "downgraded", "directory"])
+@pytest.mark.parametrize("kind", ["empty", "truncated", "directory"])
 def test_doctor_repair_reports_a_refused_file_as_damaged(template: Path, tmp_path: Path,
                                                          kind: str,
                                                          capsys: pytest.CaptureFixture[str]
@@ -269,6 +269,25 @@ def test_doctor_repair_reports_a_refused_file_as_damaged(template: Path, tmp_pat
     repair = json.loads(capsys.readouterr().out)["repair"]
     assert repair["damaged"] is True and repair["restore"]["summary"]
     assert fingerprint(project.db_path) == before
+
+
+def test_doctor_repair_sets_back_only_a_version_lowered_on_the_shipped_schema(
+        template: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A lowered user_version on the exact shipped schema is set back by --repair; once a
+    table is also gone, the file is damaged and --repair changes nothing."""
+    project = damaged_copy(template, tmp_path / "p", "downgraded")
+    assert run_cli("--root", str(project.root), "--json", "doctor", "--repair") == 0
+    repair = json.loads(capsys.readouterr().out)["repair"]
+    assert repair["schema"]["user_version"] == {"from": 2, "to": db.latest_schema_version()}
+    assert run_cli("--root", str(project.root), "status") == 0
+    capsys.readouterr()
+    other = damaged_copy(template, tmp_path / "q", "downgraded")
+    _sqlite(other.db_path, "DROP TABLE metric_sample")
+    before = fingerprint(other.db_path)
+    assert run_cli("--root", str(other.root), "--json", "doctor", "--repair") == 1
+    repair = json.loads(capsys.readouterr().out)["repair"]
+    assert repair["damaged"] is True and repair["restore"]["summary"]
+    assert fingerprint(other.db_path) == before
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes files whatever their mode")
