@@ -13,7 +13,7 @@ import apsw
 import pytest
 
 from kernel.cli import run
-from kernel.store import db
+from kernel.store import db, schema
 from kernel.store.project import Project, init_project
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def fresh_db(tmp_path: Path) -> Iterator[apsw.Connection]:
     """A freshly migrated kernel database (no project files around it)."""
-    conn = db.connect(tmp_path / "kernel.db")
+    conn = schema.connect(tmp_path / "kernel.db", create=True)
     yield conn
     conn.close()
 

@@ -19,7 +19,7 @@ import yaml
 
 from kernel.base import clock
 from kernel.observe import audit
-from kernel.store import db
+from kernel.store import db, schema
 from kernel.store.project import init_project
 from tests.conftest import orch
 
@@ -154,7 +154,7 @@ def stop(proc: subprocess.Popen[str], timeout: float = 15) -> tuple[int, str, st
 
 
 def connect(root: Path) -> Any:
-    return db.connect(root / ".state" / "kernel.db", readonly=True)
+    return schema.connect(root / ".state" / "kernel.db", readonly=True)
 
 
 def query(root: Path, sql: str, params: Any = ()) -> list[dict[str, Any]]:

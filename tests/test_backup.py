@@ -35,7 +35,7 @@ import pathlib, sys, time
 from kernel.store import db
 from kernel.store.machines import transition
 
-conn = db.connect(sys.argv[1])
+conn = schema.connect(sys.argv[1])
 stop = pathlib.Path(sys.argv[2])
 i = 0
 while not stop.exists():

@@ -9,7 +9,7 @@ import apsw
 import pytest
 
 from kernel.base.errors import DatabaseUnavailable
-from kernel.store import db
+from kernel.store import db, schema
 from tools.docgen import schema_snapshot
 
 from .conftest import logical_dump
@@ -29,11 +29,11 @@ def test_pragmas_are_set(fresh_db: apsw.Connection) -> None:
 
 
 def test_full_durability_sets_synchronous_full(tmp_path: Path) -> None:
-    conn = db.connect(tmp_path / "k.db", durability="full")
+    conn = schema.connect(tmp_path / "k.db", create=True, durability="full")
     assert conn.pragma("synchronous") == 2  # FULL
     conn.close()
     with pytest.raises(ValueError, match="durability"):
-        db.connect(tmp_path / "k.db", durability="fast")
+        schema.connect(tmp_path / "k.db", durability="fast")
 
 
 def test_fresh_migration_reproduces_the_snapshot() -> None:
@@ -45,11 +45,11 @@ def test_fresh_migration_reproduces_the_snapshot() -> None:
 def test_reopening_is_idempotent(tmp_path: Path) -> None:
     """A second open migrates nothing and rewrites no machine rows (no new events, same schema)."""
     path = tmp_path / "k.db"
-    first = db.connect(path)
+    first = schema.connect(path, create=True)
     schema_before = db.schema_sql(first)
     data_version = first.pragma("data_version")
     first.close()
-    second = db.connect(path)
+    second = schema.connect(path)
     assert db.schema_sql(second) == schema_before
     assert second.execute("SELECT COUNT(*) FROM event").fetchone()[0] == 0
     assert second.pragma("data_version") == data_version
@@ -58,19 +58,19 @@ def test_reopening_is_idempotent(tmp_path: Path) -> None:
 
 def test_newer_database_is_refused_and_left_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "k.db"
-    db.connect(path).close()
+    schema.connect(path, create=True).close()
     newer = db.latest_schema_version() + 1
     with sqlite3.connect(path) as raw:
         raw.execute(f"PRAGMA user_version = {newer}")
     before = logical_dump(path)
     with pytest.raises(DatabaseUnavailable) as err:
-        db.connect(path)
+        schema.connect(path)
     assert err.value.code == "schema_too_new"
     assert err.value.exit_code == 3
     assert f"schema version {newer}" in err.value.message
     assert "upgrade orch" in (err.value.hint or "")
     with pytest.raises(DatabaseUnavailable):
-        db.connect(path, readonly=True)
+        schema.connect(path, readonly=True)
     assert logical_dump(path) == before
 
 
@@ -79,19 +79,19 @@ def test_foreign_database_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(path) as raw:
         raw.execute("CREATE TABLE notes (body TEXT)")
     with pytest.raises(DatabaseUnavailable) as err:
-        db.connect(path)
+        schema.connect(path)
     assert err.value.code == "not_an_orch_database"
     with sqlite3.connect(path) as raw:
         raw.execute("PRAGMA application_id = 42")
     with pytest.raises(DatabaseUnavailable, match="another application"):
-        db.connect(path)
+        schema.connect(path)
 
 
 def test_garbage_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "k.db"
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(DatabaseUnavailable) as err:
-        db.connect(path)
+        schema.connect(path)
     assert err.value.code == "database_unreadable"
 
 
@@ -99,7 +99,7 @@ def test_old_sqlite_library_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path
     """The library version is the edge we cannot vary for real; raise the minimum instead."""
     monkeypatch.setattr(db, "MIN_SQLITE_VERSION", (99, 0, 0))
     with pytest.raises(DatabaseUnavailable) as err:
-        db.connect(tmp_path / "k.db")
+        schema.connect(tmp_path / "k.db", create=True)
     assert err.value.code == "sqlite_too_old"
     assert "WAL corruption" in err.value.message
     assert not (tmp_path / "k.db").exists()
@@ -112,8 +112,8 @@ def test_the_bundled_sqlite_is_new_enough() -> None:
 def test_write_tx_is_immediate_and_rolls_back(tmp_path: Path) -> None:
     """BEGIN IMMEDIATE takes the write lock at once: a second writer waits, then gives up."""
     path = tmp_path / "k.db"
-    first = db.connect(path)
-    second = db.connect(path, busy_timeout_ms=50)
+    first = schema.connect(path, create=True)
+    second = schema.connect(path, busy_timeout_ms=50)
     with db.write_tx(first):
         first.execute("INSERT INTO workstream (workstream_id) VALUES ('ws')")
         with pytest.raises(apsw.BusyError):

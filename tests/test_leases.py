@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from kernel.base.clock import iso
 from kernel.runtime import leases
-from kernel.store import db
+from kernel.store import db, schema
 
 T0 = 1_800_000_000.0
 
@@ -144,7 +144,7 @@ def test_leaving_running_releases_the_tasks_leases(conn: apsw.Connection) -> Non
 
 def test_the_guards_hold_for_a_python_sqlite3_client(tmp_path: Path) -> None:
     path = tmp_path / "kernel.db"
-    conn = db.connect(path)
+    conn = schema.connect(path, create=True)
     _setup(conn)
     _lease(conn, "t0", "x")
     conn.close()
@@ -164,7 +164,7 @@ def test_the_guards_hold_for_a_python_sqlite3_client(tmp_path: Path) -> None:
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 3), st.booleans()), max_size=30))
 def test_random_pool_traffic_never_oversubscribes(tmp_path_factory: pytest.TempPathFactory,
                                                   ops: list[tuple[int, int, bool]]) -> None:
-    conn = db.connect(tmp_path_factory.mktemp("pool") / "kernel.db")
+    conn = schema.connect(tmp_path_factory.mktemp("pool") / "kernel.db", create=True)
     _setup(conn)
     try:
         for task, amount, release in ops:

@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 )
 
 from kernel.base.errors import IllegalTransition
-from kernel.store import db
+from kernel.store import db, schema
 from kernel.store.machines import ENTITY, TransitionDef, load_machines, transition
 
 MACHINES = load_machines()
@@ -51,7 +51,7 @@ def migrated_template() -> Path:
     """One freshly migrated database, shared by all examples (each works on a copy)."""
     directory = Path(tempfile.mkdtemp(prefix="orch-sm-template-"))
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    db.connect(directory / "kernel.db").close()
+    schema.connect(directory / "kernel.db", create=True).close()
     return directory / "kernel.db"
 
 
@@ -79,7 +79,7 @@ class TransitionMachine(RuleBasedStateMachine):
         self.directory = Path(tempfile.mkdtemp(prefix="orch-sm-"))
         shutil.copyfile(migrated_template(), self.directory / "kernel.db")
         # The copy's machine tables are in sync with the YAML: skip re-reading it.
-        self.conn = db.connect(self.directory / "kernel.db", migrate=False)
+        self.conn = db.open_connection(self.directory / "kernel.db")
         self.state: dict[tuple[str, str], str] = {}
         self.deps: dict[str, tuple[str, ...]] = {}
         self.max_retries: dict[str, int] = {}

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_pro
 
 from kernel.base import clock
 from kernel.observe import metrics as m
-from kernel.store import db
+from kernel.store import db, schema
 from kernel.store.machines import load_machines, transition
 from kernel.store.project import Project
 from tests.conftest import REPO, orch, orch_json, run_cli
@@ -112,7 +112,7 @@ def test_metrics_json_is_written_valid_and_matches_the_printed_document(
 def test_metrics_json_counts_equal_the_tables(ran: dict[str, Any]) -> None:
     root: Path = ran["root"]
     doc = ran["doc"]
-    conn = db.connect(root / ".state" / "kernel.db", readonly=True)
+    conn = schema.connect(root / ".state" / "kernel.db", readonly=True)
     try:
         tasks, workers, ws = (_by_state(conn, t) for t in ("task", "worker", "workstream"))
         attempts = db.rows(conn, "SELECT * FROM attempt")
@@ -169,7 +169,7 @@ def test_the_prometheus_endpoint_serves_the_database_and_stops_on_ctrl_c(
             proc.kill()
             proc.wait()
     samples = _samples(parse_prometheus(text))
-    conn = db.connect(root / ".state" / "kernel.db", readonly=True)
+    conn = schema.connect(root / ".state" / "kernel.db", readonly=True)
     try:
         tasks, workers = _by_state(conn, "task"), _by_state(conn, "worker")
         n_events = db.scalar(conn, "SELECT COUNT(*) FROM event")

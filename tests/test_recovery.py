@@ -14,7 +14,7 @@ from typing import Any
 
 from kernel.base import clock
 from kernel.runtime import claims
-from kernel.store import db
+from kernel.store import db, schema
 from tests.e2e import (
     events,
     first,
@@ -100,7 +100,7 @@ def test_a_killed_worker_hands_its_task_on_and_its_late_result_is_rejected(
     before_task = query(root, "SELECT * FROM task")
     before_attempts = query(root, "SELECT * FROM attempt ORDER BY attempt_no")
     last_seq = evs[-1]["seq"]
-    conn = db.connect(root / ".state" / "kernel.db")
+    conn = schema.connect(root / ".state" / "kernel.db")
     try:
         old = _claim_of(root, lost)
         for outcome, code in (("succeeded", 0), ("failed", 1)):
@@ -128,7 +128,7 @@ def test_a_frozen_worker_is_declared_unresponsive_and_its_task_handed_on(
     try:
         # Frozen: alive, but no more heartbeats. Stopped while the test holds the write lock,
         # so it cannot be frozen half-way through a write transaction of its own.
-        conn = db.connect(root / ".state" / "kernel.db")
+        conn = schema.connect(root / ".state" / "kernel.db")
         try:
             with db.write_tx(conn):
                 os.kill(lost["worker_pid"], signal.SIGSTOP)

@@ -25,7 +25,7 @@ import apsw
 import pytest
 
 from kernel.base.errors import IllegalTransition
-from kernel.store import db
+from kernel.store import db, schema
 from kernel.store.machines import (
     ENTITY,
     MachineDef,
@@ -50,18 +50,18 @@ NO_SHELL = "the sqlite3 command-line shell is not on PATH (shutil.which('sqlite3
 def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One freshly migrated database, closed (so its WAL is checkpointed into the file)."""
     path = tmp_path_factory.mktemp("template") / "kernel.db"
-    db.connect(path).close()
+    schema.connect(path, create=True).close()
     return path
 
 
 @pytest.fixture
 def fresh_db(migrated_template: Path, tmp_path: Path) -> Iterator[apsw.Connection]:
     """conftest's fresh_db, made cheaper: a copy of the migrated template opened with the
-    kernel's pragmas. ``migrate=False`` only skips re-parsing the YAML, which is already in
-    sync (the same source_sha256), so the connection is what ``db.connect`` would give."""
+    kernel's pragmas. ``db.open_connection`` only skips re-parsing the YAML, which is already in
+    sync (the same source_sha256), so the connection is what ``schema.connect`` would give."""
     path = tmp_path / "kernel.db"
     shutil.copyfile(migrated_template, path)
-    conn = db.connect(path, migrate=False)
+    conn = db.open_connection(path)
     yield conn
     conn.close()
 
@@ -349,7 +349,7 @@ class ApswClient:
     """The kernel's own path: ``transition()`` on an apsw connection."""
 
     def __init__(self, path: Path) -> None:
-        self.conn = db.connect(path)
+        self.conn = schema.connect(path)
 
     def snapshot(self, machine: str, entity_id: str) -> Snapshot:
         return Snapshot(*self.conn.execute(snapshot_sql(machine), (entity_id,)).fetchone())
@@ -416,7 +416,7 @@ def one_entity_per_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A database (closed, WAL checkpointed) holding, for every machine and every state, the
     entity ``<machine>-<state>`` brought there by a legal path."""
     path = tmp_path_factory.mktemp("states") / "base.db"
-    conn = db.connect(path)
+    conn = schema.connect(path, create=True)
     for name, m in MACHINES.items():
         for state in m.state_names:
             reach(conn, name, f"{name}-{state}", state)

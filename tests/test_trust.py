@@ -16,7 +16,7 @@ import pytest
 
 from kernel.runtime.executors.base import ExecutionRequest
 from kernel.runtime.executors.local import SubprocessExecutor
-from kernel.store import db
+from kernel.store import db, schema
 from tests.conftest import orch
 from tests.e2e import (
     ORCH,
@@ -485,7 +485,7 @@ def test_a_cancelled_workstream_is_archived(tmp_path: Path) -> None:
 def test_workstream_timeout_cancels_with_its_own_trigger(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p", [task("slow", command=py("import time; time.sleep(60)"),
                                               timeout=120)])
-    conn = db.connect(root / ".state" / "kernel.db")
+    conn = schema.connect(root / ".state" / "kernel.db")
     with db.write_tx(conn):
         conn.execute("UPDATE workstream SET max_duration_seconds = 1")
     conn.close()

@@ -18,7 +18,7 @@ from kernel.base.clock import iso
 from kernel.base.config import Config, WorkersConfig
 from kernel.observe import exports
 from kernel.runtime import claims, scheduler
-from kernel.store import db
+from kernel.store import db, schema
 from kernel.store.project import Project
 from tests.conftest import REPO, orch
 from tests.e2e import make_project, run, task
@@ -201,7 +201,7 @@ from kernel.store import db
 def die(*args, **kwargs):
     os._exit(9)
 exports._append_events = die
-conn = db.connect(sys.argv[1], readonly=True)
+conn = schema.connect(sys.argv[1], readonly=True)
 exports.export(conn, Path(sys.argv[2]))
 """
 
@@ -240,7 +240,7 @@ def test_concurrent_exports_do_not_duplicate_events(conn: apsw.Connection,
     errors: list[BaseException] = []
 
     def export_once() -> None:
-        c = db.connect(project.db_path, readonly=True)
+        c = schema.connect(project.db_path, readonly=True)
         try:
             exports.export(c, project.state_dir)
         except BaseException as exc:   # pragma: no cover - reported below
@@ -286,7 +286,7 @@ def test_a_real_run_and_an_operator_command_keep_the_views_current(tmp_path: Pat
     proc = run(root, workers=2)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     state = root / ".state"
-    conn = db.connect(state / "kernel.db", readonly=True)
+    conn = schema.connect(state / "kernel.db", readonly=True)
     try:
         current = _check_agrees(conn, state)
         assert current["counts"] == {"completed": 2, "failed": 1, "pending": 1}
@@ -316,7 +316,7 @@ def test_orch_export_rebuilds_deleted_views(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["tasks"] == 2 and report["events_appended"] == report["last_event_seq"]
-    conn = db.connect(state / "kernel.db", readonly=True)
+    conn = schema.connect(state / "kernel.db", readonly=True)
     try:
         _check_agrees(conn, state)
     finally:

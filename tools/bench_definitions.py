@@ -59,7 +59,7 @@ except ModuleNotFoundError:  # run from a checkout without installing
 from kernel.definitions.check import collect, validate
 from kernel.definitions.load import load
 from kernel.planning.dag import generate_layered_dag
-from kernel.store import db
+from kernel.store import db, schema
 from kernel.store.project import Project, init_project
 
 LIMIT_SECONDS = 5.0  # validate + load
@@ -103,7 +103,7 @@ def write_project(root: Path, n_tasks: int, n_edges: int, seed: int, n_ws: int) 
 def fresh_db(project: Project) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{project.db_path}{suffix}").unlink(missing_ok=True)
-    db.connect(project.db_path).close()
+    schema.connect(project.db_path, create=True).close()
 
 
 CPU: dict[str, float] = {}  # step -> CPU seconds (this process and its workers) of the best run

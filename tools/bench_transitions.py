@@ -20,12 +20,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kernel.store import db  # noqa: E402
+from kernel.store import db, schema  # noqa: E402
 
 
 def main(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        conn = db.connect(Path(tmp) / "kernel.db")
+        conn = schema.connect(Path(tmp) / "kernel.db", create=True)
         t0 = time.perf_counter()
         with db.write_tx(conn):
             conn.execute("INSERT INTO workstream (workstream_id) VALUES ('ws')")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import click
 
-from kernel.store import db
+from kernel.store import db, schema
 from kernel.store.machines import MachineDef, load_machines
 
 GENERATED_NOTICE = (
@@ -137,7 +137,7 @@ def state_machine_markdown(machines: dict[str, MachineDef] | None = None) -> str
 
 def schema_snapshot() -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        conn = db.connect(Path(tmp) / "snapshot.db")
+        conn = schema.connect(Path(tmp) / "snapshot.db", create=True)
         try:
             return db.schema_sql(conn)
         finally:
@@ -155,7 +155,9 @@ def cli_reference() -> str:
         "document, errors included: `{\"error\": {\"code\", \"message\", \"file\", \"line\", "
         "\"hint\"}}`.",
         "Exit codes: 0 ok; 1 the work failed or a check failed; 2 usage error; 3 the database is",
-        "locked beyond its timeout, unreadable, or newer than this orch.",
+        "locked beyond its timeout, missing, empty, damaged, not orch's, not accessible, or newer",
+        "than this orch (what each error code means and what to do:",
+        "[operations/RECOVERY.md](operations/RECOVERY.md)).",
         "",
         "## orch",
         "",
@@ -179,15 +181,27 @@ def cli_reference() -> str:
 
 
 def doctor_reference() -> str:
-    from kernel.maintain.doctor import INVARIANT_QUERIES, REPAIR_DOC
+    from kernel.maintain.doctor import (
+        CHECK_DOCS,
+        INVARIANT_HINTS,
+        INVARIANT_QUERIES,
+        REPAIR_DOC,
+    )
+
+    generic = ("State-Corruption: find what wrote around the triggers (see "
+               "`schema_matches_shipped`), then restore a backup (`orch doctor --repair` names "
+               "the newest and what restoring it would lose)")
 
     lines = [
-        GENERATED_NOTICE.format(source="kernel/maintain/doctor.py"),
+        GENERATED_NOTICE.format(
+            source="kernel/maintain/doctor.py and kernel/maintain/doctor_checks.py"),
         "# orch doctor",
         "",
         "`orch doctor` checks that the database is sound and current and that it keeps its",
         "invariants. It exits 1 when any check fails. `--json` lists every check with its status",
-        "(`ok`, `warn` or `fail`), a detail, a hint, and up to 20 offending rows.",
+        "(`ok`, `warn` or `fail`), a detail, a hint, and up to 20 offending rows. Every check",
+        "runs guarded: one that cannot run (a dropped table, a view that no longer compiles)",
+        "fails with the reason (`could not run: ...`) and the others still run.",
         "",
         "It checks:",
         "",
@@ -199,18 +213,25 @@ def doctor_reference() -> str:
         "- `transition_table_matches_yaml`: nobody has edited `machine_transition` away from",
         "  `docs/state_machines/*.yaml`.",
         "- `wal_size`: the write-ahead log is small; it warns above 128 MiB.",
+    ]
+    for name, (meaning, todo) in CHECK_DOCS.items():
+        lines.append(f"- `{name}`: {meaning} What to do: {todo}")
+    lines += [
         "- `invariant:*`: the queries below. Each returns the rows that break the invariant, so",
         "  an empty result means the check passes. You can paste any of them into",
         "  `sqlite3 .state/kernel.db`.",
         "",
         "The triggers already prevent most of these violations. The queries still matter: a",
-        "client can switch CHECK constraints off (`PRAGMA ignore_check_constraints`), and a",
-        "database can be restored from an old backup or damaged on disk.",
+        "client can switch CHECK constraints off (`PRAGMA ignore_check_constraints`), drop a",
+        "trigger or write around it (the lease guards check only `INSERT`), and a database can",
+        "be restored from an old backup or damaged on disk. A routine operator action (a cancel,",
+        "a retry, a rotation) never makes a check fail.",
         "",
     ]
     for name, (sql, meaning) in INVARIANT_QUERIES.items():
-        lines += [f"## {name}", "", meaning[0].upper() + meaning[1:] + ".", "", "```sql",
-                  sql, "```", ""]
+        lines += [f"## {name}", "", meaning[0].upper() + meaning[1:] + ".", "",
+                  "What to do: " + INVARIANT_HINTS.get(name, generic) + ".", "",
+                  "```sql", sql, "```", ""]
     lines += [REPAIR_DOC.rstrip(), ""]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -30,7 +30,7 @@ Integration Points:
 
 Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.bench``, ``kernel.bench.harness``,
-    ``kernel.bench.huey``, ``kernel.bench.shim``, ``kernel.store.db``.
+    ``kernel.bench.huey``, ``kernel.bench.shim``, ``kernel.store.db``, ``kernel.store.schema``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from kernel.base import clock
 from kernel.bench import BenchContext, Figure, at_least, at_most, figure, unavailable
 from kernel.bench.harness import RunResult, noop_project, orch_run, shim_env
 from kernel.bench.shim import read_tx_log
-from kernel.store import db
+from kernel.store import db, schema
 
 NAME = "noop-throughput"
 #: Write transactions per task when the run's own count is missing. kernel.runtime.claims: a worker
@@ -78,7 +78,7 @@ def measure(ctx: BenchContext) -> RunResult:
 
 
 def _task_columns(directory: Path) -> list[tuple[str, str]]:
-    conn = db.connect(directory / "kernel.db")
+    conn = schema.connect(directory / "kernel.db", create=True)
     try:
         return [(name, ctype or "") for _cid, name, ctype, *_ in
                 conn.execute("PRAGMA table_info(task)")]

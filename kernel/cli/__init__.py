@@ -8,8 +8,10 @@ Public API:
 Stability Guarantees:
     Command names, options, ``--json`` output shapes and exit codes are a contract (DESIGN.md):
     0 ok, 1 the work or a check failed, 2 usage error, 3 the database is locked beyond its
-    timeout, unreadable or too new. Every command takes ``--json`` (before or after the command
-    name) and then prints exactly one JSON document on stdout, errors included as
+    timeout, missing, empty, damaged, not orch's, not accessible or too new (any SQLite error
+    that reaches ``run`` is one of these, via ``kernel.db.error_for``: never a traceback).
+    Every command takes ``--json`` (before or after the command name) and then prints exactly
+    one JSON document on stdout, errors included as
     ``{"error": {"code", "message", "file", "line", "hint"}}``.
 
 Integration Points:
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import apsw
 import click
@@ -35,7 +38,7 @@ import click
 from kernel import __version__
 from kernel.base.errors import EXIT_FAILED, EXIT_USAGE, OrchError
 from kernel.cli.common import CliState, emit_error
-from kernel.store.db import locked_error
+from kernel.store.db import error_for
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,7 +53,8 @@ from kernel.store.db import locked_error
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, json_: bool) -> None:
     """orch: run AI coding-agent work as a DAG of tasks, with all state in one SQLite file."""
-    ctx.obj = CliState(root=root, json=json_)
+    state = ctx.ensure_object(CliState)  # run() passes its own, to name the file on errors
+    state.root, state.json = root, json_
 
 
 def _register() -> None:
@@ -82,8 +86,9 @@ _register()
 def run(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     want_json = "--json" in args
+    state = CliState()
     try:
-        result = cli.main(args=args, prog_name="orch", standalone_mode=False)
+        result = cli.main(args=args, prog_name="orch", standalone_mode=False, obj=state)
     except click.exceptions.NoArgsIsHelpError as exc:  # `orch` alone: help, not an error
         click.echo(exc.ctx.get_help() if exc.ctx else "")
         return 0
@@ -101,8 +106,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     except OrchError as exc:
         emit_error(exc, want_json)
         return exc.exit_code
-    except apsw.BusyError:
-        err = locked_error(".state/kernel.db")
+    except apsw.Error as exc:
+        # Whatever command met it (a damaged page read by `orch status`, a full disk...): an
+        # exit-3 error naming the file, never a traceback.
+        err = error_for(exc, state.db_path or Path(".state/kernel.db"))
         emit_error(err, want_json)
         return err.exit_code
     except BrokenPipeError:

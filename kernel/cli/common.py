@@ -1,7 +1,8 @@
 """Shared plumbing of the ``orch`` commands: the ``--json`` switch, output and errors.
 
 Public API:
-    ``CliState``; ``command(name, **kw)`` (a ``click.command`` that also takes ``--json`` and
+    ``CliState`` (``root``, ``json``, ``db_path``: the database of the project last resolved by
+    ``project()``); ``command(name, **kw)`` (a ``click.command`` that also takes ``--json`` and
     passes a ``CliState`` as ``state``); ``emit(state, data, text)``; ``emit_error(err, json)``.
 
 Stability Guarantees:
@@ -33,9 +34,14 @@ from kernel.store.project import Project, find_root
 class CliState:
     root: str | None = None
     json: bool = False
+    # The database of the last project a command resolved: an SQLite error that reaches
+    # ``kernel.cli.run`` names this file.
+    db_path: Path | None = None
 
     def project(self) -> Project:
-        return Project(Path(self.root).resolve() if self.root else find_root())
+        project = Project(Path(self.root).resolve() if self.root else find_root())
+        self.db_path = project.db_path
+        return project
 
     def root_or_cwd(self) -> Path:
         """For `orch init`: --root, else the current directory (never a parent project)."""

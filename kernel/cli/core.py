@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kernel.base.errors import EXIT_FAILED, EXIT_OK
@@ -33,7 +34,9 @@ from kernel.store.project import init_project
 def init_cmd(state: CliState) -> int:
     """Create .state/kernel.db, tasks/, capabilities/ and a commented orch.toml.
 
-    Idempotent: files that exist are kept, never overwritten.
+    Idempotent: files that exist are kept, never overwritten. The only command that creates a
+    database (.state/ 0700, kernel.db 0600); an existing one is migrated as every command
+    does, and an empty, damaged or foreign one is refused (exit 3), never replaced.
     """
     report = init_project(state.root_or_cwd())
 
@@ -60,14 +63,16 @@ _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
 
 @command("doctor")
 @click.option("--repair", is_flag=True,
-              help="Also rewrite the .state views from the database; on a damaged database "
-                   "change nothing and name the backup to restore and what it would lose.")
+              help="Also recreate lost or altered views, triggers and indexes from the shipped "
+                   "schema and rewrite the .state views; on a damaged database change nothing "
+                   "and name the backup to restore and what it would lose.")
 def doctor_cmd(state: CliState, repair: bool) -> int:
-    """Check integrity, schema and library versions, invariants (as SQL queries) and WAL size.
+    """Check integrity, versions, the schema, invariants (as SQL queries), the log and the WAL.
 
-    With --repair, rebuild the .state views of a sound database; for a damaged one (never
-    modified), print what restoring the newest backup in .state/backups/ would lose (compared
-    with .state/transitions.jsonl) and the exact `orch restore` command.
+    With --repair, on a sound database recreate missing or altered views, triggers and indexes
+    from the shipped schema (tables are never touched) and rebuild the .state views; for a
+    damaged one (never modified), print what restoring the newest backup in .state/backups/
+    would lose (compared with .state/transitions.jsonl) and the exact `orch restore` command.
     """
     project = state.project()
     if repair:
@@ -112,10 +117,35 @@ def _print_repair(console: Console, fixed: kdoctor.RepairReport) -> None:
         console.print(f"  {plan['summary']}", soft_wrap=True, markup=False)
         if plan["command"]:
             console.print(f"\n  {plan['command']}\n", soft_wrap=True, markup=False)
-    elif fixed.views_error:
+        return
+    if fixed.schema is not None:
+        _print_schema_repair(console, fixed.schema)
+    if fixed.views_error:
         console.print(f"  [bold red]views not rebuilt[/]: {fixed.views_error}", soft_wrap=True)
     else:
         console.print("  the .state views were rebuilt from the database", soft_wrap=True)
+
+
+def _print_schema_repair(console: Console, schema: dict[str, Any]) -> None:
+    if schema.get("error"):
+        console.print(f"  [bold red]schema not repaired[/]: {escape(schema['error'])}",
+                      soft_wrap=True)
+    for name in schema["recreated"]:
+        console.print(f"  recreated {name} from the shipped schema", soft_wrap=True,
+                      markup=False)
+    for bad in schema["failed"]:
+        console.print(f"  [bold red]could not recreate[/] {bad['type']} {bad['name']}: "
+                      f"{escape(bad['error'])}", soft_wrap=True)
+    for left in schema["not_repaired"]:
+        console.print(f"  left alone: {left['type']} {left['name']}: {left['why']}",
+                      soft_wrap=True, markup=False)
+    if schema["user_version"]:
+        console.print(f"  user_version set back from {schema['user_version']['from']} to "
+                      f"{schema['user_version']['to']}: the schema matches this orch's",
+                      soft_wrap=True)
+    if not any(schema[k] for k in ("recreated", "failed", "not_repaired", "user_version")) \
+            and not schema.get("error"):
+        console.print("  the schema needed no change", soft_wrap=True)
 
 
 COMMANDS = [init_cmd, doctor_cmd]

@@ -44,7 +44,7 @@ Dependencies:
     apsw, networkx; ``kernel.base.config``, ``kernel.base.documents``,
     ``kernel.definitions.models``, ``kernel.definitions.registries``,
     ``kernel.definitions.taskfiles``, ``kernel.planning.dag``, ``kernel.store.db``,
-    ``kernel.store.project``.
+    ``kernel.store.project``, ``kernel.store.schema``.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ from kernel.definitions.taskfiles import (
     parse_workstream,
 )
 from kernel.planning.dag import find_cycle, gc_paused
-from kernel.store import db
+from kernel.store import db, schema
 from kernel.store.project import Project
 
 __all__ = [
@@ -452,7 +452,7 @@ def read_existing(conn: apsw.Connection, defs: Definitions) -> Existing:
 
 def _read_existing_for_validate(project: Project, defs: Definitions) -> Existing:
     # With a broken orch.toml (reported as problems) the database settings are the defaults.
-    conn = (db.connect(project.db_path, readonly=True) if defs.config_invalid
+    conn = (schema.connect(project.db_path, readonly=True) if defs.config_invalid
             else project.connect(readonly=True))
     try:
         with db.read_tx(conn):

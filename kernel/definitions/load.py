@@ -21,7 +21,10 @@ Stability Guarantees:
     ``all_tasks_created``). v1 task files are migrated in memory (counted in the report).
     New and changed tasks are written a batch of rows per statement; the rows and the events
     (content and order: task_id order, gapless seq) are the same as with one statement per
-    task, and the triggers still fire for every row.
+    task, and the triggers still fire for every row. A missing, empty, damaged or foreign
+    database is refused (``DatabaseUnavailable``, exit 3) before anything is written: the file
+    is checked before the definitions are parsed, and ``PRAGMA quick_check`` runs before the
+    write transaction.
 
 Integration Points:
     ``orch load`` (kernel.cli.definitions). Writes ``capability``, ``resource``,
@@ -169,10 +172,11 @@ def load(project: Project, paths: Sequence[str | os.PathLike[str]] | None = None
     the writes share one ``BEGIN IMMEDIATE`` transaction.
     """
     project.require_db()
+    db.check_file(project.db_path)  # an empty or damaged file: refused before the slow parse
     defs = collect(project, paths, workers=workers)
     if defs.config_invalid:  # orch.toml must be fixed first; nothing is opened for writing
         raise LoadError(_sorted(defs.problems))
-    conn = project.connect()
+    conn = project.connect(verify=True)  # a damaged file is refused before the write
     try:
         return load_definitions(conn, defs, now=now)
     finally:

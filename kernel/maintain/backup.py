@@ -37,7 +37,8 @@ Integration Points:
 
 Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.files``,
-    ``kernel.runtime.executors.local``, ``kernel.store.db``, ``kernel.store.project``.
+    ``kernel.runtime.executors.local``, ``kernel.store.db``, ``kernel.store.project``,
+    ``kernel.store.schema``.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ import apsw
 from kernel.base import clock
 from kernel.base.errors import OrchError, UsageError
 from kernel.base.files import fsync_path, make_private, open_private, private_dir
-from kernel.store import db
+from kernel.store import db, schema
 from kernel.store.project import Project
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -264,7 +265,7 @@ def backup(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     _remove_with_sidecars(tmp)
-    src = db.connect(source, readonly=True)
+    src = schema.connect(source, readonly=True)
     try:
         try:
             _create_private(tmp)

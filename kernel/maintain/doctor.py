@@ -3,18 +3,32 @@
 Public API:
     ``diagnose(project) -> list[Check]``; ``doctor_report(project) -> dict`` (what
     ``orch doctor --json`` prints); ``repair(project) -> (list[Check], RepairReport)`` (``orch
-    doctor --repair``); ``restore_plan(project) -> dict`` (the newest usable backup and what
-    restoring it would lose); ``rebuild_views(project) -> dict``; ``Check(name, status, detail,
-    hint)`` with status ``ok`` | ``warn`` | ``fail``; ``INVARIANT_QUERIES`` (name -> (SQL
-    returning offending rows, what it means)); ``REPAIR_DOC`` (the ``--repair`` section of
-    docs/operations/DOCTOR.md).
+    doctor --repair``); ``repair_schema_of(project) -> dict`` (the schema part of the
+    repair); ``restore_plan(project) -> dict`` (the newest usable backup and what restoring it
+    would lose); ``rebuild_views(project) -> dict``; ``Check(name, status, detail, hint,
+    rows)`` with status ``ok`` | ``warn`` | ``fail``; ``INVARIANT_QUERIES`` (name -> (SQL
+    returning offending rows, what it means), the lease and fencing ones from
+    ``kernel.maintain.doctor_checks.ENFORCEMENT_QUERIES``); ``INVARIANT_HINTS`` (name -> what to do,
+    when it is not the generic ``STATE_CORRUPTION_HINT``); ``CHECK_DOCS``; ``REPAIR_DOC``
+    (the ``--repair`` section of docs/operations/DOCTOR.md).
 
 Stability Guarantees:
-    Check names are stable (scripts may grep them); checks are only added. Doctor never writes
-    to the database except to apply pending migrations, as every command does. A damaged
-    database (``integrity_check`` fails, or the file is not a database) is only ever opened
-    read-only and never migrated; ``--repair`` then changes nothing and prints the ``orch
-    restore`` command instead. On a sound database ``--repair`` rewrites the ``.state`` views.
+    Check names are stable (scripts may grep them); checks are only added. Every check runs
+    guarded: one that cannot run (a dropped table, a migration that does not apply) fails with
+    the reason and the others still run; doctor never ends in a traceback on a sound file.
+    When the database cannot be migrated, it is checked read-only as it is
+    (``migrations_apply`` fails). A routine operator action (cancel, retry, skip, rotation)
+    never makes a check fail: ``log_agrees_with_tables`` compares each entity with its last
+    *transition* event. Plain ``orch doctor`` never writes to the database except to apply
+    pending migrations, as every command does. A damaged database (``integrity_check``
+    fails, or the file is not a database) is only ever opened read-only and never migrated;
+    ``--repair`` then changes nothing and prints the ``orch restore`` command instead. A file
+    ``kernel.db`` refuses before opening it (empty, truncated, not SQLite, not orch's, a schema
+    that does not match its version: see ``kernel.db``) makes plain ``orch doctor`` exit 3 with
+    that error, never a traceback; ``--repair`` reports it as damaged (``db.DAMAGED_CODES``).
+    On a sound database ``--repair`` recreates missing or altered views, triggers and indexes
+    from the shipped schema (never a table, never a row), sets a hand-lowered ``user_version``
+    back when the schema matches, and rewrites the ``.state`` views.
 
 Integration Points:
     ``orch doctor [--repair] [--json]`` exits 1 when any check fails (and with ``--repair``
@@ -22,36 +36,51 @@ Integration Points:
     any SQLite client can run them (they are also listed in docs/operations/DOCTOR.md).
     ``--repair`` calls ``kernel.observe.exports.export(conn, state_dir, full=True)`` and reads
     backups
-    through ``kernel.maintain.backup``; ``orch bundle`` includes ``doctor_report``.
+    through ``kernel.maintain.backup``; ``orch bundle`` includes ``doctor_report``. The schema and
+    event-log checks live in ``kernel.maintain.doctor_checks``.
 
 Dependencies:
-    apsw; ``kernel.base.errors``, ``kernel.maintain.backup``, ``kernel.store.db``,
-    ``kernel.store.machines``, ``kernel.store.project``.
+    apsw; ``kernel.base.errors``, ``kernel.maintain.backup``, ``kernel.maintain.doctor_checks``,
+    ``kernel.store.db``, ``kernel.store.machines``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import apsw
 
 from kernel.base.errors import DatabaseUnavailable, OrchError
 from kernel.maintain.backup import (
-    SQLITE_MAGIC,
     inspect_database_file,
     list_backups,
     restore_command,
+)
+from kernel.maintain.doctor_checks import (
+    CHECK_DOCS,
+    ENFORCEMENT_HINTS,
+    ENFORCEMENT_QUERIES,
+    Check,
+    Status,
+    event_log_checks,
+    guarded,
+    repair_schema,
+    schema_check,
+    set_back_lowered_version,
 )
 from kernel.store import db
 from kernel.store.machines import load_machines, stored_matches_yaml
 from kernel.store.project import Project
 
-Status = Literal["ok", "warn", "fail"]
+__all__ = ["CHECK_DOCS", "INVARIANT_HINTS", "INVARIANT_QUERIES", "REPAIR_DOC",
+           "STATE_CORRUPTION_HINT", "Check", "RepairReport", "diagnose", "doctor_report",
+           "rebuild_views", "repair", "repair_schema_of", "restore_plan"]
 WAL_WARN_BYTES = 2 * db.JOURNAL_SIZE_LIMIT
 
 # Each query returns the rows that violate the invariant; an empty result is a pass.
@@ -119,11 +148,23 @@ INVARIANT_QUERIES: dict[str, tuple[str, str]] = {
         "event seq numbers have no gaps",
     ),
     "log_agrees_with_tables": (
-        "SELECT t.task_id, t.state, e.to_state AS last_logged_state FROM task t "
-        "JOIN event e ON e.seq = (SELECT MAX(seq) FROM event x "
-        "WHERE x.task_id = t.task_id AND x.entity_type = 'task') "
-        "WHERE e.to_state IS NOT t.state",
-        "each task's last event leads to its current state (the log can rebuild the state)",
+        "SELECT 'task' AS machine, t.task_id AS id, t.state, e.to_state AS last_logged_state, "
+        "e.seq AS last_transition_seq FROM task t "
+        "JOIN event e ON e.seq = (SELECT MAX(x.seq) FROM event x WHERE x.task_id = t.task_id "
+        "AND x.entity_type = 'task' AND x.to_state IS NOT NULL) "
+        "WHERE e.to_state IS NOT t.state "
+        "UNION ALL SELECT l.entity_type, l.entity_id, COALESCE(ws.state, wk.state), l.to_state, "
+        "l.seq FROM (SELECT entity_type, entity_id, to_state, MAX(seq) AS seq FROM event "
+        "WHERE entity_type IN ('workstream', 'worker') AND to_state IS NOT NULL "
+        "GROUP BY entity_type, entity_id) l "
+        "LEFT JOIN workstream ws ON l.entity_type = 'workstream' "
+        "AND ws.workstream_id = l.entity_id "
+        "LEFT JOIN worker wk ON l.entity_type = 'worker' AND wk.worker_id = l.entity_id "
+        "WHERE COALESCE(ws.state, wk.state) IS NOT NULL "
+        "AND l.to_state IS NOT COALESCE(ws.state, wk.state)",
+        "each task's, workstream's and worker's last transition event leads to its current "
+        "state (the log can rebuild the state; events that change no state, such as "
+        "stale_result_rejected after a cancel, have no to_state and do not count)",
     ),
     "no_dependency_cycle": (
         "WITH RECURSIVE reach (origin, task_id, depth) AS ("
@@ -133,6 +174,17 @@ INVARIANT_QUERIES: dict[str, tuple[str, str]] = {
         " SELECT DISTINCT origin AS task_id FROM reach WHERE origin = task_id LIMIT 20",
         "the dependency graph has no cycle",
     ),
+    **ENFORCEMENT_QUERIES,
+}
+
+STATE_CORRUPTION_HINT = "State-Corruption: see docs/operations/DOCTOR.md"
+# What to do when an invariant fails (the check's hint; docs/operations/DOCTOR.md).
+INVARIANT_HINTS: dict[str, str] = {
+    "log_agrees_with_tables": (
+        "State-Corruption: a state changed without its transition event (event triggers "
+        "dropped? see schema_matches_shipped) or the log was cut; restore a backup "
+        "(`orch doctor --repair` names one), see docs/operations/DOCTOR.md"),
+    **ENFORCEMENT_HINTS,
 }
 
 # The cycle query walks every path; past this many edges doctor leaves cycles to `orch validate`.
@@ -144,11 +196,18 @@ REPAIR_DOC = """\
 
 `--repair` runs the same checks, then:
 
-- **A sound database** (`integrity_check` passes): the `.state` views are rewritten from it
+- **A sound database** (`integrity_check` passes): when `schema_matches_shipped` or
+  `migrations_apply` fails, every missing or altered view, trigger and index is recreated from
+  the shipped definitions (the schema a freshly migrated database has), in one write
+  transaction, and doctor says what it recreated. Tables are never created, dropped or
+  altered (restore a backup for those), and objects orch does not ship are left alone (an
+  extra trigger is named so you can drop it). When the schema then matches the shipped one
+  exactly but `user_version` is lower (lowered by hand), it is set back. The checks then run
+  again. Then the `.state` views are rewritten from the database
   (`kernel.observe.exports.export(conn, state_dir, full=True)`): `current.json`,
   `transitions.jsonl`,
   the indices, the DAG and plan files. Use it after a view was deleted, truncated or edited by
-  hand. The database is only read (apart from pending migrations, as for every command).
+  hand. Rows are never changed: a violated invariant stays for you to judge.
 - **A damaged database** (`integrity_check` fails, or the file is not an SQLite database at
   all): nothing is changed, the database is not even migrated. Doctor looks for the newest
   backup in `.state/backups/` that passes `integrity_check`, compares its newest event (seq and
@@ -158,28 +217,17 @@ REPAIR_DOC = """\
   `orch --root /p restore /p/.state/backups/kernel-20260101T120000Z.db --force`.
   The restore keeps the damaged file as `.state/kernel.db.before-restore-<timestamp>`.
 
-`--repair` exits 0 when every check passes and the views were rewritten, and 1 when a check
-fails, the views could not be written, or the database is damaged. With `--json` the report
-has a `repair` object: `damaged`, `views` (the export report), `views_error`, and `restore`
+`--repair` exits 0 when every check passes (after the repair) and the views were rewritten,
+and 1 when a check fails, an object could not be recreated, the views could not be written,
+or the database is damaged. With `--json` the report has a `repair` object: `damaged`,
+`schema` (null when the schema needed nothing, else `recreated` (names), `failed` (`name`,
+`type`, `error`), `not_repaired` (`name`, `type`, `why`), `user_version` (`from`, `to`) and
+`error` when the repair could not run), `views` (the export report), `views_error`, and `restore`
 (`backup`, `invalid_backups`, `log_max_seq`, `lost_events`, `lost_first_seq`,
 `lost_last_seq`, `lost_from`, `lost_to`, `damaged_database_max_seq`, `command`, `summary`).
 Plain `orch doctor` on a file that is not a database exits 3 (`database_unreadable`);
 `orch doctor --repair` reports it as damaged instead. See docs/operations/BACKUP.md.
 """
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: Status
-    detail: str
-    hint: str | None = None
-    rows: tuple[dict[str, Any], ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["rows"] = list(self.rows)
-        return data
 
 
 def _library() -> Check:
@@ -199,7 +247,8 @@ def _versions(conn: apsw.Connection) -> list[Check]:
             "schema_version",
             "ok" if version == latest else "fail",
             f"schema version {version}; orch {__version__} knows up to {latest}",
-            None if version == latest else "run any orch command to migrate, or upgrade orch",
+            None if version == latest else "run any orch command to migrate (when migrations_apply "
+            "fails, see its hint), or upgrade orch",
         ),
         Check(
             "application_id",
@@ -213,25 +262,24 @@ DAMAGED_HINT = ("the file is damaged: `orch doctor --repair` names the newest ba
                 "restoring it would lose (docs/operations/BACKUP.md)")
 
 
-def _integrity(conn: apsw.Connection, checked: list[str] | None = None) -> list[Check]:
-    """``checked``: the integrity_check result already found by ``_probe``."""
-    result = checked if checked is not None else [
-        str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
+def _integrity(result: list[str]) -> Check:
+    """``result``: the integrity_check result ``_probe`` found."""
+    return Check(
+        "integrity_check",
+        "ok" if result == ["ok"] else "fail",
+        "ok" if result == ["ok"] else "; ".join(result[:10]),
+        None if result == ["ok"] else DAMAGED_HINT,
+    )
+
+
+def _foreign_keys(conn: apsw.Connection) -> Check:
     fk = conn.execute("PRAGMA foreign_key_check").fetchall()
-    return [
-        Check(
-            "integrity_check",
-            "ok" if result == ["ok"] else "fail",
-            "ok" if result == ["ok"] else "; ".join(result[:10]),
-            None if result == ["ok"] else DAMAGED_HINT,
-        ),
-        Check(
-            "foreign_key_check",
-            "ok" if not fk else "fail",
-            f"{len(fk)} rows reference missing rows" if fk else "ok",
-            rows=tuple({"table": r[0], "rowid": r[1], "parent": r[2]} for r in fk[:20]),
-        ),
-    ]
+    return Check(
+        "foreign_key_check",
+        "ok" if not fk else "fail",
+        f"{len(fk)} rows reference missing rows" if fk else "ok",
+        rows=tuple({"table": r[0], "rowid": r[1], "parent": r[2]} for r in fk[:20]),
+    )
 
 
 def _machines(conn: apsw.Connection) -> Check:
@@ -247,24 +295,26 @@ def _machines(conn: apsw.Connection) -> Check:
 
 def _invariants(conn: apsw.Connection) -> list[Check]:
     checks = []
-    edges = int(db.scalar(conn, "SELECT COUNT(*) FROM task_dependency"))
     for name, (sql, meaning) in INVARIANT_QUERIES.items():
-        if name == "no_dependency_cycle" and edges > CYCLE_CHECK_MAX_EDGES:
-            checks.append(Check(f"invariant:{name}", "warn",
-                                f"skipped for {edges} dependencies; run `orch validate`"))
-            continue
-        found = db.rows(conn, sql)
-        checks.append(
-            Check(
-                f"invariant:{name}",
-                "ok" if not found else "fail",
-                meaning if not found else f"violated by {len(found)} row(s): {meaning}",
-                None if not found
-                else "State-Corruption: see docs/operations/DOCTOR.md",
-                rows=tuple(found[:20]),
-            )
-        )
+        checks += guarded([f"invariant:{name}"],
+                          functools.partial(_invariant, conn, name, sql, meaning))
     return checks
+
+
+def _invariant(conn: apsw.Connection, name: str, sql: str, meaning: str) -> list[Check]:
+    if name == "no_dependency_cycle":
+        edges = int(db.scalar(conn, "SELECT COUNT(*) FROM task_dependency"))
+        if edges > CYCLE_CHECK_MAX_EDGES:
+            return [Check(f"invariant:{name}", "warn",
+                          f"skipped for {edges} dependencies; run `orch validate`")]
+    found = db.rows(conn, sql)
+    return [Check(
+        f"invariant:{name}",
+        "ok" if not found else "fail",
+        meaning if not found else f"violated by {len(found)} row(s): {meaning}",
+        None if not found else INVARIANT_HINTS.get(name, STATE_CORRUPTION_HINT),
+        rows=tuple(found[:20]),
+    )]
 
 
 def _wal(project: Project) -> Check:
@@ -282,19 +332,13 @@ def _wal(project: Project) -> Check:
 def _probe(path: Path) -> tuple[list[str], list[Check]]:
     """Open the file read-only, without migrating it, and run integrity_check. Returns the
     result (``["ok"]`` when sound) and the version checks it could read. Raises
-    ``DatabaseUnavailable`` (``database_unreadable``) when the file is not a database at all."""
-    with open(path, "rb") as fh:
-        header = fh.read(len(SQLITE_MAGIC))
-    if header and header != SQLITE_MAGIC:
-        raise DatabaseUnavailable("database_unreadable", f"{path} is not an SQLite database",
-                                  file=str(path), hint=DAMAGED_HINT)
-    if not header:
-        return ["ok"], []  # an empty file: the first connect creates the schema in it
+    ``DatabaseUnavailable`` when ``db.check_file`` refuses the file (empty, not a file, not
+    SQLite, truncated, unreadable) or SQLite cannot open it; nothing is written either way."""
+    db.check_file(path)
     try:
         conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    except apsw.CantOpenError as exc:
-        raise DatabaseUnavailable("database_unreadable", f"cannot open {path}: {exc}",
-                                  file=str(path)) from exc
+    except apsw.Error as exc:
+        raise db.error_for(exc, path) from exc
     try:
         conn.set_busy_timeout(db.DEFAULT_BUSY_TIMEOUT_MS)
         try:
@@ -316,21 +360,55 @@ def _probe(path: Path) -> tuple[list[str], list[Check]]:
         conn.close()
 
 
+def _open(project: Project) -> tuple[apsw.Connection | None, Check]:
+    """The database opened as every command opens it (migrated). When that fails, short of a
+    lock or a refusal (``DatabaseUnavailable``: too new, not orch's), for example a migration
+    that cannot apply because ``user_version`` was lowered by hand, or a table the state
+    machines need is gone: opened read-only without migrating, so the other checks still run."""
+    try:
+        conn = project.connect()
+    except apsw.BusyError:
+        raise
+    except apsw.Error as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    else:
+        return conn, Check("migrations_apply", "ok", "the database opens and is migrated")
+    failed = Check("migrations_apply", "fail",
+                   f"opening and migrating the database failed ({problem}); the other checks "
+                   "ran on it read-only, as it is", CHECK_DOCS["migrations_apply"][1])
+    try:
+        return project.connect(readonly=True), failed
+    except apsw.BusyError:
+        raise
+    except (apsw.Error, OrchError) as exc:
+        return None, dataclasses.replace(
+            failed, detail=f"opening and migrating the database failed ({problem}), and it "
+                           f"cannot be opened read-only either ({exc})")
+
+
 def diagnose(project: Project) -> list[Check]:
+    """Every check, each guarded: one that cannot run (a dropped table, a view that no longer
+    compiles) fails with the reason instead of stopping the others."""
     project.require_db()
     checked, versions = _probe(project.db_path)
     if checked != ["ok"]:
         # Damaged: never migrate it or run more queries against it.
         return [*(versions or [_library()]), *_integrity_failed(checked)]
-    conn = project.connect()
+    conn, opened = _open(project)
+    if conn is None:
+        return [*(versions or [_library()]), opened]
     try:
         with db.read_tx(conn):
             return [
-                *_versions(conn),
-                *_integrity(conn, checked),
-                _machines(conn),
+                *guarded(["schema_version"], lambda: _versions(conn)),
+                opened,
+                _integrity(checked),
+                *guarded(["foreign_key_check"], lambda: [_foreign_keys(conn)]),
+                *guarded(["transition_table_matches_yaml"], lambda: [_machines(conn)]),
+                *guarded(["schema_matches_shipped"], lambda: [schema_check(conn)]),
                 *_invariants(conn),
-                _wal(project),
+                *event_log_checks(conn),
+                *guarded(["wal_size"], lambda: [_wal(project)]),
             ]
     finally:
         conn.close()
@@ -356,10 +434,13 @@ class RepairReport:
     views: dict[str, Any] | None = None
     views_error: str | None = None
     restore: dict[str, Any] | None = None
+    schema: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.damaged and self.views_error is None
+        schema_failed = bool(self.schema and (self.schema.get("failed")
+                                              or self.schema.get("error")))
+        return not self.damaged and self.views_error is None and not schema_failed
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -479,23 +560,63 @@ def _plan_summary(project: Project, plan: dict[str, Any]) -> str:
     return text + f"To restore it: {plan['command']}"
 
 
+def _schema_needs_repair(checks: list[Check]) -> bool:
+    return any(c.status == "fail" and c.name in ("schema_matches_shipped", "migrations_apply")
+               for c in checks)
+
+
+def repair_schema_of(project: Project) -> dict[str, Any]:
+    """``kernel.maintain.doctor_checks.repair_schema`` on the project's database, opened for writing
+    without migrating it (a migration may be what fails)."""
+    cfg = project.config.database
+    try:
+        conn = db.open_connection(project.db_path, durability=cfg.durability,
+                          busy_timeout_ms=cfg.busy_timeout_ms)
+    except DatabaseUnavailable:
+        raise
+    except apsw.Error as exc:
+        return {"recreated": [], "failed": [], "not_repaired": [], "user_version": None,
+                "error": f"cannot open the database for writing: {exc}"}
+    try:
+        return repair_schema(conn)
+    except apsw.BusyError:
+        raise
+    except apsw.Error as exc:
+        return {"recreated": [], "failed": [], "not_repaired": [], "user_version": None,
+                "error": f"the repair was rolled back: {exc}"}
+    finally:
+        conn.close()
+
+
 def repair(project: Project) -> tuple[list[Check], RepairReport]:
-    """``orch doctor --repair``: diagnose; on a sound database rewrite the views; on a damaged
+    """``orch doctor --repair``: diagnose; on a sound database recreate lost or altered views,
+    triggers and indexes (then diagnose again) and rewrite the ``.state`` views; on a damaged
     one change nothing and say what restoring the newest backup would lose."""
     project.require_db()
     try:
         checks = diagnose(project)
     except DatabaseUnavailable as exc:
-        if exc.code != "database_unreadable":
+        if exc.code not in db.DAMAGED_CODES:
             raise
+        lowered = (set_back_lowered_version(project.db_path)
+                   if exc.code == "schema_damaged" else None)
+        if lowered is not None:  # only the version was wrong: set back, diagnose again
+            checks, report = repair(project)
+            base = report.schema or {"recreated": [], "failed": [], "not_repaired": []}
+            lowered_schema = {**base, "user_version": lowered}
+            return checks, dataclasses.replace(report, schema=lowered_schema)
         checks = [_library(), *_integrity_failed([exc.message])]
     damaged = any(c.name == "integrity_check" and c.status == "fail" for c in checks)
     if damaged:
         return checks, RepairReport(damaged=True, restore=restore_plan(project))
+    schema: dict[str, Any] | None = None
+    if _schema_needs_repair(checks):
+        schema = repair_schema_of(project)
+        checks = diagnose(project)
     try:
-        return checks, RepairReport(damaged=False, views=rebuild_views(project))
+        return checks, RepairReport(damaged=False, views=rebuild_views(project), schema=schema)
     except ImportError as exc:
-        return checks, RepairReport(damaged=False,
+        return checks, RepairReport(damaged=False, schema=schema,
                                     views_error=f"this orch cannot export views: {exc}")
     except (OrchError, apsw.Error, OSError) as exc:
-        return checks, RepairReport(damaged=False, views_error=str(exc))
+        return checks, RepairReport(damaged=False, views_error=str(exc), schema=schema)

@@ -17,7 +17,8 @@ Public API:
     ``verify(conn, directory) -> dict``; ``content_sha256(rows)``; ``file_sha256(path)``;
     ``CHECKSUM_FIELDS``; ``ARCHIVE_APPLICATION_ID``; ``ARCHIVE_FORMAT_VERSION``;
     ``archive_files(directory) -> {month: path}``; ``missing_files(conn, directory)``;
-    ``live_first_seq(conn)``;
+    ``live_first_seq(conn)``; ``log_start(conn) -> dict`` (where the live log starts and
+    whether a rotation record explains it; ``orch doctor`` and ``orch replay`` use it);
 
 Stability Guarantees:
     Nothing younger than the cut is ever moved, and the cut is never less than
@@ -37,7 +38,8 @@ Integration Points:
     ``orch audit rotate | query | verify`` and ``orch replay`` (``kernel.cli.audit``),
     ``kernel.observe.replay``, ``kernel.observe.audit.report`` and ``orch why``
     (``kernel.observe.status``) read
-    archived events through ``iter_events``. Tables ``event_archive`` and
+    archived events through ``iter_events``; ``kernel.observe.replay`` and ``orch doctor``
+    (``event_log_start_explained``) ask ``log_start``. Tables ``event_archive`` and
     ``event_rotation_marker`` and the delete guard ``event_append_only_delete`` are in
     sql/0003_audit.sql. Archive files are plain SQLite: ``sqlite3``, Python's ``sqlite3`` and
     Datasette read them.
@@ -542,6 +544,24 @@ def missing_files(conn: apsw.Connection, directory: Path | None) -> list[str]:
 def live_first_seq(conn: apsw.Connection) -> int | None:
     found = db.scalar(conn, "SELECT MIN(seq) FROM event")
     return None if found is None else int(found)
+
+
+def log_start(conn: apsw.Connection) -> dict[str, Any]:
+    """Where the live log starts and whether rotations explain it: ``live_first_seq`` (None
+    when the table is empty), ``rotated_through`` (the highest seq a rotation recorded as moved
+    out of the live log: ``event_archive.through_seq``, or, when that table is gone, the
+    ``last_seq`` of the ``audit_rotated`` events; 0 when nothing was rotated) and
+    ``explained`` (the log is empty or starts at seq 1, or rotations account for every seq
+    before its first)."""
+    first = live_first_seq(conn)
+    if _has_table(conn, "event_archive"):
+        through = db.scalar(conn, "SELECT MAX(through_seq) FROM event_archive")
+    else:
+        through = db.scalar(conn, "SELECT MAX(CAST(json_extract(metadata, '$.last_seq') AS "
+                                  "INTEGER)) FROM event WHERE event = 'audit_rotated'")
+    rotated = int(through or 0)
+    return {"live_first_seq": first, "rotated_through": rotated,
+            "explained": first is None or first <= rotated + 1}
 
 
 def iter_events(conn: apsw.Connection, directory: Path | None, *, since_seq: int = 0,

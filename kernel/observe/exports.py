@@ -37,7 +37,7 @@ Integration Points:
 Dependencies:
     apsw, pydantic; ``kernel.base.clock``, ``kernel.base.data``, ``kernel.base.errors``,
     ``kernel.base.files``, ``kernel.observe.archive``, ``kernel.planning.plan``,
-    ``kernel.store.db``, ``kernel.store.events``.
+    ``kernel.store.db``, ``kernel.store.events``, ``kernel.store.schema``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from pydantic import BaseModel, ConfigDict
 from kernel.base import clock
 from kernel.base.data import schema_url
 from kernel.base.files import write_atomic
-from kernel.store import db
+from kernel.store import db, schema
 from kernel.store.events import EVENT_FIELDS
 
 VIEWS_SCHEMA_VERSION = "1.0.0"
@@ -762,7 +762,7 @@ class Exporter:
         self._conn: apsw.Connection | None = None
 
     def start(self) -> Exporter:
-        self._conn = db.connect(self.db_path, readonly=True)
+        self._conn = schema.connect(self.db_path, readonly=True)
         self._wanted.set()
         self._thread.start()
         return self

@@ -4,10 +4,12 @@ alone (AUDIT-001, STATE-OBS-002).
 Public API:
     ``replay(conn, at, *, archive_dir=None) -> dict`` with ``at`` (the moment, as the kernel
     writes time), ``tasks`` / ``workstreams`` / ``workers`` ({id: {...}}), ``events_read``,
-    ``last_seq`` (the last event applied), ``complete`` (false when events older than the live
-    log were archived and could not be read: no ``archive_dir``, or a recorded archive file is
-    missing; ``note`` then says which) and ``counts`` (states per kind);
-    ``format_replay(result) -> str`` (the text of ``orch replay``).
+    ``last_seq`` (the last event applied), ``complete`` (false when the live log does not
+    start at seq 1 and the events before it could not all be read: archived by a rotation but
+    no ``archive_dir`` given or a recorded archive file missing, or gone without any rotation
+    record (``log_start_missing``); ``partial_from_seq`` then names the seq from which the
+    reconstruction is complete and ``note`` says why) and ``counts`` (states per kind);
+    ``format_replay(result) -> str`` (the text of ``orch replay``); ``TERMINAL``.
 
 Stability Guarantees:
     The state at ``at`` is the result of applying, in seq order, every event whose timestamp is
@@ -107,9 +109,11 @@ def replay(conn: apsw.Connection, at: str, *,
     read = 0
     last_seq = None
     with db.snapshot(conn):
-        first_live = archive.live_first_seq(conn)
+        start = archive.log_start(conn)
+        first_live = start["live_first_seq"]
         missing = archive.missing_files(conn, archive_dir) if archive_dir is not None else []
-        complete = first_live in (None, 1) or (archive_dir is not None and not missing)
+        complete = first_live in (None, 1) or (
+            start["explained"] and archive_dir is not None and not missing)
         for event in archive.iter_events(conn, archive_dir, to_ts=at):
             read += 1
             last_seq = event["seq"]
@@ -155,15 +159,29 @@ def replay(conn: apsw.Connection, at: str, *,
         "events_read": read,
         "last_seq": last_seq,
         "complete": complete,
+        "partial_from_seq": None if complete else first_live,
+        "log_start_missing": not start["explained"],
     }
     result["counts"] = {kind: _counts(result[f"{kind}s"]) for kind in _ENTITIES}
     if not complete:
-        why = (f"the archive files {', '.join(missing)} are missing" if missing
-               else "no archive directory was given")
-        result["note"] = (f"events before seq {first_live} are archived and not all were read "
-                          f"({why}): entities created before then may be missing or "
-                          "incomplete")
+        result["note"] = _partial_note(start, missing, archive_dir is not None)
     return result
+
+
+def _partial_note(start: dict[str, Any], missing: list[str], archives_given: bool) -> str:
+    first, rotated = start["live_first_seq"], start["rotated_through"]
+    if not start["explained"]:
+        lost = f"{rotated + 1} to {first - 1}"
+        return (f"partial reconstruction, complete only from seq {first}: the log start is "
+                f"missing: events {lost} are neither in the live log nor recorded as rotated "
+                "by `orch audit rotate` (`orch doctor` fails event_log_start_explained); "
+                "entities whose events were there may be missing or wrong")
+    why = (f"the archive files {', '.join(missing)} are missing" if missing
+           else "no archive directory was given" if not archives_given
+           else "not every archive could be read")
+    return (f"partial reconstruction, complete only from seq {first}: events before seq "
+            f"{first} were archived by `orch audit rotate` and not all were read ({why}): "
+            "entities created before then may be missing or incomplete")
 
 
 def _counts(entities: dict[str, dict[str, Any]]) -> dict[str, int]:
@@ -176,7 +194,9 @@ def _counts(entities: dict[str, dict[str, Any]]) -> dict[str, int]:
 def format_replay(result: dict[str, Any], *, limit: int = 50) -> str:
     """Counts by state, then every entity that is not in a terminal state."""
     lines = [f"State at {result['at']}, rebuilt from {result['events_read']} events"
-             + (f" (up to seq {result['last_seq']})" if result["last_seq"] else "")]
+             + (f" (up to seq {result['last_seq']})" if result["last_seq"] else "")
+             + ("" if result["complete"]
+                else f": PARTIAL, complete only from seq {result['partial_from_seq']}")]
     if result.get("note"):
         lines.append(f"note: {result['note']}")
     for kind in _ENTITIES:

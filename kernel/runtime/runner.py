@@ -10,7 +10,9 @@ Stability Guarantees:
     Workers are separate processes in their own sessions: Ctrl-C reaches only ``orch run``,
     which asks them to stop (their running tasks are handed on) and waits for them. The loop
     wakes as soon as another process commits (``PRAGMA data_version``) and at least every
-    ``run.tick_seconds``. Exit status: 0 when every task in scope completed, else 1.
+    ``run.tick_seconds``. Exit status: 0 when every task in scope completed, else 1. A missing,
+    empty, damaged (``PRAGMA quick_check``) or foreign database is refused before the scheduler
+    lock is written: ``DatabaseUnavailable``, exit 3, no task started.
 
 Integration Points:
     ``kernel.cli.run`` wraps it; ``kernel.runtime.progress`` renders it;
@@ -179,7 +181,8 @@ class _RunLoop:
     # ---------------------------------------------------------------- set-up
 
     def set_up(self) -> None:
-        self.conn = self.project.connect()
+        # quick_check first: a damaged file is refused before the scheduler lock is written.
+        self.conn = self.project.connect(verify=True)
         scheduler.acquire_lock(self.conn, self.owner, self.clock())
         self.locked = True
         if self.config.views.export:

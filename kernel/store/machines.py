@@ -16,7 +16,8 @@ Stability Guarantees:
     ``<machine> guard failed:``.
 
 Integration Points:
-    ``kernel.store.db.connect`` calls ``ensure_machines`` after migrating. The scheduler, the CLI
+    ``kernel.store.schema.connect`` calls ``ensure_machines`` after migrating. The scheduler, the
+    CLI
     and
     any SQLite client request transitions by updating ``state`` with ``transition_trigger``.
     ``tools/gen_docs.py`` renders STATE_MACHINE.md from ``load_machines()``.

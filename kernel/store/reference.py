@@ -10,7 +10,7 @@ Stability Guarantees:
     added.
 
 Integration Points:
-    ``kernel.store.db.connect`` calls ``ensure_failure_modes`` after migrating; the scheduler
+    ``kernel.store.schema.connect`` calls ``ensure_failure_modes`` after migrating; the scheduler
     classifies failures with these ids; the failure-mode docs are generated from the same YAML.
 
 Dependencies:
