@@ -335,7 +335,7 @@ def test_a_worker_killed_before_its_process_group_is_recorded_never_leaves_a_twi
             found = [int(r["pid"]) for r in query(
                 root, "SELECT w.pid FROM attempt a JOIN worker w ON w.worker_id = a.worker_id "
                       "WHERE a.finished_at IS NULL AND a.pgid IS NULL AND w.state = 'busy'")]
-            for pid in set(found) - killed:
+            for pid in sorted(set(found) - killed)[:3 - len(killed)]:  # two may be found at once
                 kill_quietly(pid)
                 killed.add(pid)
             time.sleep(0.05)
