@@ -32,7 +32,7 @@ from .e2e import make_project, py, run, task, wait_for
 
 WRITER = r"""
 import pathlib, sys, time
-from kernel.store import db
+from kernel.store import db, schema
 from kernel.store.machines import transition
 
 conn = schema.connect(sys.argv[1])

@@ -197,7 +197,7 @@ KILL_BETWEEN_RENAME_AND_APPEND = """
 import os, sys
 from pathlib import Path
 from kernel.observe import exports
-from kernel.store import db
+from kernel.store import schema
 def die(*args, **kwargs):
     os._exit(9)
 exports._append_events = die
