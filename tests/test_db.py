@@ -149,3 +149,34 @@ def test_views_parse_in_the_system_sqlite(fresh_db: apsw.Connection, tmp_path: P
         assert {"ready_task", "blocked_task", "stuck_task", "active_lease"} <= set(views)
         for view in views:
             raw.execute(f"SELECT * FROM {view}").fetchall()
+
+
+def test_open_file_leaves_no_writer_lock_and_closes(tmp_path: Path) -> None:
+    """A file that is not the live database (a backup, an archive) is written without the
+    kernel's writer lock file, and the connection is closed when the block ends."""
+    path = tmp_path / "archive.db"
+    with db.open_file(path, readonly=False, create=True) as conn:
+        with db.write_tx(conn):
+            conn.execute("CREATE TABLE t (x)")
+            conn.execute("INSERT INTO t VALUES (1)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.db"]
+    with pytest.raises(apsw.ConnectionClosedError):
+        conn.execute("SELECT 1")
+    with db.open_file(path) as ro:
+        assert ro.execute("SELECT x FROM t").fetchall() == [(1,)]
+        with pytest.raises(apsw.ReadOnlyError):
+            ro.execute("INSERT INTO t VALUES (2)")
+    with pytest.raises(DatabaseUnavailable) as err:
+        with db.open_file(tmp_path / "missing.db"):
+            pass
+    assert err.value.code.startswith("database_")
+
+
+def test_project_open_closes_its_connection(tmp_path: Path) -> None:
+    from kernel.store.project import Project, init_project
+
+    init_project(tmp_path)
+    with Project(tmp_path).open() as conn:
+        assert db.schema_version(conn) == db.latest_schema_version()
+    with pytest.raises(apsw.ConnectionClosedError):
+        conn.execute("SELECT 1")

@@ -8,6 +8,8 @@ Public API:
     the file); ``error_for(exc, path)`` (the ``DatabaseUnavailable`` for an ``apsw.Error``);
     ``access_denied(path, why)``, ``locked_error(path)``; context managers ``write_tx(conn)``
     (``BEGIN IMMEDIATE``, after ``writer_lock(conn)``), ``read_tx(conn)`` and
+    ``open_file(path, *, readonly=True, create=False)`` (an SQLite file that is not the live
+    database: backups, archives, copies; no checks, no pragmas, no writer lock file), and
     ``snapshot(conn)`` (a read transaction, or the caller's); ``rows(conn, sql, params)`` /
     ``row(...)`` return dicts, ``scalar(conn, sql, params)`` one value;
     ``upsert_sql(table, key, columns)``;
@@ -573,7 +575,7 @@ def writer_lock(conn: apsw.Connection, timeout: float | None = None) -> Iterator
     """Hold the kernel writers' lock file (see above): ``write_tx`` takes it; a checkpoint that
     must not starve behind the kernel's writers takes it too. Raises ``apsw.BusyError`` after
     ``timeout`` seconds (default: the connection's busy timeout)."""
-    if not conn.filename:
+    if not conn.filename or conn in _plain_files:
         yield
         return
     # Opened per use (~10 µs): nothing to leak, and one lock per holder even within a thread.
@@ -587,6 +589,34 @@ def writer_lock(conn: apsw.Connection, timeout: float | None = None) -> Iterator
         yield
     finally:
         os.close(fd)   # releases the lock
+
+
+# Connections of ``open_file``: SQLite files that are not the live database. They take no
+# writer lock file (it would be left beside a backup or an archive).
+_plain_files: weakref.WeakSet[apsw.Connection] = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def open_file(path: str | os.PathLike[str], *, readonly: bool = True, create: bool = False,
+              busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Iterator[apsw.Connection]:
+    """``with db.open_file(path) as conn:`` an SQLite file that is not the live database (a
+    backup, an event archive, a copy being checked or redacted): opened as it is, with none of
+    the kernel's checks or pragmas, closed on exit. ``write_tx`` on it takes no writer lock
+    file. An open failure is the ``DatabaseUnavailable`` of ``error_for``."""
+    if readonly:
+        flags = apsw.SQLITE_OPEN_READONLY
+    else:
+        flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
+    try:
+        conn = apsw.Connection(str(path), flags=flags)
+    except apsw.Error as exc:
+        raise error_for(exc, path) from exc
+    _plain_files.add(conn)
+    try:
+        conn.set_busy_timeout(busy_timeout_ms)
+        yield conn
+    finally:
+        conn.close()
 
 
 @contextlib.contextmanager

@@ -2,7 +2,8 @@
 
 Public API:
     ``Project(root)`` with ``state_dir``, ``db_path``, ``tasks_dir``, ``capabilities_dir``,
-    ``config_path``, ``logs_dir``, ``config``, ``connect(readonly=False, verify=False)``,
+    ``config_path``, ``logs_dir``, ``config``, ``connect(readonly=False, verify=False)``, ``open(readonly=False,
+    verify=False)`` (the same connection as a context manager, closed on exit),
     ``require_db()``; ``find_root(start=None) -> Path``; ``init_project(root) -> InitReport``.
 
 Stability Guarantees:
@@ -26,8 +27,10 @@ Dependencies:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -114,6 +117,16 @@ class Project:
             busy_timeout_ms=cfg.busy_timeout_ms,
             verify=verify,
         )
+
+    @contextlib.contextmanager
+    def open(self, *, readonly: bool = False, verify: bool = False
+             ) -> Iterator[apsw.Connection]:
+        """``with project.open() as conn:`` the connection of ``connect``, closed on exit."""
+        conn = self.connect(readonly=readonly, verify=verify)
+        try:
+            yield conn
+        finally:
+            conn.close()
 
 
 @dataclass
