@@ -155,10 +155,9 @@ def test_open_file_leaves_no_writer_lock_and_closes(tmp_path: Path) -> None:
     """A file that is not the live database (a backup, an archive) is written without the
     kernel's writer lock file, and the connection is closed when the block ends."""
     path = tmp_path / "archive.db"
-    with db.open_file(path, readonly=False, create=True) as conn:
-        with db.write_tx(conn):
-            conn.execute("CREATE TABLE t (x)")
-            conn.execute("INSERT INTO t VALUES (1)")
+    with db.open_file(path, readonly=False, create=True) as conn, db.write_tx(conn):
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES (1)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.db"]
     with pytest.raises(apsw.ConnectionClosedError):
         conn.execute("SELECT 1")
@@ -166,9 +165,8 @@ def test_open_file_leaves_no_writer_lock_and_closes(tmp_path: Path) -> None:
         assert ro.execute("SELECT x FROM t").fetchall() == [(1,)]
         with pytest.raises(apsw.ReadOnlyError):
             ro.execute("INSERT INTO t VALUES (2)")
-    with pytest.raises(DatabaseUnavailable) as err:
-        with db.open_file(tmp_path / "missing.db"):
-            pass
+    with pytest.raises(DatabaseUnavailable) as err, db.open_file(tmp_path / "missing.db"):
+        pass
     assert err.value.code.startswith("database_")
 
 

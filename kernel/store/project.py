@@ -2,7 +2,8 @@
 
 Public API:
     ``Project(root)`` with ``state_dir``, ``db_path``, ``tasks_dir``, ``capabilities_dir``,
-    ``config_path``, ``logs_dir``, ``config``, ``connect(readonly=False, verify=False)``, ``open(readonly=False,
+    ``config_path``, ``logs_dir``, ``config``, ``connect(readonly=False, verify=False)``,
+    ``open(readonly=False,
     verify=False)`` (the same connection as a context manager, closed on exit),
     ``require_db()``; ``find_root(start=None) -> Path``; ``init_project(root) -> InitReport``.
 
