@@ -43,6 +43,7 @@ Dependencies:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shlex
@@ -56,7 +57,7 @@ from typing import Any
 import apsw
 
 from kernel.base import clock
-from kernel.base.errors import OrchError, UsageError
+from kernel.base.errors import DatabaseUnavailable, OrchError, UsageError
 from kernel.base.files import fsync_path, make_private, open_private, private_dir
 from kernel.store import db, schema
 from kernel.store.project import Project
@@ -144,8 +145,7 @@ def _sidecars(path: Path) -> list[Path]:
 def finish_single_file(path: Path) -> tuple[int, dict[str, Any]]:
     """Make ``path`` a rollback-journal file, check it, and describe it. Raises when a check
     fails. Returns (page count, event summary)."""
-    conn = apsw.Connection(str(path))
-    try:
+    with db.open_file(path, readonly=False) as conn:
         if str(conn.pragma("journal_mode")).lower() != "delete":
             conn.pragma("journal_mode", "delete")
         for check in ("integrity_check", "quick_check"):
@@ -158,8 +158,6 @@ def finish_single_file(path: Path) -> tuple[int, dict[str, Any]]:
                                      "`orch doctor`; no backup was written")
         pages = int(conn.pragma("page_count"))
         summary = {**_event_summary(conn), "schema_version": db.schema_version(conn)}
-    finally:
-        conn.close()
     if _sidecars(path):
         raise OrchError("backup_not_single_file",
                         f"the copy still has {', '.join(p.name for p in _sidecars(path))}",
@@ -184,29 +182,42 @@ def _copy_pages(src: apsw.Connection, dest_path: Path, pages_per_step: int,
     another connection restarts the copy; after ``MAX_RESTARTS`` restarts the rest is copied in
     one step, which in WAL mode holds only a read snapshot, so writers still go on."""
     deadline = time.monotonic() + timeout
-    dest = apsw.Connection(str(dest_path))
     steps = restarts = 0
-    try:
-        with dest.backup("main", src, "main") as job:
-            previous: int | None = None
-            while not job.done:
-                pages = pages_per_step if restarts < MAX_RESTARTS else -1
-                try:
-                    job.step(pages)
-                except (apsw.BusyError, apsw.LockedError) as exc:
-                    if time.monotonic() > deadline:
-                        raise db.locked_error(dest_path) from exc
-                    time.sleep(step_sleep * 10)
-                    continue
-                steps += 1
-                if previous is not None and not job.done and job.remaining >= previous:
-                    restarts += 1
-                previous = job.remaining
-                if not job.done:
-                    time.sleep(step_sleep)
-    finally:
-        dest.close()
+    with db.open_file(dest_path, readonly=False, create=True) as dest, \
+            dest.backup("main", src, "main") as job:
+        previous: int | None = None
+        while not job.done:
+            pages = pages_per_step if restarts < MAX_RESTARTS else -1
+            try:
+                job.step(pages)
+            except (apsw.BusyError, apsw.LockedError) as exc:
+                if time.monotonic() > deadline:
+                    raise db.locked_error(dest_path) from exc
+                time.sleep(step_sleep * 10)
+                continue
+            steps += 1
+            if previous is not None and not job.done and job.remaining >= previous:
+                restarts += 1
+            previous = job.remaining
+            if not job.done:
+                time.sleep(step_sleep)
     return steps, restarts
+
+
+def _copy_checked(src: apsw.Connection, tmp: Path, pages_per_step: int, step_sleep: float,
+                  timeout: float) -> tuple[int, int, int, dict[str, Any]]:
+    """Copy ``src`` into the new private file ``tmp``, make it a checked single file and sync
+    it: (steps, restarts, pages, event summary). On any failure ``tmp`` is removed."""
+    try:
+        _create_private(tmp)
+        steps, restarts = _copy_pages(src, tmp, pages_per_step, step_sleep, timeout)
+        pages, summary = finish_single_file(tmp)
+        make_private(tmp)
+        fsync_path(tmp)
+    except BaseException:
+        _remove_with_sidecars(tmp)
+        raise
+    return steps, restarts, pages, summary
 
 
 def _resolve_source(source: Project | str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -265,19 +276,9 @@ def backup(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     _remove_with_sidecars(tmp)
-    src = schema.connect(source, readonly=True)
-    try:
-        try:
-            _create_private(tmp)
-            steps, restarts = _copy_pages(src, tmp, pages_per_step, step_sleep, timeout)
-            pages, summary = finish_single_file(tmp)
-            make_private(tmp)
-            fsync_path(tmp)
-        except BaseException:
-            _remove_with_sidecars(tmp)
-            raise
-    finally:
-        src.close()
+    with contextlib.closing(schema.connect(source, readonly=True)) as src:
+        steps, restarts, pages, summary = _copy_checked(src, tmp, pages_per_step, step_sleep,
+                                                        timeout)
     os.replace(tmp, target)
     fsync_path(target.parent)
     return BackupReport(
@@ -303,12 +304,12 @@ def inspect_database_file(path: str | os.PathLike[str], *, role: str = "backup")
     if header != SQLITE_MAGIC:
         raise OrchError(f"{role}_not_sqlite", f"the {role} file is not an SQLite database",
                         file=str(path), hint="pick a file written by `orch backup`")
-    try:
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    except apsw.Error as exc:
-        raise OrchError(f"{role}_damaged", f"the {role} file cannot be opened: {exc}",
-                        file=str(path), hint="pick another backup") from exc
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            conn = stack.enter_context(db.open_file(path))
+        except DatabaseUnavailable as exc:
+            raise OrchError(f"{role}_damaged", f"the {role} file cannot be opened: {exc.message}",
+                            file=str(path), hint="pick another backup") from exc
         try:
             app_id = int(conn.pragma("application_id"))
             version = db.schema_version(conn)
@@ -330,8 +331,6 @@ def inspect_database_file(path: str | os.PathLike[str], *, role: str = "backup")
         except apsw.Error as exc:  # NotADBError, CorruptError, ...
             raise OrchError(f"{role}_damaged", f"the {role} file is damaged: {exc}", file=str(path),
                             hint="pick another backup") from exc
-    finally:
-        conn.close()
     if result != ["ok"]:
         raise OrchError(f"{role}_damaged",
                         f"the {role} file fails integrity_check: {'; '.join(result[:5])}",
@@ -403,13 +402,12 @@ def database_users(project: Project, now: float | None = None) -> list[str]:
     path = project.db_path
     if not path.exists():
         return users
-    try:
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    except apsw.Error:
-        conn = None
-    if conn is not None:
+    with contextlib.ExitStack() as stack:
         try:
-            conn.set_busy_timeout(2000)
+            conn = stack.enter_context(db.open_file(path, busy_timeout_ms=2000))
+        except DatabaseUnavailable:
+            return users + _open_processes([path, Path(f"{path}-wal")])
+        try:
             lock = db.row(conn, "SELECT * FROM scheduler_lock WHERE lock_id = 1")
             if lock:
                 live = (pid_alive(lock["pid"]) if lock["hostname"] == host
@@ -426,8 +424,6 @@ def database_users(project: Project, now: float | None = None) -> list[str]:
                     users.append(f"worker {w['worker_id']} (pid {w['pid']}) is running")
         except apsw.Error:  # a damaged or pre-scheduler database: nothing more to learn here
             pass
-        finally:
-            conn.close()
     return users + _open_processes([path, Path(f"{path}-wal")])
 
 
@@ -463,14 +459,10 @@ def _move_aside(path: Path, now: float) -> Path:
     """Rename the database, and its -wal/-shm/-journal, to ``<name>.before-restore-<stamp>``.
     A sound database is checkpointed first so the kept file usually stands alone."""
     try:
-        conn = apsw.Connection(str(path))
-        try:
-            conn.set_busy_timeout(2000)
+        with db.open_file(path, readonly=False, busy_timeout_ms=2000) as conn:
             if conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        finally:
-            conn.close()
-    except apsw.Error:
+    except (apsw.Error, DatabaseUnavailable):
         pass  # damaged: keep every file exactly as it is
     aside = _unique(path.with_name(f"{path.name}.before-restore-{utc_stamp(now)}"))
     os.replace(path, aside)
@@ -508,19 +500,8 @@ def restore(project: Project, src: str | os.PathLike[str], *, force: bool = Fals
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".restore.tmp")
     _remove_with_sidecars(tmp)
-    src_conn = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        try:
-            _create_private(tmp)
-            _copy_pages(src_conn, tmp, -1, STEP_SLEEP_SECONDS, timeout)
-            finish_single_file(tmp)
-            make_private(tmp)
-            fsync_path(tmp)
-        except BaseException:
-            _remove_with_sidecars(tmp)
-            raise
-    finally:
-        src_conn.close()
+    with db.open_file(source) as src_conn:
+        _copy_checked(src_conn, tmp, -1, STEP_SLEEP_SECONDS, timeout)
     aside = _move_aside(target, now) if target.exists() else None
     # The events file mirrors the replaced database: it is kept beside it (it names the events
     # the restore dropped) and written again from the restored one.
@@ -532,12 +513,9 @@ def restore(project: Project, src: str | os.PathLike[str], *, force: bool = Fals
         make_private(log_aside)
     os.replace(tmp, target)
     fsync_path(target.parent)
-    conn = project.connect()  # migrates the restored file to this orch's schema
-    try:
+    with project.open() as conn:  # migrates the restored file to this orch's schema
         version = db.schema_version(conn)
         views_warning = _export_views(conn, project)
-    finally:
-        conn.close()
     return RestoreReport(
         source=str(source), target=str(target), kept_aside=str(aside) if aside else None,
         source_schema_version=info.schema_version, schema_version=version, events=info.events,

@@ -335,29 +335,23 @@ def _probe(path: Path) -> tuple[list[str], list[Check]]:
     ``DatabaseUnavailable`` when ``db.check_file`` refuses the file (empty, not a file, not
     SQLite, truncated, unreadable) or SQLite cannot open it; nothing is written either way."""
     db.check_file(path)
-    try:
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    except apsw.Error as exc:
-        raise db.error_for(exc, path) from exc
-    try:
-        conn.set_busy_timeout(db.DEFAULT_BUSY_TIMEOUT_MS)
+    with db.open_file(path) as conn:
         try:
-            versions = _versions(conn)
-        except apsw.NotADBError as exc:
-            raise DatabaseUnavailable("database_unreadable",
-                                      f"{path} is not an SQLite database ({exc})",
-                                      file=str(path), hint=DAMAGED_HINT) from exc
-        except apsw.CorruptError:
-            versions = []
-        try:
-            result = [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
-        except (apsw.CorruptError, apsw.NotADBError) as exc:
-            result = [f"{exc}"]
-        return result, versions
-    except apsw.BusyError as exc:
-        raise db.locked_error(path) from exc
-    finally:
-        conn.close()
+            try:
+                versions = _versions(conn)
+            except apsw.NotADBError as exc:
+                raise DatabaseUnavailable("database_unreadable",
+                                          f"{path} is not an SQLite database ({exc})",
+                                          file=str(path), hint=DAMAGED_HINT) from exc
+            except apsw.CorruptError:
+                versions = []
+            try:
+                result = [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
+            except (apsw.CorruptError, apsw.NotADBError) as exc:
+                result = [f"{exc}"]
+            return result, versions
+        except apsw.BusyError as exc:
+            raise db.locked_error(path) from exc
 
 
 def _open(project: Project) -> tuple[apsw.Connection | None, Check]:
@@ -463,11 +457,8 @@ def _jsonable(result: Any) -> dict[str, Any]:
 def rebuild_views(project: Project) -> dict[str, Any]:
     """Rewrite every ``.state`` view from the database (``kernel.observe.exports.export``, full)."""
     views = importlib.import_module("kernel.observe.exports")
-    conn = project.connect()
-    try:
+    with project.open() as conn:
         return _jsonable(views.export(conn, project.state_dir, full=True))
-    finally:
-        conn.close()
 
 
 def _log_events(path: Path) -> tuple[list[tuple[int, str | None]], int]:
@@ -489,16 +480,11 @@ def _log_events(path: Path) -> tuple[list[tuple[int, str | None]], int]:
 def _damaged_max_seq(path: Path) -> int | None:
     """What the damaged file itself still says about its newest event (read-only; may fail)."""
     try:
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    except apsw.Error:
+        with db.open_file(path) as conn:
+            found = db.scalar(conn, "SELECT MAX(seq) FROM event")
+            return int(found) if found is not None else None
+    except (apsw.Error, DatabaseUnavailable):
         return None
-    try:
-        found = db.scalar(conn, "SELECT MAX(seq) FROM event")
-        return int(found) if found is not None else None
-    except apsw.Error:
-        return None
-    finally:
-        conn.close()
 
 
 def restore_plan(project: Project) -> dict[str, Any]:
