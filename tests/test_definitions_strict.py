@@ -28,11 +28,11 @@ from kernel.base.documents import (
     MAX_DEPTH,
     DocumentError,
     check_values,
-    parse_json,
-    parse_toml,
-    parse_yaml,
+    path_loc,
+    path_text,
     read_file,
 )
+from kernel.base.formats import parse_json, parse_toml, parse_yaml
 from kernel.definitions import fit, taskfiles
 from kernel.definitions.check import validate
 from kernel.definitions.load import LoadError, load
@@ -157,6 +157,14 @@ def test_check_values_reports_every_problem_in_document_order() -> None:
     assert [(p.code, p.path) for p in problems] == [
         ("non_finite_number", "a"), ("integer_out_of_range", "b[0]"),
         ("nul_character", "b[1]"), ("non_finite_number", "c.d")]
+
+
+@pytest.mark.parametrize(("loc", "text"), [
+    ([], ""), (["a"], "a"), (["execution", "timeout_seconds"], "execution.timeout_seconds"),
+    (["dependencies", 2], "dependencies[2]"), (["a", 0, "b", 12, "c"], "a[0].b[12].c")])
+def test_path_loc_reads_back_what_path_text_writes(loc: list[Any], text: str) -> None:
+    assert path_text(loc) == text
+    assert path_loc(text) == loc
 
 
 # --------------------------------------------------------------------------- strict models

@@ -25,7 +25,7 @@ Integration Points:
     validate`` / ``orch load``).
 
 Dependencies:
-    pydantic; ``kernel.base.documents``, ``kernel.base.errors``.
+    pydantic; ``kernel.base.documents``, ``kernel.base.errors``, ``kernel.base.formats``.
 """
 
 from __future__ import annotations
@@ -43,12 +43,11 @@ from kernel.base.documents import (
     DEFAULT_MAX_FILE_BYTES,
     MAX_SECONDS,
     DocumentError,
-    parse_toml,
     path_text,
     read_file,
-    toml_line,
 )
 from kernel.base.errors import OrchError
+from kernel.base.formats import parse_toml, toml_line
 
 _HINT = "see the commented defaults in docs/operations/CONFIGURATION.md"
 

@@ -29,7 +29,8 @@ Integration Points:
     load migrations cannot drift apart. Documented in docs/schema_migrations/.
 
 Dependencies:
-    ``kernel.base.documents``, ``kernel.base.errors``, ``kernel.definitions.models``.
+    ``kernel.base.documents``, ``kernel.base.errors``, ``kernel.base.formats``,
+    ``kernel.definitions.models``.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kernel.base.documents import DEFAULT_MAX_FILE_BYTES, DocumentError, parse_json, read_file
+from kernel.base.documents import DEFAULT_MAX_FILE_BYTES, DocumentError, read_file
 from kernel.base.errors import OrchError
+from kernel.base.formats import parse_json
 from kernel.definitions.models import (
     TASK_SCHEMA_VERSION,
     TASK_V1_SCHEMA_VERSION,

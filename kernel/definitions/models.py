@@ -36,7 +36,8 @@ Integration Points:
     kernel.definitions.migrate_tasks rewrites task files on disk with migrate_v1_to_v2.
 
 Dependencies:
-    pydantic; ``kernel.base.data``, ``kernel.base.documents``, ``kernel.base.errors``.
+    pydantic; ``kernel.base.data``, ``kernel.base.documents``, ``kernel.base.errors``,
+    ``kernel.base.formats``.
 """
 
 from __future__ import annotations
@@ -66,10 +67,10 @@ from kernel.base.documents import (
     DEFAULT_MAX_FILE_BYTES,
     MAX_SECONDS,
     DocumentError,
-    parse_json,
     read_file,
 )
 from kernel.base.errors import OrchError
+from kernel.base.formats import parse_json
 
 TASK_SCHEMA_VERSION = "2.0.0"
 TASK_V1_SCHEMA_VERSION = "1.0.0"

@@ -26,7 +26,8 @@ Integration Points:
     and ``resource_conflict`` tables; kernel.observe.schemas renders their JSON Schemas.
 
 Dependencies:
-    pydantic; ``kernel.base.data``, ``kernel.base.documents``, ``kernel.definitions.models``.
+    pydantic; ``kernel.base.data``, ``kernel.base.documents``, ``kernel.base.formats``,
+    ``kernel.definitions.models``.
 """
 
 from __future__ import annotations
@@ -44,12 +45,8 @@ from pydantic import (
 )
 
 from kernel.base.data import defaults_dir
-from kernel.base.documents import (
-    DEFAULT_MAX_FILE_BYTES,
-    parse_yaml,
-    read_file,
-    yaml_line,
-)
+from kernel.base.documents import DEFAULT_MAX_FILE_BYTES, read_file
+from kernel.base.formats import parse_yaml, yaml_line
 from kernel.definitions.models import (
     REGISTRY_SCHEMA_VERSION,
     DefinitionError,

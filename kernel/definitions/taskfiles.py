@@ -39,8 +39,8 @@ Integration Points:
     front.
 
 Dependencies:
-    pydantic, yaml; ``kernel.base.documents``, ``kernel.definitions.commands``,
-    ``kernel.definitions.models``, ``kernel.planning.dag``.
+    pydantic, yaml; ``kernel.base.documents``, ``kernel.base.formats``,
+    ``kernel.definitions.commands``, ``kernel.definitions.models``, ``kernel.planning.dag``.
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ from kernel.base.documents import (
     DEFAULT_MAX_FILE_BYTES,
     DOCUMENT_CODES,
     DocumentError,
-    parse_json,
     read_file,
 )
+from kernel.base.formats import parse_json
 from kernel.definitions.commands import substitute
 from kernel.definitions.models import (
     SEMVER_PATTERN,
