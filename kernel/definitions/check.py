@@ -42,7 +42,7 @@ Integration Points:
 
 Dependencies:
     apsw, networkx; ``kernel.base.config``, ``kernel.base.documents``,
-    ``kernel.definitions.models``, ``kernel.definitions.registries``,
+    ``kernel.definitions.errors``, ``kernel.definitions.registries``,
     ``kernel.definitions.taskfiles``, ``kernel.planning.dag``, ``kernel.store.db``,
     ``kernel.store.project``, ``kernel.store.schema``.
 """
@@ -65,7 +65,7 @@ import networkx as nx
 
 from kernel.base.config import Config, ConfigError
 from kernel.base.documents import DEFAULT_MAX_FILE_BYTES, DocumentError, kind_of
-from kernel.definitions.models import DefinitionError
+from kernel.definitions.errors import DefinitionError
 from kernel.definitions.registries import (
     DEFAULT_CAPABILITY_REGISTRY,
     DEFAULT_RESOURCE_REGISTRY,

@@ -27,7 +27,7 @@ Integration Points:
 
 Dependencies:
     pydantic; ``kernel.base.data``, ``kernel.base.documents``, ``kernel.base.formats``,
-    ``kernel.definitions.models``.
+    ``kernel.definitions.errors``, ``kernel.definitions.fields``.
 """
 
 from __future__ import annotations
@@ -47,17 +47,15 @@ from pydantic import (
 from kernel.base.data import defaults_dir
 from kernel.base.documents import DEFAULT_MAX_FILE_BYTES, read_file
 from kernel.base.formats import parse_yaml, yaml_line
-from kernel.definitions.models import (
+from kernel.definitions.errors import DefinitionError, Problem, problems_from
+from kernel.definitions.fields import (
     REGISTRY_SCHEMA_VERSION,
-    DefinitionError,
     Id,
     IdList,
-    Problem,
     SemVer,
-    _Document,
-    _Model,
-    _not_a_number,
-    problems_from,
+    StrictDocument,
+    StrictModel,
+    not_a_number,
 )
 
 DEFAULT_CAPABILITY_REGISTRY = defaults_dir() / "registry.yaml"
@@ -69,10 +67,10 @@ _RATE_PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600}
 # --- capability registry (CAP-REG-001/002) --------------------------------------------------
 
 
-class CapabilityRequirements(_Model):
+class CapabilityRequirements(StrictModel):
     """What a machine needs for a worker to offer the capability."""
 
-    min_python_version: Annotated[str | None, BeforeValidator(_not_a_number)] = Field(
+    min_python_version: Annotated[str | None, BeforeValidator(not_a_number)] = Field(
         default=None, pattern=r"^[0-9]+\.[0-9]+(\.[0-9]+)?$", description='Quoted, e.g. "3.11".'
     )
     dependencies: list[str] = Field(
@@ -83,7 +81,7 @@ class CapabilityRequirements(_Model):
     network_required: bool = False
 
 
-class Operation(_Model):
+class Operation(StrictModel):
     """One thing a capability can do."""
 
     name: str = Field(min_length=1)
@@ -92,7 +90,7 @@ class Operation(_Model):
     description: str = ""
 
 
-class Capability(_Model):
+class Capability(StrictModel):
     """A capability a worker can advertise; tasks name it in worker_requirements."""
 
     capability_id: Id = Field(description="Stable id, e.g. cap-aider-001.")
@@ -121,7 +119,7 @@ class Capability(_Model):
         return self
 
 
-class CapabilityRegistry(_Document):
+class CapabilityRegistry(StrictDocument):
     """capabilities/registry.yaml: the capabilities workers may advertise."""
 
     _schema_name: ClassVar[str] = "capability-registry"
@@ -190,7 +188,7 @@ def lease_ceiling(kind: str, capacity: float | None, reserved: float | None) -> 
 _SIZED = ("pooled", "rate_limited")
 
 
-class Resource(_Model):
+class Resource(StrictModel):
     """Something tasks lease before they run; see CONC-REG-001 for the types."""
 
     resource_id: Id
@@ -304,7 +302,7 @@ class Resource(_Model):
         return int(match[1]) / _RATE_PERIOD_SECONDS[match[2]] if match else None
 
 
-class ResourceRegistry(_Document):
+class ResourceRegistry(StrictDocument):
     """capabilities/resources.yaml: the resources tasks lease (CONC-REG-001)."""
 
     _schema_name: ClassVar[str] = "resource-registry"
@@ -370,8 +368,7 @@ def _load_yaml(path: Path, model: type[Registry] | None,
     raw = read_file(source, max_bytes=max_bytes)  # DocumentError: not a file we may read
     data, root, problems = parse_yaml(raw, source)
     if problems:
-        raise DefinitionError(source, "YAML", [Problem(p.path, p.message, p.line)
-                                               for p in problems])
+        raise DefinitionError.of_documents(source, "YAML", problems)
     keys = set(data) if isinstance(data, dict) else set()
     if model is None and keys & {"capabilities", "resources"}:
         model = CapabilityRegistry if "capabilities" in keys else ResourceRegistry

@@ -40,7 +40,9 @@ Integration Points:
 
 Dependencies:
     pydantic, yaml; ``kernel.base.documents``, ``kernel.base.formats``,
-    ``kernel.definitions.commands``, ``kernel.definitions.models``, ``kernel.planning.dag``.
+    ``kernel.definitions.commands``, ``kernel.definitions.errors``,
+    ``kernel.definitions.fields``, ``kernel.definitions.models``,
+    ``kernel.definitions.task_documents``, ``kernel.planning.dag``.
 """
 
 from __future__ import annotations
@@ -66,16 +68,10 @@ from kernel.base.documents import (
 )
 from kernel.base.formats import parse_json
 from kernel.definitions.commands import substitute
-from kernel.definitions.models import (
-    SEMVER_PATTERN,
-    DefinitionError,
-    TaskDefinition,
-    TaskDefinitionV1,
-    WorkstreamDefinition,
-    migrate_v1_to_v2,
-    problems_from,
-    semver_key,
-)
+from kernel.definitions.errors import DefinitionError, problems_from
+from kernel.definitions.fields import TASK_SCHEMA_VERSION, major_minor, semver_key
+from kernel.definitions.models import TaskDefinition, TaskDefinitionV1, WorkstreamDefinition
+from kernel.definitions.task_documents import migrate_v1_to_v2
 from kernel.planning.dag import gc_paused
 
 ERROR, WARNING = "error", "warning"
@@ -109,7 +105,6 @@ except (ValueError, OSError, AttributeError):  # pragma: no cover - POSIX always
 if ARG_MAX <= 0:  # pragma: no cover - "no limit"
     ARG_MAX = 2**31
 _ARG_BOUND = min(MAX_ARG_STRLEN or ARG_MAX, ARG_MAX // 2)
-_SEMVER = re.compile(SEMVER_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,13 +324,12 @@ def parse_task(path: str, display: str, ctx: ParseContext) -> tuple[
 
 
 def _validate(f: _TaskFile, data: dict[str, Any]) -> tuple[TaskDefinition | None, bool]:
-    version = data.get("schema_version", "2.0.0")
-    match = _SEMVER.match(version) if isinstance(version, str) else None
-    major_minor = (int(match[1]), int(match[2])) if match else None
+    version = data.get("schema_version", TASK_SCHEMA_VERSION)
+    line = major_minor(version)
     try:
-        if major_minor == (2, 0):
+        if line == (2, 0):
             return TaskDefinition.model_validate(data), False
-        if major_minor == (1, 0):
+        if line == (1, 0):
             try:
                 TaskDefinitionV1.model_validate(data)
             except ValidationError as exc:
@@ -353,7 +347,7 @@ def _validate(f: _TaskFile, data: dict[str, Any]) -> tuple[TaskDefinition | None
           f"schema_version {version!r} is not supported: this orch reads 2.0.x, and 1.0.x "
           "(migrated on load)" if isinstance(version, str) else
           f"schema_version must be a semver string such as \"2.0.0\", not {version!r}",
-          "use \"2.0.0\"; a newer version needs a newer orch" if match else
+          "use \"2.0.0\"; a newer version needs a newer orch" if line is not None else
           "write a semver string such as \"2.0.0\"")
     return None, False
 
