@@ -6,7 +6,8 @@ Public API:
     ``DefinitionError(OrchError, ValueError)`` with ``.source``, ``.what``, ``.problems``, and
     ``DefinitionError.of_documents(source, what, document_errors)`` (a document that
     ``kernel.base.documents`` or ``kernel.base.formats`` refused); ``problems_from(
-    validation_error, model, line_of=None) -> list[Problem]``.
+    validation_error, model, line_of=None) -> list[Problem]``; ``field_hint(model, loc)`` (the
+    description of the field at a path: what it is for, as the JSON Schema says).
 
 Stability Guarantees:
     Every problem is listed, not just the first. A path is a JSON path
@@ -16,10 +17,10 @@ Stability Guarantees:
     ("field.path: message") is reported at that field.
 
 Integration Points:
-    ``kernel.definitions.models`` (task and workstream documents),
-    ``kernel.definitions.registries`` (the YAML registries) and
-    ``kernel.definitions.migrate_tasks`` raise ``DefinitionError``;
-    ``kernel.definitions.taskfiles`` turns ``problems_from`` into its own problem records.
+    ``kernel.definitions.task_documents`` (task documents), ``kernel.definitions.registries``
+    (the YAML registries) and ``kernel.definitions.migrate_tasks`` raise ``DefinitionError``;
+    ``kernel.definitions.taskfiles`` and ``kernel.definitions.task_checks`` turn
+    ``problems_from`` into their own problem records, with ``field_hint`` as the hint.
 
 Dependencies:
     pydantic; ``kernel.base.documents``, ``kernel.base.errors``, ``kernel.definitions.fields``.
@@ -131,3 +132,19 @@ def problems_from(
             message = f"unknown field '{loc[-1]}' ({hint})"
         problems.append(Problem(path_text(loc), message, line_of(loc) if line_of else None))
     return problems
+
+
+def field_hint(model: type[BaseModel], loc: Sequence[Any]) -> str | None:
+    """The description of the field at ``loc``: what it is for, as the JSON Schema says."""
+    current: Any = model
+    info = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        info = fields[part]
+        current = next((a for a in (info.annotation, *getattr(info.annotation, "__args__", ()))
+                        if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return info.description if info is not None else None
