@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from kernel.base.formats import parse_json
-from kernel.definitions.fields import major_minor
+from kernel.definitions.fields import any_patch_of, major_minor
 from kernel.definitions.models import (
     AttemptOutput,
     DefinitionError,
@@ -741,3 +741,23 @@ def test_a_refused_document_is_one_definition_error_with_every_problem() -> None
     err = DefinitionError.of_documents("x.json", "JSON", flaws)
     assert [(p.path, p.line) for p in err.problems] == [("a", 2), ("b", 3)]
     assert err.file == "x.json" and err.message.startswith("invalid JSON\n  - line 2, a: NaN")
+
+
+@pytest.mark.parametrize(("version", "accepted"), [
+    ("2.0.0", True), ("2.0.17", True), ("2.0.01", False), ("2.1.0", False), ("1.0.0", False)])
+def test_a_task_accepts_every_patch_release_of_its_schema_line(version: str,
+                                                               accepted: bool) -> None:
+    assert any_patch_of("2.0.0") == r"^2\.0\.(0|[1-9][0-9]*)$"
+    doc = {"task_id": "t", "workstream_id": "ws", "name": "T", "type": "custom",
+           "execution": {"command": "echo"}, "schema_version": version}
+    if accepted:
+        assert TaskDefinition.model_validate(doc).schema_version == version
+    else:
+        with pytest.raises(ValidationError):
+            TaskDefinition.model_validate(doc)
+
+
+def test_any_patch_of_needs_a_semantic_version() -> None:
+    assert any_patch_of("1.4.2") == r"^1\.4\.(0|[1-9][0-9]*)$"
+    with pytest.raises(ValueError, match="not a semantic version"):
+        any_patch_of("2.0")

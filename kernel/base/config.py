@@ -21,7 +21,7 @@ Integration Points:
     ``kernel.store.project.Project.config``; the scheduler reads ``workers``, the validation rules
     read
     ``rules``, the connection factory reads ``database``, ``orch bundle`` reads ``bundle``,
-    ``kernel.definitions.check`` reads ``definitions`` (and lists this file's problems in ``orch
+    ``kernel.definitions.collect`` reads ``definitions`` (and lists this file's problems in ``orch
     validate`` / ``orch load``).
 
 Dependencies:

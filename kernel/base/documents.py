@@ -28,8 +28,9 @@ Integration Points:
     ``kernel.base.formats`` (JSON, YAML and TOML) decodes through ``decode_utf8`` and applies
     ``check_values``; ``kernel.definitions.taskfiles`` (task and workstream files),
     ``kernel.definitions.registries`` (the YAML registries), ``kernel.base.config``
-    (``orch.toml``) and ``kernel.definitions.migrate_tasks`` read through ``read_file``; their
-    callers turn a ``DocumentError`` into their own problem records.
+    (``orch.toml``) and ``kernel.definitions.task_documents`` (one task file, for
+    ``kernel.definitions.migrate_tasks``) read through ``read_file``; their callers turn a
+    ``DocumentError`` into their own problem records.
 
 Dependencies:
     ``kernel.base.errors``.

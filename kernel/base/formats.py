@@ -16,9 +16,9 @@ Stability Guarantees:
     returned as None with every problem, each with its path and, where known, its line.
 
 Integration Points:
-    ``kernel.definitions.taskfiles`` and ``kernel.definitions.models`` (task and workstream
-    files), ``kernel.definitions.registries`` (the YAML registries), ``kernel.base.config``
-    (``orch.toml``) and ``kernel.definitions.migrate_tasks``.
+    ``kernel.definitions.taskfiles`` and ``kernel.definitions.task_documents`` (task and
+    workstream files), ``kernel.definitions.registries`` (the YAML registries) and
+    ``kernel.base.config`` (``orch.toml``).
 
 Dependencies:
     yaml; ``kernel.base.documents``.

@@ -7,7 +7,8 @@ Public API:
     ``REGISTRY_SCHEMA_VERSION``, ``ATTEMPT_OUTPUT_SCHEMA_VERSION``.
     Patterns: ``ID_PATTERN``, ``SEMVER_PATTERN``; ``semver_key(version)`` (semver precedence,
     for comparing versions: parsed, never compared as strings); ``major_minor(version)`` (the
-    schema line a version string names, or None).
+    schema line a version string names, or None); ``any_patch_of(version)`` (the
+    ``schema_version`` pattern of a document: any patch release of that line).
     Field types: ``Id``, ``IdList`` (unique), ``SemVer``, ``RelPath`` (relative, no '..'),
     ``Timestamp`` (ISO-8601 with a zone); ``not_a_number`` (a validator refusing a YAML number
     where a version string is meant); ``unique(items)``.
@@ -90,6 +91,15 @@ def major_minor(version: Any) -> tuple[int, int] | None:
     """(major, minor) of a semver string such as "2.0.0"; None for anything else."""
     match = _SEMVER.match(version) if isinstance(version, str) else None
     return (int(match[1]), int(match[2])) if match else None
+
+
+def any_patch_of(version: str) -> str:
+    """The ``schema_version`` pattern a document of ``version`` accepts: every patch release of
+    its line (a patch is compatible, SCHEMA-VER-001), "2.0.0" -> ``^2\\.0\\.(0|[1-9][0-9]*)$``."""
+    line = major_minor(version)
+    if line is None:
+        raise ValueError(f"{version!r} is not a semantic version such as 1.2.0")
+    return rf"^{line[0]}\.{line[1]}\.(0|[1-9][0-9]*)$"
 
 
 # --- shared field types ---------------------------------------------------------------------

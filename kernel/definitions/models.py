@@ -65,6 +65,7 @@ from kernel.definitions.fields import (
     StrictDocument,
     StrictModel,
     Timestamp,
+    any_patch_of,
     semver_key,
     unique,
 )
@@ -360,7 +361,8 @@ class TaskDefinitionV1(_TaskBase):
 
     _default_version: ClassVar[str] = TASK_V1_SCHEMA_VERSION
     schema_version: str = Field(
-        default=TASK_V1_SCHEMA_VERSION, pattern=r"^1\.0\.(0|[1-9][0-9]*)$", description="1.0.x."
+        default=TASK_V1_SCHEMA_VERSION, pattern=any_patch_of(TASK_V1_SCHEMA_VERSION),
+        description="1.0.x."
     )
 
 
@@ -370,7 +372,7 @@ class TaskDefinition(_TaskBase):
     _default_version: ClassVar[str] = TASK_SCHEMA_VERSION
     schema_version: str = Field(
         default=TASK_SCHEMA_VERSION,
-        pattern=r"^2\.0\.(0|[1-9][0-9]*)$",
+        pattern=any_patch_of(TASK_SCHEMA_VERSION),
         description="2.0.x. A file without it is read as 2.0.0.",
     )
     context_requirements: ContextRequirements | None = Field(
@@ -402,7 +404,7 @@ class WorkstreamDefinition(StrictDocument):
     _schema_name: ClassVar[str] = "workstream"
     _default_version: ClassVar[str] = WORKSTREAM_SCHEMA_VERSION
     schema_version: str = Field(
-        default=WORKSTREAM_SCHEMA_VERSION, pattern=r"^1\.0\.(0|[1-9][0-9]*)$"
+        default=WORKSTREAM_SCHEMA_VERSION, pattern=any_patch_of(WORKSTREAM_SCHEMA_VERSION)
     )
     workstream_id: Id = Field(description="Must equal the directory name.")
     name: str = Field(default="", description="Display name. Default: the workstream_id.")

@@ -39,7 +39,7 @@ from kernel.definitions.models import WorkstreamDefinition
 ERROR, WARNING = "error", "warning"
 CODES: dict[str, str] = {
     **dict.fromkeys(DOCUMENT_CODES, ERROR),  # the strict parse layer (kernel.base.documents)
-    "json_syntax": ERROR, "file_unreadable": ERROR, "schema": ERROR,
+    "schema": ERROR,
     "unsupported_schema_version": ERROR, "status_not_pending": ERROR,
     "file_name_mismatch": ERROR, "wrong_directory": ERROR, "duplicate_task_id": ERROR,
     "unknown_dependency": ERROR, "dependency_cycle": ERROR,

@@ -55,6 +55,7 @@ from kernel.definitions.fields import (
     SemVer,
     StrictDocument,
     StrictModel,
+    any_patch_of,
     not_a_number,
 )
 
@@ -124,7 +125,8 @@ class CapabilityRegistry(StrictDocument):
 
     _schema_name: ClassVar[str] = "capability-registry"
     _default_version: ClassVar[str] = REGISTRY_SCHEMA_VERSION
-    schema_version: str = Field(default=REGISTRY_SCHEMA_VERSION, pattern=r"^1\.0\.(0|[1-9][0-9]*)$")
+    schema_version: str = Field(default=REGISTRY_SCHEMA_VERSION,
+                                pattern=any_patch_of(REGISTRY_SCHEMA_VERSION))
     capabilities: list[Capability] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -307,7 +309,8 @@ class ResourceRegistry(StrictDocument):
 
     _schema_name: ClassVar[str] = "resource-registry"
     _default_version: ClassVar[str] = REGISTRY_SCHEMA_VERSION
-    schema_version: str = Field(default=REGISTRY_SCHEMA_VERSION, pattern=r"^1\.0\.(0|[1-9][0-9]*)$")
+    schema_version: str = Field(default=REGISTRY_SCHEMA_VERSION,
+                                pattern=any_patch_of(REGISTRY_SCHEMA_VERSION))
     resources: list[Resource] = Field(default_factory=list)
 
     @model_validator(mode="after")
