@@ -90,6 +90,12 @@ class Existing:
     def_deps: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
     def_blocks: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
+    def differs(self, rec: TaskRecord) -> bool:
+        """The task has no row yet, or its file's definition differs from the row's: a load
+        writes it (and it must still be allowed to change)."""
+        old = self.tasks.get(rec.task_id)
+        return old is None or old.sha256 != rec.sha256
+
 
 @dataclass
 class ValidationResult:
@@ -135,8 +141,7 @@ def read_existing(conn: apsw.Connection, defs: Definitions) -> Existing:
     if not found.tasks:
         return found
     records = {t.task_id: t for t in defs.tasks}
-    changed = {t for t, r in records.items() if t in found.tasks
-               and found.tasks[t].sha256 != r.sha256}
+    changed = {t for t, r in records.items() if t in found.tasks and found.differs(r)}
     outside = found.tasks.keys() - records.keys()
     blocking = [r for r in defs.tasks if r.blocks and (r.task_id in changed
                                                          or r.task_id not in found.tasks)]
@@ -276,9 +281,7 @@ def _check(defs: Definitions, existing: Existing | None,
     if len(problems) > unknown:  # leave the unknown tasks out of the cycle search
         graph = {v: {p for p in prereqs if p in known} for v, prereqs in graph.items()
                  if v in known}
-    fresh = defs.tasks if existing is None else [  # new or changed definitions
-        r for r in defs.tasks
-        if (old := existing.tasks.get(r.task_id)) is None or old.sha256 != r.sha256]
+    fresh = defs.tasks if existing is None else [r for r in defs.tasks if existing.differs(r)]
     if fresh or existing is None or existing.deps:  # else the last load checked this graph
         for cycle in _cycles(graph):
             problems.append(_cycle_problem(cycle, by_id))

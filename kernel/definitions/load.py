@@ -282,16 +282,9 @@ def _write_workstreams_in_tx(conn: apsw.Connection, defs: Definitions, existing:
 
 def _write_tasks_in_tx(conn: apsw.Connection, defs: Definitions, existing: Existing,
                        stamp: str | None, report: LoadReport) -> tuple[set[str], set[str]]:
-    new: list[TaskRecord] = []
-    changed: list[TaskRecord] = []
-    for rec in defs.tasks:
-        old = existing.tasks.get(rec.task_id)
-        if old is None:
-            new.append(rec)
-        elif old.sha256 != rec.sha256:
-            changed.append(rec)
-    new.sort(key=lambda r: r.task_id)
-    changed.sort(key=lambda r: r.task_id)
+    fresh = sorted((r for r in defs.tasks if existing.differs(r)), key=lambda r: r.task_id)
+    new = [r for r in fresh if r.task_id not in existing.tasks]
+    changed = [r for r in fresh if r.task_id in existing.tasks]
     report.tasks_unchanged = len(defs.tasks) - len(new) - len(changed)
     # One clock reading for the whole load: every new task has the same created_at.
     created = stamp or db.scalar(conn, f"SELECT {_NOW_SQL}")
@@ -303,11 +296,20 @@ def _write_tasks_in_tx(conn: apsw.Connection, defs: Definitions, existing: Exist
         [(r.task_id, r.workstream_id, *r.columns, r.definition, r.sha256, r.file, created,
           created, _created_metadata(r, stamp)) for r in new])
     report.tasks_created = len(new)
+    _update_changed_in_tx(conn, changed, existing, created, report)
+    _write_requirements_in_tx(conn, new, changed)
+    return {r.task_id for r in new}, {r.task_id for r in changed}
+
+
+def _update_changed_in_tx(conn: apsw.Connection, changed: list[TaskRecord], existing: Existing,
+                          created: str, report: LoadReport) -> None:
+    """Pending tasks whose file changed: the new definition, one task_definition_updated event
+    each (with the fields that changed)."""
     old_defs = {t: json.loads(d) for t, d in conn.execute(
         "SELECT task_id, definition FROM task WHERE task_id IN (SELECT value FROM json_each(?))",
         (json.dumps([r.task_id for r in changed]),))} if changed else {}
     _update_tasks_in_tx(conn, [(r.task_id, r.workstream_id, *r.columns, r.definition, r.sha256,
-                          r.file, created) for r in changed])
+                                r.file, created) for r in changed])
     updated = []
     for rec in changed:
         old = old_defs.get(rec.task_id, {})
@@ -322,6 +324,11 @@ def _write_tasks_in_tx(conn: apsw.Connection, defs: Definitions, existing: Exist
     events.emit_events_in_tx(conn, "task_definition_updated", updated,
                              trigger="definition_loaded", at=created,
                              batch_parameters=BATCH_PARAMETERS)
+
+
+def _write_requirements_in_tx(conn: apsw.Connection, new: list[TaskRecord],
+                              changed: list[TaskRecord]) -> None:
+    """The capability and resource rows of new tasks, and those of changed ones replaced."""
     if changed:
         ids = json.dumps([r.task_id for r in changed])
         for table in ("task_capability", "task_resource"):
@@ -337,7 +344,6 @@ def _write_tasks_in_tx(conn: apsw.Connection, defs: Definitions, existing: Exist
     conn.executemany("INSERT INTO task_resource (task_id, resource_id, mode, amount) "
                      "VALUES (?, ?, ?, ?)",
                      [(r.task_id, *res) for r in written for res in r.resources])
-    return {r.task_id for r in new}, {r.task_id for r in changed}
 
 
 _UPDATED_COLUMNS = ("workstream_id", *_TASK_COLUMNS, "definition", "definition_sha256",
