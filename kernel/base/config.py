@@ -21,11 +21,11 @@ Integration Points:
     ``kernel.store.project.Project.config``; the scheduler reads ``workers``, the validation rules
     read
     ``rules``, the connection factory reads ``database``, ``orch bundle`` reads ``bundle``,
-    ``kernel.definitions.check`` reads ``definitions`` (and lists this file's problems in ``orch
+    ``kernel.definitions.collect`` reads ``definitions`` (and lists this file's problems in ``orch
     validate`` / ``orch load``).
 
 Dependencies:
-    pydantic; ``kernel.base.documents``, ``kernel.base.errors``.
+    pydantic; ``kernel.base.documents``, ``kernel.base.errors``, ``kernel.base.formats``.
 """
 
 from __future__ import annotations
@@ -43,12 +43,11 @@ from kernel.base.documents import (
     DEFAULT_MAX_FILE_BYTES,
     MAX_SECONDS,
     DocumentError,
-    parse_toml,
     path_text,
     read_file,
-    toml_line,
 )
 from kernel.base.errors import OrchError
+from kernel.base.formats import parse_toml, toml_line
 
 _HINT = "see the commented defaults in docs/operations/CONFIGURATION.md"
 
