@@ -18,7 +18,7 @@ from kernel.base.clock import iso
 from kernel.base.config import Config, WorkersConfig
 from kernel.observe import exports
 from kernel.runtime import claims, scheduler
-from kernel.store import db, schema
+from kernel.store import db, eventlog, schema
 from kernel.store.project import Project
 from tests.conftest import REPO, orch
 from tests.e2e import make_project, run, task
@@ -341,7 +341,7 @@ def test_a_rebuilt_events_file_includes_the_rotated_events(conn: apsw.Connection
         transition(conn, "task", "a", "queued", "scheduler_assigned",
                    {"at": iso(T0 + 200 * 86400)})
     everything = _db_events(conn)
-    result = archive.rotate(conn, archive.archive_dir(project.state_dir),
+    result = archive.rotate(conn, eventlog.archive_dir(project.state_dir),
                             now=T0 + 200 * 86400)
     assert result["events"] > 0
     live_first = db.scalar(conn, "SELECT min(seq) FROM event")

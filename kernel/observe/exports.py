@@ -32,12 +32,13 @@ Integration Points:
     ``orch run`` runs an ``Exporter`` beside its loop (``[views] export = false`` turns it off);
     ``orch export`` calls ``export``; ``orch load``, ``cancel``, ``retry`` and ``skip`` call
     ``export_after_change``; ``orch doctor --repair`` rebuilds the files with ``export``.
-    ``kernel.planning.plan.workstream_plan`` makes the DAG and plan documents.
+    ``kernel.planning.plan.workstream_plan`` makes the DAG and plan documents; the events of
+    transitions.jsonl are read through ``kernel.store.eventlog`` (live and archived).
 
 Dependencies:
     apsw, pydantic; ``kernel.base.clock``, ``kernel.base.data``, ``kernel.base.errors``,
-    ``kernel.base.files``, ``kernel.observe.archive``, ``kernel.planning.plan``,
-    ``kernel.store.db``, ``kernel.store.events``, ``kernel.store.schema``.
+    ``kernel.base.files``, ``kernel.planning.plan``, ``kernel.store.db``,
+    ``kernel.store.eventlog``, ``kernel.store.events``, ``kernel.store.schema``.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from pydantic import BaseModel, ConfigDict
 from kernel.base import clock
 from kernel.base.data import schema_url
 from kernel.base.files import write_atomic
-from kernel.store import db, schema
+from kernel.store import db, eventlog, schema
 from kernel.store.events import EVENT_FIELDS
 
 VIEWS_SCHEMA_VERSION = "1.0.0"
@@ -486,19 +487,16 @@ def _append_events(conn: apsw.Connection, path: Path, up_to: int) -> int:
     """Append the events after the file's last seq, up to ``up_to``; returns how many. They
     come from the live table, and from ``.state/archive/events/`` when the file is rebuilt
     after `orch audit rotate` moved its beginning there."""
-    from kernel.observe import archive
-
     after = last_exported_seq(path)
     if after >= up_to:
         return 0
     count = 0
     with open(path, "a", encoding="utf-8") as fh:
         batch: list[str] = []
-        for event in archive.iter_events(conn, archive.archive_dir(path.parent),
-                                         since_seq=after):
+        for event in eventlog.iter_events(conn, eventlog.archive_dir(path.parent),
+                                          since_seq=after, with_source=False):
             if event["seq"] > up_to:
                 break
-            del event["source"]
             batch.append(_dumps(event) + "\n")
             if len(batch) >= 4096:
                 fh.write("".join(batch))
