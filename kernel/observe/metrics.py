@@ -65,8 +65,8 @@ Integration Points:
     ``metric_sample``, ``metric_history``, ``metric_history_errors`` and ``failure_occurrence``.
 
 Dependencies:
-    apsw, prometheus_client, pydantic; ``kernel.base.clock``, ``kernel.base.files``,
-    ``kernel.definitions.models``, ``kernel.store.db``, ``kernel.store.machines``,
+    apsw, prometheus_client, pydantic; ``kernel.base.clock``, ``kernel.definitions.models``,
+    ``kernel.observe.documents``, ``kernel.store.db``, ``kernel.store.machines``,
     ``kernel.store.project``.
 """
 
@@ -101,8 +101,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kernel import __version__
 from kernel.base import clock
-from kernel.base.files import write_atomic
-from kernel.definitions.models import SEMVER_PATTERN, schema_url
+from kernel.definitions.models import SEMVER_PATTERN
+from kernel.observe.documents import header, render_indented, write_document
 from kernel.store import db
 from kernel.store.machines import terminal_sql, terminal_states
 
@@ -299,8 +299,7 @@ def _collect(conn: apsw.Connection, now: float) -> dict[str, Any]:
     workers = _counts(conn, "worker", WORKER_STATES)
     errors = _errors_since(conn, today)
     doc = {
-        "schema_version": METRICS_SCHEMA_VERSION,
-        "schema_url": schema_url(METRICS_SCHEMA_NAME, METRICS_SCHEMA_VERSION),
+        **header(METRICS_SCHEMA_NAME, METRICS_SCHEMA_VERSION),
         "timestamp": stamp,
         "window": {"today_since": today, "last_hour_since": hour},
         "workstreams": {
@@ -355,7 +354,7 @@ def prune(conn: apsw.Connection, now: float, retention_days: float = RETENTION_D
 
 def render_json(doc: dict[str, Any]) -> str:
     """The exact text of ``metrics.json``: sorted keys, two-space indent, trailing newline."""
-    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    return render_indented(doc)
 
 
 def write_metrics(conn: apsw.Connection, state_dir: str | os.PathLike[str], now: float, *,
@@ -376,7 +375,7 @@ def write_metrics(conn: apsw.Connection, state_dir: str | os.PathLike[str], now:
         prune(conn, now, retention_days)
     directory = Path(state_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(directory / METRICS_FILE, render_json(doc))
+    write_document(directory / METRICS_FILE, doc, indented=True)
     return doc
 
 
