@@ -6,7 +6,8 @@ Public API:
     ``view_models`` (their documents and models), ``documents`` (the one renderer and writer
     of ``.state`` JSON documents), ``status``, ``audit``, ``archive`` (rotation and
     verification; the archive format and the event reader are ``kernel.store.eventlog``),
-    ``replay``, ``metrics``, ``schemas``.
+    ``replay``, ``metrics`` (the public names of ``metrics_document``, ``metrics_history`` and
+    ``prometheus``), ``schemas``.
 
 Stability Guarantees:
     The layers, bottom to top: base, store, planning, definitions, observe, runtime, maintain,

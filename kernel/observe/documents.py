@@ -18,9 +18,9 @@ Stability Guarantees:
 
 Integration Points:
     ``kernel.observe.exports`` (current.json, the indices, DAG, plan and checkpoint files) and
-    ``kernel.observe.metrics`` (metrics.json) write through ``write_document``;
-    ``kernel.observe.view_models`` and ``kernel.observe.metrics`` build their headers with
-    ``header``.
+    ``kernel.observe.metrics_history`` (metrics.json) write through ``write_document``;
+    ``kernel.observe.view_models`` and ``kernel.observe.metrics_document`` build their headers
+    with ``header``.
 
 Dependencies:
     ``kernel.base.data``, ``kernel.base.files``.
