@@ -27,6 +27,7 @@ Dependencies:
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ipaddress
 import signal
 import threading
@@ -218,12 +219,8 @@ class OrchCollector(Collector):
             with self._lock, db.snapshot(self.source):
                 families = _families(self.source, now)
         else:
-            conn = self.source()
-            try:
-                with db.snapshot(conn):
-                    families = _families(conn, now)
-            finally:
-                conn.close()
+            with contextlib.closing(self.source()) as conn, db.snapshot(conn):
+                families = _families(conn, now)
         yield from families
 
 

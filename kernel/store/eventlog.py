@@ -175,11 +175,14 @@ def open_archive_for_write(path: Path, month: str,
         conn.pragma("journal_mode", "delete")  # one self-contained file, no -wal beside it
         conn.pragma("synchronous", "FULL")
         with db.write_tx(conn):
-            _check_or_create(conn, path, month, kernel_schema)
+            _check_or_create_in_tx(conn, path, month, kernel_schema)
         yield conn
 
 
-def _check_or_create(conn: apsw.Connection, path: Path, month: str, kernel_schema: int) -> None:
+def _check_or_create_in_tx(conn: apsw.Connection, path: Path, month: str,
+                           kernel_schema: int) -> None:
+    """A new file gets the archive schema and ``archive_info``; an existing one must be an
+    archive of ``month`` in a format this code reads."""
     app_id = int(conn.pragma("application_id"))
     if app_id == 0 and not columns(conn):
         conn.execute(_ARCHIVE_SCHEMA)
