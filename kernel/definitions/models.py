@@ -188,10 +188,12 @@ class ExecutionSpec(StrictModel):
         description="Expected run time, used only for execution plans and the "
         "critical path. Default 60.",
     )
-    executor: Literal["subprocess", "noop", "pytest", "ruff"] | None = Field(
+    executor: Literal["subprocess", "noop", "pytest", "ruff", "aider"] | None = Field(
         default=None,
         description="How the task runs. Default by type: pytest -> pytest, lint -> ruff, "
-        "otherwise subprocess. noop does nothing and succeeds (for tests and benchmarks).",
+        "otherwise subprocess. noop does nothing and succeeds (for tests and benchmarks). "
+        "aider runs the Aider CLI on the task's files with execution.prompt ([agents.aider] "
+        "in orch.toml; the command is not run).",
     )
     shell: bool = Field(
         default=False,

@@ -389,7 +389,13 @@ def _finish_execution(conn: apsw.Connection, claim: Claim, now: float, *, outcom
         _reject_stale(conn, claim, stamp, f"killed: {cancel_reason}")
         worker_idle(conn, claim.worker_id, stamp, claim.task_id)
         return "stale"
-    if outcome == "timeout":
+    # An executor may name the failure itself (details["failure"]: mode, error_type,
+    # metadata), e.g. Context-Overflow before an agent starts: never retried.
+    named = (details or {}).get("failure")
+    named = named if isinstance(named, dict) and named.get("mode") else None
+    if named:
+        mode, trigger, retryable = str(named["mode"]), "execution_failed", False
+    elif outcome == "timeout":
         mode, trigger, retryable = "Task-Timeout", "task_timeout", True
     elif outcome == "error":
         mode, trigger, retryable = "Task-Failed", "execution_failed", False
@@ -401,6 +407,7 @@ def _finish_execution(conn: apsw.Connection, claim: Claim, now: float, *, outcom
                            backoff=backoff,
                            extra={"exit_code": exit_code,
                                   "duration_seconds": round(duration, 3),
+                                  **(dict(named.get("metadata") or {}) if named else {}),
                                   **({"timeout_seconds": claim.timeout_seconds}
                                      if outcome == "timeout" else {})})
     if state == "stale":
@@ -408,7 +415,8 @@ def _finish_execution(conn: apsw.Connection, claim: Claim, now: float, *, outcom
     else:
         _close_attempt(conn, claim, stamp, "timeout" if outcome == "timeout" else "failed",
                        exit_code=exit_code, failure_mode=mode,
-                       error_type="timeout" if outcome == "timeout" else
+                       error_type=str(named.get("error_type") or "failed") if named else
+                       "timeout" if outcome == "timeout" else
                        ("start_failed" if outcome == "error" else "exit_code"),
                        error=message,
                        output=_output("failure", "pending", duration, message, details))
