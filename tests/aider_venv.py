@@ -3,8 +3,8 @@
 Aider pins its own dependency versions, so it cannot share the test environment. The venv lives
 at ``$ORCH_TEST_CACHE/aider-VERSION`` (default ``~/.cache/orch-tests``) and is reused between
 runs; when it is missing or broken it is created with ``python3 -m venv`` and
-``pip install aider-chat==VERSION`` (as on a fresh CI machine; ``.ci/run`` calls this file
-before the tests). ``python tests/aider_venv.py`` prints the venv's path.
+``pip install aider-chat==VERSION`` (as on a fresh CI machine, by the first test that needs it).
+``python tests/aider_venv.py`` creates it ahead of time and prints its path.
 """
 
 from __future__ import annotations
