@@ -29,6 +29,7 @@ EXPECTED = {
     "views-100k": ["export current.json and indices", "exports' slowdown of noop-throughput"],
     "footprint": ["peak RSS, plan-100k", "peak RSS, orch run (noop-throughput)",
                   "largest WAL (noop-throughput + reader)"],
+    "startup": ["orch --version", "orch --help", "orch status"],
 }
 # Figures whose value may be missing for reasons outside the kernel: Huey not installed
 # (--no-install), the .state views not written yet.

@@ -175,8 +175,8 @@ def cli_reference() -> str:
             for sub in sorted(command.commands):
                 describe(command.commands[sub], sub, ctx, f"{path} {sub}")
 
-    for name in sorted(cli.commands):
-        describe(cli.commands[name], name, root, f"orch {name}")
+    for name, command in sorted(cli.load_all().items()):
+        describe(command, name, root, f"orch {name}")
     return "\n".join(lines).rstrip() + "\n"
 
 

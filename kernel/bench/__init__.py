@@ -28,9 +28,9 @@ Stability Guarantees:
 Integration Points:
     ``kernel.cli.bench`` (``orch bench``) calls ``run`` and prints the table or the JSON. Each
     benchmark module (``kernel.bench.plan``, ``throughput``, ``commands``, ``latency``,
-    ``views``, ``footprint``) has a function ``(ctx) -> list[Figure]`` (``figures`` unless the
-    registry names another); the registry imports them
-    lazily, so this module can be imported by all of them. docs/PERFORMANCE.md holds the last
+    ``views``, ``footprint``, ``startup``) has a function ``(ctx) -> list[Figure]``
+    (``figures`` unless the registry names another); the registry imports them lazily, so
+    this module can be imported by all of them. docs/PERFORMANCE.md holds the last
     full run's table (``orch bench --markdown``).
 
 Dependencies:
@@ -202,6 +202,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               "exporting .state/ views for 100,000 tasks, and what exports cost a run"),
     Benchmark("footprint", "kernel.bench.footprint",
               "peak RSS of the scheduler and the largest WAL with a reader polling"),
+    Benchmark("startup", "kernel.bench.startup",
+              "the wall clock of orch --version, orch --help and orch status as typed, "
+              "against python -c pass"),
 )}
 
 

@@ -2,8 +2,11 @@
 
 Public API:
     ``main()`` (the console script), ``run(argv) -> int`` (the same, returning the exit code),
-    ``cli`` (the click group). Commands live one group per module: ``kernel.cli.core`` (init,
-    doctor), ``kernel.cli.events`` (events).
+    ``cli`` (the click group, a ``kernel.cli.common.LazyGroup``), ``LAZY_COMMANDS`` (each
+    command's name -> ``("module:attribute", short help)``). Commands live one group per
+    module: ``kernel.cli.core`` (init, doctor), ``kernel.cli.events`` (events), ...; each
+    module's ``COMMANDS`` lists its commands, and ``LAZY_COMMANDS`` names every one of them
+    (tests/test_cli_startup.py keeps the two, and the short help lines, equal).
 
 Stability Guarantees:
     Command names, options, ``--json`` output shapes and exit codes are a contract (DESIGN.md):
@@ -16,14 +19,12 @@ Stability Guarantees:
 
 Integration Points:
     Installed as ``orch`` by pyproject.toml; ``--root DIR`` picks the project (default: the
-    nearest parent holding ``.state/``, else the current directory).
+    nearest parent holding ``.state/``, else the current directory). Start-up: ``orch
+    --version`` and ``orch --help`` import click and this package only; a command's module
+    (and what it needs) is imported when that command runs (docs/PERFORMANCE.md, "Start-up").
 
 Dependencies:
-    apsw, click; ``kernel.base.errors``, ``kernel.cli.audit``, ``kernel.cli.backup``,
-    ``kernel.cli.bench``, ``kernel.cli.common``, ``kernel.cli.core``,
-    ``kernel.cli.definitions``, ``kernel.cli.demo``, ``kernel.cli.events``,
-    ``kernel.cli.metrics``, ``kernel.cli.operator``, ``kernel.cli.plan``, ``kernel.cli.run``,
-    ``kernel.cli.views``, ``kernel.store.db``.
+    apsw, click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.store.db``.
 """
 
 from __future__ import annotations
@@ -37,11 +38,76 @@ import click
 
 from kernel import __version__
 from kernel.base.errors import EXIT_FAILED, EXIT_USAGE, OrchError
-from kernel.cli.common import CliState, emit_error
-from kernel.store.db import error_for
+from kernel.cli.common import CliState, LazyGroup, emit_error
+
+# name -> ("module:attribute", the command's short help as click makes it, untruncated).
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("kernel.cli.core:init_cmd",
+             "Create .state/kernel.db, tasks/, capabilities/ and a commented orch.toml."),
+    "doctor": ("kernel.cli.core:doctor_cmd",
+               "Check integrity, versions, the schema, invariants (as SQL queries), the log "
+               "and the WAL."),
+    "validate": ("kernel.cli.definitions:validate_cmd",
+                 "Check task files, workstream files and the registries, reporting every "
+                 "problem."),
+    "load": ("kernel.cli.definitions:load_cmd",
+             "Validate, then import the definitions into the database in one transaction."),
+    "migrate-tasks": ("kernel.cli.definitions:migrate_tasks_cmd",
+                      "Rewrite task files between schema versions, with a backup (all or "
+                      "nothing)."),
+    "plan": ("kernel.cli.plan:plan_cmd",
+             "Show the execution plan: stages of tasks that may run in parallel, the lanes each "
+             "uses (max_parallelism), estimated durations and the critical path."),
+    "run": ("kernel.cli.run:run_cmd",
+            "Run the loaded tasks with workers until nothing more can run."),
+    "worker": ("kernel.cli.run:worker_cmd",
+               "Join the kernel as a worker: claim and run tasks one at a time until Ctrl-C."),
+    "cancel": ("kernel.cli.operator:cancel_cmd",
+               "Cancel tasks (pending, queued, running, retrying or validating) or a whole "
+               "workstream."),
+    "retry": ("kernel.cli.operator:retry_cmd",
+              "Give failed or cancelled tasks another chance: they go back to pending."),
+    "skip": ("kernel.cli.operator:skip_cmd",
+             "Mark pending tasks completed without running them, unblocking their dependents."),
+    "status": ("kernel.cli.operator:status_cmd",
+               "Show workstreams with their task counts by state, unfinished tasks and "
+               "workers."),
+    "show": ("kernel.cli.operator:show_cmd",
+             "Show one task in full: definition, state, dependencies, attempts, leases and log "
+             "tail."),
+    "why": ("kernel.cli.operator:why_cmd",
+            "Explain in plain words why a task is in its state, and what would move it on."),
+    "events": ("kernel.cli.events:events_cmd",
+               "Print the audit events (every accepted state transition, and more)."),
+    "export": ("kernel.cli.views:export_cmd",
+               "Rewrite the JSON views under .state/ from the database (current.json, the "
+               "indices, DAG, plan and checkpoint files; transitions.jsonl gets the events it "
+               "lacks)."),
+    "replay": ("kernel.cli.audit:replay_cmd",
+               "The state of every task, workstream and worker at TIMESTAMP, from the event log "
+               "alone (archived events included)."),
+    "audit": ("kernel.cli.audit:audit_group",
+              "The audit log: compliance report, retention (rotate), archived events (query, "
+              "verify)."),
+    "metrics": ("kernel.cli.metrics:metrics_cmd",
+                "Print the metrics (and write .state/metrics.json and a sample), or render, "
+                "serve or list them."),
+    "backup": ("kernel.cli.backup:backup_cmd",
+               "Write a consistent copy of .state/kernel.db to DEST, safe while `orch run` "
+               "runs."),
+    "bundle": ("kernel.cli.backup:bundle_cmd",
+               "Write one .tar.gz for a bug report, with secrets redacted."),
+    "restore": ("kernel.cli.backup:restore_cmd",
+                "Put the backup SRC in place of .state/kernel.db, then migrate it."),
+    "bench": ("kernel.cli.bench:bench_cmd",
+              "Run the benchmark suite and print its figures against references and goals."),
+    "demo": ("kernel.cli.demo:demo_cmd",
+             "Run an example workstream end to end on a generated project, with live progress."),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy_commands=LAZY_COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=str),
@@ -55,32 +121,6 @@ def cli(ctx: click.Context, root: str | None, json_: bool) -> None:
     """orch: run AI coding-agent work as a DAG of tasks, with all state in one SQLite file."""
     state = ctx.ensure_object(CliState)  # run() passes its own, to name the file on errors
     state.root, state.json = root, json_
-
-
-def _register() -> None:
-    from kernel.cli import (
-        audit,
-        backup,
-        bench,
-        core,
-        definitions,
-        demo,
-        events,
-        metrics,
-        operator,
-        plan,
-        run,
-        views,
-    )
-
-    modules = (core, definitions, plan, run, operator, events, views, audit, metrics, backup,
-               bench, demo)
-    for module in modules:
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -109,6 +149,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     except apsw.Error as exc:
         # Whatever command met it (a damaged page read by `orch status`, a full disk...): an
         # exit-3 error naming the file, never a traceback.
+        from kernel.store.db import error_for
+
         err = error_for(exc, state.db_path or Path(".state/kernel.db"))
         emit_error(err, want_json)
         return err.exit_code

@@ -40,7 +40,7 @@ from kernel.cli.common import CliState, command, emit
 @click.option("--only", "only", multiple=True, metavar="NAME",
               help="Run only this benchmark; repeat, or separate names with commas. Names: "
                    "plan-100k, noop-throughput, subprocess, dispatch-latency, "
-                   "claim-contention, views-100k, footprint.")
+                   "claim-contention, views-100k, footprint, startup.")
 @click.option("--no-install", is_flag=True,
               help="Never pip-install Huey (the reference of noop-throughput) into its cache "
                    "venv; the figure is unavailable unless it is installed already.")

@@ -3,11 +3,16 @@
 Public API:
     ``CliState`` (``root``, ``json``, ``db_path``: the database of the project last resolved by
     ``project()``); ``command(name, **kw)`` (a ``click.command`` that also takes ``--json`` and
-    passes a ``CliState`` as ``state``); ``emit(state, data, text)``; ``emit_error(err, json)``.
+    passes a ``CliState`` as ``state``); ``emit(state, data, text)``; ``emit_error(err, json)``;
+    ``LazyGroup`` (a ``click.Group`` whose commands are named by ``"module:attribute"`` with
+    their short help, and imported only when one runs or its own help is asked;
+    ``load_command(name)``, ``load_all()``).
 
 Stability Guarantees:
     JSON goes to stdout as one document, ``sort_keys`` and two-space indent; text for people may
-    change between versions (parse ``--json`` instead).
+    change between versions (parse ``--json`` instead). This module imports only click and the
+    standard library at module level (every ``orch`` command, ``--version`` included, pays for
+    what it imports): the project layer is imported by ``CliState.project()``.
 
 Integration Points:
     Every module of ``kernel.cli``.
@@ -18,16 +23,20 @@ Dependencies:
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from gettext import gettext as _
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from kernel.base.errors import OrchError
-from kernel.store.project import Project, find_root
+
+if TYPE_CHECKING:
+    from kernel.store.project import Project
 
 
 @dataclass
@@ -39,6 +48,8 @@ class CliState:
     db_path: Path | None = None
 
     def project(self) -> Project:
+        from kernel.store.project import Project, find_root
+
         project = Project(Path(self.root).resolve() if self.root else find_root())
         self.db_path = project.db_path
         return project
@@ -67,6 +78,68 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable[..., int | None]], c
         return click.command(name, **kwargs)(decorated)
 
     return decorate
+
+
+class LazyGroup(click.Group):
+    """A group that lists its commands, with their short help, without importing them.
+
+    ``lazy_commands`` maps a command name to ``("module:attribute", short_help)``, the short
+    help being the real command's ``get_short_help_str()`` untruncated (a test keeps the two
+    equal). The module is imported when the command runs, when its own ``--help`` is asked, or
+    by ``load_all()``; ``orch --help`` truncates the stored short help exactly as click
+    truncates the real one, so the listing is the same.
+    """
+
+    def __init__(self, *args: Any, lazy_commands: Mapping[str, tuple[str, str]] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands: dict[str, tuple[str, str]] = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            self.add_command(self.load_command(cmd_name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        # An unknown name (a typo): import every command first, so that click's error (and
+        # its "Did you mean" from the loaded commands) is what an eager group would print.
+        if args and not args[0].startswith("-") and self.get_command(ctx, args[0]) is None:
+            self.load_all()
+        return super().resolve_command(ctx, args)
+
+    def load_command(self, name: str) -> click.Command:
+        """Import the command ``name`` from its ``"module:attribute"``."""
+        module_name, _, attribute = self.lazy_commands[name][0].partition(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{module_name}:{attribute} is not a click command")
+        return command
+
+    def load_all(self) -> dict[str, click.Command]:
+        """Every command, imported: name -> command."""
+        for name in self.lazy_commands:
+            if name not in self.commands:
+                self.add_command(self.load_command(name), name)
+        return dict(self.commands)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click's own format_commands, with a stand-in holding the stored short help for each
+        # command not imported yet (the same truncation, nothing imported).
+        commands: list[tuple[str, click.Command]] = []
+        for name in self.list_commands(ctx):
+            command = self.commands.get(name) or click.Command(name,
+                                                               help=self.lazy_commands[name][1])
+            if not command.hidden:
+                commands.append((name, command))
+        if commands:
+            limit = formatter.width - 6 - max(len(name) for name, _ in commands)
+            rows = [(name, command.get_short_help_str(limit)) for name, command in commands]
+            with formatter.section(_("Commands")):
+                formatter.write_dl(rows)
 
 
 def emit(state: CliState, data: Any, text: str | Callable[[], None]) -> None:

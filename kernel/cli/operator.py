@@ -38,7 +38,6 @@ from rich.text import Text
 from kernel.base.errors import EXIT_OK, UsageError
 from kernel.cli.common import CliState, command, emit
 from kernel.observe import status as kinspect
-from kernel.observe.exports import export_after_change
 from kernel.runtime import actions as kop
 
 _STATE_STYLE = {
@@ -58,6 +57,8 @@ def _require(task_ids: tuple[str, ...], name: str) -> None:
 
 def _write(state: CliState, action: Callable[[apsw.Connection], kop.OperatorReport],
            verb: str) -> int:
+    from kernel.observe.exports import export_after_change  # pydantic models: not for status
+
     project = state.project()
     conn = project.connect()
     try:

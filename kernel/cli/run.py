@@ -67,7 +67,6 @@ def run_cmd(state: CliState, workers: int, workstream: str | None, forever: bool
 def worker_cmd(state: CliState, capabilities: tuple[str, ...], workstreams: tuple[str, ...],
                name: str, managed_by: str | None, parent_pid: int | None, once: bool) -> int:
     """Join the kernel as a worker: claim and run tasks one at a time until Ctrl-C."""
-    from kernel.definitions.models import semver_key
     from kernel.runtime.worker import WorkerOptions, main
 
     for cap in capabilities:
@@ -76,6 +75,8 @@ def worker_cmd(state: CliState, capabilities: tuple[str, ...], workstreams: tupl
             raise UsageError("usage", f"--capability {cap!r} names no capability",
                              hint="e.g. --capability cap-aider-001@1.2.0")
         if version:
+            from kernel.definitions.models import semver_key  # pydantic models
+
             try:
                 semver_key(version)
             except ValueError:

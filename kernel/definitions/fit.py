@@ -29,8 +29,6 @@ from typing import Any
 
 import apsw
 
-from kernel.definitions.fields import semver_key
-from kernel.definitions.registries import lease_ceiling
 from kernel.store import db
 
 
@@ -38,6 +36,8 @@ def _version_key(text: str | None) -> tuple[Any, ...]:
     """Semver precedence
     (``kernel.definitions.fields.semver_key``, the one definition); a version that is
     not semver (a worker row written by another client) sorts below every real one."""
+    from kernel.definitions.fields import semver_key  # pydantic models: not at worker start
+
     try:
         return semver_key(text or "")
     except ValueError:
@@ -141,6 +141,8 @@ def impossible_requests(conn: apsw.Connection, task_ids: list[str] | None = None
     """Requests larger than a pool or bucket can ever give (Resource-Exhaustion): the rule is
     ``kernel.definitions.registries.lease_ceiling``,
     the one ``orch validate`` applies to task files."""
+    from kernel.definitions.registries import lease_ceiling  # pydantic models, as above
+
     ceilings = {rid: ceiling for rid, kind, capacity, reserved in conn.execute(
         "SELECT resource_id, type, capacity, reserved FROM resource")
         if (ceiling := lease_ceiling(kind, capacity, reserved)) is not None}

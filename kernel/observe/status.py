@@ -35,7 +35,6 @@ from typing import Any
 import apsw
 
 from kernel.base.errors import OrchError
-from kernel.definitions import fit
 from kernel.store import db, eventlog
 
 # The task machine's states in lifecycle order (for counts and tables).
@@ -357,6 +356,8 @@ def _pending_sentences(conn: apsw.Connection, tid: str, ws: str) -> list[str]:
 
 
 def _queued_sentence(conn: apsw.Connection, tid: str) -> str:
+    from kernel.definitions import fit  # pydantic models: not on `orch status`'s path
+
     caps = [r["capability_id"] for r in db.rows(
         conn, "SELECT capability_id FROM task_capability WHERE task_id = ? "
               "ORDER BY capability_id", (tid,))]
