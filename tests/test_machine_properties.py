@@ -30,7 +30,7 @@ from hypothesis.stateful import (
 
 from kernel.base.errors import IllegalTransition
 from kernel.store import db, schema
-from kernel.store.machines import ENTITY, TransitionDef, load_machines, transition
+from kernel.store.machines import ENTITY, TransitionDef, load_machines, transition_in_tx
 
 MACHINES = load_machines()
 LEGAL = {
@@ -248,7 +248,7 @@ class TransitionMachine(RuleBasedStateMachine):
         before_log = self.conn.execute("SELECT MAX(seq), COUNT(*) FROM event").fetchone()
         try:
             with db.write_tx(self.conn):
-                transition(self.conn, machine, entity, to, trigger, **cols)
+                transition_in_tx(self.conn, machine, entity, to, trigger, **cols)
         except IllegalTransition as exc:
             assert expected is not None, (
                 f"legal request refused: {machine} {entity} {before_state} -> {to} "

@@ -13,7 +13,7 @@ import pytest
 from kernel.observe.status import why
 from kernel.runtime.actions import cancel_tasks
 from kernel.store import db
-from kernel.store.machines import transition
+from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project
 
 from .conftest import logical_dump, orch_json, run_cli
@@ -40,9 +40,9 @@ def proj(project: Project) -> Project:
         conn.execute("INSERT INTO task_dependency VALUES ('b', 'a'), ('c', 'b')")
         for worker in ("w1", "w2", "w3"):
             conn.execute("INSERT INTO worker (worker_id) VALUES (?)", (worker,))
-            transition(conn, "worker", worker, "idle", "registration_complete")
-        transition(conn, "workstream", "ws", "ready", "all_tasks_created")
-        transition(conn, "workstream", "ws", "executing", "first_task_started")
+            transition_in_tx(conn, "worker", worker, "idle", "registration_complete")
+        transition_in_tx(conn, "workstream", "ws", "ready", "all_tasks_created")
+        transition_in_tx(conn, "workstream", "ws", "executing", "first_task_started")
     conn.close()
     return project
 
@@ -55,10 +55,10 @@ def start(conn: apsw.Connection, task_id: str, worker: str) -> int:
     """queued -> running on ``worker`` with an open attempt; returns the attempt number."""
     with db.write_tx(conn):
         if db.scalar(conn, "SELECT state FROM task WHERE task_id = ?", (task_id,)) != "queued":
-            transition(conn, "task", task_id, "queued", "scheduler_assigned")
-        transition(conn, "task", task_id, "running", "worker_started", worker_id=worker,
-                   started_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
-                   generation=("sql", "generation + 1"))
+            transition_in_tx(conn, "task", task_id, "queued", "scheduler_assigned")
+        transition_in_tx(conn, "task", task_id, "running", "worker_started", worker_id=worker,
+                         started_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
+                         generation=("sql", "generation + 1"))
         number = db.scalar(conn, "SELECT COUNT(*) + 1 FROM attempt WHERE task_id = ?",
                            (task_id,))
         conn.execute(
@@ -84,8 +84,8 @@ def finish(conn: apsw.Connection, task_id: str, to_state: str, trigger: str, *,
             columns["retry_count"] = ("sql", "retry_count + 1")
         if to_state in ("failed", "completed"):
             columns.setdefault("completed_at", ("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"))
-        transition(conn, "task", task_id, to_state, trigger, metadata, worker_id=None,
-                   failure_mode=failure_mode, **columns)
+        transition_in_tx(conn, "task", task_id, to_state, trigger, metadata, worker_id=None,
+                         failure_mode=failure_mode, **columns)
 
 
 def task(project: Project, task_id: str) -> dict[str, Any]:
@@ -121,7 +121,7 @@ def test_cancel_pending_queued_running_and_retrying(proj: Project, capsys) -> No
     conn = conn_of(proj)
     start(conn, "a", "w1")                            # a running
     with db.write_tx(conn):
-        transition(conn, "task", "d", "queued", "scheduler_assigned")   # d queued
+        transition_in_tx(conn, "task", "d", "queued", "scheduler_assigned")   # d queued
     start(conn, "e", "w2")
     finish(conn, "e", "retrying", "execution_failed", outcome="failed", exit_code=1,
            failure_mode="Task-Failed")                # e retrying
@@ -188,7 +188,7 @@ def test_cancel_workstream(proj: Project, capsys) -> None:
     conn.close()
     conn = conn_of(proj)
     with db.write_tx(conn):
-        transition(conn, "task", "d", "completed", "operator_skip")
+        transition_in_tx(conn, "task", "d", "completed", "operator_skip")
     conn.close()
     code, report = cli(proj, capsys, "cancel", "--workstream", "ws")
     assert code == 0
@@ -213,8 +213,8 @@ def test_retry_failed_task_revives_it_and_its_workstream(proj: Project, capsys) 
     finish(conn, "d", "failed", "execution_failed", outcome="failed", exit_code=3,
            failure_mode="Task-Failed", last_error="boom")
     with db.write_tx(conn):
-        transition(conn, "workstream", "ws", "failed", "critical_task_failed",
-                   completed_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"))
+        transition_in_tx(conn, "workstream", "ws", "failed", "critical_task_failed",
+                         completed_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"))
     conn.close()
 
     code, report = cli(proj, capsys, "retry", "d", "a")
@@ -371,21 +371,21 @@ def test_why_pending_waits_then_is_stuck(proj: Project) -> None:
             "scheduled for 10:15:03") in text
     conn = conn_of(proj)
     with db.write_tx(conn):
-        transition(conn, "task", "a", "queued", "retry_delay_elapsed")
+        transition_in_tx(conn, "task", "a", "queued", "retry_delay_elapsed")
     start(conn, "a", "w2")
     finish(conn, "a", "retrying", "task_timeout", outcome="timeout",
            failure_mode="Task-Timeout")
     with db.write_tx(conn):
-        transition(conn, "task", "a", "queued", "retry_delay_elapsed")
+        transition_in_tx(conn, "task", "a", "queued", "retry_delay_elapsed")
     start(conn, "a", "w1")
     with db.write_tx(conn):
         conn.execute("UPDATE attempt SET finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), "
                      "outcome = 'succeeded', exit_code = 0 WHERE task_id = 'a' "
                      "AND finished_at IS NULL")
-        transition(conn, "task", "a", "validating", "execution_completed", worker_id=None)
-        transition(conn, "task", "a", "failed", "validation_failed",
-                   {"rule": "no_lint_errors"}, failure_mode="Validation-Failed",
-                   completed_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"))
+        transition_in_tx(conn, "task", "a", "validating", "execution_completed", worker_id=None)
+        transition_in_tx(conn, "task", "a", "failed", "validation_failed",
+                         {"rule": "no_lint_errors"}, failure_mode="Validation-Failed",
+                         completed_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"))
     conn.close()
     proj.logs_dir.mkdir(parents=True, exist_ok=True)
     (proj.logs_dir / "a.log").write_text("".join(f"out {i}\n" for i in range(30)))
@@ -411,14 +411,14 @@ def test_why_queued_cancelled_completed_through_the_cli(proj: Project, capsys) -
                      "VALUES ('d', 'python'), ('d', 'git')")
         conn.execute("INSERT INTO worker_capability VALUES ('w2', 'python', '1.0.0'), "
                      "('w2', 'git', '1.0.0')")
-        transition(conn, "task", "d", "queued", "scheduler_assigned")
+        transition_in_tx(conn, "task", "d", "queued", "scheduler_assigned")
     start(conn, "e", "w1")
     with db.write_tx(conn):
         conn.execute("UPDATE attempt SET finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), "
                      "outcome = 'succeeded', exit_code = 0 WHERE task_id = 'e'")
-        transition(conn, "task", "e", "validating", "execution_completed", worker_id=None)
-        transition(conn, "task", "e", "completed", "validation_passed",
-                   completed_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"))
+        transition_in_tx(conn, "task", "e", "validating", "execution_completed", worker_id=None)
+        transition_in_tx(conn, "task", "e", "completed", "validation_passed",
+                         completed_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"))
     conn.close()
     code, data = cli(proj, capsys, "why", "d")
     assert code == 0 and data["task_id"] == "d" and data["state"] == "queued"

@@ -66,7 +66,7 @@ from kernel.definitions.check import (
     read_existing,
 )
 from kernel.store import db, events
-from kernel.store.machines import transition
+from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project
 
 BATCH_PARAMETERS = 2000  # bound values per INSERT statement (see insert_rows)
@@ -377,7 +377,7 @@ def _update_tasks(conn: apsw.Connection, rows: list[tuple[Any, ...]]) -> None:
 
 def insert_rows(conn: apsw.Connection, insert: str, rows: Sequence[tuple[Any, ...]]) -> None:
     """``db.insert_rows`` with the loader's batch size (``BATCH_PARAMETERS``)."""
-    db.insert_rows(conn, insert, rows, batch_parameters=BATCH_PARAMETERS)
+    db.insert_rows_in_tx(conn, insert, rows, batch_parameters=BATCH_PARAMETERS)
 
 
 def _created_metadata(rec: TaskRecord, stamp: str | None) -> str | None:
@@ -413,6 +413,6 @@ def _make_ready(conn: apsw.Connection, defs: Definitions, existing: Existing,
     for ws_id in sorted({t.workstream_id for t in defs.tasks}):
         state = existing.workstreams.get(ws_id, ("planned", None))[0]
         if state == "planned":
-            transition(conn, "workstream", ws_id, "ready", "all_tasks_created",
-                       {"at": stamp} if stamp else None)
+            transition_in_tx(conn, "workstream", ws_id, "ready", "all_tasks_created",
+                             {"at": stamp} if stamp else None)
             report.workstreams_ready.append(ws_id)

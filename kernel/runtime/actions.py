@@ -13,8 +13,8 @@ Stability Guarantees:
     another process): every id is checked first and an unknown one raises ``OrchError`` with
     code ``unknown_task`` (or ``unknown_workstream``), exit 1, before anything changes. A task
     already in a state the action does not apply to is reported in ``skipped`` with a reason,
-    never an error. Every change goes through ``kernel.store.machines.transition`` with metadata
-    ``{"at", "operator", ...}``, so its event records when and who.
+    never an error. Every change goes through ``kernel.store.machines.transition_in_tx`` with
+    metadata ``{"at", "operator", ...}``, so its event records when and who.
 
 Integration Points:
     ``orch cancel | retry | skip`` (``kernel.cli.operator``). A worker notices a cancelled
@@ -44,7 +44,7 @@ from kernel.store.machines import (
     states_allowing,
     terminal_sql,
     terminal_states,
-    transition,
+    transition_in_tx,
 )
 
 
@@ -107,8 +107,8 @@ def _cancel_in_tx(conn: apsw.Connection, task_ids: list[str], stamp: str, reason
         columns: dict[str, Any] = {"completed_at": stamp, "last_error": CANCELLED_ERROR}
         if state == "running":
             columns["worker_id"] = None  # running_iff_worker
-        transition(conn, "task", task_id, "cancelled", "user_cancelled",
-                   _metadata(stamp, reason=reason), **columns)
+        transition_in_tx(conn, "task", task_id, "cancelled", "user_cancelled",
+                         _metadata(stamp, reason=reason), **columns)
         conn.execute(
             "UPDATE attempt SET finished_at = MAX(started_at, ?), outcome = 'cancelled', "
             "error_message = COALESCE(error_message, ?) "
@@ -151,8 +151,8 @@ def cancel_workstream(conn: apsw.Connection, workstream_id: str, *,
         ]
         _cancel_in_tx(conn, live, stamp, "workstream_cancelled", report)
         if ws_state in states_allowing("workstream", "user_cancelled"):
-            transition(conn, "workstream", workstream_id, "cancelled", "user_cancelled",
-                       _metadata(stamp), completed_at=stamp)
+            transition_in_tx(conn, "workstream", workstream_id, "cancelled", "user_cancelled",
+                             _metadata(stamp), completed_at=stamp)
             report.workstreams_changed.append({"workstream_id": workstream_id,
                                                "from_state": ws_state, "to_state": "cancelled"})
         else:
@@ -179,9 +179,9 @@ def retry_tasks(conn: apsw.Connection, task_ids: Iterable[str], *,
                             "retried)")
                 report.skipped.append({"task_id": task_id, "state": state, "reason": why})
                 continue
-            transition(conn, "task", task_id, "pending", "operator_reset", _metadata(stamp),
-                       last_error=None, failure_mode=None, completed_at=None,
-                       next_attempt_at=None)
+            transition_in_tx(conn, "task", task_id, "pending", "operator_reset", _metadata(stamp),
+                             last_error=None, failure_mode=None, completed_at=None,
+                             next_attempt_at=None)
             report.changed.append({"task_id": task_id, "from_state": state,
                                    "to_state": "pending"})
             if ws not in revive:
@@ -192,8 +192,8 @@ def retry_tasks(conn: apsw.Connection, task_ids: Iterable[str], *,
             if ws_state in ("failed", "cancelled"):
                 # The max_duration_seconds clock restarts: a timed-out workstream gets its
                 # full time again.
-                transition(conn, "workstream", ws, "executing", "operator_reset",
-                           _metadata(stamp), completed_at=None, started_at=stamp)
+                transition_in_tx(conn, "workstream", ws, "executing", "operator_reset",
+                                 _metadata(stamp), completed_at=None, started_at=stamp)
                 report.workstreams_changed.append({"workstream_id": ws, "from_state": ws_state,
                                                    "to_state": "executing"})
     return report
@@ -222,8 +222,8 @@ def skip_tasks(conn: apsw.Connection, task_ids: Iterable[str], *,
                     why = f"{state}: only a pending task can be skipped"
                 report.skipped.append({"task_id": task_id, "state": state, "reason": why})
                 continue
-            transition(conn, "task", task_id, "completed", "operator_skip", _metadata(stamp),
-                       completed_at=stamp)
+            transition_in_tx(conn, "task", task_id, "completed", "operator_skip", _metadata(stamp),
+                             completed_at=stamp)
             report.changed.append({"task_id": task_id, "from_state": state,
                                    "to_state": "completed"})
             ws = states[task_id]["workstream_id"]

@@ -5,8 +5,8 @@ Public API:
     ``record_process(conn, claim, pgid, hostname)``; ``fail_before_start``;
     ``finish_execution``; ``finish_validation``; ``hand_on_in_tx(conn, task_id, now, ...)``
     (worker lost, or the run interrupted by its operator); ``backoff_delay``;
-    ``queue_ready(conn, now, ...)``; ``requeue_due``; ``is_current(conn, claim)``;
-    ``worker_idle``; ``capable(offers, needs)`` / ``missing_capabilities``;
+    ``queue_ready_in_tx(conn, now, ...)``; ``requeue_due_in_tx``; ``is_current(conn, claim)``;
+    ``worker_idle_in_tx``; ``capable(offers, needs)`` / ``missing_capabilities``;
     ``unrunnable(conn, task_ids)`` (queued tasks no worker can ever run, with the reason);
     ``live_offers``, ``catalog_offers``, ``worker_offers``.
 
@@ -21,12 +21,12 @@ Stability Guarantees:
     transactions per task.
 
 Integration Points:
-    ``kernel.runtime.worker`` calls these; ``kernel.runtime.scheduler.tick`` calls ``queue_ready``,
-    ``hand_on_in_tx`` and the retry timer; ``orch why`` and ``orch run``'s summary call
-    ``unrunnable``. Queueing reads the ``queueable_task`` view and claims the
+    ``kernel.runtime.worker`` calls these; ``kernel.runtime.scheduler.tick`` calls
+    ``queue_ready_in_tx``, ``hand_on_in_tx`` and the retry timer; ``orch why`` and ``orch
+    run``'s summary call ``unrunnable``. Queueing reads the ``queueable_task`` view and claims the
     ``open_workstream`` view (sql/0005_trust.sql): the one definition of "ready".
-    Transitions go through ``kernel.store.machines.transition`` so the SQL triggers check them and
-    write the events.
+    Transitions go through ``kernel.store.machines.transition_in_tx`` so the SQL triggers check
+    them and write the events.
 
 Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.definitions.fit``, ``kernel.runtime.leases``,
@@ -49,7 +49,7 @@ from kernel.base import clock
 from kernel.definitions.fit import capable, worker_offers
 from kernel.runtime import leases
 from kernel.store import db, events, queries
-from kernel.store.machines import transition
+from kernel.store.machines import transition_in_tx
 
 #: How many queued tasks a claim looks at before giving up for this round, in pages.
 CLAIM_WINDOW = 64
@@ -132,7 +132,7 @@ def _claim_in_tx(conn: apsw.Connection, worker_id: str, now: float, *, lease_ttl
                     "WHERE state IN ('running', 'validating') GROUP BY workstream_id"))
             if running_by_ws.get(cand["workstream_id"], 0) >= cand["max_parallelism"]:
                 continue
-        claim = _try_claim(conn, worker_id, cand, now, stamp, lease_ttl)
+        claim = _try_claim_in_tx(conn, worker_id, cand, now, stamp, lease_ttl)
         if claim is not None:
             return claim
     return None
@@ -146,7 +146,7 @@ def _candidates(conn: apsw.Connection) -> Iterator[dict[str, Any]]:
             return
 
 
-def _try_claim(conn: apsw.Connection, worker_id: str, cand: dict[str, Any], now: float,
+def _try_claim_in_tx(conn: apsw.Connection, worker_id: str, cand: dict[str, Any], now: float,
                stamp: str, lease_ttl: float) -> Claim | None:
     task_id, generation = cand["task_id"], cand["generation"] + 1
     attempt_no = int(db.scalar(conn, "SELECT COUNT(*) FROM attempt WHERE task_id = ?",
@@ -159,20 +159,20 @@ def _try_claim(conn: apsw.Connection, worker_id: str, cand: dict[str, Any], now:
         attempt_id = conn.last_insert_rowid()
         held: list[leases.Lease] = []
         if cand["has_resources"]:
-            held = leases.acquire_all(conn, task_id, owner=worker_id, generation=generation,
-                                      attempt_id=attempt_id, now=now, ttl=lease_ttl)
+            held = leases.acquire_all_in_tx(conn, task_id, owner=worker_id, generation=generation,
+                                            attempt_id=attempt_id, now=now, ttl=lease_ttl)
         meta: dict[str, Any] = {"at": stamp, "attempt": attempt_no}
         if held:
             meta["resources"] = {h.resource_id: (h.mode if h.mode != "units" else h.amount)
                                  for h in held}
-        ok = transition(conn, "task", task_id, "running", "worker_started", meta,
-                        expect={"state": "queued", "generation": cand["generation"]},
-                        worker_id=worker_id, generation=generation,
-                        started_at=("sql", "COALESCE(started_at, ?)", stamp))
+        ok = transition_in_tx(conn, "task", task_id, "running", "worker_started", meta,
+                              expect={"state": "queued", "generation": cand["generation"]},
+                              worker_id=worker_id, generation=generation,
+                              started_at=("sql", "COALESCE(started_at, ?)", stamp))
         if not ok:
             raise _Lost()
-        transition(conn, "worker", worker_id, "busy", "task_assigned",
-                   {"at": stamp, "task_id": task_id})
+        transition_in_tx(conn, "worker", worker_id, "busy", "task_assigned",
+                         {"at": stamp, "task_id": task_id})
     except (leases.LeaseUnavailable, _Lost):
         conn.execute("ROLLBACK TO claim")
         conn.execute("RELEASE claim")
@@ -221,7 +221,7 @@ def backoff_delay(retry_delay: float, retries_before: int, *, cap: float, jitter
     return min(cap, base + spread)
 
 
-def _reject_stale(conn: apsw.Connection, claim: Claim, stamp: str, what: str) -> None:
+def _reject_stale_in_tx(conn: apsw.Connection, claim: Claim, stamp: str, what: str) -> None:
     now_state = conn.execute("SELECT state, generation FROM task WHERE task_id = ?",
                              (claim.task_id,)).fetchone()
     events.emit_event_in_tx(
@@ -237,14 +237,14 @@ def _reject_stale(conn: apsw.Connection, claim: Claim, stamp: str, what: str) ->
                  (stamp, claim.attempt_id))
 
 
-def worker_idle(conn: apsw.Connection, worker_id: str, stamp: str, task_id: str) -> None:
+def worker_idle_in_tx(conn: apsw.Connection, worker_id: str, stamp: str, task_id: str) -> None:
     state = db.scalar(conn, "SELECT state FROM worker WHERE worker_id = ?", (worker_id,))
     if state == "busy":
-        transition(conn, "worker", worker_id, "idle", "task_completed",
-                   {"at": stamp, "task_id": task_id})
+        transition_in_tx(conn, "worker", worker_id, "idle", "task_completed",
+                         {"at": stamp, "task_id": task_id})
 
 
-def _close_attempt(conn: apsw.Connection, claim: Claim, stamp: str, outcome: str, *,
+def _close_attempt_in_tx(conn: apsw.Connection, claim: Claim, stamp: str, outcome: str, *,
                    exit_code: int | None = None, failure_mode: str | None = None,
                    error_type: str | None = None, error: str | None = None,
                    output: dict[str, Any] | None = None) -> None:
@@ -257,7 +257,7 @@ def _close_attempt(conn: apsw.Connection, claim: Claim, stamp: str, outcome: str
          f".state/logs/{claim.task_id}.log", claim.attempt_id))
 
 
-def queue_ready(conn: apsw.Connection, now: float, *, after_task: str | None = None,
+def queue_ready_in_tx(conn: apsw.Connection, now: float, *, after_task: str | None = None,
                 workstreams: list[str] | None = None) -> int:
     """pending → queued for every task of the ``queueable_task`` view (one statement).
 
@@ -291,7 +291,7 @@ def _output(status: str, validation: str, duration: float, error: str | None,
     return out
 
 
-def _fail_or_retry(conn: apsw.Connection, claim: Claim, stamp: str, now: float, *,
+def _fail_or_retry_in_tx(conn: apsw.Connection, claim: Claim, stamp: str, now: float, *,
                    trigger: str, failure_mode: str, error: str, retryable: bool,
                    from_state: str, backoff: dict[str, float],
                    extra: dict[str, Any]) -> str:
@@ -306,12 +306,12 @@ def _fail_or_retry(conn: apsw.Connection, claim: Claim, stamp: str, now: float, 
         next_at = clock.iso(now + delay)
         meta.update(next_attempt_at=next_at, delay_seconds=round(delay, 3),
                     retry=retries + 1, max_retries=claim.max_retries)
-        ok = transition(conn, "task", claim.task_id, "retrying", trigger, meta, expect=expect,
-                        retry_count=("sql", "retry_count + 1"), next_attempt_at=next_at,
-                        last_error=error, failure_mode=failure_mode, **clear)
+        ok = transition_in_tx(conn, "task", claim.task_id, "retrying", trigger, meta, expect=expect,
+                              retry_count=("sql", "retry_count + 1"), next_attempt_at=next_at,
+                              last_error=error, failure_mode=failure_mode, **clear)
         return "retrying" if ok else "stale"
-    ok = transition(conn, "task", claim.task_id, "failed", trigger, meta, expect=expect,
-                    last_error=error, failure_mode=failure_mode, completed_at=stamp, **clear)
+    ok = transition_in_tx(conn, "task", claim.task_id, "failed", trigger, meta, expect=expect,
+                          last_error=error, failure_mode=failure_mode, completed_at=stamp, **clear)
     return "failed" if ok else "stale"
 
 
@@ -321,17 +321,18 @@ def fail_before_start(conn: apsw.Connection, claim: Claim, now: float, *, rule: 
     stamp = clock.iso(now)
     error = f"pre-execution rule {rule} failed: {reason}"
     with db.write_tx(conn):
-        state = _fail_or_retry(conn, claim, stamp, now, trigger="execution_failed",
-                               failure_mode="Validation-Failed", error=error, retryable=False,
-                               from_state="running", backoff={},
-                               extra={"rule": rule, "phase": "pre_execution", "rules": rules})
+        state = _fail_or_retry_in_tx(conn, claim, stamp, now, trigger="execution_failed",
+                                     failure_mode="Validation-Failed", error=error, retryable=False,
+                                     from_state="running", backoff={},
+                                     extra={"rule": rule, "phase": "pre_execution", "rules": rules})
         if state == "stale":
-            _reject_stale(conn, claim, stamp, "pre-execution rules failed")
+            _reject_stale_in_tx(conn, claim, stamp, "pre-execution rules failed")
         else:
-            _close_attempt(conn, claim, stamp, "not_started", failure_mode="Validation-Failed",
-                           error_type="pre_execution_rule_failed", error=error,
-                           output=_output("failure", "failed", 0.0, error))
-        worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+            _close_attempt_in_tx(conn, claim, stamp, "not_started",
+                                 failure_mode="Validation-Failed",
+                                 error_type="pre_execution_rule_failed", error=error,
+                                 output=_output("failure", "failed", 0.0, error))
+        worker_idle_in_tx(conn, claim.worker_id, stamp, claim.task_id)
     return state
 
 
@@ -341,9 +342,9 @@ def finish_execution(conn: apsw.Connection, claim: Claim, now: float, *, outcome
                      cancel_reason: str | None = None) -> str:
     """Report the command's result. Returns the task's new state, or "stale"."""
     with db.write_tx(conn):
-        return _finish_execution(conn, claim, now, outcome=outcome, exit_code=exit_code,
-                                 error=error, duration=duration, details=details,
-                                 backoff=backoff, cancel_reason=cancel_reason)
+        return _finish_execution_in_tx(conn, claim, now, outcome=outcome, exit_code=exit_code,
+                                       error=error, duration=duration, details=details,
+                                       backoff=backoff, cancel_reason=cancel_reason)
 
 
 def finish_and_claim(conn: apsw.Connection, claim: Claim, now: float, *, outcome: str,
@@ -356,38 +357,38 @@ def finish_and_claim(conn: apsw.Connection, claim: Claim, now: float, *, outcome
     finished task made ready starts without waiting for anyone (the claim is stamped a moment
     later than the finish: the clock is read again)."""
     with db.write_tx(conn):
-        state = _finish_execution(conn, claim, now, outcome=outcome, exit_code=exit_code,
-                                  error=error, duration=duration, details=details,
-                                  backoff=backoff, cancel_reason=None)
+        state = _finish_execution_in_tx(conn, claim, now, outcome=outcome, exit_code=exit_code,
+                                        error=error, duration=duration, details=details,
+                                        backoff=backoff, cancel_reason=None)
         if state == "validating":
             return state, None
         return state, _claim_in_tx(conn, claim.worker_id, max(now, time.time()),
                                    lease_ttl=lease_ttl, offers=offers)
 
 
-def _finish_execution(conn: apsw.Connection, claim: Claim, now: float, *, outcome: str,
+def _finish_execution_in_tx(conn: apsw.Connection, claim: Claim, now: float, *, outcome: str,
                       exit_code: int | None, error: str | None, duration: float,
                       details: dict[str, Any] | None, backoff: dict[str, float],
                       cancel_reason: str | None) -> str:
     stamp = clock.iso(now)
     expect = {"state": "running", "generation": claim.generation}
     if outcome == "succeeded":
-        ok = transition(conn, "task", claim.task_id, "validating", "execution_completed",
-                        {"at": stamp, "exit_code": exit_code,
-                         "duration_seconds": round(duration, 3)},
-                        expect=expect, worker_id=None)
+        ok = transition_in_tx(conn, "task", claim.task_id, "validating", "execution_completed",
+                              {"at": stamp, "exit_code": exit_code,
+                               "duration_seconds": round(duration, 3)},
+                              expect=expect, worker_id=None)
         if not ok:
-            _reject_stale(conn, claim, stamp, "succeeded")
-            worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+            _reject_stale_in_tx(conn, claim, stamp, "succeeded")
+            worker_idle_in_tx(conn, claim.worker_id, stamp, claim.task_id)
             return "stale"
         if claim.post_rules:
             return "validating"
-        _complete(conn, claim, stamp, now, duration, details, rules=None)
+        _complete_in_tx(conn, claim, stamp, now, duration, details, rules=None)
         return "completed"
     if outcome == "cancelled":
         # The claim was lost (cancelled by an operator or handed on): nothing to report.
-        _reject_stale(conn, claim, stamp, f"killed: {cancel_reason}")
-        worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+        _reject_stale_in_tx(conn, claim, stamp, f"killed: {cancel_reason}")
+        worker_idle_in_tx(conn, claim.worker_id, stamp, claim.task_id)
         return "stale"
     if outcome == "timeout":
         mode, trigger, retryable = "Task-Timeout", "task_timeout", True
@@ -396,37 +397,37 @@ def _finish_execution(conn: apsw.Connection, claim: Claim, now: float, *, outcom
     else:
         mode, trigger, retryable = "Task-Failed", "execution_failed", True
     message = error or f"exit code {exit_code}"
-    state = _fail_or_retry(conn, claim, stamp, now, trigger=trigger, failure_mode=mode,
-                           error=message, retryable=retryable, from_state="running",
-                           backoff=backoff,
-                           extra={"exit_code": exit_code,
+    state = _fail_or_retry_in_tx(conn, claim, stamp, now, trigger=trigger, failure_mode=mode,
+                                 error=message, retryable=retryable, from_state="running",
+                                 backoff=backoff,
+                                 extra={"exit_code": exit_code,
                                   "duration_seconds": round(duration, 3),
                                   **({"timeout_seconds": claim.timeout_seconds}
                                      if outcome == "timeout" else {})})
     if state == "stale":
-        _reject_stale(conn, claim, stamp, outcome)
+        _reject_stale_in_tx(conn, claim, stamp, outcome)
     else:
-        _close_attempt(conn, claim, stamp, "timeout" if outcome == "timeout" else "failed",
-                       exit_code=exit_code, failure_mode=mode,
-                       error_type="timeout" if outcome == "timeout" else
-                       ("start_failed" if outcome == "error" else "exit_code"),
-                       error=message,
-                       output=_output("failure", "pending", duration, message, details))
-    worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+        _close_attempt_in_tx(conn, claim, stamp, "timeout" if outcome == "timeout" else "failed",
+                             exit_code=exit_code, failure_mode=mode,
+                             error_type="timeout" if outcome == "timeout" else
+                             ("start_failed" if outcome == "error" else "exit_code"),
+                             error=message,
+                             output=_output("failure", "pending", duration, message, details))
+    worker_idle_in_tx(conn, claim.worker_id, stamp, claim.task_id)
     return state
 
 
-def _complete(conn: apsw.Connection, claim: Claim, stamp: str, now: float, duration: float,
+def _complete_in_tx(conn: apsw.Connection, claim: Claim, stamp: str, now: float, duration: float,
               details: dict[str, Any] | None, rules: dict[str, Any] | None) -> None:
     meta: dict[str, Any] = {"at": stamp}
     if rules is not None:
         meta["rules"] = rules
-    transition(conn, "task", claim.task_id, "completed", "validation_passed", meta,
-               completed_at=stamp, last_error=None, failure_mode=None)
-    _close_attempt(conn, claim, stamp, "succeeded", exit_code=0,
-                   output=_output("success", "passed", duration, None, details))
-    queue_ready(conn, now, after_task=claim.task_id)
-    worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+    transition_in_tx(conn, "task", claim.task_id, "completed", "validation_passed", meta,
+                     completed_at=stamp, last_error=None, failure_mode=None)
+    _close_attempt_in_tx(conn, claim, stamp, "succeeded", exit_code=0,
+                         output=_output("success", "passed", duration, None, details))
+    queue_ready_in_tx(conn, now, after_task=claim.task_id)
+    worker_idle_in_tx(conn, claim.worker_id, stamp, claim.task_id)
 
 
 def finish_validation(conn: apsw.Connection, claim: Claim, now: float, *, passed: bool,
@@ -438,21 +439,22 @@ def finish_validation(conn: apsw.Connection, claim: Claim, now: float, *, passed
         current = conn.execute("SELECT state, generation FROM task WHERE task_id = ?",
                                (claim.task_id,)).fetchone()
         if current is None or tuple(current) != ("validating", claim.generation):
-            _reject_stale(conn, claim, stamp, "validated")
-            worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+            _reject_stale_in_tx(conn, claim, stamp, "validated")
+            worker_idle_in_tx(conn, claim.worker_id, stamp, claim.task_id)
             return "stale"
         if passed:
-            _complete(conn, claim, stamp, now, duration, details, rules)
+            _complete_in_tx(conn, claim, stamp, now, duration, details, rules)
             return "completed"
         error = f"post-execution validation failed: {summary}"
-        transition(conn, "task", claim.task_id, "failed", "validation_failed",
-                   {"at": stamp, "failure_mode": "Validation-Failed", "error": error,
-                    "rules": rules},
-                   last_error=error, failure_mode="Validation-Failed", completed_at=stamp)
-        _close_attempt(conn, claim, stamp, "validation_failed", exit_code=0,
-                       failure_mode="Validation-Failed", error_type="validation_failed",
-                       error=error, output=_output("failure", "failed", duration, error, details))
-        worker_idle(conn, claim.worker_id, stamp, claim.task_id)
+        transition_in_tx(conn, "task", claim.task_id, "failed", "validation_failed",
+                         {"at": stamp, "failure_mode": "Validation-Failed", "error": error,
+                          "rules": rules},
+                         last_error=error, failure_mode="Validation-Failed", completed_at=stamp)
+        _close_attempt_in_tx(conn, claim, stamp, "validation_failed", exit_code=0,
+                             failure_mode="Validation-Failed", error_type="validation_failed",
+                             error=error,
+                             output=_output("failure", "failed", duration, error, details))
+        worker_idle_in_tx(conn, claim.worker_id, stamp, claim.task_id)
         return "failed"
 
 
@@ -484,27 +486,27 @@ def hand_on_in_tx(conn: apsw.Connection, task_id: str, now: float, *,
                   retry_delay_seconds=task["retry_delay_seconds"], worktree_path=None)
     if interrupted:
         clear = {"worker_id": None} if task["state"] == "running" else {}
-        transition(conn, "task", task_id, "queued", "operator_interrupted",
-                   {"at": stamp, "reason": reason, "interrupted_worker": claim.worker_id,
-                    "caused_by": caused_by},
-                   expect={"state": task["state"], "generation": task["generation"]},
-                   queued_at=stamp, **clear)
+        transition_in_tx(conn, "task", task_id, "queued", "operator_interrupted",
+                         {"at": stamp, "reason": reason, "interrupted_worker": claim.worker_id,
+                          "caused_by": caused_by},
+                         expect={"state": task["state"], "generation": task["generation"]},
+                         queued_at=stamp, **clear)
         if attempt:
-            _close_attempt(conn, claim, stamp, "lost", error_type="interrupted",
-                           error=reason, output=_output("failure", "pending", 0.0, reason))
+            _close_attempt_in_tx(conn, claim, stamp, "lost", error_type="interrupted",
+                                 error=reason, output=_output("failure", "pending", 0.0, reason))
         return "queued"
-    state = _fail_or_retry(conn, claim, stamp, now, trigger="worker_lost",
-                           failure_mode=failure_mode or "Worker-Crashed", error=reason,
-                           retryable=True, from_state=task["state"], backoff=backoff,
-                           extra={"lost_worker": claim.worker_id, "caused_by": caused_by})
+    state = _fail_or_retry_in_tx(conn, claim, stamp, now, trigger="worker_lost",
+                                 failure_mode=failure_mode or "Worker-Crashed", error=reason,
+                                 retryable=True, from_state=task["state"], backoff=backoff,
+                                 extra={"lost_worker": claim.worker_id, "caused_by": caused_by})
     if attempt:
-        _close_attempt(conn, claim, stamp, "lost", failure_mode=failure_mode,
-                       error_type="worker_lost", error=reason,
-                       output=_output("failure", "pending", 0.0, reason))
+        _close_attempt_in_tx(conn, claim, stamp, "lost", failure_mode=failure_mode,
+                             error_type="worker_lost", error=reason,
+                             output=_output("failure", "pending", 0.0, reason))
     return state
 
 
-def requeue_due(conn: apsw.Connection, now: float) -> int:
+def requeue_due_in_tx(conn: apsw.Connection, now: float) -> int:
     """retrying → queued for every task whose backoff delay has elapsed (one statement), in
     workstreams that may still start work (``open_workstream``). ``caused_by`` is the event
     that put the task into retrying."""

@@ -23,7 +23,7 @@ Stability Guarantees:
 Integration Points:
     ``kernel.runtime.runner`` (``orch run``) calls ``tick`` in a loop; tests call it with a fixed
     ``now``. Reads the views ``ready_task`` and ``blocked_task``; writes through
-    ``kernel.store.machines.transition`` so the triggers check every change.
+    ``kernel.store.machines.transition_in_tx`` so the triggers check every change.
 
 Dependencies:
     apsw, networkx; ``kernel.base.clock``, ``kernel.base.config``, ``kernel.base.errors``,
@@ -53,7 +53,7 @@ from kernel.base.processes import kill_group, kill_pids, pid_alive, pids_with_en
 from kernel.definitions import fit
 from kernel.runtime import claims, leases
 from kernel.store import db, events
-from kernel.store.machines import terminal_sql, transition
+from kernel.store.machines import terminal_sql, transition_in_tx
 
 LOCK_TTL_SECONDS = 15.0
 
@@ -169,11 +169,11 @@ def tick(conn: apsw.Connection, now: float, ctx: TickContext) -> TickReport:
     report = TickReport()
     check_workers(conn, now, ctx, report)
     with db.write_tx(conn):
-        _release_orphan_leases(conn, now)
-        report.requeued = claims.requeue_due(conn, now)
+        _release_orphan_leases_in_tx(conn, now)
+        report.requeued = claims.requeue_due_in_tx(conn, now)
     prepared = _prepare_worktrees(conn, ctx)
     with db.write_tx(conn):
-        report.queued = claims.queue_ready(conn, now, workstreams=prepared)
+        report.queued = claims.queue_ready_in_tx(conn, now, workstreams=prepared)
     _derive_workstreams(conn, now, ctx, report)
     _check_exhaustion(conn, now, ctx, report)
     report.counts, report.done, report.unrunnable = progress_counts(conn, ctx)
@@ -212,10 +212,11 @@ def check_workers(conn: apsw.Connection, now: float, ctx: TickContext,
             report.workers_lost.append(wid)
         elif state in ("idle", "busy") and silent:
             with db.write_tx(conn):
-                transition(conn, "worker", wid, "unresponsive", "health_check_timeout",
-                           {"at": clock.iso(now), "seconds_since_heartbeat": round(now - beat, 3),
-                            "missed_heartbeats": w.unresponsive_after_missed},
-                           expect={"state": state})
+                transition_in_tx(conn, "worker", wid, "unresponsive", "health_check_timeout",
+                                 {"at": clock.iso(now),
+                                  "seconds_since_heartbeat": round(now - beat, 3),
+                                  "missed_heartbeats": w.unresponsive_after_missed},
+                                 expect={"state": state})
         elif state == "unresponsive" and \
                 now - clock.epoch(wk["updated_at"]) > w.shutdown_after_unresponsive_seconds:
             if wk["hostname"] == ctx.hostname and wk["pid"]:
@@ -264,11 +265,12 @@ def _lose_worker(conn: apsw.Connection, now: float, ctx: TickContext, wk: dict[s
                 claims.hand_on_in_tx(conn, task_id, now, failure_mode=None,
                                      reason="interrupted by the operator (the run was stopped)",
                                      backoff=ctx.backoff(), interrupted=True)
-            transition(conn, "worker", wid, "shutdown",
-                       "shutdown_requested" if state in ("idle", "busy") else trigger,
-                       {**worker_meta, "failure_mode": None,
-                        "reason": "stopped with its run by the operator"},
-                       stopped_at=("sql", "MAX(registered_at, ?)", stamp), exit_code=exit_code)
+            transition_in_tx(conn, "worker", wid, "shutdown",
+                             "shutdown_requested" if state in ("idle", "busy") else trigger,
+                             {**worker_meta, "failure_mode": None,
+                              "reason": "stopped with its run by the operator"},
+                             stopped_at=("sql", "MAX(registered_at, ?)", stamp),
+                             exit_code=exit_code)
             return
         # The loss is recorded first, so each hand-on and the worker's shutdown can name it
         # as their cause (a worker may only shut down once its task was handed on).
@@ -278,11 +280,11 @@ def _lose_worker(conn: apsw.Connection, now: float, ctx: TickContext, wk: dict[s
         for task_id in task_ids:
             claims.hand_on_in_tx(conn, task_id, now, failure_mode=mode, reason=reason,
                                  backoff=ctx.backoff(), caused_by=lost)
-        transition(conn, "worker", wid, to_state, trigger, {**worker_meta, "caused_by": lost},
-                   stopped_at=("sql", "MAX(registered_at, ?)", stamp), exit_code=exit_code)
+        transition_in_tx(conn, "worker", wid, to_state, trigger, {**worker_meta, "caused_by": lost},
+                         stopped_at=("sql", "MAX(registered_at, ?)", stamp), exit_code=exit_code)
 
 
-def _release_orphan_leases(conn: apsw.Connection, now: float) -> None:
+def _release_orphan_leases_in_tx(conn: apsw.Connection, now: float) -> None:
     """Expired leases whose task no longer runs under that generation (defensive)."""
     for lease in leases.expired(conn, now):
         current = conn.execute("SELECT state, generation FROM task WHERE task_id = ?",
@@ -351,18 +353,19 @@ def _derive_workstreams(conn: apsw.Connection, now: float, ctx: TickContext,
             continue
         with db.write_tx(conn):
             if state == "planned":
-                transition(conn, "workstream", wid, "ready", "all_tasks_created", {"at": stamp})
+                transition_in_tx(conn, "workstream", wid, "ready", "all_tasks_created",
+                                 {"at": stamp})
                 state = "ready"
             started = total - c.get("pending", 0) - c.get("queued", 0)
             if state == "ready" and started:
                 first = db.scalar(conn, "SELECT MIN(started_at) FROM task "
                                         "WHERE workstream_id = ?", (wid,)) or stamp
-                transition(conn, "workstream", wid, "executing", "first_task_started",
-                           {"at": stamp, "caused_by": db.scalar(
-                               conn, "SELECT MIN(seq) FROM event WHERE workstream_id = ? "
-                                     "AND to_state = 'running' "
-                                     "AND event_type = 'task_state_transition'", (wid,))},
-                           started_at=max(first, ws["created_at"]))
+                transition_in_tx(conn, "workstream", wid, "executing", "first_task_started",
+                                 {"at": stamp, "caused_by": db.scalar(
+                                     conn, "SELECT MIN(seq) FROM event WHERE workstream_id = ? "
+                                           "AND to_state = 'running' "
+                                           "AND event_type = 'task_state_transition'", (wid,))},
+                                 started_at=max(first, ws["created_at"]))
                 state = "executing"
                 report.workstreams[wid] = state
             if state != "executing":
@@ -373,10 +376,10 @@ def _derive_workstreams(conn: apsw.Connection, now: float, ctx: TickContext,
             to_state, trigger, meta = verdict
             if to_state == "failed":
                 _cancel_unfinished_in_tx(conn, wid, stamp, trigger, meta["reason"])
-                transition(conn, "workstream", wid, to_state, trigger, {"at": stamp, **meta},
-                           completed_at=stamp)
+                transition_in_tx(conn, "workstream", wid, to_state, trigger, {"at": stamp, **meta},
+                                 completed_at=stamp)
             else:
-                transition(conn, "workstream", wid, to_state, trigger, {"at": stamp, **meta})
+                transition_in_tx(conn, "workstream", wid, to_state, trigger, {"at": stamp, **meta})
             report.workstreams[wid] = to_state
         if report.workstreams.get(wid) == "validating":
             _finish_workstream(conn, now, ctx, wid, report)
@@ -453,10 +456,10 @@ def _cancel_unfinished_in_tx(conn: apsw.Connection, wid: str, stamp: str, ws_tri
             "SELECT task_id FROM task WHERE workstream_id = ? AND state IN "
             "(SELECT value FROM json_each(?)) ORDER BY task_id",
             (wid, json.dumps(states))).fetchall():
-        transition(conn, "task", str(task_id), "cancelled", task_trigger,
-                   {"at": stamp, "reason": f"workstream {wid} failed: {reason}"},
-                   worker_id=None, completed_at=stamp,
-                   last_error=f"cancelled: workstream {wid} failed: {reason}")
+        transition_in_tx(conn, "task", str(task_id), "cancelled", task_trigger,
+                         {"at": stamp, "reason": f"workstream {wid} failed: {reason}"},
+                         worker_id=None, completed_at=stamp,
+                         last_error=f"cancelled: workstream {wid} failed: {reason}")
         conn.execute("UPDATE attempt SET finished_at = MAX(started_at, ?), outcome = 'cancelled' "
                      "WHERE task_id = ? AND finished_at IS NULL", (stamp, task_id))
 
@@ -480,13 +483,13 @@ def _finish_workstream(conn: apsw.Connection, now: float, ctx: TickContext, wid:
     stamp = clock.iso(now)
     with db.write_tx(conn):
         if ok:
-            transition(conn, "workstream", wid, "completed", "validation_passed",
-                       {"at": stamp, "merge": message, **meta}, completed_at=stamp,
-                       worktree_path=None if ws["worktree_path"] else ws["worktree_path"])
+            transition_in_tx(conn, "workstream", wid, "completed", "validation_passed",
+                             {"at": stamp, "merge": message, **meta}, completed_at=stamp,
+                             worktree_path=None if ws["worktree_path"] else ws["worktree_path"])
         else:
-            transition(conn, "workstream", wid, "failed", "validation_failed",
-                       {"at": stamp, "failure_mode": "Workstream-Failed",
-                        "reason": f"merge failed: {message}"}, completed_at=stamp)
+            transition_in_tx(conn, "workstream", wid, "failed", "validation_failed",
+                             {"at": stamp, "failure_mode": "Workstream-Failed",
+                              "reason": f"merge failed: {message}"}, completed_at=stamp)
     report.workstreams[wid] = "completed" if ok else "failed"
     archive_workstream(conn, ctx.root, wid)
 

@@ -49,7 +49,7 @@ from kernel.base.processes import become_subreaper, pid_alive
 from kernel.runtime import claims, leases
 from kernel.runtime.executors import ExecutionRequest, ExecutionResult, executor_for
 from kernel.store import db
-from kernel.store.machines import transition
+from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project
 
 
@@ -139,8 +139,8 @@ class Worker:
                  if self.options.workstreams is not None else None))
             self.conn.executemany("INSERT INTO worker_capability VALUES (?, ?, ?)",
                                   [(self.worker_id, c, v) for c, v in rows])
-            transition(self.conn, "worker", self.worker_id, "idle", "registration_complete",
-                       {"at": stamp, "capabilities": sorted(c for c, _ in rows)})
+            transition_in_tx(self.conn, "worker", self.worker_id, "idle", "registration_complete",
+                             {"at": stamp, "capabilities": sorted(c for c, _ in rows)})
         self._offers = dict(rows)
         self._hb_thread = threading.Thread(target=self._heartbeat_loop, daemon=True,
                                            name="orch-heartbeat")
@@ -183,8 +183,8 @@ class Worker:
                             reason="interrupted by the operator: the worker was stopped while "
                                    "running the task", backoff=self._backoff(),
                             interrupted=True)
-                    transition(self.conn, "worker", self.worker_id, "shutdown", trigger,
-                               {"at": stamp}, stopped_at=stamp, exit_code=0)
+                    transition_in_tx(self.conn, "worker", self.worker_id, "shutdown", trigger,
+                                     {"at": stamp}, stopped_at=stamp, exit_code=0)
         finally:
             if self._hb_thread is not None:
                 self._hb_thread.join(timeout=2)
@@ -213,12 +213,12 @@ class Worker:
                             return
                         conn.execute("UPDATE worker SET last_heartbeat_at = ? "
                                      "WHERE worker_id = ?", (stamp, self.worker_id))
-                        leases.renew(conn, self.worker_id, now, self.lease_ttl)
+                        leases.renew_in_tx(conn, self.worker_id, now, self.lease_ttl)
                         if state == "unresponsive":
                             has_task = self.current is not None
-                            transition(conn, "worker", self.worker_id,
-                                       "busy" if has_task else "idle", "health_check_recovered",
-                                       {"at": stamp})
+                            transition_in_tx(conn, "worker", self.worker_id,
+                                             "busy" if has_task else "idle",
+                                             "health_check_recovered", {"at": stamp})
                 except apsw.BusyError:
                     continue
         finally:
@@ -382,8 +382,8 @@ class Worker:
                             self.conn, claim.task_id, time.time(), failure_mode=None,
                             reason="interrupted by the operator: the worker was stopped while "
                                    "running the task", backoff=backoff, interrupted=True)
-                        claims.worker_idle(self.conn, self.worker_id, clock.now_iso(),
-                                            claim.task_id)
+                        claims.worker_idle_in_tx(self.conn, self.worker_id, clock.now_iso(),
+                                                  claim.task_id)
                     return "handed_on"
             if (result.outcome == "succeeded" and claim.worktree_path
                     and claims.is_current(self.conn, claim) is None):

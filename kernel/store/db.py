@@ -736,7 +736,7 @@ def wal_size(path: str | os.PathLike[str]) -> int:
 BATCH_PARAMETERS = 2000
 
 
-def insert_rows(conn: apsw.Connection, insert: str, rows: Sequence[tuple[Any, ...]], *,
+def insert_rows_in_tx(conn: apsw.Connection, insert: str, rows: Sequence[tuple[Any, ...]], *,
                 batch_parameters: int = BATCH_PARAMETERS, values: str | None = None) -> None:
     """``insert`` (``INSERT INTO t (columns)``) of every row, ``batch_parameters`` values per
     statement (multi-row VALUES), in the order given. ``values`` is one row's VALUES tuple when

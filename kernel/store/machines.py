@@ -5,7 +5,7 @@ Public API:
     ``MachineDef`` / ``StateDef`` / ``TransitionDef`` (frozen pydantic models);
     ``ensure_machines(conn)`` syncs the YAML into ``machine``, ``machine_state`` and
     ``machine_transition`` and (re)creates the ``<machine>_illegal_transition`` triggers when
-    the YAML changed; ``illegal_transition_trigger_sql(machine)``; ``transition(conn, machine,
+    the YAML changed; ``illegal_transition_trigger_sql(machine)``; ``transition_in_tx(conn, machine,
     entity_id, to_state, trigger, metadata=None, **columns)`` requests one transition and turns a
     rejection into ``IllegalTransition`` naming the entity.
 
@@ -30,7 +30,7 @@ and Datasette) only accepts a constant string in ``RAISE()``. So each machine ge
 whose WHEN clause looks the transition up in ``machine_transition`` (the fast path costs one
 index probe) and whose body holds one constant message per case, naming the machine, both
 states and the trigger. A constant cannot name the row, so the entity id is added by
-``transition()`` for the kernel's own updates; a shell user sees the row they updated.
+``transition_in_tx()`` for the kernel's own updates; a shell user sees the row they updated.
 """
 
 from __future__ import annotations
@@ -350,7 +350,7 @@ def stored_matches_yaml(conn: apsw.Connection, machines: Mapping[str, MachineDef
     return problems
 
 
-def transition(
+def transition_in_tx(
     conn: apsw.Connection,
     machine: str,
     entity_id: str,
