@@ -10,8 +10,9 @@ from typing import Any
 import apsw
 import pytest
 
+from kernel.base import clock
 from kernel.observe.status import why
-from kernel.runtime.actions import cancel_tasks
+from kernel.runtime.actions import cancel_task_in_tx, cancel_tasks
 from kernel.store import db
 from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project
@@ -151,6 +152,32 @@ def test_cancel_pending_queued_running_and_retrying(proj: Project, capsys) -> No
     meta = json.loads(events[0]["metadata"])
     assert meta["operator"] == USER and meta["worker_id"] == "w1"
     assert events[0]["from_state"] == "running"
+
+
+def test_cancel_task_in_tx_frees_the_worker_and_closes_the_attempt(proj: Project) -> None:
+    """The one cancel of a task (the operator's and a failed workstream's): the task leaves its
+    worker, its open attempt is closed as cancelled and keeps an error message of its own."""
+    with proj.open() as conn:
+        start(conn, "a", "w1")
+        start(conn, "d", "w2")
+        with db.write_tx(conn):
+            conn.execute("UPDATE attempt SET error_message = 'its own' WHERE task_id = 'd'")
+            stamp = clock.now_iso()
+            for task_id in ("a", "d"):
+                cancel_task_in_tx(conn, task_id, stamp,
+                                  trigger="workstream_timeout", metadata={"reason": "test"},
+                                  last_error="cancelled: test", attempt_error="the attempt's")
+            cancel_task_in_tx(conn, "b", stamp, trigger="workstream_timeout",
+                              metadata={}, last_error="cancelled: test")
+    assert [(t["state"], t["worker_id"], t["last_error"]) for t in
+            (task(proj, "a"), task(proj, "b"), task(proj, "d"))] == \
+        [("cancelled", None, "cancelled: test")] * 3
+    assert query(proj, "SELECT task_id, outcome, error_message FROM attempt ORDER BY task_id") == [
+        {"task_id": "a", "outcome": "cancelled", "error_message": "the attempt's"},
+        {"task_id": "d", "outcome": "cancelled", "error_message": "its own"}]
+    assert [e["trigger"] for e in query(proj, "SELECT trigger FROM event WHERE task_id = 'a' "
+                                              "AND to_state = 'cancelled'")] == [
+        "workstream_timeout"]
 
 
 def test_cancel_of_a_terminal_task_is_skipped_not_an_error(proj: Project, capsys) -> None:

@@ -148,6 +148,12 @@ def test_failure_retries_with_exponential_backoff_then_fails(conn: apsw.Connecti
     assert outcomes == ["failed", "failed", "failed"]
 
 
+def test_retry_backoff_is_read_from_the_workers_config(tmp_path: Path) -> None:
+    assert claims.retry_backoff(CONFIG.workers) == {"cap": 100, "jitter": 0}
+    assert _ctx(tmp_path).backoff() == claims.retry_backoff(CONFIG.workers)
+    assert claims.retry_backoff(WorkersConfig()) == {"cap": 600.0, "jitter": 0.1}
+
+
 def test_backoff_is_capped_and_jittered_upwards_only() -> None:
     assert claims.backoff_delay(30, 10, cap=600, jitter=0.1) == 600
     import random

@@ -30,9 +30,12 @@ from kernel.store.machines import (
     ENTITY,
     MachineDef,
     TransitionDef,
+    claimed_states,
     ensure_machines,
     load_machines,
+    states_allowing,
     stored_matches_yaml,
+    terminal_states,
     transition_in_tx,
 )
 
@@ -232,6 +235,20 @@ def test_every_state_is_reachable_from_the_initial_state(machine: str) -> None:
         path = path_to(m, state)
         assert [t.from_state for t in path[:1]] in ([], [m.initial_state])
         assert (path[-1].to_state if path else m.initial_state) == state
+
+
+def test_state_sets_are_read_from_the_yaml() -> None:
+    """The one home of each state set the kernel uses: what the YAML says, nothing restated."""
+    task = MACHINES["task"]
+    assert terminal_states("task") == tuple(s.name for s in task.states if s.terminal) == (
+        "completed", "failed", "cancelled")
+    assert states_allowing("task", "operator_skip") == ("pending",)
+    assert states_allowing("task", "operator_reset", "pending") == ("cancelled", "failed")
+    assert states_allowing("task", "workstream_failed", "cancelled") == ("queued", "retrying")
+    # Claimed: the states a worker holds a task in, handed on when it is lost or interrupted.
+    assert claimed_states() == ("running", "validating")
+    assert claimed_states() == states_allowing("task", "operator_interrupted", "queued")
+    assert states_allowing("task", "no_such_trigger") == ()
 
 
 # --------------------------------------------------------------------------- legal transitions

@@ -11,6 +11,7 @@ Public API:
     stages(graph) -> list[list[str]]               topological generations, each sorted
     topological_order(graph) -> list[str]          the stages concatenated
     critical_path(graph, durations) -> (list[str], float)
+    bottom_levels(graph, durations) -> dict[str, float]    duration + longest chain after it
     stage_duration(durations, max_parallelism) -> float    LPT estimate for one stage
     execution_plan(tasks, workstream_id, max_parallelism, generated_at) -> dict   DAG-VIEW-003
     dag_document(tasks, workstream_id, generated_at) -> dict                      DAG-VIEW-002
@@ -41,7 +42,7 @@ Integration Points:
     caller's job (it may drop satisfied external dependencies before calling). A
     DependencyCycle is what the loader reports as ``dependency_cycle_detected``.
     kernel/planning/render.py draws the documents; tools/bench_plan.py and the benchmark suite reuse
-    ``generate_layered_dag``.
+    ``generate_layered_dag``. The scheduler ranks queued tasks by ``bottom_levels``.
 
 Dependencies:
     networkx; ``kernel.base.data``.
@@ -243,10 +244,13 @@ def topological_order(graph: nx.DiGraph) -> list[str]:
 # --------------------------------------------------------------------------- critical path
 
 
-def _critical_path(
-    graph: nx.DiGraph, order: Sequence[str], durations: Mapping[str, float]
-) -> tuple[list[str], float]:
-    pred = graph._pred
+def _longest_chains(
+    pred: Mapping[str, Iterable[str]], order: Sequence[str], durations: Mapping[str, float]
+) -> tuple[dict[str, float], dict[str, str | None]]:
+    """The one longest-path computation: for each node of ``order`` (a topological order of
+    the graph whose predecessors ``pred`` gives), the longest chain ending at it, its own
+    duration included, and the predecessor on that chain (ties: the smallest id).
+    A dynamic programme, O(V + E)."""
     best: dict[str, float] = {}
     via: dict[str, str | None] = {}
     for v in order:
@@ -258,6 +262,13 @@ def _critical_path(
                 top, came = b, u
         best[v] = durations[v] + top
         via[v] = came
+    return best, via
+
+
+def _critical_path(
+    graph: nx.DiGraph, order: Sequence[str], durations: Mapping[str, float]
+) -> tuple[list[str], float]:
+    best, via = _longest_chains(graph._pred, order, durations)
     if not best:
         return [], 0.0
     longest = max(best.values())
@@ -275,6 +286,14 @@ def critical_path(graph: nx.DiGraph, durations: Mapping[str, float]) -> tuple[li
     A dynamic programme over the topological order, O(V + E). Raises DependencyCycle.
     """
     return _critical_path(graph, topological_order(graph), durations)
+
+
+def bottom_levels(graph: nx.DiGraph, durations: Mapping[str, float]) -> dict[str, float]:
+    """Each task's bottom level: its own duration plus the longest chain of tasks after it
+    (the critical-path rank by which the scheduler orders queued tasks). The longest chains of
+    the reversed graph, O(V + E). Raises DependencyCycle."""
+    best, _ = _longest_chains(graph._succ, topological_order(graph)[::-1], durations)
+    return best
 
 
 # --------------------------------------------------------------------------- the plan

@@ -29,9 +29,9 @@ Integration Points:
     them and write the events.
 
 Dependencies:
-    apsw; ``kernel.base.clock``, ``kernel.definitions.fit``, ``kernel.runtime.leases``,
-    ``kernel.store.db``, ``kernel.store.events``, ``kernel.store.machines``,
-    ``kernel.store.queries``.
+    apsw; ``kernel.base.clock``, ``kernel.base.config``, ``kernel.definitions.fit``,
+    ``kernel.runtime.leases``, ``kernel.store.db``, ``kernel.store.events``,
+    ``kernel.store.machines``, ``kernel.store.queries``.
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ from typing import Any
 import apsw
 
 from kernel.base import clock
+from kernel.base.config import WorkersConfig
 from kernel.definitions.fit import capable, worker_offers
 from kernel.runtime import leases
 from kernel.store import db, events, queries
-from kernel.store.machines import transition_in_tx
+from kernel.store.machines import claimed_states, in_list_sql, transition_in_tx
 
 #: How many queued tasks a claim looks at before giving up for this round, in pages.
 CLAIM_WINDOW = 64
@@ -129,7 +130,7 @@ def _claim_in_tx(conn: apsw.Connection, worker_id: str, now: float, *, lease_ttl
             if running_by_ws is None:
                 running_by_ws = dict(conn.execute(
                     "SELECT workstream_id, COUNT(*) FROM task "
-                    "WHERE state IN ('running', 'validating') GROUP BY workstream_id"))
+                    f"WHERE state IN {in_list_sql(claimed_states())} GROUP BY workstream_id"))
             if running_by_ws.get(cand["workstream_id"], 0) >= cand["max_parallelism"]:
                 continue
         claim = _try_claim_in_tx(conn, worker_id, cand, now, stamp, lease_ttl)
@@ -208,9 +209,19 @@ def is_current(conn: apsw.Connection, claim: Claim) -> str | None:
     state, generation = found
     if generation != claim.generation:
         return "the task was handed to another worker"
-    if state not in ("running", "validating"):
+    if state not in claimed_states():
         return f"the task was {state}"
     return None
+
+
+def retry_backoff(workers: WorkersConfig) -> dict[str, float]:
+    """The ``backoff`` argument of the outcome functions, from ``[workers]`` in ``orch.toml``:
+    ``{"cap": retry_backoff_cap_seconds, "jitter": retry_jitter}``."""
+    return {"cap": workers.retry_backoff_cap_seconds, "jitter": workers.retry_jitter}
+
+
+#: What a ``backoff`` without a key uses: the defaults of ``orch.toml``.
+_DEFAULT_BACKOFF = retry_backoff(WorkersConfig())
 
 
 def backoff_delay(retry_delay: float, retries_before: int, *, cap: float, jitter: float,
@@ -302,7 +313,8 @@ def _fail_or_retry_in_tx(conn: apsw.Connection, claim: Claim, stamp: str, now: f
     clear = {"worker_id": None} if from_state == "running" else {}
     if retryable and retries < claim.max_retries:
         delay = backoff_delay(claim.retry_delay_seconds, retries,
-                              cap=backoff.get("cap", 600.0), jitter=backoff.get("jitter", 0.1))
+                              cap=backoff.get("cap", _DEFAULT_BACKOFF["cap"]),
+                              jitter=backoff.get("jitter", _DEFAULT_BACKOFF["jitter"]))
         next_at = clock.iso(now + delay)
         meta.update(next_attempt_at=next_at, delay_seconds=round(delay, 3),
                     retry=retries + 1, max_retries=claim.max_retries)
@@ -470,7 +482,7 @@ def hand_on_in_tx(conn: apsw.Connection, task_id: str, now: float, *,
     task = db.row(conn, "SELECT task_id, workstream_id, state, generation, retry_count, "
                         "max_retries, retry_delay_seconds, worker_id FROM task WHERE task_id = ?",
                   (task_id,))
-    if task is None or task["state"] not in ("running", "validating"):
+    if task is None or task["state"] not in claimed_states():
         return None
     attempt = db.row(conn, "SELECT attempt_id, attempt_no, worker_id FROM attempt "
                            "WHERE task_id = ? AND finished_at IS NULL "

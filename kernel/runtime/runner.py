@@ -22,7 +22,8 @@ Integration Points:
 Dependencies:
     apsw; ``kernel.base.errors``, ``kernel.base.faults``, ``kernel.base.files``,
     ``kernel.observe.exports``, ``kernel.observe.metrics``, ``kernel.runtime.scheduler``,
-    ``kernel.runtime.worktree``, ``kernel.store.db``, ``kernel.store.project``.
+    ``kernel.runtime.worktree``, ``kernel.store.db``, ``kernel.store.machines``,
+    ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from kernel.observe.exports import Exporter
 from kernel.observe.metrics import MetricsTicker, write_metrics
 from kernel.runtime import scheduler
 from kernel.store import db
+from kernel.store.machines import claimed_states, in_list_sql
 from kernel.store.project import Project
 
 
@@ -350,7 +352,7 @@ def _running_tasks(conn: Any, owner: str) -> int:
         conn, "SELECT COUNT(*) FROM task t JOIN attempt a ON a.task_id = t.task_id "
               "AND a.generation = t.generation AND a.finished_at IS NULL "
               "JOIN worker w ON w.worker_id = a.worker_id "
-              "WHERE t.state IN ('running', 'validating') AND w.scheduler_owner = ?",
+              f"WHERE t.state IN {in_list_sql(claimed_states())} AND w.scheduler_owner = ?",
         (owner,)) or 0)
 
 

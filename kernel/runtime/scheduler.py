@@ -27,9 +27,10 @@ Integration Points:
 
 Dependencies:
     apsw, networkx; ``kernel.base.clock``, ``kernel.base.config``, ``kernel.base.errors``,
-    ``kernel.base.processes``, ``kernel.definitions.fit``, ``kernel.runtime.claims``,
-    ``kernel.runtime.leases``, ``kernel.runtime.worktree``, ``kernel.store.db``,
-    ``kernel.store.events``, ``kernel.store.machines``.
+    ``kernel.base.processes``, ``kernel.definitions.fit``, ``kernel.planning.dag``,
+    ``kernel.runtime.actions``, ``kernel.runtime.claims``, ``kernel.runtime.leases``,
+    ``kernel.runtime.worktree``, ``kernel.store.db``, ``kernel.store.events``,
+    ``kernel.store.machines``.
 """
 
 from __future__ import annotations
@@ -51,9 +52,17 @@ from kernel.base.config import Config
 from kernel.base.errors import OrchError
 from kernel.base.processes import kill_group, kill_pids, pid_alive, pids_with_env
 from kernel.definitions import fit
-from kernel.runtime import claims, leases
+from kernel.planning import dag
+from kernel.runtime import actions, claims, leases
 from kernel.store import db, events
-from kernel.store.machines import terminal_sql, transition_in_tx
+from kernel.store.machines import (
+    claimed_states,
+    in_list_sql,
+    states_allowing,
+    terminal_sql,
+    terminal_states,
+    transition_in_tx,
+)
 
 LOCK_TTL_SECONDS = 15.0
 
@@ -82,8 +91,7 @@ class TickContext:
     reported_unrunnable: dict[str, str] = field(default_factory=dict)
 
     def backoff(self) -> dict[str, float]:
-        w = self.config.workers
-        return {"cap": w.retry_backoff_cap_seconds, "jitter": w.retry_jitter}
+        return claims.retry_backoff(self.config.workers)
 
 
 @dataclass
@@ -152,10 +160,7 @@ def compute_bottom_levels(conn: apsw.Connection, workstreams: list[str] | None =
     graph.add_nodes_from(tasks)
     graph.add_edges_from((p, c) for c, p in conn.execute(
         "SELECT task_id, depends_on FROM task_dependency") if p in tasks and c in tasks)
-    level: dict[str, float] = {}
-    for node in reversed(list(nx.topological_sort(graph))):
-        level[node] = float(tasks[node]) + max((level[s] for s in graph.successors(node)),
-                                              default=0.0)
+    level = dag.bottom_levels(graph, {t: float(d) for t, d in tasks.items()})
     with db.write_tx(conn):
         conn.executemany("UPDATE task SET bottom_level = ? WHERE task_id = ? "
                          "AND bottom_level IS NOT ?",
@@ -210,7 +215,7 @@ def check_workers(conn: apsw.Connection, now: float, ctx: TickContext,
                                                  else " (its process is gone)"),
                          exit_code=code)
             report.workers_lost.append(wid)
-        elif state in ("idle", "busy") and silent:
+        elif state in states_allowing("worker", "health_check_timeout") and silent:
             with db.write_tx(conn):
                 transition_in_tx(conn, "worker", wid, "unresponsive", "health_check_timeout",
                                  {"at": clock.iso(now),
@@ -239,7 +244,7 @@ def _lose_worker(conn: apsw.Connection, now: float, ctx: TickContext, wk: dict[s
     for pgid, host in conn.execute(
             "SELECT a.pgid, a.hostname FROM attempt a JOIN task t ON t.task_id = a.task_id "
             "WHERE a.worker_id = ? AND a.finished_at IS NULL AND a.pgid IS NOT NULL "
-            "AND t.state IN ('running', 'validating')", (wid,)).fetchall():
+            f"AND t.state IN {in_list_sql(claimed_states())}", (wid,)).fetchall():
         if host == ctx.hostname and isinstance(pgid, int):
             kill_group(pgid, ctx.config.workers.kill_grace_seconds)
     if wk["hostname"] == ctx.hostname:
@@ -266,7 +271,9 @@ def _lose_worker(conn: apsw.Connection, now: float, ctx: TickContext, wk: dict[s
                                      reason="interrupted by the operator (the run was stopped)",
                                      backoff=ctx.backoff(), interrupted=True)
             transition_in_tx(conn, "worker", wid, "shutdown",
-                             "shutdown_requested" if state in ("idle", "busy") else trigger,
+                             "shutdown_requested"
+                             if state in states_allowing("worker", "shutdown_requested")
+                             else trigger,
                              {**worker_meta, "failure_mode": None,
                               "reason": "stopped with its run by the operator"},
                              stopped_at=("sql", "MAX(registered_at, ?)", stamp),
@@ -289,7 +296,7 @@ def _release_orphan_leases_in_tx(conn: apsw.Connection, now: float) -> None:
     for lease in leases.expired(conn, now):
         current = conn.execute("SELECT state, generation FROM task WHERE task_id = ?",
                                (lease["task_id"],)).fetchone()
-        if current is None or current[0] not in ("running", "validating") \
+        if current is None or current[0] not in claimed_states() \
                 or current[1] != lease["generation"]:
             conn.execute("UPDATE lease SET released_at = MAX(acquired_at, ?), "
                          "release_reason = 'expired' WHERE lease_id = ?",
@@ -412,7 +419,7 @@ def _verdict(conn: apsw.Connection, wid: str, ws: dict[str, Any], c: dict[str, i
         return "failed", "workstream_timeout", {
             "failure_mode": "Workstream-Timeout",
             "reason": f"running longer than max_duration_seconds ({limit:g} s)"}
-    running = c.get("running", 0) + c.get("validating", 0)
+    running = sum(c.get(s, 0) for s in claimed_states())
     critical = db.scalar(conn, "SELECT group_concat(task_id, ', ') FROM task WHERE "
                                "workstream_id = ? AND critical = 1 AND state = 'failed'", (wid,))
     if critical:
@@ -424,44 +431,42 @@ def _verdict(conn: apsw.Connection, wid: str, ws: dict[str, Any], c: dict[str, i
     active = running + c.get("retrying", 0) + c.get("queued", 0)
     ready = db.scalar(conn, "SELECT COUNT(*) FROM queueable_task WHERE workstream_id = ?",
                       (wid,))
-    failed = c.get("failed", 0) + c.get("cancelled", 0)
+    ended = _ended_uncompleted()
+    failed = sum(c.get(s, 0) for s in ended)
     if active == 0 and not ready and failed:
         bad = db.scalar(conn, "SELECT group_concat(task_id || ' (' || state || ')', ', ') "
-                              "FROM task WHERE workstream_id = ? AND state IN "
-                              "('failed', 'cancelled')", (wid,))
+                              f"FROM task WHERE workstream_id = ? AND state IN "
+                              f"{in_list_sql(ended)}", (wid,))
         return "failed", "tasks_not_completed", {
             "failure_mode": "Workstream-Failed",
             "reason": f"nothing more can run: {bad} did not complete",
-            "caused_by": _last_event(conn, wid, ("failed", "cancelled"))}
+            "caused_by": _last_event(conn, wid, ended)}
     return None
 
 
-# What a failed workstream stops, by the trigger that failed it: a critical failure cancels
-# only what waits to run again (running tasks finished before it failed; pending ones wait for
-# `orch retry`); a timeout cancels everything unfinished, running tasks included (their
-# workers see the claim is gone and kill the process group).
-_CANCELLED_ON_FAILURE = {
-    "critical_task_failed": ("queued", "retrying"),
-    "tasks_not_completed": ("queued", "retrying"),
-    "workstream_timeout": ("pending", "queued", "running", "validating", "retrying"),
-}
+def _ended_uncompleted() -> tuple[str, ...]:
+    """The terminal task states other than completed (failed, cancelled)."""
+    return tuple(s for s in terminal_states("task") if s != "completed")
 
 
 def _cancel_unfinished_in_tx(conn: apsw.Connection, wid: str, stamp: str, ws_trigger: str,
                              reason: str) -> None:
-    states = _CANCELLED_ON_FAILURE[ws_trigger]
+    """Cancel what a failed workstream stops, by the trigger that failed it (the task machine
+    says which states each trigger cancels): a critical failure cancels only what waits to run
+    again (running tasks finished before it failed; pending ones wait for `orch retry`); a
+    timeout cancels everything unfinished, running tasks included (their workers see the claim
+    is gone and kill the process group)."""
     task_trigger = "workstream_timeout" if ws_trigger == "workstream_timeout" \
         else "workstream_failed"
+    states = states_allowing("task", task_trigger, "cancelled")
     for (task_id,) in conn.execute(
             "SELECT task_id FROM task WHERE workstream_id = ? AND state IN "
             "(SELECT value FROM json_each(?)) ORDER BY task_id",
             (wid, json.dumps(states))).fetchall():
-        transition_in_tx(conn, "task", str(task_id), "cancelled", task_trigger,
-                         {"at": stamp, "reason": f"workstream {wid} failed: {reason}"},
-                         worker_id=None, completed_at=stamp,
-                         last_error=f"cancelled: workstream {wid} failed: {reason}")
-        conn.execute("UPDATE attempt SET finished_at = MAX(started_at, ?), outcome = 'cancelled' "
-                     "WHERE task_id = ? AND finished_at IS NULL", (stamp, task_id))
+        actions.cancel_task_in_tx(
+            conn, str(task_id), stamp, trigger=task_trigger,
+            metadata={"at": stamp, "reason": f"workstream {wid} failed: {reason}"},
+            last_error=f"cancelled: workstream {wid} failed: {reason}")
 
 
 def _finish_workstream(conn: apsw.Connection, now: float, ctx: TickContext, wid: str,
@@ -566,7 +571,7 @@ def progress_counts(conn: apsw.Connection, ctx: TickContext
     scope, params = _scope_sql(ctx)
     counts = {s: n for s, n in conn.execute(
         f"SELECT state, SUM(tasks) FROM task_state_count WHERE {scope} GROUP BY state", params)}
-    busy = sum(counts.get(s, 0) for s in ("running", "validating"))
+    busy = sum(counts.get(s, 0) for s in claimed_states())
     # Retrying tasks will be queued again, unless their workstream halted (a critical failure):
     # then the workstream fails once nothing runs, and cancels them.
     busy += db.scalar(conn, f"SELECT COUNT(*) FROM task WHERE state = 'retrying' AND {scope} "

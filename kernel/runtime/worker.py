@@ -49,7 +49,7 @@ from kernel.base.processes import become_subreaper, pid_alive
 from kernel.runtime import claims, leases
 from kernel.runtime.executors import ExecutionRequest, ExecutionResult, executor_for
 from kernel.store import db
-from kernel.store.machines import transition_in_tx
+from kernel.store.machines import states_allowing, transition_in_tx
 from kernel.store.project import Project
 
 
@@ -174,15 +174,11 @@ class Worker:
             with db.write_tx(self.conn):
                 state = db.scalar(self.conn, "SELECT state FROM worker WHERE worker_id = ?",
                                   (self.worker_id,))
-                if state in ("idle", "busy"):
+                if state in states_allowing("worker", "shutdown_requested"):
                     running = db.scalar(self.conn, "SELECT task_id FROM task WHERE worker_id = ?",
                                         (self.worker_id,))
                     if running:
-                        claims.hand_on_in_tx(
-                            self.conn, running, time.time(), failure_mode=None,
-                            reason="interrupted by the operator: the worker was stopped while "
-                                   "running the task", backoff=self._backoff(),
-                            interrupted=True)
+                        self._hand_on_stopped_in_tx(running)
                     transition_in_tx(self.conn, "worker", self.worker_id, "shutdown", trigger,
                                      {"at": stamp}, stopped_at=stamp, exit_code=0)
         finally:
@@ -192,9 +188,13 @@ class Worker:
             if self._exporter is not None:
                 self._exporter.close()   # a last export: the views end exact
 
-    def _backoff(self) -> dict[str, float]:
-        w = self.config.workers
-        return {"cap": w.retry_backoff_cap_seconds, "jitter": w.retry_jitter}
+    def _hand_on_stopped_in_tx(self, task_id: str) -> None:
+        """The worker was stopped while running ``task_id``: back to the queue, no retry
+        counted (trigger ``operator_interrupted``)."""
+        claims.hand_on_in_tx(
+            self.conn, task_id, time.time(), failure_mode=None,
+            reason="interrupted by the operator: the worker was stopped while running the task",
+            backoff=claims.retry_backoff(self.config.workers), interrupted=True)
 
     def _heartbeat_loop(self) -> None:
         conn = self.project.connect()
@@ -336,7 +336,7 @@ class Worker:
         cwd = (base / workdir).resolve()
         env = {**worker_env(claim, root, base, self._base_env), **self.options.extra_env}
         w = self.config.workers
-        backoff = self._backoff()
+        backoff = claims.retry_backoff(self.config.workers)
         try:
             if claim.pre_rules:
                 from kernel.runtime.rules import run_rules
@@ -378,10 +378,7 @@ class Worker:
                 if self._stop.is_set() and claims.is_current(self.conn, claim) is None:
                     # We were asked to stop mid-task: hand the task on, it will run again.
                     with db.write_tx(self.conn):
-                        claims.hand_on_in_tx(
-                            self.conn, claim.task_id, time.time(), failure_mode=None,
-                            reason="interrupted by the operator: the worker was stopped while "
-                                   "running the task", backoff=backoff, interrupted=True)
+                        self._hand_on_stopped_in_tx(claim.task_id)
                         claims.worker_idle_in_tx(self.conn, self.worker_id, clock.now_iso(),
                                                   claim.task_id)
                     return "handed_on"
