@@ -20,7 +20,7 @@ Integration Points:
 Dependencies:
     apsw, click, rich; ``kernel.base.errors``, ``kernel.cli.common``,
     ``kernel.observe.exports``, ``kernel.observe.status``, ``kernel.runtime.actions``,
-    ``kernel.runtime.scheduler``.
+    ``kernel.runtime.workstreams``.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def cancel_cmd(state: CliState, task_ids: tuple[str, ...], workstream: str | Non
             report = kop.cancel_workstream(conn, workstream)
             if report.workstreams_changed:
                 # Cancelled workstreams are archived like failed ones (their worktree is kept).
-                from kernel.runtime.scheduler import archive_workstream
+                from kernel.runtime.workstreams import archive_workstream
 
                 archive_workstream(conn, state.project().root, workstream)
             return report

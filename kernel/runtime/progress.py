@@ -14,8 +14,8 @@ Integration Points:
     ``kernel.runtime.runner.run`` calls ``start``, ``update`` after each tick and ``finish``.
 
 Dependencies:
-    rich; ``kernel.base.clock``, ``kernel.observe.audit``, ``kernel.runtime.runner``,
-    ``kernel.runtime.scheduler``, ``kernel.store.db``, ``kernel.store.machines``.
+    rich; ``kernel.base.clock``, ``kernel.observe.audit``, ``kernel.runtime.context``,
+    ``kernel.runtime.runner``, ``kernel.store.db``, ``kernel.store.machines``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import time
 from typing import Any
 
 from kernel.base import clock
+from kernel.runtime.context import TickReport
 from kernel.runtime.runner import Progress, RunOptions, RunSummary, summary_text
-from kernel.runtime.scheduler import TickReport
 from kernel.store import db
 from kernel.store.machines import claimed_states, in_list_sql, shipped, terminal_sql
 

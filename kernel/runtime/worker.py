@@ -21,9 +21,9 @@ Integration Points:
 Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.faults``,
     ``kernel.base.files``, ``kernel.base.processes``, ``kernel.observe.exports``,
-    ``kernel.runtime.claims``, ``kernel.runtime.executors``, ``kernel.runtime.leases``,
-    ``kernel.runtime.rules``, ``kernel.runtime.worktree``, ``kernel.store.db``,
-    ``kernel.store.machines``, ``kernel.store.project``.
+    ``kernel.runtime.attempts``, ``kernel.runtime.claims``, ``kernel.runtime.executors``,
+    ``kernel.runtime.leases``, ``kernel.runtime.rules``, ``kernel.runtime.worktree``,
+    ``kernel.store.db``, ``kernel.store.machines``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from kernel import __version__
 from kernel.base import clock, faults
 from kernel.base.files import open_private, private_dir
 from kernel.base.processes import become_subreaper, pid_alive
-from kernel.runtime import claims, leases
+from kernel.runtime import attempts, claims, leases
 from kernel.runtime.executors import ExecutionRequest, ExecutionResult, executor_for
 from kernel.store import db
 from kernel.store.machines import states_allowing, transition_in_tx
@@ -191,10 +191,10 @@ class Worker:
     def _hand_on_stopped_in_tx(self, task_id: str) -> None:
         """The worker was stopped while running ``task_id``: back to the queue, no retry
         counted (trigger ``operator_interrupted``)."""
-        claims.hand_on_in_tx(
+        attempts.hand_on_in_tx(
             self.conn, task_id, time.time(), failure_mode=None,
             reason="interrupted by the operator: the worker was stopped while running the task",
-            backoff=claims.retry_backoff(self.config.workers), interrupted=True)
+            backoff=attempts.retry_backoff(self.config.workers), interrupted=True)
 
     def _heartbeat_loop(self) -> None:
         conn = self.project.connect()
@@ -336,7 +336,7 @@ class Worker:
         cwd = (base / workdir).resolve()
         env = {**worker_env(claim, root, base, self._base_env), **self.options.extra_env}
         w = self.config.workers
-        backoff = claims.retry_backoff(self.config.workers)
+        backoff = attempts.retry_backoff(self.config.workers)
         try:
             if claim.pre_rules:
                 from kernel.runtime.rules import run_rules
@@ -379,7 +379,7 @@ class Worker:
                     # We were asked to stop mid-task: hand the task on, it will run again.
                     with db.write_tx(self.conn):
                         self._hand_on_stopped_in_tx(claim.task_id)
-                        claims.worker_idle_in_tx(self.conn, self.worker_id, clock.now_iso(),
+                        attempts.worker_idle_in_tx(self.conn, self.worker_id, clock.now_iso(),
                                                   claim.task_id)
                     return "handed_on"
             if (result.outcome == "succeeded" and claim.worktree_path
