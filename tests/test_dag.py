@@ -25,11 +25,11 @@ from kernel.planning.dag import (
     dag_document,
     execution_plan,
     find_cycle,
-    generate_layered_dag,
     stage_duration,
     stages,
     topological_order,
 )
+from kernel.planning.generate import generate_layered_dag
 
 NOW = "2025-01-01T00:00:00.000Z"
 
