@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import apsw
 
@@ -48,6 +48,7 @@ from kernel.base.files import open_private, private_dir
 from kernel.base.processes import become_subreaper, pid_alive
 from kernel.runtime import attempts, claims, leases
 from kernel.runtime.executors import ExecutionRequest, ExecutionResult, executor_for
+from kernel.runtime.rules import run_rules
 from kernel.store import db
 from kernel.store.machines import states_allowing, transition_in_tx
 from kernel.store.project import Project
@@ -329,94 +330,126 @@ class Worker:
                                                   f"failed: {type(exc).__name__}: {exc}")
 
     def run_one(self, claim: claims.Claim) -> str:
+        """Run one claimed task to its end: the pre-execution rules, the command, the commit of
+        its changes, the report (with the next claim, when the worker goes on), the
+        post-execution rules. The task's new state, "stale" or "handed_on"."""
         self.current = claim
-        root = self.project.root
-        base = Path(claim.worktree_path) if claim.worktree_path else root
-        workdir = (claim.definition.get("execution") or {}).get("working_directory") or "."
-        cwd = (base / workdir).resolve()
-        env = {**worker_env(claim, root, base, self._base_env), **self.options.extra_env}
-        w = self.config.workers
-        backoff = attempts.retry_backoff(self.config.workers)
+        place = self._workplace(claim)
         try:
             if claim.pre_rules:
-                from kernel.runtime.rules import run_rules
-
-                report = run_rules(claim.pre_rules, cwd, self.config.rules, env=env,
-                                   stop_at_first_failure=True)
-                if not report.passed:
-                    bad = report.failed[0]
-                    return claims.fail_before_start(
-                        self.conn, claim, time.time(), rule=bad.rule, reason=bad.reason,
-                        rules=report.as_dict())
-            execution = claim.definition.get("execution") or {}
-            prompt = execution.get("prompt") or ""
-            prompt_file = self.project.state_dir / "prompts" / \
-                f"{claim.task_id}-{claim.attempt_no}.txt"
-            if "{prompt_file}" in (claim.command or ""):
-                private_dir(prompt_file.parent)
-                with open_private(prompt_file, "w") as fh:
-                    fh.write(prompt)
-            request = ExecutionRequest(
-                task_id=claim.task_id, workstream_id=claim.workstream_id,
-                attempt_no=claim.attempt_no, command=claim.command or "",
-                shell=bool(execution.get("shell")), cwd=cwd, env=env,
-                timeout_seconds=claim.timeout_seconds,
-                log_path=self.project.logs_dir / f"{claim.task_id}.log",
-                placeholders={"prompt": prompt, "prompt_file": str(prompt_file),
-                              "task_id": claim.task_id, "workstream_id": claim.workstream_id,
-                              "attempt": str(claim.attempt_no), "root": str(root),
-                              "worktree": str(base)},
-                kill_grace_seconds=w.kill_grace_seconds, definition=claim.definition,
-                log_cap_bytes=w.max_log_bytes_per_attempt)
-            result = self._execute(claim, request)
+                refused = self._pre_rules(claim, place)
+                if refused is not None:
+                    return refused
+            result = self._execute(claim, self._request(claim, place))
             faults.point("before_finish")
             if self.declared_dead:
                 return "stale"
-            reason = None
-            if result.outcome == "cancelled":
-                reason = self._should_stop(claim, self.conn) or "stopped"
-                if self._stop.is_set() and claims.is_current(self.conn, claim) is None:
-                    # We were asked to stop mid-task: hand the task on, it will run again.
-                    with db.write_tx(self.conn):
-                        self._hand_on_stopped_in_tx(claim.task_id)
-                        attempts.worker_idle_in_tx(self.conn, self.worker_id, clock.now_iso(),
-                                                  claim.task_id)
-                    return "handed_on"
-            if (result.outcome == "succeeded" and claim.worktree_path
-                    and claims.is_current(self.conn, claim) is None):
-                # The task's changes become one commit on the workstream's branch.
-                commit_error = self._commit(claim)
-                if commit_error:
-                    result = ExecutionResult("error", exit_code=result.exit_code,
-                                             error=commit_error,
-                                             duration_seconds=result.duration_seconds,
-                                             details=result.details)
-            if result.outcome != "cancelled" and not self._stopping():
-                # Finishing and claiming the next task share one transaction.
-                state, self.next_claim = claims.finish_and_claim(
-                    self.conn, claim, time.time(), outcome=result.outcome,
-                    exit_code=result.exit_code, error=result.error,
-                    duration=result.duration_seconds, details=dict(result.details),
-                    backoff=backoff, lease_ttl=self.lease_ttl, offers=self._offers)
-            else:
-                state = claims.finish_execution(
-                    self.conn, claim, time.time(), outcome=result.outcome,
-                    exit_code=result.exit_code, error=result.error,
-                    duration=result.duration_seconds, details=dict(result.details),
-                    backoff=backoff, cancel_reason=reason)
-            if state != "validating":
-                return state
-            from kernel.runtime.rules import run_rules
-
-            started = time.monotonic()
-            report = run_rules(claim.post_rules, cwd, self.config.rules, env=env)
-            return claims.finish_validation(
-                self.conn, claim, time.time(), passed=report.passed, summary=report.summary(),
-                rules=report.as_dict(),
-                duration=result.duration_seconds + time.monotonic() - started,
-                details=dict(result.details))
+            return self._report(claim, place, result)
         finally:
             self.current = None
+
+    def _workplace(self, claim: claims.Claim) -> _Workplace:
+        root = self.project.root
+        base = Path(claim.worktree_path) if claim.worktree_path else root
+        workdir = (claim.definition.get("execution") or {}).get("working_directory") or "."
+        env = {**worker_env(claim, root, base, self._base_env), **self.options.extra_env}
+        return _Workplace(base, (base / workdir).resolve(), env)
+
+    def _pre_rules(self, claim: claims.Claim, place: _Workplace) -> str | None:
+        """Run the pre-execution rules; the task's new state when one failed (it never
+        starts), else None."""
+        report = run_rules(claim.pre_rules, place.cwd, self.config.rules, env=place.env,
+                           stop_at_first_failure=True)
+        if report.passed:
+            return None
+        bad = report.failed[0]
+        return claims.fail_before_start(self.conn, claim, time.time(), rule=bad.rule,
+                                        reason=bad.reason, rules=report.as_dict())
+
+    def _request(self, claim: claims.Claim, place: _Workplace) -> ExecutionRequest:
+        """What the executor runs; the prompt is written to its file when the command names
+        ``{prompt_file}``."""
+        w = self.config.workers
+        execution = claim.definition.get("execution") or {}
+        prompt = execution.get("prompt") or ""
+        prompt_file = self.project.state_dir / "prompts" / \
+            f"{claim.task_id}-{claim.attempt_no}.txt"
+        if "{prompt_file}" in (claim.command or ""):
+            private_dir(prompt_file.parent)
+            with open_private(prompt_file, "w") as fh:
+                fh.write(prompt)
+        return ExecutionRequest(
+            task_id=claim.task_id, workstream_id=claim.workstream_id,
+            attempt_no=claim.attempt_no, command=claim.command or "",
+            shell=bool(execution.get("shell")), cwd=place.cwd, env=place.env,
+            timeout_seconds=claim.timeout_seconds,
+            log_path=self.project.logs_dir / f"{claim.task_id}.log",
+            placeholders={"prompt": prompt, "prompt_file": str(prompt_file),
+                          "task_id": claim.task_id, "workstream_id": claim.workstream_id,
+                          "attempt": str(claim.attempt_no), "root": str(self.project.root),
+                          "worktree": str(place.base)},
+            kill_grace_seconds=w.kill_grace_seconds, definition=claim.definition,
+            log_cap_bytes=w.max_log_bytes_per_attempt)
+
+    def _report(self, claim: claims.Claim, place: _Workplace, result: ExecutionResult) -> str:
+        """Report the command's result (and run the post-execution rules when it passed)."""
+        reason = None
+        if result.outcome == "cancelled":
+            reason = self._should_stop(claim, self.conn) or "stopped"
+            if self._stop.is_set() and claims.is_current(self.conn, claim) is None:
+                # We were asked to stop mid-task: hand the task on, it will run again.
+                with db.write_tx(self.conn):
+                    self._hand_on_stopped_in_tx(claim.task_id)
+                    attempts.worker_idle_in_tx(self.conn, self.worker_id, clock.now_iso(),
+                                               claim.task_id)
+                return "handed_on"
+        if (result.outcome == "succeeded" and claim.worktree_path
+                and claims.is_current(self.conn, claim) is None):
+            result = self._committed(claim, result)
+        state = self._finish(claim, result, reason)
+        if state != "validating":
+            return state
+        started = time.monotonic()
+        report = run_rules(claim.post_rules, place.cwd, self.config.rules, env=place.env)
+        return claims.finish_validation(
+            self.conn, claim, time.time(), passed=report.passed, summary=report.summary(),
+            rules=report.as_dict(),
+            duration=result.duration_seconds + time.monotonic() - started,
+            details=dict(result.details))
+
+    def _committed(self, claim: claims.Claim, result: ExecutionResult) -> ExecutionResult:
+        """The task's changes become one commit on the workstream's branch; a commit that
+        fails turns the result into an error."""
+        commit_error = self._commit(claim)
+        if not commit_error:
+            return result
+        return ExecutionResult("error", exit_code=result.exit_code, error=commit_error,
+                               duration_seconds=result.duration_seconds, details=result.details)
+
+    def _finish(self, claim: claims.Claim, result: ExecutionResult, reason: str | None) -> str:
+        backoff = attempts.retry_backoff(self.config.workers)
+        if result.outcome != "cancelled" and not self._stopping():
+            # Finishing and claiming the next task share one transaction.
+            state, self.next_claim = claims.finish_and_claim(
+                self.conn, claim, time.time(), outcome=result.outcome,
+                exit_code=result.exit_code, error=result.error,
+                duration=result.duration_seconds, details=dict(result.details),
+                backoff=backoff, lease_ttl=self.lease_ttl, offers=self._offers)
+            return state
+        return claims.finish_execution(
+            self.conn, claim, time.time(), outcome=result.outcome,
+            exit_code=result.exit_code, error=result.error,
+            duration=result.duration_seconds, details=dict(result.details),
+            backoff=backoff, cancel_reason=reason)
+
+
+class _Workplace(NamedTuple):
+    """Where a task runs: the worktree (or the project root), the working directory, and the
+    environment."""
+
+    base: Path
+    cwd: Path
+    env: dict[str, str]
 
 
 def main(project: Project, options: WorkerOptions, worker_id: str | None = None) -> int:
