@@ -90,21 +90,15 @@ def finish(conn: apsw.Connection, task_id: str, to_state: str, trigger: str, *,
 
 
 def task(project: Project, task_id: str) -> dict[str, Any]:
-    conn = project.connect(readonly=True)
-    try:
+    with project.open(readonly=True) as conn:
         found = db.row(conn, "SELECT * FROM task WHERE task_id = ?", (task_id,))
-        assert found is not None
-        return found
-    finally:
-        conn.close()
+    assert found is not None
+    return found
 
 
 def query(project: Project, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
-    conn = project.connect(readonly=True)
-    try:
+    with project.open(readonly=True) as conn:
         return db.rows(conn, sql, params)
-    finally:
-        conn.close()
 
 
 def cli(project: Project, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
@@ -374,11 +368,8 @@ def test_show_task(proj: Project, capsys) -> None:
 
 
 def sentences(project: Project, task_id: str) -> str:
-    conn = project.connect(readonly=True)
-    try:
+    with project.open(readonly=True) as conn:
         return "\n".join(why(conn, task_id, project.logs_dir)["sentences"])
-    finally:
-        conn.close()
 
 
 def test_why_pending_waits_then_is_stuck(proj: Project) -> None:

@@ -59,11 +59,8 @@ def _require(task_ids: tuple[str, ...], name: str) -> None:
 def _write(state: CliState, action: Callable[[apsw.Connection], kop.OperatorReport],
            verb: str) -> int:
     project = state.project()
-    conn = project.connect()
-    try:
+    with project.open() as conn:
         report = action(conn)
-    finally:
-        conn.close()
     exported = export_after_change(project) if report.changed or report.workstreams_changed \
         else None
 
@@ -144,11 +141,8 @@ def skip_cmd(state: CliState, task_ids: tuple[str, ...]) -> int:
 
 
 def _read(state: CliState, fn: Callable[[apsw.Connection], dict[str, Any]]) -> dict[str, Any]:
-    conn = state.project().connect(readonly=True)
-    try:
+    with state.project().open(readonly=True) as conn:
         return fn(conn)
-    finally:
-        conn.close()
 
 
 def _styled(value: str) -> Text:

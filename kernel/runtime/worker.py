@@ -50,7 +50,7 @@ from kernel.runtime import attempts, claims, leases
 from kernel.runtime.executors import ExecutionRequest, ExecutionResult, executor_for
 from kernel.runtime.rules import run_rules
 from kernel.store import db
-from kernel.store.machines import states_allowing, transition_in_tx
+from kernel.store.machines import states_allowing, terminal_states, transition_in_tx
 from kernel.store.project import Project
 
 
@@ -198,32 +198,35 @@ class Worker:
             backoff=attempts.retry_backoff(self.config.workers), interrupted=True)
 
     def _heartbeat_loop(self) -> None:
-        conn = self.project.connect()
-        try:
+        with self.project.open() as conn:
             while not self._closing.wait(self.heartbeat):
-                now = time.time()
-                stamp = clock.iso(now)
                 try:
                     with db.write_tx(conn):
-                        state = db.scalar(conn, "SELECT state FROM worker WHERE worker_id = ?",
-                                          (self.worker_id,))
-                        if state == "shutdown":
-                            self.declared_dead = True
-                            self._stop.set()
-                            self._drain.set()
-                            return
-                        conn.execute("UPDATE worker SET last_heartbeat_at = ? "
-                                     "WHERE worker_id = ?", (stamp, self.worker_id))
-                        leases.renew_in_tx(conn, self.worker_id, now, self.lease_ttl)
-                        if state == "unresponsive":
-                            has_task = self.current is not None
-                            transition_in_tx(conn, "worker", self.worker_id,
-                                             "busy" if has_task else "idle",
-                                             "health_check_recovered", {"at": stamp})
+                        alive = self._beat_in_tx(conn, time.time())
                 except apsw.BusyError:
                     continue
-        finally:
-            conn.close()
+                if not alive:
+                    return
+
+    def _beat_in_tx(self, conn: apsw.Connection, now: float) -> bool:
+        """One heartbeat: renew the worker's leases, recover from unresponsive. False when
+        the kernel declared the worker lost (it stops at once; its task was handed on)."""
+        stamp = clock.iso(now)
+        state = db.scalar(conn, "SELECT state FROM worker WHERE worker_id = ?",
+                          (self.worker_id,))
+        if state in terminal_states("worker"):
+            self.declared_dead = True
+            self._stop.set()
+            self._drain.set()
+            return False
+        conn.execute("UPDATE worker SET last_heartbeat_at = ? WHERE worker_id = ?",
+                     (stamp, self.worker_id))
+        leases.renew_in_tx(conn, self.worker_id, now, self.lease_ttl)
+        if state == "unresponsive":
+            has_task = self.current is not None
+            transition_in_tx(conn, "worker", self.worker_id, "busy" if has_task else "idle",
+                             "health_check_recovered", {"at": stamp})
+        return True
 
     def _parent_gone(self) -> bool:
         pid = self.options.parent_pid
