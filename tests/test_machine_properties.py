@@ -4,8 +4,8 @@ The Python model below knows the YAML transition table and the SQL guards (depen
 completed before queued, a live and free worker for running, running <=> worker_id, retries
 counted and bounded, retry_count monotonic, a worker keeps its running task until it is handed
 on, created_at <= started_at <= completed_at). Every request, legal or not, is sent through
-``kernel.store.machines.transition`` and the database must decide exactly as the model predicts;
-the invariants are checked against the database after every step.
+``kernel.store.machines.transition_in_tx`` and the database must decide exactly as the model
+predicts; the invariants are checked against the database after every step.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 entity brought into its from-state by a legal path and must write exactly one matching event.
 Every other (from, to) pair, and every legal pair with a wrong trigger, must be rejected by all
 three clients the kernel promises to guard against (apsw through
-``kernel.store.machines.transition``,
+``kernel.store.machines.transition_in_tx``,
 Python's ``sqlite3`` module and the ``sqlite3`` shell) without changing the entity or the log.
 Then the SQL guards beyond the table, and the event log's append-only, gapless contract.
 """
@@ -363,7 +363,7 @@ def update_sql(machine: str, entity_id: str, to_state: str, trigger: str) -> str
 
 
 class ApswClient:
-    """The kernel's own path: ``transition()`` on an apsw connection."""
+    """The kernel's own path: ``transition_in_tx()`` on an apsw connection."""
 
     def __init__(self, path: Path) -> None:
         self.conn = schema.connect(path)

@@ -48,7 +48,7 @@ from kernel.observe.exports import Exporter
 from kernel.observe.metrics import MetricsTicker, write_metrics
 from kernel.runtime import health, lock, scheduler
 from kernel.store import db
-from kernel.store.machines import claimed_states, in_list_sql
+from kernel.store.machines import claimed_states, in_list_sql, terminal_sql
 from kernel.store.project import Project
 
 
@@ -386,8 +386,9 @@ def _exited_children(conn: Any, children: list[subprocess.Popen[bytes]]) -> dict
         code = proc.poll()
         if code is None:
             continue
-        wid = db.scalar(conn, "SELECT worker_id FROM worker WHERE pid = ? AND state <> "
-                              "'shutdown' ORDER BY registered_at DESC LIMIT 1", (proc.pid,))
+        wid = db.scalar(conn, "SELECT worker_id FROM worker WHERE pid = ? AND state NOT IN "
+                              f"{terminal_sql('worker')} ORDER BY registered_at DESC LIMIT 1",
+                        (proc.pid,))
         if wid:
             out[wid] = code
     return out
@@ -402,7 +403,7 @@ def _stop_children(conn: Any, owner: str, children: dict[str, subprocess.Popen[b
     try:
         with db.write_tx(conn):
             conn.execute("UPDATE worker SET stop_requested = 1 WHERE scheduler_owner = ? "
-                         "AND state <> 'shutdown'", (owner,))
+                         f"AND state NOT IN {terminal_sql('worker')}", (owner,))
     except Exception:  # noqa: BLE001 - stopping must go on even if the database is busy
         pass
     deadline = time.monotonic() + wait
