@@ -17,11 +17,13 @@ import pytest
 
 from kernel.base import identity
 from kernel.base.clock import iso
-from kernel.observe import archive
+from kernel.base.errors import OrchError
+from kernel.observe import archive, audit
 from kernel.observe.replay import replay
 from kernel.observe.status import why
 from kernel.runtime import actions
-from kernel.store import db
+from kernel.store import db, eventlog
+from kernel.store.events import EVENT_FIELDS
 from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project
 
@@ -99,18 +101,18 @@ def _all_events(project: Project) -> list[dict[str, Any]]:
 def _archived(project: Project) -> dict[str, list[tuple[Any, ...]]]:
     """Every archive file's rows, by file name (opened read-only, as any client would)."""
     out = {}
-    for path in archive.archive_files(archive.archive_dir(project.state_dir)).values():
+    for path in eventlog.archive_files(eventlog.archive_dir(project.state_dir)).values():
         conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
         try:
             out[path.name] = [tuple(r) for r in conn.execute(
-                f"SELECT {', '.join(archive.EVENT_FIELDS)} FROM event ORDER BY seq")]
+                f"SELECT {', '.join(EVENT_FIELDS)} FROM event ORDER BY seq")]
         finally:
             conn.close()
     return out
 
 
 def _rows(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    return [tuple(e[f] for f in archive.EVENT_FIELDS) for e in events]
+    return [tuple(e[f] for f in EVENT_FIELDS) for e in events]
 
 
 # ----------------------------------------------------------------------------------- rotate
@@ -154,7 +156,7 @@ def test_rotate_moves_exactly_the_events_older_than_the_cut(old_project: Project
         assert (rec["events"], rec["first_seq"], rec["last_seq"]) == (
             len(rows), rows[0][0], rows[-1][0])
         assert rec["batch_sha256"] == archive.content_sha256(rows)[0]
-        path = archive.archive_dir(old_project.state_dir) / rec["file"]
+        path = eventlog.archive_dir(old_project.state_dir) / rec["file"]
         assert rec["file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     # The event log still takes new events (event_seq_gapless passes after the delete).
     conn = _connect(old_project)
@@ -167,7 +169,7 @@ def test_rotate_moves_exactly_the_events_older_than_the_cut(old_project: Project
     # Nothing more is old enough: a second rotation moves nothing and records nothing.
     conn = _connect(old_project)
     try:
-        again = archive.rotate(conn, archive.archive_dir(old_project.state_dir))
+        again = archive.rotate(conn, eventlog.archive_dir(old_project.state_dir))
     finally:
         conn.close()
     assert again["events"] == 0 and again["rotation_seq"] is None
@@ -182,7 +184,7 @@ def test_rotate_moves_only_a_prefix_so_nothing_young_is_moved(old_project: Proje
                          "'system', '{}')", (_ago(300),))
         late = db.scalar(conn, "SELECT MAX(seq) FROM event")
         plan = archive.plan_rotation(conn, older_than_days=90)
-        result = archive.rotate(conn, archive.archive_dir(old_project.state_dir))
+        result = archive.rotate(conn, eventlog.archive_dir(old_project.state_dir))
         live = [r[0] for r in conn.execute("SELECT seq FROM event ORDER BY seq")]
     finally:
         conn.close()
@@ -207,7 +209,7 @@ def test_a_too_short_retention_is_refused_and_nothing_changes(old_project: Proje
                     "--older-than", "soon")
     assert code == 2 and "e.g. 90d" in out["error"]["hint"]
     assert logical_dump(old_project.db_path) == before
-    assert not archive.archive_dir(old_project.state_dir).exists()
+    assert not eventlog.archive_dir(old_project.state_dir).exists()
 
 
 def test_the_override_moves_younger_events_and_says_so(old_project: Project) -> None:
@@ -226,12 +228,12 @@ def test_dry_run_changes_nothing(old_project: Project) -> None:
     proc = orch("--root", str(old_project.root), "audit", "rotate", "--dry-run")
     assert proc.returncode == 0 and "would move" in proc.stdout
     assert logical_dump(old_project.db_path) == before
-    assert not archive.archive_dir(old_project.state_dir).exists()
+    assert not eventlog.archive_dir(old_project.state_dir).exists()
 
 
 def test_an_interrupted_rotation_loses_and_duplicates_nothing(old_project: Project) -> None:
     before = _rows([{**e} for e in _all_events(old_project)])
-    directory = archive.archive_dir(old_project.state_dir)
+    directory = eventlog.archive_dir(old_project.state_dir)
     conn = _connect(old_project)
     try:
         plan = archive.plan_rotation(conn, older_than_days=90)
@@ -243,7 +245,7 @@ def test_an_interrupted_rotation_loses_and_duplicates_nothing(old_project: Proje
         check = archive.verify(conn, directory)
         assert check["ok"] and {f["status"] for f in check["files"].values()} == {"pending"}
         # The archived and live copies overlap now; readers still see every event once.
-        union = archive.read_events(conn, directory)
+        union = eventlog.read_events(conn, directory)
         assert [e["seq"] for e in union] == [r[0] for r in before]
         # The rerun finishes the job.
         result = archive.rotate(conn, directory)
@@ -259,7 +261,7 @@ def test_an_interrupted_rotation_loses_and_duplicates_nothing(old_project: Proje
 
 
 def test_a_rotation_that_lost_a_race_deletes_nothing(old_project: Project) -> None:
-    directory = archive.archive_dir(old_project.state_dir)
+    directory = eventlog.archive_dir(old_project.state_dir)
     conn = _connect(old_project)
     try:
         plan = archive.plan_rotation(conn, older_than_days=90)
@@ -284,12 +286,63 @@ def test_events_are_deleted_only_by_a_rotation(old_project: Project) -> None:
             conn.execute("INSERT INTO event_rotation_marker VALUES (1, 999, 5, 'x')")
             conn.execute("DELETE FROM event WHERE seq = 1")
         assert db.scalar(conn, "SELECT MIN(seq) FROM event") == 1
-        archive.rotate(conn, archive.archive_dir(old_project.state_dir))
+        archive.rotate(conn, eventlog.archive_dir(old_project.state_dir))
         with pytest.raises(apsw.ConstraintError, match="append-only"):
             conn.execute("DELETE FROM event_archive")
         with pytest.raises(apsw.ConstraintError, match="append-only"):
             conn.execute("DELETE FROM event")
         assert db.scalar(conn, "SELECT COUNT(*) FROM event_rotation_marker") == 0
+    finally:
+        conn.close()
+
+
+def test_a_rotation_leaves_only_the_archive_files_in_their_directory(
+        old_project: Project) -> None:
+    """Archives are opened with db.open_file: no writer lock file (nor journal) beside them."""
+    code, result = orch_json("--root", str(old_project.root), "audit", "rotate")
+    assert code == 0 and result["files"], result
+    directory = eventlog.archive_dir(old_project.state_dir)
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        f["file"] for f in result["files"])
+
+
+def test_a_file_that_is_not_an_archive_is_refused_by_the_reader(old_project: Project,
+                                                                tmp_path: Path) -> None:
+    garbage = tmp_path / "events-2020-01.sqlite"
+    garbage.write_bytes(b"not a database at all, " * 100)
+    with pytest.raises(OrchError, match="cannot read the event archive") as raised, \
+            eventlog.open_archive(garbage):
+        pass
+    assert raised.value.code == "archive_unreadable"
+    with pytest.raises(OrchError) as raised, \
+            eventlog.open_archive(tmp_path / "events-2020-02.sqlite"):
+        pass
+    assert raised.value.code == "archive_unreadable"
+    assert not (tmp_path / "events-2020-02.sqlite").exists()   # read-only: never created
+    with pytest.raises(OrchError, match="is not an orch event archive") as raised, \
+            eventlog.open_archive(old_project.db_path):
+        pass
+    assert raised.value.code == "not_an_archive"
+
+
+def test_list_events_is_the_live_part_of_the_one_reader(old_project: Project) -> None:
+    assert run_cli("--root", str(old_project.root), "audit", "rotate") == 0
+    directory = eventlog.archive_dir(old_project.state_dir)
+    conn = _connect(old_project, readonly=True)
+    try:
+        live = audit.list_events(conn)
+        both = eventlog.read_events(conn, directory)
+        first_live = eventlog.live_first_seq(conn)
+        assert first_live is not None and first_live > 1
+        assert live == [{k: v for k, v in e.items() if k != "source"}
+                        for e in both if e["source"] == "live"]
+        assert [e["seq"] for e in live] == [e["seq"] for e in both if e["seq"] >= first_live]
+        assert all(set(e) == set(EVENT_FIELDS) for e in live)
+        assert eventlog.read_events(conn, directory, with_source=False) == [
+            {k: v for k, v in e.items() if k != "source"} for e in both]
+        assert audit.list_events(conn, since=first_live, limit=1) == live[1:2]
+        assert audit.list_events(conn, limit=-1) == live   # as SQLite's LIMIT -1: no limit
+        assert audit.list_events(conn, limit=0) == []
     finally:
         conn.close()
 
@@ -336,7 +389,7 @@ def test_replay_reads_the_archives_across_the_boundary(old_project: Project) -> 
     finally:
         conn.close()
     assert run_cli("--root", str(old_project.root), "audit", "rotate") == 0
-    directory = archive.archive_dir(old_project.state_dir)
+    directory = eventlog.archive_dir(old_project.state_dir)
     conn = _connect(old_project, readonly=True)
     try:
         for m in moments:
@@ -374,7 +427,7 @@ def test_verify_checks_the_recorded_counts_and_checksums(old_project: Project,
     assert run_cli("--root", root, "audit", "verify") == 0
     assert "ok       continuity: " in capsys.readouterr().out
     # A damaged archive: one archived event changed behind orch's back.
-    directory = archive.archive_dir(old_project.state_dir)
+    directory = eventlog.archive_dir(old_project.state_dir)
     victim = sorted(directory.iterdir())[0]
     conn = apsw.Connection(str(victim))
     conn.execute("DROP TRIGGER event_archive_no_update")
@@ -504,7 +557,7 @@ def test_why_explains_failures_even_after_rotation(real_run: Path, tmp_path: Pat
     # Every event moves to the archives; the answers stay the same.
     conn = project.connect()
     try:
-        result = archive.rotate(conn, archive.archive_dir(project.state_dir), older_than_days=1,
+        result = archive.rotate(conn, eventlog.archive_dir(project.state_dir), older_than_days=1,
                                 now=time.time() + 2 * DAY, allow_short_retention=True)
         assert result["events"] == db.scalar(conn, "SELECT MAX(seq) FROM event") - 1
     finally:

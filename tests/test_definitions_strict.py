@@ -28,18 +28,19 @@ from kernel.base.documents import (
     MAX_DEPTH,
     DocumentError,
     check_values,
-    parse_json,
-    parse_toml,
-    parse_yaml,
+    path_loc,
+    path_text,
     read_file,
 )
-from kernel.definitions import fit, taskfiles
+from kernel.base.formats import parse_json, parse_toml, parse_yaml
+from kernel.definitions import fit, task_checks
 from kernel.definitions.check import validate
 from kernel.definitions.load import LoadError, load
 from kernel.definitions.migrate_tasks import MigrationError, migrate_tasks
 from kernel.definitions.models import TaskDefinition, semver_key
+from kernel.definitions.records import CODES, ParseContext
 from kernel.definitions.registries import ResourceRegistry, lease_ceiling
-from kernel.definitions.taskfiles import ParseContext, parse_task
+from kernel.definitions.taskfiles import parse_task
 from kernel.store import db
 from kernel.store.project import Project
 
@@ -159,6 +160,14 @@ def test_check_values_reports_every_problem_in_document_order() -> None:
         ("nul_character", "b[1]"), ("non_finite_number", "c.d")]
 
 
+@pytest.mark.parametrize(("loc", "text"), [
+    ([], ""), (["a"], "a"), (["execution", "timeout_seconds"], "execution.timeout_seconds"),
+    (["dependencies", 2], "dependencies[2]"), (["a", 0, "b", 12, "c"], "a[0].b[12].c")])
+def test_path_loc_reads_back_what_path_text_writes(loc: list[Any], text: str) -> None:
+    assert path_text(loc) == text
+    assert path_loc(text) == loc
+
+
 # --------------------------------------------------------------------------- strict models
 
 
@@ -272,9 +281,9 @@ def _parse(root: Path, doc: dict[str, Any]) -> list[tuple[str, str]]:
     return [(p.code, p.path) for p in problems]
 
 
-@pytest.mark.skipif(taskfiles.MAX_ARG_STRLEN is None, reason="a Linux limit")
+@pytest.mark.skipif(task_checks.MAX_ARG_STRLEN is None, reason="a Linux limit")
 def test_one_argument_may_be_as_long_as_the_kernel_allows(tmp_path: Path) -> None:
-    limit = taskfiles.MAX_ARG_STRLEN
+    limit = task_checks.MAX_ARG_STRLEN
     assert limit is not None
     fits = _task(execution={"command": "echo {prompt}", "prompt": "x" * (limit - 1)})
     assert _parse(tmp_path, fits) == []
@@ -285,7 +294,7 @@ def test_one_argument_may_be_as_long_as_the_kernel_allows(tmp_path: Path) -> Non
 
 
 def test_the_argument_list_must_fit_in_arg_max(tmp_path: Path) -> None:
-    copies = taskfiles.ARG_MAX // 50_000 + 2
+    copies = task_checks.ARG_MAX // 50_000 + 2
     doc = _task(execution={"command": "agent " + " {prompt}" * copies, "prompt": "y" * 50_000})
     assert _parse(tmp_path, doc) == [("argument_too_long", "execution.prompt")]
 
@@ -332,7 +341,7 @@ def test_any_value_in_any_field_is_a_problem_or_a_record(tmp_path: Path, field: 
     record, problems = parse_task(str(path), "tasks/ws/t.json", ctx)
     assert record is not None or any(p.severity == "error" for p in problems)
     for p in problems:
-        assert p.code in taskfiles.CODES and isinstance(p.message, str) and p.message
+        assert p.code in CODES and isinstance(p.message, str) and p.message
     if record is not None:
         json.loads(record.definition)  # what load stores is valid JSON
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel.definitions.models import WorkstreamDefinition, parse_task
+from kernel.definitions.models import WorkstreamDefinition
+from kernel.definitions.task_documents import parse_task
 from kernel.demo import (
     BRANCHES,
     FLAKY_TASK,

@@ -1,8 +1,8 @@
-"""The bulk write path of orch load (kernel.definitions.load.insert_rows): tasks are
-inserted a batch per
-statement, and that changes nothing in the database but the time it takes: the same rows, the
-same event log (one task_created event per task, in task_id order, gapless seq) as one INSERT
-per row; a failure inside a batch still leaves the database as it was."""
+"""The bulk write path of orch load (kernel.definitions.load.insert_rows_in_tx): tasks are
+inserted a batch per statement, and that changes nothing in the database but the time it
+takes: the same rows, the same event log (one task_created event per task, in task_id order,
+gapless seq) as one INSERT per row; a failure inside a batch still leaves the database as it
+was."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel.definitions import load as load_module
-from kernel.definitions.load import insert_rows, load
+from kernel.definitions.load import insert_rows_in_tx, load
 from kernel.store import db
 from kernel.store.project import Project, init_project
 
@@ -151,7 +151,7 @@ def test_insert_rows_inserts_every_row_in_order(width: int, per_batch: int,
     original = load_module.BATCH_PARAMETERS
     load_module.BATCH_PARAMETERS = per_batch * width
     try:
-        insert_rows(conn, f"INSERT INTO t ({columns})", rows)
+        insert_rows_in_tx(conn, f"INSERT INTO t ({columns})", rows)
     finally:
         load_module.BATCH_PARAMETERS = original
     assert [tuple(r[1:]) for r in conn.execute("SELECT * FROM t ORDER BY n")] == rows

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_pro
 
 from kernel.base import clock
 from kernel.observe import metrics as m
+from kernel.observe import metrics_document, prometheus
 from kernel.store import db, schema
 from kernel.store.machines import load_machines, transition_in_tx
 from kernel.store.project import Project
@@ -205,7 +206,7 @@ def test_the_prometheus_endpoint_serves_the_database_and_stops_on_ctrl_c(
                       outcome=outcome) == len(got) == 2
         assert _value(samples, "orch_task_attempt_duration_seconds_sum",
                       outcome=outcome) == pytest.approx(sum(got), abs=0.005)
-        bounds = [*(m._bound(b) for b in m.ATTEMPT_DURATION_BUCKETS), "+Inf"]
+        bounds = [*(prometheus._bound(b) for b in m.ATTEMPT_DURATION_BUCKETS), "+Inf"]
         counts = [_value(samples, "orch_task_attempt_duration_seconds_bucket",
                          outcome=outcome, le=b) for b in bounds]
         assert counts == sorted(counts) and counts[-1] == len(got)
@@ -332,6 +333,15 @@ def test_errors_count_failure_occurrences_of_today_once_each(
         "Worker-Crashed": 1, "Worker-Unresponsive": 1, "Resource-Exhaustion": 1}
     assert doc["window"] == {"today_since": "2030-01-02T00:00:00.000Z",
                              "last_hour_since": "2030-01-02T09:00:00.000Z"}
+    # errors_since: the same counts from a moment on, or over the whole log with None.
+    assert metrics_document.errors_since(c, doc["window"]["today_since"]) == doc["errors"]
+    assert {k: v for k, v in metrics_document.errors_since(c, None).items() if v} == {
+        "Task-Timeout": 1, "Worker-Crashed": 1, "Worker-Unresponsive": 1,
+        "Resource-Exhaustion": 1}
+    assert metrics_document.pairs(c, "SELECT severity, COUNT(*) FROM event WHERE seq > ? "
+                                     "GROUP BY severity", (0,)) == {
+        r["severity"]: r["n"] for r in db.rows(
+            c, "SELECT severity, COUNT(*) AS n FROM event GROUP BY severity")}
     # The Prometheus counters are totals over the whole log: yesterday's timeout counts.
     samples = _samples(parse_openmetrics(m.render_openmetrics(c, T0).decode()))
     assert _value(samples, "orch_failures_total", mode="Task-Timeout") == 1
@@ -364,7 +374,7 @@ def test_samples_are_kept_30_days_and_older_ones_pruned(fresh_db: apsw.Connectio
     with pytest.raises(ValueError, match="at least 30 days"):
         m.write_metrics(fresh_db, state_dir, T0 + 42 * day, retention_days=7)
     with db.write_tx(fresh_db):
-        assert m.prune(fresh_db, T0 + 42 * day) == 2  # days 10 and 11 are over 30 days old
+        assert m.prune_in_tx(fresh_db, T0 + 42 * day) == 2  # days 10 and 11 are over 30 days old
     # The history views Datasette shows: one row per sample, one per (sample, mode).
     history = db.rows(fresh_db, "SELECT * FROM metric_history ORDER BY sampled_at")
     assert len(history) == 30 and history[-1]["sampled_at"] == clock.iso(T0 + 41 * day)

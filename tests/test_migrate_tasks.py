@@ -17,7 +17,7 @@ from kernel.definitions.migrate_tasks import (
     restore_backup,
     task_files,
 )
-from kernel.definitions.models import load_task_file
+from kernel.definitions.task_documents import load_task_file
 
 NOW = datetime(2026, 11, 24, 10, 15, 0, tzinfo=UTC)
 STAMP = "20261124T101500Z"

@@ -11,15 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from kernel.base.formats import parse_json
+from kernel.definitions.fields import any_patch_of, major_minor
 from kernel.definitions.models import (
     AttemptOutput,
     DefinitionError,
     TaskDefinition,
     TaskDefinitionV1,
     WorkstreamDefinition,
-    load_task_file,
-    migrate_v1_to_v2,
-    parse_task,
     schema_url,
 )
 from kernel.definitions.registries import (
@@ -33,6 +32,7 @@ from kernel.definitions.registries import (
     load_resource_registry,
     load_yaml_registry,
 )
+from kernel.definitions.task_documents import load_task_file, migrate_v1_to_v2, parse_task
 
 CONTEXT_DEFAULTS = {
     "max_context_tokens": 8000,
@@ -725,3 +725,39 @@ def test_a_command_shlex_cannot_split_is_still_refused(command: str) -> None:
 
     with pytest.raises(ValueError, match="cannot be split"):
         ExecutionSpec.model_validate({"command": command})
+
+
+@pytest.mark.parametrize(("version", "line"), [
+    ("2.0.0", (2, 0)), ("1.0.7", (1, 0)), ("10.3.0-rc.1+build.5", (10, 3)), ("2.0", None),
+    ("v2.0.0", None), ("02.0.0", None), (2.0, None), (None, None)])
+def test_major_minor_reads_the_schema_line_of_a_semver_string(version: Any,
+                                                              line: tuple[int, int] | None
+                                                              ) -> None:
+    assert major_minor(version) == line
+
+
+def test_a_refused_document_is_one_definition_error_with_every_problem() -> None:
+    _, flaws = parse_json(b'{\n "a": NaN,\n "b": 1e999\n}', "x.json")
+    err = DefinitionError.of_documents("x.json", "JSON", flaws)
+    assert [(p.path, p.line) for p in err.problems] == [("a", 2), ("b", 3)]
+    assert err.file == "x.json" and err.message.startswith("invalid JSON\n  - line 2, a: NaN")
+
+
+@pytest.mark.parametrize(("version", "accepted"), [
+    ("2.0.0", True), ("2.0.17", True), ("2.0.01", False), ("2.1.0", False), ("1.0.0", False)])
+def test_a_task_accepts_every_patch_release_of_its_schema_line(version: str,
+                                                               accepted: bool) -> None:
+    assert any_patch_of("2.0.0") == r"^2\.0\.(0|[1-9][0-9]*)$"
+    doc = {"task_id": "t", "workstream_id": "ws", "name": "T", "type": "custom",
+           "execution": {"command": "echo"}, "schema_version": version}
+    if accepted:
+        assert TaskDefinition.model_validate(doc).schema_version == version
+    else:
+        with pytest.raises(ValidationError):
+            TaskDefinition.model_validate(doc)
+
+
+def test_any_patch_of_needs_a_semantic_version() -> None:
+    assert any_patch_of("1.4.2") == r"^1\.4\.(0|[1-9][0-9]*)$"
+    with pytest.raises(ValueError, match="not a semantic version"):
+        any_patch_of("2.0")

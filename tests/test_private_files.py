@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kernel.observe import archive
-from kernel.store import db
+from kernel.store import db, eventlog
 from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project, init_project
 
@@ -102,14 +102,14 @@ def test_restore_keeps_the_replaced_files_private(project_with_events: Project,
 
 
 def test_event_archives_are_private(project_with_events: Project) -> None:
-    directory = archive.archive_dir(project_with_events.state_dir)
+    directory = eventlog.archive_dir(project_with_events.state_dir)
     conn = project_with_events.connect()
     try:
         result = archive.rotate(conn, directory, older_than_days=1, now=time.time() + 2 * DAY,
                                 allow_short_retention=True)
     finally:
         conn.close()
-    files = list(directory.glob("*.sqlite"))  # (an empty *.writer-lock beside them: kernel.db's)
+    files = list(directory.glob("*.sqlite"))
     assert result["files"] and len(files) == len(result["files"])
     assert _mode(directory) == 0o700
     for path in files:

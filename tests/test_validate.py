@@ -451,14 +451,75 @@ def test_the_real_orch_command(project: Project) -> None:
         ("unknown_dependency", "tasks/ws/a.json", "dependencies[0]")]
 
 
-def test_parsing_lives_in_taskfiles_and_definitions_still_exports_it(project: Project) -> None:
-    from kernel.definitions import check, taskfiles
+def test_parsing_lives_in_taskfiles_and_check_still_exports_the_records(project: Project
+                                                                          ) -> None:
+    from kernel.definitions import check, records, taskfiles
 
     for name in ("ValidationProblem", "TaskRecord", "WorkstreamRecord", "CODES", "ERROR",
                  "WARNING"):
-        assert getattr(check, name) is getattr(taskfiles, name)
+        assert getattr(check, name) is getattr(records, name)
     path = write_task(project, text='{\n  "task_id": "a",\n}\n', ws="ws", name="a")
-    ctx = taskfiles.ParseContext(str(project.root), os.path.realpath(project.root), None, None)
+    ctx = records.ParseContext(str(project.root), os.path.realpath(project.root), None, None)
     record, problems = taskfiles.parse_task(str(path), "tasks/ws/a.json", ctx)
     assert record is None
     assert [(p.code, p.line, p.column) for p in problems] == [("json_syntax", 3, 1)]
+
+
+def test_discover_finds_the_files_and_opens_none(project: Project) -> None:
+    from kernel.definitions.discover import discover
+
+    task = write_task(project, task_doc("a"))
+    ws_file = task.parent / "workstream.json"
+    ws_file.write_text('{"workstream_id": "ws"}')
+    write_task(project, ws=".backups", name="old")  # dot-entries are not definitions
+    os.mkfifo(task.parent / "pipe.json")  # reported, never opened (it would block)
+    found = discover(project)
+    assert found.tasks == [(str(task), "tasks/ws/a.json")]
+    assert found.workstreams == {str(task.parent): (str(ws_file), "tasks/ws/workstream.json")}
+    assert [(p.code, p.file) for p in found.problems] == [
+        ("not_a_regular_file", "tasks/ws/pipe.json")]
+    given = discover(project, [task])  # a task file brings its workstream.json
+    assert given.tasks == found.tasks and given.workstreams == found.workstreams
+
+
+def test_problems_are_listed_by_file_line_path_and_code() -> None:
+    from kernel.definitions.records import problem_order
+
+    problems = [ValidationProblem("schema", "b.json", "x", "m", line=1),
+                ValidationProblem("schema", "a.json", "y", "m", line=9),
+                ValidationProblem("schema", "a.json", "x", "m", line=9),
+                ValidationProblem("json_syntax", "a.json", "", "m", line=2),
+                ValidationProblem("registry_default", None, "", "m")]
+    assert [(p.file, p.line, p.path) for p in sorted(problems, key=problem_order)] == [
+        (None, None, ""), ("a.json", 2, ""), ("a.json", 9, "x"), ("a.json", 9, "y"),
+        ("b.json", 1, "x")]
+
+
+def test_a_parse_layer_problem_keeps_its_position() -> None:
+    from kernel.base.formats import parse_json
+    from kernel.definitions.records import document_problem
+
+    _, flaws = parse_json(b'{\n  "a": 1,\n  "a": 2\n}', "tasks/ws/a.json")
+    problem = document_problem(flaws[0], "tasks/ws/a.json")
+    assert (problem.code, problem.file, problem.path, problem.line, problem.severity) == (
+        "duplicate_key", "tasks/ws/a.json", "a", 3, "error")
+    assert problem.hint == flaws[0].hint
+
+
+def test_the_checks_beyond_the_schema_run_on_a_model_and_on_a_broken_document(
+        project: Project) -> None:
+    from kernel.definitions.models import TaskDefinition
+    from kernel.definitions.records import ParseContext
+    from kernel.definitions.task_checks import TaskFileProblems, check_document, check_model
+
+    path = write_task(project, task_doc("a"), name="b")
+    ctx = ParseContext(str(project.root), os.path.realpath(project.root), None, None)
+    on_model = TaskFileProblems(str(path), "tasks/ws/b.json")
+    on_model.raw = path.read_bytes()
+    check_model(on_model, TaskDefinition.model_validate(task_doc("a")), ctx)
+    on_raw = TaskFileProblems(str(path), "tasks/ws/b.json")
+    on_raw.raw = path.read_bytes()
+    check_document(on_raw, task_doc("a", type=5), ctx)
+    assert on_model.problems == on_raw.problems
+    assert [(p.code, p.path, p.line) for p in on_model.problems] == [
+        ("file_name_mismatch", "task_id", line_of(path, '"task_id"'))]

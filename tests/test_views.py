@@ -16,9 +16,9 @@ import pytest
 
 from kernel.base.clock import iso
 from kernel.base.config import Config, WorkersConfig
-from kernel.observe import exports
+from kernel.observe import documents, exports, view_documents, view_models
 from kernel.runtime import claims, scheduler
-from kernel.store import db, schema
+from kernel.store import db, eventlog, schema
 from kernel.store.project import Project
 from tests.conftest import REPO, orch
 from tests.e2e import make_project, run, task
@@ -56,7 +56,7 @@ def _check_agrees(conn: apsw.Connection, state: Path) -> dict[str, Any]:
     to the event table; the indices valid and derived from current.json; no .tmp left."""
     current = _load(state, "current.json")
     _validate(current, "current-state")
-    exports.CurrentState.model_validate(current)
+    view_models.CurrentState.model_validate(current)
     tasks = {t["task_id"]: t for t in current["tasks"]}
     rows = db.rows(conn, "SELECT task_id, state, retry_count, worker_id, last_error, "
                          "failure_mode FROM task")
@@ -341,7 +341,7 @@ def test_a_rebuilt_events_file_includes_the_rotated_events(conn: apsw.Connection
         transition_in_tx(conn, "task", "a", "queued", "scheduler_assigned",
                          {"at": iso(T0 + 200 * 86400)})
     everything = _db_events(conn)
-    result = archive.rotate(conn, archive.archive_dir(project.state_dir),
+    result = archive.rotate(conn, eventlog.archive_dir(project.state_dir),
                             now=T0 + 200 * 86400)
     assert result["events"] > 0
     live_first = db.scalar(conn, "SELECT min(seq) FROM event")
@@ -355,7 +355,7 @@ def test_a_rebuilt_events_file_includes_the_rotated_events(conn: apsw.Connection
 @pytest.mark.parametrize("ids", [["a", "b"], ['a","b'], ['q"uote', "back\\slash"], ["tab\tx"],
                                  ["ünï"]])
 def test_waiting_for_lists_are_valid_json_whatever_the_ids(ids: list[str]) -> None:
-    assert json.loads(exports._json_strings(ids)) == ids
+    assert json.loads(view_documents._json_strings(ids)) == ids
 
 
 def test_orch_load_writes_the_views(tmp_path: Path) -> None:
@@ -366,3 +366,33 @@ def test_orch_load_writes_the_views(tmp_path: Path) -> None:
     assert {t["task_id"]: t["waiting_for"] for t in current["tasks"]} == {"a": [], "b": ["a"]}
     assert [s["parallel_tasks"] for s in _load(state, "execution_plan_ws.json")["stages"]] == [
         ["a"], ["b"]]
+
+
+def test_one_renderer_lays_out_and_writes_every_state_document(tmp_path: Path) -> None:
+    doc = {"b": [{"y": 1, "x": "ü"}, {"y": 2}], "a": 1, "edges": [{"to": "b", "from": "a"}],
+           "c": {"k2": [1], "k1": {"z": 1}}, "d": {"n": 1}, "e": [],
+           "rows": documents.RawRows(['{"id":"t1"}', '{"id":"t2"}'])}
+    text = documents.render(doc)
+    assert text == ('{\n "a": 1,\n "b": [\n  {"x":"ü","y":1},\n  {"y":2}\n ],\n'
+                    ' "c": {\n  "k1":{"z":1},\n  "k2":[1]\n },\n "d": {"n":1},\n "e": [],\n'
+                    ' "edges": [{"from":"a","to":"b"}],\n'
+                    ' "rows": [\n  {"id":"t1"},\n  {"id":"t2"}\n ]\n}\n')
+    assert json.loads(text) == {**doc, "rows": [{"id": "t1"}, {"id": "t2"}]}
+    documents.write_document(tmp_path / "view.json", doc)
+    documents.write_document(tmp_path / "metrics.json", {"b": {"y": 1}, "a": "ü"}, indented=True)
+    assert (tmp_path / "view.json").read_text() == text
+    assert (tmp_path / "metrics.json").read_text() == json.dumps(
+        {"b": {"y": 1}, "a": "ü"}, indent=2, sort_keys=True) + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "view.json"]
+    assert documents.header("by-status", "1.0.0") == {
+        "schema_version": "1.0.0", "schema_url": _schema("by-status")["$id"]}
+
+
+def test_the_exported_indices_are_the_renderers_text(conn: apsw.Connection,
+                                                     project: Project) -> None:
+    state = project.state_dir
+    exports.export(conn, state)
+    for name in ("by_status.json", "by_workstream.json", "by_worker.json",
+                 "checkpoints/ws_latest.json", "dag_ws.json", "execution_plan_ws.json"):
+        text = (state / name).read_text()
+        assert text == documents.render(json.loads(text)), name

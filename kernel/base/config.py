@@ -2,7 +2,8 @@
 
 Public API:
     ``Config`` (frozen pydantic model: ``database``, ``workers``, ``run``, ``rules``, ``views``,
-    ``bundle``, ``definitions``); ``load_config(path) -> Config`` (raises ``ConfigError``);
+    ``bundle``, ``definitions``, ``agents``); ``load_config(path) -> Config`` (raises
+    ``ConfigError``);
     ``config_problems(path) -> list[DocumentError]`` (every problem, for ``orch validate``);
     ``ConfigError(OrchError)`` with ``.problems``; ``DEFAULT_CONFIG_TOML`` (the commented file
     ``orch init`` writes).
@@ -21,11 +22,11 @@ Integration Points:
     ``kernel.store.project.Project.config``; the scheduler reads ``workers``, the validation rules
     read
     ``rules``, the connection factory reads ``database``, ``orch bundle`` reads ``bundle``,
-    ``kernel.definitions.check`` reads ``definitions`` (and lists this file's problems in ``orch
+    ``kernel.definitions.collect`` reads ``definitions`` (and lists this file's problems in ``orch
     validate`` / ``orch load``).
 
 Dependencies:
-    pydantic; ``kernel.base.documents``, ``kernel.base.errors``.
+    pydantic; ``kernel.base.documents``, ``kernel.base.errors``, ``kernel.base.formats``.
 """
 
 from __future__ import annotations
@@ -43,12 +44,11 @@ from kernel.base.documents import (
     DEFAULT_MAX_FILE_BYTES,
     MAX_SECONDS,
     DocumentError,
-    parse_toml,
     path_text,
     read_file,
-    toml_line,
 )
 from kernel.base.errors import OrchError
+from kernel.base.formats import parse_toml, toml_line
 
 _HINT = "see the commented defaults in docs/operations/CONFIGURATION.md"
 
@@ -113,6 +113,19 @@ class DefinitionsConfig(_Section):
     max_task_file_bytes: int = Field(DEFAULT_MAX_FILE_BYTES, ge=1, le=2**30)
 
 
+class AiderConfig(_Section):
+    # The Aider executor (kernel.runtime.executors.aider); docs/agents/aider.md.
+    executable: str = Field("aider", min_length=1)
+    model: str | None = None
+    api_base: str | None = None
+    edit_format: str | None = None
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class AgentsConfig(_Section):
+    aider: AiderConfig = AiderConfig()
+
+
 class Config(_Section):
     database: DatabaseConfig = DatabaseConfig()
     workers: WorkersConfig = WorkersConfig()
@@ -121,6 +134,7 @@ class Config(_Section):
     views: ViewsConfig = ViewsConfig()
     bundle: BundleConfig = BundleConfig()
     definitions: DefinitionsConfig = DefinitionsConfig()
+    agents: AgentsConfig = AgentsConfig()
 
 
 DEFAULT_CONFIG_TOML = """\
@@ -192,6 +206,17 @@ redact = []
 # bytes, before reading it. The registries in capabilities/ may be as large as this, and
 # always 1 MiB.
 max_task_file_bytes = 1048576
+
+[agents.aider]
+# The Aider executor ("executor": "aider"); see docs/agents/aider.md. The program to run (a
+# path, or a name looked up on PATH), and what it passes to Aider: --model, --openai-api-base,
+# --edit-format (each left out when unset: Aider's own default) and extra arguments, appended
+# as given. API keys come from the worker's environment (OPENAI_API_KEY, ...), never from here.
+executable = "aider"
+# model = "openai/gpt-4o"
+# api_base = "http://127.0.0.1:8000/v1"
+# edit_format = "whole"
+extra_args = []
 """
 
 

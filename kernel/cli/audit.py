@@ -17,13 +17,13 @@ Stability Guarantees:
     is not ISO-8601 is a usage error (exit 2, ``bad_timestamp``).
 
 Integration Points:
-    ``kernel.observe.replay``, ``kernel.observe.audit``, ``kernel.observe.archive``; archives live
-    in
-    ``.state/archive/events/`` (docs/operations/AUDIT_RETENTION.md).
+    ``kernel.observe.replay``, ``kernel.observe.audit``, ``kernel.observe.archive``,
+    ``kernel.store.eventlog`` (``audit query``); archives live in ``.state/archive/events/``
+    (docs/operations/AUDIT_RETENTION.md).
 
 Dependencies:
     click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.observe.archive``,
-    ``kernel.observe.audit``, ``kernel.observe.replay``.
+    ``kernel.observe.audit``, ``kernel.observe.replay``, ``kernel.store.eventlog``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from kernel.cli.common import CliState, command, emit
 from kernel.observe import archive
 from kernel.observe.audit import format_event, format_report, parse_timestamp, report
 from kernel.observe.replay import format_replay, replay
+from kernel.store import eventlog
 
 
 @command("replay")
@@ -46,11 +47,8 @@ def replay_cmd(state: CliState, at: str) -> int:
     (archived events included)."""
     moment = parse_timestamp(at, option="--at")
     project = state.project()
-    conn = project.connect(readonly=True)
-    try:
-        result = replay(conn, moment, archive_dir=archive.archive_dir(project.state_dir))
-    finally:
-        conn.close()
+    with project.open(readonly=True) as conn:
+        result = replay(conn, moment, archive_dir=eventlog.archive_dir(project.state_dir))
     emit(state, result, format_replay(result))
     return EXIT_OK
 
@@ -68,11 +66,8 @@ def report_cmd(state: CliState, since: str | None) -> int:
     leases (a compliance report from the event log, the attempts and the leases)."""
     since_ts = parse_timestamp(since, option="--since") if since else None
     project = state.project()
-    conn = project.connect(readonly=True)
-    try:
-        rep = report(conn, since=since_ts, archive_dir=archive.archive_dir(project.state_dir))
-    finally:
-        conn.close()
+    with project.open(readonly=True) as conn:
+        rep = report(conn, since=since_ts, archive_dir=eventlog.archive_dir(project.state_dir))
     emit(state, rep, format_report(rep))
     return EXIT_OK
 
@@ -94,13 +89,10 @@ def rotate_cmd(state: CliState, older_than: str, dry_run: bool,
     # Refused before the database is opened: nothing is written, not even a migration.
     archive.check_retention(days, allow_short_retention=force_short_retention)
     project = state.project()
-    directory = archive.archive_dir(project.state_dir)
-    conn = project.connect(readonly=dry_run)
-    try:
+    directory = eventlog.archive_dir(project.state_dir)
+    with project.open(readonly=dry_run) as conn:
         result = archive.rotate(conn, directory, older_than_days=days, dry_run=dry_run,
                                 allow_short_retention=force_short_retention)
-    finally:
-        conn.close()
 
     def text() -> None:
         verb = "would move" if dry_run else "moved"
@@ -146,13 +138,10 @@ def query_cmd(state: CliState, since_seq: int, from_: str | None, to: str | None
     from_ts = parse_timestamp(from_, option="--from") if from_ else None
     to_ts = parse_timestamp(to, end_of_day=True, option="--to") if to else None
     project = state.project()
-    directory = archive.archive_dir(project.state_dir)
-    conn = project.connect(readonly=True)
-    try:
-        found = archive.read_events(conn, directory, limit=limit, since_seq=since_seq,
-                                    from_ts=from_ts, to_ts=to_ts, task_id=task_id, event=event)
-    finally:
-        conn.close()
+    directory = eventlog.archive_dir(project.state_dir)
+    with project.open(readonly=True) as conn:
+        found = eventlog.read_events(conn, directory, limit=limit, since_seq=since_seq,
+                                     from_ts=from_ts, to_ts=to_ts, task_id=task_id, event=event)
 
     def text() -> None:
         if not found:
@@ -170,12 +159,9 @@ def verify_cmd(state: CliState) -> int:
     """Check every archive file against the counts and checksums recorded when it was written,
     and that live log and archives together hold every event exactly once."""
     project = state.project()
-    directory = archive.archive_dir(project.state_dir)
-    conn = project.connect(readonly=True)
-    try:
+    directory = eventlog.archive_dir(project.state_dir)
+    with project.open(readonly=True) as conn:
         result = archive.verify(conn, directory)
-    finally:
-        conn.close()
 
     def text() -> None:
         if not result["files"]:

@@ -14,11 +14,11 @@ Stability Guarantees:
 
 Integration Points:
     ``kernel.maintain.backup.backup``, ``kernel.maintain.bundle.bundle``,
-    ``kernel.maintain.backup.restore``.
+    ``kernel.maintain.restore.restore``.
 
 Dependencies:
     click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.maintain.backup``,
-    ``kernel.maintain.bundle``.
+    ``kernel.maintain.bundle``, ``kernel.maintain.restore``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from kernel.base.errors import EXIT_OK
 from kernel.cli.common import CliState, command, emit
 from kernel.maintain import backup as kbackup
 from kernel.maintain import bundle as kbundle
+from kernel.maintain import restore as krestore
 
 
 def _mib(n: int) -> str:
@@ -105,7 +106,7 @@ def restore_cmd(state: CliState, src: Path, force: bool) -> int:
     Refused while `orch run` or an `orch worker` uses the database. The current database is
     moved aside, never deleted: restore the kept file to undo.
     """
-    report = kbackup.restore(state.project(), src, force=force)
+    report = krestore.restore(state.project(), src, force=force)
 
     def text() -> None:
         click.echo(f"restored {report.source} -> {report.target}: "

@@ -18,8 +18,9 @@ Integration Points:
 
 Dependencies:
     click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.definitions.check``,
-    ``kernel.definitions.load``, ``kernel.definitions.migrate_tasks``,
-    ``kernel.definitions.models``, ``kernel.observe.exports``.
+    ``kernel.definitions.fields``, ``kernel.definitions.load``,
+    ``kernel.definitions.migrate_tasks``, ``kernel.definitions.records``,
+    ``kernel.observe.exports``.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ import click
 
 from kernel.base.errors import EXIT_FAILED, EXIT_OK, OrchError, UsageError
 from kernel.cli.common import CliState, command, emit
-from kernel.definitions.check import ERROR, ValidationProblem, ValidationResult, validate
+from kernel.definitions.check import ValidationResult, validate
+from kernel.definitions.fields import TASK_SCHEMA_VERSION, TASK_V1_SCHEMA_VERSION
 from kernel.definitions.load import LoadError, load
 from kernel.definitions.migrate_tasks import list_backups, migrate_tasks, restore_backup
-from kernel.definitions.models import TASK_SCHEMA_VERSION, TASK_V1_SCHEMA_VERSION
+from kernel.definitions.records import ERROR, ValidationProblem, problem_order
 from kernel.observe.exports import export_after_change
 
 _COLOUR = {"error": "red", "warning": "yellow"}
@@ -43,7 +45,7 @@ _COLOUR = {"error": "red", "warning": "yellow"}
 def format_problems(problems: list[ValidationProblem]) -> list[str]:
     """Problems grouped by file, in file and line order; errors red, warnings yellow."""
     lines: list[str] = []
-    ordered = sorted(problems, key=lambda p: (p.file or "", p.line or 0, p.path, p.code))
+    ordered = sorted(problems, key=problem_order)
     for file, group in groupby(ordered, key=lambda p: p.file or "(no file)"):
         lines.append(click.style(file, bold=True))
         for p in group:

@@ -39,8 +39,7 @@ def events_cmd(state: CliState, since: int, limit: int | None, task_id: str | No
     """Print the audit events (every accepted state transition, and more)."""
     if since < 0:
         raise UsageError("usage", "--since must be 0 or more", hint="events start at seq 1")
-    conn = state.project().connect(readonly=True)
-    try:
+    with state.project().open(readonly=True) as conn:
         found = list_events(conn, since=since, limit=limit, task_id=task_id)
         if not follow:
             emit(state, {"events": found},
@@ -57,8 +56,6 @@ def events_cmd(state: CliState, since: int, limit: int | None, task_id: str | No
                 found = list_events(conn, since=last, task_id=task_id)
         except KeyboardInterrupt:
             return EXIT_OK
-    finally:
-        conn.close()
 
 
 COMMANDS = [events_cmd]

@@ -119,19 +119,13 @@ def metrics_cmd(state: CliState, openmetrics: str | None, serve: str | None,
     now = time.time()
     if history:
         start = parse_since(since, now)
-        conn = project.connect(readonly=True)
-        try:
+        with project.open(readonly=True) as conn:
             docs = m.samples(conn, since=start)
-        finally:
-            conn.close()
         emit(state, {"samples": docs}, lambda: _history_table(docs))
         return EXIT_OK
     if openmetrics is not None:
-        conn = project.connect()  # migrated, so the views it reads exist
-        try:
+        with project.open() as conn:  # migrated, so the views it reads exist
             data = m.render_openmetrics(conn, now)
-        finally:
-            conn.close()
         if openmetrics == "-":
             if state.json:
                 raise UsageError("usage", "--json and --openmetrics - both print to stdout",
@@ -149,11 +143,8 @@ def metrics_cmd(state: CliState, openmetrics: str | None, serve: str | None,
         emit(state, {"openmetrics": {"file": str(path), "bytes": len(data)}},
              f"wrote {len(data)} bytes of OpenMetrics text to {path}")
         return EXIT_OK
-    conn = project.connect()
-    try:
+    with project.open() as conn:
         doc = m.write_metrics(conn, project.state_dir, now)
-    finally:
-        conn.close()
     emit(state, doc, lambda: _summary(doc, project.state_dir / m.METRICS_FILE))
     return EXIT_OK
 

@@ -29,11 +29,8 @@ def export_cmd(state: CliState) -> int:
     """Rewrite the JSON views under .state/ from the database (current.json, the indices,
     DAG, plan and checkpoint files; transitions.jsonl gets the events it lacks)."""
     project = state.project()
-    conn = project.connect(readonly=True)
-    try:
+    with project.open(readonly=True) as conn:
         report = export(conn, project.state_dir)
-    finally:
-        conn.close()
 
     def text() -> None:
         click.echo(f"exported {report.tasks} tasks and {report.events_appended} new events "

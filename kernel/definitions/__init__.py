@@ -1,10 +1,14 @@
 """Task definitions: the models, the registries, parsing one file, checking a tree, loading it.
 
 Public API:
-    The modules: ``models``, ``registries`` (capabilities and resources), ``taskfiles`` (one file),
-    ``check`` (a whole tree: ``orch validate``), ``load`` (``orch load``), ``migrate_tasks``,
-    ``commands`` (placeholders: how a command becomes an argv), ``fit`` (can a task ever run
-    on the registered workers and resources).
+    The modules, bottom to top: ``fields`` (versions, shared field types, base models),
+    ``errors`` (``DefinitionError``), ``models`` (task, workstream, attempt output),
+    ``task_documents`` (one task document of any version), ``registries`` (capabilities and
+    resources), ``commands`` (placeholders: how a command becomes an argv), ``records`` (problems
+    and records), ``task_checks`` and ``taskfiles`` (one file), ``discover`` and ``collect`` (a
+    tree), ``check`` (across files and against the database: ``orch validate``), ``load``
+    (``orch load``), ``migrate_tasks``, ``fit`` (can a task ever run on the registered workers
+    and resources).
 
 Stability Guarantees:
     The layers, bottom to top: base, store, planning, definitions, observe, runtime, maintain,

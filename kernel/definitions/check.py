@@ -1,94 +1,64 @@
-"""Definitions on disk: discover task, workstream and registry files, and check all of them.
+"""Checking the definitions as a whole: across files (duplicate ids, unknown dependencies,
+cycles) and against the database (started tasks, terminal workstreams, task files gone);
+``orch validate``.
 
 Public API:
-    ``collect(project, paths=None, *, workers=None, definitions=True) -> Definitions`` reads
-    the task files (``tasks/{ws}/{task}.json``), each ``tasks/{ws}/workstream.json`` and the
-    registries (``capabilities/registry.yaml``, ``capabilities/resources.yaml``; the shipped
-    defaults when the project has none, with a ``registry_default`` warning), finding every
-    per-file problem. PATHs may be task files, directories, registry YAML files, the project
-    root or ``capabilities/``.
-    ``check(defs, existing=None) -> list[ValidationProblem]`` adds the cross-file checks
-    (duplicate ids, unknown dependencies, cycles) and, given ``existing``, the checks against
-    the database (started tasks, terminal workstreams, task files gone).
-    ``validate(project, paths=None) -> ValidationResult`` runs both and writes nothing.
-    ``read_existing(conn, defs) -> Existing``; ``dependency_graph(defs, existing)`` (task ->
-    prerequisites once loaded); ``gc_paused()`` (context manager); records
-    ``Definitions``, ``Existing``, ``ExistingTask``, ``ValidationResult``; re-exported from
-    ``kernel.definitions.taskfiles`` (where parsing one file lives): ``ValidationProblem``
-    (``as_dict()``), ``TaskRecord``, ``WorkstreamRecord``, ``CODES`` (code -> severity),
-    ``ERROR``, ``WARNING``, ``PARALLEL_MIN_FILES``, ``CHUNK_FILES``.
+    ``check(defs, existing=None, *, graph=None) -> list[ValidationProblem]``: the per-file
+    problems ``collect`` found plus the cross-file checks and, given ``existing``, the checks
+    against the database. ``validate(project, paths=None) -> ValidationResult`` runs
+    ``collect`` and ``check`` and writes nothing. ``read_existing(conn, defs) -> Existing``;
+    ``dependency_graph(defs, existing)`` (task -> prerequisites once loaded); records
+    ``Existing``, ``ExistingTask``, ``ValidationResult``. Re-exported for the callers that
+    import them from here: ``collect``, ``Definitions`` (kernel.definitions.collect),
+    ``gc_paused`` (kernel.planning.dag), ``ValidationProblem``, ``TaskRecord``,
+    ``WorkstreamRecord``, ``CODES``, ``ERROR``, ``WARNING`` (kernel.definitions.records),
+    ``PARALLEL_MIN_FILES``, ``CHUNK_FILES`` (kernel.definitions.taskfiles).
 
 Stability Guarantees:
     Problem codes are only added, never renamed. Every problem is reported, never just the
-    first. ``file`` is relative to the project root (absolute outside it); ``path`` is a JSON
-    path (``execution.timeout_seconds``, ``dependencies[2]``); ``line`` is 1-based or None.
-    Nothing here writes: without a database ``.state/`` is not even created. Everything under
-    ``tasks/`` (but dot-entries) must be a directory or a regular file; a FIFO, socket, device,
-    dangling or looping symlink, or a directory named like a task file (``x.json`` inside a
-    workstream) is an error, never opened. Symlinks are followed when they stay inside the
-    project (``path_escapes_root`` otherwise); a directory reached twice is a
-    ``symlink_loop``. The problems of ``orch.toml`` are listed as problems of that file (and
-    the defaults are used to check the rest). Dependencies may
-    cross workstreams (task ids are global). Paths in ``context_requirements`` and
-    ``execution.working_directory`` are relative to the project root (the worktree's root).
+    first, sorted by ``kernel.definitions.records.problem_order``. Nothing here writes:
+    without a database ``.state/`` is not even created. Dependencies may cross workstreams
+    (task ids are global). A cycle is reported once per strongly connected component, at the
+    edge that closes it. Paths in ``context_requirements`` and ``execution.working_directory``
+    are relative to the project root (the worktree's root).
 
 Integration Points:
-    ``kernel.definitions.load`` runs ``collect``, then ``read_existing`` and ``check`` inside its
-    write
-    transaction; ``orch validate`` prints ``validate``'s result. Reading and checking one
-    file is ``kernel.definitions.taskfiles`` (for large projects in worker processes: pydantic
-    validation
-    of 100k task files does not fit the load budget on one core).
+    ``kernel.definitions.load`` runs ``collect``, then ``read_existing`` and ``check`` inside
+    its write transaction; ``orch validate`` prints ``validate``'s result. Reading and checking
+    one file is ``kernel.definitions.taskfiles``, a whole tree ``kernel.definitions.collect``.
 
 Dependencies:
-    apsw, networkx; ``kernel.base.config``, ``kernel.base.documents``,
-    ``kernel.definitions.models``, ``kernel.definitions.registries``,
+    apsw, networkx; ``kernel.definitions.collect``, ``kernel.definitions.records``,
     ``kernel.definitions.taskfiles``, ``kernel.planning.dag``, ``kernel.store.db``,
     ``kernel.store.project``, ``kernel.store.schema``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-import errno
 import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import apsw
 import networkx as nx
 
-from kernel.base.config import Config, ConfigError
-from kernel.base.documents import DEFAULT_MAX_FILE_BYTES, DocumentError, kind_of
-from kernel.definitions.models import DefinitionError
-from kernel.definitions.registries import (
-    DEFAULT_CAPABILITY_REGISTRY,
-    DEFAULT_RESOURCE_REGISTRY,
-    CapabilityRegistry,
-    ResourceRegistry,
-    lease_ceiling,
-    load_yaml_registry,
-)
-from kernel.definitions.taskfiles import (
-    CHUNK_FILES,
+from kernel.definitions.collect import Definitions, collect
+from kernel.definitions.records import (
     CODES,
     ERROR,
-    PARALLEL_MIN_FILES,
     WARNING,
-    ParseContext,
     TaskRecord,
     ValidationProblem,
     WorkstreamRecord,
-    display_path,
-    inside_root,
-    parse_task_files,
-    parse_workstream,
+    problem_order,
 )
+from kernel.definitions.taskfiles import CHUNK_FILES, PARALLEL_MIN_FILES
 from kernel.planning.dag import find_cycle, gc_paused
 from kernel.store import db, schema
 from kernel.store.project import Project
@@ -98,24 +68,6 @@ __all__ = [
     "ExistingTask", "TaskRecord", "ValidationProblem", "ValidationResult", "WorkstreamRecord",
     "check", "collect", "dependency_graph", "gc_paused", "read_existing", "validate",
 ]
-
-
-@dataclass
-class Definitions:
-    root: Path
-    tasks: list[TaskRecord] = field(default_factory=list)
-    workstreams: dict[str, WorkstreamRecord] = field(default_factory=dict)
-    capabilities: CapabilityRegistry | None = None
-    resources: ResourceRegistry | None = None
-    registry_files: dict[str, str] = field(default_factory=dict)  # kind -> file used
-    problems: list[ValidationProblem] = field(default_factory=list)
-    scope: tuple[str, ...] | None = None  # rel paths given; None = the whole project
-    files: int = 0
-    config_invalid: bool = False  # orch.toml has errors (listed in problems); defaults used
-
-    @property
-    def migrated(self) -> int:
-        return sum(1 for t in self.tasks if t.migrated)
 
 
 class ExistingTask(NamedTuple):
@@ -137,6 +89,12 @@ class Existing:
     deps: dict[str, set[str]] = field(default_factory=dict)  # stored edges, task -> prereqs
     def_deps: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
     def_blocks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def differs(self, rec: TaskRecord) -> bool:
+        """The task has no row yet, or its file's definition differs from the row's: a load
+        writes it (and it must still be allowed to change)."""
+        old = self.tasks.get(rec.task_id)
+        return old is None or old.sha256 != rec.sha256
 
 
 @dataclass
@@ -161,244 +119,6 @@ class ValidationResult:
                 "counts": self.counts()}
 
 
-# --------------------------------------------------------------------------- discovery
-
-
-class _Found(NamedTuple):
-    tasks: list[tuple[str, str]]  # (absolute path, display path)
-    workstreams: dict[str, tuple[str, str]]  # directory -> (absolute path, display path)
-    registries: list[tuple[str, str]]
-    problems: list[ValidationProblem]
-
-
-def _walk(directory: str, root: str, real_root: str, found: _Found, top: bool,
-          seen: set[str] | None = None) -> None:
-    """Find the definition files under ``directory``. Everything there (but dot-entries) must
-    be a directory or a regular file, directly or through a symlink that stays inside the
-    project; a directory is read once (a symlink loop is reported, not followed)."""
-    if not inside_root(directory, real_root) and top:
-        found.problems.append(_escape(display_path(directory, root), "", directory))
-        return
-    seen = set() if seen is None else seen
-    real = os.path.realpath(directory)
-    if real in seen:
-        found.problems.append(ValidationProblem(
-            "symlink_loop", display_path(directory, root), "",
-            f"leads to {display_path(real, os.path.realpath(root))}/, a directory already read "
-            "(a symlink loop, or a second link to it)", "remove the symlink"))
-        return
-    seen.add(real)
-    try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    except OSError as exc:
-        found.problems.append(ValidationProblem("file_unreadable", display_path(directory, root),
-                                                "", f"cannot list the directory: {exc}"))
-        return
-    workstream_level = real == os.path.realpath(os.path.join(root, "tasks"))
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue  # .backups/ of orch migrate-tasks, editors' files
-        if entry.is_symlink() and not inside_root(entry.path, real_root):
-            found.problems.append(_escape(display_path(entry.path, root), "", entry.path))
-            continue
-        try:  # from the directory listing; a stat only for symlinks
-            is_dir, is_file = entry.is_dir(), entry.is_file()
-        except OSError:
-            is_dir = is_file = False
-        shown = display_path(entry.path, root)
-        if is_dir and entry.name.endswith(".json") and not workstream_level:
-            found.problems.append(ValidationProblem(
-                "not_a_regular_file", shown, "", "a directory where a task file is expected",
-                "a task file is a regular file tasks/{workstream}/{task_id}.json: rename or "
-                "remove the directory"))
-        elif is_dir:
-            _walk(entry.path, root, real_root, found, False, seen)
-        elif not is_file:
-            found.problems.append(ValidationProblem(
-                "not_a_regular_file", shown, "", f"{_describe(entry.path)}, not a regular file "
-                "or a directory", "nothing under tasks/ may be a FIFO, socket, device or "
-                "dangling symlink: remove it"))
-        elif entry.name == "workstream.json":
-            found.workstreams[directory] = (entry.path, shown)
-        elif entry.name.endswith(".json"):
-            found.tasks.append((entry.path, shown))
-
-
-def _describe(path: str) -> str:
-    try:
-        return kind_of(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return f"a dangling symlink (to {os.readlink(path)!r}, which does not exist)"
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return "a symlink loop"
-        return f"unreadable ({exc.strerror or exc})"
-
-
-def _escape(display: str, path: str, target: str) -> ValidationProblem:
-    return ValidationProblem(
-        "path_escapes_root", display, path,
-        f"'{target}' resolves to {os.path.realpath(target)}, outside the project root",
-        "keep definitions and the files tasks name inside the project (check symlinks)")
-
-
-def _discover(project: Project, paths: Sequence[str | os.PathLike[str]] | None) -> _Found:
-    root = str(project.root)
-    real_root = os.path.realpath(root)
-    found = _Found([], {}, [], [])
-    if not paths:
-        if project.tasks_dir.is_dir():
-            _walk(str(project.tasks_dir), root, real_root, found, top=True)
-        return found
-    for given in paths:
-        path = os.path.abspath(given)
-        if path == root:
-            if project.tasks_dir.is_dir():
-                _walk(str(project.tasks_dir), root, real_root, found, top=True)
-        elif path == str(project.capabilities_dir):
-            found.registries.extend(
-                (str(f), display_path(str(f), root))
-                for f in sorted(project.capabilities_dir.glob("*.y*ml")))
-        elif os.path.isdir(path):
-            _walk(path, root, real_root, found, top=True)
-        elif os.path.islink(path) and not os.path.exists(path):
-            found.problems.append(ValidationProblem(
-                "not_a_regular_file", display_path(path, root), "", _describe(path),
-                "point the symlink at an existing file, or remove it"))
-        elif not os.path.exists(path):
-            found.problems.append(ValidationProblem(
-                "file_unreadable", display_path(path, root), "", "no such file or directory"))
-        elif not inside_root(path, real_root):
-            found.problems.append(_escape(display_path(path, root), "", path))
-        elif path.endswith((".yaml", ".yml")):
-            found.registries.append((path, display_path(path, root)))
-        elif os.path.basename(path) == "workstream.json":
-            found.workstreams[os.path.dirname(path)] = (path, display_path(path, root))
-        else:
-            found.tasks.append((path, display_path(path, root)))
-    for task_path, _ in found.tasks:  # a task file's workstream.json comes with it
-        directory = os.path.dirname(task_path)
-        ws_file = os.path.join(directory, "workstream.json")
-        if directory not in found.workstreams and os.path.lexists(ws_file):
-            found.workstreams[directory] = (ws_file, display_path(ws_file, root))
-    return found
-
-
-# --------------------------------------------------------------------------- collect
-
-
-def _load_registry(path: str, display: str, defs: Definitions, max_bytes: int) -> None:
-    try:
-        registry = load_yaml_registry(Path(path), max_bytes)
-    except DocumentError as exc:  # not a regular file, too large, ...
-        defs.problems.append(ValidationProblem(exc.code, display, exc.path, exc.message,
-                                               exc.hint, exc.line, exc.column))
-        return
-    except DefinitionError as exc:
-        for p in exc.problems:
-            defs.problems.append(ValidationProblem(
-                "registry_invalid", display, p.path, p.message,
-                "see the comments at the top of the shipped file "
-                "(orch init copies it into capabilities/)", p.line))
-        return
-    except OSError as exc:
-        defs.problems.append(ValidationProblem("file_unreadable", display, "", str(exc)))
-        return
-    kind = "capabilities" if isinstance(registry, CapabilityRegistry) else "resources"
-    if kind in defs.registry_files:
-        defs.problems.append(ValidationProblem(
-            "registry_invalid", display, "", f"a second {kind} registry (the first is "
-            f"{defs.registry_files[kind]})", "give one registry of each kind"))
-        return
-    defs.registry_files[kind] = display
-    if isinstance(registry, CapabilityRegistry):
-        defs.capabilities = registry
-    else:
-        defs.resources = registry
-
-
-def _registries(project: Project, given: list[tuple[str, str]], defs: Definitions,
-                max_bytes: int) -> None:
-    for path, display in given:
-        _load_registry(path, display, defs, max_bytes)
-    for kind, name, default in (("capabilities", "registry.yaml", DEFAULT_CAPABILITY_REGISTRY),
-                                ("resources", "resources.yaml", DEFAULT_RESOURCE_REGISTRY)):
-        if kind in defs.registry_files or any(d.endswith(name) for _, d in given):
-            continue
-        own = project.capabilities_dir / name
-        if os.path.lexists(own):  # a FIFO or a dangling symlink is an error, not "missing"
-            _load_registry(str(own), display_path(str(own), str(project.root)), defs, max_bytes)
-        else:
-            defs.problems.append(ValidationProblem(
-                "registry_default", f"capabilities/{name}", "",
-                f"the project has no capabilities/{name}: using the {kind} registry shipped "
-                "with orch", "run `orch init` to copy it into the project and adapt it"))
-            _load_registry(str(default), f"<orch>/{name}", defs, max_bytes)
-
-
-def _workstream(ws_id: str, path: str | None, display: str | None, defs: Definitions,
-                max_bytes: int) -> None:
-    record, problems = parse_workstream(ws_id, path, display, max_bytes)
-    defs.problems += problems
-    if record is not None:
-        defs.workstreams[ws_id] = record
-
-
-def collect(project: Project, paths: Sequence[str | os.PathLike[str]] | None = None, *,
-            workers: int | None = None, definitions: bool = True) -> Definitions:
-    """Read and check every definition file; per-file problems land in ``defs.problems``.
-
-    ``workers``: processes for parsing (None: one per CPU for large projects, 1: in-process).
-    ``definitions=False`` leaves ``TaskRecord.definition``/``sha256`` empty (they are only
-    needed to compare with the database).
-    """
-    with gc_paused():
-        return _collect(project, paths, workers, definitions)
-
-
-def _collect(project: Project, paths: Sequence[str | os.PathLike[str]] | None,
-             workers: int | None, definitions: bool) -> Definitions:
-    root = str(project.root)
-    found = _discover(project, paths)
-    defs = Definitions(project.root, problems=list(found.problems), files=len(found.tasks))
-    if paths and root not in {os.path.abspath(p) for p in paths}:
-        defs.scope = tuple(display_path(os.path.abspath(p), root) for p in paths)
-    max_bytes = _config(project, defs).definitions.max_task_file_bytes
-    # The registries are not task files: a lower limit does not apply to them, a higher does.
-    _registries(project, found.registries, defs, max(max_bytes, DEFAULT_MAX_FILE_BYTES))
-    ctx = ParseContext(
-        root, os.path.realpath(root),
-        None if defs.capabilities is None else {
-            ref: (c.capability_id, c.stability, c.deprecated_by, c.version)
-            for c in defs.capabilities.capabilities for ref in (c.capability_id, c.name)},
-        None if defs.resources is None else {
-            r.resource_id: (r.type, r.min_per_task, r.max_per_task,
-                            lease_ceiling(r.type, r.capacity, r.reserved))
-            for r in defs.resources.resources},
-        definitions, max_bytes,
-    )
-    defs.tasks, problems = parse_task_files(sorted(found.tasks), ctx, workers)
-    defs.problems += problems
-    for path, display in found.workstreams.values():
-        _workstream(os.path.basename(os.path.dirname(path)), path, display, defs, max_bytes)
-    for ws_id in sorted({t.workstream_id for t in defs.tasks} - set(defs.workstreams)):
-        _workstream(ws_id, None, None, defs, max_bytes)
-    return defs
-
-
-def _config(project: Project, defs: Definitions) -> Config:
-    """The project's configuration; its problems become problems of ``orch.toml`` (and the
-    defaults are used to check the rest)."""
-    try:
-        return project.config
-    except ConfigError as exc:
-        shown = display_path(str(project.config_path), str(project.root))
-        defs.config_invalid = True
-        defs.problems += [ValidationProblem(p.code, shown, p.path, p.message, p.hint, p.line,
-                                            p.column) for p in exc.problems]
-        return Config()
-
-
 # --------------------------------------------------------------------------- the database
 
 
@@ -421,8 +141,7 @@ def read_existing(conn: apsw.Connection, defs: Definitions) -> Existing:
     if not found.tasks:
         return found
     records = {t.task_id: t for t in defs.tasks}
-    changed = {t for t, r in records.items() if t in found.tasks
-               and found.tasks[t].sha256 != r.sha256}
+    changed = {t for t, r in records.items() if t in found.tasks and found.differs(r)}
     outside = found.tasks.keys() - records.keys()
     blocking = [r for r in defs.tasks if r.blocks and (r.task_id in changed
                                                          or r.task_id not in found.tasks)]
@@ -452,13 +171,9 @@ def read_existing(conn: apsw.Connection, defs: Definitions) -> Existing:
 
 def _read_existing_for_validate(project: Project, defs: Definitions) -> Existing:
     # With a broken orch.toml (reported as problems) the database settings are the defaults.
-    conn = (schema.connect(project.db_path, readonly=True) if defs.config_invalid
-            else project.connect(readonly=True))
-    try:
-        with db.read_tx(conn):
-            return read_existing(conn, defs)
-    finally:
-        conn.close()
+    with (contextlib.closing(schema.connect(project.db_path, readonly=True))
+          if defs.config_invalid else project.open(readonly=True)) as conn, db.read_tx(conn):
+        return read_existing(conn, defs)
 
 
 # --------------------------------------------------------------------------- cross-file checks
@@ -566,9 +281,7 @@ def _check(defs: Definitions, existing: Existing | None,
     if len(problems) > unknown:  # leave the unknown tasks out of the cycle search
         graph = {v: {p for p in prereqs if p in known} for v, prereqs in graph.items()
                  if v in known}
-    fresh = defs.tasks if existing is None else [  # new or changed definitions
-        r for r in defs.tasks
-        if (old := existing.tasks.get(r.task_id)) is None or old.sha256 != r.sha256]
+    fresh = defs.tasks if existing is None else [r for r in defs.tasks if existing.differs(r)]
     if fresh or existing is None or existing.deps:  # else the last load checked this graph
         for cycle in _cycles(graph):
             problems.append(_cycle_problem(cycle, by_id))
@@ -608,11 +321,17 @@ def _cycle_problem(cycle: list[str], by_id: dict[str, TaskRecord]) -> Validation
 
 def _against_database(defs: Definitions, existing: Existing, graph: dict[str, set[str]],
                       fresh: list[TaskRecord]) -> list[ValidationProblem]:
-    problems = []
-    stored = existing.tasks
     by_id = {t.task_id: t for t in defs.tasks}
+    return [*_frozen_tasks(existing, fresh), *_frozen_edges(defs, existing, graph, by_id),
+            *_started_workstreams(defs, existing), *_missing_files(defs, existing, by_id)]
+
+
+def _frozen_tasks(existing: Existing, fresh: list[TaskRecord]) -> list[ValidationProblem]:
+    """A new or changed definition: its task must not have started, its workstream must not
+    have ended."""
+    problems = []
     for rec in fresh:
-        old = stored.get(rec.task_id)
+        old = existing.tasks.get(rec.task_id)
         if old is not None and old.started:
             problems.append(ValidationProblem(
                 "task_already_started", rec.file, "",
@@ -627,16 +346,29 @@ def _against_database(defs: Definitions, existing: Existing, graph: dict[str, se
                 f"workstream '{rec.workstream_id}' is {ws_state}: tasks cannot be "
                 f"{'added to' if old is None else 'changed in'} it",
                 "put the work in a new workstream"))
+    return problems
+
+
+def _frozen_edges(defs: Definitions, existing: Existing, graph: dict[str, set[str]],
+                  by_id: dict[str, TaskRecord]) -> list[ValidationProblem]:
+    """A started task whose own file is unchanged: another file's ``blocks`` must not change
+    its prerequisites."""
+    problems = []
     for task_id, prereqs in existing.deps.items():
         old = existing.tasks.get(task_id)
         own = by_id.get(task_id)
         if (old is not None and old.started and prereqs != graph.get(task_id, prereqs)
-                and (own is None or own.sha256 == old.sha256)):  # else reported above
+                and (own is None or own.sha256 == old.sha256)):  # else _frozen_tasks reports it
             blocker = next((r for r in defs.tasks if task_id in r.blocks), None)
             problems.append(ValidationProblem(
                 "task_already_started", blocker.file if blocker else None, "blocks",
                 f"task '{task_id}' is {old.state}: its dependencies can no longer change",
                 "leave it out of blocks"))
+    return problems
+
+
+def _started_workstreams(defs: Definitions, existing: Existing) -> list[ValidationProblem]:
+    problems = []
     for ws_id, ws in defs.workstreams.items():
         state, sha = existing.workstreams.get(ws_id, ("planned", ws.sha256))
         if sha != ws.sha256 and ws.file and state not in ("planned", "ready"):
@@ -644,8 +376,15 @@ def _against_database(defs: Definitions, existing: Existing, graph: dict[str, se
                 "workstream_started", ws.file, "",
                 f"workstream '{ws_id}' is {state}: workstream.json can no longer change",
                 "restore the file as loaded"))
-    for task_id in sorted(stored.keys() - by_id.keys()):
-        old = stored[task_id]
+    return problems
+
+
+def _missing_files(defs: Definitions, existing: Existing,
+                   by_id: dict[str, TaskRecord]) -> list[ValidationProblem]:
+    """Loaded tasks whose file is gone (within the paths checked): kept, and said."""
+    problems = []
+    for task_id in sorted(existing.tasks.keys() - by_id.keys()):
+        old = existing.tasks[task_id]
         if not old.source_file:
             continue
         if defs.scope is None or any(old.source_file == s or old.source_file.startswith(
@@ -664,6 +403,6 @@ def validate(project: Project, paths: Sequence[str | os.PathLike[str]] | None = 
     with_db = project.db_path.exists()
     defs = collect(project, paths, workers=workers, definitions=with_db)
     problems = check(defs, _read_existing_for_validate(project, defs) if with_db else None)
-    problems.sort(key=lambda p: (p.file or "", p.line or 0, p.path, p.code))
+    problems.sort(key=problem_order)
     return ValidationResult(problems, len(defs.tasks), len(defs.workstreams), defs.migrated,
                             defs.files)

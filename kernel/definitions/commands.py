@@ -13,7 +13,7 @@ Stability Guarantees:
     forms are safe). Elsewhere a placeholder fills one argument.
 
 Integration Points:
-    ``orch validate`` (``kernel.definitions.taskfiles``) fills them as a worker would, to check
+    ``orch validate`` (``kernel.definitions.task_checks``) fills them as a worker would, to check
     the argument limits before a worker ever claims the task; the local executor
     (``kernel.runtime.executors.local``) fills them to run it. One definition for both.
 

@@ -19,7 +19,7 @@ Integration Points:
     ``kernel.definitions.registries.lease_ceiling``, the rule ``orch validate`` applies.
 
 Dependencies:
-    apsw; ``kernel.definitions.models``, ``kernel.definitions.registries``, ``kernel.store.db``.
+    apsw; ``kernel.definitions.fields``, ``kernel.definitions.registries``, ``kernel.store.db``.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from typing import Any
 
 import apsw
 
-from kernel.definitions.models import semver_key
+from kernel.definitions.fields import semver_key
 from kernel.definitions.registries import lease_ceiling
 from kernel.store import db
 
 
 def _version_key(text: str | None) -> tuple[Any, ...]:
     """Semver precedence
-    (``kernel.definitions.models.semver_key``, the one definition); a version that is
+    (``kernel.definitions.fields.semver_key``, the one definition); a version that is
     not semver (a worker row written by another client) sorts below every real one."""
     try:
         return semver_key(text or "")

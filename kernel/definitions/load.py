@@ -6,8 +6,8 @@ Public API:
     ``load_definitions(conn, defs, *, now=None) -> LoadReport`` does the transaction part for
     definitions already collected; ``LoadReport`` (``as_dict()``, ``summary()``);
     ``LoadError(OrchError)`` with ``.problems`` (every problem, errors and warnings);
-    ``insert_rows(conn, insert, rows)`` (a multi-row INSERT, ``BATCH_PARAMETERS`` values per
-    statement).
+    ``insert_rows_in_tx(conn, insert, rows)`` (a multi-row INSERT, ``BATCH_PARAMETERS`` values
+    per statement, inside the caller's write transaction).
 
 Stability Guarantees:
     All or nothing: any error (in the files, or against the database) raises ``LoadError``
@@ -35,6 +35,7 @@ Integration Points:
 
 Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.definitions.check``,
+    ``kernel.definitions.collect``, ``kernel.definitions.records``, ``kernel.planning.dag``,
     ``kernel.store.db``, ``kernel.store.events``, ``kernel.store.machines``,
     ``kernel.store.project``.
 """
@@ -53,23 +54,15 @@ import apsw
 
 from kernel.base import clock
 from kernel.base.errors import OrchError
-from kernel.definitions.check import (
-    ERROR,
-    Definitions,
-    Existing,
-    TaskRecord,
-    ValidationProblem,
-    check,
-    collect,
-    dependency_graph,
-    gc_paused,
-    read_existing,
-)
+from kernel.definitions.check import Existing, check, dependency_graph, read_existing
+from kernel.definitions.collect import Definitions, collect
+from kernel.definitions.records import ERROR, TaskRecord, ValidationProblem, problem_order
+from kernel.planning.dag import gc_paused
 from kernel.store import db, events
 from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project
 
-BATCH_PARAMETERS = 2000  # bound values per INSERT statement (see insert_rows)
+BATCH_PARAMETERS = 2000  # bound values per INSERT statement (see db.insert_rows)
 BIG_LOAD_ROWS = 10_000  # above this the page cache is enlarged for the transaction
 BIG_CACHE_KIB = 256 * 1024
 _DB_CODES = {"task_already_started", "workstream_terminal", "workstream_started"}
@@ -175,16 +168,9 @@ def load(project: Project, paths: Sequence[str | os.PathLike[str]] | None = None
     db.check_file(project.db_path)  # an empty or damaged file: refused before the slow parse
     defs = collect(project, paths, workers=workers)
     if defs.config_invalid:  # orch.toml must be fixed first; nothing is opened for writing
-        raise LoadError(_sorted(defs.problems))
-    conn = project.connect(verify=True)  # a damaged file is refused before the write
-    try:
+        raise LoadError(sorted(defs.problems, key=problem_order))
+    with project.open(verify=True) as conn:  # a damaged file is refused before the write
         return load_definitions(conn, defs, now=now)
-    finally:
-        conn.close()
-
-
-def _sorted(problems: list[ValidationProblem]) -> list[ValidationProblem]:
-    return sorted(problems, key=lambda p: (p.file or "", p.line or 0, p.path, p.code))
 
 
 def load_definitions(conn: apsw.Connection, defs: Definitions, *,
@@ -193,7 +179,7 @@ def load_definitions(conn: apsw.Connection, defs: Definitions, *,
     with gc_paused(), db.write_tx(conn):
         existing = read_existing(conn, defs)
         graph = dependency_graph(defs, existing)
-        problems = _sorted(check(defs, existing, graph=graph))
+        problems = sorted(check(defs, existing, graph=graph), key=problem_order)
         if any(p.severity == ERROR for p in problems):
             raise LoadError(problems)
         report = LoadReport(warnings=problems, migrated=defs.migrated)
@@ -202,11 +188,11 @@ def load_definitions(conn: apsw.Connection, defs: Definitions, *,
         if big:
             conn.pragma("cache_size", -BIG_CACHE_KIB)
         try:
-            _write_registries(conn, defs, report)
-            _write_workstreams(conn, defs, existing, stamp, report)
-            new, changed = _write_tasks(conn, defs, existing, stamp, report)
-            _write_dependencies(conn, defs, existing, graph, new | changed, report)
-            _make_ready(conn, defs, existing, stamp, report)
+            _write_registries_in_tx(conn, defs, report)
+            _write_workstreams_in_tx(conn, defs, existing, stamp, report)
+            new, changed = _write_tasks_in_tx(conn, defs, existing, stamp, report)
+            _write_dependencies_in_tx(conn, defs, existing, graph, new | changed, report)
+            _make_ready_in_tx(conn, defs, existing, stamp, report)
         finally:
             if big:
                 conn.pragma("cache_size", cache)
@@ -216,7 +202,8 @@ def load_definitions(conn: apsw.Connection, defs: Definitions, *,
 # --------------------------------------------------------------------------- registries
 
 
-def _write_registries(conn: apsw.Connection, defs: Definitions, report: LoadReport) -> None:
+def _write_registries_in_tx(conn: apsw.Connection, defs: Definitions,
+                            report: LoadReport) -> None:
     if defs.capabilities is not None:
         have = {r[0]: tuple(r) for r in conn.execute(
             f"SELECT {', '.join(_CAPABILITY_COLUMNS)} FROM capability")}
@@ -261,8 +248,8 @@ def _write_registries(conn: apsw.Connection, defs: Definitions, report: LoadRepo
 # --------------------------------------------------------------------------- workstreams
 
 
-def _write_workstreams(conn: apsw.Connection, defs: Definitions, existing: Existing,
-                       stamp: str | None, report: LoadReport) -> None:
+def _write_workstreams_in_tx(conn: apsw.Connection, defs: Definitions, existing: Existing,
+                             stamp: str | None, report: LoadReport) -> None:
     meta = json.dumps({"at": stamp}) if stamp else None
     for ws_id, rec in sorted(defs.workstreams.items()):
         d = rec.definition
@@ -293,22 +280,15 @@ def _write_workstreams(conn: apsw.Connection, defs: Definitions, existing: Exist
         report.workstreams_updated.append(ws_id)
 
 
-def _write_tasks(conn: apsw.Connection, defs: Definitions, existing: Existing,
-                 stamp: str | None, report: LoadReport) -> tuple[set[str], set[str]]:
-    new: list[TaskRecord] = []
-    changed: list[TaskRecord] = []
-    for rec in defs.tasks:
-        old = existing.tasks.get(rec.task_id)
-        if old is None:
-            new.append(rec)
-        elif old.sha256 != rec.sha256:
-            changed.append(rec)
-    new.sort(key=lambda r: r.task_id)
-    changed.sort(key=lambda r: r.task_id)
+def _write_tasks_in_tx(conn: apsw.Connection, defs: Definitions, existing: Existing,
+                       stamp: str | None, report: LoadReport) -> tuple[set[str], set[str]]:
+    fresh = sorted((r for r in defs.tasks if existing.differs(r)), key=lambda r: r.task_id)
+    new = [r for r in fresh if r.task_id not in existing.tasks]
+    changed = [r for r in fresh if r.task_id in existing.tasks]
     report.tasks_unchanged = len(defs.tasks) - len(new) - len(changed)
     # One clock reading for the whole load: every new task has the same created_at.
     created = stamp or db.scalar(conn, f"SELECT {_NOW_SQL}")
-    insert_rows(
+    insert_rows_in_tx(
         conn, "INSERT INTO task (task_id, workstream_id, name, description, type, critical, "
         "priority, max_retries, timeout_seconds, retry_delay_seconds, "
         "estimated_duration_seconds, command, definition, definition_sha256, source_file, "
@@ -316,11 +296,20 @@ def _write_tasks(conn: apsw.Connection, defs: Definitions, existing: Existing,
         [(r.task_id, r.workstream_id, *r.columns, r.definition, r.sha256, r.file, created,
           created, _created_metadata(r, stamp)) for r in new])
     report.tasks_created = len(new)
+    _update_changed_in_tx(conn, changed, existing, created, report)
+    _write_requirements_in_tx(conn, new, changed)
+    return {r.task_id for r in new}, {r.task_id for r in changed}
+
+
+def _update_changed_in_tx(conn: apsw.Connection, changed: list[TaskRecord], existing: Existing,
+                          created: str, report: LoadReport) -> None:
+    """Pending tasks whose file changed: the new definition, one task_definition_updated event
+    each (with the fields that changed)."""
     old_defs = {t: json.loads(d) for t, d in conn.execute(
         "SELECT task_id, definition FROM task WHERE task_id IN (SELECT value FROM json_each(?))",
         (json.dumps([r.task_id for r in changed]),))} if changed else {}
-    _update_tasks(conn, [(r.task_id, r.workstream_id, *r.columns, r.definition, r.sha256,
-                          r.file, created) for r in changed])
+    _update_tasks_in_tx(conn, [(r.task_id, r.workstream_id, *r.columns, r.definition, r.sha256,
+                                r.file, created) for r in changed])
     updated = []
     for rec in changed:
         old = old_defs.get(rec.task_id, {})
@@ -335,6 +324,11 @@ def _write_tasks(conn: apsw.Connection, defs: Definitions, existing: Existing,
     events.emit_events_in_tx(conn, "task_definition_updated", updated,
                              trigger="definition_loaded", at=created,
                              batch_parameters=BATCH_PARAMETERS)
+
+
+def _write_requirements_in_tx(conn: apsw.Connection, new: list[TaskRecord],
+                              changed: list[TaskRecord]) -> None:
+    """The capability and resource rows of new tasks, and those of changed ones replaced."""
     if changed:
         ids = json.dumps([r.task_id for r in changed])
         for table in ("task_capability", "task_resource"):
@@ -342,7 +336,7 @@ def _write_tasks(conn: apsw.Connection, defs: Definitions, existing: Existing,
                          (ids,))
     written = new + changed
     # No triggers on these tables (nor on task_dependency): a one-row INSERT there needs no
-    # statement journal (see insert_rows), and executemany is as fast as batches.
+    # statement journal (see db.insert_rows), and executemany is as fast as batches.
     conn.executemany("INSERT INTO task_capability (task_id, capability_id, min_version) "
                      "VALUES (?, ?, ?)",
                      [(r.task_id, cid, version) for r in written for cid, version in
@@ -350,16 +344,15 @@ def _write_tasks(conn: apsw.Connection, defs: Definitions, existing: Existing,
     conn.executemany("INSERT INTO task_resource (task_id, resource_id, mode, amount) "
                      "VALUES (?, ?, ?, ?)",
                      [(r.task_id, *res) for r in written for res in r.resources])
-    return {r.task_id for r in new}, {r.task_id for r in changed}
 
 
 _UPDATED_COLUMNS = ("workstream_id", *_TASK_COLUMNS, "definition", "definition_sha256",
                     "source_file", "updated_at")
 
 
-def _update_tasks(conn: apsw.Connection, rows: list[tuple[Any, ...]]) -> None:
+def _update_tasks_in_tx(conn: apsw.Connection, rows: list[tuple[Any, ...]]) -> None:
     """UPDATE the pending tasks ``rows`` (task_id, then the values of ``_UPDATED_COLUMNS``),
-    a batch per statement (see insert_rows)."""
+    a batch per statement (see db.insert_rows)."""
     width = len(_UPDATED_COLUMNS) + 1
     per = max(1, BATCH_PARAMETERS // width)
     values = "(" + ", ".join("?" * width) + ")"
@@ -375,7 +368,8 @@ def _update_tasks(conn: apsw.Connection, rows: list[tuple[Any, ...]]) -> None:
                 raise RuntimeError(f"task {row[0]} left pending during the load")
 
 
-def insert_rows(conn: apsw.Connection, insert: str, rows: Sequence[tuple[Any, ...]]) -> None:
+def insert_rows_in_tx(conn: apsw.Connection, insert: str,
+                      rows: Sequence[tuple[Any, ...]]) -> None:
     """``db.insert_rows`` with the loader's batch size (``BATCH_PARAMETERS``)."""
     db.insert_rows_in_tx(conn, insert, rows, batch_parameters=BATCH_PARAMETERS)
 
@@ -390,9 +384,9 @@ def _created_metadata(rec: TaskRecord, stamp: str | None) -> str | None:
     return json.dumps(meta) if meta else None
 
 
-def _write_dependencies(conn: apsw.Connection, defs: Definitions, existing: Existing,
-                        graph: dict[str, set[str]], written: set[str],
-                        report: LoadReport) -> None:
+def _write_dependencies_in_tx(conn: apsw.Connection, defs: Definitions, existing: Existing,
+                              graph: dict[str, set[str]], written: set[str],
+                              report: LoadReport) -> None:
     loaded = {t.task_id for t in defs.tasks}
     report.dependencies = sum(len(graph[t]) for t in loaded)
     affected = set(written)
@@ -408,8 +402,8 @@ def _write_dependencies(conn: apsw.Connection, defs: Definitions, existing: Exis
     report.dependency_rows_written = deleted + len(rows)  # deleted and inserted
 
 
-def _make_ready(conn: apsw.Connection, defs: Definitions, existing: Existing,
-                stamp: str | None, report: LoadReport) -> None:
+def _make_ready_in_tx(conn: apsw.Connection, defs: Definitions, existing: Existing,
+                      stamp: str | None, report: LoadReport) -> None:
     for ws_id in sorted({t.workstream_id for t in defs.tasks}):
         state = existing.workstreams.get(ws_id, ("planned", None))[0]
         if state == "planned":

@@ -24,12 +24,12 @@ Stability Guarantees:
 
 Integration Points:
     The CLI's migrate command calls migrate_tasks / restore_backup and prints the report; the
-    per-document conversion is kernel.definitions.models.migrate_v1_to_v2 (also used on load), so
-    disk and
-    load migrations cannot drift apart. Documented in docs/schema_migrations/.
+    per-document conversion is kernel.definitions.task_documents.migrate_v1_to_v2 (also used on
+    load), so disk and load migrations cannot drift apart. Documented in docs/schema_migrations/.
 
 Dependencies:
-    ``kernel.base.documents``, ``kernel.base.errors``, ``kernel.definitions.models``.
+    ``kernel.base.data``, ``kernel.base.errors``, ``kernel.definitions.errors``,
+    ``kernel.definitions.fields``, ``kernel.definitions.task_documents``.
 """
 
 from __future__ import annotations
@@ -46,17 +46,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kernel.base.documents import DEFAULT_MAX_FILE_BYTES, DocumentError, parse_json, read_file
+from kernel.base.data import schema_url
 from kernel.base.errors import OrchError
-from kernel.definitions.models import (
-    TASK_SCHEMA_VERSION,
-    TASK_V1_SCHEMA_VERSION,
-    DefinitionError,
-    Problem,
-    migrate_v1_to_v2,
-    parse_task,
-    schema_url,
-)
+from kernel.definitions.errors import DefinitionError, Problem
+from kernel.definitions.fields import TASK_SCHEMA_VERSION, TASK_V1_SCHEMA_VERSION
+from kernel.definitions.task_documents import migrate_v1_to_v2, parse_task, read_task_json
 
 BACKUPS_DIR = ".backups"
 V2_FIELDS = ("context_requirements", "validation_rules")
@@ -127,18 +121,12 @@ def downgrade_v2_to_v1(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read(path: Path, source: str) -> dict[str, Any]:
+def _read(path: Path) -> dict[str, Any]:
     # The strict parse layer of orch validate/load: a FIFO is refused, not waited on.
-    try:
-        raw = read_file(str(path), max_bytes=DEFAULT_MAX_FILE_BYTES)
-    except DocumentError as exc:
-        raise DefinitionError(source, "task file", [Problem("", exc.message)]) from None
-    data, flaws = parse_json(raw)
-    if flaws:
-        raise DefinitionError(source, "JSON", [Problem(p.path, p.message, p.line)
-                                               for p in flaws])
+    data = read_task_json(path)
     if not isinstance(data, dict):
-        raise DefinitionError(source, "task definition", [Problem("", "expected a JSON object")])
+        raise DefinitionError(str(path), "task definition",
+                              [Problem("", "expected a JSON object")])
     return data
 
 
@@ -150,7 +138,7 @@ def _major_minor(version: Any) -> tuple[str, str] | None:
 def _convert(data: dict[str, Any], name: str, source: str, target: str) -> dict[str, Any] | None:
     """The converted dict, or None when the file is already at the target version."""
     # No schema_version means the current version, as on load
-    # (kernel.definitions.models.parse_task).
+    # (kernel.definitions.task_documents.parse_task).
     version = data.get("schema_version", TASK_SCHEMA_VERSION)
     current = _major_minor(version)
     if current == _major_minor(target):
@@ -204,7 +192,7 @@ def migrate_tasks(
     for path in task_files(tasks_dir):
         rel = path.relative_to(tasks_dir).as_posix()
         try:
-            converted = _convert(_read(path, str(path)), str(path), from_version, to_version)
+            converted = _convert(_read(path), str(path), from_version, to_version)
         except DefinitionError as exc:
             errors.append(exc)
             continue

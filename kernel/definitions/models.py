@@ -1,22 +1,16 @@
-"""Definition models: task files, workstream files, attempt outputs (the registries live in
-kernel.definitions.registries).
+"""Definition models: task files, workstream files, attempt outputs (the shared field types
+live in kernel.definitions.fields, the registries in kernel.definitions.registries, reading a
+task document of any version in kernel.definitions.task_documents).
 
 Public API:
-    Versions: TASK_SCHEMA_VERSION ("2.0.0"), TASK_V1_SCHEMA_VERSION, WORKSTREAM_SCHEMA_VERSION,
-    REGISTRY_SCHEMA_VERSION, ATTEMPT_OUTPUT_SCHEMA_VERSION, SUPPORTED_TASK_SCHEMA_VERSIONS,
-    SCHEMA_URL_BASE, schema_url(name, version) -> str.
     Models (pydantic v2, frozen, strict, unknown fields rejected): TaskDefinition (v2.0.0),
     TaskDefinitionV1, ExecutionSpec, WorkerRequirements, ContextRequirements, ValidationRules,
-    TaskStateSnapshot, WorkstreamDefinition, AttemptOutput.
-    Errors: DefinitionError(OrchError, ValueError) with ``.source``, ``.problems`` (Problem:
-    path, message, line); problems_from(validation_error, model, line_of=None).
-    Tasks: parse_task(data, source=None) -> (TaskDefinition, migrated);
-    load_task_file(path) -> (TaskDefinition, migrated); migrate_v1_to_v2(data, source=None)
-    -> dict; default_context_requirements(type) -> dict | None; default_validation_rules(type).
-    Shared field types and base models (Id, IdList, SemVer, Timestamp, _Model, _Document) that
-    kernel.definitions.registries builds on; SEMVER_PATTERN, semver_key(version) (semver
-    precedence, for
-    comparing versions: parsed, never compared as strings).
+    TaskStateSnapshot, WorkstreamDefinition, AttemptOutput, AttemptMetadata.
+    Type defaults: default_context_requirements(type) -> dict | None;
+    default_validation_rules(type). SHLEX_SPECIAL (the characters that can make shlex fail).
+    Re-exported for the callers that import them from here: the versions, ID_PATTERN,
+    SEMVER_PATTERN, semver_key, SCHEMA_URL_BASE, schema_url (kernel.definitions.fields,
+    kernel.base.data) and Problem, DefinitionError, problems_from (kernel.definitions.errors).
 
 Stability Guarantees:
     Field names, defaults and the JSON Schemas generated from these models (schemas/*.json)
@@ -24,36 +18,27 @@ Stability Guarantees:
     (see docs/schema_migrations/VERSIONING.md). A task file without ``schema_version`` is read
     as the current version (2.0.0). Omitted ``context_requirements`` / ``validation_rules`` get
     the same type defaults that the v1 -> v2 migration writes, so both routes agree. Types are
-    strict: a value of the wrong JSON type is an error, never converted ("60" for a number,
-    true for a count, "yes" for a boolean, 1 for a string); an integer is accepted where a
-    float is expected; NaN and infinity are refused; durations stop at MAX_SECONDS.
+    strict (kernel.definitions.fields); durations stop at MAX_SECONDS.
 
 Integration Points:
-    The task-file loader calls load_task_file/parse_task and turns models into rows and into
-    kernel.planning.dag.PlanTask; kernel.definitions.registries builds the registry models on the
-    shared types
-    here; kernel.observe.schemas renders the JSON Schemas;
-    kernel.definitions.migrate_tasks rewrites task files on disk with migrate_v1_to_v2.
+    kernel.definitions.taskfiles validates task and workstream files with these models and
+    turns them into rows; kernel.definitions.task_documents reads one task document into them;
+    kernel.observe.schemas renders the JSON Schemas.
 
 Dependencies:
-    pydantic; ``kernel.base.data``, ``kernel.base.documents``, ``kernel.base.errors``.
+    pydantic; ``kernel.base.data``, ``kernel.base.documents``, ``kernel.definitions.errors``,
+    ``kernel.definitions.fields``.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
-import re
 import shlex
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -62,32 +47,39 @@ from pydantic import (
 )
 
 from kernel.base.data import SCHEMA_URL_BASE, schema_url
-from kernel.base.documents import (
-    DEFAULT_MAX_FILE_BYTES,
-    MAX_SECONDS,
-    DocumentError,
-    parse_json,
-    read_file,
+from kernel.base.documents import MAX_SECONDS
+from kernel.definitions.errors import DefinitionError, Problem, problems_from
+from kernel.definitions.fields import (
+    ATTEMPT_OUTPUT_SCHEMA_VERSION,
+    ID_PATTERN,
+    REGISTRY_SCHEMA_VERSION,
+    SEMVER_PATTERN,
+    SUPPORTED_TASK_SCHEMA_VERSIONS,
+    TASK_SCHEMA_VERSION,
+    TASK_V1_SCHEMA_VERSION,
+    WORKSTREAM_SCHEMA_VERSION,
+    Id,
+    IdList,
+    RelPath,
+    SemVer,
+    StrictDocument,
+    StrictModel,
+    Timestamp,
+    any_patch_of,
+    semver_key,
+    unique,
 )
-from kernel.base.errors import OrchError
 
-TASK_SCHEMA_VERSION = "2.0.0"
-TASK_V1_SCHEMA_VERSION = "1.0.0"
-SUPPORTED_TASK_SCHEMA_VERSIONS = (TASK_V1_SCHEMA_VERSION, TASK_SCHEMA_VERSION)
-WORKSTREAM_SCHEMA_VERSION = "1.0.0"
-REGISTRY_SCHEMA_VERSION = "1.0.0"
-ATTEMPT_OUTPUT_SCHEMA_VERSION = "1.0.0"
+__all__ = [
+    "ATTEMPT_OUTPUT_SCHEMA_VERSION", "ID_PATTERN", "REGISTRY_SCHEMA_VERSION", "SCHEMA_URL_BASE",
+    "SEMVER_PATTERN", "SHLEX_SPECIAL", "SUPPORTED_TASK_SCHEMA_VERSIONS", "TASK_SCHEMA_VERSION",
+    "TASK_V1_SCHEMA_VERSION", "WORKSTREAM_SCHEMA_VERSION", "AttemptMetadata", "AttemptOutput",
+    "ContextRequirements", "DefinitionError", "ExecutionSpec", "Problem", "TaskDefinition",
+    "TaskDefinitionV1", "TaskStateSnapshot", "ValidationRules", "WorkerRequirements",
+    "WorkstreamDefinition", "default_context_requirements", "default_validation_rules",
+    "problems_from", "schema_url", "semver_key",
+]
 
-
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
-# Semantic Versioning 2.0.0 (semver.org): groups 1-3 are major, minor, patch; group 4 the
-# pre-release identifiers, group 5 the build metadata (ignored in comparisons).
-_SEMVER_IDENT = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
-SEMVER_PATTERN = (
-    r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
-    rf"(?:-({_SEMVER_IDENT}(?:\.{_SEMVER_IDENT})*))?(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
-)
-_SEMVER = re.compile(SEMVER_PATTERN)
 
 SHLEX_SPECIAL = frozenset("'\"\\")
 TaskType = Literal["aider", "pytest", "lint", "custom"]
@@ -109,21 +101,6 @@ _RULE_DEFAULTS: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
-def semver_key(version: str) -> tuple[Any, ...]:
-    """A sort key for a semver string, with semver's precedence: numeric parts as numbers
-    (1.10.0 > 1.9.2), a pre-release below its release (1.0.0-rc.1 < 1.0.0), pre-release
-    identifiers compared one by one (numeric < alphanumeric), build metadata ignored.
-    Raises ValueError for anything that is not semver."""
-    match = _SEMVER.match(version) if isinstance(version, str) else None
-    if match is None:
-        raise ValueError(f"{version!r} is not a semantic version such as 1.2.0")
-    core = (int(match[1]), int(match[2]), int(match[3]))
-    if match[4] is None:
-        return (*core, 1, ())
-    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in match[4].split("."))
-    return (*core, 0, parts)
-
-
 def default_context_requirements(task_type: str) -> dict[str, Any] | None:
     """The context_requirements a task of this type gets when it gives none (None: no budget)."""
     return json.loads(json.dumps(_CONTEXT_DEFAULTS)) if task_type == "aider" else None
@@ -134,136 +111,8 @@ def default_validation_rules(task_type: str) -> dict[str, list[str]]:
     return {"pre_execution": list(pre), "post_execution": list(post)}
 
 
-# --- errors ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: str  # "execution.timeout_seconds", "capabilities[2].version", "" for the document
-    message: str
-    line: int | None = None
-
-    def __str__(self) -> str:
-        where = ", ".join(p for p in (f"line {self.line}" if self.line else "", self.path) if p)
-        return f"{where}: {self.message}" if where else self.message
-
-
-class DefinitionError(OrchError, ValueError):
-    """A definition file or document is invalid; lists every problem found, not just the first."""
-
-    def __init__(self, source: str | None, what: str, problems: list[Problem]) -> None:
-        self.source, self.what, self.problems = source, what, problems
-        lines = [p.line for p in problems if p.line]
-        super().__init__(
-            "invalid_definition",
-            f"invalid {what}" + "".join(f"\n  - {p}" for p in problems),
-            file=source,
-            line=lines[0] if len(lines) == 1 else None,
-        )
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    current: type[BaseModel] | None = model
-    for part in loc:
-        if current is None:
-            return []
-        if isinstance(part, int):
-            continue
-        fields = {f.alias or n: f for n, f in current.model_fields.items()}
-        current = _model_in(fields[part].annotation) if part in fields else None
-    return [] if current is None else [f.alias or n for n, f in current.model_fields.items()]
-
-
-def _loc_text(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _pattern_message(value: Any, pattern: str | None, default: str) -> str:
-    if pattern == SEMVER_PATTERN:
-        return (f"{value!r} is not a semantic version: write MAJOR.MINOR.PATCH such as "
-                "\"1.2.0\" (semver.org)")
-    if pattern == ID_PATTERN:
-        return (f"{value!r} is not a valid id: 1-128 letters, digits, '_', '.' or '-', "
-                "starting with a letter or digit")
-    return f"{value!r} does not have the required form ({default.lower()})"
-
-
-_FIELD_PREFIX = re.compile(
-    r"^([A-Za-z_][A-Za-z0-9_]*(?:\[[0-9]+\])*(?:\.[A-Za-z_][A-Za-z0-9_]*(?:\[[0-9]+\])*)*): "
-    r"(.+)$", re.S)
-
-
-def problems_from(
-    exc: ValidationError, model: type[BaseModel], line_of: Any = None
-) -> list[Problem]:
-    """Readable problems from a pydantic error; unknown fields get a did-you-mean hint."""
-    problems = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        message = err["msg"].removeprefix("Value error, ")
-        # A model-level check names the field it is about as "field.path: message".
-        at = _FIELD_PREFIX.match(message) if err["type"] == "value_error" else None
-        if at:
-            loc += tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", at[1]))
-            message = at[2]
-        if err["type"] == "string_pattern_mismatch":
-            message = _pattern_message(err["input"], err.get("ctx", {}).get("pattern"), message)
-        if err["type"] == "extra_forbidden":
-            known = _known_fields(model, loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "known: " + ", ".join(known)
-            message = f"unknown field '{loc[-1]}' ({hint})"
-        problems.append(Problem(_loc_text(loc), message, line_of(loc) if line_of else None))
-    return problems
-
-
-# --- shared field types ---------------------------------------------------------------------
-
-
-def _unique(items: list[str]) -> list[str]:
-    seen: set[str] = set()
-    for item in items:
-        if item in seen:
-            raise ValueError(f"'{item}' is listed twice")
-        seen.add(item)
-    return items
-
-
-def _not_a_number(value: Any) -> Any:
-    # YAML reads 1.0 as a float and 3.10 as 3.1: refuse rather than guess what was meant.
-    if isinstance(value, float | int) and not isinstance(value, bool):
-        raise ValueError(f'write the version as a quoted string, e.g. "{value}"')
-    return value
-
-
-def _relative_path(value: str) -> str:
-    path = PurePosixPath(value)
-    if not value or path.is_absolute() or ".." in path.parts:
-        raise ValueError(f"'{value}' must be a relative path inside the worktree (no '..')")
-    return value
-
-
-Id = Annotated[str, Field(pattern=ID_PATTERN)]
-IdList = Annotated[
-    list[Id], AfterValidator(_unique), Field(json_schema_extra={"uniqueItems": True})
-]
-SemVer = Annotated[str, BeforeValidator(_not_a_number), Field(pattern=SEMVER_PATTERN)]
-RelPath = Annotated[str, AfterValidator(_relative_path)]
 RuleList = Annotated[
-    list[RuleName], AfterValidator(_unique), Field(json_schema_extra={"uniqueItems": True})
+    list[RuleName], AfterValidator(unique), Field(json_schema_extra={"uniqueItems": True})
 ]
 
 
@@ -283,51 +132,10 @@ ResourceRequest = Annotated[
 ]
 
 
-class _Model(BaseModel):
-    # Strict: a value of the wrong JSON type is an error, never converted ("60" is not a
-    # number, true is not a count, "yes" is not a boolean, 1 is not a string). As in JSON
-    # mode, an integer is accepted where a float is expected. NaN and infinity are refused.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-
-class _Document(_Model):
-    """Top-level document: carries schema_version/schema_url and may carry $schema/$comment."""
-
-    _schema_name: ClassVar[str]
-    _default_version: ClassVar[str]
-
-    schema_version: str
-    # Filled from schema_version when absent (see _fill_schema_url), so never empty after load.
-    schema_url: str = Field(default_factory=str, description="URL of this file's JSON Schema.")
-    dollar_schema: str | None = Field(
-        default=None, alias="$schema", exclude=True, description="Editor hint; ignored by orch."
-    )
-    dollar_comment: str | None = Field(
-        default=None, alias="$comment", exclude=True, description="Free text; ignored by orch."
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_schema_url(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("schema_url") is None:
-            version = data.get("schema_version", cls._default_version)
-            data = {**data, "schema_url": schema_url(cls._schema_name, str(version))}
-        return data
-
-    @model_validator(mode="after")
-    def _check_schema_url(self) -> _Document:
-        expected = schema_url(self._schema_name, self.schema_version)
-        if self.schema_url.startswith(SCHEMA_URL_BASE) and self.schema_url != expected:
-            raise ValueError(
-                f"schema_url is {self.schema_url} but schema_version implies {expected}"
-            )
-        return self
-
-
 # --- task definitions -----------------------------------------------------------------------
 
 
-class WorkerRequirements(_Model):
+class WorkerRequirements(StrictModel):
     """What a worker must offer to be given this task."""
 
     capabilities: IdList = Field(
@@ -344,7 +152,7 @@ class WorkerRequirements(_Model):
     )
 
 
-class ExecutionSpec(_Model):
+class ExecutionSpec(StrictModel):
     """How the task is run."""
 
     command: str = Field(
@@ -380,10 +188,12 @@ class ExecutionSpec(_Model):
         description="Expected run time, used only for execution plans and the "
         "critical path. Default 60.",
     )
-    executor: Literal["subprocess", "noop", "pytest", "ruff"] | None = Field(
+    executor: Literal["subprocess", "noop", "pytest", "ruff", "aider"] | None = Field(
         default=None,
         description="How the task runs. Default by type: pytest -> pytest, lint -> ruff, "
-        "otherwise subprocess. noop does nothing and succeeds (for tests and benchmarks).",
+        "otherwise subprocess. noop does nothing and succeeds (for tests and benchmarks). "
+        "aider runs the Aider CLI on the task's files with execution.prompt ([agents.aider] "
+        "in orch.toml; the command is not run).",
     )
     shell: bool = Field(
         default=False,
@@ -430,7 +240,7 @@ def _merge_timeout(execution: dict[str, Any], value: Any, label: str) -> dict[st
     return {**execution, "timeout_seconds": value}
 
 
-class ContextRequirements(_Model):
+class ContextRequirements(StrictModel):
     """What goes into an agent's context (AIDER-INT-002)."""
 
     max_context_tokens: int = Field(
@@ -455,7 +265,7 @@ class ContextRequirements(_Model):
         return self
 
 
-class ValidationRules(_Model):
+class ValidationRules(StrictModel):
     """Named checks around a run; what each rule executes is configured per project."""
 
     pre_execution: RuleList = Field(default_factory=list, description="Must pass before start.")
@@ -464,18 +274,8 @@ class ValidationRules(_Model):
     )
 
 
-def _iso_text(value: Any) -> Any:
-    if not isinstance(value, str):
-        raise ValueError("write the time as an ISO-8601 string, e.g. \"2026-01-31T12:00:00Z\"")
-    return value
 
-
-# JSON has no date type: a timestamp is an ISO-8601 string with a time zone (parsed, so not
-# strict), and nothing else (a number is not read as seconds since 1970).
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_text), Field(strict=False)]
-
-
-class TaskStateSnapshot(_Model):
+class TaskStateSnapshot(StrictModel):
     """Input-only snapshot from another tool; validated, then ignored (the kernel owns state)."""
 
     created_at: Timestamp | None = None
@@ -493,7 +293,7 @@ class TaskStateSnapshot(_Model):
         return self
 
 
-class _TaskBase(_Document):
+class _TaskBase(StrictDocument):
     _schema_name: ClassVar[str] = "task"
 
     task_id: Id = Field(description="Unique id; the file is tasks/{workstream_id}/{task_id}.json.")
@@ -563,7 +363,8 @@ class TaskDefinitionV1(_TaskBase):
 
     _default_version: ClassVar[str] = TASK_V1_SCHEMA_VERSION
     schema_version: str = Field(
-        default=TASK_V1_SCHEMA_VERSION, pattern=r"^1\.0\.(0|[1-9][0-9]*)$", description="1.0.x."
+        default=TASK_V1_SCHEMA_VERSION, pattern=any_patch_of(TASK_V1_SCHEMA_VERSION),
+        description="1.0.x."
     )
 
 
@@ -573,7 +374,7 @@ class TaskDefinition(_TaskBase):
     _default_version: ClassVar[str] = TASK_SCHEMA_VERSION
     schema_version: str = Field(
         default=TASK_SCHEMA_VERSION,
-        pattern=r"^2\.0\.(0|[1-9][0-9]*)$",
+        pattern=any_patch_of(TASK_SCHEMA_VERSION),
         description="2.0.x. A file without it is read as 2.0.0.",
     )
     context_requirements: ContextRequirements | None = Field(
@@ -599,91 +400,13 @@ class TaskDefinition(_TaskBase):
         return data
 
 
-def _version_tuple(version: Any, source: str | None) -> tuple[int, int]:
-    match = re.match(SEMVER_PATTERN, version) if isinstance(version, str) else None
-    if match is None:
-        problem = Problem("schema_version", f"{version!r} is not a semver string like '2.0.0'")
-        raise DefinitionError(source, "task definition", [problem])
-    return int(match[1]), int(match[2])
-
-
-def _validate_task(model: type[_TaskBase], data: Any, source: str | None) -> Any:
-    if not isinstance(data, dict):
-        problem = Problem("", f"expected a JSON object, got {type(data).__name__}")
-        raise DefinitionError(source, "task definition", [problem])
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise DefinitionError(source, "task definition", problems_from(exc, model)) from None
-
-
-def migrate_v1_to_v2(data: dict[str, Any], source: str | None = None) -> dict[str, Any]:
-    """Return a v2.0.0 copy of a v1.0.0 task dict; keeps key order; raises if v1 is invalid."""
-    _validate_task(TaskDefinitionV1, data, source)
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out[key] = value
-        if key == "schema_version":
-            out[key] = TASK_SCHEMA_VERSION
-            out["schema_url"] = schema_url("task", TASK_SCHEMA_VERSION)
-        elif key == "schema_url":
-            out[key] = schema_url("task", TASK_SCHEMA_VERSION)
-        elif key == "execution":
-            context = default_context_requirements(data["type"])
-            if context is not None:
-                out["context_requirements"] = context
-            out["validation_rules"] = default_validation_rules(data["type"])
-    return out
-
-
-def parse_task(data: Any, source: str | None = None) -> tuple[TaskDefinition, bool]:
-    """Validate a task document of any supported version; returns (v2 model, was_migrated)."""
-    version = data.get("schema_version", TASK_SCHEMA_VERSION) if isinstance(data, dict) else None
-    major_minor = _version_tuple(version, source) if isinstance(data, dict) else (2, 0)
-    if major_minor == (1, 0):
-        return _validate_task(TaskDefinition, migrate_v1_to_v2(data, source), source), True
-    if major_minor == (2, 0):
-        return _validate_task(TaskDefinition, data, source), False
-    problem = Problem(
-        "schema_version",
-        f"unsupported version {version!r}; this orch reads 1.0.x (migrated on load) and 2.0.x",
-    )
-    raise DefinitionError(source, "task definition", [problem])
-
-
-def load_task_file(path: Path) -> tuple[TaskDefinition, bool]:
-    """Read tasks/{ws}/{task}.json; also checks the file and directory names (TASK-DEF-001)."""
-    try:
-        raw = read_file(str(path), max_bytes=DEFAULT_MAX_FILE_BYTES)
-    except DocumentError as exc:
-        raise DefinitionError(str(path), "task file", [Problem("", exc.message)]) from None
-    data, flaws = parse_json(raw)
-    if flaws:
-        raise DefinitionError(str(path), "JSON", [Problem(p.path, p.message, p.line)
-                                                  for p in flaws])
-    task, migrated = parse_task(data, str(path))
-    problems = []
-    if path.stem != task.task_id:
-        problems.append(Problem("task_id", f"'{task.task_id}' differs from file name {path.name}"))
-    if path.parent.name != task.workstream_id:
-        problems.append(
-            Problem(
-                "workstream_id",
-                f"'{task.workstream_id}' differs from directory {path.parent.name}/",
-            )
-        )
-    if problems:
-        raise DefinitionError(str(path), "task definition", problems)
-    return task, migrated
-
-
-class WorkstreamDefinition(_Document):
+class WorkstreamDefinition(StrictDocument):
     """Optional tasks/{workstream_id}/workstream.json: settings for the whole workstream."""
 
     _schema_name: ClassVar[str] = "workstream"
     _default_version: ClassVar[str] = WORKSTREAM_SCHEMA_VERSION
     schema_version: str = Field(
-        default=WORKSTREAM_SCHEMA_VERSION, pattern=r"^1\.0\.(0|[1-9][0-9]*)$"
+        default=WORKSTREAM_SCHEMA_VERSION, pattern=any_patch_of(WORKSTREAM_SCHEMA_VERSION)
     )
     workstream_id: Id = Field(description="Must equal the directory name.")
     name: str = Field(default="", description="Display name. Default: the workstream_id.")
@@ -725,7 +448,7 @@ class AttemptMetadata(BaseModel):
     duration_seconds: float = Field(default=0, ge=0)
 
 
-class AttemptOutput(_Model):
+class AttemptOutput(StrictModel):
     """What a worker reports for one attempt of a task (stored per attempt)."""
 
     status: Literal["success", "failure"]

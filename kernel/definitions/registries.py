@@ -26,7 +26,8 @@ Integration Points:
     and ``resource_conflict`` tables; kernel.observe.schemas renders their JSON Schemas.
 
 Dependencies:
-    pydantic; ``kernel.base.data``, ``kernel.base.documents``, ``kernel.definitions.models``.
+    pydantic; ``kernel.base.data``, ``kernel.base.documents``, ``kernel.base.formats``,
+    ``kernel.definitions.errors``, ``kernel.definitions.fields``.
 """
 
 from __future__ import annotations
@@ -44,23 +45,18 @@ from pydantic import (
 )
 
 from kernel.base.data import defaults_dir
-from kernel.base.documents import (
-    DEFAULT_MAX_FILE_BYTES,
-    parse_yaml,
-    read_file,
-    yaml_line,
-)
-from kernel.definitions.models import (
+from kernel.base.documents import DEFAULT_MAX_FILE_BYTES, read_file
+from kernel.base.formats import parse_yaml, yaml_line
+from kernel.definitions.errors import DefinitionError, Problem, problems_from
+from kernel.definitions.fields import (
     REGISTRY_SCHEMA_VERSION,
-    DefinitionError,
     Id,
     IdList,
-    Problem,
     SemVer,
-    _Document,
-    _Model,
-    _not_a_number,
-    problems_from,
+    StrictDocument,
+    StrictModel,
+    any_patch_of,
+    not_a_number,
 )
 
 DEFAULT_CAPABILITY_REGISTRY = defaults_dir() / "registry.yaml"
@@ -72,10 +68,10 @@ _RATE_PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600}
 # --- capability registry (CAP-REG-001/002) --------------------------------------------------
 
 
-class CapabilityRequirements(_Model):
+class CapabilityRequirements(StrictModel):
     """What a machine needs for a worker to offer the capability."""
 
-    min_python_version: Annotated[str | None, BeforeValidator(_not_a_number)] = Field(
+    min_python_version: Annotated[str | None, BeforeValidator(not_a_number)] = Field(
         default=None, pattern=r"^[0-9]+\.[0-9]+(\.[0-9]+)?$", description='Quoted, e.g. "3.11".'
     )
     dependencies: list[str] = Field(
@@ -86,7 +82,7 @@ class CapabilityRequirements(_Model):
     network_required: bool = False
 
 
-class Operation(_Model):
+class Operation(StrictModel):
     """One thing a capability can do."""
 
     name: str = Field(min_length=1)
@@ -95,7 +91,7 @@ class Operation(_Model):
     description: str = ""
 
 
-class Capability(_Model):
+class Capability(StrictModel):
     """A capability a worker can advertise; tasks name it in worker_requirements."""
 
     capability_id: Id = Field(description="Stable id, e.g. cap-aider-001.")
@@ -124,12 +120,13 @@ class Capability(_Model):
         return self
 
 
-class CapabilityRegistry(_Document):
+class CapabilityRegistry(StrictDocument):
     """capabilities/registry.yaml: the capabilities workers may advertise."""
 
     _schema_name: ClassVar[str] = "capability-registry"
     _default_version: ClassVar[str] = REGISTRY_SCHEMA_VERSION
-    schema_version: str = Field(default=REGISTRY_SCHEMA_VERSION, pattern=r"^1\.0\.(0|[1-9][0-9]*)$")
+    schema_version: str = Field(default=REGISTRY_SCHEMA_VERSION,
+                                pattern=any_patch_of(REGISTRY_SCHEMA_VERSION))
     capabilities: list[Capability] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -193,7 +190,7 @@ def lease_ceiling(kind: str, capacity: float | None, reserved: float | None) -> 
 _SIZED = ("pooled", "rate_limited")
 
 
-class Resource(_Model):
+class Resource(StrictModel):
     """Something tasks lease before they run; see CONC-REG-001 for the types."""
 
     resource_id: Id
@@ -307,12 +304,13 @@ class Resource(_Model):
         return int(match[1]) / _RATE_PERIOD_SECONDS[match[2]] if match else None
 
 
-class ResourceRegistry(_Document):
+class ResourceRegistry(StrictDocument):
     """capabilities/resources.yaml: the resources tasks lease (CONC-REG-001)."""
 
     _schema_name: ClassVar[str] = "resource-registry"
     _default_version: ClassVar[str] = REGISTRY_SCHEMA_VERSION
-    schema_version: str = Field(default=REGISTRY_SCHEMA_VERSION, pattern=r"^1\.0\.(0|[1-9][0-9]*)$")
+    schema_version: str = Field(default=REGISTRY_SCHEMA_VERSION,
+                                pattern=any_patch_of(REGISTRY_SCHEMA_VERSION))
     resources: list[Resource] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -373,8 +371,7 @@ def _load_yaml(path: Path, model: type[Registry] | None,
     raw = read_file(source, max_bytes=max_bytes)  # DocumentError: not a file we may read
     data, root, problems = parse_yaml(raw, source)
     if problems:
-        raise DefinitionError(source, "YAML", [Problem(p.path, p.message, p.line)
-                                               for p in problems])
+        raise DefinitionError.of_documents(source, "YAML", problems)
     keys = set(data) if isinstance(data, dict) else set()
     if model is None and keys & {"capabilities", "resources"}:
         model = CapabilityRegistry if "capabilities" in keys else ResourceRegistry

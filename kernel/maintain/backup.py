@@ -1,54 +1,44 @@
-"""Backups and restores of ``.state/kernel.db``, safe while the kernel runs.
+"""Backups of ``.state/kernel.db``, safe while the kernel runs, and checks of a backup file.
 
 Public API:
     ``backup(project_or_db_path, dest=None, *, force=False) -> BackupReport``: one
     self-contained SQLite file (online backup API, journal_mode DELETE, checked, fsynced,
     renamed into place); ``dest=None`` means ``default_backup_path`` (``.state/backups/
     kernel-<UTC timestamp>.db``).
-    ``restore(project, src, *, force=False) -> RestoreReport``: check ``src``, keep the current
-    database aside as ``.state/kernel.db.before-restore-<timestamp>``, put ``src`` in place,
-    migrate; ``restore_command(project, src)`` (the command line that does it).
     ``inspect_database_file(path) -> DatabaseInfo`` (is it a sound orch database, and what does
-    it hold); ``list_backups(project)`` (newest first); ``database_users(project)`` (why the
-    database is in use right now); ``SQLITE_MAGIC``, ``BACKUPS_DIR``.
-    Helpers shared with ``kernel.maintain.redact`` and ``kernel.maintain.bundle``:
-    ``finish_single_file(path)``
-    (make a copy a checked rollback-journal file), ``utc_stamp(now)``.
+    it hold); ``list_backups(project)`` (newest first); ``SQLITE_MAGIC``, ``BACKUPS_DIR``.
+    Helpers shared with ``kernel.maintain.restore``, ``kernel.maintain.redact`` and
+    ``kernel.maintain.bundle``: ``finish_single_file(path)`` (make a copy a checked
+    rollback-journal file), ``copy_checked(src, tmp, ...)`` (copy a connection into a new
+    private file and check it), ``remove_with_sidecars(path)``, ``unique_path(path)``,
+    ``utc_stamp(now)``. Restoring is ``kernel.maintain.restore``.
 
 Stability Guarantees:
     A backup is never a raw copy of the WAL-mode file: it is an SQLite snapshot taken with the
     backup API, so it is consistent (gapless events up to its ``max_seq``) and holds every
     transaction committed before it started. An existing destination is never overwritten
-    without ``force``; a failed backup leaves no partial file behind. ``restore`` never deletes
-    the database it replaces, and never runs while an ``orch run`` (``scheduler_lock``), a
-    live ``orch worker`` or another process holds the database. Refusals raise ``OrchError``
-    (exit 1) naming the file and what to do. Error codes are only added. Whatever the umask,
-    a backup is 0600 from the moment it is created (``.state/backups/`` 0700), and so are the
-    files a restore writes or keeps aside (the restored database, the replaced one and its
-    ``-wal``/``-shm``, the replaced events file): they hold commands, logs and events.
+    without ``force``; a failed backup leaves no partial file behind. Refusals raise
+    ``OrchError`` (exit 1) naming the file and what to do. Error codes are only added.
+    Whatever the umask, a backup is 0600 from the moment it is created (``.state/backups/``
+    0700): it holds commands, logs and events.
 
 Integration Points:
     ``orch backup|restore`` (``kernel.cli.backup``); ``orch bundle`` (``kernel.maintain.bundle``)
     puts a
     backup in the bundle; ``orch doctor --repair`` (``kernel.maintain.doctor``) finds the newest
     backup
-    with ``list_backups`` and checks it with ``inspect_database_file``. ``restore`` rewrites
-    the ``.state`` views with ``kernel.observe.exports.export``.
+    with ``list_backups`` and checks it with ``inspect_database_file``.
 
 Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.files``,
-    ``kernel.runtime.executors.local``, ``kernel.store.db``, ``kernel.store.project``,
-    ``kernel.store.schema``.
+    ``kernel.store.db``, ``kernel.store.project``, ``kernel.store.schema``.
 """
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import os
-import shlex
-import socket
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +46,7 @@ from typing import Any
 import apsw
 
 from kernel.base import clock
-from kernel.base.errors import OrchError, UsageError
+from kernel.base.errors import DatabaseUnavailable, OrchError, UsageError
 from kernel.base.files import fsync_path, make_private, open_private, private_dir
 from kernel.store import db, schema
 from kernel.store.project import Project
@@ -111,7 +101,7 @@ def utc_stamp(now: float | None = None) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
 
 
-def _unique(path: Path) -> Path:
+def unique_path(path: Path) -> Path:
     candidate, n = path, 1
     while candidate.exists():
         n += 1
@@ -121,7 +111,7 @@ def _unique(path: Path) -> Path:
 
 def default_backup_path(state_dir: Path, now: float | None = None) -> Path:
     """``<state_dir>/backups/kernel-<UTC timestamp>.db`` (``-2``, ``-3``... when taken)."""
-    return _unique(state_dir / BACKUPS_DIR / f"kernel-{utc_stamp(now)}.db")
+    return unique_path(state_dir / BACKUPS_DIR / f"kernel-{utc_stamp(now)}.db")
 
 
 
@@ -132,7 +122,7 @@ def _create_private(path: Path) -> None:
     open_private(path, "wb").close()
 
 
-def _remove_with_sidecars(path: Path) -> None:
+def remove_with_sidecars(path: Path) -> None:
     for suffix in ("", "-journal", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
@@ -144,8 +134,7 @@ def _sidecars(path: Path) -> list[Path]:
 def finish_single_file(path: Path) -> tuple[int, dict[str, Any]]:
     """Make ``path`` a rollback-journal file, check it, and describe it. Raises when a check
     fails. Returns (page count, event summary)."""
-    conn = apsw.Connection(str(path))
-    try:
+    with db.open_file(path, readonly=False) as conn:
         if str(conn.pragma("journal_mode")).lower() != "delete":
             conn.pragma("journal_mode", "delete")
         for check in ("integrity_check", "quick_check"):
@@ -158,8 +147,6 @@ def finish_single_file(path: Path) -> tuple[int, dict[str, Any]]:
                                      "`orch doctor`; no backup was written")
         pages = int(conn.pragma("page_count"))
         summary = {**_event_summary(conn), "schema_version": db.schema_version(conn)}
-    finally:
-        conn.close()
     if _sidecars(path):
         raise OrchError("backup_not_single_file",
                         f"the copy still has {', '.join(p.name for p in _sidecars(path))}",
@@ -184,29 +171,42 @@ def _copy_pages(src: apsw.Connection, dest_path: Path, pages_per_step: int,
     another connection restarts the copy; after ``MAX_RESTARTS`` restarts the rest is copied in
     one step, which in WAL mode holds only a read snapshot, so writers still go on."""
     deadline = time.monotonic() + timeout
-    dest = apsw.Connection(str(dest_path))
     steps = restarts = 0
-    try:
-        with dest.backup("main", src, "main") as job:
-            previous: int | None = None
-            while not job.done:
-                pages = pages_per_step if restarts < MAX_RESTARTS else -1
-                try:
-                    job.step(pages)
-                except (apsw.BusyError, apsw.LockedError) as exc:
-                    if time.monotonic() > deadline:
-                        raise db.locked_error(dest_path) from exc
-                    time.sleep(step_sleep * 10)
-                    continue
-                steps += 1
-                if previous is not None and not job.done and job.remaining >= previous:
-                    restarts += 1
-                previous = job.remaining
-                if not job.done:
-                    time.sleep(step_sleep)
-    finally:
-        dest.close()
+    with db.open_file(dest_path, readonly=False, create=True) as dest, \
+            dest.backup("main", src, "main") as job:
+        previous: int | None = None
+        while not job.done:
+            pages = pages_per_step if restarts < MAX_RESTARTS else -1
+            try:
+                job.step(pages)
+            except (apsw.BusyError, apsw.LockedError) as exc:
+                if time.monotonic() > deadline:
+                    raise db.locked_error(dest_path) from exc
+                time.sleep(step_sleep * 10)
+                continue
+            steps += 1
+            if previous is not None and not job.done and job.remaining >= previous:
+                restarts += 1
+            previous = job.remaining
+            if not job.done:
+                time.sleep(step_sleep)
     return steps, restarts
+
+
+def copy_checked(src: apsw.Connection, tmp: Path, pages_per_step: int, step_sleep: float,
+                  timeout: float) -> tuple[int, int, int, dict[str, Any]]:
+    """Copy ``src`` into the new private file ``tmp``, make it a checked single file and sync
+    it: (steps, restarts, pages, event summary). On any failure ``tmp`` is removed."""
+    try:
+        _create_private(tmp)
+        steps, restarts = _copy_pages(src, tmp, pages_per_step, step_sleep, timeout)
+        pages, summary = finish_single_file(tmp)
+        make_private(tmp)
+        fsync_path(tmp)
+    except BaseException:
+        remove_with_sidecars(tmp)
+        raise
+    return steps, restarts, pages, summary
 
 
 def _resolve_source(source: Project | str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -260,24 +260,14 @@ def backup(
     else:
         target = Path(dest).expanduser().resolve()
         if target.is_dir():
-            target = _unique(target / f"kernel-{utc_stamp()}.db")
+            target = unique_path(target / f"kernel-{utc_stamp()}.db")
     _check_dest(target, source, force)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    _remove_with_sidecars(tmp)
-    src = schema.connect(source, readonly=True)
-    try:
-        try:
-            _create_private(tmp)
-            steps, restarts = _copy_pages(src, tmp, pages_per_step, step_sleep, timeout)
-            pages, summary = finish_single_file(tmp)
-            make_private(tmp)
-            fsync_path(tmp)
-        except BaseException:
-            _remove_with_sidecars(tmp)
-            raise
-    finally:
-        src.close()
+    remove_with_sidecars(tmp)
+    with contextlib.closing(schema.connect(source, readonly=True)) as src:
+        steps, restarts, pages, summary = copy_checked(src, tmp, pages_per_step, step_sleep,
+                                                        timeout)
     os.replace(tmp, target)
     fsync_path(target.parent)
     return BackupReport(
@@ -303,12 +293,12 @@ def inspect_database_file(path: str | os.PathLike[str], *, role: str = "backup")
     if header != SQLITE_MAGIC:
         raise OrchError(f"{role}_not_sqlite", f"the {role} file is not an SQLite database",
                         file=str(path), hint="pick a file written by `orch backup`")
-    try:
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    except apsw.Error as exc:
-        raise OrchError(f"{role}_damaged", f"the {role} file cannot be opened: {exc}",
-                        file=str(path), hint="pick another backup") from exc
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            conn = stack.enter_context(db.open_file(path))
+        except DatabaseUnavailable as exc:
+            raise OrchError(f"{role}_damaged", f"the {role} file cannot be opened: {exc.message}",
+                            file=str(path), hint="pick another backup") from exc
         try:
             app_id = int(conn.pragma("application_id"))
             version = db.schema_version(conn)
@@ -330,8 +320,6 @@ def inspect_database_file(path: str | os.PathLike[str], *, role: str = "backup")
         except apsw.Error as exc:  # NotADBError, CorruptError, ...
             raise OrchError(f"{role}_damaged", f"the {role} file is damaged: {exc}", file=str(path),
                             hint="pick another backup") from exc
-    finally:
-        conn.close()
     if result != ["ok"]:
         raise OrchError(f"{role}_damaged",
                         f"the {role} file fails integrity_check: {'; '.join(result[:5])}",
@@ -360,197 +348,3 @@ def list_backups(project: Project) -> list[Path]:
              if p.is_file() and not p.name.endswith((".tmp", "-wal", "-shm", "-journal"))
              and (p.suffix == ".db" or _has_sqlite_header(p))]
     return sorted(found, key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
-
-
-def _open_processes(paths: Sequence[Path]) -> list[str]:
-    """Other processes on this host that have one of ``paths`` open (Linux /proc)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return []
-    wanted = {str(p) for p in paths}
-    found = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            fds = list((entry / "fd").iterdir())
-        except OSError:  # gone, or not ours to look at
-            continue
-        if any(_readlink(fd) in wanted for fd in fds):
-            try:
-                name = (entry / "comm").read_text().strip()
-            except OSError:
-                name = "?"
-            found.append(f"process {entry.name} ({name}) has it open")
-    return found
-
-
-def _readlink(path: Path) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
-
-
-def database_users(project: Project, now: float | None = None) -> list[str]:
-    """Why the database is in use, one sentence each: a live ``scheduler_lock`` holder, a live
-    ``orch worker``, another process holding the file open. Empty when nobody uses it."""
-    from kernel.runtime.executors.local import pid_alive
-
-    now = time.time() if now is None else now
-    host = socket.gethostname()
-    users: list[str] = []
-    path = project.db_path
-    if not path.exists():
-        return users
-    try:
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    except apsw.Error:
-        conn = None
-    if conn is not None:
-        try:
-            conn.set_busy_timeout(2000)
-            lock = db.row(conn, "SELECT * FROM scheduler_lock WHERE lock_id = 1")
-            if lock:
-                live = (pid_alive(lock["pid"]) if lock["hostname"] == host
-                        else lock["expires_at"] > clock.iso(now))
-                if live:
-                    users.append(f"`orch run` (pid {lock['pid']} on {lock['hostname']}, since "
-                                 f"{lock['acquired_at']}) holds the scheduler lock")
-            for w in db.rows(conn, "SELECT worker_id, pid, hostname, last_heartbeat_at, "
-                             "heartbeat_interval_seconds FROM worker WHERE state IN "
-                             "('initializing', 'idle', 'busy') AND pid IS NOT NULL"):
-                recent = clock.iso(now - max(60.0, 6 * w["heartbeat_interval_seconds"]))
-                if (w["hostname"] == host and w["pid"] != os.getpid() and pid_alive(w["pid"])
-                        and (w["last_heartbeat_at"] or "") >= recent):
-                    users.append(f"worker {w['worker_id']} (pid {w['pid']}) is running")
-        except apsw.Error:  # a damaged or pre-scheduler database: nothing more to learn here
-            pass
-        finally:
-            conn.close()
-    return users + _open_processes([path, Path(f"{path}-wal")])
-
-
-# --------------------------------------------------------------------------------- restore
-
-
-@dataclass(frozen=True)
-class RestoreReport:
-    source: str
-    target: str
-    kept_aside: str | None
-    source_schema_version: int
-    schema_version: int
-    events: int
-    max_seq: int | None
-    last_event_at: str | None
-    seconds: float
-    undo: str | None
-    log_kept_aside: str | None = None
-    views_warning: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def restore_command(project: Project, src: str | os.PathLike[str]) -> str:
-    """The command line that restores ``src`` over the project's database."""
-    return (f"orch --root {shlex.quote(str(project.root))} restore "
-            f"{shlex.quote(str(src))} --force")
-
-
-def _move_aside(path: Path, now: float) -> Path:
-    """Rename the database, and its -wal/-shm/-journal, to ``<name>.before-restore-<stamp>``.
-    A sound database is checkpointed first so the kept file usually stands alone."""
-    try:
-        conn = apsw.Connection(str(path))
-        try:
-            conn.set_busy_timeout(2000)
-            if conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        finally:
-            conn.close()
-    except apsw.Error:
-        pass  # damaged: keep every file exactly as it is
-    aside = _unique(path.with_name(f"{path.name}.before-restore-{utc_stamp(now)}"))
-    os.replace(path, aside)
-    make_private(aside)  # a database made by an older orch, or under another umask, may be 0644
-    for suffix in ("-wal", "-shm", "-journal"):
-        side = Path(f"{path}{suffix}")
-        if side.exists():
-            os.replace(side, Path(f"{aside}{suffix}"))
-            make_private(Path(f"{aside}{suffix}"))
-    return aside
-
-
-def restore(project: Project, src: str | os.PathLike[str], *, force: bool = False,
-            timeout: float = BACKUP_TIMEOUT_SECONDS) -> RestoreReport:
-    """Replace the project's database with the backup ``src``; the current database is kept
-    as ``.state/kernel.db.before-restore-<timestamp>`` (restore that file to undo)."""
-    started, now = time.monotonic(), time.time()
-    source = Path(src).expanduser().resolve()
-    target = project.db_path
-    if target.exists() and source.exists() and source.samefile(target):
-        raise UsageError("restore_onto_itself", "SRC is the project's database itself",
-                         file=str(source), hint="pass a backup file")
-    info = inspect_database_file(source, role="backup")
-    users = database_users(project, now)
-    if users:
-        raise OrchError("database_in_use", f"the database is in use: {'; '.join(users)}",
-                        file=str(target),
-                        hint="stop `orch run` (Ctrl-C) and every `orch worker`, close other "
-                             "readers, then retry; nothing was changed")
-    if target.exists() and not force:
-        raise OrchError("restore_needs_force", "the current database exists and would be replaced",
-                        file=str(target),
-                        hint="pass --force; the current database is kept as "
-                             f"{target.name}.before-restore-<timestamp> so you can undo")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".restore.tmp")
-    _remove_with_sidecars(tmp)
-    src_conn = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        try:
-            _create_private(tmp)
-            _copy_pages(src_conn, tmp, -1, STEP_SLEEP_SECONDS, timeout)
-            finish_single_file(tmp)
-            make_private(tmp)
-            fsync_path(tmp)
-        except BaseException:
-            _remove_with_sidecars(tmp)
-            raise
-    finally:
-        src_conn.close()
-    aside = _move_aside(target, now) if target.exists() else None
-    # The events file mirrors the replaced database: it is kept beside it (it names the events
-    # the restore dropped) and written again from the restored one.
-    log = project.state_dir / "transitions.jsonl"
-    log_aside = None
-    if log.exists():
-        log_aside = _unique(log.with_name(f"{log.name}.before-restore-{utc_stamp(now)}"))
-        os.replace(log, log_aside)
-        make_private(log_aside)
-    os.replace(tmp, target)
-    fsync_path(target.parent)
-    conn = project.connect()  # migrates the restored file to this orch's schema
-    try:
-        version = db.schema_version(conn)
-        views_warning = _export_views(conn, project)
-    finally:
-        conn.close()
-    return RestoreReport(
-        source=str(source), target=str(target), kept_aside=str(aside) if aside else None,
-        source_schema_version=info.schema_version, schema_version=version, events=info.events,
-        max_seq=info.max_seq, last_event_at=info.last_event_at,
-        seconds=round(time.monotonic() - started, 3),
-        undo=restore_command(project, aside) if aside else None,
-        log_kept_aside=str(log_aside) if log_aside else None, views_warning=views_warning)
-
-
-def _export_views(conn: apsw.Connection, project: Project) -> str | None:
-    """Rewrite the .state views from the restored database; a failure is only a warning."""
-    try:
-        importlib.import_module("kernel.observe.exports").export(conn, project.state_dir, full=True)
-    except (ImportError, OSError, apsw.Error, OrchError) as exc:
-        return f"the .state views were not rewritten ({exc}); run `orch export`"
-    return None

@@ -152,6 +152,99 @@ def _doctor_output(project: Project) -> dict[str, Any]:
         return {"error": {"code": "database_unreadable", "message": str(exc)}}
 
 
+@dataclass
+class _Members:
+    """The bundle's members in order: (name, bytes, manifest entry), counted in the report."""
+
+    top: str
+    report: BundleReport
+    patterns: Mapping[str, re.Pattern[str]]
+    max_file_bytes: int
+    items: list[tuple[str, bytes, dict[str, Any]]] = field(default_factory=list)
+
+    def add(self, name: str, data: bytes, redactions: int = 0, **extra: Any) -> None:
+        self.report.redactions += redactions
+        self.items.append((name, data, {"name": f"{self.top}/{name}", "bytes": len(data),
+                                        "sha256": hashlib.sha256(data).hexdigest(),
+                                        "redactions": redactions, **extra}))
+
+    def add_json(self, name: str, doc: Any, redactions: int = 0) -> None:
+        text = json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
+        self.add(name, text.encode(), redactions)
+
+    def add_file(self, name: str, path: Path) -> None:
+        """A file of the project, its tail past ``max_file_bytes``, redacted."""
+        try:
+            data, original = _read_tail(path, self.max_file_bytes)
+        except OSError as exc:
+            self.report.errors.append(f"{path}: {exc}")
+            return
+        data, n = redact_file_bytes(data, path.suffix, self.patterns)
+        extra = {"truncated_from_bytes": original} if original is not None else {}
+        self.add(name, data, n, **extra)
+
+
+def _bundle_target(dest: str | os.PathLike[str], force: bool) -> Path:
+    target = Path(dest).expanduser().resolve()
+    if target.is_dir():
+        raise UsageError("destination_is_directory", "DEST is a directory",
+                         file=str(target), hint="name the file, e.g. orch-bundle.tar.gz")
+    if target.exists() and not force:
+        raise OrchError("destination_exists", "DEST already exists", file=str(target),
+                        hint="pass --force to overwrite it, or choose another DEST")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _add_database(members: _Members, project: Project, work: Path) -> None:
+    """A backup of the database, every text column redacted, VACUUMed into a clean file."""
+    raw, clean = work / "raw.db", work / "kernel.db"
+    try:
+        copy = backup(project, raw)
+        counts = redact_database(raw, clean, members.patterns)
+        raw.unlink()
+    except (OrchError, apsw.Error) as exc:
+        members.report.errors.append(f"database not included: {exc}")
+        return
+    members.report.database = {
+        "member": f"{members.top}/kernel.db", "bytes": clean.stat().st_size,
+        "events": copy.events, "max_seq": copy.max_seq,
+        "last_event_at": copy.last_event_at, "schema_version": copy.schema_version,
+        "redactions": counts}
+    members.add("kernel.db", clean.read_bytes(), sum(counts.values()),
+                redactions_by_column=counts)
+
+
+def _add_project_files(members: _Members, project: Project) -> None:
+    """The .state views, every task log and orch.toml."""
+    for path in sorted([*project.state_dir.glob("*.json"), *project.state_dir.glob("*.jsonl")]):
+        if path.is_file():
+            members.add_file(f"state/{path.name}", path)
+    if project.logs_dir.is_dir():
+        for path in sorted(p for p in project.logs_dir.rglob("*") if p.is_file()):
+            members.add_file(f"logs/{path.relative_to(project.logs_dir)}", path)
+    if project.config_path.is_file():
+        members.add_file("orch.toml", project.config_path)
+
+
+def _write_tar(target: Path, members: _Members, now: float) -> None:
+    """The members as one .tar.gz, 0600 from its creation (members unpack 0600 too), written
+    beside ``target`` and renamed over it."""
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        with open_private(tmp, "wb") as out, tarfile.open(fileobj=out, mode="w:gz") as tar:
+            for name, data, _meta in members.items:
+                info = tarfile.TarInfo(f"{members.top}/{name}")
+                info.size, info.mtime, info.mode = len(data), int(now), 0o600
+                tar.addfile(info, io.BytesIO(data))
+        fsync_path(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, target)
+    fsync_path(target.parent)
+
+
 def bundle(
     project: Project,
     dest: str | os.PathLike[str],
@@ -162,94 +255,32 @@ def bundle(
     max_file_bytes: int = MAX_BUNDLE_FILE_BYTES,
 ) -> BundleReport:
     """Write one ``.tar.gz`` for a bug report (see ``_BUNDLE_README`` for what it holds)."""
-    started = time.monotonic()
-    patterns = {**redact_patterns, **compile_patterns(extra_patterns)}
-    target = Path(dest).expanduser().resolve()
-    if target.is_dir():
-        raise UsageError("destination_is_directory", "DEST is a directory",
-                         file=str(target), hint="name the file, e.g. orch-bundle.tar.gz")
-    if target.exists() and not force:
-        raise OrchError("destination_exists", "DEST already exists", file=str(target),
-                        hint="pass --force to overwrite it, or choose another DEST")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    report = BundleReport(dest=str(target))
-    now = time.time()
-    top = f"orch-bundle-{utc_stamp(now)}"
-    members: list[tuple[str, bytes, dict[str, Any]]] = []
-
-    def add(name: str, data: bytes, redactions: int = 0, **extra: Any) -> None:
-        report.redactions += redactions
-        members.append((name, data, {"name": f"{top}/{name}", "bytes": len(data),
-                                     "sha256": hashlib.sha256(data).hexdigest(),
-                                     "redactions": redactions, **extra}))
-
-    def add_file(name: str, path: Path) -> None:
-        try:
-            data, original = _read_tail(path, max_file_bytes)
-        except OSError as exc:
-            report.errors.append(f"{path}: {exc}")
-            return
-        data, n = redact_file_bytes(data, path.suffix, patterns)
-        extra = {"truncated_from_bytes": original} if original is not None else {}
-        add(name, data, n, **extra)
-
-    with tempfile.TemporaryDirectory(prefix=".orch-bundle-", dir=target.parent) as work:
-        raw, clean = Path(work) / "raw.db", Path(work) / "kernel.db"
-        try:
-            copy = backup(project, raw)
-            counts = redact_database(raw, clean, patterns)
-            raw.unlink()
-            report.database = {
-                "member": f"{top}/kernel.db", "bytes": clean.stat().st_size,
-                "events": copy.events, "max_seq": copy.max_seq,
-                "last_event_at": copy.last_event_at, "schema_version": copy.schema_version,
-                "redactions": counts}
-            add("kernel.db", clean.read_bytes(), sum(counts.values()),
-                redactions_by_column=counts)
-        except (OrchError, apsw.Error) as exc:
-            report.errors.append(f"database not included: {exc}")
-        for path in sorted([*project.state_dir.glob("*.json"),
-                            *project.state_dir.glob("*.jsonl")]):
-            if path.is_file():
-                add_file(f"state/{path.name}", path)
-        if project.logs_dir.is_dir():
-            for path in sorted(p for p in project.logs_dir.rglob("*") if p.is_file()):
-                add_file(f"logs/{path.relative_to(project.logs_dir)}", path)
-        if project.config_path.is_file():
-            add_file("orch.toml", project.config_path)
-    doctor, n = redact_json(_doctor_output(project), patterns)
-    add("doctor.json", (json.dumps(doctor, indent=2, sort_keys=True, default=str) + "\n")
-        .encode(), n)
-    versions = _versions()
-    add("versions.json", (json.dumps(versions, indent=2, sort_keys=True) + "\n").encode())
     from kernel import __version__
 
+    started, now = time.monotonic(), time.time()
+    patterns = {**redact_patterns, **compile_patterns(extra_patterns)}
+    target = _bundle_target(dest, force)
+    report = BundleReport(dest=str(target))
+    members = _Members(f"orch-bundle-{utc_stamp(now)}", report, patterns, max_file_bytes)
+    with tempfile.TemporaryDirectory(prefix=".orch-bundle-", dir=target.parent) as work:
+        _add_database(members, project, Path(work))
+        _add_project_files(members, project)
+    doctor, n = redact_json(_doctor_output(project), patterns)
+    members.add_json("doctor.json", doctor, n)
+    versions = _versions()
+    members.add_json("versions.json", versions)
     extra_note = (f", and matches of the extra patterns {list(extra_patterns)}"
                   if extra_patterns else "")
-    readme = _BUNDLE_README.format(created_at=clock.iso(now), version=__version__,
-                                   root=project.root, max_mib=max_file_bytes // 1048576,
-                                   extra=extra_note)
-    add("README.txt", readme.encode())
-    report.members = [meta for _n, _d, meta in members]
+    members.add("README.txt", _BUNDLE_README.format(
+        created_at=clock.iso(now), version=__version__, root=project.root,
+        max_mib=max_file_bytes // 1048576, extra=extra_note).encode())
+    report.members = [meta for _n, _d, meta in members.items]
     report.seconds = round(time.monotonic() - started, 3)
-    manifest = {"created_at": clock.iso(now), "project": str(project.root),
-                "versions": versions, "patterns": sorted(patterns),
-                "extra_patterns": list(extra_patterns), **report.as_dict()}
-    add("manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-    report.members.append(members[-1][2])
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        # 0600 from its creation whatever the umask; members unpack as 0600 too.
-        with open_private(tmp, "wb") as out, tarfile.open(fileobj=out, mode="w:gz") as tar:
-            for name, data, _meta in members:
-                info = tarfile.TarInfo(f"{top}/{name}")
-                info.size, info.mtime, info.mode = len(data), int(now), 0o600
-                tar.addfile(info, io.BytesIO(data))
-        fsync_path(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, target)
-    fsync_path(target.parent)
+    members.add_json("manifest.json", {
+        "created_at": clock.iso(now), "project": str(project.root), "versions": versions,
+        "patterns": sorted(patterns), "extra_patterns": list(extra_patterns),
+        **report.as_dict()})
+    report.members.append(members.items[-1][2])
+    _write_tar(target, members, now)
     report.seconds = round(time.monotonic() - started, 3)
     return report

@@ -6,7 +6,8 @@ Public API:
     doctor --repair``); ``repair_schema_of(project) -> dict`` (the schema part of the
     repair); ``restore_plan(project) -> dict`` (the newest usable backup and what restoring it
     would lose); ``rebuild_views(project) -> dict``; ``Check(name, status, detail, hint,
-    rows)`` with status ``ok`` | ``warn`` | ``fail``; ``INVARIANT_QUERIES`` (name -> (SQL
+    rows)`` with status ``ok`` | ``warn`` | ``fail``; ``INVARIANT_QUERIES`` (from
+    ``kernel.maintain.invariants``: name -> (SQL
     returning offending rows, what it means), the lease and fencing ones from
     ``kernel.maintain.doctor_checks.ENFORCEMENT_QUERIES``); ``INVARIANT_HINTS`` (name -> what to do,
     when it is not the generic ``STATE_CORRUPTION_HINT``); ``CHECK_DOCS``; ``REPAIR_DOC``
@@ -41,13 +42,13 @@ Integration Points:
 
 Dependencies:
     apsw; ``kernel.base.errors``, ``kernel.maintain.backup``, ``kernel.maintain.doctor_checks``,
-    ``kernel.store.db``, ``kernel.store.machines``, ``kernel.store.project``.
+    ``kernel.maintain.invariants``, ``kernel.maintain.restore``, ``kernel.store.db``,
+    ``kernel.store.machines``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 import json
 from dataclasses import asdict, dataclass
@@ -57,15 +58,9 @@ from typing import Any
 import apsw
 
 from kernel.base.errors import DatabaseUnavailable, OrchError
-from kernel.maintain.backup import (
-    inspect_database_file,
-    list_backups,
-    restore_command,
-)
+from kernel.maintain.backup import inspect_database_file, list_backups
 from kernel.maintain.doctor_checks import (
     CHECK_DOCS,
-    ENFORCEMENT_HINTS,
-    ENFORCEMENT_QUERIES,
     Check,
     Status,
     event_log_checks,
@@ -74,6 +69,13 @@ from kernel.maintain.doctor_checks import (
     schema_check,
     set_back_lowered_version,
 )
+from kernel.maintain.invariants import (
+    INVARIANT_HINTS,
+    INVARIANT_QUERIES,
+    STATE_CORRUPTION_HINT,
+    invariant_checks,
+)
+from kernel.maintain.restore import restore_command
 from kernel.store import db
 from kernel.store.machines import load_machines, stored_matches_yaml
 from kernel.store.project import Project
@@ -82,113 +84,6 @@ __all__ = ["CHECK_DOCS", "INVARIANT_HINTS", "INVARIANT_QUERIES", "REPAIR_DOC",
            "STATE_CORRUPTION_HINT", "Check", "RepairReport", "diagnose", "doctor_report",
            "rebuild_views", "repair", "repair_schema_of", "restore_plan"]
 WAL_WARN_BYTES = 2 * db.JOURNAL_SIZE_LIMIT
-
-# Each query returns the rows that violate the invariant; an empty result is a pass.
-INVARIANT_QUERIES: dict[str, tuple[str, str]] = {
-    "running_iff_worker": (
-        "SELECT task_id, state, worker_id FROM task "
-        "WHERE (state = 'running') <> (worker_id IS NOT NULL)",
-        "a task is running if and only if it has an assigned worker",
-    ),
-    "one_running_task_per_worker": (
-        "SELECT worker_id, COUNT(*) AS running FROM task WHERE worker_id IS NOT NULL "
-        "GROUP BY worker_id HAVING COUNT(*) > 1",
-        "a worker runs at most one task",
-    ),
-    "running_task_on_live_worker": (
-        "SELECT t.task_id, t.worker_id, w.state AS worker_state FROM task t "
-        "LEFT JOIN worker w ON w.worker_id = t.worker_id "
-        "WHERE t.state = 'running' "
-        "AND (w.state IS NULL OR w.state NOT IN ('busy', 'unresponsive'))",
-        "a running task's worker is busy (or unresponsive, until its task is handed on)",
-    ),
-    "busy_worker_has_task": (
-        "SELECT w.worker_id FROM worker w WHERE w.state = 'busy' "
-        "AND NOT EXISTS (SELECT 1 FROM task t WHERE t.worker_id = w.worker_id) "
-        "AND NOT EXISTS (SELECT 1 FROM task t JOIN attempt a ON a.task_id = t.task_id "
-        "AND a.generation = t.generation WHERE t.state = 'validating' "
-        "AND a.worker_id = w.worker_id AND a.finished_at IS NULL)",
-        "a busy worker has a running task (or one it is validating)",
-    ),
-    "retry_count_within_max": (
-        "SELECT task_id, retry_count, max_retries FROM task "
-        "WHERE retry_count < 0 OR retry_count > max_retries",
-        "0 <= retry_count <= max_retries",
-    ),
-    "task_timestamps_ordered": (
-        "SELECT task_id, created_at, started_at, completed_at FROM task "
-        "WHERE started_at < created_at OR completed_at < COALESCE(started_at, created_at)",
-        "created_at <= started_at <= completed_at",
-    ),
-    "queued_dependencies_completed": (
-        "SELECT t.task_id, d.depends_on, p.state FROM task t "
-        "JOIN task_dependency d ON d.task_id = t.task_id JOIN task p ON p.task_id = d.depends_on "
-        "WHERE t.state IN ('queued', 'running', 'validating') AND p.state <> 'completed'",
-        "a queued (or later) task has all its dependencies completed",
-    ),
-    "known_states": (
-        "SELECT 'task' AS machine, task_id AS id, state FROM task WHERE state NOT IN "
-        "(SELECT state FROM machine_state WHERE machine = 'task') "
-        "UNION ALL SELECT 'workstream', workstream_id, state FROM workstream WHERE state NOT IN "
-        "(SELECT state FROM machine_state WHERE machine = 'workstream') "
-        "UNION ALL SELECT 'worker', worker_id, state FROM worker WHERE state NOT IN "
-        "(SELECT state FROM machine_state WHERE machine = 'worker')",
-        "every entity is in a state of its machine",
-    ),
-    "no_pending_transition_request": (
-        "SELECT 'task' AS machine, task_id AS id FROM task WHERE transition_trigger IS NOT NULL "
-        "UNION ALL SELECT 'workstream', workstream_id FROM workstream "
-        "WHERE transition_trigger IS NOT NULL "
-        "UNION ALL SELECT 'worker', worker_id FROM worker WHERE transition_trigger IS NOT NULL",
-        "transition_trigger is NULL at rest (the event trigger clears it)",
-    ),
-    "event_seq_gapless": (
-        "SELECT MIN(seq) AS first, MAX(seq) AS last, COUNT(*) AS events FROM event "
-        "HAVING COUNT(*) > 0 AND MAX(seq) - MIN(seq) + 1 <> COUNT(*)",
-        "event seq numbers have no gaps",
-    ),
-    "log_agrees_with_tables": (
-        "SELECT 'task' AS machine, t.task_id AS id, t.state, e.to_state AS last_logged_state, "
-        "e.seq AS last_transition_seq FROM task t "
-        "JOIN event e ON e.seq = (SELECT MAX(x.seq) FROM event x WHERE x.task_id = t.task_id "
-        "AND x.entity_type = 'task' AND x.to_state IS NOT NULL) "
-        "WHERE e.to_state IS NOT t.state "
-        "UNION ALL SELECT l.entity_type, l.entity_id, COALESCE(ws.state, wk.state), l.to_state, "
-        "l.seq FROM (SELECT entity_type, entity_id, to_state, MAX(seq) AS seq FROM event "
-        "WHERE entity_type IN ('workstream', 'worker') AND to_state IS NOT NULL "
-        "GROUP BY entity_type, entity_id) l "
-        "LEFT JOIN workstream ws ON l.entity_type = 'workstream' "
-        "AND ws.workstream_id = l.entity_id "
-        "LEFT JOIN worker wk ON l.entity_type = 'worker' AND wk.worker_id = l.entity_id "
-        "WHERE COALESCE(ws.state, wk.state) IS NOT NULL "
-        "AND l.to_state IS NOT COALESCE(ws.state, wk.state)",
-        "each task's, workstream's and worker's last transition event leads to its current "
-        "state (the log can rebuild the state; events that change no state, such as "
-        "stale_result_rejected after a cancel, have no to_state and do not count)",
-    ),
-    "no_dependency_cycle": (
-        "WITH RECURSIVE reach (origin, task_id, depth) AS ("
-        " SELECT task_id, depends_on, 1 FROM task_dependency"
-        " UNION SELECT r.origin, d.depends_on, r.depth + 1 FROM reach r"
-        " JOIN task_dependency d ON d.task_id = r.task_id WHERE r.depth < 10000)"
-        " SELECT DISTINCT origin AS task_id FROM reach WHERE origin = task_id LIMIT 20",
-        "the dependency graph has no cycle",
-    ),
-    **ENFORCEMENT_QUERIES,
-}
-
-STATE_CORRUPTION_HINT = "State-Corruption: see docs/operations/DOCTOR.md"
-# What to do when an invariant fails (the check's hint; docs/operations/DOCTOR.md).
-INVARIANT_HINTS: dict[str, str] = {
-    "log_agrees_with_tables": (
-        "State-Corruption: a state changed without its transition event (event triggers "
-        "dropped? see schema_matches_shipped) or the log was cut; restore a backup "
-        "(`orch doctor --repair` names one), see docs/operations/DOCTOR.md"),
-    **ENFORCEMENT_HINTS,
-}
-
-# The cycle query walks every path; past this many edges doctor leaves cycles to `orch validate`.
-CYCLE_CHECK_MAX_EDGES = 20000
 
 # The --repair section of docs/operations/DOCTOR.md (rendered by tools/docgen.py).
 REPAIR_DOC = """\
@@ -293,30 +188,6 @@ def _machines(conn: apsw.Connection) -> Check:
     )
 
 
-def _invariants(conn: apsw.Connection) -> list[Check]:
-    checks = []
-    for name, (sql, meaning) in INVARIANT_QUERIES.items():
-        checks += guarded([f"invariant:{name}"],
-                          functools.partial(_invariant, conn, name, sql, meaning))
-    return checks
-
-
-def _invariant(conn: apsw.Connection, name: str, sql: str, meaning: str) -> list[Check]:
-    if name == "no_dependency_cycle":
-        edges = int(db.scalar(conn, "SELECT COUNT(*) FROM task_dependency"))
-        if edges > CYCLE_CHECK_MAX_EDGES:
-            return [Check(f"invariant:{name}", "warn",
-                          f"skipped for {edges} dependencies; run `orch validate`")]
-    found = db.rows(conn, sql)
-    return [Check(
-        f"invariant:{name}",
-        "ok" if not found else "fail",
-        meaning if not found else f"violated by {len(found)} row(s): {meaning}",
-        None if not found else INVARIANT_HINTS.get(name, STATE_CORRUPTION_HINT),
-        rows=tuple(found[:20]),
-    )]
-
-
 def _wal(project: Project) -> Check:
     size = db.wal_size(project.db_path)
     status: Status = "ok" if size <= WAL_WARN_BYTES else "warn"
@@ -335,29 +206,23 @@ def _probe(path: Path) -> tuple[list[str], list[Check]]:
     ``DatabaseUnavailable`` when ``db.check_file`` refuses the file (empty, not a file, not
     SQLite, truncated, unreadable) or SQLite cannot open it; nothing is written either way."""
     db.check_file(path)
-    try:
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    except apsw.Error as exc:
-        raise db.error_for(exc, path) from exc
-    try:
-        conn.set_busy_timeout(db.DEFAULT_BUSY_TIMEOUT_MS)
+    with db.open_file(path) as conn:
         try:
-            versions = _versions(conn)
-        except apsw.NotADBError as exc:
-            raise DatabaseUnavailable("database_unreadable",
-                                      f"{path} is not an SQLite database ({exc})",
-                                      file=str(path), hint=DAMAGED_HINT) from exc
-        except apsw.CorruptError:
-            versions = []
-        try:
-            result = [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
-        except (apsw.CorruptError, apsw.NotADBError) as exc:
-            result = [f"{exc}"]
-        return result, versions
-    except apsw.BusyError as exc:
-        raise db.locked_error(path) from exc
-    finally:
-        conn.close()
+            try:
+                versions = _versions(conn)
+            except apsw.NotADBError as exc:
+                raise DatabaseUnavailable("database_unreadable",
+                                          f"{path} is not an SQLite database ({exc})",
+                                          file=str(path), hint=DAMAGED_HINT) from exc
+            except apsw.CorruptError:
+                versions = []
+            try:
+                result = [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
+            except (apsw.CorruptError, apsw.NotADBError) as exc:
+                result = [f"{exc}"]
+            return result, versions
+        except apsw.BusyError as exc:
+            raise db.locked_error(path) from exc
 
 
 def _open(project: Project) -> tuple[apsw.Connection | None, Check]:
@@ -406,7 +271,7 @@ def diagnose(project: Project) -> list[Check]:
                 *guarded(["foreign_key_check"], lambda: [_foreign_keys(conn)]),
                 *guarded(["transition_table_matches_yaml"], lambda: [_machines(conn)]),
                 *guarded(["schema_matches_shipped"], lambda: [schema_check(conn)]),
-                *_invariants(conn),
+                *invariant_checks(conn),
                 *event_log_checks(conn),
                 *guarded(["wal_size"], lambda: [_wal(project)]),
             ]
@@ -463,11 +328,8 @@ def _jsonable(result: Any) -> dict[str, Any]:
 def rebuild_views(project: Project) -> dict[str, Any]:
     """Rewrite every ``.state`` view from the database (``kernel.observe.exports.export``, full)."""
     views = importlib.import_module("kernel.observe.exports")
-    conn = project.connect()
-    try:
+    with project.open() as conn:
         return _jsonable(views.export(conn, project.state_dir, full=True))
-    finally:
-        conn.close()
 
 
 def _log_events(path: Path) -> tuple[list[tuple[int, str | None]], int]:
@@ -489,16 +351,11 @@ def _log_events(path: Path) -> tuple[list[tuple[int, str | None]], int]:
 def _damaged_max_seq(path: Path) -> int | None:
     """What the damaged file itself still says about its newest event (read-only; may fail)."""
     try:
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    except apsw.Error:
+        with db.open_file(path) as conn:
+            found = db.scalar(conn, "SELECT MAX(seq) FROM event")
+            return int(found) if found is not None else None
+    except (apsw.Error, DatabaseUnavailable):
         return None
-    try:
-        found = db.scalar(conn, "SELECT MAX(seq) FROM event")
-        return int(found) if found is not None else None
-    except apsw.Error:
-        return None
-    finally:
-        conn.close()
 
 
 def restore_plan(project: Project) -> dict[str, Any]:

@@ -378,8 +378,7 @@ def redact_database(src: Path, dest: Path,
     ``VACUUM INTO dest`` so no redacted text survives in free pages. The triggers (among them
     the event log's append-only guards) are dropped for the redaction and re-created after it,
     in the same transaction, so ``dest`` has the original schema. Returns counts per column."""
-    conn = apsw.Connection(str(src))
-    try:
+    with db.open_file(src, readonly=False) as conn:
         conn.pragma("foreign_keys", False)
         conn.pragma("ignore_check_constraints", True)
         conn.pragma("secure_delete", True)
@@ -400,8 +399,6 @@ def redact_database(src: Path, dest: Path,
         # An empty file is a valid VACUUM INTO target: created 0600 first, it keeps that mode.
         open_private(dest, "wb").close()
         conn.execute("VACUUM INTO ?", (str(dest),))
-    finally:
-        conn.close()
     finish_single_file(dest)
     return counts
 

@@ -2,8 +2,12 @@
 rotation, replay, metrics, the published JSON Schemas.
 
 Public API:
-    The modules: ``exports``, ``status``, ``audit``, ``archive``, ``replay``, ``metrics``,
-    ``schemas``.
+    The modules: ``exports`` (writing the ``.state`` views, in order), ``view_documents`` and
+    ``view_models`` (their documents and models), ``documents`` (the one renderer and writer
+    of ``.state`` JSON documents), ``status``, ``audit``, ``archive`` (rotation and
+    verification; the archive format and the event reader are ``kernel.store.eventlog``),
+    ``replay``, ``metrics`` (the public names of ``metrics_document``, ``metrics_history`` and
+    ``prometheus``), ``schemas``.
 
 Stability Guarantees:
     The layers, bottom to top: base, store, planning, definitions, observe, runtime, maintain,

@@ -1,24 +1,19 @@
-"""Audit retention (AUDIT-002): moving old events into monthly archive files, reading live and
-archived events together, and verifying the archives.
+"""Audit retention (AUDIT-002): moving old events into monthly archive files, and verifying
+the archives. The archive file format and the reader of live and archived events are
+``kernel.store.eventlog``.
 
 Public API:
     ``MIN_RETENTION_DAYS`` (90); ``check_retention(days, *, allow_short_retention=False)``;
-    ``archive_dir(state_dir) -> Path``
-    (``.state/archive/events``); ``parse_older_than(text) -> float`` (days, from ``90d``,
-    ``13w``, ``2160h``); ``plan_rotation(conn, *, older_than_days, now=None,
-    allow_short_retention=False) -> RotationPlan``; ``write_archives(conn, plan, directory) ->
-    list[ArchiveFile]`` (step 1: write, fsync, read back and compare); ``commit_rotation(conn,
-    plan, files, *, now=None) -> int`` (step 2: one transaction: the ``audit_rotated`` event,
-    the ``event_archive`` rows, the delete; returns the event's seq); ``rotate(conn, directory,
-    *, older_than_days=90, now=None, dry_run=False, allow_short_retention=False) -> dict``
-    (both steps); ``iter_events(conn, directory, *, since_seq=0, from_ts=None, to_ts=None,
-    task_id=None, event=None, entity_type=None)`` and ``read_events(..., limit=None) ->
-    list[dict]`` (live and archived events in seq order, ``metadata`` decoded);
+    ``parse_older_than(text) -> float`` (days, from ``90d``, ``13w``, ``2160h``);
+    ``plan_rotation(conn, *, older_than_days, now=None, allow_short_retention=False) ->
+    RotationPlan``; ``write_archives(conn, plan, directory) -> list[ArchiveFile]`` (step 1:
+    write, fsync, read back and compare); ``commit_rotation(conn, plan, files, *, now=None) ->
+    int`` (step 2: one transaction: the ``audit_rotated`` event, the ``event_archive`` rows,
+    the delete; returns the event's seq); ``rotate(conn, directory, *, older_than_days=90,
+    now=None, dry_run=False, allow_short_retention=False) -> dict`` (both steps);
     ``verify(conn, directory) -> dict``; ``content_sha256(rows)``; ``file_sha256(path)``;
-    ``CHECKSUM_FIELDS``; ``ARCHIVE_APPLICATION_ID``; ``ARCHIVE_FORMAT_VERSION``;
-    ``archive_files(directory) -> {month: path}``; ``missing_files(conn, directory)``;
-    ``live_first_seq(conn)``; ``log_start(conn) -> dict`` (where the live log starts and
-    whether a rotation record explains it; ``orch doctor`` and ``orch replay`` use it);
+    ``missing_files(conn, directory)``; ``log_start(conn) -> dict`` (where the live log starts
+    and whether a rotation record explains it; ``orch doctor`` and ``orch replay`` use it).
 
 Stability Guarantees:
     Nothing younger than the cut is ever moved, and the cut is never less than
@@ -28,32 +23,25 @@ Stability Guarantees:
     the newest event (at least the ``audit_rotated`` event) always stays live, so
     ``event_seq_gapless`` still passes. A rotation interrupted at any point loses nothing and,
     rerun, duplicates nothing (archives are keyed by seq; ``INSERT OR IGNORE``; a differing row
-    with the same seq stops the rotation). The archive file format (``archive_info`` says
-    ``format_version``) and the checksum definition (``CHECKSUM_FIELDS``, documented in
-    docs/operations/AUDIT_RETENTION.md) only change with a new format version that readers
-    still understand; columns are only added (readers fill missing ones with NULL). Archive
-    files are created 0600, and their directory 0700, whatever the umask.
+    with the same seq stops the rotation). The checksums follow ``CHECKSUM_FIELDS``
+    (``kernel.store.eventlog``, documented in docs/operations/AUDIT_RETENTION.md). A rotation
+    leaves only the archive files in their directory (no writer lock file beside them).
 
 Integration Points:
-    ``orch audit rotate | query | verify`` and ``orch replay`` (``kernel.cli.audit``),
-    ``kernel.observe.replay``, ``kernel.observe.audit.report`` and ``orch why``
-    (``kernel.observe.status``) read
-    archived events through ``iter_events``; ``kernel.observe.replay`` and ``orch doctor``
-    (``event_log_start_explained``) ask ``log_start``. Tables ``event_archive`` and
-    ``event_rotation_marker`` and the delete guard ``event_append_only_delete`` are in
-    sql/0003_audit.sql. Archive files are plain SQLite: ``sqlite3``, Python's ``sqlite3`` and
-    Datasette read them.
+    ``orch audit rotate | verify`` (``kernel.cli.audit``); ``kernel.observe.replay`` and
+    ``orch doctor`` (``event_log_start_explained``) ask ``log_start``; ``kernel.observe.replay``
+    asks ``missing_files``. Tables ``event_archive`` and ``event_rotation_marker`` and the
+    delete guard ``event_append_only_delete`` are in sql/0003_audit.sql.
 
 Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.files``,
-    ``kernel.base.identity``, ``kernel.store.db``, ``kernel.store.events``.
+    ``kernel.base.identity``, ``kernel.store.db``, ``kernel.store.eventlog``,
+    ``kernel.store.events``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
-import itertools
 import json
 import re
 import time
@@ -66,61 +54,24 @@ import apsw
 
 from kernel.base import clock
 from kernel.base.errors import OrchError, UsageError
-from kernel.base.files import fsync_path, make_private, open_private, private_dir
+from kernel.base.files import fsync_path, private_dir
 from kernel.base.identity import operator_name
 from kernel.store import db, events
+from kernel.store.eventlog import (
+    CHECKSUM_FIELDS,
+    archive_files,
+    columns,
+    live_first_seq,
+    month_file,
+    open_archive,
+    open_archive_for_write,
+    select_list,
+)
 from kernel.store.events import EVENT_FIELDS
 
 MIN_RETENTION_DAYS = 90
-ARCHIVE_APPLICATION_ID = 0x4F524345  # "ORCE": an orch event archive
-ARCHIVE_FORMAT_VERSION = 1
-# The checksum of a set of events: sha256 over one line per event, in seq order, each line the
-# JSON array (compact, UTF-8) of these columns, metadata as its stored text. Fixed for format 1.
-CHECKSUM_FIELDS = EVENT_FIELDS
-_FILE = re.compile(r"^events-(\d{4}-\d{2})\.sqlite$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dwh]?)\s*$")
 _UNIT_DAYS = {"": 1.0, "d": 1.0, "w": 7.0, "h": 1 / 24}
-
-_ARCHIVE_SCHEMA = f"""
-CREATE TABLE event (
-    seq           INTEGER PRIMARY KEY,
-    timestamp     TEXT NOT NULL,
-    event         TEXT NOT NULL,
-    event_type    TEXT NOT NULL,
-    severity      TEXT NOT NULL,
-    entity_type   TEXT NOT NULL,
-    entity_id     TEXT,
-    workstream_id TEXT,
-    task_id       TEXT,
-    from_state    TEXT,
-    to_state      TEXT,
-    trigger       TEXT,
-    caused_by     INTEGER,
-    metadata      TEXT NOT NULL DEFAULT '{{}}'
-) STRICT;
-CREATE INDEX event_by_task ON event (task_id, seq) WHERE task_id IS NOT NULL;
-CREATE INDEX event_by_time ON event (timestamp);
-CREATE TRIGGER event_archive_no_update BEFORE UPDATE ON event
-BEGIN
-    SELECT RAISE(ABORT, 'an archived event cannot be changed');
-END;
-CREATE TRIGGER event_archive_no_delete BEFORE DELETE ON event
-BEGIN
-    SELECT RAISE(ABORT, 'an archived event cannot be deleted: archives are removed as \
-whole files (docs/operations/AUDIT_RETENTION.md)');
-END;
-CREATE TABLE archive_info (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-) STRICT;
-PRAGMA application_id = {ARCHIVE_APPLICATION_ID};
-PRAGMA user_version = {ARCHIVE_FORMAT_VERSION};
-"""
-
-
-def archive_dir(state_dir: Path) -> Path:
-    """Where a project's event archives live: ``.state/archive/events``."""
-    return Path(state_dir) / "archive" / "events"
 
 
 def parse_older_than(text: str) -> float:
@@ -158,95 +109,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# ------------------------------------------------------------------------------ archive files
-
-
-def _month_file(month: str) -> str:
-    return f"events-{month}.sqlite"
-
-
-def _columns(conn: apsw.Connection, schema: str = "main") -> list[str]:
-    return [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info(event)")]
-
-
-def _select_list(conn: apsw.Connection) -> str:
-    """EVENT_FIELDS as a select list; a column an older archive lacks reads as NULL."""
-    have = set(_columns(conn))
-    return ", ".join(f if f in have else f"NULL AS {f}" for f in EVENT_FIELDS)
-
-
-def _open_archive_ro(path: Path) -> apsw.Connection:
-    try:
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-        app_id = int(conn.pragma("application_id"))
-    except apsw.Error as exc:
-        raise OrchError("archive_unreadable", f"cannot read the event archive {path}: {exc}",
-                        file=str(path),
-                        hint="restore the file from a backup; `orch audit verify` checks "
-                             "every archive") from exc
-    if app_id != ARCHIVE_APPLICATION_ID:
-        conn.close()
-        raise OrchError("not_an_archive", f"{path} is not an orch event archive "
-                        f"(application_id {app_id:#x})", file=str(path),
-                        hint="move files that orch did not write out of .state/archive/events/")
-    return conn
-
-
-def _open_archive_rw(path: Path, month: str, kernel_schema: int) -> apsw.Connection:
-    private_dir(path.parent)
-    if not path.exists():  # created 0600 before SQLite opens it, so it and its journal stay so
-        open_private(path, "wb").close()
-    make_private(path)
-    conn = apsw.Connection(str(path))
-    try:
-        conn.set_busy_timeout(db.DEFAULT_BUSY_TIMEOUT_MS)
-        conn.pragma("journal_mode", "delete")  # one self-contained file, no -wal beside it
-        conn.pragma("synchronous", "FULL")
-        with db.write_tx(conn):
-            app_id = int(conn.pragma("application_id"))
-            if app_id == 0 and not _columns(conn):
-                conn.execute(_ARCHIVE_SCHEMA)
-                conn.executemany("INSERT INTO archive_info (key, value) VALUES (?, ?)", [
-                    ("format", "orch-event-archive"),
-                    ("format_version", str(ARCHIVE_FORMAT_VERSION)),
-                    ("month", month),
-                    ("created_at", clock.now_iso()),
-                    ("kernel_schema_version", str(kernel_schema)),
-                    ("checksum", "sha256 over one JSON array per event in seq order: "
-                                 + json.dumps(list(CHECKSUM_FIELDS))),
-                ])
-            elif app_id != ARCHIVE_APPLICATION_ID:
-                raise OrchError("not_an_archive",
-                                f"{path} exists but is not an orch event archive",
-                                file=str(path), hint="move it out of .state/archive/events/")
-            elif int(conn.pragma("user_version")) > ARCHIVE_FORMAT_VERSION:
-                raise OrchError("archive_too_new",
-                                f"{path} has archive format "
-                                f"{conn.pragma('user_version')}, newer than this orch writes",
-                                file=str(path), hint="upgrade orch (pip install -U orch-kernel)")
-            stored = db.scalar(conn, "SELECT value FROM archive_info WHERE key = 'month'")
-            if stored != month:
-                raise OrchError("archive_month_mismatch",
-                                f"{path} holds the events of {stored}, not {month}",
-                                file=str(path), hint="restore the file's original name")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def archive_files(directory: Path | None) -> dict[str, Path]:
-    """The archive files in ``directory`` by month (``YYYY-MM``), oldest first."""
-    if directory is None or not Path(directory).is_dir():
-        return {}
-    found = {}
-    for path in sorted(Path(directory).iterdir()):
-        match = _FILE.match(path.name)
-        if match and path.is_file():
-            found[match.group(1)] = path
-    return found
-
-
 # --------------------------------------------------------------------------------- rotation
 
 
@@ -259,7 +121,7 @@ class MonthBatch:
 
     @property
     def file(self) -> str:
-        return _month_file(self.month)
+        return month_file(self.month)
 
 
 @dataclass(frozen=True)
@@ -354,14 +216,13 @@ def write_archives(conn: apsw.Connection, plan: RotationPlan,
         return []
     directory = Path(directory)
     private_dir(directory)
-    live_columns = _columns(conn)
+    live_columns = columns(conn)
     kernel_schema = db.schema_version(conn)
     done: list[ArchiveFile] = []
     for batch in plan.months:
         path = directory / batch.file
-        arc = _open_archive_rw(path, batch.month, kernel_schema)
-        try:
-            have = set(_columns(arc))
+        with open_archive_for_write(path, batch.month, kernel_schema) as arc:
+            have = set(columns(arc))
             with db.write_tx(arc):
                 for column in live_columns:  # a column a later migration added: add it too
                     if column not in have:
@@ -371,8 +232,6 @@ def write_archives(conn: apsw.Connection, plan: RotationPlan,
                         f"INSERT OR IGNORE INTO event ({', '.join(live_columns)}) "
                         f"VALUES ({', '.join('?' for _ in live_columns)})",
                         _live_batch(conn, plan, batch, live_columns))
-        finally:
-            arc.close()
         fsync_path(path)
         fsync_path(directory)
         done.append(_read_back(conn, plan, batch, path))
@@ -383,16 +242,13 @@ def _read_back(conn: apsw.Connection, plan: RotationPlan, batch: MonthBatch,
                path: Path) -> ArchiveFile:
     with db.snapshot(conn):
         live_sha, live_n = content_sha256(_live_batch(conn, plan, batch, CHECKSUM_FIELDS))
-    arc = _open_archive_ro(path)
-    try:
-        select = _select_list(arc)
+    with open_archive(path) as arc:
+        select = select_list(arc)
         arch_sha, arch_n = content_sha256(arc.execute(
             f"SELECT {select} FROM event WHERE seq BETWEEN ? AND ? ORDER BY seq",
             (plan.first_seq, plan.last_seq)))
         file_sha, file_n = content_sha256(arc.execute(
             f"SELECT {select} FROM event WHERE seq <= ? ORDER BY seq", (plan.last_seq,)))
-    finally:
-        arc.close()
     if (arch_sha, arch_n) != (live_sha, live_n) or live_n != batch.events:
         raise OrchError(
             "archive_mismatch",
@@ -495,42 +351,6 @@ def _has_table(conn: apsw.Connection, name: str) -> bool:
                           (name,)))
 
 
-_FILTERS = (("since_seq", "seq > ?"), ("below_seq", "seq < ?"), ("from_ts", "timestamp >= ?"),
-            ("to_ts", "timestamp <= ?"), ("task_id", "task_id = ?"), ("event", "event = ?"),
-            ("entity_type", "entity_type = ?"))
-
-
-def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    for name, clause in _FILTERS:
-        if filters.get(name) is not None:
-            where.append(clause)
-            params.append(filters[name])
-    return " AND ".join(where) or "1", params
-
-
-def _decoded(cursor: Iterable[Sequence[Any]], source: str) -> Iterator[dict[str, Any]]:
-    for values in cursor:
-        event = dict(zip(EVENT_FIELDS, values, strict=True))
-        try:
-            event["metadata"] = json.loads(event["metadata"]) if event["metadata"] else {}
-        except ValueError:
-            pass
-        event["source"] = source
-        yield event
-
-
-def _archive_iter(path: Path, where: str, params: list[Any]) -> Iterator[dict[str, Any]]:
-    arc = _open_archive_ro(path)
-    try:
-        yield from _decoded(arc.execute(
-            f"SELECT {_select_list(arc)} FROM event WHERE {where} ORDER BY seq", params),
-            path.name)
-    finally:
-        arc.close()
-
-
 def missing_files(conn: apsw.Connection, directory: Path | None) -> list[str]:
     """Archive files that ``event_archive`` records but ``directory`` lacks (their events cannot
     be read)."""
@@ -539,11 +359,6 @@ def missing_files(conn: apsw.Connection, directory: Path | None) -> list[str]:
     present = {p.name for p in archive_files(directory).values()}
     return [str(r[0]) for r in conn.execute("SELECT DISTINCT file FROM event_archive ORDER BY file")
             if r[0] not in present]
-
-
-def live_first_seq(conn: apsw.Connection) -> int | None:
-    found = db.scalar(conn, "SELECT MIN(seq) FROM event")
-    return None if found is None else int(found)
 
 
 def log_start(conn: apsw.Connection) -> dict[str, Any]:
@@ -562,38 +377,6 @@ def log_start(conn: apsw.Connection) -> dict[str, Any]:
     rotated = int(through or 0)
     return {"live_first_seq": first, "rotated_through": rotated,
             "explained": first is None or first <= rotated + 1}
-
-
-def iter_events(conn: apsw.Connection, directory: Path | None, *, since_seq: int = 0,
-                from_ts: str | None = None, to_ts: str | None = None,
-                task_id: str | None = None, event: str | None = None,
-                entity_type: str | None = None) -> Iterator[dict[str, Any]]:
-    """Archived (from ``directory``, when given) then live events matching every filter, in
-    seq order, each with ``source`` (``live`` or the archive's file name). Archived rows whose
-    seq is still live (left by an interrupted rotation) are read from the live table only.
-    ``from_ts`` / ``to_ts`` are inclusive kernel timestamps."""
-    first_live = live_first_seq(conn)
-    filters: dict[str, Any] = {"since_seq": since_seq, "from_ts": from_ts, "to_ts": to_ts,
-                               "task_id": task_id, "event": event, "entity_type": entity_type}
-    if directory is not None and (first_live is None or first_live > since_seq + 1):
-        where, params = _where({**filters, "below_seq": first_live})
-        sources = [_archive_iter(path, where, params)
-                   for month, path in archive_files(directory).items()
-                   if (from_ts is None or month >= from_ts[:7])
-                   and (to_ts is None or month <= to_ts[:7])]
-        yield from heapq.merge(*sources, key=lambda e: e["seq"])
-    where, params = _where(filters)
-    yield from _decoded(conn.execute(
-        f"SELECT {', '.join(EVENT_FIELDS)} FROM event WHERE {where} ORDER BY seq", params),
-        "live")
-
-
-def read_events(conn: apsw.Connection, directory: Path | None, *, limit: int | None = None,
-                **filters: Any) -> list[dict[str, Any]]:
-    """``iter_events`` as a list (at most ``limit`` events), read in one snapshot."""
-    with db.snapshot(conn):
-        found = iter_events(conn, directory, **filters)
-        return list(itertools.islice(found, limit) if limit is not None else found)
 
 
 # --------------------------------------------------------------------------------- verify
@@ -637,18 +420,15 @@ def _verify_file(conn: apsw.Connection, path: Path | None,
         return out
     through = int(rec["through_seq"]) if rec else 0
     try:
-        arc = _open_archive_ro(path)
+        with open_archive(path) as arc:
+            select = select_list(arc)
+            sha, n = content_sha256(arc.execute(
+                f"SELECT {select} FROM event WHERE seq <= ? ORDER BY seq", (through,)))
+            above = list(arc.execute(f"SELECT {select} FROM event WHERE seq > ? ORDER BY seq",
+                                     (through,)))
     except OrchError as exc:
         out.update(status="fail", problems=[exc.message])
         return out
-    try:
-        select = _select_list(arc)
-        sha, n = content_sha256(arc.execute(
-            f"SELECT {select} FROM event WHERE seq <= ? ORDER BY seq", (through,)))
-        above = list(arc.execute(f"SELECT {select} FROM event WHERE seq > ? ORDER BY seq",
-                                 (through,)))
-    finally:
-        arc.close()
     out.update(archived_events=n, content_sha256=sha, pending_events=len(above),
                file_sha256=file_sha256(path))
     problems, notes = out["problems"], out["notes"]

@@ -16,21 +16,20 @@ Stability Guarantees:
     only added, never renamed; its text form is for people and may change.
 
 Integration Points:
-    ``orch events``, ``orch audit report`` (``kernel.cli.audit``); ``orch why``, ``orch replay``
-    and the archive reader (``kernel.observe.archive``) read events through this module's fields.
-    The
-    report reads the ``event`` table (and the archives under ``.state/archive/events/`` through
-    ``kernel.observe.archive.iter_events``), ``attempt``, ``lease``, ``task`` and ``workstream``.
+    ``orch events``, ``orch audit report`` (``kernel.cli.audit``), ``orch run --json``
+    (``kernel.runtime.progress``). Events are read through ``kernel.store.eventlog``, the one
+    reader of the live table and the archives under ``.state/archive/events/``; the report
+    also reads ``attempt``, ``lease``, ``task`` and ``workstream``.
 
 Dependencies:
-    apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.observe.archive``,
-    ``kernel.store.db``, ``kernel.store.events``.
+    apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.store.db``,
+    ``kernel.store.eventlog``, ``kernel.store.events``.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,8 @@ import apsw
 from kernel.base import clock
 from kernel.base.errors import UsageError
 from kernel.store import db
-from kernel.store.events import EVENT_FIELDS
+from kernel.store.eventlog import iter_events, read_events
+from kernel.store.events import EVENT_FIELDS as EVENT_FIELDS
 
 # Triggers an operator command requests (kernel.runtime.actions stamps their metadata with
 # "operator").
@@ -55,23 +55,11 @@ def list_events(
     task_id: str | None = None,
     entity_type: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Events with ``seq > since``, oldest first."""
-    where: list[str] = ["seq > ?"]
-    params: list[Any] = [since]
-    if task_id is not None:
-        where.append("task_id = ?")
-        params.append(task_id)
-    if entity_type is not None:
-        where.append("entity_type = ?")
-        params.append(entity_type)
-    sql = f"SELECT {', '.join(EVENT_FIELDS)} FROM event WHERE {' AND '.join(where)} ORDER BY seq"
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
-    events = db.rows(conn, sql, params)
-    for event in events:
-        event["metadata"] = json.loads(event["metadata"])
-    return events
+    """Events with ``seq > since``, oldest first, from the live table (``read_events`` without
+    archives and without ``source``). A negative ``limit`` means none, as SQLite's ``LIMIT``."""
+    return read_events(conn, None, limit=None if limit is None or limit < 0 else limit,
+                       since_seq=since, task_id=task_id, entity_type=entity_type,
+                       with_source=False)
 
 
 def format_event(event: dict[str, Any]) -> str:
@@ -176,31 +164,11 @@ def report(conn: apsw.Connection, *, since: str | None = None,
     ``actors`` ({"operators": {...}, "workers": {...}}); ``resources`` ({"leases": [...],
     "by_resource": {...}}) with ``seconds_held`` per lease (a lease still held counts up to now).
     """
-    from kernel.observe.archive import iter_events
-
-    stamp_now = clock.iso(time.time() if now is None else now)
+    rep = _Report(stamp_now=clock.iso(time.time() if now is None else now))
     since_ts = since or "0000-00-00T00:00:00.000Z"
-    tasks: dict[str, dict[str, Any]] = {}
-    workstreams: dict[str, dict[str, Any]] = {}
-    operators: dict[str, dict[str, Any]] = {}
-    events_read = 0
     with db.snapshot(conn):
         for event in iter_events(conn, archive_dir, from_ts=since):
-            events_read += 1
-            ws_id = event["workstream_id"]
-            if event["task_id"]:
-                entry = tasks.setdefault(event["task_id"], _empty_task(ws_id))
-                _note_event(entry, event)
-            if ws_id:
-                _note_event(workstreams.setdefault(ws_id, _empty_entity()), event)
-            kind, who = _actor(event)
-            if kind == "operator":
-                op = operators.setdefault(who, {"actions": 0, "by_trigger": {}, "first": None,
-                                                "last": None})
-                op["actions"] += 1
-                op["by_trigger"][event["trigger"]] = op["by_trigger"].get(event["trigger"], 0) + 1
-                op["first"] = op["first"] or event["timestamp"]
-                op["last"] = event["timestamp"]
+            _note_in_report(rep, event)
         attempts = db.rows(
             conn, "SELECT a.*, t.workstream_id FROM attempt a JOIN task t USING (task_id) "
                   "WHERE a.started_at >= ? ORDER BY a.started_at, a.attempt_id", (since_ts,))
@@ -213,11 +181,59 @@ def report(conn: apsw.Connection, *, since: str | None = None,
             conn, "SELECT task_id, workstream_id, state, retry_count, failure_mode, last_error "
                   "FROM task")}
         ws_states = dict(conn.execute("SELECT workstream_id, state FROM workstream"))
+    _add_attempts(rep, attempts)
+    lease_rows, by_resource = _add_leases(rep, leases)
+    _finish_tasks(rep, current)
+    _finish_workstreams(rep, attempts, ws_states)
+    return {
+        "generated_at": rep.stamp_now,
+        "since": since,
+        "events_read": rep.events_read,
+        "summary": _summary(rep, attempts, lease_rows),
+        "workstreams": dict(sorted(rep.workstreams.items())),
+        "tasks": dict(sorted(rep.tasks.items())),
+        "actors": {"operators": dict(sorted(rep.operators.items())),
+                   "workers": dict(sorted(rep.workers.items()))},
+        "resources": {"leases": lease_rows, "by_resource": dict(sorted(by_resource.items()))},
+    }
 
-    workers: dict[str, dict[str, Any]] = {}
+
+@dataclass
+class _Report:
+    """What the report gathers, by section, before it is sorted into its document."""
+
+    stamp_now: str
+    events_read: int = 0
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workstreams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    operators: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _note_in_report(rep: _Report, event: dict[str, Any]) -> None:
+    """One event: its task's and workstream's entries, and the operator who acted."""
+    rep.events_read += 1
+    ws_id = event["workstream_id"]
+    if event["task_id"]:
+        entry = rep.tasks.setdefault(event["task_id"], _empty_task(ws_id))
+        _note_event(entry, event)
+    if ws_id:
+        _note_event(rep.workstreams.setdefault(ws_id, _empty_entity()), event)
+    kind, who = _actor(event)
+    if kind == "operator":
+        op = rep.operators.setdefault(who, {"actions": 0, "by_trigger": {}, "first": None,
+                                            "last": None})
+        op["actions"] += 1
+        op["by_trigger"][event["trigger"]] = op["by_trigger"].get(event["trigger"], 0) + 1
+        op["first"] = op["first"] or event["timestamp"]
+        op["last"] = event["timestamp"]
+
+
+def _add_attempts(rep: _Report, attempts: list[dict[str, Any]]) -> None:
+    """The attempts section: per task and per worker, counts, outcomes, seconds, tokens."""
     for a in attempts:
-        entry = tasks.setdefault(a["task_id"], _empty_task(a["workstream_id"]))
-        end = a["finished_at"] or stamp_now
+        entry = rep.tasks.setdefault(a["task_id"], _empty_task(a["workstream_id"]))
+        end = a["finished_at"] or rep.stamp_now
         duration = _seconds_between(a["started_at"], end) or 0.0
         entry["attempts"] += 1
         entry["outcomes"].append(a["outcome"] or "running")
@@ -229,8 +245,8 @@ def report(conn: apsw.Connection, *, since: str | None = None,
         entry["first_start"] = min(filter(None, (entry["first_start"], a["started_at"])))
         entry["last_end"] = max(filter(None, (entry["last_end"], end)))
         if a["worker_id"]:
-            w = workers.setdefault(a["worker_id"], {"attempts": 0, "tasks": [],
-                                                    "attempt_seconds": 0.0, "outcomes": {}})
+            w = rep.workers.setdefault(a["worker_id"], {"attempts": 0, "tasks": [],
+                                                        "attempt_seconds": 0.0, "outcomes": {}})
             w["attempts"] += 1
             if a["task_id"] not in w["tasks"]:
                 w["tasks"].append(a["task_id"])
@@ -238,10 +254,15 @@ def report(conn: apsw.Connection, *, since: str | None = None,
             outcome = a["outcome"] or "running"
             w["outcomes"][outcome] = w["outcomes"].get(outcome, 0) + 1
 
+
+def _add_leases(rep: _Report, leases: list[dict[str, Any]]
+                ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The resources section: each lease with ``seconds_held``, and totals per resource."""
     by_resource: dict[str, dict[str, Any]] = {}
     lease_rows = []
     for lease in leases:
-        held = _seconds_between(lease["acquired_at"], lease["released_at"] or stamp_now) or 0.0
+        held = _seconds_between(lease["acquired_at"],
+                                lease["released_at"] or rep.stamp_now) or 0.0
         row = {**lease, "seconds_held": held, "held_now": lease["released_at"] is None}
         lease_rows.append(row)
         res = by_resource.setdefault(lease["resource_id"], {
@@ -251,11 +272,15 @@ def report(conn: apsw.Connection, *, since: str | None = None,
         res["unit_seconds"] = round(res["unit_seconds"] + held * float(lease["amount"]), 3)
         if lease["task_id"] not in res["tasks"]:
             res["tasks"].append(lease["task_id"])
-        entry = tasks.setdefault(lease["task_id"], _empty_task(lease["workstream_id"]))
+        entry = rep.tasks.setdefault(lease["task_id"], _empty_task(lease["workstream_id"]))
         entry["leases"].append({"resource_id": lease["resource_id"], "mode": lease["mode"],
                                 "amount": lease["amount"], "seconds_held": held})
+    return lease_rows, by_resource
 
-    for task_id, entry in tasks.items():
+
+def _finish_tasks(rep: _Report, current: dict[str, dict[str, Any]]) -> None:
+    """The tasks section: each task's state now (None: deleted since) and wall time."""
+    for task_id, entry in rep.tasks.items():
         now_row = current.get(task_id)
         entry["state"] = now_row["state"] if now_row else None  # None: deleted since
         entry["retry_count"] = now_row["retry_count"] if now_row else None
@@ -265,10 +290,14 @@ def report(conn: apsw.Connection, *, since: str | None = None,
             entry["workstream_id"] = now_row["workstream_id"]
         entry["wall_seconds"] = _seconds_between(entry.pop("first_start"), entry.pop("last_end"))
         if entry["workstream_id"]:
-            workstreams.setdefault(entry["workstream_id"], _empty_entity())
+            rep.workstreams.setdefault(entry["workstream_id"], _empty_entity())
 
-    for ws_id, ws in workstreams.items():
-        mine = [t for t in tasks.values() if t["workstream_id"] == ws_id]
+
+def _finish_workstreams(rep: _Report, attempts: list[dict[str, Any]],
+                        ws_states: dict[str, str]) -> None:
+    """The workstreams section: state now, task states, and their tasks' attempts summed."""
+    for ws_id, ws in rep.workstreams.items():
+        mine = [t for t in rep.tasks.values() if t["workstream_id"] == ws_id]
         ws["state"] = ws_states.get(ws_id)
         ws["tasks"] = len(mine)
         states: dict[str, int] = {}
@@ -283,33 +312,26 @@ def report(conn: apsw.Connection, *, since: str | None = None,
         ws_attempts = [a for a in attempts if a["workstream_id"] == ws_id]
         ws["wall_seconds"] = _seconds_between(
             min((a["started_at"] for a in ws_attempts), default=None),
-            max((a["finished_at"] or stamp_now for a in ws_attempts), default=None))
+            max((a["finished_at"] or rep.stamp_now for a in ws_attempts), default=None))
         ws["workers"] = sorted({w for t in mine for w in t["workers"]})
 
+
+def _summary(rep: _Report, attempts: list[dict[str, Any]],
+             lease_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The totals of the report."""
     tokens_all = [a["tokens_used"] for a in attempts if a["tokens_used"] is not None]
-    summary = {
-        "events": events_read,
-        "workstreams": len(workstreams),
-        "tasks": len(tasks),
+    return {
+        "events": rep.events_read,
+        "workstreams": len(rep.workstreams),
+        "tasks": len(rep.tasks),
         "attempts": len(attempts),
         "attempt_outcomes": _count(a["outcome"] or "running" for a in attempts),
-        "attempt_seconds": round(sum(t["attempt_seconds"] for t in tasks.values()), 3),
+        "attempt_seconds": round(sum(t["attempt_seconds"] for t in rep.tasks.values()), 3),
         "tokens_used": sum(tokens_all) if tokens_all else None,
         "leases": len(lease_rows),
         "lease_seconds": round(sum(r["seconds_held"] for r in lease_rows), 3),
-        "operator_actions": sum(o["actions"] for o in operators.values()),
-        "workers": len(workers),
-    }
-    return {
-        "generated_at": stamp_now,
-        "since": since,
-        "events_read": events_read,
-        "summary": summary,
-        "workstreams": dict(sorted(workstreams.items())),
-        "tasks": dict(sorted(tasks.items())),
-        "actors": {"operators": dict(sorted(operators.items())),
-                   "workers": dict(sorted(workers.items()))},
-        "resources": {"leases": lease_rows, "by_resource": dict(sorted(by_resource.items()))},
+        "operator_actions": sum(o["actions"] for o in rep.operators.values()),
+        "workers": len(rep.workers),
     }
 
 

@@ -25,13 +25,14 @@ Stability Guarantees:
 Integration Points:
     ``orch replay --at TIMESTAMP`` (``kernel.cli.audit``). Reads the ``event`` table and, when
     given ``archive_dir`` (``.state/archive/events``), the archives through
-    ``kernel.observe.archive.iter_events``. The events are written by the triggers of
+    ``kernel.store.eventlog.iter_events``. The events are written by the triggers of
     sql/0001_core.sql (creation and transition events carry ``to_state``; task transitions
     carry ``worker_id``, ``retry_count`` and ``generation`` in their metadata) and by the
     kernel's transition metadata (``error``, ``failure_mode``, ``next_attempt_at``).
 
 Dependencies:
-    apsw; ``kernel.observe.archive``, ``kernel.store.db``, ``kernel.store.machines``.
+    apsw; ``kernel.observe.archive``, ``kernel.store.db``, ``kernel.store.eventlog``,
+    ``kernel.store.machines``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import apsw
 
 from kernel.observe import archive
 from kernel.store import db
+from kernel.store.eventlog import iter_events
 from kernel.store.machines import CANCELLED_ERROR, terminal_states
 
 # Transitions that clear a task's error columns (kernel.runtime.claims._complete,
@@ -103,9 +105,7 @@ def _note(entity: dict[str, Any], event: dict[str, Any]) -> None:
 def replay(conn: apsw.Connection, at: str, *,
            archive_dir: Path | None = None) -> dict[str, Any]:
     """The state at ``at`` (a kernel timestamp, see ``kernel.observe.audit.parse_timestamp``)."""
-    tasks: dict[str, dict[str, Any]] = {}
-    workstreams: dict[str, dict[str, Any]] = {}
-    workers: dict[str, dict[str, Any]] = {}
+    entities: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in _ENTITIES}
     read = 0
     last_seq = None
     with db.snapshot(conn):
@@ -114,38 +114,11 @@ def replay(conn: apsw.Connection, at: str, *,
         missing = archive.missing_files(conn, archive_dir) if archive_dir is not None else []
         complete = first_live in (None, 1) or (
             start["explained"] and archive_dir is not None and not missing)
-        for event in archive.iter_events(conn, archive_dir, to_ts=at):
+        for event in iter_events(conn, archive_dir, to_ts=at):
             read += 1
             last_seq = event["seq"]
-            kind, entity_id = event["entity_type"], event["entity_id"]
-            if kind not in _ENTITIES or not entity_id:
-                continue
-            if event["event"] == "task_deleted":
-                tasks.pop(entity_id, None)
-                continue
-            if event["to_state"] is None:
-                # Not a state change (fencing, definition updates, worktree errors).
-                if kind == "task" and entity_id in tasks and event["workstream_id"]:
-                    tasks[entity_id]["workstream_id"] = event["workstream_id"]
-                continue
-            if kind == "task":
-                task = tasks.setdefault(entity_id, _new_task(event))
-                _apply_task(task, event)
-                _note(task, event)
-            elif kind == "workstream":
-                ws = workstreams.setdefault(entity_id, {"state": None})
-                ws["state"] = event["to_state"]
-                _note(ws, event)
-            else:
-                wk = workers.setdefault(entity_id, {"state": None, "pid": None,
-                                                    "hostname": None, "executor": None,
-                                                    "task_id": None})
-                wk["state"] = event["to_state"]
-                meta = event["metadata"]
-                for key in ("pid", "hostname", "executor"):
-                    if meta.get(key) is not None:
-                        wk[key] = meta[key]
-                _note(wk, event)
+            _apply(entities, event)
+    tasks, workers = entities["task"], entities["worker"]
     for wk in workers.values():
         wk["task_id"] = None
     for task_id, task in tasks.items():
@@ -154,7 +127,7 @@ def replay(conn: apsw.Connection, at: str, *,
     result: dict[str, Any] = {
         "at": at,
         "tasks": dict(sorted(tasks.items())),
-        "workstreams": dict(sorted(workstreams.items())),
+        "workstreams": dict(sorted(entities["workstream"].items())),
         "workers": dict(sorted(workers.items())),
         "events_read": read,
         "last_seq": last_seq,
@@ -166,6 +139,40 @@ def replay(conn: apsw.Connection, at: str, *,
     if not complete:
         result["note"] = _partial_note(start, missing, archive_dir is not None)
     return result
+
+
+def _apply(entities: dict[str, dict[str, dict[str, Any]]], event: dict[str, Any]) -> None:
+    """One event applied to the tasks, workstreams and workers (``entities`` by kind)."""
+    kind, entity_id = event["entity_type"], event["entity_id"]
+    if kind not in _ENTITIES or not entity_id:
+        return
+    tasks = entities["task"]
+    if event["event"] == "task_deleted":
+        tasks.pop(entity_id, None)
+        return
+    if event["to_state"] is None:
+        # Not a state change (fencing, definition updates, worktree errors).
+        if kind == "task" and entity_id in tasks and event["workstream_id"]:
+            tasks[entity_id]["workstream_id"] = event["workstream_id"]
+        return
+    if kind == "task":
+        task = tasks.setdefault(entity_id, _new_task(event))
+        _apply_task(task, event)
+        _note(task, event)
+    elif kind == "workstream":
+        ws = entities["workstream"].setdefault(entity_id, {"state": None})
+        ws["state"] = event["to_state"]
+        _note(ws, event)
+    else:
+        wk = entities["worker"].setdefault(entity_id, {"state": None, "pid": None,
+                                                       "hostname": None, "executor": None,
+                                                       "task_id": None})
+        wk["state"] = event["to_state"]
+        meta = event["metadata"]
+        for key in ("pid", "hostname", "executor"):
+            if meta.get(key) is not None:
+                wk[key] = meta[key]
+        _note(wk, event)
 
 
 def _partial_note(start: dict[str, Any], missing: list[str], archives_given: bool) -> str:

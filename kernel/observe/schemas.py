@@ -19,7 +19,7 @@ Integration Points:
 
 Dependencies:
     pydantic; ``kernel.definitions.models``, ``kernel.definitions.registries``,
-    ``kernel.observe.exports``, ``kernel.observe.metrics``.
+    ``kernel.observe.metrics_document``, ``kernel.observe.view_models``.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from kernel.definitions.registries import (
     CapabilityRegistry,
     ResourceRegistry,
 )
-from kernel.observe.exports import DOCUMENT_MODELS, VIEWS_SCHEMA_VERSION
-from kernel.observe.metrics import METRICS_SCHEMA_NAME, METRICS_SCHEMA_VERSION, Metrics
+from kernel.observe.metrics_document import METRICS_SCHEMA_NAME, METRICS_SCHEMA_VERSION, Metrics
+from kernel.observe.view_models import DOCUMENT_MODELS, VIEWS_SCHEMA_VERSION
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 

@@ -18,12 +18,12 @@ Stability Guarantees:
 Integration Points:
     ``orch status | show | why`` (``kernel.cli.operator``). Reads the ``ready_task``,
     ``blocked_task``, ``stuck_task``, ``worker_health`` views and the audit log, live and
-    archived (``.state/archive/events``), through ``kernel.observe.archive.read_events``; task logs
-    are ``<logs_dir>/<task_id>.log`` (or an attempt's ``log_path``).
+    archived (``.state/archive/events``), through ``kernel.store.eventlog.read_events``; task
+    logs are ``<logs_dir>/<task_id>.log`` (or an attempt's ``log_path``).
 
 Dependencies:
-    apsw; ``kernel.base.errors``, ``kernel.definitions.fit``, ``kernel.observe.archive``,
-    ``kernel.store.db``.
+    apsw; ``kernel.base.errors``, ``kernel.definitions.fit``, ``kernel.store.db``,
+    ``kernel.store.eventlog``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ import apsw
 
 from kernel.base.errors import OrchError
 from kernel.definitions import fit
-from kernel.observe.archive import read_events
-from kernel.store import db
+from kernel.store import db, eventlog
 
 # The task machine's states in lifecycle order (for counts and tables).
 TASK_STATES = ("pending", "queued", "running", "retrying", "validating", "completed", "failed",
@@ -469,11 +468,10 @@ def why(conn: apsw.Connection, task_id: str, logs_dir: Path | None, *,
     Events moved out of the live log by ``orch audit rotate`` are read from ``archive_dir``
     (default: ``archive/events`` beside ``logs_dir``, i.e. ``.state/archive/events``)."""
     if archive_dir is None and logs_dir is not None:
-        archive_dir = Path(logs_dir).parent / "archive" / "events"
+        archive_dir = eventlog.archive_dir(Path(logs_dir).parent)
     with db.snapshot(conn):
         task = _task_row(conn, task_id)
-        events = [{k: v for k, v in e.items() if k != "source"}
-                  for e in read_events(conn, archive_dir, task_id=task_id)]
+        events = eventlog.read_events(conn, archive_dir, task_id=task_id, with_source=False)
         attempt_rows = _attempts(conn, task_id)
         attempts = {a["attempt_no"]: a for a in attempt_rows}
         history, started = _history(task, events, attempts)

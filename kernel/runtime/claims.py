@@ -294,11 +294,18 @@ _FAILURES = {
 def _failed_in_tx(conn: apsw.Connection, claim: Claim, stamp: str, now: float, *,
                   outcome: str, exit_code: int | None, error: str | None, duration: float,
                   details: dict[str, Any] | None, backoff: dict[str, float]) -> str:
-    """The command failed, timed out or could not start: retrying or failed (or "stale")."""
+    """The command failed, timed out or could not start: retrying or failed (or "stale").
+    An executor may name the failure itself (``details["failure"]``: mode, error_type,
+    metadata), e.g. Context-Overflow before an agent starts: never retried."""
     mode, trigger, retryable, attempt_outcome, error_type = _FAILURES.get(
         outcome, _FAILURES["failed"])
     message = error or f"exit code {exit_code}"
     extra: dict[str, Any] = {"exit_code": exit_code, "duration_seconds": round(duration, 3)}
+    named = (details or {}).get("failure")
+    if isinstance(named, dict) and named.get("mode"):
+        mode, trigger, retryable = str(named["mode"]), "execution_failed", False
+        error_type = str(named.get("error_type") or "failed")
+        extra.update(dict(named.get("metadata") or {}))
     if outcome == "timeout":
         extra["timeout_seconds"] = claim.timeout_seconds
     state = fail_or_retry_in_tx(conn, claim, stamp, now, trigger=trigger, failure_mode=mode,

@@ -6,15 +6,16 @@ Public API:
 
 Stability Guarantees:
     A task picks its executor with ``execution.executor``; without it the type decides:
-    ``pytest`` → pytest, ``lint`` → ruff, otherwise ``subprocess``.
+    ``pytest`` → pytest, ``lint`` → ruff, otherwise ``subprocess``. ``aider`` (the Aider CLI)
+    is chosen with ``"executor": "aider"``.
 
 Integration Points:
     ``kernel.runtime.worker``. A new executor (aider, dask) is a new module plus one entry here.
 
 Dependencies:
-    ``kernel.runtime.executors.base``, ``kernel.runtime.executors.local``,
-    ``kernel.runtime.executors.noop``, ``kernel.runtime.executors.pytest``,
-    ``kernel.runtime.executors.ruff``.
+    ``kernel.runtime.executors.aider``, ``kernel.runtime.executors.base``,
+    ``kernel.runtime.executors.local``, ``kernel.runtime.executors.noop``,
+    ``kernel.runtime.executors.pytest``, ``kernel.runtime.executors.ruff``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from kernel.runtime.executors.aider import AiderExecutor
 from kernel.runtime.executors.base import ExecutionRequest, ExecutionResult, Executor
 from kernel.runtime.executors.local import SubprocessExecutor
 from kernel.runtime.executors.noop import NoopExecutor
@@ -33,6 +35,7 @@ EXECUTORS: dict[str, type[Executor]] = {
     "noop": NoopExecutor,
     "pytest": PytestExecutor,
     "ruff": RuffExecutor,
+    "aider": AiderExecutor,
 }
 _BY_TYPE = {"pytest": "pytest", "lint": "ruff"}
 

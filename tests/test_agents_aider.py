@@ -1,0 +1,255 @@
+"""The aider executor with the real Aider CLI (its own venv, tests/aider_venv.py) against the
+scripted model server (kernel.demo.model_server) run as a real process on 127.0.0.1: real git,
+real `orch run`, real HTTP; no mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kernel.base.config import AiderConfig
+from kernel.demo.model_server import whole_file
+from kernel.runtime.executors import EXECUTORS, executor_for
+from kernel.runtime.executors.aider import FIXED_FLAGS, aider_argv, aider_env, estimate_tokens
+from tests.aider_venv import ensure_aider_venv
+from tests.conftest import orch
+
+HELLO = 'print("old")\n'
+NEW = 'def greet() -> str:\n    return "hello from the scripted model"\n'
+
+
+@pytest.fixture(scope="session")
+def aider_venv() -> Path:
+    return ensure_aider_venv()
+
+
+class ModelServer:
+    """``python -m kernel.demo.model_server`` as a process; ``requests()`` reads its log."""
+
+    def __init__(self, tmp: Path, script: list[Any]) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "script.json").write_text(json.dumps(script))
+        self.log = tmp / "requests.jsonl"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kernel.demo.model_server", "--script",
+             str(tmp / "script.json"), "--requests-log", str(self.log)],
+            stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        assert self.url.startswith("http://127.0.0.1:"), self.url
+
+    def requests(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def git(where: Path, *args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def make_project(root: Path, venv: Path, url: str, *, max_tokens: int = 4000,
+                 hello: str = HELLO, **execution: Any) -> Path:
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.name", "Test")
+    git(root, "config", "user.email", "test@example.com")
+    orch("--root", str(root), "init", check=True)
+    config = (root / "orch.toml").read_text().replace(
+        'executable = "aider"',
+        f'executable = {json.dumps(str(venv / "bin" / "aider"))}\n'
+        f'model = "openai/test-model"\napi_base = {json.dumps(url)}\nedit_format = "whole"')
+    (root / "orch.toml").write_text(config)
+    (root / "hello.py").write_text(hello)
+    task = {"schema_version": "2.0.0", "task_id": "edit", "workstream_id": "ws",
+            "name": "edit hello", "type": "aider",
+            "execution": {"command": "aider", "executor": "aider", "timeout_seconds": 300,
+                          "prompt": "Replace hello.py with a greet() function.", **execution},
+            "context_requirements": {"max_context_tokens": max_tokens,
+                                     "required_files": ["hello.py"]},
+            "validation_rules": {"pre_execution": [], "post_execution": []}}
+    (root / "tasks" / "ws").mkdir(parents=True)
+    (root / "tasks" / "ws" / "edit.json").write_text(json.dumps(task))
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "project")
+    orch("--root", str(root), "load", check=True)
+    return root
+
+
+def run(root: Path) -> subprocess.CompletedProcess[str]:
+    # The dummy key reaches Aider through the worker's environment, like a real one would.
+    env = {**os.environ, "OPENAI_API_KEY": "sk-dummy", "AIDER_AUTO_COMMITS": "true"}
+    return subprocess.run([str(Path(sys.executable).parent / "orch"), "--root", str(root),
+                           "run", "--workers", "1"], capture_output=True, text=True, env=env)
+
+
+def task_row(root: Path) -> dict[str, Any]:
+    """``orch show edit`` as JSON: the task's columns and its ``attempts``."""
+    proc = orch("--root", str(root), "--json", "show", "edit")
+    assert proc.returncode == 0, proc.stderr
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Any]:
+    servers: list[ModelServer] = []
+
+    def start(script: list[Any]) -> ModelServer:
+        server = ModelServer(tmp_path / f"server{len(servers)}", script)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_aider_is_a_registered_executor() -> None:
+    assert "aider" in EXECUTORS
+    assert executor_for({"execution": {"executor": "aider"}}).name == "aider"
+
+
+def test_the_command_line_parses_with_aiders_own_parser(aider_venv: Path,
+                                                        tmp_path: Path) -> None:
+    settings = AiderConfig(executable="aider", model="openai/test-model",
+                           api_base="http://127.0.0.1:9/v1", edit_format="diff",
+                           extra_args=["--timeout", "60"])
+    state = tmp_path / "state"
+    argv = aider_argv(settings, tmp_path / "prompt.txt", ["hello.py", "src/a b.py"],
+                      ["README.md"], state)
+    assert argv[0] == "aider"
+    code = ("import json, sys\nfrom aider.args import get_parser\n"
+            "ns = get_parser([], None).parse_args(json.loads(sys.argv[1]))\n"
+            "print(json.dumps(vars(ns), default=str))")
+    proc = subprocess.run([str(aider_venv / "bin" / "python"), "-c", code,
+                           json.dumps(argv[1:])], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items()
+                               if not k.startswith("AIDER_")})
+    assert proc.returncode == 0, proc.stderr
+    ns = json.loads(proc.stdout)
+    assert ns["file"] == ["hello.py", "src/a b.py"]
+    assert ns["read"] == ["README.md"]
+    assert ns["message_file"] == str(tmp_path / "prompt.txt")
+    assert (ns["model"], ns["openai_api_base"], ns["edit_format"]) == \
+        ("openai/test-model", "http://127.0.0.1:9/v1", "diff")
+    assert ns["yes_always"] is True
+    for off in ("auto_commits", "dirty_commits", "stream", "pretty", "fancy_input",
+                "check_update", "analytics", "show_model_warnings", "git", "gitignore",
+                "auto_lint", "auto_test", "suggest_shell_commands", "detect_urls"):
+        assert ns[off] is False, off
+    assert ns["map_tokens"] == 0
+    assert float(ns["timeout"]) == 60
+    for key, name in (("input_history_file", "input.history"),
+                      ("chat_history_file", "chat.history.md"),
+                      ("llm_history_file", "llm.history")):
+        assert ns[key] == str(state / name)
+    assert set(FIXED_FLAGS) <= set(argv)
+
+
+def test_the_environment_loses_every_aider_variable_and_gets_a_private_home(
+        tmp_path: Path) -> None:
+    env = aider_env({"PATH": "/bin", "AIDER_MODEL": "gpt-x", "aider_yes": "1",
+                     "OPENAI_API_KEY": "k", "HOME": "/home/someone"}, tmp_path / "home")
+    assert env == {"PATH": "/bin", "OPENAI_API_KEY": "k", "HOME": str(tmp_path / "home")}
+
+
+def test_the_token_estimate_is_conservative() -> None:
+    assert [estimate_tokens(n) for n in (0, 1, 3, 4, 3000)] == [0, 1, 1, 2, 1000]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_orch_run_edits_a_file_through_the_real_aider(aider_venv: Path, tmp_path: Path,
+                                                      server_factory: Any) -> None:
+    server = server_factory([{"content": "Here it is.\n\n" + whole_file("hello.py", NEW),
+                              "prompt_tokens": 700, "completion_tokens": 30}])
+    root = make_project(tmp_path / "proj", aider_venv, server.url)
+    proc = run(root)
+    log = (root / ".state" / "logs" / "edit.log").read_text()
+    assert proc.returncode == 0, proc.stdout + proc.stderr + log
+    assert (root / "hello.py").read_text() == NEW, log
+    assert git(root, "show", "main:hello.py") == NEW
+    assert len(server.requests()) == 1
+    sent = json.dumps(server.requests()[0]["body"])
+    assert "greet() function" in sent and 'print(\\"old\\")' in sent
+    show = task_row(root)
+    assert show["state"] == "completed"
+    details = show["attempts"][-1]["output"]["details"]
+    assert details["files_modified"] == ["hello.py"]
+    assert details["tokens"] == {"sent": 700, "received": 30}
+    # Aider stayed out of git and the worktree: its files are under .state/.
+    subjects = git(root, "log", "--format=%s", "main").splitlines()
+    assert "orch: edit: edit hello" in subjects, subjects   # orch committed, not Aider
+    assert len(subjects) == 3, subjects                       # project, the task, the merge
+    assert not list(root.glob(".aider*"))
+    assert (root / ".state" / "agents" / "aider" / "edit" / "chat.history.md").exists()
+
+
+def test_context_over_budget_fails_before_aider_starts(aider_venv: Path, tmp_path: Path,
+                                                       server_factory: Any) -> None:
+    server = server_factory([whole_file("hello.py", NEW)])
+    big = "# filler line for the budget\n" * 200   # 5800 bytes: about 1934 tokens
+    root = make_project(tmp_path / "proj", aider_venv, server.url, max_tokens=100, hello=big)
+    proc = run(root)
+    assert proc.returncode != 0
+    show = task_row(root)
+    assert show["state"] == "failed"
+    assert show["failure_mode"] == "Context-Overflow"
+    attempt = show["attempts"][-1]
+    assert attempt["error_type"] == "context_overflow"
+    assert attempt["output"]["details"]["context"]["max_tokens"] == 100
+    assert attempt["output"]["details"]["context"]["required_tokens"] > 1900
+    assert server.requests() == [], "the model was called: Aider ran"
+    assert not (root / ".state" / "agents" / "aider" / "edit").exists()
+    events = json.loads(orch("--root", str(root), "--json", "events", "--task", "edit").stdout)
+
+    failed = [e for e in events["events"] if e["event"] == "task_failed"]
+    assert failed and failed[-1]["metadata"]["required_tokens"] > 1900
+    assert failed[-1]["metadata"]["max_tokens"] == 100
+    assert (root / "hello.py").read_text() == big
+
+
+def test_a_model_that_fails_never_completes_the_task(aider_venv: Path, tmp_path: Path,
+                                                     server_factory: Any) -> None:
+    # 401 is not retried by Aider: it reports the error and exits 0 with nothing edited.
+    server = server_factory([{"mode": "fail", "status": 401}])
+    root = make_project(tmp_path / "proj", aider_venv, server.url)
+    proc = run(root)
+    log = (root / ".state" / "logs" / "edit.log").read_text()
+    assert proc.returncode != 0, log
+    show = task_row(root)
+    assert show["state"] == "failed", log
+    assert "changed none of the required files" in show["last_error"], log
+    assert (root / "hello.py").read_text() == HELLO
+    assert len(server.requests()) >= 1
+
+
+def test_an_http_500_model_never_completes_the_task(aider_venv: Path, tmp_path: Path,
+                                                    server_factory: Any) -> None:
+    # Aider retries 5xx with backoff for about a minute; the task's timeout ends it first.
+    server = server_factory([{"mode": "fail", "status": 500}])
+    root = make_project(tmp_path / "proj", aider_venv, server.url, timeout_seconds=20)
+    run(root)
+    show = task_row(root)
+    assert show["state"] == "failed"
+    assert show["failure_mode"] in ("Task-Timeout", "Task-Failed")
+    assert (root / "hello.py").read_text() == HELLO
+    assert server.requests()
