@@ -24,7 +24,7 @@ from kernel.observe.status import why
 from kernel.runtime import actions
 from kernel.store import db, eventlog
 from kernel.store.events import EVENT_FIELDS
-from kernel.store.machines import transition
+from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project
 
 from .conftest import logical_dump, orch, orch_json, run_cli
@@ -53,24 +53,24 @@ def _history(conn: apsw.Connection) -> None:
                      "transition_metadata) VALUES ('w1', ?, ?, json_object('at', ?))",
                      (_ago(120), _ago(120), _ago(120)))
     with db.write_tx(conn):
-        transition(conn, "worker", "w1", "idle", "registration_complete", {"at": _ago(120)})
-        transition(conn, "task", "a", "queued", "scheduler_assigned", {"at": _ago(150)})
-        transition(conn, "workstream", "ws", "ready", "all_tasks_created", {"at": _ago(150)})
+        transition_in_tx(conn, "worker", "w1", "idle", "registration_complete", {"at": _ago(120)})
+        transition_in_tx(conn, "task", "a", "queued", "scheduler_assigned", {"at": _ago(150)})
+        transition_in_tx(conn, "workstream", "ws", "ready", "all_tasks_created", {"at": _ago(150)})
     with db.write_tx(conn):
-        transition(conn, "task", "a", "running", "worker_started", {"at": _ago(100)},
-                   worker_id="w1", generation=1)
-        transition(conn, "worker", "w1", "busy", "task_assigned", {"at": _ago(100)})
-        transition(conn, "workstream", "ws", "executing", "first_task_started",
-                   {"at": _ago(100)})
+        transition_in_tx(conn, "task", "a", "running", "worker_started", {"at": _ago(100)},
+                         worker_id="w1", generation=1)
+        transition_in_tx(conn, "worker", "w1", "busy", "task_assigned", {"at": _ago(100)})
+        transition_in_tx(conn, "workstream", "ws", "executing", "first_task_started",
+                         {"at": _ago(100)})
     actions.cancel_tasks(conn, ["b"], now=_ago(95))
     with db.write_tx(conn):
-        transition(conn, "task", "a", "validating", "execution_completed", {"at": _ago(92)},
-                   worker_id=None)
-        transition(conn, "task", "a", "completed", "validation_passed", {"at": _ago(89)},
-                   completed_at=_ago(89))
-        transition(conn, "worker", "w1", "idle", "task_completed", {"at": _ago(89)})
+        transition_in_tx(conn, "task", "a", "validating", "execution_completed", {"at": _ago(92)},
+                         worker_id=None)
+        transition_in_tx(conn, "task", "a", "completed", "validation_passed", {"at": _ago(89)},
+                         completed_at=_ago(89))
+        transition_in_tx(conn, "worker", "w1", "idle", "task_completed", {"at": _ago(89)})
     with db.write_tx(conn):
-        transition(conn, "task", "c", "queued", "scheduler_assigned", {"at": _ago(1)})
+        transition_in_tx(conn, "task", "c", "queued", "scheduler_assigned", {"at": _ago(1)})
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ def test_rotate_moves_exactly_the_events_older_than_the_cut(old_project: Project
     conn = _connect(old_project)
     try:
         with db.write_tx(conn):
-            transition(conn, "task", "c", "cancelled", "user_cancelled", {"at": iso(NOW)})
+            transition_in_tx(conn, "task", "c", "cancelled", "user_cancelled", {"at": iso(NOW)})
         assert db.scalar(conn, "SELECT MAX(seq) FROM event") == rotation["seq"] + 1
     finally:
         conn.close()

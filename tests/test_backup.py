@@ -24,7 +24,7 @@ from kernel.maintain.backup import backup, list_backups
 from kernel.maintain.redact import DEFAULT_PATTERNS, redact_string, redact_text
 from kernel.observe import audit, exports
 from kernel.store import db
-from kernel.store.machines import transition
+from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project
 
 from .conftest import REPO, logical_dump, orch, orch_json
@@ -33,7 +33,7 @@ from .e2e import make_project, py, run, task, wait_for
 WRITER = r"""
 import pathlib, sys, time
 from kernel.store import db, schema
-from kernel.store.machines import transition
+from kernel.store.machines import transition_in_tx
 
 conn = schema.connect(sys.argv[1])
 stop = pathlib.Path(sys.argv[2])
@@ -42,7 +42,7 @@ while not stop.exists():
     i += 1
     with db.write_tx(conn):
         conn.execute("INSERT INTO worker (worker_id) VALUES (?)", (f"wr{i}",))
-        transition(conn, "worker", f"wr{i}", "idle", "registration_complete")
+        transition_in_tx(conn, "worker", f"wr{i}", "idle", "registration_complete")
     if i == 1:
         print("started", flush=True)
     time.sleep(0.001)
@@ -211,9 +211,10 @@ def test_bundle_redacts_every_member_and_leaves_the_database_alone(tmp_path: Pat
     conn = project.connect()
     try:
         with db.write_tx(conn):
-            transition(conn, "task", "boom", "pending", "operator_reset",
-                       {"error": f"deploy failed: GITHUB_TOKEN={GITHUB} ANTHROPIC {ANTHROPIC}"},
-                       last_error=f"aws said no to {AWS}")
+            transition_in_tx(conn, "task", "boom", "pending", "operator_reset",
+                             {"error":
+                                  f"deploy failed: GITHUB_TOKEN={GITHUB} ANTHROPIC {ANTHROPIC}"},
+                             last_error=f"aws said no to {AWS}")
             conn.execute("UPDATE attempt SET error_message = ? WHERE task_id = 'boom'",
                          (f"slack {SLACK} jwt {JWT}",))
         # The views see the planted secrets too.
@@ -315,7 +316,8 @@ def _cancel(project: Project, task_id: str) -> None:
     conn = project.connect()
     try:
         with db.write_tx(conn):
-            transition(conn, "task", task_id, "cancelled", "user_cancelled", {"reason": "test"})
+            transition_in_tx(conn, "task", task_id, "cancelled", "user_cancelled",
+                             {"reason": "test"})
     finally:
         conn.close()
 

@@ -19,16 +19,17 @@ from kernel.planning.dag import (
     DuplicateTask,
     PlanTask,
     UnknownDependency,
+    bottom_levels,
     build_graph,
     critical_path,
     dag_document,
     execution_plan,
     find_cycle,
-    generate_layered_dag,
     stage_duration,
     stages,
     topological_order,
 )
+from kernel.planning.generate import generate_layered_dag
 
 NOW = "2025-01-01T00:00:00.000Z"
 
@@ -390,6 +391,33 @@ def test_critical_path_is_the_longest_path(tasks: list[PlanTask]) -> None:
     assert sum(durations[v] for v in path) == length
     assert all(graph.has_edge(u, v) for u, v in itertools.pairwise(path))
     assert bool(path) == bool(tasks)
+
+
+def test_bottom_levels_of_the_diamond(diamond: list[PlanTask]) -> None:
+    # d alone; b and c: their own time plus d's; a: 10 + the longer branch (c: 35).
+    levels = bottom_levels(build_graph(diamond), durations_of(diamond))
+    assert levels == {"a": 45.0, "b": 25.0, "c": 35.0, "d": 5.0}
+
+
+@settings(max_examples=300, deadline=None)
+@given(graphs(max_nodes=8))
+def test_bottom_level_is_the_longest_chain_starting_at_each_task(tasks: list[PlanTask]) -> None:
+    graph = build_graph(tasks)
+    durations = durations_of(tasks)
+    levels = bottom_levels(graph, durations)
+    for v in graph:
+        after = graph.subgraph(nx.descendants(graph, v) | {v})
+        chains = [durations[v]] + [
+            sum(durations[n] for n in p) for target in after if target != v
+            for p in nx.all_simple_paths(after, v, target)]
+        assert levels[v] == max(chains)
+    assert max(levels.values(), default=0.0) == critical_path(graph, durations)[1]
+
+
+def test_bottom_levels_refuse_a_cycle() -> None:
+    graph = nx.DiGraph([("a", "b"), ("b", "a")])
+    with pytest.raises(DependencyCycle):
+        bottom_levels(graph, {"a": 1.0, "b": 1.0})
 
 
 @settings(max_examples=200, deadline=None)

@@ -25,7 +25,7 @@ import apsw
 import pytest
 
 from kernel.base.errors import DatabaseUnavailable
-from kernel.store import db, schema
+from kernel.store import db, dbcheck, schema
 from kernel.store.project import Project, init_project
 
 from .conftest import orch, run_cli
@@ -430,7 +430,7 @@ def test_the_migrations_objects_are_those_of_a_fresh_database(
         fresh_db: apsw.Connection) -> None:
     """The schema check reads the objects each migration creates from its SQL: that reading
     must find every table and view a fresh database holds, and nothing it lacks."""
-    introduced, dropped = db._migration_objects()
+    introduced, dropped = dbcheck._migration_objects()
     fresh = dict(fresh_db.execute(
         "SELECT name, type FROM sqlite_schema WHERE name NOT LIKE 'sqlite%'").fetchall())
     expected = {n for n, (_, kind) in introduced.items() if n not in dropped}

@@ -21,7 +21,7 @@ import pytest
 from kernel.base.clock import iso
 from kernel.maintain.doctor_checks import normalise_sql, shipped_schema
 from kernel.store import db
-from kernel.store.machines import transition
+from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project
 
 from .conftest import orch, orch_json, run_cli
@@ -326,7 +326,7 @@ def test_a_log_cut_at_the_start_fails_and_replay_says_it_is_partial(project: Pro
     conn = project.connect()
     try:
         with db.write_tx(conn):
-            transition(conn, "task", "t2", "queued", "scheduler_assigned")   # seq 4
+            transition_in_tx(conn, "task", "t2", "queued", "scheduler_assigned")   # seq 4
     finally:
         conn.close()
     _drop_events(project, "seq <= 2")
@@ -361,7 +361,7 @@ def test_a_rotated_start_is_explained_and_replay_without_its_archives_is_partial
                          "transition_metadata) VALUES ('t1', 'ws', ?1, ?1, "
                          "json_object('at', ?1))", (iso(old),))
         with db.write_tx(conn):
-            transition(conn, "task", "t1", "queued", "scheduler_assigned")
+            transition_in_tx(conn, "task", "t1", "queued", "scheduler_assigned")
     finally:
         conn.close()
     assert run_cli("--root", str(project.root), "audit", "rotate") == 0

@@ -55,7 +55,7 @@ def test_exclusive_resource_has_one_holder(conn: apsw.Connection) -> None:
     _refused(conn, "t1", "x", "exclusive", match="lease refused")
     _refused(conn, "t1", "x", "shared", match="lease refused")
     _lease(conn, "t0", "x")  # the same task may hold its own resource twice (re-lease)
-    leases.release_task(conn, "t0", T0 + 1, "done")
+    leases.release_task_in_tx(conn, "t0", T0 + 1, "done")
     _lease(conn, "t1", "x")
 
 
@@ -70,7 +70,7 @@ def test_pool_never_exceeds_capacity_minus_reserved(conn: apsw.Connection) -> No
     _lease(conn, "t0", "p", "units", 2)
     _lease(conn, "t1", "p", "units", 2)
     _refused(conn, "t2", "p", "units", 1, match="not enough units")  # 5 - 1 reserved = 4
-    leases.release_task(conn, "t0", T0 + 1, "done")
+    leases.release_task_in_tx(conn, "t0", T0 + 1, "done")
     _lease(conn, "t2", "p", "units", 2)
 
 
@@ -78,8 +78,8 @@ def test_conflicting_resources_are_never_held_by_two_tasks(conn: apsw.Connection
     _lease(conn, "t0", "fr", "shared")
     _lease(conn, "t1", "fr", "shared")
     _refused(conn, "t2", "fw", match="conflicting")
-    leases.release_task(conn, "t0", T0 + 1, "done")
-    leases.release_task(conn, "t1", T0 + 1, "done")
+    leases.release_task_in_tx(conn, "t0", T0 + 1, "done")
+    leases.release_task_in_tx(conn, "t1", T0 + 1, "done")
     _lease(conn, "t2", "fw")
     _refused(conn, "t3", "fr", "shared", match="conflicting")
     _lease(conn, "t2", "fr", "shared")  # a task never conflicts with itself
@@ -103,14 +103,14 @@ def test_acquire_all_is_all_or_nothing(conn: apsw.Connection) -> None:
         conn.execute("INSERT INTO task_resource VALUES ('t1', 'p', 'units', 2), "
                      "('t1', 'x', 'exclusive', 1)")
     with db.write_tx(conn), pytest.raises(leases.LeaseUnavailable) as err:
-        leases.acquire_all(conn, "t1", owner="w", generation=1, attempt_id=None, now=T0,
-                           ttl=30)
+        leases.acquire_all_in_tx(conn, "t1", owner="w", generation=1, attempt_id=None, now=T0,
+                                 ttl=30)
     assert err.value.resource_id == "x"
     assert db.scalar(conn, "SELECT COUNT(*) FROM lease WHERE task_id = 't1'") == 0
-    leases.release_task(conn, "t0", T0 + 1, "done")
+    leases.release_task_in_tx(conn, "t0", T0 + 1, "done")
     with db.write_tx(conn):
-        got = leases.acquire_all(conn, "t1", owner="w", generation=1, attempt_id=None,
-                                 now=T0 + 2, ttl=30)
+        got = leases.acquire_all_in_tx(conn, "t1", owner="w", generation=1, attempt_id=None,
+                                       now=T0 + 2, ttl=30)
     assert sorted(g.resource_id for g in got) == ["p", "x"]
     usage = {r["resource_id"]: r for r in db.rows(conn, "SELECT * FROM resource_usage")}
     assert usage["p"]["amount_held"] == 2 and usage["x"]["holder_tasks"] == "t1"
@@ -118,7 +118,7 @@ def test_acquire_all_is_all_or_nothing(conn: apsw.Connection) -> None:
 
 def test_a_released_lease_stays_released(conn: apsw.Connection) -> None:
     _lease(conn, "t0", "x")
-    leases.release_task(conn, "t0", T0 + 1, "done")
+    leases.release_task_in_tx(conn, "t0", T0 + 1, "done")
     with pytest.raises(apsw.ConstraintError, match="released lease cannot be changed"):
         conn.execute("UPDATE lease SET released_at = NULL")
 
@@ -169,7 +169,7 @@ def test_random_pool_traffic_never_oversubscribes(tmp_path_factory: pytest.TempP
     try:
         for task, amount, release in ops:
             if release:
-                leases.release_task(conn, f"t{task}", T0 + 1, "done")
+                leases.release_task_in_tx(conn, f"t{task}", T0 + 1, "done")
                 continue
             try:
                 _lease(conn, f"t{task}", "p", "units", amount)

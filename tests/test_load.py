@@ -15,7 +15,7 @@ import pytest
 from kernel.base.errors import DatabaseUnavailable
 from kernel.definitions.load import LoadError, load
 from kernel.store import db
-from kernel.store.machines import transition
+from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project
 
 from .conftest import logical_dump, run_cli
@@ -148,9 +148,9 @@ def _start(project: Project, task_id: str) -> None:
     try:
         with db.write_tx(conn):
             conn.execute("INSERT INTO worker (worker_id) VALUES ('w1')")
-            transition(conn, "worker", "w1", "idle", "registration_complete")
-            transition(conn, "task", task_id, "queued", "scheduler_assigned")
-            transition(conn, "task", task_id, "running", "worker_started", worker_id="w1")
+            transition_in_tx(conn, "worker", "w1", "idle", "registration_complete")
+            transition_in_tx(conn, "task", task_id, "queued", "scheduler_assigned")
+            transition_in_tx(conn, "task", task_id, "running", "worker_started", worker_id="w1")
     finally:
         conn.close()
 
@@ -199,7 +199,7 @@ def test_no_tasks_are_added_to_a_terminal_workstream(small_project: Project) -> 
     load(small_project, workers=1)
     conn = small_project.connect()
     with db.write_tx(conn):
-        transition(conn, "workstream", "ws2", "cancelled", "user_cancelled")
+        transition_in_tx(conn, "workstream", "ws2", "cancelled", "user_cancelled")
     conn.close()
     write_task(small_project, task_doc("e", ws="ws2"))
     before = logical_dump(small_project.db_path)

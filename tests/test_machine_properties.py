@@ -4,8 +4,8 @@ The Python model below knows the YAML transition table and the SQL guards (depen
 completed before queued, a live and free worker for running, running <=> worker_id, retries
 counted and bounded, retry_count monotonic, a worker keeps its running task until it is handed
 on, created_at <= started_at <= completed_at). Every request, legal or not, is sent through
-``kernel.store.machines.transition`` and the database must decide exactly as the model predicts;
-the invariants are checked against the database after every step.
+``kernel.store.machines.transition_in_tx`` and the database must decide exactly as the model
+predicts; the invariants are checked against the database after every step.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from hypothesis.stateful import (
 
 from kernel.base.errors import IllegalTransition
 from kernel.store import db, schema
-from kernel.store.machines import ENTITY, TransitionDef, load_machines, transition
+from kernel.store.machines import ENTITY, TransitionDef, load_machines, transition_in_tx
 
 MACHINES = load_machines()
 LEGAL = {
@@ -248,7 +248,7 @@ class TransitionMachine(RuleBasedStateMachine):
         before_log = self.conn.execute("SELECT MAX(seq), COUNT(*) FROM event").fetchone()
         try:
             with db.write_tx(self.conn):
-                transition(self.conn, machine, entity, to, trigger, **cols)
+                transition_in_tx(self.conn, machine, entity, to, trigger, **cols)
         except IllegalTransition as exc:
             assert expected is not None, (
                 f"legal request refused: {machine} {entity} {before_state} -> {to} "

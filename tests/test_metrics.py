@@ -27,7 +27,7 @@ from kernel.base import clock
 from kernel.observe import metrics as m
 from kernel.observe import metrics_document, prometheus
 from kernel.store import db, schema
-from kernel.store.machines import load_machines, transition
+from kernel.store.machines import load_machines, transition_in_tx
 from kernel.store.project import Project
 from tests.conftest import REPO, orch, orch_json, run_cli
 from tests.e2e import ORCH, make_project, py, query, run, task
@@ -264,7 +264,7 @@ def _at(seconds: float) -> dict[str, Any]:
 def _worker(conn: apsw.Connection, worker_id: str, offset: float) -> None:
     conn.execute("INSERT INTO worker (worker_id, transition_metadata) VALUES (?, ?)",
                   (worker_id, json.dumps(_at(offset))))
-    transition(conn, "worker", worker_id, "idle", "registration_complete", _at(offset))
+    transition_in_tx(conn, "worker", worker_id, "idle", "registration_complete", _at(offset))
 
 
 def test_utilization_is_busy_share_of_alive_time_over_the_last_hour(
@@ -278,15 +278,15 @@ def test_utilization_is_busy_share_of_alive_time_over_the_last_hour(
         # w3: registered at 09:45, idle since -> 15 min alive, never busy.
         # w4: stopped long before the window: not counted.
         _worker(c, "w4", -9000)
-        transition(c, "worker", "w4", "shutdown", "shutdown_requested", _at(-8000))
+        transition_in_tx(c, "worker", "w4", "shutdown", "shutdown_requested", _at(-8000))
         _worker(c, "w1", -7200)
         _worker(c, "w2", -5000)
-        transition(c, "worker", "w2", "busy", "task_assigned", _at(-4000))
-        transition(c, "worker", "w1", "busy", "task_assigned", _at(-3000))
-        transition(c, "worker", "w1", "idle", "task_completed", _at(-1800))
-        transition(c, "worker", "w2", "shutdown", "shutdown_requested", _at(-1800))
+        transition_in_tx(c, "worker", "w2", "busy", "task_assigned", _at(-4000))
+        transition_in_tx(c, "worker", "w1", "busy", "task_assigned", _at(-3000))
+        transition_in_tx(c, "worker", "w1", "idle", "task_completed", _at(-1800))
+        transition_in_tx(c, "worker", "w2", "shutdown", "shutdown_requested", _at(-1800))
         _worker(c, "w3", -900)
-        transition(c, "worker", "w1", "busy", "task_assigned", _at(-600))
+        transition_in_tx(c, "worker", "w1", "busy", "task_assigned", _at(-600))
     doc = m.collect(c, T0)
     alive, busy = 3600 + 1800 + 900, 1800 + 1800
     assert doc["workers"]["avg_utilization"] == round(busy / alive, 4)
@@ -302,24 +302,25 @@ def test_errors_count_failure_occurrences_of_today_once_each(
     c = db_with_workstream
     yesterday = -11 * 3600  # 23:00 UTC the day before
     with db.write_tx(c):
-        transition(c, "task", "a", "queued", "scheduler_assigned", _at(yesterday))
-        transition(c, "task", "a", "running", "worker_started", _at(yesterday), worker_id="w1")
-        transition(c, "task", "a", "retrying", "task_timeout",
-                   {**_at(yesterday), "failure_mode": "Task-Timeout"},
-                   worker_id=None, retry_count=1)
-        transition(c, "task", "a", "queued", "retry_delay_elapsed", _at(-600))
-        transition(c, "task", "a", "running", "worker_started", _at(-500), worker_id="w1")
-        transition(c, "worker", "w1", "busy", "task_assigned", _at(-500))
+        transition_in_tx(c, "task", "a", "queued", "scheduler_assigned", _at(yesterday))
+        transition_in_tx(c, "task", "a", "running", "worker_started", _at(yesterday),
+                         worker_id="w1")
+        transition_in_tx(c, "task", "a", "retrying", "task_timeout",
+                         {**_at(yesterday), "failure_mode": "Task-Timeout"},
+                         worker_id=None, retry_count=1)
+        transition_in_tx(c, "task", "a", "queued", "retry_delay_elapsed", _at(-600))
+        transition_in_tx(c, "task", "a", "running", "worker_started", _at(-500), worker_id="w1")
+        transition_in_tx(c, "worker", "w1", "busy", "task_assigned", _at(-500))
         # w1 crashes: the task is handed on (same mode, not a second occurrence).
-        transition(c, "task", "a", "retrying", "worker_lost",
-                   {**_at(-400), "failure_mode": "Worker-Crashed"},
-                   worker_id=None, retry_count=2)
-        transition(c, "worker", "w1", "shutdown", "worker_crashed",
-                   {**_at(-400), "failure_mode": "Worker-Crashed"})
+        transition_in_tx(c, "task", "a", "retrying", "worker_lost",
+                         {**_at(-400), "failure_mode": "Worker-Crashed"},
+                         worker_id=None, retry_count=2)
+        transition_in_tx(c, "worker", "w1", "shutdown", "worker_crashed",
+                         {**_at(-400), "failure_mode": "Worker-Crashed"})
         # w2 goes silent, then is shut down for it: one Worker-Unresponsive.
-        transition(c, "worker", "w2", "unresponsive", "health_check_timeout", _at(-300))
-        transition(c, "worker", "w2", "shutdown", "max_timeout_exceeded",
-                   {**_at(-100), "failure_mode": "Worker-Unresponsive"})
+        transition_in_tx(c, "worker", "w2", "unresponsive", "health_check_timeout", _at(-300))
+        transition_in_tx(c, "worker", "w2", "shutdown", "max_timeout_exceeded",
+                         {**_at(-100), "failure_mode": "Worker-Unresponsive"})
         c.execute("INSERT INTO event (timestamp, event, event_type, severity, entity_type, "
                   "entity_id, task_id, workstream_id, trigger, metadata) VALUES "
                   "(?, 'resource_exhausted', 'resource', 'critical', 'resource', 'gpu', 'b', "

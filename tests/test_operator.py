@@ -10,10 +10,11 @@ from typing import Any
 import apsw
 import pytest
 
+from kernel.base import clock
 from kernel.observe.status import why
-from kernel.runtime.actions import cancel_tasks
+from kernel.runtime.actions import cancel_task_in_tx, cancel_tasks
 from kernel.store import db
-from kernel.store.machines import transition
+from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project
 
 from .conftest import logical_dump, orch_json, run_cli
@@ -40,9 +41,9 @@ def proj(project: Project) -> Project:
         conn.execute("INSERT INTO task_dependency VALUES ('b', 'a'), ('c', 'b')")
         for worker in ("w1", "w2", "w3"):
             conn.execute("INSERT INTO worker (worker_id) VALUES (?)", (worker,))
-            transition(conn, "worker", worker, "idle", "registration_complete")
-        transition(conn, "workstream", "ws", "ready", "all_tasks_created")
-        transition(conn, "workstream", "ws", "executing", "first_task_started")
+            transition_in_tx(conn, "worker", worker, "idle", "registration_complete")
+        transition_in_tx(conn, "workstream", "ws", "ready", "all_tasks_created")
+        transition_in_tx(conn, "workstream", "ws", "executing", "first_task_started")
     conn.close()
     return project
 
@@ -55,10 +56,10 @@ def start(conn: apsw.Connection, task_id: str, worker: str) -> int:
     """queued -> running on ``worker`` with an open attempt; returns the attempt number."""
     with db.write_tx(conn):
         if db.scalar(conn, "SELECT state FROM task WHERE task_id = ?", (task_id,)) != "queued":
-            transition(conn, "task", task_id, "queued", "scheduler_assigned")
-        transition(conn, "task", task_id, "running", "worker_started", worker_id=worker,
-                   started_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
-                   generation=("sql", "generation + 1"))
+            transition_in_tx(conn, "task", task_id, "queued", "scheduler_assigned")
+        transition_in_tx(conn, "task", task_id, "running", "worker_started", worker_id=worker,
+                         started_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
+                         generation=("sql", "generation + 1"))
         number = db.scalar(conn, "SELECT COUNT(*) + 1 FROM attempt WHERE task_id = ?",
                            (task_id,))
         conn.execute(
@@ -84,26 +85,20 @@ def finish(conn: apsw.Connection, task_id: str, to_state: str, trigger: str, *,
             columns["retry_count"] = ("sql", "retry_count + 1")
         if to_state in ("failed", "completed"):
             columns.setdefault("completed_at", ("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"))
-        transition(conn, "task", task_id, to_state, trigger, metadata, worker_id=None,
-                   failure_mode=failure_mode, **columns)
+        transition_in_tx(conn, "task", task_id, to_state, trigger, metadata, worker_id=None,
+                         failure_mode=failure_mode, **columns)
 
 
 def task(project: Project, task_id: str) -> dict[str, Any]:
-    conn = project.connect(readonly=True)
-    try:
+    with project.open(readonly=True) as conn:
         found = db.row(conn, "SELECT * FROM task WHERE task_id = ?", (task_id,))
-        assert found is not None
-        return found
-    finally:
-        conn.close()
+    assert found is not None
+    return found
 
 
 def query(project: Project, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
-    conn = project.connect(readonly=True)
-    try:
+    with project.open(readonly=True) as conn:
         return db.rows(conn, sql, params)
-    finally:
-        conn.close()
 
 
 def cli(project: Project, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
@@ -121,7 +116,7 @@ def test_cancel_pending_queued_running_and_retrying(proj: Project, capsys) -> No
     conn = conn_of(proj)
     start(conn, "a", "w1")                            # a running
     with db.write_tx(conn):
-        transition(conn, "task", "d", "queued", "scheduler_assigned")   # d queued
+        transition_in_tx(conn, "task", "d", "queued", "scheduler_assigned")   # d queued
     start(conn, "e", "w2")
     finish(conn, "e", "retrying", "execution_failed", outcome="failed", exit_code=1,
            failure_mode="Task-Failed")                # e retrying
@@ -151,6 +146,32 @@ def test_cancel_pending_queued_running_and_retrying(proj: Project, capsys) -> No
     meta = json.loads(events[0]["metadata"])
     assert meta["operator"] == USER and meta["worker_id"] == "w1"
     assert events[0]["from_state"] == "running"
+
+
+def test_cancel_task_in_tx_frees_the_worker_and_closes_the_attempt(proj: Project) -> None:
+    """The one cancel of a task (the operator's and a failed workstream's): the task leaves its
+    worker, its open attempt is closed as cancelled and keeps an error message of its own."""
+    with proj.open() as conn:
+        start(conn, "a", "w1")
+        start(conn, "d", "w2")
+        with db.write_tx(conn):
+            conn.execute("UPDATE attempt SET error_message = 'its own' WHERE task_id = 'd'")
+            stamp = clock.now_iso()
+            for task_id in ("a", "d"):
+                cancel_task_in_tx(conn, task_id, stamp,
+                                  trigger="workstream_timeout", metadata={"reason": "test"},
+                                  last_error="cancelled: test", attempt_error="the attempt's")
+            cancel_task_in_tx(conn, "b", stamp, trigger="workstream_timeout",
+                              metadata={}, last_error="cancelled: test")
+    assert [(t["state"], t["worker_id"], t["last_error"]) for t in
+            (task(proj, "a"), task(proj, "b"), task(proj, "d"))] == \
+        [("cancelled", None, "cancelled: test")] * 3
+    assert query(proj, "SELECT task_id, outcome, error_message FROM attempt ORDER BY task_id") == [
+        {"task_id": "a", "outcome": "cancelled", "error_message": "the attempt's"},
+        {"task_id": "d", "outcome": "cancelled", "error_message": "its own"}]
+    assert [e["trigger"] for e in query(proj, "SELECT trigger FROM event WHERE task_id = 'a' "
+                                              "AND to_state = 'cancelled'")] == [
+        "workstream_timeout"]
 
 
 def test_cancel_of_a_terminal_task_is_skipped_not_an_error(proj: Project, capsys) -> None:
@@ -188,7 +209,7 @@ def test_cancel_workstream(proj: Project, capsys) -> None:
     conn.close()
     conn = conn_of(proj)
     with db.write_tx(conn):
-        transition(conn, "task", "d", "completed", "operator_skip")
+        transition_in_tx(conn, "task", "d", "completed", "operator_skip")
     conn.close()
     code, report = cli(proj, capsys, "cancel", "--workstream", "ws")
     assert code == 0
@@ -213,8 +234,8 @@ def test_retry_failed_task_revives_it_and_its_workstream(proj: Project, capsys) 
     finish(conn, "d", "failed", "execution_failed", outcome="failed", exit_code=3,
            failure_mode="Task-Failed", last_error="boom")
     with db.write_tx(conn):
-        transition(conn, "workstream", "ws", "failed", "critical_task_failed",
-                   completed_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"))
+        transition_in_tx(conn, "workstream", "ws", "failed", "critical_task_failed",
+                         completed_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"))
     conn.close()
 
     code, report = cli(proj, capsys, "retry", "d", "a")
@@ -347,11 +368,8 @@ def test_show_task(proj: Project, capsys) -> None:
 
 
 def sentences(project: Project, task_id: str) -> str:
-    conn = project.connect(readonly=True)
-    try:
+    with project.open(readonly=True) as conn:
         return "\n".join(why(conn, task_id, project.logs_dir)["sentences"])
-    finally:
-        conn.close()
 
 
 def test_why_pending_waits_then_is_stuck(proj: Project) -> None:
@@ -371,21 +389,21 @@ def test_why_pending_waits_then_is_stuck(proj: Project) -> None:
             "scheduled for 10:15:03") in text
     conn = conn_of(proj)
     with db.write_tx(conn):
-        transition(conn, "task", "a", "queued", "retry_delay_elapsed")
+        transition_in_tx(conn, "task", "a", "queued", "retry_delay_elapsed")
     start(conn, "a", "w2")
     finish(conn, "a", "retrying", "task_timeout", outcome="timeout",
            failure_mode="Task-Timeout")
     with db.write_tx(conn):
-        transition(conn, "task", "a", "queued", "retry_delay_elapsed")
+        transition_in_tx(conn, "task", "a", "queued", "retry_delay_elapsed")
     start(conn, "a", "w1")
     with db.write_tx(conn):
         conn.execute("UPDATE attempt SET finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), "
                      "outcome = 'succeeded', exit_code = 0 WHERE task_id = 'a' "
                      "AND finished_at IS NULL")
-        transition(conn, "task", "a", "validating", "execution_completed", worker_id=None)
-        transition(conn, "task", "a", "failed", "validation_failed",
-                   {"rule": "no_lint_errors"}, failure_mode="Validation-Failed",
-                   completed_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"))
+        transition_in_tx(conn, "task", "a", "validating", "execution_completed", worker_id=None)
+        transition_in_tx(conn, "task", "a", "failed", "validation_failed",
+                         {"rule": "no_lint_errors"}, failure_mode="Validation-Failed",
+                         completed_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"))
     conn.close()
     proj.logs_dir.mkdir(parents=True, exist_ok=True)
     (proj.logs_dir / "a.log").write_text("".join(f"out {i}\n" for i in range(30)))
@@ -411,14 +429,14 @@ def test_why_queued_cancelled_completed_through_the_cli(proj: Project, capsys) -
                      "VALUES ('d', 'python'), ('d', 'git')")
         conn.execute("INSERT INTO worker_capability VALUES ('w2', 'python', '1.0.0'), "
                      "('w2', 'git', '1.0.0')")
-        transition(conn, "task", "d", "queued", "scheduler_assigned")
+        transition_in_tx(conn, "task", "d", "queued", "scheduler_assigned")
     start(conn, "e", "w1")
     with db.write_tx(conn):
         conn.execute("UPDATE attempt SET finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), "
                      "outcome = 'succeeded', exit_code = 0 WHERE task_id = 'e'")
-        transition(conn, "task", "e", "validating", "execution_completed", worker_id=None)
-        transition(conn, "task", "e", "completed", "validation_passed",
-                   completed_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"))
+        transition_in_tx(conn, "task", "e", "validating", "execution_completed", worker_id=None)
+        transition_in_tx(conn, "task", "e", "completed", "validation_passed",
+                         completed_at=("sql", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"))
     conn.close()
     code, data = cli(proj, capsys, "why", "d")
     assert code == 0 and data["task_id"] == "d" and data["state"] == "queued"

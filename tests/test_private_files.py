@@ -15,7 +15,7 @@ import pytest
 
 from kernel.observe import archive
 from kernel.store import db, eventlog
-from kernel.store.machines import transition
+from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project, init_project
 
 from .conftest import orch
@@ -50,7 +50,7 @@ def project_with_events(tmp_path: Path, umask: int) -> Project:
             conn.execute("INSERT INTO workstream (workstream_id) VALUES ('ws')")
             conn.execute("INSERT INTO task (task_id, workstream_id, command) "
                          "VALUES ('a', 'ws', 'OPENAI_API_KEY=sk-x run')")
-            transition(conn, "task", "a", "queued", "scheduler_assigned")
+            transition_in_tx(conn, "task", "a", "queued", "scheduler_assigned")
     finally:
         conn.close()
     return project

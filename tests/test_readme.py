@@ -16,7 +16,7 @@ import pytest
 
 from kernel.maintain.backup import backup
 from kernel.store import db
-from kernel.store.machines import transition
+from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project
 
 from .conftest import REPO
@@ -114,7 +114,7 @@ def test_readme_says_back_up_with_orch_backup_and_a_plain_copy_misses_commits(
                                [(f"t{i}",) for i in range(40)])
         for i in range(40):
             with db.write_tx(writer):
-                transition(writer, "task", f"t{i}", "queued", "scheduler_assigned")
+                transition_in_tx(writer, "task", f"t{i}", "queued", "scheduler_assigned")
         live = db.scalar(writer, "SELECT COUNT(*) FROM event")
         plain = tmp_path / "cp.db"
         shutil.copyfile(project.db_path, plain)

@@ -11,7 +11,8 @@ import re
 import pytest
 from rich.console import Console
 
-from kernel.planning.dag import PlanTask, dag_document, execution_plan, generate_layered_dag
+from kernel.planning.dag import PlanTask, dag_document, execution_plan
+from kernel.planning.generate import generate_layered_dag
 from kernel.planning.render import (
     format_duration,
     join_middle,

@@ -20,7 +20,7 @@ from kernel.observe.audit import parse_timestamp
 from kernel.observe.replay import format_replay, replay
 from kernel.runtime import actions, claims, scheduler
 from kernel.store import db, machines
-from kernel.store.machines import transition
+from kernel.store.machines import transition_in_tx
 
 from .conftest import orch_json, run_cli
 
@@ -53,7 +53,8 @@ def _setup(conn: apsw.Connection) -> None:
                 "last_heartbeat_at, registered_at, updated_at, version, transition_metadata) "
                 "VALUES (?, ?, 'test-host', 1, ?, ?, ?, '1.0.0', ?)",
                 (wid, pid, iso(T0 + 10_000), iso(T0 + 2), iso(T0 + 2), _at(T0 + 2)))
-            transition(conn, "worker", wid, "idle", "registration_complete", {"at": iso(T0 + 3)})
+            transition_in_tx(conn, "worker", wid, "idle", "registration_complete",
+                             {"at": iso(T0 + 3)})
 
 
 def _snapshot(conn: apsw.Connection) -> dict[str, Any]:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import apsw
 import pytest
 
-from kernel.base.clock import iso
+from kernel.base.clock import epoch, iso
 from kernel.base.config import Config, WorkersConfig
 from kernel.definitions.models import semver_key
-from kernel.runtime import claims, scheduler
+from kernel.runtime import attempts, claims, lock, scheduler
 from kernel.store import db
 
 T0 = 1_800_000_000.0
@@ -133,10 +134,10 @@ def test_failure_retries_with_exponential_backoff_then_fails(conn: apsw.Connecti
         if attempt < 2:
             assert state == "retrying"
             due = db.scalar(conn, "SELECT next_attempt_at FROM task")
-            delays.append(round(scheduler.clock.epoch(str(due)) - (now + 1), 3))
+            delays.append(round(epoch(str(due)) - (now + 1), 3))
             scheduler.tick(conn, now + 1.5, ctx)
             assert _states(conn)["flaky"] == "retrying"  # not before the delay
-            now = scheduler.clock.epoch(str(due))
+            now = epoch(str(due))
         else:
             assert state == "failed"
     assert delays == [2.0, 4.0]
@@ -148,12 +149,18 @@ def test_failure_retries_with_exponential_backoff_then_fails(conn: apsw.Connecti
     assert outcomes == ["failed", "failed", "failed"]
 
 
+def test_retry_backoff_is_read_from_the_workers_config(tmp_path: Path) -> None:
+    assert attempts.retry_backoff(CONFIG.workers) == {"cap": 100, "jitter": 0}
+    assert _ctx(tmp_path).backoff() == attempts.retry_backoff(CONFIG.workers)
+    assert attempts.retry_backoff(WorkersConfig()) == {"cap": 600.0, "jitter": 0.1}
+
+
 def test_backoff_is_capped_and_jittered_upwards_only() -> None:
-    assert claims.backoff_delay(30, 10, cap=600, jitter=0.1) == 600
+    assert attempts.backoff_delay(30, 10, cap=600, jitter=0.1) == 600
     import random
 
     rng = random.Random(1)
-    got = [claims.backoff_delay(1, 2, cap=100, jitter=0.5, rng=rng) for _ in range(50)]
+    got = [attempts.backoff_delay(1, 2, cap=100, jitter=0.5, rng=rng) for _ in range(50)]
     assert all(4 <= d <= 6 for d in got) and len(set(got)) > 1
 
 
@@ -357,17 +364,17 @@ def test_semver_order() -> None:
 
 
 def test_one_scheduler_per_database(conn: apsw.Connection) -> None:
-    scheduler.acquire_lock(conn, "first", T0)
-    with pytest.raises(scheduler.SchedulerBusy, match=f"pid {os.getpid()}"):
-        scheduler.acquire_lock(conn, "second", T0 + 1)
-    scheduler.acquire_lock(conn, "second", T0 + scheduler.LOCK_TTL_SECONDS + 1)  # expired
+    lock.acquire_lock(conn, "first", T0)
+    with pytest.raises(lock.SchedulerBusy, match=f"pid {os.getpid()}"):
+        lock.acquire_lock(conn, "second", T0 + 1)
+    lock.acquire_lock(conn, "second", T0 + lock.LOCK_TTL_SECONDS + 1)  # expired
     assert db.scalar(conn, "SELECT owner FROM scheduler_lock") == "second"
     assert db.scalar(conn, "SELECT COUNT(*) FROM event "
                            "WHERE event = 'scheduler_lock_taken_over'") == 1
-    assert not scheduler.renew_lock(conn, "first", T0 + 20)
+    assert not lock.renew_lock(conn, "first", T0 + 20)
     with db.write_tx(conn):  # a holder on this host whose process is gone
         conn.execute("UPDATE scheduler_lock SET pid = 999999, hostname = ?",
-                     (scheduler.socket.gethostname(),))
-    scheduler.acquire_lock(conn, "third", T0 + 21)
-    scheduler.release_lock(conn, "third")
+                     (socket.gethostname(),))
+    lock.acquire_lock(conn, "third", T0 + 21)
+    lock.release_lock(conn, "third")
     assert db.scalar(conn, "SELECT COUNT(*) FROM scheduler_lock") == 0

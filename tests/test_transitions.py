@@ -4,7 +4,7 @@
 entity brought into its from-state by a legal path and must write exactly one matching event.
 Every other (from, to) pair, and every legal pair with a wrong trigger, must be rejected by all
 three clients the kernel promises to guard against (apsw through
-``kernel.store.machines.transition``,
+``kernel.store.machines.transition_in_tx``,
 Python's ``sqlite3`` module and the ``sqlite3`` shell) without changing the entity or the log.
 Then the SQL guards beyond the table, and the event log's append-only, gapless contract.
 """
@@ -30,10 +30,13 @@ from kernel.store.machines import (
     ENTITY,
     MachineDef,
     TransitionDef,
+    claimed_states,
     ensure_machines,
     load_machines,
+    states_allowing,
     stored_matches_yaml,
-    transition,
+    terminal_states,
+    transition_in_tx,
 )
 
 MACHINES = load_machines()
@@ -131,7 +134,7 @@ def live_worker(conn: apsw.Connection, worker_id: str) -> str:
     if conn.execute("SELECT 1 FROM worker WHERE worker_id = ?", (worker_id,)).fetchone() is None:
         create(conn, "worker", worker_id)
         with db.write_tx(conn):
-            transition(conn, "worker", worker_id, "idle", "registration_complete")
+            transition_in_tx(conn, "worker", worker_id, "idle", "registration_complete")
     return worker_id
 
 
@@ -147,7 +150,7 @@ def hand_on(conn: apsw.Connection, worker_id: str, worker_trigger: str) -> None:
         else ("failed", "worker_lost")
     )
     with db.write_tx(conn):
-        transition(conn, "task", found[0], to_state, trigger, worker_id=None)
+        transition_in_tx(conn, "task", found[0], to_state, trigger, worker_id=None)
 
 
 def run_task_on(conn: apsw.Connection, worker_id: str) -> None:
@@ -155,8 +158,8 @@ def run_task_on(conn: apsw.Connection, worker_id: str) -> None:
     task_id = f"task-on-{worker_id}"
     create(conn, "task", task_id)
     with db.write_tx(conn):
-        transition(conn, "task", task_id, "queued", "scheduler_assigned")
-        transition(conn, "task", task_id, "running", "worker_started", worker_id=worker_id)
+        transition_in_tx(conn, "task", task_id, "queued", "scheduler_assigned")
+        transition_in_tx(conn, "task", task_id, "running", "worker_started", worker_id=worker_id)
 
 
 def prepare(conn: apsw.Connection, machine: str, entity_id: str, t: TransitionDef) -> dict:
@@ -179,7 +182,7 @@ def step(conn: apsw.Connection, machine: str, entity_id: str, t: TransitionDef) 
     """Apply one legal transition with its guards satisfied."""
     columns = prepare(conn, machine, entity_id, t)
     with db.write_tx(conn):
-        transition(conn, machine, entity_id, t.to_state, t.trigger, **columns)
+        transition_in_tx(conn, machine, entity_id, t.to_state, t.trigger, **columns)
     if machine == "worker" and t.to_state == "busy":
         run_task_on(conn, entity_id)
 
@@ -206,7 +209,7 @@ def expect_rejected(
     the entity kept its state and the log gained nothing."""
     before_state, before_log = state_of(conn, machine, entity_id), log_position(conn)
     with pytest.raises(IllegalTransition, match=re.escape(match)) as info, db.write_tx(conn):
-        transition(conn, machine, entity_id, to_state, trigger, **columns)
+        transition_in_tx(conn, machine, entity_id, to_state, trigger, **columns)
     assert state_of(conn, machine, entity_id) == before_state
     assert log_position(conn) == before_log
     assert conn.get_autocommit(), "the write transaction was not rolled back"
@@ -232,6 +235,20 @@ def test_every_state_is_reachable_from_the_initial_state(machine: str) -> None:
         path = path_to(m, state)
         assert [t.from_state for t in path[:1]] in ([], [m.initial_state])
         assert (path[-1].to_state if path else m.initial_state) == state
+
+
+def test_state_sets_are_read_from_the_yaml() -> None:
+    """The one home of each state set the kernel uses: what the YAML says, nothing restated."""
+    task = MACHINES["task"]
+    assert terminal_states("task") == tuple(s.name for s in task.states if s.terminal) == (
+        "completed", "failed", "cancelled")
+    assert states_allowing("task", "operator_skip") == ("pending",)
+    assert states_allowing("task", "operator_reset", "pending") == ("cancelled", "failed")
+    assert states_allowing("task", "workstream_failed", "cancelled") == ("queued", "retrying")
+    # Claimed: the states a worker holds a task in, handed on when it is lost or interrupted.
+    assert claimed_states() == ("running", "validating")
+    assert claimed_states() == states_allowing("task", "operator_interrupted", "queued")
+    assert states_allowing("task", "no_such_trigger") == ()
 
 
 # --------------------------------------------------------------------------- legal transitions
@@ -260,7 +277,7 @@ def test_legal_transition_is_accepted_with_exactly_one_event(
     columns = prepare(fresh_db, machine, entity_id, t)
     last_seq, count = log_position(fresh_db)
     with db.write_tx(fresh_db):
-        transition(fresh_db, machine, entity_id, t.to_state, t.trigger, **columns)
+        transition_in_tx(fresh_db, machine, entity_id, t.to_state, t.trigger, **columns)
 
     assert state_of(fresh_db, machine, entity_id) == t.to_state
     assert log_position(fresh_db) == (last_seq + 1, count + 1)
@@ -346,7 +363,7 @@ def update_sql(machine: str, entity_id: str, to_state: str, trigger: str) -> str
 
 
 class ApswClient:
-    """The kernel's own path: ``transition()`` on an apsw connection."""
+    """The kernel's own path: ``transition_in_tx()`` on an apsw connection."""
 
     def __init__(self, path: Path) -> None:
         self.conn = schema.connect(path)
@@ -356,7 +373,7 @@ class ApswClient:
 
     def reject(self, machine: str, entity_id: str, src: str, dst: str, trigger: str) -> None:
         with pytest.raises(IllegalTransition) as info, db.write_tx(self.conn):
-            transition(self.conn, machine, entity_id, dst, trigger)
+            transition_in_tx(self.conn, machine, entity_id, dst, trigger)
         message = info.value.message
         assert message.startswith(f"illegal {machine} transition: {src} -> {dst}"), message
         assert repr(entity_id) in message and f"trigger {trigger}" in message, message
@@ -515,7 +532,7 @@ def test_state_change_needs_a_trigger_in_the_same_update(
         pytest.raises(IllegalTransition, match="set only in the UPDATE that changes state"),
         db.write_tx(fresh_db),
     ):
-        transition(fresh_db, machine, "t", m.initial_state, legal.trigger, {"forged": 1})
+        transition_in_tx(fresh_db, machine, "t", m.initial_state, legal.trigger, {"forged": 1})
     with pytest.raises(apsw.ConstraintError, match="a state change needs a trigger"):
         fresh_db.execute(f"UPDATE {table} SET state = ? WHERE {key} = 't'", (legal.to_state,))
     assert state_of(fresh_db, machine, "t") == m.initial_state
@@ -527,22 +544,22 @@ def test_state_change_needs_a_trigger_in_the_same_update(
 
 def queue(conn: apsw.Connection, task_id: str) -> None:
     with db.write_tx(conn):
-        transition(conn, "task", task_id, "queued", "scheduler_assigned")
+        transition_in_tx(conn, "task", task_id, "queued", "scheduler_assigned")
 
 
 def start(conn: apsw.Connection, task_id: str, worker_id: str) -> None:
     with db.write_tx(conn):
-        transition(conn, "task", task_id, "running", "worker_started", worker_id=worker_id)
+        transition_in_tx(conn, "task", task_id, "running", "worker_started", worker_id=worker_id)
 
 
 def retry(conn: apsw.Connection, task_id: str) -> None:
     """running -> retrying (counted) -> queued."""
     with db.write_tx(conn):
-        transition(
+        transition_in_tx(
             conn, "task", task_id, "retrying", "execution_failed",
             worker_id=None, retry_count=("sql", "retry_count + 1"),
         )
-        transition(conn, "task", task_id, "queued", "retry_delay_elapsed")
+        transition_in_tx(conn, "task", task_id, "queued", "retry_delay_elapsed")
 
 
 def test_queue_waits_for_every_dependency(db_with_workstream: apsw.Connection) -> None:
@@ -553,10 +570,10 @@ def test_queue_waits_for_every_dependency(db_with_workstream: apsw.Connection) -
     expect_rejected(conn, "task", "b", "queued", "scheduler_assigned", "dependencies are completed")
     start(conn, "a", "w1")
     with db.write_tx(conn):
-        transition(conn, "task", "a", "validating", "execution_completed", worker_id=None)
+        transition_in_tx(conn, "task", "a", "validating", "execution_completed", worker_id=None)
     expect_rejected(conn, "task", "b", "queued", "scheduler_assigned", "dependencies are completed")
     with db.write_tx(conn):
-        transition(conn, "task", "a", "completed", "validation_passed")
+        transition_in_tx(conn, "task", "a", "completed", "validation_passed")
     queue(conn, "b")
     assert state_of(conn, "task", "b") == "queued"
 
@@ -565,7 +582,7 @@ def test_operator_skip_unblocks_dependents(db_with_workstream: apsw.Connection) 
     """A dependency completed by operator_skip counts as completed for its dependents."""
     conn = db_with_workstream
     with db.write_tx(conn):
-        transition(conn, "task", "a", "completed", "operator_skip")
+        transition_in_tx(conn, "task", "a", "completed", "operator_skip")
     queue(conn, "b")
     assert state_of(conn, "task", "b") == "queued"
 
@@ -645,7 +662,7 @@ def test_retrying_beyond_max_retries_is_rejected(db_with_workstream: apsw.Connec
             worker_id=None, retry_count=("sql", "retry_count + 1"),
         )
     with db.write_tx(conn):
-        transition(conn, "task", "a", "failed", "execution_failed", worker_id=None)
+        transition_in_tx(conn, "task", "a", "failed", "execution_failed", worker_id=None)
     assert conn.execute("SELECT state, retry_count FROM task WHERE task_id = 'a'").fetchone() == (
         "failed", 2,
     )
@@ -660,7 +677,7 @@ def test_retry_count_never_decreases(db_with_workstream: apsw.Connection) -> Non
     with pytest.raises(apsw.ConstraintError, match="retry_count never decreases"):
         conn.execute("UPDATE task SET retry_count = 0 WHERE task_id = 'a'")
     with db.write_tx(conn):
-        transition(conn, "task", "a", "cancelled", "user_cancelled")
+        transition_in_tx(conn, "task", "a", "cancelled", "user_cancelled")
     expect_rejected(
         conn, "task", "a", "pending", "operator_reset", "never decreases", retry_count=0
     )
@@ -676,22 +693,22 @@ def test_worker_with_a_running_task_cannot_go_idle_or_shut_down(
     queue(conn, "a")
     start(conn, "a", "w1")
     with db.write_tx(conn):
-        transition(conn, "worker", "w1", "busy", "task_assigned")
+        transition_in_tx(conn, "worker", "w1", "busy", "task_assigned")
     for to_state, trigger in (
         ("idle", "task_completed"), ("shutdown", "shutdown_requested"),
         ("shutdown", "worker_crashed"),
     ):
         expect_rejected(conn, "worker", "w1", to_state, trigger, "still has a running task")
     with db.write_tx(conn):
-        transition(conn, "worker", "w1", "unresponsive", "health_check_timeout")
+        transition_in_tx(conn, "worker", "w1", "unresponsive", "health_check_timeout")
     expect_rejected(conn, "worker", "w1", "idle", "health_check_recovered", "running task")
     expect_rejected(conn, "worker", "w1", "shutdown", "max_timeout_exceeded", "running task")
     with db.write_tx(conn):
-        transition(
+        transition_in_tx(
             conn, "task", "a", "retrying", "worker_lost",
             worker_id=None, retry_count=("sql", "retry_count + 1"),
         )
-        transition(conn, "worker", "w1", "shutdown", "max_timeout_exceeded")
+        transition_in_tx(conn, "worker", "w1", "shutdown", "max_timeout_exceeded")
     assert (state_of(conn, "task", "a"), state_of(conn, "worker", "w1")) == ("retrying", "shutdown")
 
 
@@ -736,7 +753,7 @@ def test_operator_transitions_are_accepted_as_warnings(
     reach(fresh_db, "task", "t", src)
     last_seq, _ = log_position(fresh_db)
     with db.write_tx(fresh_db):
-        transition(fresh_db, "task", "t", dst, trigger)
+        transition_in_tx(fresh_db, "task", "t", dst, trigger)
     event = db.row(fresh_db, "SELECT * FROM event WHERE seq > ?", (last_seq,))
     assert event is not None
     assert (event["from_state"], event["to_state"], event["trigger"]) == (src, dst, trigger)
@@ -875,7 +892,7 @@ def test_transition_metadata_sets_timestamp_caused_by_and_metadata(
     meta = {"at": at, "caused_by": 2, "reason": "manual", "attempt": 7}
     last, _ = log_position(conn)
     with db.write_tx(conn):
-        transition(conn, "task", "a", "queued", "scheduler_assigned", metadata=meta)
+        transition_in_tx(conn, "task", "a", "queued", "scheduler_assigned", metadata=meta)
     event = db.row(conn, "SELECT * FROM event WHERE seq = ?", (last + 1,))
     assert event is not None
     assert (event["timestamp"], event["caused_by"]) == (at, 2)
@@ -897,10 +914,10 @@ def test_event_time_never_runs_backwards_against_seq(db_with_workstream: apsw.Co
 
     conn = db_with_workstream
     with db.write_tx(conn):
-        transition(conn, "task", "a", "queued", "scheduler_assigned",
-                   metadata={"at": "2099-01-01T00:00:00.000Z"})
-        transition(conn, "task", "a", "cancelled", "user_cancelled",
-                   metadata={"at": "2001-01-01T00:00:00.000Z"})
+        transition_in_tx(conn, "task", "a", "queued", "scheduler_assigned",
+                         metadata={"at": "2099-01-01T00:00:00.000Z"})
+        transition_in_tx(conn, "task", "a", "cancelled", "user_cancelled",
+                         metadata={"at": "2001-01-01T00:00:00.000Z"})
         events.emit_event_in_tx(conn, "task_unrunnable", entity_id="b", task_id="b",
                           at="2001-01-01T00:00:00.000Z", metadata={"reason": "test"})
     stamps = [r[0] for r in conn.execute("SELECT timestamp FROM event ORDER BY seq")]

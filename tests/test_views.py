@@ -335,11 +335,11 @@ def test_a_rebuilt_events_file_includes_the_rotated_events(conn: apsw.Connection
     """The events file is the whole log: after `orch audit rotate` moved old events into the
     archives, deleting transitions.jsonl and exporting writes the archived events too."""
     from kernel.observe import archive
-    from kernel.store.machines import transition
+    from kernel.store.machines import transition_in_tx
 
     with db.write_tx(conn):     # one more event, young, after the old history of the fixture
-        transition(conn, "task", "a", "queued", "scheduler_assigned",
-                   {"at": iso(T0 + 200 * 86400)})
+        transition_in_tx(conn, "task", "a", "queued", "scheduler_assigned",
+                         {"at": iso(T0 + 200 * 86400)})
     everything = _db_events(conn)
     result = archive.rotate(conn, eventlog.archive_dir(project.state_dir),
                             now=T0 + 200 * 86400)

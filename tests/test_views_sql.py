@@ -6,7 +6,7 @@ from __future__ import annotations
 import apsw
 
 from kernel.store import db
-from kernel.store.machines import transition
+from kernel.store.machines import transition_in_tx
 
 
 def _ids(conn: apsw.Connection, sql: str) -> list[tuple]:
@@ -19,10 +19,10 @@ def test_ready_and_blocked_follow_the_dependencies(db_with_workstream: apsw.Conn
     assert _ids(conn, "SELECT task_id, blocked_by, blocked_by_state FROM blocked_task") == [
         ("b", "a", "pending"), ("c", "b", "pending")]
     with db.write_tx(conn):
-        transition(conn, "task", "a", "queued", "scheduler_assigned")
+        transition_in_tx(conn, "task", "a", "queued", "scheduler_assigned")
     assert _ids(conn, "SELECT task_id, state FROM ready_task") == [("a", "queued")]
     with db.write_tx(conn):
-        transition(conn, "task", "a", "cancelled", "user_cancelled")
+        transition_in_tx(conn, "task", "a", "cancelled", "user_cancelled")
     reasons = db.rows(conn, "SELECT task_id, needs_operator, reason FROM blocked_task "
                             "WHERE task_id = 'b'")
     assert reasons == [{"task_id": "b", "needs_operator": 1,
@@ -36,7 +36,7 @@ def test_ready_and_blocked_follow_the_dependencies(db_with_workstream: apsw.Conn
 def test_skip_unblocks_dependents(db_with_workstream: apsw.Connection) -> None:
     conn = db_with_workstream
     with db.write_tx(conn):
-        transition(conn, "task", "a", "completed", "operator_skip")
+        transition_in_tx(conn, "task", "a", "completed", "operator_skip")
     assert _ids(conn, "SELECT task_id FROM ready_task") == [("b",)]
     assert _ids(conn, "SELECT task_id FROM stuck_task") == []
 
@@ -46,8 +46,8 @@ def test_a_completed_intermediate_ends_the_stuck_chain(db_with_workstream: apsw.
     """a failed; b (between a and c) was completed (skipped): c no longer waits on a."""
     conn = db_with_workstream
     with db.write_tx(conn):
-        transition(conn, "task", "a", "cancelled", "user_cancelled")
-        transition(conn, "task", "b", "completed", "operator_skip")
+        transition_in_tx(conn, "task", "a", "cancelled", "user_cancelled")
+        transition_in_tx(conn, "task", "b", "completed", "operator_skip")
     assert _ids(conn, "SELECT task_id FROM stuck_task") == []
     assert _ids(conn, "SELECT task_id FROM queueable_task") == [("c",)]
 
@@ -57,9 +57,9 @@ def _critical_failure(conn: apsw.Connection) -> None:
     with db.write_tx(conn):
         conn.execute("UPDATE task SET critical = 1 WHERE task_id = 'a'")
         conn.execute("INSERT INTO task (task_id, workstream_id) VALUES ('free', 'ws')")
-        transition(conn, "task", "a", "queued", "scheduler_assigned")
-        transition(conn, "task", "a", "running", "worker_started", worker_id="w1")
-        transition(conn, "task", "a", "failed", "execution_failed", worker_id=None)
+        transition_in_tx(conn, "task", "a", "queued", "scheduler_assigned")
+        transition_in_tx(conn, "task", "a", "running", "worker_started", worker_id="w1")
+        transition_in_tx(conn, "task", "a", "failed", "execution_failed", worker_id=None)
 
 
 def test_a_critical_failure_halts_its_workstream(db_with_workstream: apsw.Connection) -> None:
@@ -79,9 +79,9 @@ def test_a_terminal_workstream_queues_nothing(db_with_workstream: apsw.Connectio
     """The states that close a workstream come from machine_state, not from a list."""
     conn = db_with_workstream
     with db.write_tx(conn):
-        transition(conn, "workstream", "ws", "cancelled", "user_cancelled")
+        transition_in_tx(conn, "workstream", "ws", "cancelled", "user_cancelled")
     assert _ids(conn, "SELECT task_id FROM queueable_task") == []
     assert _ids(conn, "SELECT workstream_id FROM open_workstream") == []
     with db.write_tx(conn):
-        transition(conn, "workstream", "ws", "executing", "operator_reset")
+        transition_in_tx(conn, "workstream", "ws", "executing", "operator_reset")
     assert _ids(conn, "SELECT task_id FROM queueable_task") == [("a",)]

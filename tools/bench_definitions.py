@@ -58,7 +58,7 @@ except ModuleNotFoundError:  # run from a checkout without installing
 
 from kernel.definitions.check import collect, validate
 from kernel.definitions.load import load
-from kernel.planning.dag import generate_layered_dag
+from kernel.planning.generate import generate_layered_dag
 from kernel.store import db, schema
 from kernel.store.project import Project, init_project
 

@@ -35,6 +35,7 @@ try:
 except ModuleNotFoundError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import kernel.planning.dag as dag
+from kernel.planning.generate import generate_layered_dag
 
 PLAN_LIMIT_SECONDS = 2.0
 REFERENCE_FACTOR = 2.0
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    tasks = dag.generate_layered_dag(args.tasks, args.edges, args.seed)
+    tasks = generate_layered_dag(args.tasks, args.edges, args.seed)
     generated = time.perf_counter() - start
     durations = {t.task_id: t.estimated_duration_seconds for t in tasks}
     print(

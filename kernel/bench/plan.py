@@ -26,7 +26,7 @@ Integration Points:
 
 Dependencies:
     ``kernel.bench``, ``kernel.bench.harness``, ``kernel.definitions.check``,
-    ``kernel.definitions.load``, ``kernel.planning.dag``, ``kernel.planning.plan``,
+    ``kernel.definitions.load``, ``kernel.planning.generate``, ``kernel.planning.plan``,
     ``kernel.store.db``, ``kernel.store.project``.
 """
 
@@ -103,7 +103,7 @@ def measure(ctx: BenchContext) -> PlanRun:
     def go() -> PlanRun:
         from kernel.definitions.check import validate
         from kernel.definitions.load import load
-        from kernel.planning.dag import generate_layered_dag
+        from kernel.planning.generate import generate_layered_dag
 
         s = ctx.sizes
         try:

@@ -20,7 +20,7 @@ Integration Points:
 Dependencies:
     apsw, click, rich; ``kernel.base.errors``, ``kernel.cli.common``,
     ``kernel.observe.exports``, ``kernel.observe.status``, ``kernel.runtime.actions``,
-    ``kernel.runtime.scheduler``.
+    ``kernel.runtime.workstreams``.
 """
 
 from __future__ import annotations
@@ -60,11 +60,8 @@ def _write(state: CliState, action: Callable[[apsw.Connection], kop.OperatorRepo
     from kernel.observe.exports import export_after_change  # pydantic models: not for status
 
     project = state.project()
-    conn = project.connect()
-    try:
+    with project.open() as conn:
         report = action(conn)
-    finally:
-        conn.close()
     exported = export_after_change(project) if report.changed or report.workstreams_changed \
         else None
 
@@ -107,7 +104,7 @@ def cancel_cmd(state: CliState, task_ids: tuple[str, ...], workstream: str | Non
             report = kop.cancel_workstream(conn, workstream)
             if report.workstreams_changed:
                 # Cancelled workstreams are archived like failed ones (their worktree is kept).
-                from kernel.runtime.scheduler import archive_workstream
+                from kernel.runtime.workstreams import archive_workstream
 
                 archive_workstream(conn, state.project().root, workstream)
             return report
@@ -145,11 +142,8 @@ def skip_cmd(state: CliState, task_ids: tuple[str, ...]) -> int:
 
 
 def _read(state: CliState, fn: Callable[[apsw.Connection], dict[str, Any]]) -> dict[str, Any]:
-    conn = state.project().connect(readonly=True)
-    try:
+    with state.project().open(readonly=True) as conn:
         return fn(conn)
-    finally:
-        conn.close()
 
 
 def _styled(value: str) -> Text:

@@ -118,23 +118,19 @@ def plan_cmd(state: CliState, workstream: str | None, fmt: str | None) -> int:
 
 def _plan(state: CliState, workstream: str | None, fmt: str) -> int:
     now = datetime.now(UTC)
-    conn = state.project().connect(readonly=True)
-    try:
-        with db.read_tx(conn):
-            known = all_workstreams(conn)
-            if fmt in ("mermaid", "dot"):
-                chosen = _diagram_workstream(workstream, known, fmt)
-                if chosen is None:
-                    click.echo(_EMPTY, err=True)
-                    return EXIT_OK
-                dag_doc, plan_doc = workstream_plan(conn, chosen, now)
-                render = plan_mermaid if fmt == "mermaid" else plan_dot
-                click.echo(render(dag_doc, plan_doc), nl=False)
+    with state.project().open(readonly=True) as conn, db.read_tx(conn):
+        known = all_workstreams(conn)
+        if fmt in ("mermaid", "dot"):
+            chosen = _diagram_workstream(workstream, known, fmt)
+            if chosen is None:
+                click.echo(_EMPTY, err=True)
                 return EXIT_OK
-            names = [workstream] if workstream is not None else known
-            plans = {name: plan_document(conn, name, now) for name in names}
-    finally:
-        conn.close()
+            dag_doc, plan_doc = workstream_plan(conn, chosen, now)
+            render = plan_mermaid if fmt == "mermaid" else plan_dot
+            click.echo(render(dag_doc, plan_doc), nl=False)
+            return EXIT_OK
+        names = [workstream] if workstream is not None else known
+        plans = {name: plan_document(conn, name, now) for name in names}
     if workstream is not None:
         emit(state, plans[workstream], lambda: _print_tables(plans))
     elif not plans:

@@ -59,7 +59,7 @@ from kernel.definitions.collect import Definitions, collect
 from kernel.definitions.records import ERROR, TaskRecord, ValidationProblem, problem_order
 from kernel.planning.dag import gc_paused
 from kernel.store import db, events
-from kernel.store.machines import transition
+from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project
 
 BATCH_PARAMETERS = 2000  # bound values per INSERT statement (see db.insert_rows)
@@ -371,7 +371,7 @@ def _update_tasks_in_tx(conn: apsw.Connection, rows: list[tuple[Any, ...]]) -> N
 def insert_rows_in_tx(conn: apsw.Connection, insert: str,
                       rows: Sequence[tuple[Any, ...]]) -> None:
     """``db.insert_rows`` with the loader's batch size (``BATCH_PARAMETERS``)."""
-    db.insert_rows(conn, insert, rows, batch_parameters=BATCH_PARAMETERS)
+    db.insert_rows_in_tx(conn, insert, rows, batch_parameters=BATCH_PARAMETERS)
 
 
 def _created_metadata(rec: TaskRecord, stamp: str | None) -> str | None:
@@ -407,6 +407,6 @@ def _make_ready_in_tx(conn: apsw.Connection, defs: Definitions, existing: Existi
     for ws_id in sorted({t.workstream_id for t in defs.tasks}):
         state = existing.workstreams.get(ws_id, ("planned", None))[0]
         if state == "planned":
-            transition(conn, "workstream", ws_id, "ready", "all_tasks_created",
-                       {"at": stamp} if stamp else None)
+            transition_in_tx(conn, "workstream", ws_id, "ready", "all_tasks_created",
+                             {"at": stamp} if stamp else None)
             report.workstreams_ready.append(ws_id)

@@ -2,9 +2,9 @@
 rendering.
 
 Public API:
-    The modules: ``dag`` (the graph algorithms, one longest-path computation), ``plan`` (plans read
-    from the
-    database), ``render`` (Mermaid and DOT).
+    The modules: ``dag`` (the graph algorithms, one longest-path computation, the plan
+    documents), ``plan`` (plans read from the database), ``render`` (Mermaid and DOT),
+    ``generate`` (seeded test graphs).
 
 Stability Guarantees:
     The layers, bottom to top: base, store, planning, definitions, observe, runtime, maintain,

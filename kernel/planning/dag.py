@@ -11,12 +11,12 @@ Public API:
     stages(graph) -> list[list[str]]               topological generations, each sorted
     topological_order(graph) -> list[str]          the stages concatenated
     critical_path(graph, durations) -> (list[str], float)
+    bottom_levels(graph, durations) -> dict[str, float]    duration + longest chain after it
     stage_duration(durations, max_parallelism) -> float    LPT estimate for one stage
     execution_plan(tasks, workstream_id, max_parallelism, generated_at) -> dict   DAG-VIEW-003
     dag_document(tasks, workstream_id, generated_at) -> dict                      DAG-VIEW-002
     dag_and_plan(tasks, workstream_id, max_parallelism, generated_at) -> (dag, plan)  one graph
     gc_paused() (a context manager pausing the cyclic garbage collector during bulk work)
-    generate_layered_dag(n_tasks, n_edges, seed, n_layers=None) -> list[PlanTask]
     DAG_SCHEMA_VERSION, PLAN_SCHEMA_VERSION
 
 Stability Guarantees:
@@ -40,8 +40,8 @@ Integration Points:
     listing all of them: deciding whether such an edge is legal, and reporting it, is the
     caller's job (it may drop satisfied external dependencies before calling). A
     DependencyCycle is what the loader reports as ``dependency_cycle_detected``.
-    kernel/planning/render.py draws the documents; tools/bench_plan.py and the benchmark suite reuse
-    ``generate_layered_dag``.
+    kernel/planning/render.py draws the documents; kernel/planning/generate.py makes seeded test
+    graphs. The scheduler ranks queued tasks by ``bottom_levels``.
 
 Dependencies:
     networkx; ``kernel.base.data``.
@@ -52,7 +52,6 @@ from __future__ import annotations
 import gc
 import heapq
 import math
-import random
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -243,10 +242,13 @@ def topological_order(graph: nx.DiGraph) -> list[str]:
 # --------------------------------------------------------------------------- critical path
 
 
-def _critical_path(
-    graph: nx.DiGraph, order: Sequence[str], durations: Mapping[str, float]
-) -> tuple[list[str], float]:
-    pred = graph._pred
+def _longest_chains(
+    pred: Mapping[str, Iterable[str]], order: Sequence[str], durations: Mapping[str, float]
+) -> tuple[dict[str, float], dict[str, str | None]]:
+    """The one longest-path computation: for each node of ``order`` (a topological order of
+    the graph whose predecessors ``pred`` gives), the longest chain ending at it, its own
+    duration included, and the predecessor on that chain (ties: the smallest id).
+    A dynamic programme, O(V + E)."""
     best: dict[str, float] = {}
     via: dict[str, str | None] = {}
     for v in order:
@@ -258,6 +260,13 @@ def _critical_path(
                 top, came = b, u
         best[v] = durations[v] + top
         via[v] = came
+    return best, via
+
+
+def _critical_path(
+    graph: nx.DiGraph, order: Sequence[str], durations: Mapping[str, float]
+) -> tuple[list[str], float]:
+    best, via = _longest_chains(graph._pred, order, durations)
     if not best:
         return [], 0.0
     longest = max(best.values())
@@ -275,6 +284,14 @@ def critical_path(graph: nx.DiGraph, durations: Mapping[str, float]) -> tuple[li
     A dynamic programme over the topological order, O(V + E). Raises DependencyCycle.
     """
     return _critical_path(graph, topological_order(graph), durations)
+
+
+def bottom_levels(graph: nx.DiGraph, durations: Mapping[str, float]) -> dict[str, float]:
+    """Each task's bottom level: its own duration plus the longest chain of tasks after it
+    (the critical-path rank by which the scheduler orders queued tasks). The longest chains of
+    the reversed graph, O(V + E). Raises DependencyCycle."""
+    best, _ = _longest_chains(graph._succ, topological_order(graph)[::-1], durations)
+    return best
 
 
 # --------------------------------------------------------------------------- the plan
@@ -428,75 +445,3 @@ def _dag_document(tasks: list[PlanTask], workstream_id: str, generated_at: str,
         ],
         "topological_order": order,
     }
-
-
-# --------------------------------------------------------------------------- test data
-
-
-_TYPES = ("aider", "pytest", "lint", "custom")
-
-
-def generate_layered_dag(
-    n_tasks: int, n_edges: int, seed: int, n_layers: int | None = None
-) -> list[PlanTask]:
-    """A seeded random layered DAG for benchmarks: same arguments, same tasks.
-
-    Tasks are split into ``n_layers`` equal layers (default about sqrt(n)/3, so 100k tasks give
-    105); every edge runs from an earlier layer to a later one, mostly the next, so the graph
-    has long chains and wide stages like real workstreams. Ids are shuffled so that id order
-    says nothing about layers. Durations are whole seconds in [10, 900]; some tasks carry
-    resource requirements.
-    """
-    if n_tasks < 0 or n_edges < 0:
-        raise ValueError("n_tasks and n_edges must be >= 0")
-    rng = random.Random(seed)
-    layers = max(1, min(n_tasks, n_layers or round(math.sqrt(n_tasks) / 3)))
-    width = -(-n_tasks // layers) if n_tasks else 1
-    layers = -(-n_tasks // width) if n_tasks else 0
-    sizes = [min(width, n_tasks - k * width) for k in range(layers)]
-    max_edges = n_tasks * (n_tasks - 1) // 2 - sum(s * (s - 1) // 2 for s in sizes)
-    if n_edges > max_edges:
-        raise ValueError(f"{n_edges} edges do not fit a {layers}-layer DAG of {n_tasks} tasks")
-
-    edges: set[tuple[int, int]] = set()
-    if n_edges * 2 > max_edges:
-        # Dense: rejection sampling would stall, so draw from the full list (small n only).
-        every = [(u, v) for v in range(n_tasks) for u in range((v // width) * width)]
-        edges.update(rng.sample(every, n_edges))
-    while len(edges) < n_edges:
-        v = rng.randrange(width, n_tasks)
-        layer = v // width
-        back = 1 if rng.random() < 0.8 else rng.randint(1, layer)
-        start = (layer - back) * width
-        edges.add((rng.randrange(start, start + width), v))
-
-    labels = list(range(n_tasks))
-    rng.shuffle(labels)
-    digits = len(str(max(n_tasks - 1, 0)))
-    ids = [f"task-{k:0{digits}d}" for k in labels]
-    deps: list[list[str]] = [[] for _ in range(n_tasks)]
-    for u, v in edges:
-        deps[v].append(ids[u])
-    tasks = []
-    for i in range(n_tasks):
-        roll = rng.random()
-        if roll < 0.10:
-            resources: dict[str, ResourceValue] = {"cpu_cores": rng.randint(1, 4)}
-        elif roll < 0.15:
-            resources = {"git_repo_write": "exclusive"}
-        elif roll < 0.20:
-            resources = {"filesystem_read": "shared"}
-        else:
-            resources = {}
-        tasks.append(
-            PlanTask(
-                task_id=ids[i],
-                name=f"Task {labels[i]}",
-                type=_TYPES[i % len(_TYPES)],
-                dependencies=tuple(sorted(deps[i])),
-                estimated_duration_seconds=float(rng.randint(10, 900)),
-                priority=rng.randint(0, 3),
-                resource_requirements=resources,
-            )
-        )
-    return tasks

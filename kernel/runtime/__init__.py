@@ -2,8 +2,10 @@
 rules, worktrees, executors and the run's progress display.
 
 Public API:
-    The modules: ``leases``, ``claims``, ``scheduler``, ``worker``, ``runner``, ``actions``
-    (cancel, retry,
+    The modules: ``leases``, ``attempts`` (an attempt's bookkeeping inside a transaction),
+    ``claims`` (the worker's transactions), ``context`` (``TickContext``, ``TickReport``),
+    ``lock`` (the scheduler lock), ``health`` (lost workers), ``workstreams`` (their worktrees
+    and states), ``scheduler`` (the tick), ``worker``, ``runner``, ``actions`` (cancel, retry,
     skip, reset), ``rules``, ``worktree``, ``progress``, ``executors``.
 
 Stability Guarantees:

@@ -6,18 +6,21 @@ Public API:
     ``retry_tasks(conn, task_ids, *, now=None) -> OperatorReport``;
     ``skip_tasks(conn, task_ids, *, now=None) -> OperatorReport``;
     ``OperatorReport`` (``changed``, ``skipped``, ``workstreams_changed``,
-    ``workstreams_skipped``, ``as_dict()``).
+    ``workstreams_skipped``, ``as_dict()``); ``cancel_task_in_tx(conn, task_id, stamp, *,
+    trigger, metadata, last_error, attempt_error=None)`` (the one cancel of a task, the
+    operator's and a failed workstream's, inside the caller's write transaction).
 
 Stability Guarantees:
     Each call is one short ``BEGIN IMMEDIATE`` transaction (safe while ``orch run`` runs in
     another process): every id is checked first and an unknown one raises ``OrchError`` with
     code ``unknown_task`` (or ``unknown_workstream``), exit 1, before anything changes. A task
     already in a state the action does not apply to is reported in ``skipped`` with a reason,
-    never an error. Every change goes through ``kernel.store.machines.transition`` with metadata
-    ``{"at", "operator", ...}``, so its event records when and who.
+    never an error. Every change goes through ``kernel.store.machines.transition_in_tx`` with
+    metadata ``{"at", "operator", ...}``, so its event records when and who.
 
 Integration Points:
-    ``orch cancel | retry | skip`` (``kernel.cli.operator``). A worker notices a cancelled
+    ``orch cancel | retry | skip`` (``kernel.cli.operator``); the scheduler cancels the tasks of
+    a failed workstream with ``cancel_task_in_tx``. A worker notices a cancelled
     running task by polling its state and kills the process group; leases are released by SQL
     triggers on entering pending / completed / failed / cancelled (not here).
 
@@ -41,10 +44,11 @@ from kernel.base.identity import operator_name
 from kernel.store import db
 from kernel.store.machines import (
     CANCELLED_ERROR,
+    in_list_sql,
     states_allowing,
     terminal_sql,
     terminal_states,
-    transition,
+    transition_in_tx,
 )
 
 
@@ -91,8 +95,32 @@ def _task_states(conn: apsw.Connection, task_ids: list[str]) -> dict[str, dict[s
     return found
 
 
+def _retryable() -> tuple[str, ...]:
+    """The task states `orch retry` resets to pending (failed, cancelled)."""
+    return states_allowing("task", "operator_reset", "pending")
+
+
 def _metadata(stamp: str, **extra: Any) -> dict[str, Any]:
     return {"at": stamp, "operator": operator_name(), **extra}
+
+
+def cancel_task_in_tx(conn: apsw.Connection, task_id: str, stamp: str, *, trigger: str,
+                      metadata: dict[str, Any], last_error: str,
+                      attempt_error: str | None = None) -> None:
+    """Cancel one unfinished task (the caller checked its state may be cancelled by
+    ``trigger``) and close its open attempt as cancelled, keeping the attempt's own error, else
+    ``attempt_error``. The one cancel of the operator (``user_cancelled``) and of a failed
+    workstream (``workstream_failed``, ``workstream_timeout``); its worker sees the claim is
+    gone and kills the process group."""
+    transition_in_tx(conn, "task", task_id, "cancelled", trigger, metadata,
+                     worker_id=None,  # running_iff_worker: no state after running keeps one
+                     completed_at=stamp, last_error=last_error)
+    conn.execute(
+        "UPDATE attempt SET finished_at = MAX(started_at, ?), outcome = 'cancelled', "
+        "error_message = COALESCE(error_message, ?) "
+        "WHERE task_id = ? AND finished_at IS NULL",
+        (stamp, attempt_error, task_id),
+    )
 
 
 def _cancel_in_tx(conn: apsw.Connection, task_ids: list[str], stamp: str, reason: str,
@@ -104,17 +132,9 @@ def _cancel_in_tx(conn: apsw.Connection, task_ids: list[str], stamp: str, reason
             report.skipped.append({"task_id": task_id, "state": state,
                                    "reason": f"already {state}: nothing to cancel"})
             continue
-        columns: dict[str, Any] = {"completed_at": stamp, "last_error": CANCELLED_ERROR}
-        if state == "running":
-            columns["worker_id"] = None  # running_iff_worker
-        transition(conn, "task", task_id, "cancelled", "user_cancelled",
-                   _metadata(stamp, reason=reason), **columns)
-        conn.execute(
-            "UPDATE attempt SET finished_at = MAX(started_at, ?), outcome = 'cancelled', "
-            "error_message = COALESCE(error_message, ?) "
-            "WHERE task_id = ? AND finished_at IS NULL",
-            (stamp, CANCELLED_ERROR, task_id),
-        )
+        cancel_task_in_tx(conn, task_id, stamp, trigger="user_cancelled",
+                          metadata=_metadata(stamp, reason=reason), last_error=CANCELLED_ERROR,
+                          attempt_error=CANCELLED_ERROR)
         report.changed.append({"task_id": task_id, "from_state": state,
                                "to_state": "cancelled"})
 
@@ -151,8 +171,8 @@ def cancel_workstream(conn: apsw.Connection, workstream_id: str, *,
         ]
         _cancel_in_tx(conn, live, stamp, "workstream_cancelled", report)
         if ws_state in states_allowing("workstream", "user_cancelled"):
-            transition(conn, "workstream", workstream_id, "cancelled", "user_cancelled",
-                       _metadata(stamp), completed_at=stamp)
+            transition_in_tx(conn, "workstream", workstream_id, "cancelled", "user_cancelled",
+                             _metadata(stamp), completed_at=stamp)
             report.workstreams_changed.append({"workstream_id": workstream_id,
                                                "from_state": ws_state, "to_state": "cancelled"})
         else:
@@ -173,15 +193,15 @@ def retry_tasks(conn: apsw.Connection, task_ids: Iterable[str], *,
         revive: list[str] = []
         for task_id in ids:
             state, ws = states[task_id]["state"], states[task_id]["workstream_id"]
-            if state not in ("failed", "cancelled"):
+            if state not in _retryable():
                 why = ("completed: nothing to retry" if state == "completed"
                        else f"{state}: nothing to retry (only failed or cancelled tasks are "
                             "retried)")
                 report.skipped.append({"task_id": task_id, "state": state, "reason": why})
                 continue
-            transition(conn, "task", task_id, "pending", "operator_reset", _metadata(stamp),
-                       last_error=None, failure_mode=None, completed_at=None,
-                       next_attempt_at=None)
+            transition_in_tx(conn, "task", task_id, "pending", "operator_reset", _metadata(stamp),
+                             last_error=None, failure_mode=None, completed_at=None,
+                             next_attempt_at=None)
             report.changed.append({"task_id": task_id, "from_state": state,
                                    "to_state": "pending"})
             if ws not in revive:
@@ -189,11 +209,11 @@ def retry_tasks(conn: apsw.Connection, task_ids: Iterable[str], *,
         for ws in revive:
             ws_state = db.scalar(conn, "SELECT state FROM workstream WHERE workstream_id = ?",
                                  (ws,))
-            if ws_state in ("failed", "cancelled"):
+            if ws_state in states_allowing("workstream", "operator_reset", "executing"):
                 # The max_duration_seconds clock restarts: a timed-out workstream gets its
                 # full time again.
-                transition(conn, "workstream", ws, "executing", "operator_reset",
-                           _metadata(stamp), completed_at=None, started_at=stamp)
+                transition_in_tx(conn, "workstream", ws, "executing", "operator_reset",
+                                 _metadata(stamp), completed_at=None, started_at=stamp)
                 report.workstreams_changed.append({"workstream_id": ws, "from_state": ws_state,
                                                    "to_state": "executing"})
     return report
@@ -212,8 +232,8 @@ def skip_tasks(conn: apsw.Connection, task_ids: Iterable[str], *,
         states = _task_states(conn, ids)
         for task_id in ids:
             state = states[task_id]["state"]
-            if state != "pending":
-                if state in ("failed", "cancelled"):
+            if state not in states_allowing("task", "operator_skip"):
+                if state in _retryable():
                     why = (f"{state}: only a pending task can be skipped; `orch retry "
                            f"{task_id}` runs it again")
                 elif state == "completed":
@@ -222,8 +242,8 @@ def skip_tasks(conn: apsw.Connection, task_ids: Iterable[str], *,
                     why = f"{state}: only a pending task can be skipped"
                 report.skipped.append({"task_id": task_id, "state": state, "reason": why})
                 continue
-            transition(conn, "task", task_id, "completed", "operator_skip", _metadata(stamp),
-                       completed_at=stamp)
+            transition_in_tx(conn, "task", task_id, "completed", "operator_skip", _metadata(stamp),
+                             completed_at=stamp)
             report.changed.append({"task_id": task_id, "from_state": state,
                                    "to_state": "completed"})
             ws = states[task_id]["workstream_id"]
@@ -234,7 +254,7 @@ def skip_tasks(conn: apsw.Connection, task_ids: Iterable[str], *,
                 halted.append(ws)
                 blockers = [r[0] for r in conn.execute(
                     "SELECT task_id FROM task WHERE workstream_id = ? AND state IN "
-                    "('failed', 'cancelled') ORDER BY critical DESC, task_id", (ws,))]
+                    f"{in_list_sql(_retryable())} ORDER BY critical DESC, task_id", (ws,))]
                 fix = f"`orch retry {' '.join(blockers[:5])}`" if blockers else "`orch retry`"
                 report.notes.append(f"workstream {ws} runs nothing more until {fix} revives "
                                     "it; the skipped tasks then count as completed")

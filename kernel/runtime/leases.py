@@ -1,9 +1,9 @@
 """Resource leases (CONC-REG-002): all-or-nothing, with owner, expiry and a fencing generation.
 
 Public API:
-    ``acquire_all(conn, task_id, *, owner, generation, attempt_id, now, ttl) -> list[Lease]``
-    (raises ``LeaseUnavailable``, nothing taken); ``renew(conn, owner, now, ttl) -> int``;
-    ``release_task(conn, task_id, now, reason) -> int``; ``expired(conn, now) -> list[dict]``;
+    ``acquire_all_in_tx(conn, task_id, *, owner, generation, attempt_id, now, ttl) -> list[Lease]``
+    (raises ``LeaseUnavailable``, nothing taken); ``renew_in_tx(conn, owner, now, ttl) -> int``;
+    ``release_task_in_tx(conn, task_id, now, reason) -> int``; ``expired(conn, now) -> list[dict]``;
 
 Stability Guarantees:
     The guarantees live in SQL (sql/0002_scheduler.sql): triggers on ``INSERT INTO lease`` refuse
@@ -53,7 +53,7 @@ def requirements(conn: apsw.Connection, task_id: str) -> list[tuple[str, str, fl
         "ORDER BY resource_id", (task_id,))]
 
 
-def acquire_all(conn: apsw.Connection, task_id: str, *, owner: str, generation: int,
+def acquire_all_in_tx(conn: apsw.Connection, task_id: str, *, owner: str, generation: int,
                 attempt_id: int | None, now: float, ttl: float,
                 reqs: list[tuple[str, str, float]] | None = None) -> list[Lease]:
     """Lease every resource the task requires, or none (call inside a write transaction)."""
@@ -83,13 +83,13 @@ def acquire_all(conn: apsw.Connection, task_id: str, *, owner: str, generation: 
     return taken
 
 
-def renew(conn: apsw.Connection, owner: str, now: float, ttl: float) -> int:
+def renew_in_tx(conn: apsw.Connection, owner: str, now: float, ttl: float) -> int:
     conn.execute("UPDATE lease SET expires_at = ? WHERE owner = ? AND released_at IS NULL",
                  (clock.iso(now + ttl), owner))
     return conn.changes()
 
 
-def release_task(conn: apsw.Connection, task_id: str, now: float, reason: str) -> int:
+def release_task_in_tx(conn: apsw.Connection, task_id: str, now: float, reason: str) -> int:
     conn.execute("UPDATE lease SET released_at = MAX(acquired_at, ?), release_reason = ? "
                  "WHERE task_id = ? AND released_at IS NULL", (clock.iso(now), reason, task_id))
     return conn.changes()

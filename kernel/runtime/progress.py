@@ -14,8 +14,8 @@ Integration Points:
     ``kernel.runtime.runner.run`` calls ``start``, ``update`` after each tick and ``finish``.
 
 Dependencies:
-    rich; ``kernel.base.clock``, ``kernel.observe.audit``, ``kernel.runtime.runner``,
-    ``kernel.runtime.scheduler``, ``kernel.store.db``, ``kernel.store.machines``.
+    rich; ``kernel.base.clock``, ``kernel.observe.audit``, ``kernel.runtime.context``,
+    ``kernel.runtime.runner``, ``kernel.store.db``, ``kernel.store.machines``.
 """
 
 from __future__ import annotations
@@ -26,13 +26,10 @@ import time
 from typing import Any
 
 from kernel.base import clock
+from kernel.runtime.context import TickReport
 from kernel.runtime.runner import Progress, RunOptions, RunSummary, summary_text
-from kernel.runtime.scheduler import TickReport
 from kernel.store import db
-from kernel.store.machines import terminal_sql
-
-_ORDER = ("pending", "queued", "running", "validating", "retrying", "completed", "failed",
-          "cancelled")
+from kernel.store.machines import claimed_states, in_list_sql, shipped, terminal_sql
 
 
 class JsonProgress(Progress):
@@ -86,15 +83,16 @@ class LiveProgress(Progress):
         from rich.text import Text
 
         counts = report.counts
-        head = Text("  ".join(f"{s} {counts.get(s, 0)}" for s in _ORDER if counts.get(s)))
+        order = shipped()["task"].state_names   # the machine's order: pending ... cancelled
+        head = Text("  ".join(f"{s} {counts.get(s, 0)}" for s in order if counts.get(s)))
         table = Table(box=None, show_header=True, header_style="bold")
         for col in ("running", "worker", "elapsed", "timeout"):
             table.add_column(col)
         now = time.time()
         for r in db.rows(conn, "SELECT t.task_id, t.worker_id, t.timeout_seconds, a.started_at "
                                "FROM task t JOIN attempt a ON a.task_id = t.task_id AND "
-                               "a.generation = t.generation WHERE t.state IN ('running', "
-                               "'validating') ORDER BY a.started_at LIMIT 12"):
+                               "a.generation = t.generation WHERE t.state IN "
+                               f"{in_list_sql(claimed_states())} ORDER BY a.started_at LIMIT 12"):
             elapsed = now - clock.epoch(r["started_at"])
             table.add_row(r["task_id"], r["worker_id"] or "(validating)", f"{elapsed:.1f} s",
                           f"{r['timeout_seconds']:g} s" if r["timeout_seconds"] else "-")

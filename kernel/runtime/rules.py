@@ -158,19 +158,49 @@ def run_rule(
     seconds (``None``: no limit); on timeout the command's whole process group is killed and the
     rule fails.
     """
+    found = _command_of(name, config)
+    if isinstance(found, RuleResult):
+        return found
+    command, argv = found
+    full_env = {**os.environ, **env} if env is not None else None
+    started = time.monotonic()
+    proc = _start(name, command, argv, cwd, full_env, started)
+    if isinstance(proc, RuleResult):
+        return proc
+    out_b, err_b, timed_out = _communicate(proc, timeout)
+    stdout = out_b.decode("utf-8", errors="replace")
+    output = stdout + err_b.decode("utf-8", errors="replace")
+    code = proc.returncode
+
+    def judged(passed: bool, reason: str) -> RuleResult:
+        return _result(name, passed, reason, command=command, exit_code=code, output=output,
+                       started=started)
+
+    if timed_out:
+        return judged(False, f"{command} timed out after {timeout:g} seconds and was killed")
+    if code != 0:
+        return judged(False, f"{command} exited {code}")
+    if name == "git_clean":
+        paths = _changed_paths(stdout)
+        if paths:
+            return judged(False, f"{command} printed {_describe_paths(paths)}")
+        return judged(True, f"{command} printed nothing")
+    return judged(True, f"{command} exited 0")
+
+
+def _command_of(name: str, config: RulesConfig) -> tuple[str, list[str]] | RuleResult:
+    """The rule's command and its argv, or the failed result of a rule that cannot run: an
+    unknown name, no command configured, a command that does not parse."""
     if name not in RULE_NAMES:
         return _result(
             name, False,
             f"unknown rule {name!r}: the rules are {', '.join(RULE_NAMES)}",
         )
     command: str | None = getattr(config, name)
+    not_configured = (f"rule {name} is not configured: set [rules] {name} in orch.toml "
+                      f'(e.g. "{_EXAMPLES[name]}")')
     if not command or not command.strip():
-        return _result(
-            name, False,
-            f"rule {name} is not configured: set [rules] {name} in orch.toml "
-            f'(e.g. "{_EXAMPLES[name]}")',
-            command=command or None,
-        )
+        return _result(name, False, not_configured, command=command or None)
     try:
         argv = shlex.split(command)
     except ValueError as exc:
@@ -181,18 +211,17 @@ def run_rule(
             command=command,
         )
     if not argv:
-        return _result(
-            name, False,
-            f"rule {name} is not configured: set [rules] {name} in orch.toml "
-            f'(e.g. "{_EXAMPLES[name]}")',
-            command=command,
-        )
+        return _result(name, False, not_configured, command=command)
+    return command, argv
 
-    full_env = {**os.environ, **env} if env is not None else None
-    started = time.monotonic()
+
+def _start(name: str, command: str, argv: list[str], cwd: Path,
+           env: Mapping[str, str] | None, started: float) -> subprocess.Popen[bytes] | RuleResult:
+    """The command started in its own session, or the failed result of a command that could
+    not start (no such program, no such directory, not executable)."""
     try:
-        proc = subprocess.Popen(
-            argv, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        return subprocess.Popen(
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True,
         )
     except FileNotFoundError as exc:
@@ -211,52 +240,25 @@ def run_rule(
             command=command, output=str(exc), started=started,
         )
 
-    timed_out = False
+
+def _communicate(proc: subprocess.Popen[bytes],
+                 timeout: float | None) -> tuple[bytes, bytes, bool]:
+    """(stdout, stderr, timed out): on timeout the whole process group is killed."""
     try:
         out_b, err_b = proc.communicate(timeout=timeout)
+        return out_b, err_b, False
     except subprocess.TimeoutExpired:
-        timed_out = True
         _kill_group(proc)
-        try:
-            out_b, err_b = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            # Something outside the group still holds the pipes open; give up on the output.
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
-            proc.wait()
-            out_b, err_b = b"", b""
-    stdout = out_b.decode("utf-8", errors="replace")
-    stderr = err_b.decode("utf-8", errors="replace")
-    output = stdout + stderr
-    code = proc.returncode
-
-    if timed_out:
-        return _result(
-            name, False,
-            f"{command} timed out after {timeout:g} seconds and was killed",
-            command=command, exit_code=code, output=output, started=started,
-        )
-    if code != 0:
-        return _result(
-            name, False, f"{command} exited {code}",
-            command=command, exit_code=code, output=output, started=started,
-        )
-    if name == "git_clean":
-        paths = _changed_paths(stdout)
-        if paths:
-            return _result(
-                name, False, f"{command} printed {_describe_paths(paths)}",
-                command=command, exit_code=code, output=output, started=started,
-            )
-        return _result(
-            name, True, f"{command} printed nothing",
-            command=command, exit_code=code, output=output, started=started,
-        )
-    return _result(
-        name, True, f"{command} exited 0",
-        command=command, exit_code=code, output=output, started=started,
-    )
+    try:
+        out_b, err_b = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        # Something outside the group still holds the pipes open; give up on the output.
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        proc.wait()
+        out_b, err_b = b"", b""
+    return out_b, err_b, True
 
 
 def run_rules(

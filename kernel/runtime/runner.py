@@ -21,8 +21,9 @@ Integration Points:
 
 Dependencies:
     apsw; ``kernel.base.errors``, ``kernel.base.faults``, ``kernel.base.files``,
-    ``kernel.observe.exports``, ``kernel.observe.metrics``, ``kernel.runtime.scheduler``,
-    ``kernel.runtime.worktree``, ``kernel.store.db``, ``kernel.store.project``.
+    ``kernel.observe.exports``, ``kernel.observe.metrics``, ``kernel.runtime.health``,
+    ``kernel.runtime.lock``, ``kernel.runtime.scheduler``, ``kernel.runtime.worktree``,
+    ``kernel.store.db``, ``kernel.store.machines``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ from kernel.base.errors import OrchError
 from kernel.base.files import open_private
 from kernel.observe.exports import Exporter
 from kernel.observe.metrics import MetricsTicker, write_metrics
-from kernel.runtime import scheduler
+from kernel.runtime import health, lock, scheduler
 from kernel.store import db
+from kernel.store.machines import claimed_states, in_list_sql, terminal_sql
 from kernel.store.project import Project
 
 
@@ -183,7 +185,7 @@ class _RunLoop:
     def set_up(self) -> None:
         # quick_check first: a damaged file is refused before the scheduler lock is written.
         self.conn = self.project.connect(verify=True)
-        scheduler.acquire_lock(self.conn, self.owner, self.clock())
+        lock.acquire_lock(self.conn, self.owner, self.clock())
         self.locked = True
         if self.config.views.export:
             self.exporter = Exporter(
@@ -234,11 +236,11 @@ class _RunLoop:
         _keep_wal_small(self.conn, self.project, self.config.database.busy_timeout_ms)
         self._replace_dead_workers()
         if time.monotonic() >= self.next_lock:
-            if not scheduler.renew_lock(self.conn, self.owner, now):
+            if not lock.renew_lock(self.conn, self.owner, now):
                 raise OrchError("scheduler_lock_lost",
                                 "another `orch run` took over this database",
                                 hint="only one `orch run` may own a database", exit_code=1)
-            self.next_lock = time.monotonic() + scheduler.LOCK_TTL_SECONDS / 3
+            self.next_lock = time.monotonic() + lock.LOCK_TTL_SECONDS / 3
         if self.report.done and not self.options.forever:
             return False
         if self.options.max_seconds is not None and \
@@ -287,9 +289,9 @@ class _RunLoop:
             self.ctx.worktrees = False
             self.ctx.exited = _exited_children(conn, [*self.children.values(), *self.removed])
             final = scheduler.TickReport()
-            scheduler.check_workers(conn, self.clock(), self.ctx, final)
+            health.check_workers(conn, self.clock(), self.ctx, final)
             if self.locked:
-                scheduler.release_lock(conn, self.owner)
+                lock.release_lock(conn, self.owner)
             try:
                 write_metrics(conn, self.project.state_dir, self.clock())
             except (OSError, apsw.Error) as exc:   # never hide how the run ended
@@ -350,7 +352,7 @@ def _running_tasks(conn: Any, owner: str) -> int:
         conn, "SELECT COUNT(*) FROM task t JOIN attempt a ON a.task_id = t.task_id "
               "AND a.generation = t.generation AND a.finished_at IS NULL "
               "JOIN worker w ON w.worker_id = a.worker_id "
-              "WHERE t.state IN ('running', 'validating') AND w.scheduler_owner = ?",
+              f"WHERE t.state IN {in_list_sql(claimed_states())} AND w.scheduler_owner = ?",
         (owner,)) or 0)
 
 
@@ -384,8 +386,9 @@ def _exited_children(conn: Any, children: list[subprocess.Popen[bytes]]) -> dict
         code = proc.poll()
         if code is None:
             continue
-        wid = db.scalar(conn, "SELECT worker_id FROM worker WHERE pid = ? AND state <> "
-                              "'shutdown' ORDER BY registered_at DESC LIMIT 1", (proc.pid,))
+        wid = db.scalar(conn, "SELECT worker_id FROM worker WHERE pid = ? AND state NOT IN "
+                              f"{terminal_sql('worker')} ORDER BY registered_at DESC LIMIT 1",
+                        (proc.pid,))
         if wid:
             out[wid] = code
     return out
@@ -400,7 +403,7 @@ def _stop_children(conn: Any, owner: str, children: dict[str, subprocess.Popen[b
     try:
         with db.write_tx(conn):
             conn.execute("UPDATE worker SET stop_requested = 1 WHERE scheduler_owner = ? "
-                         "AND state <> 'shutdown'", (owner,))
+                         f"AND state NOT IN {terminal_sql('worker')}", (owner,))
     except Exception:  # noqa: BLE001 - stopping must go on even if the database is busy
         pass
     deadline = time.monotonic() + wait

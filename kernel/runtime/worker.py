@@ -21,9 +21,9 @@ Integration Points:
 Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.faults``,
     ``kernel.base.files``, ``kernel.base.processes``, ``kernel.observe.exports``,
-    ``kernel.runtime.claims``, ``kernel.runtime.executors``, ``kernel.runtime.leases``,
-    ``kernel.runtime.rules``, ``kernel.runtime.worktree``, ``kernel.store.db``,
-    ``kernel.store.machines``, ``kernel.store.project``.
+    ``kernel.runtime.attempts``, ``kernel.runtime.claims``, ``kernel.runtime.executors``,
+    ``kernel.runtime.leases``, ``kernel.runtime.rules``, ``kernel.runtime.worktree``,
+    ``kernel.store.db``, ``kernel.store.machines``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import apsw
 
@@ -46,10 +46,11 @@ from kernel import __version__
 from kernel.base import clock, faults
 from kernel.base.files import open_private, private_dir
 from kernel.base.processes import become_subreaper, pid_alive
-from kernel.runtime import claims, leases
+from kernel.runtime import attempts, claims, leases
 from kernel.runtime.executors import ExecutionRequest, ExecutionResult, executor_for
+from kernel.runtime.rules import run_rules
 from kernel.store import db
-from kernel.store.machines import transition
+from kernel.store.machines import states_allowing, terminal_states, transition_in_tx
 from kernel.store.project import Project
 
 
@@ -139,8 +140,8 @@ class Worker:
                  if self.options.workstreams is not None else None))
             self.conn.executemany("INSERT INTO worker_capability VALUES (?, ?, ?)",
                                   [(self.worker_id, c, v) for c, v in rows])
-            transition(self.conn, "worker", self.worker_id, "idle", "registration_complete",
-                       {"at": stamp, "capabilities": sorted(c for c, _ in rows)})
+            transition_in_tx(self.conn, "worker", self.worker_id, "idle", "registration_complete",
+                             {"at": stamp, "capabilities": sorted(c for c, _ in rows)})
         self._offers = dict(rows)
         self._hb_thread = threading.Thread(target=self._heartbeat_loop, daemon=True,
                                            name="orch-heartbeat")
@@ -174,17 +175,13 @@ class Worker:
             with db.write_tx(self.conn):
                 state = db.scalar(self.conn, "SELECT state FROM worker WHERE worker_id = ?",
                                   (self.worker_id,))
-                if state in ("idle", "busy"):
+                if state in states_allowing("worker", "shutdown_requested"):
                     running = db.scalar(self.conn, "SELECT task_id FROM task WHERE worker_id = ?",
                                         (self.worker_id,))
                     if running:
-                        claims.hand_on_in_tx(
-                            self.conn, running, time.time(), failure_mode=None,
-                            reason="interrupted by the operator: the worker was stopped while "
-                                   "running the task", backoff=self._backoff(),
-                            interrupted=True)
-                    transition(self.conn, "worker", self.worker_id, "shutdown", trigger,
-                               {"at": stamp}, stopped_at=stamp, exit_code=0)
+                        self._hand_on_stopped_in_tx(running)
+                    transition_in_tx(self.conn, "worker", self.worker_id, "shutdown", trigger,
+                                     {"at": stamp}, stopped_at=stamp, exit_code=0)
         finally:
             if self._hb_thread is not None:
                 self._hb_thread.join(timeout=2)
@@ -192,37 +189,44 @@ class Worker:
             if self._exporter is not None:
                 self._exporter.close()   # a last export: the views end exact
 
-    def _backoff(self) -> dict[str, float]:
-        w = self.config.workers
-        return {"cap": w.retry_backoff_cap_seconds, "jitter": w.retry_jitter}
+    def _hand_on_stopped_in_tx(self, task_id: str) -> None:
+        """The worker was stopped while running ``task_id``: back to the queue, no retry
+        counted (trigger ``operator_interrupted``)."""
+        attempts.hand_on_in_tx(
+            self.conn, task_id, time.time(), failure_mode=None,
+            reason="interrupted by the operator: the worker was stopped while running the task",
+            backoff=attempts.retry_backoff(self.config.workers), interrupted=True)
 
     def _heartbeat_loop(self) -> None:
-        conn = self.project.connect()
-        try:
+        with self.project.open() as conn:
             while not self._closing.wait(self.heartbeat):
-                now = time.time()
-                stamp = clock.iso(now)
                 try:
                     with db.write_tx(conn):
-                        state = db.scalar(conn, "SELECT state FROM worker WHERE worker_id = ?",
-                                          (self.worker_id,))
-                        if state == "shutdown":
-                            self.declared_dead = True
-                            self._stop.set()
-                            self._drain.set()
-                            return
-                        conn.execute("UPDATE worker SET last_heartbeat_at = ? "
-                                     "WHERE worker_id = ?", (stamp, self.worker_id))
-                        leases.renew(conn, self.worker_id, now, self.lease_ttl)
-                        if state == "unresponsive":
-                            has_task = self.current is not None
-                            transition(conn, "worker", self.worker_id,
-                                       "busy" if has_task else "idle", "health_check_recovered",
-                                       {"at": stamp})
+                        alive = self._beat_in_tx(conn, time.time())
                 except apsw.BusyError:
                     continue
-        finally:
-            conn.close()
+                if not alive:
+                    return
+
+    def _beat_in_tx(self, conn: apsw.Connection, now: float) -> bool:
+        """One heartbeat: renew the worker's leases, recover from unresponsive. False when
+        the kernel declared the worker lost (it stops at once; its task was handed on)."""
+        stamp = clock.iso(now)
+        state = db.scalar(conn, "SELECT state FROM worker WHERE worker_id = ?",
+                          (self.worker_id,))
+        if state in terminal_states("worker"):
+            self.declared_dead = True
+            self._stop.set()
+            self._drain.set()
+            return False
+        conn.execute("UPDATE worker SET last_heartbeat_at = ? WHERE worker_id = ?",
+                     (stamp, self.worker_id))
+        leases.renew_in_tx(conn, self.worker_id, now, self.lease_ttl)
+        if state == "unresponsive":
+            has_task = self.current is not None
+            transition_in_tx(conn, "worker", self.worker_id, "busy" if has_task else "idle",
+                             "health_check_recovered", {"at": stamp})
+        return True
 
     def _parent_gone(self) -> bool:
         pid = self.options.parent_pid
@@ -329,97 +333,126 @@ class Worker:
                                                   f"failed: {type(exc).__name__}: {exc}")
 
     def run_one(self, claim: claims.Claim) -> str:
+        """Run one claimed task to its end: the pre-execution rules, the command, the commit of
+        its changes, the report (with the next claim, when the worker goes on), the
+        post-execution rules. The task's new state, "stale" or "handed_on"."""
         self.current = claim
-        root = self.project.root
-        base = Path(claim.worktree_path) if claim.worktree_path else root
-        workdir = (claim.definition.get("execution") or {}).get("working_directory") or "."
-        cwd = (base / workdir).resolve()
-        env = {**worker_env(claim, root, base, self._base_env), **self.options.extra_env}
-        w = self.config.workers
-        backoff = self._backoff()
+        place = self._workplace(claim)
         try:
             if claim.pre_rules:
-                from kernel.runtime.rules import run_rules
-
-                report = run_rules(claim.pre_rules, cwd, self.config.rules, env=env,
-                                   stop_at_first_failure=True)
-                if not report.passed:
-                    bad = report.failed[0]
-                    return claims.fail_before_start(
-                        self.conn, claim, time.time(), rule=bad.rule, reason=bad.reason,
-                        rules=report.as_dict())
-            execution = claim.definition.get("execution") or {}
-            prompt = execution.get("prompt") or ""
-            prompt_file = self.project.state_dir / "prompts" / \
-                f"{claim.task_id}-{claim.attempt_no}.txt"
-            if "{prompt_file}" in (claim.command or ""):
-                private_dir(prompt_file.parent)
-                with open_private(prompt_file, "w") as fh:
-                    fh.write(prompt)
-            request = ExecutionRequest(
-                task_id=claim.task_id, workstream_id=claim.workstream_id,
-                attempt_no=claim.attempt_no, command=claim.command or "",
-                shell=bool(execution.get("shell")), cwd=cwd, env=env,
-                timeout_seconds=claim.timeout_seconds,
-                log_path=self.project.logs_dir / f"{claim.task_id}.log",
-                placeholders={"prompt": prompt, "prompt_file": str(prompt_file),
-                              "task_id": claim.task_id, "workstream_id": claim.workstream_id,
-                              "attempt": str(claim.attempt_no), "root": str(root),
-                              "worktree": str(base)},
-                kill_grace_seconds=w.kill_grace_seconds, definition=claim.definition,
-                log_cap_bytes=w.max_log_bytes_per_attempt)
-            result = self._execute(claim, request)
+                refused = self._pre_rules(claim, place)
+                if refused is not None:
+                    return refused
+            result = self._execute(claim, self._request(claim, place))
             faults.point("before_finish")
             if self.declared_dead:
                 return "stale"
-            reason = None
-            if result.outcome == "cancelled":
-                reason = self._should_stop(claim, self.conn) or "stopped"
-                if self._stop.is_set() and claims.is_current(self.conn, claim) is None:
-                    # We were asked to stop mid-task: hand the task on, it will run again.
-                    with db.write_tx(self.conn):
-                        claims.hand_on_in_tx(
-                            self.conn, claim.task_id, time.time(), failure_mode=None,
-                            reason="interrupted by the operator: the worker was stopped while "
-                                   "running the task", backoff=backoff, interrupted=True)
-                        claims.worker_idle(self.conn, self.worker_id, clock.now_iso(),
-                                            claim.task_id)
-                    return "handed_on"
-            if (result.outcome == "succeeded" and claim.worktree_path
-                    and claims.is_current(self.conn, claim) is None):
-                # The task's changes become one commit on the workstream's branch.
-                commit_error = self._commit(claim)
-                if commit_error:
-                    result = ExecutionResult("error", exit_code=result.exit_code,
-                                             error=commit_error,
-                                             duration_seconds=result.duration_seconds,
-                                             details=result.details)
-            if result.outcome != "cancelled" and not self._stopping():
-                # Finishing and claiming the next task share one transaction.
-                state, self.next_claim = claims.finish_and_claim(
-                    self.conn, claim, time.time(), outcome=result.outcome,
-                    exit_code=result.exit_code, error=result.error,
-                    duration=result.duration_seconds, details=dict(result.details),
-                    backoff=backoff, lease_ttl=self.lease_ttl, offers=self._offers)
-            else:
-                state = claims.finish_execution(
-                    self.conn, claim, time.time(), outcome=result.outcome,
-                    exit_code=result.exit_code, error=result.error,
-                    duration=result.duration_seconds, details=dict(result.details),
-                    backoff=backoff, cancel_reason=reason)
-            if state != "validating":
-                return state
-            from kernel.runtime.rules import run_rules
-
-            started = time.monotonic()
-            report = run_rules(claim.post_rules, cwd, self.config.rules, env=env)
-            return claims.finish_validation(
-                self.conn, claim, time.time(), passed=report.passed, summary=report.summary(),
-                rules=report.as_dict(),
-                duration=result.duration_seconds + time.monotonic() - started,
-                details=dict(result.details))
+            return self._report(claim, place, result)
         finally:
             self.current = None
+
+    def _workplace(self, claim: claims.Claim) -> _Workplace:
+        root = self.project.root
+        base = Path(claim.worktree_path) if claim.worktree_path else root
+        workdir = (claim.definition.get("execution") or {}).get("working_directory") or "."
+        env = {**worker_env(claim, root, base, self._base_env), **self.options.extra_env}
+        return _Workplace(base, (base / workdir).resolve(), env)
+
+    def _pre_rules(self, claim: claims.Claim, place: _Workplace) -> str | None:
+        """Run the pre-execution rules; the task's new state when one failed (it never
+        starts), else None."""
+        report = run_rules(claim.pre_rules, place.cwd, self.config.rules, env=place.env,
+                           stop_at_first_failure=True)
+        if report.passed:
+            return None
+        bad = report.failed[0]
+        return claims.fail_before_start(self.conn, claim, time.time(), rule=bad.rule,
+                                        reason=bad.reason, rules=report.as_dict())
+
+    def _request(self, claim: claims.Claim, place: _Workplace) -> ExecutionRequest:
+        """What the executor runs; the prompt is written to its file when the command names
+        ``{prompt_file}``."""
+        w = self.config.workers
+        execution = claim.definition.get("execution") or {}
+        prompt = execution.get("prompt") or ""
+        prompt_file = self.project.state_dir / "prompts" / \
+            f"{claim.task_id}-{claim.attempt_no}.txt"
+        if "{prompt_file}" in (claim.command or ""):
+            private_dir(prompt_file.parent)
+            with open_private(prompt_file, "w") as fh:
+                fh.write(prompt)
+        return ExecutionRequest(
+            task_id=claim.task_id, workstream_id=claim.workstream_id,
+            attempt_no=claim.attempt_no, command=claim.command or "",
+            shell=bool(execution.get("shell")), cwd=place.cwd, env=place.env,
+            timeout_seconds=claim.timeout_seconds,
+            log_path=self.project.logs_dir / f"{claim.task_id}.log",
+            placeholders={"prompt": prompt, "prompt_file": str(prompt_file),
+                          "task_id": claim.task_id, "workstream_id": claim.workstream_id,
+                          "attempt": str(claim.attempt_no), "root": str(self.project.root),
+                          "worktree": str(place.base)},
+            kill_grace_seconds=w.kill_grace_seconds, definition=claim.definition,
+            log_cap_bytes=w.max_log_bytes_per_attempt)
+
+    def _report(self, claim: claims.Claim, place: _Workplace, result: ExecutionResult) -> str:
+        """Report the command's result (and run the post-execution rules when it passed)."""
+        reason = None
+        if result.outcome == "cancelled":
+            reason = self._should_stop(claim, self.conn) or "stopped"
+            if self._stop.is_set() and claims.is_current(self.conn, claim) is None:
+                # We were asked to stop mid-task: hand the task on, it will run again.
+                with db.write_tx(self.conn):
+                    self._hand_on_stopped_in_tx(claim.task_id)
+                    attempts.worker_idle_in_tx(self.conn, self.worker_id, clock.now_iso(),
+                                               claim.task_id)
+                return "handed_on"
+        if (result.outcome == "succeeded" and claim.worktree_path
+                and claims.is_current(self.conn, claim) is None):
+            result = self._committed(claim, result)
+        state = self._finish(claim, result, reason)
+        if state != "validating":
+            return state
+        started = time.monotonic()
+        report = run_rules(claim.post_rules, place.cwd, self.config.rules, env=place.env)
+        return claims.finish_validation(
+            self.conn, claim, time.time(), passed=report.passed, summary=report.summary(),
+            rules=report.as_dict(),
+            duration=result.duration_seconds + time.monotonic() - started,
+            details=dict(result.details))
+
+    def _committed(self, claim: claims.Claim, result: ExecutionResult) -> ExecutionResult:
+        """The task's changes become one commit on the workstream's branch; a commit that
+        fails turns the result into an error."""
+        commit_error = self._commit(claim)
+        if not commit_error:
+            return result
+        return ExecutionResult("error", exit_code=result.exit_code, error=commit_error,
+                               duration_seconds=result.duration_seconds, details=result.details)
+
+    def _finish(self, claim: claims.Claim, result: ExecutionResult, reason: str | None) -> str:
+        backoff = attempts.retry_backoff(self.config.workers)
+        if result.outcome != "cancelled" and not self._stopping():
+            # Finishing and claiming the next task share one transaction.
+            state, self.next_claim = claims.finish_and_claim(
+                self.conn, claim, time.time(), outcome=result.outcome,
+                exit_code=result.exit_code, error=result.error,
+                duration=result.duration_seconds, details=dict(result.details),
+                backoff=backoff, lease_ttl=self.lease_ttl, offers=self._offers)
+            return state
+        return claims.finish_execution(
+            self.conn, claim, time.time(), outcome=result.outcome,
+            exit_code=result.exit_code, error=result.error,
+            duration=result.duration_seconds, details=dict(result.details),
+            backoff=backoff, cancel_reason=reason)
+
+
+class _Workplace(NamedTuple):
+    """Where a task runs: the worktree (or the project root), the working directory, and the
+    environment."""
+
+    base: Path
+    cwd: Path
+    env: dict[str, str]
 
 
 def main(project: Project, options: WorkerOptions, worker_id: str | None = None) -> int:

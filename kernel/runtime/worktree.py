@@ -217,6 +217,27 @@ def ensure_worktree(root: Path, workstream_id: str, base_branch: str | None = No
             hint="run `git init` and make a first commit, or run orch in your repository",
         )
     branch = _check_workstream_id(root, workstream_id)
+    base = _base_branch(root, workstream_id, base_branch)
+    path = root / WORKTREES_DIR / workstream_id
+    if _registered(root, path, branch):
+        return Worktree(workstream_id, path, branch, base)
+    # Forget worktrees whose directory vanished (this one's included), so their branch is free.
+    _git(root, "worktree", "prune")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Belt and braces next to .state/.gitignore: worktrees never show in the main checkout.
+    ignore = path.parent / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# Written by orch: workstream worktrees.\n*\n", encoding="utf-8")
+    if _branch_exists(root, branch):
+        _git(root, "worktree", "add", str(path), branch,
+             hint=f"{branch} may be checked out elsewhere: see `git worktree list`")
+    else:
+        _git(root, "worktree", "add", "-b", branch, str(path), base)
+    return Worktree(workstream_id, path, branch, base)
+
+
+def _base_branch(root: Path, workstream_id: str, base_branch: str | None) -> str:
+    """``base_branch``, or the branch checked out at ``root``; it must exist."""
     base = base_branch or current_branch(root)
     if base is None:
         raise OrchError(
@@ -231,41 +252,34 @@ def ensure_worktree(root: Path, workstream_id: str, base_branch: str | None = No
             f"the base branch {base!r} of workstream {workstream_id} does not exist in {root}",
             hint="create the branch or name an existing one",
         )
-    path = root / WORKTREES_DIR / workstream_id
+    return base
 
+
+def _registered(root: Path, path: Path, branch: str) -> bool:
+    """True when ``path`` is a registered worktree that is present with ``branch`` checked
+    out; False when it must be (re-)created. Raises when the directory is in the way or holds
+    another branch."""
     registered = next(
         (e for e in _worktrees(root) if _same_path(e.get("worktree", ""), path)), None
     )
     if registered is not None:
-        if path.is_dir():
-            if registered.get("branch") != f"refs/heads/{branch}":
-                raise OrchError(
-                    "git_failed",
-                    f"the worktree {path} is registered but does not have {branch} checked out "
-                    f"({registered.get('branch') or 'detached HEAD'})",
-                    hint=f"check out {branch} there, or remove it: git worktree remove {path}",
-                )
-            return Worktree(workstream_id, path, branch, base)
-    elif path.exists():
+        if not path.is_dir():
+            return False
+        if registered.get("branch") != f"refs/heads/{branch}":
+            raise OrchError(
+                "git_failed",
+                f"the worktree {path} is registered but does not have {branch} checked out "
+                f"({registered.get('branch') or 'detached HEAD'})",
+                hint=f"check out {branch} there, or remove it: git worktree remove {path}",
+            )
+        return True
+    if path.exists():
         raise OrchError(
             "git_failed",
             f"{path} exists but is not a registered git worktree",
             hint="move or delete that directory; orch re-creates the worktree there",
         )
-
-    # Forget worktrees whose directory vanished (this one's included), so their branch is free.
-    _git(root, "worktree", "prune")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Belt and braces next to .state/.gitignore: worktrees never show in the main checkout.
-    ignore = path.parent / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("# Written by orch: workstream worktrees.\n*\n", encoding="utf-8")
-    if _branch_exists(root, branch):
-        _git(root, "worktree", "add", str(path), branch,
-             hint=f"{branch} may be checked out elsewhere: see `git worktree list`")
-    else:
-        _git(root, "worktree", "add", "-b", branch, str(path), base)
-    return Worktree(workstream_id, path, branch, base)
+    return False
 
 
 def commit_all(path: Path, message: str) -> str | None:
@@ -311,59 +325,70 @@ def merge_and_remove(root: Path, wt: Worktree) -> MergeResult:
         )
     head = _rev(root, f"refs/heads/{wt.branch}")
     checkout = _checked_out_at(root, wt.base_branch)
-
     if checkout is not None:
-        merge = _run(
-            checkout, "merge", "--no-ff", "--no-edit", "-m", f"orch: merge workstream {ws}",
-            wt.branch, config=_identity(checkout),
-        )
-        if merge.returncode != 0:
-            in_progress = _run(checkout, "rev-parse", "--verify", "--quiet", "MERGE_HEAD")
-            if in_progress.returncode == 0:
-                conflicted = _git(
-                    checkout, "diff", "--name-only", "--diff-filter=U"
-                ).splitlines()
-                _git(checkout, "merge", "--abort")
-                return MergeResult(
-                    False, None,
-                    f"merging {wt.branch} into {wt.base_branch} conflicts in "
-                    f"{', '.join(conflicted) or 'the index'}; the merge was aborted and the "
-                    f"worktree {wt.path} and branch {wt.branch} are kept",
-                )
-            detail = " / ".join(
-                (merge.stderr.strip() or merge.stdout.strip() or "no output").splitlines()
-            )
-            return MergeResult(
-                False, None,
-                f"git refused to merge {wt.branch} into {wt.base_branch} at {checkout}: "
-                f"{detail}; the worktree {wt.path} and branch {wt.branch} are kept",
-            )
-        commit = _git(checkout, "rev-parse", "HEAD")
+        done = _merge_at(checkout, wt)
     else:
-        base_ref = f"refs/heads/{wt.base_branch}"
-        if not _branch_exists(root, wt.base_branch):
-            raise OrchError(
-                "git_failed",
-                f"the base branch {wt.base_branch} of workstream {ws} does not exist in {root}",
-                hint=f"create it (git branch {wt.base_branch} {wt.branch}) and merge again",
-            )
-        base_sha = _rev(root, base_ref)
-        ancestry = _run(root, "merge-base", "--is-ancestor", base_sha, head)
-        if ancestry.returncode == 1:
-            return MergeResult(
-                False, None,
-                f"{wt.base_branch} has commits that {wt.branch} does not, and it is not checked "
-                f"out, so it cannot be fast-forwarded; the worktree {wt.path} and branch "
-                f"{wt.branch} are kept",
-            )
-        if ancestry.returncode != 0:
-            raise _fail(ancestry)
-        _git(root, "update-ref", "-m", f"orch: fast-forward to workstream {ws}", base_ref, head,
-             base_sha)
-        commit = head
-
+        done = _fast_forward(root, wt, head)
+    if isinstance(done, MergeResult):
+        return done
     _remove(root, wt)
-    return MergeResult(True, commit, f"merged {wt.branch} into {wt.base_branch} at {commit[:12]}")
+    return MergeResult(True, done, f"merged {wt.branch} into {wt.base_branch} at {done[:12]}")
+
+
+def _merge_at(checkout: Path, wt: Worktree) -> str | MergeResult:
+    """A ``--no-ff`` merge of the branch into the base checked out at ``checkout``: the merge
+    commit, or why it could not be made (a conflict is aborted)."""
+    merge = _run(
+        checkout, "merge", "--no-ff", "--no-edit", "-m",
+        f"orch: merge workstream {wt.workstream_id}", wt.branch, config=_identity(checkout),
+    )
+    if merge.returncode == 0:
+        return _git(checkout, "rev-parse", "HEAD")
+    in_progress = _run(checkout, "rev-parse", "--verify", "--quiet", "MERGE_HEAD")
+    if in_progress.returncode == 0:
+        conflicted = _git(checkout, "diff", "--name-only", "--diff-filter=U").splitlines()
+        _git(checkout, "merge", "--abort")
+        return MergeResult(
+            False, None,
+            f"merging {wt.branch} into {wt.base_branch} conflicts in "
+            f"{', '.join(conflicted) or 'the index'}; the merge was aborted and the "
+            f"worktree {wt.path} and branch {wt.branch} are kept",
+        )
+    detail = " / ".join(
+        (merge.stderr.strip() or merge.stdout.strip() or "no output").splitlines()
+    )
+    return MergeResult(
+        False, None,
+        f"git refused to merge {wt.branch} into {wt.base_branch} at {checkout}: "
+        f"{detail}; the worktree {wt.path} and branch {wt.branch} are kept",
+    )
+
+
+def _fast_forward(root: Path, wt: Worktree, head: str) -> str | MergeResult:
+    """The base branch (checked out nowhere) moved to ``head``: the new base commit, or why it
+    cannot be fast-forwarded."""
+    base_ref = f"refs/heads/{wt.base_branch}"
+    if not _branch_exists(root, wt.base_branch):
+        raise OrchError(
+            "git_failed",
+            f"the base branch {wt.base_branch} of workstream {wt.workstream_id} does not exist "
+            f"in {root}",
+            hint=f"create it (git branch {wt.base_branch} {wt.branch}) and merge again",
+        )
+    base_sha = _rev(root, base_ref)
+    ancestry = _run(root, "merge-base", "--is-ancestor", base_sha, head)
+    if ancestry.returncode == 1:
+        return MergeResult(
+            False, None,
+            f"{wt.base_branch} has commits that {wt.branch} does not, and it is not checked "
+            f"out, so it cannot be fast-forwarded; the worktree {wt.path} and branch "
+            f"{wt.branch} are kept",
+        )
+    if ancestry.returncode != 0:
+        raise _fail(ancestry)
+    _git(root, "update-ref", "-m", f"orch: fast-forward to workstream {wt.workstream_id}",
+         base_ref, head, base_sha)
+    return head
 
 
 def archive_state(root: Path, workstream_id: str, document: dict[str, Any]) -> Path:

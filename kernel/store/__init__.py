@@ -2,7 +2,8 @@
 event catalog and the project's paths.
 
 Public API:
-    The modules: ``db`` (connections, transactions, pragmas), ``machines`` (the YAML state
+    The modules: ``db`` (connections, transactions, pragmas), ``dbcheck`` (is this file our
+    database: the checks before opening it, and the migrations), ``machines`` (the YAML state
     machines, their
     tables, ``transition``, terminal and cancellable states), ``reference`` (failure modes),
     ``events`` (the event catalog and ``emit_event_in_tx``), ``queries`` (the set-based state

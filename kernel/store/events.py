@@ -130,14 +130,14 @@ def emit_events_in_tx(conn: apsw.Connection, name: str, events: Sequence[Mapping
                       trigger: str | None = None, at: str | None = None,
                       batch_parameters: int = db.BATCH_PARAMETERS) -> None:
     """Append many events of one declared kind, in order, a multi-row INSERT per batch (the
-    loader's bulk path; see ``db.insert_rows``). Each mapping may hold ``entity_id``,
+    loader's bulk path; see ``db.insert_rows_in_tx``). Each mapping may hold ``entity_id``,
     ``workstream_id``, ``task_id``, ``caused_by`` and ``metadata``."""
     d = CATALOG[name]
     stamp = at or clock.now_iso()
     rows = [(stamp, name, d.event_type, d.severity, d.entity_type, e.get("entity_id"),
              e.get("workstream_id"), e.get("task_id"), trigger, e.get("caused_by"),
              json.dumps(dict(e.get("metadata") or {}), sort_keys=True)) for e in events]
-    db.insert_rows(conn, _INSERT, rows, batch_parameters=batch_parameters, values=_VALUES)
+    db.insert_rows_in_tx(conn, _INSERT, rows, batch_parameters=batch_parameters, values=_VALUES)
 
 
 def last_seq_in_tx(conn: apsw.Connection, *, task_id: str | None = None,

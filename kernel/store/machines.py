@@ -5,9 +5,13 @@ Public API:
     ``MachineDef`` / ``StateDef`` / ``TransitionDef`` (frozen pydantic models);
     ``ensure_machines(conn)`` syncs the YAML into ``machine``, ``machine_state`` and
     ``machine_transition`` and (re)creates the ``<machine>_illegal_transition`` triggers when
-    the YAML changed; ``illegal_transition_trigger_sql(machine)``; ``transition(conn, machine,
-    entity_id, to_state, trigger, metadata=None, **columns)`` requests one transition and turns a
-    rejection into ``IllegalTransition`` naming the entity.
+    the YAML changed; ``illegal_transition_trigger_sql(machine)``; ``transition_in_tx(conn,
+    machine, entity_id, to_state, trigger, metadata=None, **columns)`` requests one transition
+    inside the caller's write transaction and turns a rejection into ``IllegalTransition``
+    naming the entity. The state sets, the one home of each, read from the YAML:
+    ``terminal_states(machine)``, ``states_allowing(machine, trigger, to_state=None)``,
+    ``claimed_states()``; as SQL lists ``in_list_sql(states)``, ``terminal_sql(machine)``;
+    ``shipped()`` (the machines of this version); ``CANCELLED_ERROR``.
 
 Stability Guarantees:
     ``docs/state_machines/*.yaml`` is the single source of truth: states and transitions are
@@ -30,7 +34,7 @@ and Datasette) only accepts a constant string in ``RAISE()``. So each machine ge
 whose WHEN clause looks the transition up in ``machine_transition`` (the fast path costs one
 index probe) and whose body holds one constant message per case, naming the machine, both
 states and the trigger. A constant cannot name the row, so the entity id is added by
-``transition()`` for the kernel's own updates; a shell user sees the row they updated.
+``transition_in_tx()`` for the kernel's own updates; a shell user sees the row they updated.
 """
 
 from __future__ import annotations
@@ -175,16 +179,25 @@ def shipped() -> dict[str, MachineDef]:
 CANCELLED_ERROR = "cancelled by an operator"
 
 
+@functools.cache
 def terminal_states(machine: str) -> tuple[str, ...]:
     """The terminal states of ``machine``, from its YAML: the one home of "terminal"."""
     return tuple(s.name for s in shipped()[machine].states if s.terminal)
 
 
+@functools.cache
 def states_allowing(machine: str, trigger: str, to_state: str | None = None) -> tuple[str, ...]:
-    """The states from which ``trigger`` (to ``to_state``) is allowed: what an operator may
-    cancel (``user_cancelled``), retry (``user_retry``) or skip, read from the YAML."""
+    """The states from which ``trigger`` (to ``to_state``) is allowed, read from the YAML: what
+    an operator may cancel (``user_cancelled``), retry (``operator_reset``) or skip
+    (``operator_skip``), what a failed workstream cancels (``workstream_failed``)."""
     return tuple(sorted({t.from_state for t in shipped()[machine].transitions
                          if t.trigger == trigger and (to_state is None or t.to_state == to_state)}))
+
+
+def claimed_states() -> tuple[str, ...]:
+    """The task states in which a worker holds the task's claim (running, validating): the
+    states a lost worker's task is handed on from (trigger ``worker_lost``)."""
+    return states_allowing("task", "worker_lost")
 
 
 def in_list_sql(states: tuple[str, ...]) -> str:
@@ -350,7 +363,7 @@ def stored_matches_yaml(conn: apsw.Connection, machines: Mapping[str, MachineDef
     return problems
 
 
-def transition(
+def transition_in_tx(
     conn: apsw.Connection,
     machine: str,
     entity_id: str,

@@ -15,7 +15,7 @@ Stability Guarantees:
     (``queueable_task``, ``open_workstream``), the one home of those rules.
 
 Integration Points:
-    ``kernel.runtime.claims`` runs them inside the caller's write transaction (the scheduler's
+    ``kernel.runtime.attempts`` runs them inside the caller's write transaction (the scheduler's
     tick, and a completing worker's fast path). Like procrastinate's ``queries.sql``: one place
     to read what the kernel does to many rows at once.
 

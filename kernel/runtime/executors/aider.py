@@ -151,6 +151,48 @@ def _usage(text: str) -> dict[str, Any]:
     return out
 
 
+def _task_files(definition: Mapping[str, Any]) -> tuple[str, list[str], list[str], Any]:
+    """(prompt, required files, optional files, max_context_tokens) of a task definition;
+    files matching ``exclude_patterns`` are left out."""
+    context = definition.get("context_requirements") or {}
+    execution = definition.get("execution") or {}
+    prompt = str(execution.get("prompt") or definition.get("description") or "")
+    excluded = list(context.get("exclude_patterns") or [])
+    required = [r for r in context.get("required_files") or [] if not _excluded(r, excluded)]
+    optional = [r for r in context.get("optional_files") or [] if not _excluded(r, excluded)]
+    return prompt, required, optional, context.get("max_context_tokens")
+
+
+def _fit_optional(base: Path, optional: Sequence[str], needed: int,
+                  budget: Any) -> tuple[list[str], list[str], int]:
+    """(optional files that fit, in order; those left out; the tokens then needed)."""
+    read_only, left_out = [], []
+    for rel in optional:
+        cost = estimate_tokens(_size(base / rel))
+        if budget is None or needed + cost <= int(budget):
+            read_only.append(rel)
+            needed += cost
+        else:
+            left_out.append(rel)
+    return read_only, left_out, needed
+
+
+def _private_files(project: Project, request: ExecutionRequest,
+                   prompt: str) -> tuple[Path, Path, Path]:
+    """Private files under .state/: Aider's histories (the task's state directory), its HOME,
+    and the prompt written to its message file."""
+    state = project.state_dir / "agents" / "aider" / request.task_id
+    home = project.state_dir / "agents" / "aider" / "home"
+    for directory in (state, home):
+        private_dir(directory)
+    message_file = Path(request.placeholders.get("prompt_file")
+                        or state / f"prompt-{request.attempt_no}.txt")
+    private_dir(message_file.parent)
+    with open_private(message_file, "w") as fh:
+        fh.write(prompt)
+    return state, home, message_file
+
+
 class AiderExecutor:
     name = "aider"
 
@@ -161,51 +203,14 @@ class AiderExecutor:
         base = Path(request.placeholders.get("worktree") or root)
         project = Project(root)
         settings = project.config.agents.aider
-        definition = request.definition
-        context = definition.get("context_requirements") or {}
-        execution = definition.get("execution") or {}
-        prompt = str(execution.get("prompt") or definition.get("description") or "")
-        excluded = list(context.get("exclude_patterns") or [])
-        required = [r for r in context.get("required_files") or [] if not _excluded(r, excluded)]
-        optional = [r for r in context.get("optional_files") or [] if not _excluded(r, excluded)]
-
+        prompt, required, optional, budget = _task_files(request.definition)
         # The context budget, before anything starts.
-        budget = context.get("max_context_tokens")
         needed = estimate_tokens(len(prompt.encode("utf-8"))) + sum(
             estimate_tokens(_size(base / rel)) for rel in required)
         if budget is not None and needed > int(budget):
-            message = (f"context overflow: the prompt and required files need about {needed} "
-                       f"tokens (estimated at {BYTES_PER_TOKEN} bytes per token), over "
-                       f"max_context_tokens {budget}; Aider was not started")
-            self._note(request, message)
-            return ExecutionResult("error", error=message,
-                                   duration_seconds=time.monotonic() - started,
-                                   details={"failure": {
-                                       "mode": "Context-Overflow",
-                                       "error_type": "context_overflow",
-                                       "metadata": {"required_tokens": needed,
-                                                    "max_tokens": int(budget)}},
-                                       "context": {"required_tokens": needed,
-                                                   "max_tokens": int(budget)}})
-        read_only, left_out = [], []
-        for rel in optional:
-            cost = estimate_tokens(_size(base / rel))
-            if budget is None or needed + cost <= int(budget):
-                read_only.append(rel)
-                needed += cost
-            else:
-                left_out.append(rel)
-
-        # Private files under .state/: the prompt, Aider's histories, its HOME.
-        state = project.state_dir / "agents" / "aider" / request.task_id
-        home = project.state_dir / "agents" / "aider" / "home"
-        for directory in (state, home):
-            private_dir(directory)
-        message_file = Path(request.placeholders.get("prompt_file")
-                            or state / f"prompt-{request.attempt_no}.txt")
-        private_dir(message_file.parent)
-        with open_private(message_file, "w") as fh:
-            fh.write(prompt)
+            return self._overflow(request, needed, int(budget), started)
+        read_only, left_out, needed = _fit_optional(base, optional, needed, budget)
+        state, home, message_file = _private_files(project, request, prompt)
 
         def rel_to_cwd(rel: str) -> str:
             return os.path.relpath(base / rel, request.cwd)
@@ -233,6 +238,24 @@ class AiderExecutor:
             self._note(request, message)
             return dataclasses.replace(result, outcome="failed", error=message, details=details)
         return dataclasses.replace(result, details={**result.details, **details})
+
+    def _overflow(self, request: ExecutionRequest, needed: int, budget: int,
+                  started: float) -> ExecutionResult:
+        """Context-Overflow: the prompt and the required files do not fit the budget; Aider
+        is never started, and the failure is named for the claim (not retried)."""
+        message = (f"context overflow: the prompt and required files need about {needed} "
+                   f"tokens (estimated at {BYTES_PER_TOKEN} bytes per token), over "
+                   f"max_context_tokens {budget}; Aider was not started")
+        self._note(request, message)
+        return ExecutionResult("error", error=message,
+                               duration_seconds=time.monotonic() - started,
+                               details={"failure": {
+                                   "mode": "Context-Overflow",
+                                   "error_type": "context_overflow",
+                                   "metadata": {"required_tokens": needed,
+                                                "max_tokens": budget}},
+                                   "context": {"required_tokens": needed,
+                                               "max_tokens": budget}})
 
     @staticmethod
     def _this_attempt(request: ExecutionRequest) -> str:

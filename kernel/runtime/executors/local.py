@@ -158,6 +158,31 @@ def _cannot_exec(cmd: list[str], cwd: Path, env: Mapping[str, str]) -> str | Non
     return None
 
 
+def _open_gate(proc: subprocess.Popen[bytes], gate_w: int, out_r: int,
+               on_start: Callable[[int], None]) -> None:
+    """Record the process group (``on_start``), then let the command through the gate."""
+    try:
+        faults.point("after_spawn")
+        on_start(proc.pid)    # the process group is durably recorded ...
+        os.write(gate_w, b"go\n")   # ... and only then does the command start
+    except BaseException:
+        _close(gate_w)
+        proc.wait()
+        _close(out_r)
+        raise
+    finally:
+        _close(gate_w)
+
+
+def _end_note(request: ExecutionRequest, outcome: Outcome, code: int | None,
+              reason: str | None) -> str:
+    """How the attempt ended, for the log and the error."""
+    return {"succeeded": "exit 0", "failed": f"exit code {code}",
+            "timeout": f"timed out after {request.timeout_seconds:g} s; "
+                       "process group killed" if request.timeout_seconds else "timeout",
+            "cancelled": f"{reason}; process group killed"}[outcome]
+
+
 class SubprocessExecutor:
     name = "subprocess"
 
@@ -166,66 +191,82 @@ class SubprocessExecutor:
         started = time.monotonic()
         request.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open_private(request.log_path, "ab") as fh:
-            try:
-                argv, extra_env = substitute(request.command, request.placeholders,
-                                             shell=request.shell)
-            except ValueError as exc:
-                return self._cannot_start(fh, request, f"the command cannot be parsed: {exc}",
-                                          started)
-            _header(fh, request, argv)
-            cmd = ["/bin/sh", "-c", argv] if isinstance(argv, str) else argv
-            problem = _cannot_exec(cmd, request.cwd, {**request.env, **extra_env})
-            if problem:
-                return self._cannot_start(fh, request, f"cannot start the command: {problem}",
-                                          started)
-            gate_r, gate_w = os.pipe()
-            out_r, out_w = os.pipe()
-            try:
-                proc = subprocess.Popen(
-                    ["/bin/sh", "-c", _GATE, "orch-gate", *cmd], cwd=request.cwd,
-                    env={**request.env, **extra_env}, stdin=gate_r, stdout=out_w,
-                    stderr=out_w, start_new_session=True)
-            except (OSError, ValueError, subprocess.SubprocessError) as exc:
-                _close(gate_r, gate_w, out_r, out_w)
-                return self._cannot_start(fh, request, f"cannot start the command: {exc}",
-                                          started)
-            finally:
-                _close(gate_r, out_w)
-            log = CappedLog(fh, request.log_cap_bytes)
-            try:
-                faults.point("after_spawn")
-                on_start(proc.pid)    # the process group is durably recorded ...
-                os.write(gate_w, b"go\n")   # ... and only then does the command start
-            except BaseException:
-                _close(gate_w)
-                proc.wait()
-                _close(out_r)
-                raise
-            finally:
-                _close(gate_w)
-            try:
-                outcome, reason = self._wait(proc, request, should_stop, started, out_r, log)
-                # Nothing the command started outlives the attempt (escaped processes are
-                # ours to end only in a worker process, which is their subreaper).
-                if processes.SUBREAPER:
-                    kill_leftovers(min(request.kill_grace_seconds, 1.0))
-                self._drain(out_r, log)
-            finally:
-                _close(out_r)
-                log.close()
+            command = self._command(fh, request, started)
+            if isinstance(command, ExecutionResult):
+                return command
+            spawned = self._spawn(fh, request, *command, started)
+            if isinstance(spawned, ExecutionResult):
+                return spawned
+            proc, gate_w, out_r = spawned
+            _open_gate(proc, gate_w, out_r, on_start)
+            outcome, reason = self._follow(proc, request, should_stop, started, out_r,
+                                           CappedLog(fh, request.log_cap_bytes))
             duration = time.monotonic() - started
             code = proc.returncode
             if outcome == "succeeded" and code != 0:
                 outcome = "failed"
-            note = {"succeeded": "exit 0", "failed": f"exit code {code}",
-                    "timeout": f"timed out after {request.timeout_seconds:g} s; "
-                               "process group killed" if request.timeout_seconds else "timeout",
-                    "cancelled": f"{reason}; process group killed"}[outcome]
+            note = _end_note(request, outcome, code, reason)
             fh.write(f"\n==== attempt {request.attempt_no} ended: {note} "
                      f"({duration:.2f} s)\n".encode())
         error = None if outcome == "succeeded" else note
         return ExecutionResult(outcome, exit_code=code, error=error, duration_seconds=duration,
                                details=self.details(request, code))
+
+    def _command(self, fh: IO[bytes], request: ExecutionRequest,
+                 started: float) -> tuple[list[str], dict[str, str]] | ExecutionResult:
+        """The argv and environment of the command (its placeholders filled in, the log's
+        header written), or the ``error`` result of a command that cannot start."""
+        try:
+            argv, extra_env = substitute(request.command, request.placeholders,
+                                         shell=request.shell)
+        except ValueError as exc:
+            return self._cannot_start(fh, request, f"the command cannot be parsed: {exc}",
+                                      started)
+        _header(fh, request, argv)
+        cmd = ["/bin/sh", "-c", argv] if isinstance(argv, str) else argv
+        env = {**request.env, **extra_env}
+        problem = _cannot_exec(cmd, request.cwd, env)
+        if problem:
+            return self._cannot_start(fh, request, f"cannot start the command: {problem}",
+                                      started)
+        return cmd, env
+
+    def _spawn(self, fh: IO[bytes], request: ExecutionRequest, cmd: list[str],
+               env: dict[str, str], started: float
+               ) -> tuple[subprocess.Popen[bytes], int, int] | ExecutionResult:
+        """The command started behind the gate: (process, the gate's write end, the output's
+        read end), or the ``error`` result when it cannot be started."""
+        gate_r, gate_w = os.pipe()
+        out_r, out_w = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", _GATE, "orch-gate", *cmd], cwd=request.cwd,
+                env=env, stdin=gate_r, stdout=out_w,
+                stderr=out_w, start_new_session=True)
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            _close(gate_r, gate_w, out_r, out_w)
+            return self._cannot_start(fh, request, f"cannot start the command: {exc}",
+                                      started)
+        finally:
+            _close(gate_r, out_w)
+        return proc, gate_w, out_r
+
+    def _follow(self, proc: subprocess.Popen[bytes], request: ExecutionRequest,
+                should_stop: Callable[[], str | None], started: float, out_r: int,
+                log: CappedLog) -> tuple[Outcome, str | None]:
+        """Copy the output to the log until the command ends (or is killed); then end what it
+        left behind and copy the rest."""
+        try:
+            outcome, reason = self._wait(proc, request, should_stop, started, out_r, log)
+            # Nothing the command started outlives the attempt (escaped processes are
+            # ours to end only in a worker process, which is their subreaper).
+            if processes.SUBREAPER:
+                kill_leftovers(min(request.kill_grace_seconds, 1.0))
+            self._drain(out_r, log)
+        finally:
+            _close(out_r)
+            log.close()
+        return outcome, reason
 
     @staticmethod
     def _cannot_start(fh: IO[bytes], request: ExecutionRequest, message: str,
