@@ -2,12 +2,13 @@
 event catalog and the project's paths.
 
 Public API:
-    The modules: ``db`` (connections, transactions, pragmas), ``dbcheck`` (is this file our
-    database: the checks before opening it, and the migrations), ``machines`` (the YAML state
-    machines, their
-    tables, ``transition``, terminal and cancellable states), ``reference`` (failure modes),
-    ``events`` (the event catalog and ``emit_event_in_tx``), ``queries`` (the set-based state
-    moves), ``project`` (a project's paths and its connection).
+    The modules: ``db`` (opening, transactions, pragmas, ``open_file``), ``dbcheck`` (is this
+    file our database: the checks before opening it, and the migrations), ``schema``
+    (``connect``: open and bring up to date), ``machines`` (the YAML state machines, their
+    tables, ``transition_in_tx``, terminal and cancellable states), ``reference`` (failure
+    modes), ``events`` (the event catalog and ``emit_event_in_tx``), ``eventlog`` (the one
+    event reader, live and archived, and the archive file format), ``queries`` (the set-based
+    state moves), ``project`` (a project's paths and its connection).
 
 Stability Guarantees:
     The layers, bottom to top: base, store, planning, definitions, observe, runtime, maintain,
