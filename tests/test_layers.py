@@ -24,7 +24,7 @@ LAYERS = ["base", "store", "planning", "definitions", "observe", "runtime", "mai
 TOP = {"cli", "demo", "bench"}
 
 # The statements that change a task's, a workstream's or a worker's state, or write an event, and
-# the only modules allowed to hold them. machines.transition is the one state writer (the
+# the only modules allowed to hold them. machines.transition_in_tx is the one state writer (the
 # triggers check every move); store.events.emit_event_in_tx the one event writer for events that
 # are not transitions; store.queries holds the set-based moves (queue, requeue), which the same
 # triggers check row by row.

@@ -6,7 +6,7 @@ Public API:
     main(argv=None) -> int
 
 Stability Guarantees:
-    Same arguments, same files: the tasks are ``kernel.planning.dag.generate_layered_dag(tasks,
+    Same arguments, same files: the tasks are ``kernel.planning.generate.generate_layered_dag(tasks,
     edges,
     seed)`` spread round-robin over ``--workstreams`` workstreams (dependencies cross them),
     written once as v2 task files into ``DIR`` (default: a directory under the system temp dir

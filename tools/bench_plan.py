@@ -5,7 +5,8 @@ Public API:
     main(argv=None) -> int
 
 Stability Guarantees:
-    Same arguments, same graph (kernel.planning.dag.generate_layered_dag). Each step reports the
+    Same arguments, same graph (kernel.planning.generate.generate_layered_dag). Each step reports
+    the
     best of
     ``--repeat`` runs after a gc.collect(), in seconds. Exit status 1 when the whole plan misses a
     target: under 2 s, and within 2x the bare-networkx reference (the figures EXEC-DOC-002 quotes).

@@ -62,7 +62,7 @@ from kernel.store import db, events
 from kernel.store.machines import transition_in_tx
 from kernel.store.project import Project
 
-BATCH_PARAMETERS = 2000  # bound values per INSERT statement (see db.insert_rows)
+BATCH_PARAMETERS = 2000  # bound values per INSERT statement (see db.insert_rows_in_tx)
 BIG_LOAD_ROWS = 10_000  # above this the page cache is enlarged for the transaction
 BIG_CACHE_KIB = 256 * 1024
 _DB_CODES = {"task_already_started", "workstream_terminal", "workstream_started"}
@@ -336,7 +336,7 @@ def _write_requirements_in_tx(conn: apsw.Connection, new: list[TaskRecord],
                          (ids,))
     written = new + changed
     # No triggers on these tables (nor on task_dependency): a one-row INSERT there needs no
-    # statement journal (see db.insert_rows), and executemany is as fast as batches.
+    # statement journal (see db.insert_rows_in_tx), and executemany is as fast as batches.
     conn.executemany("INSERT INTO task_capability (task_id, capability_id, min_version) "
                      "VALUES (?, ?, ?)",
                      [(r.task_id, cid, version) for r in written for cid, version in
@@ -352,7 +352,7 @@ _UPDATED_COLUMNS = ("workstream_id", *_TASK_COLUMNS, "definition", "definition_s
 
 def _update_tasks_in_tx(conn: apsw.Connection, rows: list[tuple[Any, ...]]) -> None:
     """UPDATE the pending tasks ``rows`` (task_id, then the values of ``_UPDATED_COLUMNS``),
-    a batch per statement (see db.insert_rows)."""
+    a batch per statement (see db.insert_rows_in_tx)."""
     width = len(_UPDATED_COLUMNS) + 1
     per = max(1, BATCH_PARAMETERS // width)
     values = "(" + ", ".join("?" * width) + ")"
@@ -370,7 +370,7 @@ def _update_tasks_in_tx(conn: apsw.Connection, rows: list[tuple[Any, ...]]) -> N
 
 def insert_rows_in_tx(conn: apsw.Connection, insert: str,
                       rows: Sequence[tuple[Any, ...]]) -> None:
-    """``db.insert_rows`` with the loader's batch size (``BATCH_PARAMETERS``)."""
+    """``db.insert_rows_in_tx`` with the loader's batch size (``BATCH_PARAMETERS``)."""
     db.insert_rows_in_tx(conn, insert, rows, batch_parameters=BATCH_PARAMETERS)
 
 

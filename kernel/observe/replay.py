@@ -47,7 +47,7 @@ from kernel.store import db
 from kernel.store.eventlog import iter_events
 from kernel.store.machines import CANCELLED_ERROR, terminal_states
 
-# Transitions that clear a task's error columns (kernel.runtime.claims._complete,
+# Transitions that clear a task's error columns (kernel.runtime.claims._complete_in_tx,
 # kernel.runtime.actions.retry).
 _CLEARS_ERROR = ("validation_passed", "operator_reset")
 _ENTITIES = ("task", "workstream", "worker")
