@@ -310,3 +310,17 @@ def test_an_agent_task_must_name_a_well_formed_agent(tmp_path: Path, bad: dict[s
     assert proc.returncode == 1
     assert "agent" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_timeout_kills_the_agents_group_and_reverts_its_edit(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p", [{"write": {"app.py": NEW}, "sleep": 120}],
+                        execution={"timeout_seconds": 2})
+    assert run(root).returncode == 1
+    task = show(root)
+    attempt = task["attempts"][0]
+    assert task["failure_mode"] == "Task-Timeout"
+    (call,) = calls(root)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(call["pgid"], 0)                 # the agent's whole group is gone
+    assert attempt["error_type"] == "timeout"
+    assert (worktree(root) / "app.py").read_text() == OLD
