@@ -324,3 +324,17 @@ def test_a_timeout_kills_the_agents_group_and_reverts_its_edit(tmp_path: Path) -
         os.killpg(call["pgid"], 0)                 # the agent's whole group is gone
     assert attempt["error_type"] == "timeout"
     assert (worktree(root) / "app.py").read_text() == OLD
+
+
+def test_aider_gets_the_key_of_api_key_env_under_its_providers_variable(tmp_path: Path) -> None:
+    from kernel.base.config import AiderConfig
+    from kernel.base.errors import OrchError
+    from kernel.runtime.executors.aider import aider_env
+
+    settings = AiderConfig(model="anthropic/claude-x", api_key_env="MY_KEY")
+    env = aider_env({"MY_KEY": "k1", "PATH": "/bin"}, tmp_path, settings)
+    assert env["ANTHROPIC_API_KEY"] == "k1" and env["HOME"] == str(tmp_path)
+    with pytest.raises(OrchError, match="MY_KEY, which is not set"):
+        aider_env({"PATH": "/bin"}, tmp_path, settings)
+    with pytest.raises(ValueError, match="PROVIDER/NAME"):
+        AiderConfig(model="gpt-4o", api_key_env="MY_KEY")

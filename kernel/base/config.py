@@ -127,6 +127,23 @@ class AiderConfig(_Section):
     api_base: str | None = None
     edit_format: str | None = None
     extra_args: list[str] = Field(default_factory=list)
+    # The variable of the worker's environment holding the API key; passed to Aider as
+    # {PROVIDER}_API_KEY, PROVIDER being the model's prefix ("openai/gpt-4o" -> OPENAI_API_KEY).
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _key_needs_provider(self) -> AiderConfig:
+        if self.api_key_env and "/" not in (self.model or ""):
+            raise ValueError("api_key_env: set model as PROVIDER/NAME (e.g. openai/gpt-4o), so "
+                             "orch knows which variable Aider reads the key from")
+        return self
+
+    def key_variable(self) -> str | None:
+        """The variable Aider reads the key from (``OPENAI_API_KEY`` for ``openai/...``)."""
+        if not self.api_key_env or not self.model:
+            return None
+        provider = self.model.split("/", 1)[0]
+        return re.sub(r"[^A-Za-z0-9]", "_", provider).upper() + "_API_KEY"
 
 
 _AGENT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -255,6 +272,7 @@ executable = "aider"
 # model = "openai/gpt-4o"
 # api_base = "http://127.0.0.1:8000/v1"
 # edit_format = "whole"
+# api_key_env = "MY_OPENAI_KEY"   # the variable holding the key; given to Aider as OPENAI_API_KEY
 extra_args = []
 
 # Any other agent CLI is a section of its own, run by the "agent" executor ("executor":

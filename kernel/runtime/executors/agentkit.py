@@ -176,7 +176,14 @@ def run_agent(request: ExecutionRequest, on_start: Callable[[int], None],
         fh.write(ctx.message())
     report_file = state / f"report-{request.attempt_no}.json"
     report_file.unlink(missing_ok=True)
-    argv, env = spec.build(ctx, message_file, state)
+    try:
+        argv, env = spec.build(ctx, message_file, state)
+    except OrchError as exc:          # e.g. its API key variable is not set: cannot start
+        message = exc.message + (f" ({exc.hint})" if exc.hint else "")
+        _note(request, message)
+        return ExecutionResult("error", error=message,
+                               duration_seconds=time.monotonic() - started,
+                               details={"agent": spec.agent, "model": spec.model})
     env[REPORT_ENV] = str(report_file)
     snapshot = Snapshot.take(base)
     # The subprocess executor runs it: the gate, the process group, the timeout, the log.

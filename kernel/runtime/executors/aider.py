@@ -21,7 +21,9 @@ Stability Guarantees:
     task's description).
     **Environment.** The worker's environment without any ``AIDER_*`` variable (a user's
     settings cannot change the contract), with ``HOME`` set to a private directory under
-    ``.state/agents/aider/home`` (Aider's caches and its home config file live there).
+    ``.state/agents/aider/home`` (Aider's caches and its home config file live there). With
+    ``api_key_env``, the value of that variable is passed as ``{PROVIDER}_API_KEY`` (the
+    model's prefix: ``openai/gpt-4o`` → ``OPENAI_API_KEY``); unset, the attempt cannot start.
     **Usage.** Tokens and cost come from Aider's own report lines ("Tokens: 1.2k sent, 30
     received. Cost: $0.01 message, ..."), summed over the attempt.
     **Everything else** — the context budget (Context-Overflow before Aider starts), the
@@ -35,8 +37,9 @@ Integration Points:
     (``kernel.base.config.AiderConfig``). docs/agents/aider.md.
 
 Dependencies:
-    ``kernel.base.config``, ``kernel.base.files``, ``kernel.runtime.executors.agentkit``,
-    ``kernel.runtime.executors.base``, ``kernel.store.project``.
+    ``kernel.base.config``, ``kernel.base.errors``, ``kernel.base.files``,
+    ``kernel.runtime.executors.agentkit``, ``kernel.runtime.executors.base``,
+    ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel.base.config import AiderConfig
+from kernel.base.errors import OrchError
 from kernel.base.files import private_dir
 from kernel.runtime.executors.agentkit import (
     BYTES_PER_TOKEN,
@@ -92,10 +96,22 @@ def aider_argv(settings: AiderConfig, message_file: Path, files: Sequence[str],
     return argv
 
 
-def aider_env(env: Mapping[str, str], home: Path) -> dict[str, str]:
-    """The worker's environment minus every ``AIDER_*`` variable, with a private HOME."""
+def aider_env(env: Mapping[str, str], home: Path,
+              settings: AiderConfig | None = None) -> dict[str, str]:
+    """The worker's environment minus every ``AIDER_*`` variable, with a private HOME, and the
+    key of ``api_key_env`` under the provider's variable; raises ``OrchError`` when that
+    variable is not set."""
     out = {k: v for k, v in env.items() if not k.upper().startswith("AIDER_")}
     out["HOME"] = str(home)
+    target = settings.key_variable() if settings else None
+    if settings and settings.api_key_env and target:
+        if not env.get(settings.api_key_env):
+            raise OrchError("api_key_missing",
+                            f"[agents.aider] api_key_env names {settings.api_key_env}, which is "
+                            "not set in the worker's environment",
+                            hint=f"export {settings.api_key_env} in the shell that starts "
+                                 "`orch run` or `orch worker`")
+        out[target] = env[settings.api_key_env]
     return out
 
 
@@ -139,7 +155,7 @@ class AiderExecutor:
 
             argv = aider_argv(settings, message_file, [rel_to_cwd(r) for r in ctx.required],
                               [rel_to_cwd(r) for r in ctx.read_only], state)
-            return argv, aider_env(request.env, home)
+            return argv, aider_env(request.env, home, settings)
 
         return run_agent(request, on_start, should_stop,
                          AgentSpec("aider", settings.model, build, _usage))
