@@ -47,7 +47,8 @@ CODES: dict[str, str] = {
     "unknown_capability": WARNING, "min_version_unmet": WARNING, "min_version_unused": WARNING,
     "deprecated_capability": WARNING, "unknown_resource": ERROR,
     "impossible_resource_amount": ERROR, "resource_mode_mismatch": ERROR,
-    "required_file_missing": ERROR, "path_escapes_root": ERROR, "registry_invalid": ERROR,
+    "required_file_missing": ERROR, "required_file_new": WARNING, "path_escapes_root": ERROR,
+    "registry_invalid": ERROR,
     "registry_default": WARNING, "workstream_file_invalid": ERROR,
     "symlink_loop": ERROR, "argument_too_long": ERROR, "config_invalid": ERROR,
     # Checks against the database (orch load, and orch validate when a database exists).

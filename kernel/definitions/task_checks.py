@@ -14,7 +14,8 @@ Stability Guarantees:
     Problems come in a fixed order: file name, directory, paths, capabilities, resources,
     ``min_version``, the argument limits. ``line`` is the line of the field's value in the
     file (or of the object that lacks it). Errors: ``file_name_mismatch``,
-    ``wrong_directory``, ``path_escapes_root``, ``required_file_missing``,
+    ``wrong_directory``, ``path_escapes_root``, ``required_file_missing`` (an agent task's
+    missing required file is the warning ``required_file_new``: the agent may create it),
     ``unknown_resource``, ``resource_mode_mismatch``, ``impossible_resource_amount`` (a request
     above ``kernel.definitions.registries.lease_ceiling``), ``argument_too_long`` (with its
     placeholders filled as a worker fills them, no argument over ``MAX_ARG_STRLEN`` and argv
@@ -48,7 +49,7 @@ from kernel.base.formats import json_line
 from kernel.definitions.commands import substitute
 from kernel.definitions.errors import field_hint, problems_from
 from kernel.definitions.fields import semver_key
-from kernel.definitions.models import TaskDefinition
+from kernel.definitions.models import AGENT_EXECUTORS, TaskDefinition, effective_executor
 from kernel.definitions.records import ParseContext, ValidationProblem, display_path, inside_root
 
 # Linux refuses (E2BIG) to start a program with one argument longer than MAX_ARG_STRLEN
@@ -108,6 +109,7 @@ class _View(NamedTuple):
     working_directory: str
     required_files: list[str]
     optional_files: list[str]
+    agent: bool = False             # run by an agent executor (aider, agent)
 
 
 def check_document(f: TaskFileProblems, data: dict[str, Any], ctx: ParseContext) -> None:
@@ -123,7 +125,9 @@ def check_model(f: TaskFileProblems, task: TaskDefinition, ctx: ParseContext) ->
                          task.worker_requirements.capabilities, task.resource_requirements,
                          execution.working_directory,
                          context.required_files if context else [],
-                         context.optional_files if context else []), ctx)
+                         context.optional_files if context else [],
+                         effective_executor(execution.executor, task.type) in AGENT_EXECUTORS),
+                ctx)
     _check_min_version(f, task, ctx)
     _check_argv(f, task, ctx)
 
@@ -145,7 +149,9 @@ def _raw_view(task: dict[str, Any]) -> _View:
         resources if isinstance(resources, dict) else {},
         part("execution", "working_directory", "."),
         strings(part("context_requirements", "required_files", [])),
-        strings(part("context_requirements", "optional_files", [])))
+        strings(part("context_requirements", "optional_files", [])),
+        effective_executor(part("execution", "executor", ""), task.get("type"))
+        in AGENT_EXECUTORS)
 
 
 def _check_task(f: TaskFileProblems, task: _View, ctx: ParseContext) -> None:
@@ -205,6 +211,11 @@ def _check_paths(f: TaskFileProblems, task: _View, ctx: ParseContext) -> None:
             f.add("path_escapes_root", path,
                   f"'{rel}' resolves to {os.path.realpath(full)}, outside the project root",
                   "name files inside the project; check the symlinks on the way")
+        elif required and not os.path.exists(full) and task.agent:
+            f.add("required_file_new", path, f"required file '{rel}' does not exist yet: the "
+                  "agent may create it",
+                  "nothing to do if the agent is to create it; else fix the path (relative to "
+                  "the project root)")
         elif required and not os.path.exists(full):
             f.add("required_file_missing", path, f"required file '{rel}' does not exist",
                   "fix the path (relative to the project root); if an earlier task creates "
