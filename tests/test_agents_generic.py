@@ -289,6 +289,10 @@ def test_a_failing_agent_leaves_nothing_and_an_unknown_agent_never_starts(
     assert (worktree(root) / "app.py").read_text() == OLD
     unknown = make_project(tmp_path / "q", [{"write": {"app.py": NEW}}],
                            execution={"agent": "nosuch"})
+    proc = orch("--root", str(unknown), "--json", "validate")
+    warned = [p for p in json.loads(proc.stdout)["problems"] if p["code"] == "agent_unconfigured"]
+    assert warned and warned[0]["severity"] == "warning" and "[agents.nosuch]" in \
+        warned[0]["message"] and "scripted" in warned[0]["hint"]
     assert run(unknown).returncode == 1
     attempt = show(unknown)["attempts"][0]
     assert "[agents.nosuch]" in attempt["error_message"]

@@ -22,7 +22,8 @@ Stability Guarantees:
     plus this environment within ``ARG_MAX``). Warnings for a task no worker offering the
     catalog can run: ``unknown_capability``, ``min_version_unmet`` (min_version above a listed
     capability's registry version, semver precedence), ``min_version_unused`` (min_version
-    without capabilities); and ``deprecated_capability``.
+    without capabilities); ``deprecated_capability``; ``agent_unconfigured`` (an agent task
+    naming no ``[agents.NAME]`` of orch.toml).
 
 Integration Points:
     ``kernel.definitions.taskfiles.parse_task`` runs these on every task file (``orch
@@ -130,6 +131,13 @@ def check_model(f: TaskFileProblems, task: TaskDefinition, ctx: ParseContext) ->
                 ctx)
     _check_min_version(f, task, ctx)
     _check_argv(f, task, ctx)
+    agent = execution.agent
+    if agent and ctx.agents is not None and agent not in ctx.agents:
+        f.add("agent_unconfigured", "execution.agent",
+              f"no [agents.{agent}] section in orch.toml: the task would fail at once",
+              f"add [agents.{agent}] with its command to orch.toml (recipes: "
+              "docs/agents/README.md)" + (f"; configured: {', '.join(sorted(ctx.agents))}"
+                                          if ctx.agents else ""))
 
 
 def _raw_view(task: dict[str, Any]) -> _View:
