@@ -40,9 +40,9 @@ Integration Points:
     names reaches ``kernel.runtime.claims`` as ``details["failure"]``. docs/agents/aider.md.
 
 Dependencies:
-    ``kernel.base.config``, ``kernel.base.files``, ``kernel.definitions.commands``,
-    ``kernel.runtime.executors.base``, ``kernel.runtime.executors.local``,
-    ``kernel.store.project``.
+    ``kernel.base.config``, ``kernel.base.files``, ``kernel.base.tokens``,
+    ``kernel.definitions.commands``, ``kernel.runtime.executors.base``,
+    ``kernel.runtime.executors.local``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from typing import Any
 
 from kernel.base.config import AiderConfig
 from kernel.base.files import open_private, private_dir
+from kernel.base.tokens import BYTES_PER_TOKEN, estimate_tokens
 from kernel.definitions.commands import PLACEHOLDERS
 from kernel.runtime.executors.base import ExecutionRequest, ExecutionResult
 from kernel.runtime.executors.local import SubprocessExecutor, attempt_output
@@ -67,7 +68,6 @@ from kernel.store.project import Project
 
 __all__ = ["BYTES_PER_TOKEN", "AiderExecutor", "aider_argv", "aider_env", "estimate_tokens"]
 
-BYTES_PER_TOKEN = 3
 FIXED_FLAGS = (
     "--yes-always", "--no-auto-commits", "--no-dirty-commits", "--no-stream", "--no-pretty",
     "--no-fancy-input", "--no-check-update", "--no-analytics", "--no-show-model-warnings",
@@ -76,11 +76,6 @@ FIXED_FLAGS = (
 )
 _TOKENS = re.compile(r"Tokens: ([\d.]+)(k?) sent, ([\d.]+)(k?) received")
 _COST = re.compile(r"Cost: \$([\d.]+) message")
-
-
-def estimate_tokens(n_bytes: int) -> int:
-    """Tokens of ``n_bytes`` bytes of text, over- rather than under-estimated (bytes / 3)."""
-    return -(-n_bytes // BYTES_PER_TOKEN)
 
 
 def aider_argv(settings: AiderConfig, message_file: Path, files: Sequence[str],
