@@ -76,8 +76,9 @@ def next_cmd(state: CliState, workstream: str | None) -> int:
     """Name the one task to do next and why; when nothing is ready, say why not."""
     with state.project().open(readonly=True) as conn:
         data = agent_brief.next_task(conn, workstream=workstream)
-    text = data["reason"] if data["task"] is None else (
-        f"next: {data['task']['task_id']} ({data['task']['name']})\n{data['reason']}")
+    task = data["task"]
+    name = f" ({task['name']})" if task and task["name"] != task["task_id"] else ""
+    text = data["reason"] if task is None else f"next: {task['task_id']}{name}\n{data['reason']}"
     emit(state, data, text[:1].upper() + text[1:])
     return EXIT_OK
 

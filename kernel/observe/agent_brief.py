@@ -265,16 +265,16 @@ def _rank_words(first: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> 
              f"{_plural(len(peers), 'other ready task')}")
     longest = max(o["remaining_path_seconds"] for o in peers)
     if path > longest:
-        return (f"{words}; among them it heads the longest remaining path "
+        return (f"{words}, and among them it heads the longest remaining path "
                 f"({_secs(path)} of estimated work, against at most {_secs(longest)})")
-    return (f"{words}; its remaining path ({_secs(path)}) is as long as the longest of theirs, "
-            "and ties go to the task queued first, then by task id")
+    return (f"{words}, none of which has a longer remaining path ({_secs(path)}); ties go "
+            "to the task queued first, then by task id")
 
 
 def _next_reason(first: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
     chain = first["critical_path"]
     shown = " → ".join(chain[:6]) + (f" → … ({len(chain)} tasks)" if len(chain) > 6 else "")
-    path = (f"its remaining path is {shown} ({_secs(first['remaining_path_seconds'])})"
+    path = (f"its remaining path: {shown} ({_secs(first['remaining_path_seconds'])})"
             if len(chain) > 1 else
             f"nothing unfinished comes after it ({_secs(first['remaining_path_seconds'])})")
     n, direct = first["unblocks"], first["unblocks_directly"]
@@ -409,15 +409,16 @@ def _terminal_names(conn: apsw.Connection) -> list[str]:
 @dataclass
 class _Section:
     """One part of a brief: a heading, always-shown ``intro`` lines, then items (a line for the
-    text, a value for JSON) of which ``total`` exist; ``more`` names them and the command that
-    lists them all."""
+    text, a value for JSON) of which ``total`` exist; ``noun`` (singular, plural) names them and
+    ``command`` lists them all."""
 
     key: str
     title: str
     lines: list[str]
     items: list[Any]
     total: int
-    more: str
+    noun: tuple[str, str]
+    command: str
     first: int
     intro: list[str] = field(default_factory=list)
 
@@ -425,21 +426,22 @@ class _Section:
     def present(self) -> bool:
         return bool(self.total or self.intro)
 
+    def note(self, n: int | None) -> str | None:
+        """What of this section is cut when ``n`` items are shown (None: dropped)."""
+        if not self.present or (n is not None and n >= self.total):
+            return None
+        left = self.total - (n or 0)
+        noun = self.noun[0] if left == 1 else self.noun[1]
+        if n is None and not self.total:
+            return f"{self.title.lstrip('# ').lower()}: `{self.command}`"
+        return f"{left} {'more ' if n else ''}{noun}: `{self.command}`"
+
 
 Shown = dict[str, int | None]   # section key -> items shown; None: the section is dropped
 
 
 def _cut_notes(sections: Sequence[_Section], shown: Shown) -> list[str]:
-    notes = []
-    for s in sections:
-        n = shown[s.key]
-        if not s.present:
-            continue
-        if n is None:
-            notes.append(f"{s.title.lstrip('# ')} section ({s.total} {s.more})")
-        elif n < s.total:
-            notes.append(f"{s.total - n} more {s.more}")
-    return notes
+    return [note for s in sections if (note := s.note(shown[s.key])) is not None]
 
 
 def _markdown(head: list[str], sections: Sequence[_Section], shown: Shown) -> str:
@@ -449,12 +451,11 @@ def _markdown(head: list[str], sections: Sequence[_Section], shown: Shown) -> st
         if n is None or not s.present:
             continue
         out += ["", s.title, *s.intro, *s.lines[:n]]
-        if n < s.total:
-            out.append(f"… {s.total - n} more {s.more}")
+        if (note := s.note(n)) is not None:
+            out.append(f"… {note}")
     dropped = [s for s in sections if shown[s.key] is None and s.present]
     if dropped:
-        out += ["", "Cut for the token budget: " + "; ".join(
-            note for note in _cut_notes(dropped, shown))]
+        out += ["", "Cut for the token budget: " + "; ".join(_cut_notes(dropped, shown))]
     return "\n".join(out)
 
 
@@ -496,25 +497,32 @@ def _grow(section: _Section, shown: Shown, limit: int,
 
 
 def _fit(sections: Sequence[_Section], importance: Sequence[str],
-         measure: Callable[[Shown], int], budget: int) -> Shown:
+         measure: Callable[[Shown, int], int], budget: int) -> Shown:
     """How many items of each section to show: every section's notes first (dropping sections,
     least important first, until they fit), then items by importance, ``first`` each, then
     the rest."""
     by_key = {s.key: s for s in sections}
     shown: Shown = {s.key: 0 for s in sections}
+    def fits(candidate: Shown) -> bool:
+        return measure(candidate, budget) <= budget
+
     for key in reversed(importance):
-        if measure(shown) <= budget:
+        if fits(shown):
             break
         shown[key] = None
-    need = measure(shown)
-    if need > budget:
+    if not fits(shown):
+        need = measure(shown, budget)
+        while (again := measure(shown, need)) > need:   # the budget is printed in JSON
+            need = again
         raise UsageError("max_tokens_too_small",
                          f"--max-tokens {budget} is too small: the shortest brief needs "
                          f"{need} tokens (3 bytes each)", hint=f"give --max-tokens {need} or more")
 
-    def fits(candidate: Shown) -> bool:
-        return measure(candidate) <= budget
-
+    for key in importance:   # room left by a dropped section may hold a less important one
+        if shown[key] is None:
+            shown[key] = 0
+            if not fits(shown):
+                shown[key] = None
     for whole in (False, True):
         for key in importance:
             if shown[key] is not None:
@@ -525,18 +533,17 @@ def _fit(sections: Sequence[_Section], importance: Sequence[str],
 
 def _brief(head_lines: list[str], head_data: dict[str, Any], sections: list[_Section],
            importance: Sequence[str], max_tokens: int, as_json: bool) -> dict[str, Any]:
-    def text(shown: Shown) -> str:
+    def text(shown: Shown, budget: int) -> str:
         if as_json:
-            return _json_text(_document(head_data, sections, shown, max_tokens, max_tokens))
+            # estimated_tokens printed as the budget: the real count has no more digits.
+            return _json_text(_document(head_data, sections, shown, budget, budget))
         return _markdown(head_lines, sections, shown)
 
-    shown = _fit(sections, importance, lambda s: _tokens(text(s)), max_tokens)
+    shown = _fit(sections, importance, lambda s, b: _tokens(text(s, b)), max_tokens)
     if as_json:
-        # Stated as an upper bound: the count printed has no more digits than max_tokens.
-        estimated = _tokens(text(shown))
-        doc = _document(head_data, sections, shown, max_tokens, estimated)
-        return doc
-    markdown = text(shown)
+        estimated = _tokens(text(shown, max_tokens))
+        return _document(head_data, sections, shown, max_tokens, estimated)
+    markdown = text(shown, max_tokens)
     return {"text": markdown, "estimated_tokens": _tokens(markdown), "max_tokens": max_tokens,
             "cut": _cut_notes(sections, shown)}
 
@@ -569,10 +576,10 @@ def _project_head(conn: apsw.Connection, n_ready: int
         lines.append("- nothing is loaded: write task files under tasks/<workstream>/ and run "
                      "`orch load`")
     lines += [f"- {n_ready} ready now; {_plural(workers, 'live worker')}",
-              "- commands: `orch next` (the task to do next, and why), `orch ready`, "
-              "`orch status`, `orch why TASK`, `orch prime --task TASK`"]
-    data = {"kind": "project", "tasks": n_tasks, "counts": totals, "ready": n_ready,
-            "live_workers": workers}
+              "- commands: `orch next`, `orch ready`, `orch why TASK`, "
+              "`orch prime --task TASK`"]
+    data = {"kind": "project", "summary": {"tasks": n_tasks, "counts": totals,
+                                           "ready": n_ready, "live_workers": workers}}
     return lines, data, workstreams
 
 
@@ -581,7 +588,7 @@ def _ws_section(workstreams: list[dict[str, Any]]) -> _Section:
              + (", ".join(f"{n} {s}" for s, n in w["counts"].items()) or "no tasks")
              for w in workstreams]
     return _Section("workstreams", "## Workstreams", lines, workstreams, len(workstreams),
-                    "workstreams: `orch status`", 10)
+                    ("workstream", "workstreams"), "orch status", 10)
 
 
 def _flight_section(conn: apsw.Connection) -> _Section:
@@ -599,7 +606,7 @@ def _flight_section(conn: apsw.Connection) -> _Section:
                          f"{t['retry_count']} of {t['max_retries']} not before "
                          f"{_clock(t['next_attempt_at'])}")
     return _Section("in_flight", "## Running", lines, rows, len(rows),
-                    "tasks in flight: `orch status`", 10)
+                    ("task in flight", "tasks in flight"), "orch status", 10)
 
 
 def _ready_section(conn: apsw.Connection) -> _Section:
@@ -608,11 +615,19 @@ def _ready_section(conn: apsw.Connection) -> _Section:
     lines = [f"{r['rank']}. {r['task_id']} ({r['workstream_id']}, {r['type']}"
              + (f"/{r['executor']}" if r["executor"] else "")
              + f", priority {r['priority']}, path {_secs(r['remaining_path_seconds'])}, "
-             f"unblocks {r['unblocks']}): {r['reason']}" for r in items]
-    intro = ([f"By {ORDER}; `orch next` explains the first."] if rows else
+             f"unblocks {r['unblocks']}; {_short_reason(r)})" for r in items]
+    intro = (["By priority, then critical path; `orch next` explains the first."] if rows else
              [_sentence(_idle(conn, None)["reason"])])
     return _Section("ready", "## Ready next", lines, items, len(rows),
-                    "ready tasks: `orch ready`", 10, intro)
+                    ("ready task", "ready tasks"), "orch ready", 10, intro)
+
+
+def _short_reason(r: Mapping[str, Any]) -> str:
+    if r["state"] == "queued":
+        return f"queued at {_clock(r['queued_at'])}"
+    deps = r["dependencies"]
+    return (f"{r['state']}, dependencies done: {_names(deps, 3)}" if deps
+            else f"{r['state']}, no dependencies")
 
 
 def _failure_section(conn: apsw.Connection) -> _Section:
@@ -634,7 +649,7 @@ def _failure_section(conn: apsw.Connection) -> _Section:
                      f"{_cut(t['last_error'], 160)}; blocks {t['blocks']} pending; "
                      f"act: `orch why {t['task_id']}`, then `orch retry {t['task_id']}`")
     return _Section("failures", "## Recent failures", lines, rows, total,
-                    "failures: `orch status`", 5)
+                    ("failed task", "failed tasks"), "orch status", 5)
 
 
 def _project_brief(conn: apsw.Connection, max_tokens: int, as_json: bool) -> dict[str, Any]:
@@ -680,16 +695,16 @@ def _task_head(task: Mapping[str, Any], definition: Mapping[str, Any]
     keys = ("task_id", "name", "workstream_id", "type", "state", "priority", "timeout_seconds",
             "max_retries", "retry_count", "retry_delay_seconds", "estimated_duration_seconds",
             "command", "failure_mode", "last_error")
-    data = {k: task[k] for k in keys}
-    data.update(kind="task", critical=bool(task["critical"]),
-                executor=execution.get("executor"))
-    return lines, data
+    summary = {k: task[k] for k in keys}
+    summary.update(critical=bool(task["critical"]), executor=execution.get("executor"))
+    return lines, {"kind": "task", "task": summary}
 
 
 def _text_section(key: str, title: str, text: str | None, tid: str, first: int) -> _Section:
     lines = _wrapped(text)
     return _Section(key, title, lines, lines, len(lines),
-                    f"lines of the {key}: `orch show {tid} --json`", first)
+                    (f"line of the {key}", f"lines of the {key}"), f"orch show {tid} --json",
+                    first)
 
 
 def _files_section(definition: Mapping[str, Any], tid: str) -> _Section:
@@ -704,7 +719,8 @@ def _files_section(definition: Mapping[str, Any], tid: str) -> _Section:
     intro = ([f"Context budget: {context['max_context_tokens']} tokens."]
              if context.get("max_context_tokens") else [])
     return _Section("files", "## Files", lines, items, len(items),
-                    f"files: `orch show {tid} --json`", 20, intro)
+                    ("file or pattern", "files and patterns"), f"orch show {tid} --json", 20,
+                    intro)
 
 
 def _rules_section(definition: Mapping[str, Any], rules: Mapping[str, Any] | None,
@@ -716,7 +732,7 @@ def _rules_section(definition: Mapping[str, Any], rules: Mapping[str, Any] | Non
     lines = [f"- {when[i['phase']]}: {i['rule']}"
              + (f" (`{_cut(i['command'], 120)}`)" if i["command"] else "") for i in items]
     return _Section("rules", "## Validation rules", lines, items, len(items),
-                    f"rules: `orch show {tid} --json`", 10)
+                    ("validation rule", "validation rules"), f"orch show {tid} --json", 10)
 
 
 def _outcome_words(d: Mapping[str, Any]) -> str:
@@ -754,7 +770,7 @@ def _deps_section(conn: apsw.Connection, tid: str) -> _Section:
         d.pop("error_message", None)
     lines = [_outcome_words(d) for d in deps]
     return _Section("dependencies", "## Dependencies (outcomes)", lines, deps, len(deps),
-                    f"dependencies: `orch show {tid}`", 10)
+                    ("dependency", "dependencies"), f"orch show {tid}", 10)
 
 
 def _dependents_section(conn: apsw.Connection, tid: str) -> _Section:
@@ -769,10 +785,11 @@ def _dependents_section(conn: apsw.Connection, tid: str) -> _Section:
             UNION SELECT d.task_id FROM task_dependency d JOIN down ON d.depends_on = down.task_id)
         SELECT COUNT(*) FROM down""", (tid,)) or 0)
     lines = [f"- {d['task_id']} ({d['state']})" for d in direct]
-    intro = [f"{_plural(transitive, 'task')} depend on it, {n_direct} directly."
+    verb = "depends" if transitive == 1 else "depend"
+    intro = [f"{_plural(transitive, 'task')} {verb} on it, {n_direct} directly."
              if transitive else "No task depends on it."]
     return _Section("dependents", "## What depends on it", lines, direct, n_direct,
-                    f"dependents: `orch show {tid}`", 10, intro)
+                    ("dependent", "dependents"), f"orch show {tid}", 10, intro)
 
 
 def _task_brief(conn: apsw.Connection, task_id: str, rules: Mapping[str, Any] | None,
