@@ -257,6 +257,8 @@ def many_tasks(n: int) -> list[dict[str, Any]]:
     for i in range(n):
         ws = f"ws{i % 3}"
         deps = (f"t{i - 3:03d}",) if i >= 3 and i % 2 else ()
+        if i >= 9 and i % 5 == 0:
+            deps = (*deps, f"t{i - 9:03d}")
         docs.append(t(f"t{i:03d}", ws=ws, deps=deps, priority=i % 4, duration=1 + i % 7))
     return docs
 
@@ -351,3 +353,18 @@ def test_the_token_estimate_has_one_home() -> None:
     assert [estimate_tokens(n) for n in (0, 1, 3, 4)] == [0, 1, 1, 2]
     assert text_tokens("é") == 1 and text_tokens("abcd") == 2
     assert json.dumps([1]) and aider.BYTES_PER_TOKEN == 3
+
+
+def test_unblocks_counts_every_transitive_dependent(big: Path) -> None:
+    """The counts of `orch ready` against a plain search of the graph of the task files."""
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    for doc in many_tasks(150):
+        graph.add_node(doc["task_id"])
+        graph.add_edges_from((dep, doc["task_id"]) for dep in doc["dependencies"])
+    _, out = cli(big, "ready")
+    assert out["total"] == len(out["tasks"]) > 50
+    assert {r["task_id"]: r["unblocks"] for r in out["tasks"]} == {
+        r["task_id"]: len(nx.descendants(graph, r["task_id"])) for r in out["tasks"]}
+    assert any(r["unblocks"] > 1 for r in out["tasks"])

@@ -149,10 +149,11 @@ def _check_workstream(conn: apsw.Connection, workstream: str | None) -> None:
 
 @dataclass
 class _Paths:
-    """The unfinished tasks as a graph, with each one's remaining path (its bottom level) and
-    the next task on that path."""
+    """The unfinished tasks as a graph (``order``: a topological order), with each one's
+    remaining path (its bottom level) and the next task on that path."""
 
     graph: nx.DiGraph
+    order: list[str]
     level: dict[str, float]
     after: dict[str, str | None]
 
@@ -162,11 +163,37 @@ class _Paths:
             path.append(nxt)
         return path
 
-    def unblocks(self, task_id: str) -> int:
-        return len(nx.descendants(self.graph, task_id)) if task_id in self.graph else 0
-
     def direct(self, task_id: str) -> list[str]:
         return sorted(self.graph.successors(task_id)) if task_id in self.graph else []
+
+    def unblocks(self, task_ids: Sequence[str]) -> dict[str, int]:
+        """How many unfinished tasks depend on each of ``task_ids``, transitively. One pass in
+        topological order carries, per task, the set of ``task_ids`` above it as a bitset
+        (dropped once its last dependent has read it); the sets are summed bit by bit in
+        bit-sliced counters (``planes[j]`` holds bit j of every count), so the cost is that
+        of the graph, not of a search per task."""
+        bit = {t: 1 << i for i, t in enumerate(task_ids)}
+        pred, succ = self.graph._pred, self.graph._succ
+        left = {v: len(succ[v]) for v in self.order}
+        above: dict[str, int] = {}
+        planes: list[int] = []
+        for v in self.order:
+            mask = 0
+            for u in pred[v]:
+                mask |= above[u] | bit.get(u, 0)
+                left[u] -= 1
+                if not left[u]:
+                    del above[u]
+            if left[v]:
+                above[v] = mask
+            j = 0
+            while mask:
+                if j == len(planes):
+                    planes.append(0)
+                planes[j], mask = planes[j] ^ mask, planes[j] & mask
+                j += 1
+        return {t: sum(((plane >> i) & 1) << j for j, plane in enumerate(planes))
+                for i, t in enumerate(task_ids)}
 
 
 def _paths(conn: apsw.Connection) -> _Paths:
@@ -182,7 +209,7 @@ def _paths(conn: apsw.Connection) -> _Paths:
         "SELECT task_id, depends_on FROM task_dependency") if p in durations and c in durations)
     order = dag.topological_order(graph)
     level, after = dag._longest_chains(graph._succ, order[::-1], durations)
-    return _Paths(graph, level, after)
+    return _Paths(graph, order, level, after)
 
 
 _READY_SQL = f"""
@@ -223,11 +250,14 @@ def _ready_reason(r: Mapping[str, Any]) -> str:
     return f"{done} and its workstream is open; `orch run` queues it on its next tick"
 
 
-def _describe(r: dict[str, Any], paths: _Paths) -> dict[str, Any]:
-    r["unblocks"] = paths.unblocks(r["task_id"])
-    r["unblocks_directly"] = paths.direct(r["task_id"])
-    r["reason"] = _ready_reason(r)
-    return r
+def _described(rows: Sequence[dict[str, Any]], paths: _Paths) -> list[dict[str, Any]]:
+    """``rows`` with ``unblocks``, ``unblocks_directly`` and ``reason`` added."""
+    counts = paths.unblocks([r["task_id"] for r in rows])
+    for r in rows:
+        r["unblocks"] = counts[r["task_id"]]
+        r["unblocks_directly"] = paths.direct(r["task_id"])
+        r["reason"] = _ready_reason(r)
+    return list(rows)
 
 
 # ------------------------------------------------------------------------- ready
@@ -242,7 +272,7 @@ def ready(conn: apsw.Connection, *, workstream: str | None = None,
     with db.snapshot(conn):
         _check_workstream(conn, workstream)
         rows, paths = _ranked(conn, workstream)
-        shown = [_describe(r, paths) for r in (rows if limit is None else rows[:limit])]
+        shown = _described(rows if limit is None else rows[:limit], paths)
         reason = None if rows else _idle(conn, workstream)["reason"]
     return {"tasks": shown, "total": len(rows), "shown": len(shown), "limit": limit,
             "workstream": workstream, "order": ORDER, "reason": reason}
@@ -294,7 +324,7 @@ def next_task(conn: apsw.Connection, *, workstream: str | None = None) -> dict[s
         if not rows:
             return {"task": None, "ready": 0, "then": [], "workstream": workstream,
                     **_idle(conn, workstream)}
-        first = _describe(rows[0], paths)
+        first = _described(rows[:1], paths)[0]
         first["critical_path"] = paths.chain(first["task_id"])
         reason = _next_reason(first, rows)
     return {"task": first, "reason": reason, "ready": len(rows), "workstream": workstream,
@@ -611,7 +641,7 @@ def _flight_section(conn: apsw.Connection) -> _Section:
 
 def _ready_section(conn: apsw.Connection) -> _Section:
     rows, paths = _ranked(conn, None)
-    items = [_describe(r, paths) for r in rows[:_PRIME_READY]]
+    items = _described(rows[:_PRIME_READY], paths)
     lines = [f"{r['rank']}. {r['task_id']} ({r['workstream_id']}, {r['type']}"
              + (f"/{r['executor']}" if r["executor"] else "")
              + f", priority {r['priority']}, path {_secs(r['remaining_path_seconds'])}, "
