@@ -77,6 +77,13 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
              "tail."),
     "why": ("kernel.cli.operator:why_cmd",
             "Explain in plain words why a task is in its state, and what would move it on."),
+    "ready": ("kernel.cli.agentview:ready_cmd",
+              "List the ready work by priority, then critical path, with why each task is "
+              "ready."),
+    "next": ("kernel.cli.agentview:next_cmd",
+             "Name the one task to do next and why; when nothing is ready, say why not."),
+    "prime": ("kernel.cli.agentview:prime_cmd",
+              "Print a compact brief of the project, or of one task, for an agent's context."),
     "events": ("kernel.cli.events:events_cmd",
                "Print the audit events (every accepted state transition, and more)."),
     "export": ("kernel.cli.views:export_cmd",

@@ -4,19 +4,20 @@ Public API:
     ``AgentContext`` (``assemble(definition, base)``, ``message()``, ``as_dict()``);
     ``run_agent(request, on_start, should_stop, spec) -> ExecutionResult`` with ``AgentSpec``
     (``agent``, ``model``, ``build(context, message_file, state_dir) -> (argv, env)``,
-    ``usage(output) -> dict``); ``estimate_tokens(n_bytes)``, ``BYTES_PER_TOKEN``,
-    ``INSUFFICIENT_CONTEXT`` (the marker line), ``REPORT_ENV``.
+    ``usage(output) -> dict``); ``INSUFFICIENT_CONTEXT`` (the marker line), ``REPORT_ENV``;
+    re-exports ``estimate_tokens`` and ``BYTES_PER_TOKEN`` of ``kernel.base.tokens``.
 
 Stability Guarantees:
     **Context** (AIDER-INT-002). The agent may edit exactly the task's ``required_files`` and
     read its ``optional_files`` (files matching ``exclude_patterns`` are never passed). Before
     it starts, the prompt and the required files are estimated at ``BYTES_PER_TOKEN`` (3)
-    bytes per token, rounded up — conservative: tokenizers average about 4 bytes per token on
-    English and code (docs/agents/README.md, "The token estimate", gives the measurement).
-    Over ``context_requirements.max_context_tokens`` the attempt fails as Context-Overflow
-    (``error_type`` ``context_overflow``, ``required_tokens`` and ``max_tokens`` in the failure
-    event, not retried) and the agent is never started. Optional files are added in order
-    while they fit; those that do not are named in the attempt's details.
+    bytes per token, rounded up (``kernel.base.tokens``, the one estimate): conservative, as
+    tokenizers average about 4 bytes per token on English and code (docs/agents/README.md,
+    "The token estimate"). Over ``context_requirements.max_context_tokens`` the attempt fails
+    as Context-Overflow (``error_type`` ``context_overflow``, ``required_tokens`` and
+    ``max_tokens`` in the failure event, not retried) and the agent is never started.
+    Optional files are added in order while they fit; those that do not are named in the
+    attempt's details.
     **The message.** The agent receives the task's prompt (``execution.prompt``, else its
     description) followed by a short note from orch: the files it may edit, those it may read,
     and the protocol for missing context: a line that starts with ``ORCH-INSUFFICIENT-CONTEXT:``
@@ -44,9 +45,10 @@ Integration Points:
     ``details["failure"]`` (mode, error_type, retryable, metadata).
 
 Dependencies:
-    ``kernel.base.errors``, ``kernel.base.files``, ``kernel.definitions.commands``,
-    ``kernel.runtime.changes``, ``kernel.runtime.executors.base``,
-    ``kernel.runtime.executors.local``, ``kernel.store.project``.
+    ``kernel.base.errors``, ``kernel.base.files``, ``kernel.base.tokens``,
+    ``kernel.definitions.commands``, ``kernel.runtime.changes``,
+    ``kernel.runtime.executors.base``, ``kernel.runtime.executors.local``,
+    ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from typing import Any
 
 from kernel.base.errors import OrchError
 from kernel.base.files import open_private, private_dir
+from kernel.base.tokens import BYTES_PER_TOKEN, estimate_tokens, text_tokens
 from kernel.definitions.commands import PLACEHOLDERS
 from kernel.runtime.changes import Snapshot, outside
 from kernel.runtime.executors.base import ExecutionRequest, ExecutionResult
@@ -73,16 +76,10 @@ from kernel.store.project import Project
 __all__ = ["BYTES_PER_TOKEN", "INSUFFICIENT_CONTEXT", "REPORT_ENV", "AgentContext",
            "AgentSpec", "estimate_tokens", "run_agent"]
 
-BYTES_PER_TOKEN = 3
 INSUFFICIENT_CONTEXT = "ORCH-INSUFFICIENT-CONTEXT:"
 REPORT_ENV = "ORCH_AGENT_REPORT"
 _MARKER = re.compile(r"^\W{0,4}" + re.escape(INSUFFICIENT_CONTEXT) + r"[ \t]*(.*)$", re.M)
 _REPORT_MAX_BYTES = 1 << 20
-
-
-def estimate_tokens(n_bytes: int) -> int:
-    """Tokens of ``n_bytes`` bytes of text, over- rather than under-estimated (bytes / 3)."""
-    return -(-n_bytes // BYTES_PER_TOKEN)
 
 
 def _size(path: Path) -> int:
@@ -120,7 +117,7 @@ class AgentContext:
         optional = [r for r in context.get("optional_files") or [] if not _excluded(r, excluded)]
         budget = context.get("max_context_tokens")
         budget = int(budget) if budget is not None else None
-        needed = base_needed = estimate_tokens(len(prompt.encode("utf-8"))) + sum(
+        needed = base_needed = text_tokens(prompt) + sum(
             estimate_tokens(_size(base / rel)) for rel in required)
         read_only, left_out = [], []
         for rel in optional:
