@@ -77,6 +77,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
              "tail."),
     "why": ("kernel.cli.operator:why_cmd",
             "Explain in plain words why a task is in its state, and what would move it on."),
+    "capabilities": ("kernel.cli.capabilities:capabilities_cmd",
+                     "List the capability catalog: what this machine meets, and the live "
+                     "workers offering each."),
     "events": ("kernel.cli.events:events_cmd",
                "Print the audit events (every accepted state transition, and more)."),
     "export": ("kernel.cli.views:export_cmd",
