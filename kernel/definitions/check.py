@@ -183,7 +183,7 @@ def _unoffered(project: Project, defs: Definitions) -> list[ValidationProblem]:
         config = None
     here = {a.capability_id: a for a in offers.assess(offers.registry_rows(defs.capabilities),
                                                       config, project.root)}
-    implied = set(EXECUTOR_CAPABILITIES.values())
+    implied = {cap: executor for executor, cap in EXECUTOR_CAPABILITIES.items()}
     out = []
     for rec in defs.tasks:
         for cid, _ in rec.capabilities:
@@ -191,6 +191,8 @@ def _unoffered(project: Project, defs: Definitions) -> list[ValidationProblem]:
             if found is not None and found.met or found is None and cid not in implied:
                 continue  # met, or unknown_capability says it already
             why = "; ".join(found.missing) if found else "it is not in the capability catalog"
+            if cid in implied:
+                why += f" (a task of the {implied[cid]} executor needs it, listed or not)"
             out.append(ValidationProblem(
                 "capability_unoffered", rec.file, "worker_requirements.capabilities",
                 f"needs capability '{cid}', which a worker started on this machine would not "
