@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -253,3 +254,198 @@ def test_an_http_500_model_never_completes_the_task(aider_venv: Path, tmp_path: 
     assert show["failure_mode"] in ("Task-Timeout", "Task-Failed")
     assert (root / "hello.py").read_text() == HELLO
     assert server.requests()
+
+
+# --------------------------------------------------------------------------- failure paths
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """The live processes whose command line contains ``text`` (read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue   # gone meanwhile
+        if text.encode() in cmdline and "\nState:\tZ" not in status:
+            found.append(int(entry.name))
+    return found
+
+
+def assert_aider_is_gone(root: Path, attempt: dict[str, Any]) -> None:
+    """The attempt's process group no longer exists, and no process names the project."""
+    pgid = attempt["pgid"]
+    assert isinstance(pgid, int) and pgid > 1, attempt
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+    assert processes_mentioning(str(root)) == []
+
+
+def events_of(root: Path, task_id: str = "edit") -> list[dict[str, Any]]:
+    proc = orch("--root", str(root), "--json", "events", "--task", task_id)
+    assert proc.returncode == 0, proc.stderr
+    found: list[dict[str, Any]] = json.loads(proc.stdout)["events"]
+    return found
+
+
+def set_executable(root: Path, old: str, new: str) -> None:
+    config = (root / "orch.toml").read_text()
+    assert f"executable = {json.dumps(old)}" in config
+    (root / "orch.toml").write_text(config.replace(f"executable = {json.dumps(old)}",
+                                                   f"executable = {json.dumps(new)}"))
+
+
+def assert_never_completed(root: Path, show: dict[str, Any]) -> None:
+    assert show["state"] == "failed", show
+    assert all(a["outcome"] != "success" for a in show["attempts"]), show["attempts"]
+    assert "task_completed" not in [e["event"] for e in events_of(root)]
+    assert (root / "hello.py").read_text() == HELLO
+    assert git(root, "show", "main:hello.py") == HELLO
+
+
+def test_a_stalled_model_times_out_and_aiders_process_group_is_killed(
+        aider_venv: Path, tmp_path: Path, server_factory: Any) -> None:
+    server = server_factory([{"mode": "stall", "seconds": 600,
+                              "content": whole_file("hello.py", NEW)}])
+    root = make_project(tmp_path / "proj", aider_venv, server.url, timeout_seconds=15)
+    proc = run(root)
+    log = (root / ".state" / "logs" / "edit.log").read_text()
+    assert proc.returncode == 1, proc.stdout + proc.stderr + log
+    show = task_row(root)
+    assert_never_completed(root, show)
+    assert show["failure_mode"] == "Task-Timeout", show
+    assert len(show["attempts"]) == 1
+    attempt = show["attempts"][0]
+    assert "timed out" in (attempt["error_message"] or "") + (show["last_error"] or ""), attempt
+    # Aider had sent its request and was waiting for the model when the timeout struck.
+    assert len(server.requests()) == 1, log
+    assert "Aider v0.86.2" in log
+    assert_aider_is_gone(root, attempt)
+    ended = [e for e in events_of(root) if e["to_state"] == "failed"]
+    assert [(e["event"], e["trigger"]) for e in ended] == [("task_timeout", "task_timeout")]
+
+
+def test_garbage_from_the_model_never_completes_the_task(aider_venv: Path, tmp_path: Path,
+                                                         server_factory: Any) -> None:
+    # HTTP 200 with a body that is not JSON: Aider reports it and retries; the retry gets an
+    # answer with no edit, and Aider exits 0 having changed nothing. orch judges: failed.
+    server = server_factory([{"mode": "garbage"},
+                             {"content": "I would rather not change anything."}])
+    root = make_project(tmp_path / "proj", aider_venv, server.url, timeout_seconds=120)
+    proc = run(root)
+    log = (root / ".state" / "logs" / "edit.log").read_text()
+    assert proc.returncode == 1, log
+    show = task_row(root)
+    assert_never_completed(root, show)
+    assert show["failure_mode"] == "Task-Failed", show
+    assert "changed none of the required files" in show["last_error"], show
+    attempt = show["attempts"][-1]
+    assert attempt["exit_code"] == 0, attempt          # Aider itself claimed success
+    assert "changed none of the required files" in (attempt["error_message"] or ""), attempt
+    flat = " ".join(log.split())    # Aider wraps its lines
+    assert "invalid response from LLM endpoint" in flat and "not a chat completion" in flat, log
+    assert len(server.requests()) == 2
+    assert_aider_is_gone(root, attempt)
+    why = json.loads(orch("--root", str(root), "--json", "why", "edit").stdout)
+    assert "changed none of the required files" in " ".join(why["sentences"]), why
+
+
+def test_an_unreachable_model_never_completes_the_task(aider_venv: Path,
+                                                       tmp_path: Path) -> None:
+    with socket.socket() as probe:          # a port nothing listens on once it is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = make_project(tmp_path / "proj", aider_venv, f"http://127.0.0.1:{port}/v1",
+                        timeout_seconds=20)
+    proc = run(root)
+    log = (root / ".state" / "logs" / "edit.log").read_text()
+    assert proc.returncode == 1, log
+    show = task_row(root)
+    assert_never_completed(root, show)
+    # Aider retries a refused connection for about a minute: the task's timeout ends it.
+    assert show["failure_mode"] == "Task-Timeout", show
+    assert "OpenAIException - Connection error." in " ".join(log.split()), log
+    assert_aider_is_gone(root, show["attempts"][-1])
+
+
+def test_a_worker_without_aider_never_claims_an_aider_task(aider_venv: Path, tmp_path: Path,
+                                                           server_factory: Any) -> None:
+    server = server_factory([{"content": whole_file("hello.py", NEW)}])
+    root = make_project(tmp_path / "proj", aider_venv, server.url)
+    real, missing = str(aider_venv / "bin" / "aider"), str(tmp_path / "no-aider" / "aider")
+    set_executable(root, real, missing)
+    validate = json.loads(orch("--root", str(root), "--json", "validate").stdout)
+    assert [p["code"] for p in validate["problems"]] == ["capability_unoffered"], validate
+    assert "cap-aider-001" in validate["problems"][0]["message"]
+
+    proc = run(root)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "cap-aider-001" in proc.stdout + proc.stderr
+    show = task_row(root)
+    assert show["state"] == "queued" and show["attempts"] == [], show
+    assert show["capabilities"] == [{"capability_id": "cap-aider-001", "min_version": None}]
+    assert [e["metadata"]["reason"] for e in events_of(root) if e["event"] ==
+            "task_unrunnable"] == ["no registered worker offers cap-aider-001"]
+    why = json.loads(orch("--root", str(root), "--json", "why", "edit").stdout)
+    assert "cap-aider-001" in why["sentences"][0], why
+    assert "one started on this machine would lack" in why["sentences"][0], why
+    workers = json.loads(orch("--root", str(root), "--json", "events").stdout)["events"]
+    registered = [e["metadata"] for e in workers if e["event"] == "worker_registered"]
+    assert len(registered) == 1 and "cap-aider-001" not in registered[0]["capabilities"]
+    assert missing in registered[0]["not_offered"]["cap-aider-001"][0]
+    assert server.requests() == [] and not (root / ".state" / "agents").exists()
+    assert (root / "hello.py").read_text() == HELLO
+
+    # The same project, with Aider where orch.toml says: it runs.
+    set_executable(root, missing, real)
+    proc = run(root)
+    log = (root / ".state" / "logs" / "edit.log").read_text()
+    assert proc.returncode == 0, proc.stdout + proc.stderr + log
+    show = task_row(root)
+    assert show["state"] == "completed" and len(show["attempts"]) == 1
+    assert git(root, "show", "main:hello.py") == NEW
+    assert len(server.requests()) == 1
+
+
+def test_an_edit_that_breaks_the_tests_fails_validation(aider_venv: Path, tmp_path: Path,
+                                                        server_factory: Any) -> None:
+    good = 'def greet() -> str:\n    return "hello"\n'
+    broken = 'def greet() -> str:\n    return "goodbye"\n'
+    server = server_factory([{"content": whole_file("hello.py", broken)}])
+    root = make_project(tmp_path / "proj", aider_venv, server.url, hello=good)
+    (root / "test_hello.py").write_text(
+        "from hello import greet\n\n\ndef test_greet():\n    assert greet() == 'hello'\n")
+    config = (root / "orch.toml").read_text()
+    rule = f"{sys.executable} -B -m pytest -q -p no:cacheprovider"
+    assert 'tests_still_passing = "python -m pytest -q"' in config
+    (root / "orch.toml").write_text(config.replace(
+        'tests_still_passing = "python -m pytest -q"', f"tests_still_passing = {json.dumps(rule)}"))
+    task_file = root / "tasks" / "ws" / "edit.json"
+    task = json.loads(task_file.read_text())
+    task["validation_rules"] = {"pre_execution": [], "post_execution": ["tests_still_passing"]}
+    task_file.write_text(json.dumps(task))
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "tests")
+    orch("--root", str(root), "load", check=True)
+    # The rule passes before the edit: the failure below is the edit's.
+    assert subprocess.run(rule.split(), cwd=root, capture_output=True).returncode == 0
+
+    proc = run(root)
+    log = (root / ".state" / "logs" / "edit.log").read_text()
+    assert proc.returncode == 1, proc.stdout + proc.stderr + log
+    show = task_row(root)
+    assert show["state"] == "failed", show
+    assert show["failure_mode"] == "Validation-Failed", show
+    assert "tests_still_passing" in show["last_error"], show
+    assert "task_completed" not in [e["event"] for e in events_of(root)]
+    failed = [e for e in events_of(root) if e["to_state"] == "failed"]
+    assert [(e["event"], e["from_state"]) for e in failed] == \
+        [("validation_failed", "validating")], failed
+    assert "assert 'goodbye' == 'hello'" in json.dumps(failed[0]["metadata"]), failed
+    assert len(server.requests()) == 1
+    # Aider did edit (in the workstream's worktree), but nothing reached main.
+    assert git(root, "show", "main:hello.py") == good
+    assert (root / "hello.py").read_text() == good

@@ -84,6 +84,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
              "Name the one task to do next and why; when nothing is ready, say why not."),
     "prime": ("kernel.cli.agentview:prime_cmd",
               "Print a compact brief of the project, or of one task, for an agent's context."),
+    "capabilities": ("kernel.cli.capabilities:capabilities_cmd",
+                     "List the capability catalog: what this machine meets, and the live "
+                     "workers offering each."),
     "events": ("kernel.cli.events:events_cmd",
                "Print the audit events (every accepted state transition, and more)."),
     "export": ("kernel.cli.views:export_cmd",

@@ -19,8 +19,8 @@ Integration Points:
 
 Dependencies:
     apsw, click, rich; ``kernel.base.errors``, ``kernel.cli.common``,
-    ``kernel.observe.exports``, ``kernel.observe.status``, ``kernel.runtime.actions``,
-    ``kernel.runtime.workstreams``.
+    ``kernel.definitions.offers``, ``kernel.observe.exports``, ``kernel.observe.status``,
+    ``kernel.runtime.actions``, ``kernel.runtime.workstreams``.
 """
 
 from __future__ import annotations
@@ -275,8 +275,12 @@ def _print_why(data: dict[str, Any]) -> None:
 @click.argument("task_id", metavar="TASK")
 def why_cmd(state: CliState, task_id: str) -> int:
     """Explain in plain words why a task is in its state, and what would move it on."""
+    from kernel.definitions import offers  # not on `orch status`'s path
+
     project = state.project()
-    data = _read(state, lambda c: kinspect.why(c, task_id, project.logs_dir))
+    data = _read(state, lambda c: kinspect.why(
+        c, task_id, project.logs_dir,
+        local_offers=offers.local_offers(c, project.config, project.root)))
     emit(state, data, lambda: _print_why(data))
     return EXIT_OK
 

@@ -57,7 +57,8 @@ def run_cmd(state: CliState, workers: int, workstream: str | None, forever: bool
 @command("worker")
 @click.option("--capability", "capabilities", multiple=True,
               help="A capability this worker offers (NAME or NAME@VERSION); repeat. "
-                   "Default: every capability of the catalog.")
+                   "Default: every capability of the catalog that this machine meets "
+                   "(see `orch capabilities`).")
 @click.option("--workstream", "workstreams", multiple=True,
               help="Only take tasks of this workstream; repeat.")
 @click.option("--name", default="", help="A display name.")

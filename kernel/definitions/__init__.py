@@ -7,8 +7,8 @@ Public API:
     resources), ``commands`` (placeholders: how a command becomes an argv), ``records`` (problems
     and records), ``task_checks`` and ``taskfiles`` (one file), ``discover`` and ``collect`` (a
     tree), ``check`` (across files and against the database: ``orch validate``), ``load``
-    (``orch load``), ``migrate_tasks``, ``fit`` (can a task ever run on the registered workers
-    and resources).
+    (``orch load``), ``migrate_tasks``, ``offers`` (what this machine meets of the capability
+    catalog), ``fit`` (can a task ever run on the registered workers and resources).
 
 Stability Guarantees:
     The layers, bottom to top: base, store, planning, definitions, observe, runtime, maintain,

@@ -28,7 +28,8 @@ Integration Points:
     one file is ``kernel.definitions.taskfiles``, a whole tree ``kernel.definitions.collect``.
 
 Dependencies:
-    apsw, networkx; ``kernel.definitions.collect``, ``kernel.definitions.records``,
+    apsw, networkx; ``kernel.base.errors``, ``kernel.definitions.collect``,
+    ``kernel.definitions.offers``, ``kernel.definitions.records``,
     ``kernel.definitions.taskfiles``, ``kernel.planning.dag``, ``kernel.store.db``,
     ``kernel.store.project``, ``kernel.store.schema``.
 """
@@ -48,6 +49,8 @@ from typing import Any, NamedTuple
 import apsw
 import networkx as nx
 
+from kernel.base.errors import OrchError
+from kernel.definitions import offers
 from kernel.definitions.collect import Definitions, collect
 from kernel.definitions.records import (
     CODES,
@@ -58,7 +61,7 @@ from kernel.definitions.records import (
     WorkstreamRecord,
     problem_order,
 )
-from kernel.definitions.taskfiles import CHUNK_FILES, PARALLEL_MIN_FILES
+from kernel.definitions.taskfiles import CHUNK_FILES, EXECUTOR_CAPABILITIES, PARALLEL_MIN_FILES
 from kernel.planning.dag import find_cycle, gc_paused
 from kernel.store import db, schema
 from kernel.store.project import Project
@@ -167,6 +170,36 @@ def read_existing(conn: apsw.Connection, defs: Definitions) -> Existing:
     for task_id in touched & found.tasks.keys():
         found.deps.setdefault(task_id, set())
     return found
+
+
+def _unoffered(project: Project, defs: Definitions) -> list[ValidationProblem]:
+    """``capability_unoffered``: a task needs a capability that a worker started on this
+    machine would not offer (kernel.definitions.offers), with what is missing."""
+    if defs.capabilities is None or not any(rec.capabilities for rec in defs.tasks):
+        return []
+    try:
+        config = None if defs.config_invalid else project.config
+    except OrchError:
+        config = None
+    here = {a.capability_id: a for a in offers.assess(offers.registry_rows(defs.capabilities),
+                                                      config, project.root)}
+    implied = {cap: executor for executor, cap in EXECUTOR_CAPABILITIES.items()}
+    out = []
+    for rec in defs.tasks:
+        for cid, _ in rec.capabilities:
+            found = here.get(cid)
+            if found is not None and found.met or found is None and cid not in implied:
+                continue  # met, or unknown_capability says it already
+            why = "; ".join(found.missing) if found else "it is not in the capability catalog"
+            if cid in implied:
+                why += f" (a task of the {implied[cid]} executor needs it, listed or not)"
+            out.append(ValidationProblem(
+                "capability_unoffered", rec.file, "worker_requirements.capabilities",
+                f"needs capability '{cid}', which a worker started on this machine would not "
+                f"offer: {why}",
+                "install what is missing (`orch capabilities` shows what this machine meets), "
+                f"or run it on a worker that has it (`orch worker --capability {cid}`)"))
+    return out
 
 
 def _read_existing_for_validate(project: Project, defs: Definitions) -> Existing:
@@ -403,6 +436,7 @@ def validate(project: Project, paths: Sequence[str | os.PathLike[str]] | None = 
     with_db = project.db_path.exists()
     defs = collect(project, paths, workers=workers, definitions=with_db)
     problems = check(defs, _read_existing_for_validate(project, defs) if with_db else None)
+    problems += _unoffered(project, defs)
     problems.sort(key=problem_order)
     return ValidationResult(problems, len(defs.tasks), len(defs.workstreams), defs.migrated,
                             defs.files)

@@ -90,7 +90,8 @@ def live_offers(conn: apsw.Connection) -> list[dict[str, str]]:
 
 
 def catalog_offers(conn: apsw.Connection) -> dict[str, str]:
-    """What a worker started without ``--capability`` offers: the whole catalog."""
+    """The whole catalog ({capability: version}); what a worker started without
+    ``--capability`` offers is the part this machine meets (``kernel.definitions.offers``)."""
     return dict(conn.execute("SELECT capability_id, version FROM capability"))
 
 

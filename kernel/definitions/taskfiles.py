@@ -47,7 +47,12 @@ from kernel.base.documents import DEFAULT_MAX_FILE_BYTES, DocumentError, path_lo
 from kernel.base.formats import json_line, parse_json
 from kernel.definitions.errors import DefinitionError, field_hint, problems_from
 from kernel.definitions.fields import TASK_SCHEMA_VERSION, major_minor
-from kernel.definitions.models import TaskDefinition, TaskDefinitionV1, WorkstreamDefinition
+from kernel.definitions.models import (
+    TaskDefinition,
+    TaskDefinitionV1,
+    WorkstreamDefinition,
+    effective_executor,
+)
 from kernel.definitions.records import (
     ParseContext,
     TaskRecord,
@@ -140,13 +145,29 @@ def _record(task: TaskDefinition, display: str, migrated: bool, ctx: ParseContex
     )
 
 
+# An executor that needs a program on the worker -> the capability a task run by it needs,
+# whether or not its worker_requirements list it (a worker offers it only where the program is:
+# kernel.definitions.offers).
+EXECUTOR_CAPABILITIES = {"aider": "cap-aider-001"}
+
+
+def implicit_capability(task: TaskDefinition) -> str | None:
+    """The capability the task's executor needs (``models.effective_executor``: a task of type
+    ``aider`` runs the aider executor), or None."""
+    return EXECUTOR_CAPABILITIES.get(effective_executor(task.execution.executor, task.type))
+
+
 def _capabilities(task: TaskDefinition, ctx: ParseContext) -> tuple[tuple[str, str | None], ...]:
+    """The task's ``task_capability`` rows: its listed capabilities (names resolved to ids)
+    with ``min_version``, and the one its executor needs (no minimum version)."""
     refs = task.worker_requirements.capabilities
-    if not refs:
+    implicit = implicit_capability(task)
+    if not refs and implicit is None:
         return ()
     caps = ctx.capabilities or {}
     ids = dict.fromkeys(caps[r][0] if r in caps else r for r in refs)
-    return tuple((cid, task.worker_requirements.min_version) for cid in ids)
+    listed = tuple((cid, task.worker_requirements.min_version) for cid in ids)
+    return listed if implicit is None or implicit in ids else (*listed, (implicit, None))
 
 
 def _resources(task: TaskDefinition) -> tuple[tuple[str, str, float], ...]:

@@ -4,9 +4,9 @@ Public API:
     ``status(conn) -> dict`` (workstreams with task counts by state, every task, every worker,
     totals); ``show(conn, task_id, logs_dir) -> dict`` (one task: columns, parsed definition,
     dependencies, dependents, capabilities, resources, attempts, held leases, blocked_by, log
-    tail); ``why(conn, task_id, logs_dir, *, archive_dir=None) -> dict`` (``{"task_id",
-    "state", "sentences",
-    "events", "log_tail"}``: plain-English sentences explaining the current state);
+    tail); ``why(conn, task_id, logs_dir, *, archive_dir=None, local_offers=None) -> dict``
+    (``{"task_id", "state", "sentences", "events", "log_tail"}``: plain-English sentences
+    explaining the current state);
     ``log_tail(path, lines) -> list[str]``; ``TASK_STATES``.
 
 Stability Guarantees:
@@ -355,7 +355,8 @@ def _pending_sentences(conn: apsw.Connection, tid: str, ws: str) -> list[str]:
             "scheduler queues it on its next tick (is `orch run` running?)."]
 
 
-def _queued_sentence(conn: apsw.Connection, tid: str) -> str:
+def _queued_sentence(conn: apsw.Connection, tid: str,
+                     local_offers: dict[str, str] | None = None) -> str:
     from kernel.definitions import fit  # pydantic models: not on `orch status`'s path
 
     caps = [r["capability_id"] for r in db.rows(
@@ -366,12 +367,14 @@ def _queued_sentence(conn: apsw.Connection, tid: str) -> str:
         (tid,))]
     blocked = fit.unrunnable(conn, [tid])
     if not blocked and not fit.live_offers(conn):
-        # No worker now: would a worker started with the catalog's capabilities run it?
-        blocked = fit.unrunnable(conn, [tid], offers=[fit.catalog_offers(conn)])
+        # No worker now: would a worker started here (or with the whole catalog) run it?
+        here = fit.catalog_offers(conn) if local_offers is None else local_offers
+        blocked = fit.unrunnable(conn, [tid], offers=[here])
         if blocked:
             blocked[0]["reason"] = blocked[0]["reason"].replace(
                 "no registered worker offers", "a worker started with the catalog "
-                "(capabilities/registry.yaml) would lack")
+                "(capabilities/registry.yaml) would lack" if local_offers is None else
+                "no worker offers it, and one started on this machine would lack")
     if blocked:
         return (f"{tid} is queued but no worker can run it: {blocked[0]['reason']}; start "
                 "`orch worker --capability NAME@VERSION` with what it needs, or change the "
@@ -421,14 +424,15 @@ def _failed_sentence(task: dict[str, Any], event: dict[str, Any] | None, attempt
 
 
 def _state_sentences(conn: apsw.Connection, task: dict[str, Any],
-                     events: list[dict[str, Any]], started: int) -> list[str]:
+                     events: list[dict[str, Any]], started: int,
+                     local_offers: dict[str, str] | None = None) -> list[str]:
     tid, state = task["task_id"], task["state"]
     last = _last_event_into(events, state)
     meta = last["metadata"] if last else {}
     if state == "pending":
         return _pending_sentences(conn, tid, task["workstream_id"])
     if state == "queued":
-        return [_queued_sentence(conn, tid)]
+        return [_queued_sentence(conn, tid, local_offers)]
     if state == "running":
         limit = task.get("timeout_seconds")
         extra = f", timeout {_seconds(limit)} s" if limit is not None else ""
@@ -461,13 +465,17 @@ def _state_sentences(conn: apsw.Connection, task: dict[str, Any],
 
 
 def why(conn: apsw.Connection, task_id: str, logs_dir: Path | None, *,
-        archive_dir: Path | None = None) -> dict[str, Any]:
+        archive_dir: Path | None = None,
+        local_offers: dict[str, str] | None = None) -> dict[str, Any]:
     """Why a task is in its state: ``sentences`` in plain English (the current state first,
     then the history of its attempts and operator actions, then what to do), its ``events``,
     and for a failed task the ``log_tail`` of its last attempt (else None).
 
     Events moved out of the live log by ``orch audit rotate`` are read from ``archive_dir``
-    (default: ``archive/events`` beside ``logs_dir``, i.e. ``.state/archive/events``)."""
+    (default: ``archive/events`` beside ``logs_dir``, i.e. ``.state/archive/events``).
+    ``local_offers``: what a worker started on this machine would offer
+    (``kernel.definitions.offers.local_offers``), for a queued task when no worker is live
+    (default: the whole catalog)."""
     if archive_dir is None and logs_dir is not None:
         archive_dir = eventlog.archive_dir(Path(logs_dir).parent)
     with db.snapshot(conn):
@@ -477,7 +485,7 @@ def why(conn: apsw.Connection, task_id: str, logs_dir: Path | None, *,
         attempts = {a["attempt_no"]: a for a in attempt_rows}
         history, started = _history(task, events, attempts)
         started = max(started, len(attempt_rows))
-        sentences = _state_sentences(conn, task, events, started) + history
+        sentences = _state_sentences(conn, task, events, started, local_offers) + history
         state = task["state"]
         failed_event = _last_event_into(events, "failed") if state == "failed" else None
         if failed_event is not None:

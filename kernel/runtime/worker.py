@@ -21,10 +21,10 @@ Integration Points:
 Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.faults``,
     ``kernel.base.files``, ``kernel.base.processes``, ``kernel.definitions.models``,
-    ``kernel.observe.exports``, ``kernel.runtime.attempts``, ``kernel.runtime.changes``,
-    ``kernel.runtime.claims``, ``kernel.runtime.executors``, ``kernel.runtime.leases``,
-    ``kernel.runtime.rules``, ``kernel.runtime.worktree``, ``kernel.store.db``,
-    ``kernel.store.machines``, ``kernel.store.project``.
+    ``kernel.definitions.offers``, ``kernel.observe.exports``, ``kernel.runtime.attempts``,
+    ``kernel.runtime.changes``, ``kernel.runtime.claims``, ``kernel.runtime.executors``,
+    ``kernel.runtime.leases``, ``kernel.runtime.rules``, ``kernel.runtime.worktree``,
+    ``kernel.store.db``, ``kernel.store.machines``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from kernel import __version__
 from kernel.base import clock, faults
 from kernel.base.files import open_private, private_dir
 from kernel.base.processes import become_subreaper, pid_alive
+from kernel.definitions import offers
 from kernel.definitions.models import AGENT_EXECUTORS, effective_executor
 from kernel.runtime import attempts, claims, leases
 from kernel.runtime.changes import tree_lock
@@ -123,8 +124,11 @@ class Worker:
             + w.shutdown_after_unresponsive_seconds
 
     def register(self) -> None:
+        assessed = [] if self.options.capabilities else offers.assess(  # before the lock
+            offers.catalog_rows(self.conn), self.config, self.project.root)
         with db.write_tx(self.conn):
             stamp = clock.now_iso()  # under the write lock: events stay in time order
+            unmet = {a.capability_id: list(a.missing) for a in assessed if not a.met}
             if self.options.capabilities:
                 rows = []
                 for cap in self.options.capabilities:
@@ -132,8 +136,8 @@ class Worker:
                     found = db.scalar(self.conn, "SELECT version FROM capability "
                                                  "WHERE capability_id = ?", (name,))
                     rows.append((name, version or found or "0.0.0"))
-            else:
-                rows = list(self.conn.execute("SELECT capability_id, version FROM capability"))
+            else:  # what this machine meets of the catalog (docs/execution_model/WORKERS.md)
+                rows = [(a.capability_id, a.version) for a in assessed if a.met]
             self.conn.execute(
                 "INSERT INTO worker (worker_id, name, pid, hostname, version, "
                 "heartbeat_interval_seconds, last_heartbeat_at, registered_at, updated_at, "
@@ -146,7 +150,8 @@ class Worker:
             self.conn.executemany("INSERT INTO worker_capability VALUES (?, ?, ?)",
                                   [(self.worker_id, c, v) for c, v in rows])
             transition_in_tx(self.conn, "worker", self.worker_id, "idle", "registration_complete",
-                             {"at": stamp, "capabilities": sorted(c for c, _ in rows)})
+                             {"at": stamp, "capabilities": sorted(c for c, _ in rows),
+                              **({"not_offered": unmet} if unmet else {})})
         self._offers = dict(rows)
         self._hb_thread = threading.Thread(target=self._heartbeat_loop, daemon=True,
                                            name="orch-heartbeat")
