@@ -226,10 +226,20 @@ def test_resource_mode_mismatch(project: Project) -> None:
 def test_required_file_missing(project: Project) -> None:
     (project.root / "src").mkdir()
     (project.root / "src" / "ok.py").write_text("")
-    write_task(project, task_doc("a", type="aider", context_requirements={
+    write_task(project, task_doc("a", type="custom", context_requirements={
         "required_files": ["src/ok.py", "src/gone.py"], "optional_files": ["src/later.py"]}))
     p = only(problems_of(project), "required_file_missing")
     assert (p.file, p.path) == ("tasks/ws/a.json", "context_requirements.required_files[1]")
+    assert p.severity == "error"
+
+
+def test_a_file_an_agent_is_to_create_is_a_warning(project: Project) -> None:
+    # An agent task's required file that does not exist yet: the agent may create it.
+    write_task(project, task_doc("a", type="aider", context_requirements={
+        "required_files": ["src/new.py"]}))
+    p = only(problems_of(project), "required_file_new")
+    assert (p.severity, p.path) == ("warning", "context_requirements.required_files[0]")
+    assert "may create it" in p.message
 
 
 def test_path_escapes_root_through_a_symlink(project: Project, tmp_path: Path) -> None:
