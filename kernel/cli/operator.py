@@ -304,8 +304,10 @@ def _print_show(data: dict[str, Any]) -> None:
 @command("show")
 @click.argument("task_id", metavar="TASK")
 def show_cmd(state: CliState, task_id: str) -> int:
-    """Show one task in full: definition, state, dependencies, attempts with their results
-    (files modified, diff summary, commit, tokens, cost, model, error), leases and log tail."""
+    """Show one task in full: definition, state, dependencies, attempts, leases and log tail.
+
+    Each attempt shows its result: validation, files modified, diff summary, commit, tokens,
+    cost, model and error (with --json, its whole output document)."""
     project = state.project()
     data = _read(state, lambda c: kinspect.show(c, task_id, project.logs_dir))
     emit(state, data, lambda: _print_show(data))
