@@ -59,7 +59,7 @@ _TASK_JSON_FIELDS = {
     "last_error": "t.last_error",
     "last_exit_code": "a.exit_code",
     "last_result": "CASE WHEN a.output IS NULL THEN NULL ELSE json_object("
-                   + ", ".join(f"'{k}', json(a.output -> '{path}')" for k, path in (
+                   + ", ".join(f"'{k}', a.output -> '{path}'" for k, path in (
                        ("commit_message", "$.commit_message"), ("cost", "$.metadata.cost"),
                        ("diff_summary", "$.diff_summary"), ("files_modified", "$.files_modified"),
                        ("model", "$.metadata.model"), ("status", "$.status"),
