@@ -285,7 +285,11 @@ def test_bad_validation_rules(rules: dict[str, Any], message: str) -> None:
     [
         ({"command": "aider --message {prompt}"}, "no prompt"),
         ({"command": "echo 'unbalanced"}, "cannot be split"),
-        ({"command": "   "}, "command is empty"),
+        ({"command": "   "}, "execution.command: the task has no command"),
+        ({}, "execution.command: the task has no command"),
+        ({"executor": "agent"}, "needs execution.agent"),
+        ({"command": "x", "agent": "claude"}, "read only with"),
+        ({"executor": "agent", "agent": "Claude Code"}, "execution.agent"),
         ({"command": "x", "working_directory": "/etc"}, "relative path"),
         ({"command": "x", "working_directory": "../other"}, "relative path"),
         ({"command": "x", "timeout_seconds": 0}, "greater than 0"),
@@ -295,6 +299,14 @@ def test_bad_validation_rules(rules: dict[str, Any], message: str) -> None:
 def test_bad_execution(execution: dict[str, Any], message: str) -> None:
     with pytest.raises(DefinitionError, match=message):
         parse_task(task_doc(execution=execution))
+
+
+def test_agent_tasks_need_no_command() -> None:
+    # The agent executors build their own command line; "type": "aider" runs Aider.
+    for doc in (task_doc(execution={"executor": "aider", "prompt": "p"}),
+                task_doc(type="aider", execution={"prompt": "p"}),
+                task_doc(execution={"executor": "agent", "agent": "claude"})):
+        assert parse_task(doc)[0].execution.command == ""
 
 
 def test_shell_commands_need_not_split() -> None:

@@ -165,11 +165,15 @@ def test_a_failing_git_command_names_itself(repo: Path) -> None:
 def test_commit_all_returns_none_when_nothing_changed(repo: Path) -> None:
     wt = ensure_worktree(repo, "ws1")
     assert commit_all(wt.path, "nothing") is None
-    (wt.path / "new.txt").write_text("new\n")
+    (wt.path / "new.txt").write_text("new\nline\n")
     (wt.path / "a.txt").unlink()
-    sha = commit_all(wt.path, "work")
-    assert sha == git(wt.path, "rev-parse", "HEAD")
+    commit = commit_all(wt.path, "work")
+    assert commit is not None and commit.sha == git(wt.path, "rev-parse", "HEAD")
     assert git(wt.path, "log", "-1", "--format=%s") == "work"
+    # What was committed, as the output contract reports it (files_modified, diff_summary).
+    assert commit.files == ("a.txt", "new.txt")
+    assert (commit.insertions, commit.deletions) == (2, 1)        # a.txt was "one\n"
+    assert commit.summary == "2 files changed, 2 insertions(+), 1 deletion(-)"
     assert git(wt.path, "status", "--porcelain") == ""
     assert commit_all(wt.path, "again") is None
 

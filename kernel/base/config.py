@@ -38,7 +38,14 @@ import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from kernel.base.documents import (
     DEFAULT_MAX_FILE_BYTES,
@@ -120,10 +127,59 @@ class AiderConfig(_Section):
     api_base: str | None = None
     edit_format: str | None = None
     extra_args: list[str] = Field(default_factory=list)
+    # The variable of the worker's environment holding the API key; passed to Aider as
+    # {PROVIDER}_API_KEY, PROVIDER being the model's prefix ("openai/gpt-4o" -> OPENAI_API_KEY).
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _key_needs_provider(self) -> AiderConfig:
+        if self.api_key_env and "/" not in (self.model or ""):
+            raise ValueError("api_key_env: set model as PROVIDER/NAME (e.g. openai/gpt-4o), so "
+                             "orch knows which variable Aider reads the key from")
+        return self
+
+    def key_variable(self) -> str | None:
+        """The variable Aider reads the key from (``OPENAI_API_KEY`` for ``openai/...``)."""
+        if not self.api_key_env or not self.model:
+            return None
+        provider = self.model.split("/", 1)[0]
+        return re.sub(r"[^A-Za-z0-9]", "_", provider).upper() + "_API_KEY"
+
+
+_AGENT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+class AgentCommandConfig(_Section):
+    # Any other agent CLI, run by the generic agent executor (kernel.runtime.executors.agent);
+    # docs/agents/README.md. ``command`` is an argument list: no shell.
+    command: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*\*?$")]] = Field(
+        default_factory=list)
+    model: str | None = None
+    tokens_pattern: Annotated[str, AfterValidator(_regex)] | None = None
+    cost_pattern: Annotated[str, AfterValidator(_regex)] | None = None
 
 
 class AgentsConfig(_Section):
+    # [agents.aider] is the Aider executor's; any other [agents.NAME] is an agent CLI.
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True, allow_inf_nan=False)
+    __pydantic_extra__: dict[str, AgentCommandConfig] = Field(init=False)
     aider: AiderConfig = AiderConfig()
+
+    @model_validator(mode="after")
+    def _names(self) -> AgentsConfig:
+        for name in self.__pydantic_extra__ or {}:
+            if not _AGENT_NAME.match(name):
+                raise ValueError(f"agent name {name!r}: use lowercase letters, digits, - and _ "
+                                 "(starting with a letter)")
+        return self
+
+    def command_agent(self, name: str) -> AgentCommandConfig | None:
+        """The ``[agents.NAME]`` of an agent CLI, or None when orch.toml has none."""
+        return (self.__pydantic_extra__ or {}).get(name)
+
+    def command_agents(self) -> dict[str, AgentCommandConfig]:
+        return dict(self.__pydantic_extra__ or {})
 
 
 class Config(_Section):
@@ -216,7 +272,17 @@ executable = "aider"
 # model = "openai/gpt-4o"
 # api_base = "http://127.0.0.1:8000/v1"
 # edit_format = "whole"
+# api_key_env = "MY_OPENAI_KEY"   # the variable holding the key; given to Aider as OPENAI_API_KEY
 extra_args = []
+
+# Any other agent CLI is a section of its own, run by the "agent" executor ("executor":
+# "agent", "agent": "NAME"); recipes for Claude Code, Codex, Gemini CLI and OpenCode are in
+# docs/agents/README.md. For example:
+# [agents.claude]
+# command = ["claude", "-p", "--output-format", "json", "{prompt}"]
+# env = ["ANTHROPIC_API_KEY"]            # variables passed through, besides PATH, HOME, LANG...
+# tokens_pattern = '"(?:input|output)_tokens":\\s*(\\d+)'   # summed over every match
+# cost_pattern = '"total_cost_usd":\\s*([\\d.]+)'
 """
 
 

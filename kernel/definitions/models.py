@@ -7,7 +7,9 @@ Public API:
     TaskDefinitionV1, ExecutionSpec, WorkerRequirements, ContextRequirements, ValidationRules,
     TaskStateSnapshot, WorkstreamDefinition, AttemptOutput, AttemptMetadata, TokenCounts.
     Type defaults: default_context_requirements(type) -> dict | None;
-    default_validation_rules(type). SHLEX_SPECIAL (the characters that can make shlex fail).
+    default_validation_rules(type). effective_executor(executor, type) -> str (the one mapping
+    from a task's type to its default executor) and AGENT_EXECUTORS. SHLEX_SPECIAL (the
+    characters that can make shlex fail).
     Re-exported for the callers that import them from here: the versions, ID_PATTERN,
     SEMVER_PATTERN, semver_key, SCHEMA_URL_BASE, schema_url (kernel.definitions.fields,
     kernel.base.data) and Problem, DefinitionError, problems_from (kernel.definitions.errors).
@@ -71,19 +73,30 @@ from kernel.definitions.fields import (
 )
 
 __all__ = [
-    "ATTEMPT_OUTPUT_SCHEMA_VERSION", "ID_PATTERN", "REGISTRY_SCHEMA_VERSION", "SCHEMA_URL_BASE",
+    "AGENT_EXECUTORS", "ATTEMPT_OUTPUT_SCHEMA_VERSION", "ID_PATTERN", "REGISTRY_SCHEMA_VERSION",
+    "SCHEMA_URL_BASE",
     "SEMVER_PATTERN", "SHLEX_SPECIAL", "SUPPORTED_TASK_SCHEMA_VERSIONS", "TASK_SCHEMA_VERSION",
     "TASK_V1_SCHEMA_VERSION", "WORKSTREAM_SCHEMA_VERSION", "AttemptMetadata", "AttemptOutput",
     "ContextRequirements", "DefinitionError", "ExecutionSpec", "Problem", "TaskDefinition",
     "TaskDefinitionV1", "TaskStateSnapshot", "TokenCounts", "ValidationRules",
     "WorkerRequirements",
     "WorkstreamDefinition", "default_context_requirements", "default_validation_rules",
-    "problems_from", "schema_url", "semver_key",
+    "effective_executor", "problems_from", "schema_url", "semver_key",
 ]
 
 
 SHLEX_SPECIAL = frozenset("'\"\\")
 TaskType = Literal["aider", "pytest", "lint", "custom"]
+
+#: The executors that run an agent CLI and build its command line themselves.
+AGENT_EXECUTORS = ("aider", "agent")
+_EXECUTOR_BY_TYPE = {"aider": "aider", "pytest": "pytest", "lint": "ruff"}
+
+
+def effective_executor(executor: str | None, task_type: str | None) -> str:
+    """The executor a task runs with: ``execution.executor``, else its type's (aider -> aider,
+    pytest -> pytest, lint -> ruff), else ``subprocess``."""
+    return executor or _EXECUTOR_BY_TYPE.get(str(task_type), "subprocess")
 RuleName = Literal[
     "git_clean", "tests_passing", "no_lint_errors", "tests_still_passing", "no_security_issues"
 ]
@@ -157,8 +170,10 @@ class ExecutionSpec(StrictModel):
     """How the task is run."""
 
     command: str = Field(
+        default="",
         description="Command line. Placeholders such as {prompt} are substituted before the run. "
-        "Split like a POSIX shell would (shlex) and run without a shell unless shell is true."
+        "Split like a POSIX shell would (shlex) and run without a shell unless shell is true. "
+        "Required, except for the agent executors (aider, agent), which build their own.",
     )
     working_directory: RelPath = Field(
         default=".",
@@ -189,12 +204,22 @@ class ExecutionSpec(StrictModel):
         description="Expected run time, used only for execution plans and the "
         "critical path. Default 60.",
     )
-    executor: Literal["subprocess", "noop", "pytest", "ruff", "aider"] | None = Field(
+    executor: Literal["subprocess", "noop", "pytest", "ruff", "aider", "agent"] | None = Field(
         default=None,
-        description="How the task runs. Default by type: pytest -> pytest, lint -> ruff, "
-        "otherwise subprocess. noop does nothing and succeeds (for tests and benchmarks). "
-        "aider runs the Aider CLI on the task's files with execution.prompt ([agents.aider] "
-        "in orch.toml; the command is not run).",
+        description="How the task runs. Default by type: aider -> aider, pytest -> pytest, "
+        "lint -> ruff, otherwise subprocess. noop does nothing and succeeds (for tests and "
+        "benchmarks). aider runs the Aider CLI on the task's files with execution.prompt "
+        "([agents.aider] in orch.toml); agent runs the agent CLI named by execution.agent "
+        "([agents.NAME] in orch.toml). Neither runs execution.command.",
+    )
+    agent: str | None = Field(
+        default=None, pattern=r"^[a-z][a-z0-9_-]{0,63}$",
+        description="With executor agent: the [agents.NAME] section of orch.toml to run.",
+    )
+    allow_no_change: bool = Field(
+        default=False,
+        description="Agent executors: an attempt that changes no file succeeds (default false: "
+        "an agent that changed nothing failed, whatever its exit code).",
     )
     shell: bool = Field(
         default=False,
@@ -215,8 +240,11 @@ class ExecutionSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check_command(self) -> ExecutionSpec:
-        if not self.command.strip():
-            raise ValueError("command: command is empty")
+        if self.executor == "agent" and not self.agent:
+            raise ValueError("agent: the agent executor needs execution.agent, the name of an "
+                             "[agents.NAME] section of orch.toml")
+        if self.agent and self.executor != "agent":
+            raise ValueError("agent: execution.agent is read only with \"executor\": \"agent\"")
         # shlex fails only on an unclosed quote or a trailing backslash: a command without
         # quotes and backslashes cannot fail (tests/test_models.py), and skipping the split
         # saves about a sixth of parsing a task file.
@@ -347,6 +375,14 @@ class _TaskBase(StrictDocument):
                 execution, data["max_runtime_seconds"], "max_runtime_seconds"
             ),
         }
+
+    @model_validator(mode="after")
+    def _check_command_given(self) -> _TaskBase:
+        if not self.execution.command.strip() and \
+                effective_executor(self.execution.executor, self.type) not in AGENT_EXECUTORS:
+            raise ValueError("execution.command: the task has no command; give one, or run an "
+                             "agent (\"executor\": \"aider\" or \"agent\")")
+        return self
 
     @model_validator(mode="after")
     def _check_edges(self) -> _TaskBase:

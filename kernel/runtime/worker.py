@@ -20,14 +20,16 @@ Integration Points:
 
 Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.faults``,
-    ``kernel.base.files``, ``kernel.base.processes``, ``kernel.observe.exports``,
-    ``kernel.runtime.attempts``, ``kernel.runtime.claims``, ``kernel.runtime.executors``,
-    ``kernel.runtime.leases``, ``kernel.runtime.rules``, ``kernel.runtime.worktree``,
-    ``kernel.store.db``, ``kernel.store.machines``, ``kernel.store.project``.
+    ``kernel.base.files``, ``kernel.base.processes``, ``kernel.definitions.models``,
+    ``kernel.observe.exports``, ``kernel.runtime.attempts``, ``kernel.runtime.changes``,
+    ``kernel.runtime.claims``, ``kernel.runtime.executors``, ``kernel.runtime.leases``,
+    ``kernel.runtime.rules``, ``kernel.runtime.worktree``, ``kernel.store.db``,
+    ``kernel.store.machines``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -35,7 +37,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,9 +48,12 @@ from kernel import __version__
 from kernel.base import clock, faults
 from kernel.base.files import open_private, private_dir
 from kernel.base.processes import become_subreaper, pid_alive
+from kernel.definitions.models import AGENT_EXECUTORS, effective_executor
 from kernel.runtime import attempts, claims, leases
+from kernel.runtime.changes import tree_lock
 from kernel.runtime.executors import ExecutionRequest, ExecutionResult, executor_for
 from kernel.runtime.rules import run_rules
+from kernel.runtime.worktree import Commit, commit_all
 from kernel.store import db
 from kernel.store.machines import states_allowing, terminal_states, transition_in_tx
 from kernel.store.project import Project
@@ -287,8 +292,10 @@ class Worker:
                 self.shutdown()
         return 0
 
-    def _commit(self, claim: claims.Claim) -> str | None:
-        """Commit the task's changes on the workstream branch; an error message on failure.
+    def _commit(self, claim: claims.Claim,
+                details: Mapping[str, Any]) -> tuple[Commit | None, str | None]:
+        """Commit the task's changes on the workstream branch: (what was committed, or None
+        when nothing changed; an error message when the commit failed).
 
         Commits of one worktree are serialised with a lock file, so two workers finishing
         at once never collide on git's index.lock.
@@ -296,19 +303,17 @@ class Worker:
         import fcntl
 
         from kernel.base.errors import OrchError
-        from kernel.runtime.worktree import commit_all
 
         assert claim.worktree_path
         lock_path = Path(claim.worktree_path).parent / f".{claim.workstream_id}.commit.lock"
         with open(lock_path, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                commit_all(Path(claim.worktree_path),
-                           f"orch: {claim.task_id}: {claim.definition.get('name', '')}")
+                return commit_all(Path(claim.worktree_path),
+                                  commit_message(claim, details)), None
             except OrchError as exc:
-                return f"the command succeeded but its changes could not be committed: " \
-                       f"{exc.message}"
-        return None
+                return None, f"the command succeeded but its changes could not be committed: " \
+                             f"{exc.message}"
 
     def _should_stop(self, claim: claims.Claim, conn: apsw.Connection) -> str | None:
         if self.declared_dead:
@@ -335,19 +340,28 @@ class Worker:
     def run_one(self, claim: claims.Claim) -> str:
         """Run one claimed task to its end: the pre-execution rules, the command, the commit of
         its changes, the report (with the next claim, when the worker goes on), the
-        post-execution rules. The task's new state, "stale" or "handed_on"."""
+        post-execution rules. The task's new state, "stale" or "handed_on".
+
+        All of it holds the working tree's lock (``kernel.runtime.changes.tree_lock``): shared
+        for a command, exclusive for an agent, so an agent is judged on its own changes."""
         self.current = claim
         place = self._workplace(claim)
+        agent = effective_executor((claim.definition.get("execution") or {}).get("executor"),
+                                   claim.type) in AGENT_EXECUTORS
         try:
-            if claim.pre_rules:
-                refused = self._pre_rules(claim, place)
-                if refused is not None:
-                    return refused
-            result = self._execute(claim, self._request(claim, place))
-            faults.point("before_finish")
-            if self.declared_dead:
-                return "stale"
-            return self._report(claim, place, result)
+            with tree_lock(self.project.state_dir / "locks",
+                           claim.workstream_id if claim.worktree_path else "root", agent,
+                           lambda: self._should_stop(claim, self.conn)) as stopped:
+                if claim.pre_rules and stopped is None:
+                    refused = self._pre_rules(claim, place)
+                    if refused is not None:
+                        return refused
+                result = (ExecutionResult("cancelled", error=stopped) if stopped is not None
+                          else self._execute(claim, self._request(claim, place)))
+                faults.point("before_finish")
+                if self.declared_dead:
+                    return "stale"
+                return self._report(claim, place, result)
         finally:
             self.current = None
 
@@ -395,7 +409,10 @@ class Worker:
             log_cap_bytes=w.max_log_bytes_per_attempt)
 
     def _report(self, claim: claims.Claim, place: _Workplace, result: ExecutionResult) -> str:
-        """Report the command's result (and run the post-execution rules when it passed)."""
+        """Report the command's result (and run the post-execution rules when it passed).
+
+        A command's change is committed before its rules run; an agent's (a result with
+        ``undo``) only once its rules passed, and undone when they fail."""
         reason = None
         if result.outcome == "cancelled":
             reason = self._should_stop(claim, self.conn) or "stopped"
@@ -406,28 +423,45 @@ class Worker:
                     attempts.worker_idle_in_tx(self.conn, self.worker_id, clock.now_iso(),
                                                claim.task_id)
                 return "handed_on"
-        if (result.outcome == "succeeded" and claim.worktree_path
-                and claims.is_current(self.conn, claim) is None):
+        deferred = result.undo is not None and bool(claim.post_rules)
+        if result.outcome == "succeeded" and claims.is_current(self.conn, claim) is not None:
+            _undo(result)          # the task was cancelled or handed on meanwhile
+        elif result.outcome == "succeeded" and claim.worktree_path and not deferred:
             result = self._committed(claim, result)
         state = self._finish(claim, result, reason)
         if state != "validating":
             return state
         started = time.monotonic()
         report = run_rules(claim.post_rules, place.cwd, self.config.rules, env=place.env)
+        passed, summary = report.passed, report.summary()
+        if deferred and passed and claim.worktree_path:
+            result = self._committed(claim, result)
+            if result.outcome != "succeeded":
+                passed, summary = False, result.error or "the commit failed"
+        elif deferred and not passed:
+            summary += _undo(result)
         return claims.finish_validation(
-            self.conn, claim, time.time(), passed=report.passed, summary=report.summary(),
+            self.conn, claim, time.time(), passed=passed, summary=summary,
             rules=report.as_dict(),
             duration=result.duration_seconds + time.monotonic() - started,
             details=dict(result.details))
 
     def _committed(self, claim: claims.Claim, result: ExecutionResult) -> ExecutionResult:
-        """The task's changes become one commit on the workstream's branch; a commit that
-        fails turns the result into an error."""
-        commit_error = self._commit(claim)
-        if not commit_error:
+        """The task's changes become one commit on the workstream's branch, described in the
+        result's details (files, summary, message, sha); a commit that fails turns the result
+        into an error (and an agent's change is undone)."""
+        commit, commit_error = self._commit(claim, result.details)
+        if commit_error:
+            return ExecutionResult("error", exit_code=result.exit_code,
+                                   error=commit_error + _undo(result),
+                                   duration_seconds=result.duration_seconds,
+                                   details=result.details)
+        if commit is None:
             return result
-        return ExecutionResult("error", exit_code=result.exit_code, error=commit_error,
-                               duration_seconds=result.duration_seconds, details=result.details)
+        return dataclasses.replace(result, details={
+            **result.details, "files_modified": list(commit.files),
+            "diff_summary": commit.summary, "commit_message": commit.message,
+            "commit": commit.sha})
 
     def _finish(self, claim: claims.Claim, result: ExecutionResult, reason: str | None) -> str:
         backoff = attempts.retry_backoff(self.config.workers)
@@ -444,6 +478,34 @@ class Worker:
             exit_code=result.exit_code, error=result.error,
             duration=result.duration_seconds, details=dict(result.details),
             backoff=backoff, cancel_reason=reason)
+
+
+def commit_message(claim: claims.Claim, details: Mapping[str, Any]) -> str:
+    """The commit's message: the agent's own (its report file), else ``orch: TASK: NAME``;
+    an agent's commit carries trailers naming the agent, its model and the attempt."""
+    subject = f"orch: {claim.task_id}: {claim.definition.get('name', '')}".rstrip(": ")
+    message = str(details.get("commit_message") or subject)
+    if details.get("agent"):
+        trailers = [f"Orch-Task: {claim.workstream_id}/{claim.task_id} attempt "
+                    f"{claim.attempt_no}", f"Orch-Agent: {details['agent']}"]
+        if details.get("model"):
+            trailers.append(f"Orch-Model: {details['model']}")
+        message += "\n\n" + "\n".join(trailers)
+    return message
+
+
+def _undo(result: ExecutionResult) -> str:
+    """Undo an agent's change (``result.undo``); what to add to the error when it could not
+    be undone."""
+    from kernel.base.errors import OrchError
+
+    if result.undo is None:
+        return ""
+    try:
+        result.undo()
+    except OrchError as exc:
+        return f" (its changes could not be undone: {exc.message})"
+    return " (its changes were undone)"
 
 
 class _Workplace(NamedTuple):

@@ -4,9 +4,11 @@ Public API:
     ``Worktree`` (frozen dataclass: ``workstream_id``, ``path``, ``branch``, ``base_branch``);
     ``is_git_repo(root) -> bool``; ``current_branch(root) -> str | None``;
     ``ensure_worktree(root, workstream_id, base_branch=None) -> Worktree``;
-    ``commit_all(path, message) -> str | None``; ``MergeResult`` (frozen dataclass: ``merged``,
-    ``commit``, ``message``); ``merge_and_remove(root, wt) -> MergeResult``;
-    ``archive_state(root, workstream_id, document) -> Path``.
+    ``commit_all(path, message) -> Commit | None`` (``Commit``: ``sha``, ``message``,
+    ``files``, ``insertions``, ``deletions``, ``summary``); ``MergeResult`` (frozen dataclass:
+    ``merged``, ``commit``, ``message``); ``merge_and_remove(root, wt) -> MergeResult``;
+    ``archive_state(root, workstream_id, document) -> Path``; ``run_git(where, *args)`` (git
+    with the environment cleaned of variables that point it elsewhere, no prompt, a timeout).
 
 Stability Guarantees:
     The layout is a contract: the worktree of workstream ``ws`` is ``.state/worktrees/ws`` on
@@ -62,6 +64,28 @@ class Worktree:
 
 
 @dataclass(frozen=True)
+class Commit:
+    """What ``commit_all`` committed: the sha, the message, the paths (relative to the
+    worktree) and the line counts (binary files count no lines)."""
+
+    sha: str
+    message: str
+    files: tuple[str, ...]
+    insertions: int
+    deletions: int
+
+    @property
+    def summary(self) -> str:
+        """git's ``--shortstat`` line: "2 files changed, 5 insertions(+), 1 deletion(-)"."""
+        def plural(n: int, word: str) -> str:
+            return f"{n} {word}{'' if n == 1 else 's'}"
+
+        return (f"{plural(len(self.files), 'file')} changed, "
+                f"{plural(self.insertions, 'insertion')}(+), "
+                f"{plural(self.deletions, 'deletion')}(-)")
+
+
+@dataclass(frozen=True)
 class MergeResult:
     merged: bool
     commit: str | None
@@ -77,9 +101,10 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(
+def run_git(
     where: Path, *args: str, config: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
+    """``git -C where ARGS``: never prompts, never follows GIT_DIR & co., times out."""
     cmd = ["git", *config, "-C", str(where), *args]
     try:
         return subprocess.run(
@@ -109,7 +134,7 @@ def _fail(proc: subprocess.CompletedProcess[str], hint: str | None = None) -> Or
 
 
 def _git(where: Path, *args: str, config: tuple[str, ...] = (), hint: str | None = None) -> str:
-    proc = _run(where, *args, config=config)
+    proc = run_git(where, *args, config=config)
     if proc.returncode != 0:
         raise _fail(proc, hint)
     return proc.stdout.strip()
@@ -119,13 +144,13 @@ def _identity(where: Path) -> tuple[str, ...]:
     """``-c`` options giving a fixed author when git has no identity configured there."""
     config: list[str] = []
     for key, value in (("user.email", "orch@localhost"), ("user.name", "orch")):
-        if not _run(where, "config", key).stdout.strip():
+        if not run_git(where, "config", key).stdout.strip():
             config += ["-c", f"{key}={value}"]
     return tuple(config)
 
 
 def _branch_exists(root: Path, branch: str) -> bool:
-    return _run(root, "show-ref", "--verify", "--quiet", f"refs/heads/{branch}").returncode == 0
+    return run_git(root, "show-ref", "--verify", "--quiet", f"refs/heads/{branch}").returncode == 0
 
 
 def _rev(where: Path, ref: str) -> str:
@@ -170,17 +195,17 @@ def is_git_repo(root: Path) -> bool:
     if not Path(root).is_dir():
         return False
     try:
-        inside = _run(root, "rev-parse", "--is-inside-work-tree")
+        inside = run_git(root, "rev-parse", "--is-inside-work-tree")
     except OrchError:
         return False
     if inside.returncode != 0 or inside.stdout.strip() != "true":
         return False
-    return _run(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}").returncode == 0
+    return run_git(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}").returncode == 0
 
 
 def current_branch(root: Path) -> str | None:
     """The branch checked out at ``root``; ``None`` when HEAD is detached or not a repository."""
-    proc = _run(root, "symbolic-ref", "--quiet", "--short", "HEAD")
+    proc = run_git(root, "symbolic-ref", "--quiet", "--short", "HEAD")
     if proc.returncode != 0:
         return None
     return proc.stdout.strip() or None
@@ -190,7 +215,7 @@ def _check_workstream_id(root: Path, workstream_id: str) -> str:
     branch = f"{BRANCH_PREFIX}{workstream_id}"
     valid = re.match(ID_PATTERN, workstream_id) is not None
     if valid:
-        valid = _run(root, "check-ref-format", f"refs/heads/{branch}").returncode == 0
+        valid = run_git(root, "check-ref-format", f"refs/heads/{branch}").returncode == 0
     if not valid:
         raise OrchError(
             "invalid_workstream_id",
@@ -282,19 +307,34 @@ def _registered(root: Path, path: Path, branch: str) -> bool:
     return False
 
 
-def commit_all(path: Path, message: str) -> str | None:
-    """Stage everything in the worktree at ``path`` and commit it; the new commit's sha, or
-    ``None`` when there was nothing to commit."""
+def commit_all(path: Path, message: str) -> Commit | None:
+    """Stage everything in the worktree at ``path`` and commit it: what was committed, or
+    ``None`` when there was nothing to commit. (``--numstat`` of the staged change costs the
+    same git call as asking whether there is one.)"""
     path = Path(path)
     _git(path, "add", "-A")
-    staged = _run(path, "diff", "--cached", "--quiet")
-    if staged.returncode == 0:
+    files, insertions, deletions = _staged(path)
+    if not files:
         return None
-    if staged.returncode != 1:
-        raise _fail(staged)
     _git(path, "commit", "--quiet", "-m", message, config=_identity(path),
          hint="a commit hook may have rejected the commit; run `git commit` there to see why")
-    return _git(path, "rev-parse", "HEAD")
+    return Commit(_git(path, "rev-parse", "HEAD"), message, tuple(files), insertions, deletions)
+
+
+def _staged(path: Path) -> tuple[list[str], int, int]:
+    """(paths, lines added, lines removed) of the staged change; renames count as their new
+    path."""
+    out = _git(path, "diff", "--cached", "--numstat", "-z", "--no-renames")
+    files: list[str] = []
+    added = removed = 0
+    for record in out.split("\0"):
+        parts = record.split("\t", 2)
+        if len(parts) != 3:
+            continue
+        files.append(parts[2])
+        added += int(parts[0]) if parts[0].isdigit() else 0
+        removed += int(parts[1]) if parts[1].isdigit() else 0
+    return files, added, removed
 
 
 def _remove(root: Path, wt: Worktree) -> None:
@@ -338,13 +378,13 @@ def merge_and_remove(root: Path, wt: Worktree) -> MergeResult:
 def _merge_at(checkout: Path, wt: Worktree) -> str | MergeResult:
     """A ``--no-ff`` merge of the branch into the base checked out at ``checkout``: the merge
     commit, or why it could not be made (a conflict is aborted)."""
-    merge = _run(
+    merge = run_git(
         checkout, "merge", "--no-ff", "--no-edit", "-m",
         f"orch: merge workstream {wt.workstream_id}", wt.branch, config=_identity(checkout),
     )
     if merge.returncode == 0:
         return _git(checkout, "rev-parse", "HEAD")
-    in_progress = _run(checkout, "rev-parse", "--verify", "--quiet", "MERGE_HEAD")
+    in_progress = run_git(checkout, "rev-parse", "--verify", "--quiet", "MERGE_HEAD")
     if in_progress.returncode == 0:
         conflicted = _git(checkout, "diff", "--name-only", "--diff-filter=U").splitlines()
         _git(checkout, "merge", "--abort")
@@ -376,7 +416,7 @@ def _fast_forward(root: Path, wt: Worktree, head: str) -> str | MergeResult:
             hint=f"create it (git branch {wt.base_branch} {wt.branch}) and merge again",
         )
     base_sha = _rev(root, base_ref)
-    ancestry = _run(root, "merge-base", "--is-ancestor", base_sha, head)
+    ancestry = run_git(root, "merge-base", "--is-ancestor", base_sha, head)
     if ancestry.returncode == 1:
         return MergeResult(
             False, None,

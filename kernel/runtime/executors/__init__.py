@@ -5,14 +5,16 @@ Public API:
     ``ExecutionRequest``, ``ExecutionResult``, ``Executor``.
 
 Stability Guarantees:
-    A task picks its executor with ``execution.executor``; without it the type decides:
-    ``pytest`` → pytest, ``lint`` → ruff, otherwise ``subprocess``. ``aider`` (the Aider CLI)
-    is chosen with ``"executor": "aider"``.
+    A task picks its executor with ``execution.executor``; without it the type decides
+    (``kernel.definitions.models.effective_executor``): ``aider`` → aider (the Aider CLI),
+    ``pytest`` → pytest, ``lint`` → ruff, otherwise ``subprocess``. ``agent`` runs the agent CLI
+    of ``[agents.NAME]`` (``"executor": "agent", "agent": "NAME"``).
 
 Integration Points:
-    ``kernel.runtime.worker``. A new executor (aider, dask) is a new module plus one entry here.
+    ``kernel.runtime.worker``. A new executor (dask) is a new module plus one entry here.
 
 Dependencies:
+    ``kernel.definitions.models``, ``kernel.runtime.executors.agent``,
     ``kernel.runtime.executors.aider``, ``kernel.runtime.executors.base``,
     ``kernel.runtime.executors.local``, ``kernel.runtime.executors.noop``,
     ``kernel.runtime.executors.pytest``, ``kernel.runtime.executors.ruff``.
@@ -23,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from kernel.definitions.models import effective_executor
+from kernel.runtime.executors.agent import AgentExecutor
 from kernel.runtime.executors.aider import AiderExecutor
 from kernel.runtime.executors.base import ExecutionRequest, ExecutionResult, Executor
 from kernel.runtime.executors.local import SubprocessExecutor
@@ -36,13 +40,13 @@ EXECUTORS: dict[str, type[Executor]] = {
     "pytest": PytestExecutor,
     "ruff": RuffExecutor,
     "aider": AiderExecutor,
+    "agent": AgentExecutor,
 }
-_BY_TYPE = {"pytest": "pytest", "lint": "ruff"}
 
 __all__ = ["EXECUTORS", "ExecutionRequest", "ExecutionResult", "Executor", "executor_for"]
 
 
 def executor_for(definition: Mapping[str, Any]) -> Executor:
-    name = (definition.get("execution") or {}).get("executor") \
-        or _BY_TYPE.get(str(definition.get("type")), "subprocess")
+    name = effective_executor((definition.get("execution") or {}).get("executor"),
+                              definition.get("type"))
     return EXECUTORS[name]()

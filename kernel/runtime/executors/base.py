@@ -3,7 +3,9 @@
 Public API:
     ``ExecutionRequest``, ``ExecutionResult``, ``Executor`` (protocol: ``name`` and
     ``run(request, on_start, should_stop) -> ExecutionResult``). How a command template becomes
-    an argv (the placeholders) is ``kernel.definitions.commands``.
+    an argv (the placeholders) is ``kernel.definitions.commands``. A result may carry ``undo``
+    (agent executors): the worker then commits the change only after the post-execution rules
+    passed, and calls ``undo`` when they fail.
 
 Stability Guarantees:
     Adding an executor is adding a module with a class that satisfies ``Executor`` and one line
@@ -53,6 +55,9 @@ class ExecutionResult:
     error: str | None = None
     duration_seconds: float = 0.0
     details: Mapping[str, Any] = field(default_factory=dict)
+    #: Set by the agent executors on success: puts the working tree back as it was before the
+    #: attempt (the worker calls it when the post-execution rules or the commit fail).
+    undo: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 class Executor(Protocol):
