@@ -313,6 +313,13 @@ def test_orch_show_carries_the_contract_of_an_aider_attempt(priced_run: Path) ->
     valid_output(out)
     assert out["status"] == "success" and out["validation_status"] == "passed"
     assert out["files_modified"] == ["hello.py"]
+    # The worker committed the change: its message, its sha and git's summary of it.
+    head = git(priced_run, "log", "--no-merges", "--format=%H%n%B", "-n", "1", "main", "--",
+               "hello.py").strip().split("\n", 1)
+    assert out["metadata"]["commit"] == head[0]
+    assert out["commit_message"] == head[1].strip()
+    assert out["commit_message"].startswith("orch: edit1: edit hello.py")
+    assert out["diff_summary"] == "1 file changed, 2 insertions(+), 1 deletion(-)"
     meta = out["metadata"]
     assert meta["tokens_used"] == 730
     assert meta["tokens"] == {"sent": 700, "received": 30}
@@ -322,6 +329,8 @@ def test_orch_show_carries_the_contract_of_an_aider_attempt(priced_run: Path) ->
     text = orch("--root", str(priced_run), "show", "edit1", check=True).stdout
     assert "result: success, validation passed" in text
     assert "files modified: hello.py" in text
+    assert "diff: 1 file changed, 2 insertions(+), 1 deletion(-)" in text
+    assert f"commit: orch: edit1: edit hello.py ({head[0][:12]})" in text
     assert f"usage: tokens 730 (700 sent, 30 received), cost $0.001; model {MODEL} (aider)" in text
 
 
@@ -381,8 +390,8 @@ def test_current_json_shows_each_tasks_last_result(priced_run: Path) -> None:
     rows = {t["task_id"]: t for t in current["tasks"]}
     assert rows["edit2"]["last_result"] == {
         "status": "success", "validation_status": "passed", "files_modified": ["other.py"],
-        "diff_summary": rows["edit2"]["last_result"]["diff_summary"],
-        "commit_message": rows["edit2"]["last_result"]["commit_message"],
+        "diff_summary": "1 file changed, 2 insertions(+), 1 deletion(-)",
+        "commit_message": show(priced_run, "edit2")["attempts"][-1]["output"]["commit_message"],
         "tokens_used": 1280, "cost": pytest.approx(1200 * PRICE_IN + 80 * PRICE_OUT, rel=1e-6),
         "model": MODEL}
     assert rows["probe"]["last_result"]["tokens_used"] is None
@@ -444,3 +453,75 @@ def test_a_run_without_usage_data_counts_as_unknown(tmp_path: Path) -> None:
     assert "usage: tokens unknown (not reported)" in text
     assert "error: exit code 1" in text
 
+
+
+# --------------------------------------------------------------------------- the generic agent
+
+TINY_AGENT = """\
+import sys
+from pathlib import Path
+tokens, cost = sys.argv[1], sys.argv[2]
+for name in sys.argv[3:]:
+    path = Path(name)
+    path.write_text(path.read_text() + "# touched by the tiny agent\\n")
+print(f"done. tokens: {tokens} cost: ${cost}")
+"""
+
+
+def test_two_models_are_summed_apart(tmp_path: Path) -> None:
+    """Two agent CLIs (a small script of ours behind the generic ``agent`` executor), each with
+    its own model, and a plain command: the report sums per model and per workstream, and the
+    plain task is the one without usage data."""
+    root = tmp_path / "p"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.name", "Test")
+    git(root, "config", "user.email", "test@example.com")
+    orch("--root", str(root), "init", check=True)
+    script = tmp_path / "tiny_agent.py"
+    script.write_text(TINY_AGENT)
+    patterns = "tokens_pattern = 'tokens: (\\d+)'\ncost_pattern = 'cost: \\$([\\d.]+)'\n"
+    agents = "".join(
+        f"\n[agents.{name}]\nmodel = \"{model}\"\n{patterns}command = "
+        + json.dumps([sys.executable, str(script), tokens, cost, "{files}"]) + "\n"
+        for name, model, tokens, cost in (("tiny", "tiny-1", "300", "0.004"),
+                                          ("tinier", "tiny-2", "50", "0.0005")))
+    (root / "orch.toml").write_text((root / "orch.toml").read_text() + agents)
+    tasks = [_plain_task("probe", "true")]
+    for task_id, agent, path, ws in (("a1", "tiny", "a.py", "left"),
+                                     ("a2", "tiny", "b.py", "left"),
+                                     ("b1", "tinier", "c.py", "right")):
+        (root / path).write_text("x = 1\n")
+        tasks.append({"schema_version": "2.0.0", "task_id": task_id, "workstream_id": ws,
+                      "name": task_id, "type": "custom",
+                      "execution": {"executor": "agent", "agent": agent,
+                                    "prompt": f"touch {path}", "timeout_seconds": 60},
+                      "context_requirements": {"required_files": [path]},
+                      "validation_rules": {"pre_execution": [], "post_execution": []}})
+    for task in tasks:
+        directory = root / "tasks" / task["workstream_id"]
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{task['task_id']}.json").write_text(json.dumps(task))
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "project")
+    orch("--root", str(root), "load", check=True)
+    proc = run(root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    code, rep = orch_json("--root", str(root), "audit", "report")
+    assert code == 0, rep
+    by_model = rep["usage"]["by_model"]
+    assert {m: (u["attempts"], u["tokens_used"], u["cost"]) for m, u in by_model.items()} == {
+        "tiny-1": (2, 600, 0.008), "tiny-2": (1, 50, 0.0005)}
+    assert (rep["workstreams"]["left"]["tokens_used"], rep["workstreams"]["right"]["cost"]) == \
+        (600, 0.0005)
+    assert rep["tasks"]["a2"]["usage"]["tokens_used"] == 300
+    assert rep["summary"]["tokens_used"] == 650
+    assert rep["summary"]["cost"] == pytest.approx(0.0085)
+    assert rep["usage"]["tasks_without_usage"] == 1 and rep["tasks"]["probe"]["cost"] is None
+    out = show(root, "b1")["attempts"][-1]["output"]
+    valid_output(out)
+    assert out["files_modified"] == ["c.py"] and out["metadata"]["model"] == "tiny-2"
+    assert out["commit_message"] and "1 file changed" in out["diff_summary"]
+    text = orch("--root", str(root), "audit", "report", check=True).stdout
+    assert "model tiny-1: tokens 600, cost $0.008, 2 attempts" in text
+    assert "model tiny-2: tokens 50, cost $0.0005, 1 attempts" in text

@@ -254,7 +254,8 @@ def contract_lines(output: Any) -> list[str]:
             "      " + line for line in diff.splitlines()[1:]]
     if output.get("commit_message"):
         sha = meta.get("commit")
-        lines.append(f"commit: {_cut(output['commit_message'], 72)}"
+        subject = str(output["commit_message"]).strip().splitlines()[0]
+        lines.append(f"commit: {_cut(subject, 72)}"
                      + (f" ({str(sha)[:12]})" if sha else ""))
     lines.append("usage: " + _usage_text(meta))
     if output.get("error"):
