@@ -156,15 +156,21 @@ def test_optional_files_are_added_while_they_fit(tmp_path: Path) -> None:
 
 
 def test_an_agent_edits_its_file_and_the_change_is_committed(tmp_path: Path) -> None:
-    root = make_project(tmp_path / "p", [
-        {"write": {"app.py": NEW}, "say": "done: used 120 tokens, used 30 tokens, cost $0.02",
-         "report": {"commit_message": "Make greet() say new"}}])
+    check = "import sys; sys.exit('new' not in open('app.py').read())"
+    root = make_project(
+        tmp_path / "p", [
+            {"write": {"app.py": NEW}, "say": "done: used 120 tokens, used 30 tokens, cost $0.02",
+             "report": {"commit_message": "Make greet() say new"}}],
+        rules_toml=f"[rules]\ntests_still_passing = {json.dumps(f'python -c {check!r}')}\n"
+                   .replace("python", sys.executable),
+        validation_rules={"pre_execution": ["git_clean"],
+                          "post_execution": ["tests_still_passing"]})
     proc = run(root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     task = show(root)
     assert task["state"] == "completed"
     out = output(task["attempts"][-1])
-    assert out["status"] == "success"
+    assert out["status"] == "success" and out["validation_status"] == "passed"
     assert out["files_modified"] == ["app.py"]
     assert out["commit_message"].startswith("Make greet() say new")
     assert "1 file changed" in out["diff_summary"]
@@ -289,6 +295,10 @@ def test_a_failing_agent_leaves_nothing_and_an_unknown_agent_never_starts(
     assert (worktree(root) / "app.py").read_text() == OLD
     unknown = make_project(tmp_path / "q", [{"write": {"app.py": NEW}}],
                            execution={"agent": "nosuch"})
+    proc = orch("--root", str(unknown), "--json", "validate")
+    warned = [p for p in json.loads(proc.stdout)["problems"] if p["code"] == "agent_unconfigured"]
+    assert warned and warned[0]["severity"] == "warning" and "[agents.nosuch]" in \
+        warned[0]["message"] and "scripted" in warned[0]["hint"]
     assert run(unknown).returncode == 1
     attempt = show(unknown)["attempts"][0]
     assert "[agents.nosuch]" in attempt["error_message"]

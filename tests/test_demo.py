@@ -1,12 +1,14 @@
 """orch demo through the real console script: a generated git project whose workstream is run
-by `orch run` (scripted edits, tests, lint, a task that fails once and is retried, two branches
-side by side), merged into main, and (without --keep) removed again."""
+by `orch run` (agent edits against a scripted model on 127.0.0.1, tests, lint, a task that
+fails once and is retried, two branches side by side), merged into main, and (without --keep)
+removed again; and `orch demo --agent aider` with the real Aider CLI."""
 
 from __future__ import annotations
 
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +18,11 @@ import pytest
 from kernel.definitions.models import WorkstreamDefinition
 from kernel.definitions.task_documents import parse_task
 from kernel.demo import (
+    AGENT_TASKS,
     BRANCHES,
     FLAKY_TASK,
     WORKSTREAM,
+    DemoModel,
     DemoTools,
     detect_tools,
     example_project_files,
@@ -43,10 +47,13 @@ def test_the_example_definitions_are_realistic() -> None:
     tasks = {t.task_id: t for t in (parse_task(doc, name)[0] for name, doc in files.items()
                                     if name != "workstream.json")}
     assert {t.type for t in tasks.values()} == {"custom", "pytest", "lint"}
-    edits = [t for t in tasks.values() if "scripts/" in t.execution.command]
-    assert len(edits) == 4
+    edits = [t for t in tasks.values() if t.execution.executor == "agent"]
+    assert {t.task_id for t in edits} == set(AGENT_TASKS)
     for t in edits:
-        assert t.execution.command.startswith(shlex.quote(sys.executable) + " scripts/")
+        assert t.execution.agent == "mini" and t.execution.command == ""
+        assert t.execution.prompt == AGENT_TASKS[t.task_id].prompt
+        assert t.context_requirements is not None
+        assert t.context_requirements.required_files == list(AGENT_TASKS[t.task_id].required)
     for task_id in ("add-word-count", "test-word-count", "add-cli"):
         assert tasks[task_id].resource_requirements == {"git_repo_write": "exclusive"}
     assert tasks["add-word-count"].validation_rules.pre_execution == ["git_clean"]
@@ -66,33 +73,45 @@ def test_the_example_definitions_are_realistic() -> None:
     toml = example_project_files()["orch.toml"]
     assert "heartbeat_seconds = 1\n" in toml and "tick_seconds = 0.1\n" in toml
     assert json.dumps(detect_tools().tests_command) in toml
+    assert "[agents.mini]" in toml and "kernel.demo.mini_agent" in toml
 
 
 def test_the_tools_fall_back_to_the_standard_library(tmp_path: Path) -> None:
     """Without pytest and ruff (a plain `pip install .`) the tasks use unittest and
-    compileall; the scripted steps, the tests and the flaky smoke test work with them."""
+    compileall; the agent's edits (the mini agent against the demo's model), the tests and the
+    flaky smoke test work with them."""
     tools = detect_tools()
     assert (tools.tests, tools.lint) == ("pytest", "ruff")  # the test environment has both
     q = shlex.quote(sys.executable)
     fallback = DemoTools(sys.executable, "unittest", f"{q} -m unittest discover -q -s tests",
                          "compileall", f"{q} -m compileall -q textstats tests scripts")
-    for rel, text in example_project_files(fallback).items():
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(text)
-    tasks = {name.removesuffix(".json"): doc for name, doc in
-             example_task_files(fallback).items() if name != "workstream.json"}
-    assert tasks["run-tests"]["type"] == "custom"
-    assert tasks["lint"]["execution"]["executor"] == "subprocess"
-    env = {**os.environ, "DEMO_THINK_SECONDS": "0", "ORCH_ROOT": str(tmp_path)}
+    model = DemoModel(think=0).start()
+    try:
+        for rel, text in example_project_files(fallback, model.url).items():
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).write_text(text)
+        tasks = {name.removesuffix(".json"): doc for name, doc in
+                 example_task_files(fallback).items() if name != "workstream.json"}
+        assert tasks["run-tests"]["type"] == "custom"
+        assert tasks["lint"]["execution"]["executor"] == "subprocess"
+        env = {**os.environ, "ORCH_ROOT": str(tmp_path)}
+        for task_id, task in AGENT_TASKS.items():   # what the agent executor runs
+            message = tmp_path / f"{task_id}.txt"
+            message.write_text(task.prompt)
+            agent = subprocess.run([sys.executable, "-m", "kernel.demo.mini_agent",
+                                    "--api-base", model.url, "--message-file", str(message),
+                                    *task.required], cwd=tmp_path, env=env,
+                                   capture_output=True, text=True, timeout=60)
+            assert agent.returncode == 0, agent.stdout + agent.stderr
+            assert "Tokens: " in agent.stdout
+        assert model.requests == len(AGENT_TASKS)
+    finally:
+        model.stop()
 
     def run(task_id: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(shlex.split(tasks[task_id]["execution"]["command"]), cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=60)
 
-    for task_id in ("add-word-count", "test-word-count", "run-tests", "add-cli"):
-        proc = run(task_id)
-        assert proc.returncode == 0, (task_id, proc.stdout, proc.stderr)
-    assert run("add-word-count").returncode == 0  # the edits are idempotent
     assert "Ran 4 tests" in run("run-tests").stderr
     first, second = run(FLAKY_TASK), run(FLAKY_TASK)
     assert first.returncode == 1 and "orch will retry" in first.stdout
@@ -164,6 +183,13 @@ def test_demo_keep_runs_the_workstream_end_to_end(tmp_path: Path) -> None:
     assert _git(keep, "status", "--porcelain") == ""
     assert (keep / ".state" / "logs" / f"{FLAKY_TASK}.log").exists()
 
+    # An agent task: the mini agent was given its files, changed them, reported its tokens.
+    code, show = orch_json("--root", str(keep), "show", "add-word-count")
+    output = show["attempts"][-1]["output"]
+    assert output["files_modified"] == ["textstats/__init__.py", "textstats/core.py"]
+    assert output["metadata"]["tokens_used"] > 0
+    assert output["commit_message"].startswith("orch: add-word-count:")
+
 
 def test_demo_json_without_keep_leaves_nothing_behind(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,6 +211,10 @@ def test_demo_json_without_keep_leaves_nothing_behind(tmp_path: Path,
     assert doc["merge"]["merged"] is True and doc["merge"]["worktree_removed"] is True
     assert doc["git_log"][0].endswith(f"orch: merge workstream {WORKSTREAM}")
     assert doc["doctor"]["ok"] is True
+    assert doc["model_requests"] == len(AGENT_TASKS)
+    assert [(a["task_id"], a["state"], a["agent"]) for a in doc["agents"]] == [
+        (t, "completed", "mini") for t in AGENT_TASKS]
+    assert all(a["files_modified"] and a["tokens_used"] for a in doc["agents"])
     assert (doc["tools"]["tests"], doc["tools"]["lint"]) == ("pytest", "ruff")
     assert [s["step"] for s in doc["steps"]] == ["project", "init", "tasks", "load", "run"]
     assert any(w["what"].endswith(f"why {FLAKY_TASK}") for w in doc["where_to_look"])
@@ -198,3 +228,39 @@ def test_demo_refuses_a_non_empty_directory(tmp_path: Path, capsys) -> None:
     error = json.loads(capsys.readouterr().out)["error"]
     assert error["code"] == "demo_dir_not_empty"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt"]
+
+
+def test_demo_with_the_real_aider(tmp_path: Path) -> None:
+    """`orch demo --agent aider`: the same workstream, its edits made by the real Aider CLI
+    (its own venv, on PATH) against the demo's scripted model; judged, validated, committed,
+    merged, with Aider's own token counts in each attempt."""
+    from tests.aider_venv import ensure_aider_venv
+
+    venv = ensure_aider_venv()
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           "COLUMNS": "120"}
+    env.pop("OPENAI_API_KEY", None)    # the demo needs no key
+    keep = tmp_path / "demo"
+    proc = subprocess.run([str(Path(sys.executable).parent / "orch"), "--json", "demo",
+                           "--agent", "aider", "--keep", str(keep)], capture_output=True,
+                          text=True, env=env, timeout=900)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0 and doc["ok"], proc.stdout + proc.stderr
+    assert doc["tools"]["agent"] == "aider"
+    assert [(a["task_id"], a["state"], a["agent"]) for a in doc["agents"]] == [
+        (t, "completed", "aider") for t in AGENT_TASKS]
+    assert all(a["tokens_used"] and a["model"] == "openai/test-model" for a in doc["agents"])
+    assert doc["model_requests"] >= len(AGENT_TASKS)
+    assert "word_count" in _git(keep, "show", "main:textstats/__main__.py")
+    assert (keep / ".state" / "agents" / "aider" / "add-cli" / "chat.history.md").exists()
+
+
+def test_demo_agent_aider_without_aider_says_what_to_do(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": os.path.dirname(shutil.which("git") or "/usr/bin")}
+    proc = subprocess.run([str(Path(sys.executable).parent / "orch"), "demo", "--agent",
+                           "aider", "--keep", str(tmp_path / "d")], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "no `aider` on PATH" in proc.stderr and "pipx install aider-chat" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "d").exists()

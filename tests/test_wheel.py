@@ -77,7 +77,8 @@ def test_installed_wheel_runs_the_demo_and_its_workers(wheel: Path, tmp_path: Pa
         check=True, capture_output=True, timeout=300,
     )
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "kernel/demo/project/scripts/agent.py" in names
+    assert "kernel/demo/project/scripts/smoke_test_cli.py" in names
+    assert "kernel/demo/edits.json" in names and "kernel/demo/mini_agent.py" in names
     assert "kernel/demo/project/gitignore" in names
     work = tmp_path / "work"
     work.mkdir()

@@ -48,6 +48,7 @@ from kernel.demo import (
     DemoReport,
     DemoStep,
     cleanup,
+    detect_tools,
     execute,
     prepare,
 )
@@ -124,6 +125,16 @@ def _happened(report: DemoReport) -> list[tuple[str, Text | str]]:
                                  "the exclusive git_repo_write lease"))
     elif s is not None:
         rows.append(("Parallel", "the two branches did not overlap this time"))
+    for a in r.agents:
+        tokens = f", {a['tokens_used']} tokens" if a.get("tokens_used") else ""
+        files = ", ".join(a.get("files_modified") or []) or "no file"
+        how = ("judged by its diff, checked by its rules, then committed"
+               if a["state"] == "completed" else f"see `orch why {a['task_id']}`")
+        rows.append((f"Agent {a['task_id']}", Text.assemble(
+            (a["state"], "green" if a["state"] == "completed" else "bold red"),
+            f" after {a['attempts']} attempt{'s' if a['attempts'] != 1 else ''}: changed "
+            f"{files}{tokens} ({a.get('agent') or '-'}, model {a.get('model') or '-'}); "
+            f"{how}")))
     m = r.merge
     if m.get("merged"):
         commit = (m.get("commit") or "")[:7]
@@ -182,13 +193,22 @@ def _ending(console: Console, report: DemoReport) -> None:
     metavar="DIR",
     help="Build the example project in DIR (new or empty) and keep it there.",
 )
-def demo_cmd(state: CliState, keep: Path | None) -> int:
+@click.option(
+    "--agent",
+    type=click.Choice(["mini", "aider"]),
+    default="mini",
+    show_default=True,
+    help="Who makes the code edits: a minimal built-in agent CLI, or the real Aider CLI (on "
+    "PATH); both talk to a scripted model the demo serves on 127.0.0.1.",
+)
+def demo_cmd(state: CliState, keep: Path | None, agent: str) -> int:
     """Run an example workstream end to end on a generated project, with live progress.
 
     Creates a git repository holding a small Python package (textstats) with tests, runs
-    `orch init`, writes a workstream of six tasks (code edits made by scripted steps, a test
-    run, lint, a smoke test that fails once and succeeds on retry, two branches that run in
-    parallel), loads it and runs it with `orch run` and 3 workers in about ten seconds. The
+    `orch init`, writes a workstream of six tasks (three code edits made by a coding agent
+    talking to a scripted model on 127.0.0.1, a test run, lint, a smoke test that fails once
+    and succeeds on retry, two branches that run in parallel), loads it and runs it with
+    `orch run` and 3 workers in about fifteen seconds. The
     workstream's branch is merged into main. Then it prints where to look (.state/,
     `orch status`, `orch why`, `orch events`, git log). The project lives in a temporary
     directory that is removed at the end, unless --keep DIR is given or the run failed.
@@ -206,7 +226,7 @@ def demo_cmd(state: CliState, keep: Path | None) -> int:
 
     if text:
         _show(console, _intro)
-    report = prepare(keep, on_step=on_step if text else None)
+    report = prepare(keep, on_step=on_step if text else None, tools=detect_tools(agent=agent))
     if text:
         _show(console, lambda c: _plan(c, report))
         sys.stdout.flush()

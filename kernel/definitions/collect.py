@@ -101,10 +101,12 @@ def _collect(project: Project, paths: Sequence[str | os.PathLike[str]] | None,
     defs = Definitions(project.root, problems=list(found.problems), files=len(found.tasks))
     if paths and root not in {os.path.abspath(p) for p in paths}:
         defs.scope = tuple(display_path(os.path.abspath(p), root) for p in paths)
-    max_bytes = _config(project, defs).definitions.max_task_file_bytes
+    config = _config(project, defs)
+    max_bytes = config.definitions.max_task_file_bytes
     # The registries are not task files: a lower limit does not apply to them, a higher does.
     _registries(project, found.registries, defs, max(max_bytes, DEFAULT_MAX_FILE_BYTES))
-    ctx = _parse_context(defs, definitions, max_bytes)
+    ctx = _parse_context(defs, definitions, max_bytes,
+                         frozenset(config.agents.command_agents()))
     defs.tasks, problems = parse_task_files(sorted(found.tasks), ctx, workers)
     defs.problems += problems
     for path, display in found.workstreams.values():
@@ -114,7 +116,8 @@ def _collect(project: Project, paths: Sequence[str | os.PathLike[str]] | None,
     return defs
 
 
-def _parse_context(defs: Definitions, definitions: bool, max_bytes: int) -> ParseContext:
+def _parse_context(defs: Definitions, definitions: bool, max_bytes: int,
+                   agents: frozenset[str] | None = None) -> ParseContext:
     """What parsing a task file needs to know: the registries, reduced to plain tuples."""
     root = str(defs.root)
     return ParseContext(
@@ -126,7 +129,7 @@ def _parse_context(defs: Definitions, definitions: bool, max_bytes: int) -> Pars
             r.resource_id: (r.type, r.min_per_task, r.max_per_task,
                             lease_ceiling(r.type, r.capacity, r.reserved))
             for r in defs.resources.resources},
-        definitions, max_bytes,
+        definitions, max_bytes, agents,
     )
 
 

@@ -47,7 +47,8 @@ CODES: dict[str, str] = {
     "unknown_capability": WARNING, "min_version_unmet": WARNING, "min_version_unused": WARNING,
     "deprecated_capability": WARNING, "unknown_resource": ERROR,
     "impossible_resource_amount": ERROR, "resource_mode_mismatch": ERROR,
-    "required_file_missing": ERROR, "path_escapes_root": ERROR, "registry_invalid": ERROR,
+    "required_file_missing": ERROR, "required_file_new": WARNING, "path_escapes_root": ERROR,
+    "registry_invalid": ERROR, "agent_unconfigured": WARNING,
     "registry_default": WARNING, "workstream_file_invalid": ERROR,
     "symlink_loop": ERROR, "argument_too_long": ERROR, "config_invalid": ERROR,
     # Checks against the database (orch load, and orch validate when a database exists).
@@ -141,3 +142,4 @@ class ParseContext:
     resources: dict[str, tuple[str, int | None, int | None, float | None]] | None
     definitions: bool = True  # compute the canonical JSON and its sha256
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # [definitions] max_task_file_bytes
+    agents: frozenset[str] | None = None  # the [agents.NAME] sections of orch.toml

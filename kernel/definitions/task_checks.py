@@ -14,14 +14,16 @@ Stability Guarantees:
     Problems come in a fixed order: file name, directory, paths, capabilities, resources,
     ``min_version``, the argument limits. ``line`` is the line of the field's value in the
     file (or of the object that lacks it). Errors: ``file_name_mismatch``,
-    ``wrong_directory``, ``path_escapes_root``, ``required_file_missing``,
+    ``wrong_directory``, ``path_escapes_root``, ``required_file_missing`` (an agent task's
+    missing required file is the warning ``required_file_new``: the agent may create it),
     ``unknown_resource``, ``resource_mode_mismatch``, ``impossible_resource_amount`` (a request
     above ``kernel.definitions.registries.lease_ceiling``), ``argument_too_long`` (with its
     placeholders filled as a worker fills them, no argument over ``MAX_ARG_STRLEN`` and argv
     plus this environment within ``ARG_MAX``). Warnings for a task no worker offering the
     catalog can run: ``unknown_capability``, ``min_version_unmet`` (min_version above a listed
     capability's registry version, semver precedence), ``min_version_unused`` (min_version
-    without capabilities); and ``deprecated_capability``.
+    without capabilities); ``deprecated_capability``; ``agent_unconfigured`` (an agent task
+    naming no ``[agents.NAME]`` of orch.toml).
 
 Integration Points:
     ``kernel.definitions.taskfiles.parse_task`` runs these on every task file (``orch
@@ -48,7 +50,7 @@ from kernel.base.formats import json_line
 from kernel.definitions.commands import substitute
 from kernel.definitions.errors import field_hint, problems_from
 from kernel.definitions.fields import semver_key
-from kernel.definitions.models import TaskDefinition
+from kernel.definitions.models import AGENT_EXECUTORS, TaskDefinition, effective_executor
 from kernel.definitions.records import ParseContext, ValidationProblem, display_path, inside_root
 
 # Linux refuses (E2BIG) to start a program with one argument longer than MAX_ARG_STRLEN
@@ -108,6 +110,7 @@ class _View(NamedTuple):
     working_directory: str
     required_files: list[str]
     optional_files: list[str]
+    agent: bool = False             # run by an agent executor (aider, agent)
 
 
 def check_document(f: TaskFileProblems, data: dict[str, Any], ctx: ParseContext) -> None:
@@ -123,9 +126,18 @@ def check_model(f: TaskFileProblems, task: TaskDefinition, ctx: ParseContext) ->
                          task.worker_requirements.capabilities, task.resource_requirements,
                          execution.working_directory,
                          context.required_files if context else [],
-                         context.optional_files if context else []), ctx)
+                         context.optional_files if context else [],
+                         effective_executor(execution.executor, task.type) in AGENT_EXECUTORS),
+                ctx)
     _check_min_version(f, task, ctx)
     _check_argv(f, task, ctx)
+    agent = execution.agent
+    if agent and ctx.agents is not None and agent not in ctx.agents:
+        f.add("agent_unconfigured", "execution.agent",
+              f"no [agents.{agent}] section in orch.toml: the task would fail at once",
+              f"add [agents.{agent}] with its command to orch.toml (recipes: "
+              "docs/agents/README.md)" + (f"; configured: {', '.join(sorted(ctx.agents))}"
+                                          if ctx.agents else ""))
 
 
 def _raw_view(task: dict[str, Any]) -> _View:
@@ -145,7 +157,9 @@ def _raw_view(task: dict[str, Any]) -> _View:
         resources if isinstance(resources, dict) else {},
         part("execution", "working_directory", "."),
         strings(part("context_requirements", "required_files", [])),
-        strings(part("context_requirements", "optional_files", [])))
+        strings(part("context_requirements", "optional_files", [])),
+        effective_executor(part("execution", "executor", ""), task.get("type"))
+        in AGENT_EXECUTORS)
 
 
 def _check_task(f: TaskFileProblems, task: _View, ctx: ParseContext) -> None:
@@ -205,6 +219,11 @@ def _check_paths(f: TaskFileProblems, task: _View, ctx: ParseContext) -> None:
             f.add("path_escapes_root", path,
                   f"'{rel}' resolves to {os.path.realpath(full)}, outside the project root",
                   "name files inside the project; check the symlinks on the way")
+        elif required and not os.path.exists(full) and task.agent:
+            f.add("required_file_new", path, f"required file '{rel}' does not exist yet: the "
+                  "agent may create it",
+                  "nothing to do if the agent is to create it; else fix the path (relative to "
+                  "the project root)")
         elif required and not os.path.exists(full):
             f.add("required_file_missing", path, f"required file '{rel}' does not exist",
                   "fix the path (relative to the project root); if an earlier task creates "

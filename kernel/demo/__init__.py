@@ -12,7 +12,8 @@ Public API:
     seconds)``; ``DemoTools`` and ``detect_tools(python=sys.executable)`` (which test runner
     and linter the tasks use); ``example_project_files(tools=None) -> dict[str, str]``;
     ``example_task_files(tools=None) -> dict[str, dict]``; ``WORKSTREAM``, ``FLAKY_TASK``,
-    ``BRANCHES``, ``WORKERS``.
+    ``BRANCHES``, ``WORKERS``; re-exports ``AGENT_TASKS`` and ``DemoModel`` of
+    ``kernel.demo.agents``.
 
 Stability Guarantees:
     The demo runs real processes: ``orch run`` with ``WORKERS`` worker processes executes every
@@ -40,8 +41,9 @@ Integration Points:
 
 Dependencies:
     ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.definitions.check``,
-    ``kernel.definitions.load``, ``kernel.maintain.doctor``, ``kernel.planning.plan``,
-    ``kernel.runtime.runner``, ``kernel.store.db``, ``kernel.store.project``.
+    ``kernel.definitions.load``, ``kernel.demo.agents``, ``kernel.maintain.doctor``,
+    ``kernel.planning.plan``, ``kernel.runtime.runner``, ``kernel.store.db``,
+    ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,15 @@ from typing import Any
 
 from kernel.base import clock
 from kernel.base.errors import OrchError, UsageError
+from kernel.demo.agents import (
+    AGENT_TASKS,
+    DemoModel,
+    agent_execution,
+    agents_toml,
+    find_agent,
+    read_back,
+)
+from kernel.demo.agents import context as agent_context
 from kernel.maintain.doctor import diagnose
 from kernel.planning.plan import plan_document
 from kernel.runtime.runner import Progress, RunOptions, RunSummary
@@ -77,7 +88,7 @@ BRANCHES: dict[str, tuple[str, ...]] = {
     "cli": ("add-cli", "smoke-test-cli"),
 }
 WORKERS = 3
-THINK_SECONDS = 1.5        # how long a scripted edit "thinks", so there is something to watch
+THINK_SECONDS = 1.5        # how long the scripted model "thinks", so there is something to watch
 MAX_RUN_SECONDS = 180.0    # a demo that hangs is stopped (and its project kept)
 BASE_BRANCH = "main"
 FLAKY_MARKER = ".state/demo-flaky"
@@ -92,15 +103,20 @@ class DemoTools:
     tests_command: str
     lint: str            # "ruff" or "compileall"
     lint_command: str
+    agent: str = "mini"  # who makes the edits: "mini" (kernel.demo.mini_agent) or "aider"
+    aider: str | None = None
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, str | None]:
         return {"python": self.python, "tests": self.tests, "tests_command": self.tests_command,
-                "lint": self.lint, "lint_command": self.lint_command}
+                "lint": self.lint, "lint_command": self.lint_command, "agent": self.agent,
+                "aider": self.aider}
 
 
-def detect_tools(python: str | None = None) -> DemoTools:
+def detect_tools(python: str | None = None, agent: str = "mini") -> DemoTools:
     """pytest and ruff when the Python running orch has them (the test extra), else fallbacks
-    from the standard library: ``unittest`` and ``compileall``."""
+    from the standard library: ``unittest`` and ``compileall``; the agent's program (``aider``
+    must be on PATH for ``agent="aider"``)."""
+    aider = find_agent(agent) if agent == "aider" else None
     python = python or sys.executable
     q = shlex.quote(python)
     if importlib.util.find_spec("pytest") is not None:
@@ -114,7 +130,7 @@ def detect_tools(python: str | None = None) -> DemoTools:
         lint, lint_command = "ruff", f"{shlex.quote(ruff_bin)} check ."
     else:
         lint, lint_command = "compileall", f"{q} -m compileall -q textstats tests scripts"
-    return DemoTools(python, tests, tests_command, lint, lint_command)
+    return DemoTools(python, tests, tests_command, lint, lint_command, agent, aider)
 
 
 @dataclass(frozen=True)
@@ -144,6 +160,9 @@ class DemoReport:
     git_log: list[str] = field(default_factory=list)
     event_count: int = 0
     doctor: dict[str, Any] = field(default_factory=dict)
+    agents: list[dict[str, Any]] = field(default_factory=list)
+    model_requests: int = 0
+    model: DemoModel | None = field(default=None, repr=False)
     steps: list[DemoStep] = field(default_factory=list)
     elapsed_seconds: float = 0.0
     _started: float = field(default_factory=time.perf_counter, repr=False)
@@ -175,6 +194,8 @@ class DemoReport:
             {"what": f"orch --root {root} why {why_task}", "why": why},
             {"what": f"orch --root {root} events",
              "why": "the audit log: one event per accepted transition"},
+            {"what": f"orch --root {root} show add-word-count",
+             "why": "an agent task: what it was given, what it changed, its tokens and commit"},
             {"what": f"git -C {root} log --oneline --graph",
              "why": f"one commit per edit task, merged into {BASE_BRANCH}"},
         ]
@@ -201,6 +222,8 @@ class DemoReport:
             "plan": self.plan,
             "load": self.load,
             "doctor": self.doctor,
+            "agents": self.agents,
+            "model_requests": self.model_requests,
             "where_to_look": self.where_to_look,
             "steps": [{"step": s.key, "title": s.title, "seconds": round(s.seconds, 3)}
                       for s in self.steps],
@@ -217,10 +240,10 @@ _RENAMED = {"gitignore": ".gitignore"}
 
 
 def _template_values() -> dict[str, str]:
-    return {"@THINK_SECONDS@": repr(THINK_SECONDS), "@FLAKY_MARKER@": FLAKY_MARKER}
+    return {"@FLAKY_MARKER@": FLAKY_MARKER}
 
 
-def _orch_toml(tools: DemoTools) -> str:
+def _orch_toml(tools: DemoTools, model_url: str = "http://127.0.0.1:9/v1") -> str:
     def s(text: str) -> str:  # a TOML basic string (JSON escapes are valid TOML escapes)
         return json.dumps(text)
 
@@ -243,11 +266,13 @@ git_clean = "git status --porcelain"
 tests_passing = {s(tools.tests_command)}
 tests_still_passing = {s(tools.tests_command)}
 no_lint_errors = {s(tools.lint_command)}
-"""
+""" + agents_toml(tools.agent, model_url, tools.python, tools.aider)
 
 
-def example_project_files(tools: DemoTools | None = None) -> dict[str, str]:
-    """Relative path -> text of the project the demo commits (orch.toml included)."""
+def example_project_files(tools: DemoTools | None = None,
+                          model_url: str = "http://127.0.0.1:9/v1") -> dict[str, str]:
+    """Relative path -> text of the project the demo commits (orch.toml included; its agents
+    talk to the model at ``model_url``)."""
     tools = tools or detect_tools()
     files = {}
     for path in sorted(PROJECT_DIR.rglob("*")):
@@ -258,7 +283,7 @@ def example_project_files(tools: DemoTools | None = None) -> dict[str, str]:
         for name, value in _template_values().items():
             text = text.replace(name, value)
         files[_RENAMED.get(rel, rel)] = text
-    files["orch.toml"] = _orch_toml(tools)
+    files["orch.toml"] = _orch_toml(tools, model_url)
     return files
 
 
@@ -266,9 +291,10 @@ def _task(task_id: str, name: str, description: str, type_: str, *, command: str
           seconds: float, dependencies: list[str], resources: dict[str, Any],
           capabilities: list[str] | None = None, critical: bool = False, priority: int = 0,
           max_retries: int = 0, executor: str | None = None,
-          rules: dict[str, list[str]] | None = None) -> dict[str, Any]:
+          rules: dict[str, list[str]] | None = None,
+          agent: str | None = None) -> dict[str, Any]:
     execution: dict[str, Any] = {
-        "command": command,
+        **({"command": command} if command else agent_execution(task_id, agent or "mini")),
         "working_directory": ".",
         "timeout_seconds": 120,
         "max_retries": max_retries,
@@ -293,6 +319,8 @@ def _task(task_id: str, name: str, description: str, type_: str, *, command: str
     }
     if rules is not None:
         doc["validation_rules"] = rules
+    if not command:
+        doc["context_requirements"] = agent_context(task_id)
     return doc
 
 
@@ -306,16 +334,18 @@ def example_task_files(tools: DemoTools | None = None) -> dict[str, dict[str, An
     tools = tools or detect_tools()
     py = shlex.quote(tools.python)
     edit = {"git_repo_write": "exclusive"}
-    seconds = THINK_SECONDS + 0.5
+    seconds = THINK_SECONDS + 2.0
+    agent = tools.agent
+    kind = "aider" if agent == "aider" else "custom"
     tasks = [
-        _task("add-word-count", "Add word_count()",
-              "Add word_count(text) to textstats/core.py and export it (a scripted edit).",
-              "custom", command=f"{py} scripts/add_word_count.py", seconds=seconds,
+        _task("add-word-count", AGENT_TASKS["add-word-count"].name,
+              "An agent adds word_count(text) to textstats/core.py and exports it.",
+              kind, command="", seconds=seconds, agent=agent,
               dependencies=[], resources=edit, critical=True, priority=10,
               rules={"pre_execution": ["git_clean"], "post_execution": ["tests_still_passing"]}),
-        _task("test-word-count", "Test word_count()",
-              "Write tests/test_word_count.py (a scripted edit); the new tests must pass.",
-              "custom", command=f"{py} scripts/add_word_count_tests.py", seconds=seconds,
+        _task("test-word-count", AGENT_TASKS["test-word-count"].name,
+              "An agent writes tests/test_word_count.py; the new tests must pass.",
+              kind, command="", seconds=seconds, agent=agent,
               dependencies=["add-word-count"], resources=edit, priority=5,
               rules={"pre_execution": [], "post_execution": ["tests_passing"]}),
         _task("run-tests", "Run the test suite",
@@ -326,9 +356,9 @@ def example_task_files(tools: DemoTools | None = None) -> dict[str, dict[str, An
               critical=True, max_retries=1,
               # The task is the test run: no second run as a post-execution rule.
               rules={"pre_execution": [], "post_execution": []}),
-        _task("add-cli", "Add a command line",
-              "Add textstats/__main__.py: python -m textstats FILE... (a scripted edit).",
-              "custom", command=f"{py} scripts/add_cli.py", seconds=seconds,
+        _task("add-cli", AGENT_TASKS["add-cli"].name,
+              "An agent adds textstats/__main__.py: python -m textstats FILE...",
+              kind, command="", seconds=seconds, agent=agent,
               dependencies=["add-word-count"], resources=edit, priority=4,
               rules={"pre_execution": ["git_clean"], "post_execution": ["no_lint_errors"]}),
         _task(FLAKY_TASK, "Smoke-test the command line",
@@ -437,6 +467,8 @@ def prepare(directory: Path | None = None, *, on_step: Callable[[DemoStep], None
     try:
         _steps(report, on_step)
     except BaseException:
+        if report.model is not None:
+            report.model.stop()
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
             report.removed = True
@@ -456,15 +488,18 @@ def _step(report: DemoReport, on_step: Callable[[DemoStep], None] | None, key: s
 
 def _steps(report: DemoReport, on_step: Callable[[DemoStep], None] | None) -> None:
     root, tools = report.project, report.tools
-    files = example_project_files(tools)
+    report.model = DemoModel(THINK_SECONDS).start()
+    files = example_project_files(tools, report.model.url)
     project_files = {k: v for k, v in files.items() if k != "orch.toml"}
     _git_init(root)
     _write_files(root, project_files)
     report.git_commit = _commit(root, "textstats: line and character counts, with tests")
-    n_scripts = sum(1 for k in files if k.startswith("scripts/")) - 1
+    agent = ("the real Aider CLI" if tools.agent == "aider"
+             else "a minimal agent CLI (kernel/demo/mini_agent.py)")
     _step(report, on_step, "project",
-          f"wrote textstats (a small Python package, its tests and {n_scripts} scripted edit "
-          f"steps), committed on {BASE_BRANCH} in a new git repository ({report.git_commit})")
+          f"wrote textstats (a small Python package and its tests), committed on "
+          f"{BASE_BRANCH} in a new git repository ({report.git_commit}); its edits are made "
+          f"by {agent} talking to a scripted model on {report.model.url}")
     _write_files(root, {"orch.toml": files["orch.toml"]})
     init = init_project(root)
     _step(report, on_step, "init",
@@ -481,7 +516,8 @@ def _steps(report: DemoReport, on_step: Callable[[DemoStep], None] | None) -> No
     report.git_commit = _commit(root, f"orch: the {WORKSTREAM} workstream")
     _step(report, on_step, "tasks",
           f"wrote {len(task_files) - 1} tasks to tasks/{WORKSTREAM}/ and committed them: "
-          "scripted code edits, tests, lint, a flaky smoke test (max_retries 2), two branches")
+          f"{len(AGENT_TASKS)} agent edits, tests, lint, a flaky smoke test (max_retries 2), "
+          "two branches")
     project = Project(root)
     report.load = _validate_and_load(project)
     conn = project.connect()
@@ -504,7 +540,12 @@ def execute(report: DemoReport, *, progress: Progress | None = None, workers: in
     project = Project(report.project)
     # Scoped to the demo's workstream, the only one in the project (as `orch run --workstream`).
     options = RunOptions(workers=workers, workstream=WORKSTREAM, max_seconds=MAX_RUN_SECONDS)
-    report.summary = run(project, options, progress)
+    try:
+        report.summary = run(project, options, progress)
+    finally:
+        if report.model is not None:   # the agents are done with the model
+            report.model_requests = report.model.requests
+            report.model.stop()
     _observe(project, report)
     _step(report, on_step, "run",
           f"orch run: {report.summary.counts.get('completed', 0)} of {report.summary.total} "
@@ -586,6 +627,7 @@ def _observe(project: Project, report: DemoReport) -> None:
                                  "AND entity_id = ? AND to_state = 'completed' "
                                  "ORDER BY seq DESC LIMIT 1", (WORKSTREAM,))
         report.event_count = int(db.scalar(conn, "SELECT COUNT(*) FROM event") or 0)
+        report.agents = read_back(conn)
     finally:
         conn.close()
     meta = json.loads(merged) if merged else {}

@@ -16,9 +16,11 @@ Stability Guarantees:
     than the script foresaw is a visible failure, never a repeated edit. A reply is a text with
     ``usage`` token counts (given, or estimated as characters / 4), or one of the modes
     ``fail`` (HTTP ``status``, 500 by default), ``stall`` (sleep ``seconds``, then answer) and
-    ``garbage`` (HTTP 200 with a body that is not JSON). Every request received is appended,
-    as one JSON line, to ``requests_log`` before it is answered: an empty log proves that no
-    client ever called the model. As a process it prints ``http://127.0.0.1:PORT/v1`` as its
+    ``garbage`` (HTTP 200 with a body that is not JSON). A reply with ``when`` is not taken in
+    turn: it answers every request whose messages contain its text (the demo keys its edits by
+    task this way, so the order in which tasks ask does not matter). Every request received is
+    appended, as one JSON line, to ``requests_log`` before it is answered: an empty log proves
+    that no client ever called the model. As a process it prints ``http://127.0.0.1:PORT/v1`` as its
     first line of standard output (and writes it to ``--port-file``), then serves until
     SIGTERM or SIGINT.
 
@@ -69,7 +71,8 @@ def search_replace(path: str, search: str, replace: str) -> str:
 class Reply:
     """One scripted answer. ``mode``: ``text`` (answer ``content``), ``fail`` (HTTP ``status``),
     ``stall`` (sleep ``seconds``, then answer ``content``), ``garbage`` (a body that is not
-    JSON). ``prompt_tokens`` / ``completion_tokens``: the usage to report (None: estimated)."""
+    JSON). ``prompt_tokens`` / ``completion_tokens``: the usage to report (None: estimated).
+    ``when``: answer every request whose messages contain this text (never used up)."""
 
     content: str = ""
     mode: str = "text"
@@ -77,6 +80,7 @@ class Reply:
     seconds: float = 0.0
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    when: str | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> Reply:
@@ -151,11 +155,28 @@ class ScriptedModelServer:
             if self.requests_log is not None:
                 with open(self.requests_log, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(request) + "\n")
-            if self._next >= len(self._replies):
-                return None
-            reply = self._replies[self._next]
-            self._next += 1
-            return reply
+            text = _message_text(request.get("body"))
+            for reply in self._replies:
+                if reply.when is not None and reply.when in text:
+                    return reply
+            while self._next < len(self._replies):
+                reply = self._replies[self._next]
+                self._next += 1
+                if reply.when is None:
+                    return reply
+            return None
+
+
+def _message_text(body: Any) -> str:
+    """The text of a chat request's messages (string contents and text parts)."""
+    out: list[str] = []
+    for message in (body or {}).get("messages") or [] if isinstance(body, dict) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out += [str(part.get("text", "")) for part in content if isinstance(part, dict)]
+    return "\n".join(out)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -430,6 +430,8 @@ class Worker:
             result = self._committed(claim, result)
         state = self._finish(claim, result, reason)
         if state != "validating":
+            if deferred and state == "stale":
+                _undo(result)      # handed on or cancelled meanwhile: nothing of it stays
             return state
         started = time.monotonic()
         report = run_rules(claim.post_rules, place.cwd, self.config.rules, env=place.env)

@@ -14,7 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-from agent import say
+
+def say(message: str) -> None:
+    task = os.environ.get("ORCH_TASK_ID", "-")
+    attempt = os.environ.get("ORCH_ATTEMPT", "-")
+    print(f"[{task} attempt {attempt}] {message}", flush=True)
+
 
 marker = Path(os.environ.get("ORCH_ROOT", ".")) / '@FLAKY_MARKER@'
 if not marker.exists():
