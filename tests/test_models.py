@@ -697,11 +697,13 @@ def test_attempt_output_contract() -> None:
             "validation_status": "passed",
             "commit_message": "Add a",
             "error": None,
-            "metadata": {"tokens_used": 1200, "duration_seconds": 3.5, "model": "gpt"},
+            "metadata": {"tokens_used": 1200, "duration_seconds": 3.5, "model": "gpt",
+                         "temperature": 0},
         }
     )
     assert out.metadata.tokens_used == 1200
-    assert out.metadata.model_extra == {"model": "gpt"}
+    assert out.metadata.model == "gpt"
+    assert out.metadata.model_extra == {"temperature": 0}
 
 
 @pytest.mark.parametrize(

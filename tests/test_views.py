@@ -384,8 +384,9 @@ def test_one_renderer_lays_out_and_writes_every_state_document(tmp_path: Path) -
     assert (tmp_path / "metrics.json").read_text() == json.dumps(
         {"b": {"y": 1}, "a": "ü"}, indent=2, sort_keys=True) + "\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "view.json"]
-    assert documents.header("by-status", "1.0.0") == {
-        "schema_version": "1.0.0", "schema_url": _schema("by-status")["$id"]}
+    version = view_models.VIEWS_SCHEMA_VERSION
+    assert documents.header("by-status", version) == {
+        "schema_version": version, "schema_url": _schema("by-status")["$id"]}
 
 
 def test_the_exported_indices_are_the_renderers_text(conn: apsw.Connection,

@@ -6,7 +6,8 @@ Public API:
 
 Stability Guarantees:
     See ``kernel.cli``. ``--json`` shapes: ``replay`` prints ``kernel.observe.replay.replay``'s
-    dictionary; ``audit report`` ``kernel.observe.audit.report``'s; ``audit rotate``
+    dictionary; ``audit report`` ``kernel.observe.audit.report``'s (its ``usage`` section: tokens
+    and cost, docs/operations/AUDIT_REPORT.md); ``audit rotate``
     ``kernel.observe.archive.rotate``'s; ``audit query`` ``{"events": [...], "count",
     "archive_dir"}``
     (each event with its ``source``: ``live`` or the archive file); ``audit verify``
@@ -62,8 +63,9 @@ def audit_group() -> None:
 @click.option("--since", default=None, metavar="TIMESTAMP",
               help="Only events, attempts and leases from this moment on (ISO-8601).")
 def report_cmd(state: CliState, since: str | None) -> int:
-    """Who did what and when, per workstream and task; attempts, time, tokens and resource
-    leases (a compliance report from the event log, the attempts and the leases)."""
+    """Who did what and when, per workstream and task; attempts, time, resource leases, and
+    tokens and cost per task, workstream and model (attempts without usage data count as
+    unknown, not zero)."""
     since_ts = parse_timestamp(since, option="--since") if since else None
     project = state.project()
     with project.open(readonly=True) as conn:

@@ -1,7 +1,8 @@
 """``orch cancel | retry | skip`` (operator actions) and ``orch status | show | why`` (reads).
 
 Public API:
-    ``COMMANDS`` (``cancel``, ``retry``, ``skip``, ``status``, ``show``, ``why``).
+    ``COMMANDS`` (``cancel``, ``retry``, ``skip``, ``status``, ``show``, ``why``);
+    ``contract_lines(output) -> list[str]`` (an attempt's output contract as text).
 
 Stability Guarantees:
     See ``kernel.cli``. ``cancel``/``retry``/``skip`` print ``OperatorReport.as_dict()`` with
@@ -9,9 +10,9 @@ Stability Guarantees:
     exit 0 even when every task was skipped; an unknown task or workstream exits 1
     (``unknown_task`` / ``unknown_workstream``) with nothing changed; no TASK (and, for
     ``cancel``, no ``--workstream``) is a usage error, exit 2. ``status``, ``show`` and ``why``
-    print the dictionaries of ``kernel.observe.status`` with ``--json``. Text output is for people
-    and
-    may change.
+    print the dictionaries of ``kernel.observe.status`` with ``--json`` (``show``: each attempt
+    with its whole ``output`` document, schemas/attempt-output.schema.json). Text output is for
+    people and may change.
 
 Integration Points:
     ``kernel.runtime.actions`` (writes: one short BEGIN IMMEDIATE transaction each, safe while
@@ -217,6 +218,51 @@ _SHOW_FIELDS = ("workstream_id", "state", "type", "priority", "critical", "retry
                 "last_error", "source_file")
 
 
+def _usage_text(meta: dict[str, Any]) -> str:
+    tokens = meta.get("tokens_used")
+    if tokens is None:
+        text = "tokens unknown (not reported)"
+    else:
+        text = f"tokens {tokens:,}"
+        split = meta.get("tokens") or {}
+        if "sent" in split and "received" in split:
+            text += f" ({split['sent']:,} sent, {split['received']:,} received)"
+    cost = meta.get("cost")
+    if cost is not None:
+        text += ", cost $" + (f"{cost:.6f}".rstrip("0").rstrip(".") or "0")
+    elif tokens is not None:
+        text += ", cost unknown"
+    who = " ".join(b for b in (meta.get("model") and f"model {meta['model']}",
+                               meta.get("agent") and f"({meta['agent']})") if b)
+    return text + (f"; {who}" if who else "")
+
+
+def contract_lines(output: Any) -> list[str]:
+    """An attempt's output contract (AIDER-INT-003) as lines for people: status and validation,
+    files modified, diff summary, commit, tokens and cost with the model, error."""
+    if not isinstance(output, dict) or "status" not in output:
+        return []
+    meta = output.get("metadata") or {}
+    secs = meta.get("duration_seconds")
+    lines = [f"result: {output['status']}, validation {output.get('validation_status') or '-'}"
+             + (f", {secs:g} s" if isinstance(secs, int | float) else "")]
+    files = output.get("files_modified") or []
+    lines.append("files modified: " + (", ".join(files) if files else "none reported"))
+    diff = (output.get("diff_summary") or "").strip()
+    if diff:
+        lines += ["diff: " + diff.splitlines()[0]] + [
+            "      " + line for line in diff.splitlines()[1:]]
+    if output.get("commit_message"):
+        sha = meta.get("commit")
+        subject = str(output["commit_message"]).strip().splitlines()[0]
+        lines.append(f"commit: {_cut(subject, 72)}"
+                     + (f" ({str(sha)[:12]})" if sha else ""))
+    lines.append("usage: " + _usage_text(meta))
+    if output.get("error"):
+        lines.append(f"error: {_cut(output['error'], 200)}")
+    return lines
+
+
 def _print_show(data: dict[str, Any]) -> None:
     click.echo(f"task {data['task_id']}" + (f": {data['name']}" if data.get("name") else ""))
     for name in _SHOW_FIELDS:
@@ -243,6 +289,8 @@ def _print_show(data: dict[str, Any]) -> None:
                     a.get("failure_mode") or "", f"{a['started_at']} .. {a['finished_at'] or ''}",
                     _cut(a.get("error_message"), 80)]
             click.echo("  " + "  ".join(b for b in bits if b))
+            for line in contract_lines(a.get("output")):
+                click.echo("      " + line)
     if data["leases"]:
         click.echo("leases held:")
         for lease in data["leases"]:
@@ -257,7 +305,10 @@ def _print_show(data: dict[str, Any]) -> None:
 @command("show")
 @click.argument("task_id", metavar="TASK")
 def show_cmd(state: CliState, task_id: str) -> int:
-    """Show one task in full: definition, state, dependencies, attempts, leases and log tail."""
+    """Show one task in full: definition, state, dependencies, attempts, leases and log tail.
+
+    Each attempt shows its result: validation, files modified, diff summary, commit, tokens,
+    cost, model and error (with --json, its whole output document)."""
     project = state.project()
     data = _read(state, lambda c: kinspect.show(c, task_id, project.logs_dir))
     emit(state, data, lambda: _print_show(data))

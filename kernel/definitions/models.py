@@ -5,7 +5,7 @@ task document of any version in kernel.definitions.task_documents).
 Public API:
     Models (pydantic v2, frozen, strict, unknown fields rejected): TaskDefinition (v2.0.0),
     TaskDefinitionV1, ExecutionSpec, WorkerRequirements, ContextRequirements, ValidationRules,
-    TaskStateSnapshot, WorkstreamDefinition, AttemptOutput, AttemptMetadata.
+    TaskStateSnapshot, WorkstreamDefinition, AttemptOutput, AttemptMetadata, TokenCounts.
     Type defaults: default_context_requirements(type) -> dict | None;
     default_validation_rules(type). effective_executor(executor, type) -> str (the one mapping
     from a task's type to its default executor) and AGENT_EXECUTORS. SHLEX_SPECIAL (the
@@ -78,7 +78,8 @@ __all__ = [
     "SEMVER_PATTERN", "SHLEX_SPECIAL", "SUPPORTED_TASK_SCHEMA_VERSIONS", "TASK_SCHEMA_VERSION",
     "TASK_V1_SCHEMA_VERSION", "WORKSTREAM_SCHEMA_VERSION", "AttemptMetadata", "AttemptOutput",
     "ContextRequirements", "DefinitionError", "ExecutionSpec", "Problem", "TaskDefinition",
-    "TaskDefinitionV1", "TaskStateSnapshot", "ValidationRules", "WorkerRequirements",
+    "TaskDefinitionV1", "TaskStateSnapshot", "TokenCounts", "ValidationRules",
+    "WorkerRequirements",
     "WorkstreamDefinition", "default_context_requirements", "default_validation_rules",
     "effective_executor", "problems_from", "schema_url", "semver_key",
 ]
@@ -476,19 +477,40 @@ class WorkstreamDefinition(StrictDocument):
 # --- attempt output (AIDER-INT-003) ---------------------------------------------------------
 
 
+class TokenCounts(StrictModel):
+    """Tokens an agent sent to its model and received from it (as the agent reported them)."""
+
+    sent: int = Field(ge=0)
+    received: int = Field(ge=0)
+
+
 class AttemptMetadata(BaseModel):
-    """Measurements of one attempt; workers may add further keys."""
+    """Measurements of one attempt; workers may add further keys. ``None``: not reported (an
+    attempt without usage data is unknown, never zero)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     tokens_used: int | None = Field(default=None, ge=0)
     duration_seconds: float = Field(default=0, ge=0)
+    tokens: TokenCounts | None = Field(
+        default=None, description="Since 1.1.0: tokens sent and received, when reported.")
+    cost: float | None = Field(
+        default=None, ge=0, description="Since 1.1.0: cost in US dollars, as the agent "
+        "reported it (Aider knows the prices of the models it knows).")
+    model: str | None = Field(default=None, description="Since 1.1.0: the model used.")
+    agent: str | None = Field(default=None, description="Since 1.1.0: the agent, e.g. aider.")
+    commit: str | None = Field(
+        default=None, description="Since 1.1.0: the commit that recorded the change.")
 
 
 class AttemptOutput(StrictModel):
-    """What a worker reports for one attempt of a task (stored per attempt)."""
+    """What a worker reports for one attempt of a task (stored per attempt, AIDER-INT-003)."""
 
+    schema_version: str | None = Field(
+        default=None, pattern=r"^1\.[01]\.(0|[1-9][0-9]*)$",
+        description="1.1.x (written since 1.1.0); a document without it is 1.0.0.")
     status: Literal["success", "failure"]
-    files_modified: list[str] = Field(default_factory=list)
+    files_modified: list[str] = Field(
+        default_factory=list, description="Paths relative to the worktree, sorted, unique.")
     diff_summary: str = ""
     validation_status: Literal["pending", "passed", "failed"] = "pending"
     commit_message: str | None = None
@@ -497,6 +519,9 @@ class AttemptOutput(StrictModel):
         default=None, description="Machine-readable failure kind, e.g. insufficient_context."
     )
     metadata: AttemptMetadata = Field(default_factory=AttemptMetadata)
+    details: dict[str, Any] | None = Field(
+        default=None, description="Since 1.1.0 (written before without a schema): the "
+        "executor's report as it came, contract keys included; read the fields above.")
 
     @model_validator(mode="after")
     def _consistent(self) -> AttemptOutput:

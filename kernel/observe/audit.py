@@ -8,7 +8,8 @@ Public API:
     ``parse_timestamp(text, *, end_of_day=False) -> str`` (ISO-8601 as the user writes it →
     the kernel's ``YYYY-MM-DDTHH:MM:SS.mmmZ``; ``UsageError`` when it is not a timestamp);
     ``report(conn, *, since=None, archive_dir=None, now=None) -> dict`` (the compliance report
-    of ``orch audit report``, see its docstring for the keys); ``format_report(report) -> str``.
+    of ``orch audit report``, see its docstring for the keys); ``format_report(report) -> str``;
+    ``USAGE_FIELDS`` and ``format_usage(usage) -> str`` (tokens and cost, AUDIT-001).
 
 Stability Guarantees:
     Event dictionaries carry exactly ``EVENT_FIELDS``; fields are only added (consumers ignore
@@ -19,7 +20,8 @@ Integration Points:
     ``orch events``, ``orch audit report`` (``kernel.cli.audit``), ``orch run --json``
     (``kernel.runtime.progress``). Events are read through ``kernel.store.eventlog``, the one
     reader of the live table and the archives under ``.state/archive/events/``; the report
-    also reads ``attempt``, ``lease``, ``task`` and ``workstream``.
+    also reads ``attempt``, ``lease``, ``task`` and ``workstream``, and the tokens and cost of
+    each attempt from the ``attempt_usage`` view (sql/0006_usage.sql), their one definition.
 
 Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.store.db``,
@@ -129,7 +131,7 @@ def _empty_entity() -> dict[str, Any]:
 
 def _empty_task(workstream_id: str | None) -> dict[str, Any]:
     return {**_empty_entity(), "workstream_id": workstream_id, "attempts": 0, "outcomes": [],
-            "workers": [], "attempt_seconds": 0.0, "tokens_used": None, "leases": [],
+            "workers": [], "attempt_seconds": 0.0, "leases": [],
             "first_start": None, "last_end": None}
 
 
@@ -158,11 +160,17 @@ def report(conn: apsw.Connection, *, since: str | None = None,
     ``first_event``, ``last_event``, ``events``, ``actors`` ({"operator:NAME" | "worker:ID" |
     "kernel:scheduler": events}), ``operator_actions``, ``state`` (now), ``attempts``,
     ``attempt_seconds`` (sum of finished attempts' durations; a running one counts up to now),
-    ``wall_seconds`` (first attempt start to last attempt end), ``tokens_used``; tasks add
+    ``wall_seconds`` (first attempt start to last attempt end), ``tokens_used`` and ``cost``
+    (sums, None when no attempt reported any), ``usage`` (``USAGE_FIELDS``); tasks add
     ``workstream_id``, ``retry_count``, ``outcomes`` (attempt outcomes in order), ``workers``,
     ``failure_mode``, ``last_error``, ``leases``; workstreams add ``tasks`` and ``task_states``;
     ``actors`` ({"operators": {...}, "workers": {...}}); ``resources`` ({"leases": [...],
-    "by_resource": {...}}) with ``seconds_held`` per lease (a lease still held counts up to now).
+    "by_resource": {...}}) with ``seconds_held`` per lease (a lease still held counts up to now);
+    ``usage`` ({"totals", "by_model" (attempts that name their model), "tasks_without_usage",
+    "attempts_without_usage"}), from the ``attempt_usage`` view (sql/0006_usage.sql). An attempt
+    without token data is unknown, never zero: it is counted in ``attempts_without_usage`` and
+    left out of the sums; the summary adds ``cost``, ``tasks_without_usage`` and
+    ``attempts_without_usage``.
     """
     rep = _Report(stamp_now=clock.iso(time.time() if now is None else now))
     since_ts = since or "0000-00-00T00:00:00.000Z"
@@ -181,20 +189,25 @@ def report(conn: apsw.Connection, *, since: str | None = None,
             conn, "SELECT task_id, workstream_id, state, retry_count, failure_mode, last_error "
                   "FROM task")}
         ws_states = dict(conn.execute("SELECT workstream_id, state FROM workstream"))
+        usage = {key: _usage_by(conn, key, since_ts) for key in ("task_id", "workstream_id",
+                                                                 "model", None)}
     _add_attempts(rep, attempts)
     lease_rows, by_resource = _add_leases(rep, leases)
     _finish_tasks(rep, current)
     _finish_workstreams(rep, attempts, ws_states)
+    _add_usage(rep, usage)
+    used = _usage_section(rep, usage)
     return {
         "generated_at": rep.stamp_now,
         "since": since,
         "events_read": rep.events_read,
-        "summary": _summary(rep, attempts, lease_rows),
+        "summary": _summary(rep, attempts, lease_rows, used),
         "workstreams": dict(sorted(rep.workstreams.items())),
         "tasks": dict(sorted(rep.tasks.items())),
         "actors": {"operators": dict(sorted(rep.operators.items())),
                    "workers": dict(sorted(rep.workers.items()))},
         "resources": {"leases": lease_rows, "by_resource": dict(sorted(by_resource.items()))},
+        "usage": used,
     }
 
 
@@ -240,8 +253,6 @@ def _add_attempts(rep: _Report, attempts: list[dict[str, Any]]) -> None:
         if a["worker_id"] and a["worker_id"] not in entry["workers"]:
             entry["workers"].append(a["worker_id"])
         entry["attempt_seconds"] = round(entry["attempt_seconds"] + duration, 3)
-        if a["tokens_used"] is not None:
-            entry["tokens_used"] = (entry["tokens_used"] or 0) + a["tokens_used"]
         entry["first_start"] = min(filter(None, (entry["first_start"], a["started_at"])))
         entry["last_end"] = max(filter(None, (entry["last_end"], end)))
         if a["worker_id"]:
@@ -307,19 +318,70 @@ def _finish_workstreams(rep: _Report, attempts: list[dict[str, Any]],
         ws["task_states"] = dict(sorted(states.items()))
         ws["attempts"] = sum(t["attempts"] for t in mine)
         ws["attempt_seconds"] = round(sum(t["attempt_seconds"] for t in mine), 3)
-        tokens = [t["tokens_used"] for t in mine if t["tokens_used"] is not None]
-        ws["tokens_used"] = sum(tokens) if tokens else None
         ws_attempts = [a for a in attempts if a["workstream_id"] == ws_id]
         ws["wall_seconds"] = _seconds_between(
             min((a["started_at"] for a in ws_attempts), default=None),
             max((a["finished_at"] or rep.stamp_now for a in ws_attempts), default=None))
         ws["workers"] = sorted({w for t in mine for w in t["workers"]})
 
+# ------------------------------------------------------------------------------------- usage
+
+#: The keys of a usage entry: attempts, those with token data (``attempts_with_usage``) and with
+#: a cost, the sums of ``tokens_used``, ``tokens_sent``, ``tokens_received`` and ``cost`` (USD)
+#: over the attempts that reported them (None when none did: unknown, not zero), and
+#: ``attempts_without_usage``.
+USAGE_FIELDS = ("attempts", "attempts_with_usage", "attempts_without_usage", "tokens_used",
+                "tokens_sent", "tokens_received", "attempts_with_cost", "cost")
+
+# One query for every grouping: the sums a Datasette canned query over attempt_usage would make.
+_USAGE_SQL = """
+SELECT {key} AS key, count(*) AS attempts, count(tokens_used) AS attempts_with_usage,
+       sum(tokens_used) AS tokens_used, sum(tokens_sent) AS tokens_sent,
+       sum(tokens_received) AS tokens_received, count(cost) AS attempts_with_cost,
+       round(sum(cost), 6) AS cost
+  FROM attempt_usage WHERE started_at >= ? {group}
+"""
+
+
+def _usage_by(conn: apsw.Connection, key: str | None,
+              since_ts: str) -> dict[str | None, dict[str, Any]]:
+    """Usage entries from ``attempt_usage`` grouped by ``key`` (None: one entry, the totals)."""
+    sql = _USAGE_SQL.format(key=key or "NULL", group=f"GROUP BY {key}" if key else "")
+    out = {}
+    for row in db.rows(conn, sql, (since_ts,)):
+        group = row.pop("key")
+        row["attempts_without_usage"] = row["attempts"] - row["attempts_with_usage"]
+        out[group] = {k: row[k] for k in USAGE_FIELDS}
+    return out
+
+
+def _empty_usage() -> dict[str, Any]:
+    return {k: (0 if k.startswith("attempts") else None) for k in USAGE_FIELDS}
+
+
+def _add_usage(rep: _Report, usage: dict[str | None, dict[Any, dict[str, Any]]]) -> None:
+    """Each task's and workstream's ``usage``, ``tokens_used`` and ``cost``."""
+    for section, key in ((rep.tasks, "task_id"), (rep.workstreams, "workstream_id")):
+        for entity_id, entry in section.items():
+            found = usage[key].get(entity_id) or _empty_usage()
+            entry["usage"] = found
+            entry["tokens_used"], entry["cost"] = found["tokens_used"], found["cost"]
+
+
+def _usage_section(rep: _Report, usage: dict[str | None, dict[Any, dict[str, Any]]]
+                   ) -> dict[str, Any]:
+    totals = usage[None].get(None) or _empty_usage()
+    by_model = {m: u for m, u in usage["model"].items() if m is not None}
+    return {"totals": totals, "by_model": dict(sorted(by_model.items())),
+            "attempts_without_usage": totals["attempts_without_usage"],
+            "tasks_without_usage": sum(
+                1 for t in rep.tasks.values()
+                if t["usage"]["attempts"] and not t["usage"]["attempts_with_usage"])}
+
 
 def _summary(rep: _Report, attempts: list[dict[str, Any]],
-             lease_rows: list[dict[str, Any]]) -> dict[str, Any]:
+             lease_rows: list[dict[str, Any]], used: dict[str, Any]) -> dict[str, Any]:
     """The totals of the report."""
-    tokens_all = [a["tokens_used"] for a in attempts if a["tokens_used"] is not None]
     return {
         "events": rep.events_read,
         "workstreams": len(rep.workstreams),
@@ -327,7 +389,10 @@ def _summary(rep: _Report, attempts: list[dict[str, Any]],
         "attempts": len(attempts),
         "attempt_outcomes": _count(a["outcome"] or "running" for a in attempts),
         "attempt_seconds": round(sum(t["attempt_seconds"] for t in rep.tasks.values()), 3),
-        "tokens_used": sum(tokens_all) if tokens_all else None,
+        "tokens_used": used["totals"]["tokens_used"],
+        "cost": used["totals"]["cost"],
+        "tasks_without_usage": used["tasks_without_usage"],
+        "attempts_without_usage": used["attempts_without_usage"],
         "leases": len(lease_rows),
         "lease_seconds": round(sum(r["seconds_held"] for r in lease_rows), 3),
         "operator_actions": sum(o["actions"] for o in rep.operators.values()),
@@ -346,6 +411,45 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
+def _money(value: float | None) -> str:
+    """US dollars as the agents report them (fractions of a cent matter): $0.000123, $1.5."""
+    if value is None:
+        return "unknown"
+    return "$" + (f"{value:.6f}".rstrip("0").rstrip(".") or "0")
+
+
+def format_usage(usage: dict[str, Any]) -> str:
+    """A usage entry (``USAGE_FIELDS``) in a few words: "tokens 730 (700 sent, 30 received),
+    cost $0.0012" or "tokens unknown"; "(1 of 3 attempts without usage data)" when partial."""
+    if not usage["attempts_with_usage"]:
+        text = "tokens unknown"
+    else:
+        text = f"tokens {usage['tokens_used']:,}"
+        if usage["tokens_sent"] is not None and usage["tokens_received"] is not None:
+            text += f" ({usage['tokens_sent']:,} sent, {usage['tokens_received']:,} received)"
+        text += f", cost {_money(usage['cost'])}"
+    if usage["attempts_with_usage"] and usage["attempts_without_usage"]:
+        text += (f" ({usage['attempts_without_usage']} of {usage['attempts']} attempts without "
+                 "usage data)")
+    return text
+
+
+def _usage_lines(rep: dict[str, Any]) -> list[str]:
+    """The usage section of the text: totals, per model, per workstream, the unknowns."""
+    used = rep["usage"]
+    lines = ["", "Usage (tokens and cost):", f"  total: {format_usage(used['totals'])}"]
+    for model, u in used["by_model"].items():
+        lines.append(f"  model {model}: {format_usage(u)}, {u['attempts']} attempts")
+    for ws_id, ws in rep["workstreams"].items():
+        if ws["usage"]["attempts"]:
+            lines.append(f"  workstream {ws_id}: {format_usage(ws['usage'])}")
+    if used["tasks_without_usage"]:
+        lines.append(f"  {used['tasks_without_usage']} tasks without usage data "
+                     f"({used['attempts_without_usage']} attempts): counted as unknown, "
+                     "not zero")
+    return lines
+
+
 def format_report(rep: dict[str, Any]) -> str:
     """The report as text for people (``orch audit report`` without ``--json``)."""
     s = rep["summary"]
@@ -356,6 +460,7 @@ def format_report(rep: dict[str, Any]) -> str:
         f"{s['events']} events, {s['workstreams']} workstreams, {s['tasks']} tasks, "
         f"{s['attempts']} attempts ({outcomes}), "
         f"{_num(s['attempt_seconds'])} s of attempts, tokens {_num(s['tokens_used'])}, "
+        f"cost {_money(s['cost'])}, "
         f"{s['leases']} leases ({_num(s['lease_seconds'])} s held), "
         f"{s['operator_actions']} operator actions",
         "",
@@ -376,6 +481,7 @@ def format_report(rep: dict[str, Any]) -> str:
             f"  {task_id} ({t['workstream_id']}): {t['state'] or 'deleted'}; attempts "
             f"{t['attempts']} [{', '.join(t['outcomes'])}] on {who}; "
             f"{_num(t['attempt_seconds'])} s, wall {_num(t['wall_seconds'])} s"
+            + (f"; {format_usage(t['usage'])}" if t["usage"]["attempts"] else "")
             + (f"; {t['failure_mode']}" if t["failure_mode"] else "")
             + (f"; operator: {ops}" if ops else ""))
     ops_all = rep["actors"]["operators"]
@@ -385,6 +491,7 @@ def format_report(rep: dict[str, Any]) -> str:
             kinds = ", ".join(f"{k} {v}" for k, v in op["by_trigger"].items())
             lines.append(f"  {name}: {op['actions']} actions ({kinds}), {op['first']} .. "
                          f"{op['last']}")
+    lines += _usage_lines(rep)
     by_res = rep["resources"]["by_resource"]
     if by_res:
         lines += ["", "Resources:"]

@@ -47,7 +47,8 @@ from kernel.store import db
 # Each task row of current.json is built as JSON by SQLite (json_object, keys listed in sorted
 # order, so the text equals json.dumps(sort_keys=True)): for 100,000 tasks this is several times
 # faster than Python dicts and the encoder. ``tests/test_views.py`` checks the rows against the
-# TaskView schema and the tables.
+# TaskView schema and the tables. ``last_result`` is the output contract of the latest attempt
+# (its ``->`` keeps each value's JSON text as the worker wrote it; null while it runs).
 _TASK_JSON_FIELDS = {
     "assigned_worker": "t.worker_id",
     "attempts": "ifnull(a.n, 0)",
@@ -57,6 +58,13 @@ _TASK_JSON_FIELDS = {
     "failure_mode": "t.failure_mode",
     "last_error": "t.last_error",
     "last_exit_code": "a.exit_code",
+    "last_result": "CASE WHEN a.output IS NULL THEN NULL ELSE json_object("
+                   + ", ".join(f"'{k}', a.output -> '{path}'" for k, path in (
+                       ("commit_message", "$.commit_message"), ("cost", "$.metadata.cost"),
+                       ("diff_summary", "$.diff_summary"), ("files_modified", "$.files_modified"),
+                       ("model", "$.metadata.model"), ("status", "$.status"),
+                       ("tokens_used", "$.metadata.tokens_used"),
+                       ("validation_status", "$.validation_status"))) + ") END",
     "last_worker": "a.worker_id",
     "max_retries": "t.max_retries",
     "name": "t.name",
@@ -77,7 +85,7 @@ assert list(_TASK_JSON_FIELDS) == sorted(_TASK_JSON_FIELDS)
 assert max(_TASK_JSON_FIELDS) < "waiting_for" < "workstream_id"
 # With a single max() aggregate, SQLite takes the bare columns from the row holding the max.
 _TASKS_SQL = f"""
-WITH a AS (SELECT task_id, count(*) AS n, max(attempt_no), worker_id, exit_code
+WITH a AS (SELECT task_id, count(*) AS n, max(attempt_no), worker_id, exit_code, output
              FROM attempt GROUP BY task_id)
 SELECT t.task_id, t.workstream_id, t.state, t.worker_id,
        json_object({", ".join(f"'{k}', {v}" for k, v in _TASK_JSON_FIELDS.items())})

@@ -31,12 +31,27 @@ from pydantic import BaseModel, ConfigDict
 
 from kernel.observe.documents import header
 
-VIEWS_SCHEMA_VERSION = "1.0.0"
+VIEWS_SCHEMA_VERSION = "1.1.0"
 
 
 class _Doc(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     schema_name: ClassVar[str] = ""
+
+
+class LastResult(_Doc):
+    """The output contract (AIDER-INT-003) of a task's latest attempt, in short: the whole
+    document is in the ``attempt`` table (``orch show TASK --json``). Since 1.1.0."""
+
+    status: str | None
+    validation_status: str | None
+    files_modified: list[str] | None
+    diff_summary: str | None
+    commit_message: str | None
+    tokens_used: int | None
+    """None: not reported (unknown, not zero)."""
+    cost: float | None
+    model: str | None
 
 
 class TaskView(_Doc):
@@ -51,6 +66,8 @@ class TaskView(_Doc):
     last_worker: str | None
     """The worker of the latest attempt (``assigned_worker`` is cleared when a task stops)."""
     last_exit_code: int | None
+    last_result: LastResult | None = None
+    """Since 1.1.0: the latest attempt's result; None before the first attempt ends."""
     retry_count: int
     max_retries: int
     assigned_worker: str | None

@@ -8,7 +8,8 @@ Public API:
     ``fail_or_retry_in_tx(conn, claim, stamp, now, *, trigger, failure_mode, error, retryable,
     from_state, backoff, extra) -> str`` (retrying, failed, or "stale");
     ``close_attempt_in_tx(conn, claim, stamp, outcome, ...)``; ``result_document(status,
-    validation, duration, error, details=None)`` (an attempt's ``output``);
+    validation, duration, error, details=None)`` (an attempt's ``output``, the AIDER-INT-003
+    contract filled from the executor's ``details``; ``OUTPUT_SCHEMA_VERSION``);
     ``reject_stale_in_tx(conn, claim, stamp, what)`` (a report on a claim that no longer
     holds); ``worker_idle_in_tx(conn, worker_id, stamp, task_id)``; ``hand_on_in_tx(conn,
     task_id, now, *, failure_mode, reason, backoff, caused_by=None, interrupted=False)`` (worker
@@ -129,14 +130,74 @@ def fail_or_retry_in_tx(conn: apsw.Connection, claim: Claim, stamp: str, now: fl
 
 # --------------------------------------------------------------------------- the attempt row
 
+#: The version of the output documents written here: ``ATTEMPT_OUTPUT_SCHEMA_VERSION`` of
+#: ``kernel.definitions.fields`` (not imported: it would load pydantic on the worker's path;
+#: tests/test_output_contract.py checks that both agree). Model and JSON Schema:
+#: ``AttemptOutput``, schemas/attempt-output.schema.json.
+OUTPUT_SCHEMA_VERSION = "1.1.0"
+
+
+def _count(value: Any) -> int | None:
+    """A token count as reported: a non-negative int (never a bool), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _usage(details: dict[str, Any]) -> dict[str, Any]:
+    """The metadata keys of the contract found in ``details``: ``tokens_used`` (or the sum of
+    ``tokens``), ``tokens``, ``cost``, ``model``, ``agent``, ``commit``; a value of the wrong
+    type is left out (it stays in ``details``)."""
+    out: dict[str, Any] = {}
+    tokens = details.get("tokens")
+    if isinstance(tokens, dict):
+        sent, received = _count(tokens.get("sent")), _count(tokens.get("received"))
+        if sent is not None and received is not None:
+            out["tokens"] = {"sent": sent, "received": received}
+    used = _count(details.get("tokens_used"))
+    if used is None and "tokens" in out:
+        used = out["tokens"]["sent"] + out["tokens"]["received"]
+    out["tokens_used"] = used
+    cost = details.get("cost")
+    if isinstance(cost, int | float) and not isinstance(cost, bool) and 0 <= cost < float("inf"):
+        out["cost"] = round(float(cost), 6)
+    for key in ("model", "agent", "commit"):
+        if _text(details.get(key)):
+            out[key] = details[key]
+    return out
+
+
+def _files(value: Any) -> list[str]:
+    """``files_modified`` as reported, sorted and without duplicates (strings only)."""
+    if not isinstance(value, list | tuple):
+        return []
+    return sorted({f for f in value if isinstance(f, str) and f})
+
+
 def result_document(status: str, validation: str, duration: float, error: str | None,
                     details: dict[str, Any] | None = None) -> dict[str, Any]:
-    """An attempt's ``output`` document."""
-    out: dict[str, Any] = {"status": status, "files_modified": [], "diff_summary": "",
-                           "validation_status": validation, "commit_message": None,
-                           "error": error,
-                           "metadata": {"tokens_used": None,
-                                        "duration_seconds": round(duration, 3)}}
+    """An attempt's ``output`` (AIDER-INT-003, schema ``OUTPUT_SCHEMA_VERSION``).
+
+    The contract fields come from the executor's and worker's ``details``: ``files_modified``
+    (sorted, unique), ``diff_summary``, ``commit_message``, and into ``metadata``
+    ``tokens_used`` (None: not reported, which readers count as unknown, never zero),
+    ``tokens`` ({sent, received}), ``cost`` (USD), ``model``, ``agent``, ``commit``, next to
+    ``duration_seconds``. ``details`` itself is kept whole, as the executor reported it: the
+    contract fields are the checked copies to read (a value of the wrong type is only there).
+    """
+    given = details or {}
+    out: dict[str, Any] = {
+        "schema_version": OUTPUT_SCHEMA_VERSION, "status": status,
+        "files_modified": _files(given.get("files_modified")),
+        "diff_summary": given.get("diff_summary") if isinstance(
+            given.get("diff_summary"), str) else "",
+        "validation_status": validation, "commit_message": _text(given.get("commit_message")),
+        "error": error,
+        "metadata": {**_usage(given), "duration_seconds": round(max(duration, 0.0), 3)}}
     if details:
         out["details"] = details
     return out
