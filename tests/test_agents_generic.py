@@ -187,7 +187,7 @@ def test_an_agent_edits_its_file_and_the_change_is_committed(tmp_path: Path) -> 
     assert "SECRET_KEY" not in call["env"]
     # The change was committed on the workstream's branch (merged into main when the workstream
     # completed), with the agent's message and trailers naming the agent and the model.
-    log = git(root, "log", "-1", "--format=%B", "main")
+    log = git(root, "log", "-1", "--format=%B", "main^2")   # the task's commit, merged --no-ff
     assert log.startswith("Make greet() say new")
     assert "Orch-Agent: scripted" in log and "Orch-Model: scripted-1" in log
     assert (root / "app.py").read_text() == NEW

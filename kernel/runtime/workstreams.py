@@ -31,6 +31,7 @@ Dependencies:
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -254,8 +255,10 @@ def _finish_workstream(conn: apsw.Connection, now: float, ctx: TickContext, wid:
             meta["merge_commit"] = result.commit
         except OrchError as exc:
             ok, message = False, exc.message
-    stamp = clock.iso(now)
     with db.write_tx(conn):
+        # Stamped under the write lock, after the merge: never before a started_at another
+        # process committed while the merge ran (workstream_timestamps_ordered).
+        stamp = clock.iso(max(now, time.time()))
         if ok:
             transition_in_tx(conn, "workstream", wid, "completed", "validation_passed",
                              {"at": stamp, "merge": message, **meta}, completed_at=stamp,
