@@ -348,3 +348,16 @@ def test_aider_gets_the_key_of_api_key_env_under_its_providers_variable(tmp_path
         aider_env({"PATH": "/bin"}, tmp_path, settings)
     with pytest.raises(ValueError, match="PROVIDER/NAME"):
         AiderConfig(model="gpt-4o", api_key_env="MY_KEY")
+
+
+def test_the_token_estimate_counts_non_ascii_characters_one_by_one(tmp_path: Path) -> None:
+    from kernel.base.tokens import MAX_READ_BYTES, file_tokens, text_tokens
+
+    assert text_tokens("abcdef") == 2
+    assert text_tokens("αβγ δ") == 5             # Greek: bytes / 3 alone would say 3
+    assert text_tokens("ok 😀") == 1 + 2           # "ok " is 3 ASCII bytes; the emoji 2
+    (tmp_path / "greek.txt").write_text("λόγος " * 100, encoding="utf-8")
+    # 500 Greek characters, and 100 spaces at 3 bytes per token: 34.
+    assert file_tokens(tmp_path / "greek.txt") == text_tokens("λόγος " * 100) == 534
+    assert file_tokens(tmp_path / "missing.txt") == 0
+    assert MAX_READ_BYTES >= 1 << 20

@@ -10,10 +10,10 @@ Public API:
 Stability Guarantees:
     **Context** (AIDER-INT-002). The agent may edit exactly the task's ``required_files`` and
     read its ``optional_files`` (files matching ``exclude_patterns`` are never passed). Before
-    it starts, the prompt and the required files are estimated at ``BYTES_PER_TOKEN`` (3)
-    bytes per token, rounded up (``kernel.base.tokens``, the one estimate): conservative, as
-    tokenizers average about 4 bytes per token on English and code (docs/agents/README.md,
-    "The token estimate"). Over ``context_requirements.max_context_tokens`` the attempt fails
+    it starts, the prompt and the required files are estimated by ``kernel.base.tokens`` (the
+    one estimate: 3 bytes of ASCII per token, one token per other character), measured at
+    1.24-1.38x real tokenizers' counts on code and English (docs/agents/README.md, "The token
+    estimate"). Over ``context_requirements.max_context_tokens`` the attempt fails
     as Context-Overflow (``error_type`` ``context_overflow``, ``required_tokens`` and
     ``max_tokens`` in the failure event, not retried) and the agent is never started.
     Optional files are added in order while they fit; those that do not are named in the
@@ -66,7 +66,7 @@ from typing import Any
 
 from kernel.base.errors import OrchError
 from kernel.base.files import open_private, private_dir
-from kernel.base.tokens import BYTES_PER_TOKEN, estimate_tokens, text_tokens
+from kernel.base.tokens import BYTES_PER_TOKEN, estimate_tokens, file_tokens, text_tokens
 from kernel.definitions.commands import PLACEHOLDERS
 from kernel.runtime.changes import Snapshot, outside
 from kernel.runtime.executors.base import ExecutionRequest, ExecutionResult
@@ -80,13 +80,6 @@ INSUFFICIENT_CONTEXT = "ORCH-INSUFFICIENT-CONTEXT:"
 REPORT_ENV = "ORCH_AGENT_REPORT"
 _MARKER = re.compile(r"^\W{0,4}" + re.escape(INSUFFICIENT_CONTEXT) + r"[ \t]*(.*)$", re.M)
 _REPORT_MAX_BYTES = 1 << 20
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _excluded(rel: str, patterns: Sequence[str]) -> bool:
@@ -118,10 +111,10 @@ class AgentContext:
         budget = context.get("max_context_tokens")
         budget = int(budget) if budget is not None else None
         needed = base_needed = text_tokens(prompt) + sum(
-            estimate_tokens(_size(base / rel)) for rel in required)
+            file_tokens(base / rel) for rel in required)
         read_only, left_out = [], []
         for rel in optional:
-            cost = estimate_tokens(_size(base / rel))
+            cost = file_tokens(base / rel)
             if budget is None or needed + cost <= budget:
                 read_only.append(rel)
                 needed += cost
@@ -299,8 +292,8 @@ def _overflow(request: ExecutionRequest, spec: AgentSpec, needed: int, budget: i
     """Context-Overflow: the prompt and the required files do not fit the budget; the agent
     is never started, and the failure is named for the claim (not retried)."""
     message = (f"context overflow: the prompt and required files need about {needed} "
-               f"tokens (estimated at {BYTES_PER_TOKEN} bytes per token), over "
-               f"max_context_tokens {budget}; {spec.agent} was not started")
+               f"tokens (orch's conservative estimate: {BYTES_PER_TOKEN} bytes of ASCII per "
+               f"token), over max_context_tokens {budget}; {spec.agent} was not started")
     _note(request, message)
     return ExecutionResult("error", error=message, duration_seconds=time.monotonic() - started,
                            details={"agent": spec.agent, "model": spec.model,
