@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BYTES_PER_TOKEN = 3   # kernel.base.tokens (not imported: this runs in another venv)
+sys.path.insert(0, str(REPO))  # kernel.base.tokens is standard library only: any Python runs it
+from kernel.base.tokens import text_tokens  # noqa: E402
+
 NON_LATIN = ("日本語のテキストはトークン数が多くなりがちです。東京は日本の首都です。" * 40
              + "Русский текст тоже дороже по токенам, чем английский. " * 40
              + "ΕΛΛΗΝΙΚΑ: η γλώσσα έχει άλλο αλφάβητο. " * 40)
@@ -54,11 +56,11 @@ def corpora(paths: list[str]) -> dict[str, str]:
 
 def main(argv: list[str]) -> int:
     toks = _tokenizers()
-    print(f"| corpus | bytes | orch estimate | " + " | ".join(toks) + " |")
+    print("| corpus | bytes | orch estimate | " + " | ".join(toks) + " |")
     print("|---|---|---|" + "---|" * len(toks))
     for name, text in corpora(argv).items():
         n = len(text.encode("utf-8"))
-        estimate = -(-n // BYTES_PER_TOKEN)
+        estimate = text_tokens(text)
         cells = []
         for tok in toks.values():
             actual = _count(tok, text)
