@@ -222,7 +222,7 @@ def test_context_over_budget_fails_before_aider_starts(aider_venv: Path, tmp_pat
     assert not (root / ".state" / "agents" / "aider" / "edit").exists()
     events = json.loads(orch("--root", str(root), "--json", "events", "--task", "edit").stdout)
 
-    failed = [e for e in events["events"] if e["event"] == "task_failed"]
+    failed = [e for e in events["events"] if e["event"] == "context_overflow"]
     assert failed and failed[-1]["metadata"]["required_tokens"] > 1900
     assert failed[-1]["metadata"]["max_tokens"] == 100
     assert (root / "hello.py").read_text() == big

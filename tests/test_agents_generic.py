@@ -263,6 +263,7 @@ def test_over_budget_fails_before_the_agent_starts(tmp_path: Path) -> None:
     assert calls(root) == []                       # the agent never started
     events = json.loads(orch("--root", str(root), "--json", "events", "--task", "edit").stdout)
     failed = [e for e in events["events"] if e.get("to_state") == "failed"]
+    assert [e["event"] for e in failed] == ["context_overflow"]
     assert failed and failed[-1]["metadata"]["required_tokens"] > 10_000
     assert failed[-1]["metadata"]["max_tokens"] == 1000
 

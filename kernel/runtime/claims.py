@@ -296,14 +296,15 @@ def _failed_in_tx(conn: apsw.Connection, claim: Claim, stamp: str, now: float, *
                   details: dict[str, Any] | None, backoff: dict[str, float]) -> str:
     """The command failed, timed out or could not start: retrying or failed (or "stale").
     An executor may name the failure itself (``details["failure"]``: mode, error_type,
-    metadata, retryable — default false), e.g. Context-Overflow before an agent starts."""
+    metadata, retryable — default false, trigger — default execution_failed), e.g.
+    Context-Overflow before an agent starts (trigger and event ``context_overflow``)."""
     mode, trigger, retryable, attempt_outcome, error_type = _FAILURES.get(
         outcome, _FAILURES["failed"])
     message = error or f"exit code {exit_code}"
     extra: dict[str, Any] = {"exit_code": exit_code, "duration_seconds": round(duration, 3)}
     named = (details or {}).get("failure")
     if isinstance(named, dict) and named.get("mode"):
-        mode, trigger = str(named["mode"]), "execution_failed"
+        mode, trigger = str(named["mode"]), str(named.get("trigger") or "execution_failed")
         retryable = named.get("retryable") is True
         error_type = str(named.get("error_type") or "failed")
         extra.update(dict(named.get("metadata") or {}))

@@ -14,8 +14,9 @@ Stability Guarantees:
     one estimate: 3 bytes of ASCII per token, one token per other character), measured at
     1.24-1.38x real tokenizers' counts on code and English (docs/agents/README.md, "The token
     estimate"). Over ``context_requirements.max_context_tokens`` the attempt fails
-    as Context-Overflow (``error_type`` ``context_overflow``, ``required_tokens`` and
-    ``max_tokens`` in the failure event, not retried) and the agent is never started.
+    as Context-Overflow (a ``context_overflow`` event with ``required_tokens`` and
+    ``max_tokens``, ``error_type`` ``context_overflow``, not retried) and the agent is never
+    started.
     Optional files are added in order while they fit; those that do not are named in the
     attempt's details.
     **The message.** The agent receives the task's prompt (``execution.prompt``, else its
@@ -298,6 +299,7 @@ def _overflow(request: ExecutionRequest, spec: AgentSpec, needed: int, budget: i
     return ExecutionResult("error", error=message, duration_seconds=time.monotonic() - started,
                            details={"agent": spec.agent, "model": spec.model,
                                     "failure": {"mode": "Context-Overflow",
+                                                "trigger": "context_overflow",
                                                 "error_type": "context_overflow",
                                                 "metadata": {"required_tokens": needed,
                                                              "max_tokens": budget}},
