@@ -191,6 +191,12 @@ def test_an_agent_edits_its_file_and_the_change_is_committed(tmp_path: Path) -> 
     assert log.startswith("Make greet() say new")
     assert "Orch-Agent: scripted" in log and "Orch-Model: scripted-1" in log
     assert (root / "app.py").read_text() == NEW
+    # `orch show` says what the agent was given and what it did.
+    text = orch("--root", str(root), "show", "edit", check=True).stdout
+    for expected in ("agent:            scripted (agent executor)", "edits:            app.py",
+                     "reads:            notes.md", "token budget:     4,000",
+                     "files modified: app.py", "context: about ", "tokens 150"):
+        assert expected in text, (expected, text)
 
 
 def test_an_edit_outside_the_required_files_is_reverted_and_fails(tmp_path: Path) -> None:

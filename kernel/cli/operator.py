@@ -263,6 +263,38 @@ def contract_lines(output: Any) -> list[str]:
     return lines
 
 
+def _agent_lines(definition: Any) -> list[str]:
+    """An agent task's executor, prompt, files and budget (nothing for a command task)."""
+    if not isinstance(definition, dict):
+        return []
+    execution = definition.get("execution") or {}
+    executor = execution.get("executor") or ("aider" if definition.get("type") == "aider"
+                                             else None)
+    if executor not in ("aider", "agent"):
+        return []
+    ctx = definition.get("context_requirements") or {}
+    agent = execution.get("agent") if executor == "agent" else "aider"
+    prompt = str(execution.get("prompt") or definition.get("description") or "")
+    lines = [f"{'agent:':<17} {agent} ({executor} executor)",
+             f"{'prompt:':<17} {_cut(' '.join(prompt.split()), 100)}",
+             f"{'edits:':<17} {', '.join(ctx.get('required_files') or []) or '-'}"]
+    if ctx.get("optional_files"):
+        lines.append(f"{'reads:':<17} {', '.join(ctx['optional_files'])}")
+    if ctx.get("max_context_tokens") is not None:
+        lines.append(f"{'token budget:':<17} {ctx['max_context_tokens']:,}")
+    return lines
+
+
+def _context_text(context: dict[str, Any]) -> str:
+    """What an agent attempt was given: the estimate against the budget, files left out."""
+    budget = context.get("max_tokens")
+    text = f"context: about {context.get('total_tokens') or context['required_tokens']:,} tokens"
+    text += f" of {budget:,}" if isinstance(budget, int) else ""
+    if context.get("left_out_files"):
+        text += f"; left out (over budget): {', '.join(context['left_out_files'])}"
+    return text
+
+
 def _print_show(data: dict[str, Any]) -> None:
     click.echo(f"task {data['task_id']}" + (f": {data['name']}" if data.get("name") else ""))
     for name in _SHOW_FIELDS:
@@ -280,6 +312,8 @@ def _print_show(data: dict[str, Any]) -> None:
                    + ", ".join(f"{r['resource_id']} ({r['mode']})" for r in data["resources"]))
     for b in data["blocked_by"]:
         click.echo(f"  blocked: {b['reason']}")
+    for line in _agent_lines(data.get("definition")):
+        click.echo("  " + line)
     if data["attempts"]:
         click.echo("attempts:")
         for a in data["attempts"]:
@@ -291,6 +325,10 @@ def _print_show(data: dict[str, Any]) -> None:
             click.echo("  " + "  ".join(b for b in bits if b))
             for line in contract_lines(a.get("output")):
                 click.echo("      " + line)
+            context = ((a.get("output") or {}).get("details") or {}).get("context") \
+                if isinstance(a.get("output"), dict) else None
+            if isinstance(context, dict) and context.get("required_tokens") is not None:
+                click.echo("      " + _context_text(context))
     if data["leases"]:
         click.echo("leases held:")
         for lease in data["leases"]:
