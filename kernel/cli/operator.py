@@ -20,8 +20,8 @@ Integration Points:
 
 Dependencies:
     apsw, click, rich; ``kernel.base.errors``, ``kernel.cli.common``,
-    ``kernel.definitions.offers``, ``kernel.observe.exports``, ``kernel.observe.status``,
-    ``kernel.runtime.actions``, ``kernel.runtime.workstreams``.
+    ``kernel.definitions.executors``, ``kernel.definitions.offers``, ``kernel.observe.exports``,
+    ``kernel.observe.status``, ``kernel.runtime.actions``, ``kernel.runtime.workstreams``.
 """
 
 from __future__ import annotations
@@ -267,10 +267,11 @@ def _agent_lines(definition: Any) -> list[str]:
     """An agent task's executor, prompt, files and budget (nothing for a command task)."""
     if not isinstance(definition, dict):
         return []
+    from kernel.definitions.executors import AGENT_EXECUTORS, effective_executor
+
     execution = definition.get("execution") or {}
-    executor = execution.get("executor") or ("aider" if definition.get("type") == "aider"
-                                             else None)
-    if executor not in ("aider", "agent"):
+    executor = effective_executor(execution.get("executor"), definition.get("type"))
+    if executor not in AGENT_EXECUTORS:
         return []
     ctx = definition.get("context_requirements") or {}
     agent = execution.get("agent") if executor == "agent" else "aider"

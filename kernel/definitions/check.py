@@ -29,9 +29,9 @@ Integration Points:
 
 Dependencies:
     apsw, networkx; ``kernel.base.errors``, ``kernel.definitions.collect``,
-    ``kernel.definitions.offers``, ``kernel.definitions.records``,
-    ``kernel.definitions.taskfiles``, ``kernel.planning.dag``, ``kernel.store.db``,
-    ``kernel.store.project``, ``kernel.store.schema``.
+    ``kernel.definitions.executors``, ``kernel.definitions.offers``,
+    ``kernel.definitions.records``, ``kernel.definitions.taskfiles``, ``kernel.planning.dag``,
+    ``kernel.store.db``, ``kernel.store.project``, ``kernel.store.schema``.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ import networkx as nx
 from kernel.base.errors import OrchError
 from kernel.definitions import offers
 from kernel.definitions.collect import Definitions, collect
+from kernel.definitions.executors import EXECUTOR_CAPABILITIES
 from kernel.definitions.records import (
     CODES,
     ERROR,
@@ -61,7 +62,7 @@ from kernel.definitions.records import (
     WorkstreamRecord,
     problem_order,
 )
-from kernel.definitions.taskfiles import CHUNK_FILES, EXECUTOR_CAPABILITIES, PARALLEL_MIN_FILES
+from kernel.definitions.taskfiles import CHUNK_FILES, PARALLEL_MIN_FILES
 from kernel.planning.dag import find_cycle, gc_paused
 from kernel.store import db, schema
 from kernel.store.project import Project

@@ -7,9 +7,9 @@ Public API:
     TaskDefinitionV1, ExecutionSpec, WorkerRequirements, ContextRequirements, ValidationRules,
     TaskStateSnapshot, WorkstreamDefinition, AttemptOutput, AttemptMetadata, TokenCounts.
     Type defaults: default_context_requirements(type) -> dict | None;
-    default_validation_rules(type). effective_executor(executor, type) -> str (the one mapping
-    from a task's type to its default executor) and AGENT_EXECUTORS. SHLEX_SPECIAL (the
-    characters that can make shlex fail).
+    default_validation_rules(type). Re-exports effective_executor and AGENT_EXECUTORS
+    (``kernel.definitions.executors``). SHLEX_SPECIAL (the characters that can make shlex
+    fail).
     Re-exported for the callers that import them from here: the versions, ID_PATTERN,
     SEMVER_PATTERN, semver_key, SCHEMA_URL_BASE, schema_url (kernel.definitions.fields,
     kernel.base.data) and Problem, DefinitionError, problems_from (kernel.definitions.errors).
@@ -29,7 +29,7 @@ Integration Points:
 
 Dependencies:
     pydantic; ``kernel.base.data``, ``kernel.base.documents``, ``kernel.definitions.errors``,
-    ``kernel.definitions.fields``.
+    ``kernel.definitions.executors``, ``kernel.definitions.fields``.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from pydantic import (
 from kernel.base.data import SCHEMA_URL_BASE, schema_url
 from kernel.base.documents import MAX_SECONDS
 from kernel.definitions.errors import DefinitionError, Problem, problems_from
+from kernel.definitions.executors import AGENT_EXECUTORS, effective_executor
 from kernel.definitions.fields import (
     ATTEMPT_OUTPUT_SCHEMA_VERSION,
     ID_PATTERN,
@@ -87,16 +88,6 @@ __all__ = [
 
 SHLEX_SPECIAL = frozenset("'\"\\")
 TaskType = Literal["aider", "pytest", "lint", "custom"]
-
-#: The executors that run an agent CLI and build its command line themselves.
-AGENT_EXECUTORS = ("aider", "agent")
-_EXECUTOR_BY_TYPE = {"aider": "aider", "pytest": "pytest", "lint": "ruff"}
-
-
-def effective_executor(executor: str | None, task_type: str | None) -> str:
-    """The executor a task runs with: ``execution.executor``, else its type's (aider -> aider,
-    pytest -> pytest, lint -> ruff), else ``subprocess``."""
-    return executor or _EXECUTOR_BY_TYPE.get(str(task_type), "subprocess")
 RuleName = Literal[
     "git_clean", "tests_passing", "no_lint_errors", "tests_still_passing", "no_security_issues"
 ]

@@ -28,9 +28,10 @@ Integration Points:
 
 Dependencies:
     pydantic; ``kernel.base.documents``, ``kernel.base.formats``, ``kernel.definitions.errors``,
-    ``kernel.definitions.fields``, ``kernel.definitions.models``,
-    ``kernel.definitions.records``, ``kernel.definitions.task_checks``,
-    ``kernel.definitions.task_documents``, ``kernel.planning.dag``.
+    ``kernel.definitions.executors``, ``kernel.definitions.fields``,
+    ``kernel.definitions.models``, ``kernel.definitions.records``,
+    ``kernel.definitions.task_checks``, ``kernel.definitions.task_documents``,
+    ``kernel.planning.dag``.
 """
 
 from __future__ import annotations
@@ -46,12 +47,12 @@ from pydantic import ValidationError
 from kernel.base.documents import DEFAULT_MAX_FILE_BYTES, DocumentError, path_loc, read_file
 from kernel.base.formats import json_line, parse_json
 from kernel.definitions.errors import DefinitionError, field_hint, problems_from
+from kernel.definitions.executors import EXECUTOR_CAPABILITIES, effective_executor
 from kernel.definitions.fields import TASK_SCHEMA_VERSION, major_minor
 from kernel.definitions.models import (
     TaskDefinition,
     TaskDefinitionV1,
     WorkstreamDefinition,
-    effective_executor,
 )
 from kernel.definitions.records import (
     ParseContext,
@@ -148,9 +149,6 @@ def _record(task: TaskDefinition, display: str, migrated: bool, ctx: ParseContex
 # An executor that needs a program on the worker -> the capability a task run by it needs,
 # whether or not its worker_requirements list it (a worker offers it only where the program is:
 # kernel.definitions.offers).
-EXECUTOR_CAPABILITIES = {"aider": "cap-aider-001"}
-
-
 def implicit_capability(task: TaskDefinition) -> str | None:
     """The capability the task's executor needs (``models.effective_executor``: a task of type
     ``aider`` runs the aider executor), or None."""

@@ -20,7 +20,7 @@ Integration Points:
 
 Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.faults``,
-    ``kernel.base.files``, ``kernel.base.processes``, ``kernel.definitions.models``,
+    ``kernel.base.files``, ``kernel.base.processes``, ``kernel.definitions.executors``,
     ``kernel.definitions.offers``, ``kernel.observe.exports``, ``kernel.runtime.attempts``,
     ``kernel.runtime.changes``, ``kernel.runtime.claims``, ``kernel.runtime.executors``,
     ``kernel.runtime.leases``, ``kernel.runtime.rules``, ``kernel.runtime.worktree``,
@@ -49,7 +49,7 @@ from kernel.base import clock, faults
 from kernel.base.files import open_private, private_dir
 from kernel.base.processes import become_subreaper, pid_alive
 from kernel.definitions import offers
-from kernel.definitions.models import AGENT_EXECUTORS, effective_executor
+from kernel.definitions.executors import AGENT_EXECUTORS, effective_executor
 from kernel.runtime import attempts, claims, leases
 from kernel.runtime.changes import tree_lock
 from kernel.runtime.executors import ExecutionRequest, ExecutionResult, executor_for

@@ -14,7 +14,7 @@ Integration Points:
     ``kernel.runtime.worker``. A new executor (dask) is a new module plus one entry here.
 
 Dependencies:
-    ``kernel.definitions.models``, ``kernel.runtime.executors.agent``,
+    ``kernel.definitions.executors``, ``kernel.runtime.executors.agent``,
     ``kernel.runtime.executors.aider``, ``kernel.runtime.executors.base``,
     ``kernel.runtime.executors.local``, ``kernel.runtime.executors.noop``,
     ``kernel.runtime.executors.pytest``, ``kernel.runtime.executors.ruff``.
@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kernel.definitions.models import effective_executor
+from kernel.definitions.executors import effective_executor
 from kernel.runtime.executors.agent import AgentExecutor
 from kernel.runtime.executors.aider import AiderExecutor
 from kernel.runtime.executors.base import ExecutionRequest, ExecutionResult, Executor
