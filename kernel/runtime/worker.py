@@ -538,3 +538,25 @@ def main(project: Project, options: WorkerOptions, worker_id: str | None = None)
     become_subreaper()
     worker.register()
     return worker.run_forever()
+
+
+def managed_main(argv: list[str]) -> int:
+    """``python -m kernel --managed-worker --root DIR --managed-by OWNER --parent-pid PID
+    --name NAME [--workstream WS]...``: a worker started by ``orch run`` when it cannot fork
+    one (``kernel.runtime.runner.spawn_worker``): the runtime only, without the command line
+    (click, its command table). It reads and validates ``orch.toml`` itself, as ``orch
+    worker`` does."""
+    import argparse
+    import gc
+
+    parser = argparse.ArgumentParser(prog="python -m kernel --managed-worker")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--managed-by", required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--name", default="")
+    parser.add_argument("--workstream", action="append", default=None)
+    args = parser.parse_args(argv)
+    gc.freeze()   # the imports are permanent: the collector skips them, at exit too
+    return main(Project(Path(args.root)), WorkerOptions(
+        workstreams=args.workstream, scheduler_owner=args.managed_by,
+        parent_pid=args.parent_pid, name=args.name))
