@@ -2,7 +2,8 @@
 
 Public API:
     ``RunOptions``, ``RunSummary``, ``run(project, options, progress=None) -> RunSummary``;
-    ``spawn_worker(project, owner, ...)``.
+    ``spawn_worker(project, owner, ...)``; ``fork_workers(...)``, ``can_fork()``,
+    ``ForkedWorker``, ``StartGate``.
 
 Stability Guarantees:
     Exactly one ``orch run`` owns a database (``scheduler_lock``); a second one exits with the
@@ -13,17 +14,27 @@ Stability Guarantees:
     ``run.tick_seconds``. Exit status: 0 when every task in scope completed, else 1. A missing,
     empty, damaged (``PRAGMA quick_check``) or foreign database is refused before the scheduler
     lock is written: ``DatabaseUnavailable``, exit 3, no task started.
+    Start-up: once the lock is held, the run forks its workers from itself when that is safe
+    (one thread, no open SQLite connection: its own is closed around the forks; not when
+    ``ORCH_SPAWN_WORKERS`` is set), all at once: they carry the modules and the configuration
+    the run already imported and validated, and wait at a start gate (a pipe) until the
+    display has started, so ``--json`` streams their registrations. Otherwise, and for a
+    worker that replaces a dead one, it starts ``python -m kernel --managed-worker ...``
+    (``spawn_worker``; that worker reads and validates ``orch.toml`` itself). Exit: the last
+    views export is skipped when nothing was committed since the previous one began.
 
 Integration Points:
     ``kernel.cli.run`` wraps it; ``kernel.runtime.progress`` renders it;
-    ``kernel.runtime.scheduler.tick`` does
-    the work; workers run ``python -m kernel worker --managed-by OWNER --parent-pid PID``.
+    ``kernel.runtime.scheduler.tick`` does the work; a worker runs
+    ``kernel.runtime.worker.main`` (forked) or ``managed_main`` (spawned), with the run's
+    owner and pid (``--managed-by OWNER --parent-pid PID``). docs/PERFORMANCE.md, "Start-up".
 
 Dependencies:
     apsw; ``kernel.base.errors``, ``kernel.base.faults``, ``kernel.base.files``,
-    ``kernel.observe.exports``, ``kernel.observe.metrics``, ``kernel.runtime.health``,
-    ``kernel.runtime.lock``, ``kernel.runtime.scheduler``, ``kernel.runtime.worktree``,
-    ``kernel.store.db``, ``kernel.store.machines``, ``kernel.store.project``.
+    ``kernel.observe.exports``, ``kernel.observe.metrics_history``, ``kernel.runtime.health``,
+    ``kernel.runtime.lock``, ``kernel.runtime.scheduler``, ``kernel.runtime.worker``,
+    ``kernel.runtime.worktree``, ``kernel.store.db``, ``kernel.store.machines``,
+    ``kernel.store.project``.
 """
 
 from __future__ import annotations

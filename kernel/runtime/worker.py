@@ -2,8 +2,9 @@
 
 Public API:
     ``WorkerOptions``; ``Worker(project, options)`` with ``register()``, ``run_forever()``,
-    ``run_one(claim)``, ``stop()``; ``main(...)`` (what ``orch worker`` runs);
-    ``worker_env(claim, root)``.
+    ``run_one(claim)``, ``stop()``; ``main(...)`` (what ``orch worker`` and a forked worker
+    run); ``managed_main(argv)`` (``python -m kernel --managed-worker``); ``worker_env(claim,
+    root)``.
 
 Stability Guarantees:
     A worker runs at most one task at a time (the SQL index on ``task.worker_id`` enforces it).
@@ -14,8 +15,9 @@ Stability Guarantees:
     that ``orch run`` is gone, so a restarted scheduler never meets two runs of one task.
 
 Integration Points:
-    ``orch run --workers N`` starts N of these as ``python -m kernel worker --managed ...``;
-    ``orch worker`` joins by hand. Claims and outcomes go through ``kernel.runtime.claims``; rules
+    ``orch run --workers N`` forks N of these from itself, or starts them as ``python -m
+    kernel --managed-worker ...`` (``kernel.runtime.runner``); ``orch worker`` joins by hand.
+    Claims and outcomes go through ``kernel.runtime.claims``; rules
     through ``kernel.runtime.rules``; commands through ``kernel.runtime.executors``.
 
 Dependencies:
