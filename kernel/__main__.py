@@ -1,16 +1,18 @@
-"""``python -m kernel``: the same as the ``orch`` command; ``python -m kernel --managed-worker``
-is how ``orch run`` starts a worker it does not fork.
+"""``python -m kernel``: the same as the ``orch`` command (how ``orch run`` starts a worker it
+does not fork).
 
 Public API:
     None beyond the command line.
 
 Stability Guarantees:
-    Identical to ``orch``. ``--managed-worker ...`` (first argument; not for people) runs
-    ``kernel.runtime.worker.managed_main`` without importing the command line.
+    Identical to ``orch``. ``python -m kernel --root DIR worker --managed-by OWNER
+    --parent-pid PID [--name NAME] [--workstream WS]...``, exactly the command line
+    ``orch run`` spawns, runs ``kernel.runtime.worker.managed_main`` without importing the
+    command line (click, the command table); with any other option it is ``orch worker``.
 
 Integration Points:
-    ``kernel.runtime.runner.spawn_worker`` runs ``python -m kernel --managed-worker ...`` with
-    the interpreter of the running ``orch``, so workers always use the same installation.
+    ``kernel.runtime.runner.spawn_worker`` runs that command with the interpreter of the
+    running ``orch``, so workers always use the same installation.
 
 Dependencies:
     ``kernel.cli``, ``kernel.runtime.worker``.
@@ -19,10 +21,13 @@ Dependencies:
 import sys
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--managed-worker"]:
+    argv = sys.argv[1:]
+    if argv[:1] == ["--root"] and argv[2:3] == ["worker"] and "--managed-by" in argv[3:]:
         from kernel.runtime.worker import managed_main
 
-        sys.exit(managed_main(sys.argv[2:]))
+        code = managed_main([*argv[:2], *argv[3:]])
+        if code is not None:
+            sys.exit(code)
     from kernel.cli import main
 
     main()

@@ -27,7 +27,7 @@ RECORD = ("import os, sys; ppid = os.getppid(); "
           "data = open(f'/proc/{ppid}/cmdline', 'rb').read().split(b'\\0'); "
           "open(sys.argv[1], 'w').write(repr((ppid, [a.decode() for a in data if a])))")
 
-# Never imported by a worker that orch run spawns (python -m kernel --managed-worker).
+# Never imported by a worker that orch run spawns (python -m kernel --root R worker ...).
 NOT_ON_THE_WORKERS_PATH = ("click", "rich", "networkx", "prometheus_client", "jsonschema",
                            "datasette", "sqlite_utils")
 
@@ -52,15 +52,15 @@ def worker_command_lines(root: Path, env: dict[str, str] | None = None) -> list[
 def test_orch_run_forks_its_workers_from_itself(tmp_path: Path) -> None:
     """A forked worker is a copy of `orch run`: its command line is that of the run."""
     for argv in worker_command_lines(tmp_path / "p"):
-        assert "--managed-worker" not in argv and "worker" not in argv, argv
+        assert "worker" not in argv and "--managed-by" not in argv, argv
         assert argv[-3:] == ["run", "--workers", "2"], argv
 
 
 def test_a_spawned_worker_runs_the_light_entry_point(tmp_path: Path) -> None:
     """Where forking is off (ORCH_SPAWN_WORKERS=1; also when the process has threads or open
-    connections), each worker is `python -m kernel --managed-worker`, not the CLI."""
+    connections), each worker is `python -m kernel --root DIR worker --managed-by ...`."""
     for argv in worker_command_lines(tmp_path / "p", {"ORCH_SPAWN_WORKERS": "1"}):
-        assert argv[1:4] == ["-m", "kernel", "--managed-worker"], argv
+        assert argv[1:3] == ["-m", "kernel"] and argv[5] == "worker", argv
         assert "--parent-pid" in argv and "--managed-by" in argv
 
 
@@ -68,7 +68,7 @@ def test_a_managed_worker_imports_neither_the_cli_nor_the_heavy_modules(tmp_path
     root = make_project(tmp_path / "p", [task("a")])
     # --parent-pid 1 is not its parent: it registers, sees no parent, and shuts down.
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "kernel",
-                           "--managed-worker", "--root", str(root), "--managed-by", "run-x",
+                           "--root", str(root), "worker", "--managed-by", "run-x",
                            "--parent-pid", "1", "--name", "probe"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -82,11 +82,18 @@ def test_a_managed_worker_imports_neither_the_cli_nor_the_heavy_modules(tmp_path
     assert query(root, "SELECT COUNT(*) AS n FROM attempt") == [{"n": 0}], "it claimed nothing"
 
 
-def test_a_bad_managed_worker_command_is_a_usage_error(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "kernel", "--managed-worker", "--root",
-                           str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "--managed-by" in proc.stderr
+def test_another_option_makes_it_orch_worker(tmp_path: Path) -> None:
+    """Only the exact command line `orch run` spawns skips the CLI: with `--once` (not one of
+    its options) it is `orch worker`, through click."""
+    root = make_project(tmp_path / "p", [task("a")])
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "kernel", "--root",
+                           str(root), "worker", "--managed-by", "run-x", "--parent-pid", "1",
+                           "--name", "by-hand", "--once"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| kernel.cli" in proc.stderr
+    assert query(root, "SELECT state FROM worker WHERE name = 'by-hand'") == [
+        {"state": "shutdown"}]
 
 
 def test_run_json_streams_the_forked_workers_registrations(tmp_path: Path) -> None:

@@ -16,11 +16,12 @@ Stability Guarantees:
     lock is written: ``DatabaseUnavailable``, exit 3, no task started.
     Start-up: once the lock is held, the run forks its workers from itself when that is safe
     (one thread, no open SQLite connection: its own is closed around the forks; not when
-    ``ORCH_SPAWN_WORKERS`` is set), all at once: they carry the modules and the configuration
-    the run already imported and validated, and wait at a start gate (a pipe) until the
+    ``SPAWN_ENV`` is set), all at once: they carry the modules and the configuration the
+    run already imported and validated, and wait at a start gate (a pipe) until the
     display has started, so ``--json`` streams their registrations. Otherwise, and for a
-    worker that replaces a dead one, it starts ``python -m kernel --managed-worker ...``
-    (``spawn_worker``; that worker reads and validates ``orch.toml`` itself). Exit: the last
+    worker that replaces a dead one, it starts ``python -m kernel --root DIR worker
+    --managed-by ...`` (``spawn_worker``; ``kernel/__main__.py`` runs it without the command
+    line; that worker reads and validates ``orch.toml`` itself). Exit: the last
     views export is skipped when nothing was committed since the previous one began.
 
 Integration Points:
@@ -156,11 +157,18 @@ class ForkedWorker:
 Child = subprocess.Popen[bytes] | ForkedWorker
 
 
+# Set: workers are spawned, never forked. orch bench sets the other two to count, per process
+# and at its exit, what workers commit and claim (kernel.bench.shim): a forked worker inherits
+# the run's counters and ends with os._exit, so it would count wrong or not at all.
+SPAWN_ENV = ("ORCH_SPAWN_WORKERS", "ORCH_BENCH_TX_LOG", "ORCH_BENCH_CLAIM_LOG")
+
+
 def can_fork() -> bool:
     """Forking is safe only from a process with one thread and no open SQLite connection (a
-    child would inherit SQLite's record of locks it does not hold): else ``spawn_worker``."""
+    child would inherit SQLite's record of locks it does not hold), and not when ``SPAWN_ENV``
+    asks for spawned workers: else ``spawn_worker``."""
     return (hasattr(os, "fork") and threading.active_count() == 1
-            and not apsw.connections() and not os.environ.get("ORCH_SPAWN_WORKERS"))
+            and not apsw.connections() and not any(os.environ.get(v) for v in SPAWN_ENV))
 
 
 class StartGate:
@@ -234,7 +242,7 @@ def _forked_child(module: Any, project: Project, options: Any, log: IO[bytes],
 
 def spawn_worker(project: Project, owner: str, index: int, workstreams: list[str] | None,
                  log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "kernel", "--managed-worker", "--root", str(project.root),
+    args = [sys.executable, "-m", "kernel", "--root", str(project.root), "worker",
             "--managed-by", owner, "--parent-pid", str(os.getpid()),
             "--name", f"{owner}-w{index}"]
     for ws in workstreams or []:
@@ -366,13 +374,14 @@ class _RunLoop:
         """The first workers are forked from this process when that is safe (``can_fork``):
         no interpreter start and no imports of their own. The connection is closed around the
         forks (a child must not inherit it) and opened again."""
-        # What the imports made is permanent from now on: the collector never scans it again,
-        # neither during the run nor at exit (~0.2 s less), and forked workers share its pages.
-        gc.freeze()
         self.conn.close()
         self.conn = None
         try:
             if self.options.workers and can_fork():
+                # What the imports made is permanent from now on: the collector never scans it
+                # again, neither during the run nor at exit (~0.2 s less), and the forked
+                # workers share its pages.
+                gc.freeze()
                 first = self.spawned + 1
                 logs = [self._open_log() for _ in range(self.options.workers)]
                 self.gate = StartGate()

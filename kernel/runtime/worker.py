@@ -3,7 +3,7 @@
 Public API:
     ``WorkerOptions``; ``Worker(project, options)`` with ``register()``, ``run_forever()``,
     ``run_one(claim)``, ``stop()``; ``main(...)`` (what ``orch worker`` and a forked worker
-    run); ``managed_main(argv)`` (``python -m kernel --managed-worker``); ``worker_env(claim,
+    run); ``managed_main(argv)`` (a worker ``orch run`` spawns); ``worker_env(claim,
     root)``.
 
 Stability Guarantees:
@@ -16,7 +16,8 @@ Stability Guarantees:
 
 Integration Points:
     ``orch run --workers N`` forks N of these from itself, or starts them as ``python -m
-    kernel --managed-worker ...`` (``kernel.runtime.runner``); ``orch worker`` joins by hand.
+    kernel --root DIR worker --managed-by ...`` (``kernel.runtime.runner``; ``managed_main``
+    without the command line); ``orch worker`` joins by hand.
     Claims and outcomes go through ``kernel.runtime.claims``; rules
     through ``kernel.runtime.rules``; commands through ``kernel.runtime.executors``.
 
@@ -542,23 +543,25 @@ def main(project: Project, options: WorkerOptions, worker_id: str | None = None)
     return worker.run_forever()
 
 
-def managed_main(argv: list[str]) -> int:
-    """``python -m kernel --managed-worker --root DIR --managed-by OWNER --parent-pid PID
-    --name NAME [--workstream WS]...``: a worker started by ``orch run`` when it cannot fork
-    one (``kernel.runtime.runner.spawn_worker``): the runtime only, without the command line
-    (click, its command table). It reads and validates ``orch.toml`` itself, as ``orch
-    worker`` does."""
+def managed_main(argv: list[str]) -> int | None:
+    """``python -m kernel --root DIR worker --managed-by OWNER --parent-pid PID --name NAME
+    [--workstream WS]...`` (``argv`` without ``worker``): a worker started by ``orch run``
+    when it does not fork one (``kernel.runtime.runner.spawn_worker``), with the runtime only,
+    not the command line (click, its command table). None for any other argument: then the
+    command line runs it as ``orch worker``. It reads and validates ``orch.toml`` itself, as
+    ``orch worker`` does."""
     import argparse
     import gc
 
-    parser = argparse.ArgumentParser(prog="python -m kernel --managed-worker")
-    parser.add_argument("--root", required=True)
-    parser.add_argument("--managed-by", required=True)
-    parser.add_argument("--parent-pid", type=int, required=True)
-    parser.add_argument("--name", default="")
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for option in ("--root", "--managed-by", "--parent-pid", "--name"):
+        parser.add_argument(option)
     parser.add_argument("--workstream", action="append", default=None)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest or None in (args.root, args.managed_by, args.parent_pid) \
+            or not args.parent_pid.isdigit():
+        return None
     gc.freeze()   # the imports are permanent: the collector skips them, at exit too
-    return main(Project(Path(args.root)), WorkerOptions(
+    return main(Project(Path(args.root).resolve()), WorkerOptions(
         workstreams=args.workstream, scheduler_owner=args.managed_by,
-        parent_pid=args.parent_pid, name=args.name))
+        parent_pid=int(args.parent_pid), name=args.name or ""))
