@@ -29,7 +29,9 @@ EXPECTED = {
     "views-100k": ["export current.json and indices", "exports' slowdown of noop-throughput"],
     "footprint": ["peak RSS, plan-100k", "peak RSS, orch run (noop-throughput)",
                   "largest WAL (noop-throughput + reader)"],
-    "startup": ["orch --version", "orch --help", "orch status"],
+    "startup": ["orch --version", "orch --help", "orch status",
+                "orch run -w 1: to first task started", "orch run -w 1: last task to exit",
+                "orch run -w 8: to first task started", "orch run -w 8: last task to exit"],
 }
 # Figures whose value may be missing for reasons outside the kernel: Huey not installed
 # (--no-install), the .state views not written yet.

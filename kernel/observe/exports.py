@@ -337,6 +337,8 @@ class Exporter:
         self.errors: list[str] = []
         self._wanted = threading.Event()
         self._stop = False
+        self._stopped = threading.Event()   # ends a pause at once
+        self._exported_version: int | None = None   # data_version before the last export
         self._thread = threading.Thread(target=self._loop, name="orch-exporter", daemon=True)
         self._conn: apsw.Connection | None = None
 
@@ -351,6 +353,7 @@ class Exporter:
 
     def _export_once(self) -> float:
         assert self._conn is not None
+        self._exported_version = int(self._conn.pragma("data_version"))
         report = export(self._conn, self.state_dir, full=False, cache=self.cache)
         self.exports += 1
         self.seconds += report.seconds
@@ -367,18 +370,20 @@ class Exporter:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 took = self.min_interval
             pause = max(self.min_interval, took * (1 - self.budget) / self.budget)
-            deadline = time.monotonic() + pause
-            while not self._stop and time.monotonic() < deadline:
-                time.sleep(min(0.05, pause))
+            self._stopped.wait(pause)
 
     def close(self) -> None:
+        """Stop the thread and export a last time, unless nothing was committed since the
+        last export began (its files are then exact already)."""
         self._stop = True
+        self._stopped.set()
         self._wanted.set()
         if self._thread.is_alive():
             self._thread.join()
         if self._conn is not None:
             try:
-                self._export_once()
+                if self._exported_version != int(self._conn.pragma("data_version")):
+                    self._export_once()
             except Exception as exc:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
             self._conn.close()

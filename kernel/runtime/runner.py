@@ -2,7 +2,8 @@
 
 Public API:
     ``RunOptions``, ``RunSummary``, ``run(project, options, progress=None) -> RunSummary``;
-    ``spawn_worker(project, owner, ...)``.
+    ``spawn_worker(project, owner, ...)``; ``fork_workers(...)``, ``can_fork()``,
+    ``ForkedWorker``, ``StartGate``.
 
 Stability Guarantees:
     Exactly one ``orch run`` owns a database (``scheduler_lock``); a second one exits with the
@@ -13,21 +14,33 @@ Stability Guarantees:
     ``run.tick_seconds``. Exit status: 0 when every task in scope completed, else 1. A missing,
     empty, damaged (``PRAGMA quick_check``) or foreign database is refused before the scheduler
     lock is written: ``DatabaseUnavailable``, exit 3, no task started.
+    Start-up: once the lock is held, the run forks its workers from itself when that is safe
+    (one thread, no open SQLite connection: its own is closed around the forks; not when
+    ``SPAWN_ENV`` is set), all at once: they carry the modules and the configuration the
+    run already imported and validated, and wait at a start gate (a pipe) until the
+    display has started, so ``--json`` streams their registrations. Otherwise, and for a
+    worker that replaces a dead one, it starts ``python -m kernel --root DIR worker
+    --managed-by ...`` (``spawn_worker``; ``kernel/__main__.py`` runs it without the command
+    line; that worker reads and validates ``orch.toml`` itself). Exit: the last
+    views export is skipped when nothing was committed since the previous one began.
 
 Integration Points:
     ``kernel.cli.run`` wraps it; ``kernel.runtime.progress`` renders it;
-    ``kernel.runtime.scheduler.tick`` does
-    the work; workers run ``python -m kernel worker --managed-by OWNER --parent-pid PID``.
+    ``kernel.runtime.scheduler.tick`` does the work; a worker runs
+    ``kernel.runtime.worker.main`` (forked) or ``managed_main`` (spawned), with the run's
+    owner and pid (``--managed-by OWNER --parent-pid PID``). docs/PERFORMANCE.md, "Start-up".
 
 Dependencies:
     apsw; ``kernel.base.errors``, ``kernel.base.faults``, ``kernel.base.files``,
-    ``kernel.observe.exports``, ``kernel.observe.metrics``, ``kernel.runtime.health``,
-    ``kernel.runtime.lock``, ``kernel.runtime.scheduler``, ``kernel.runtime.worktree``,
-    ``kernel.store.db``, ``kernel.store.machines``, ``kernel.store.project``.
+    ``kernel.observe.exports``, ``kernel.observe.metrics_history``, ``kernel.runtime.health``,
+    ``kernel.runtime.lock``, ``kernel.runtime.scheduler``, ``kernel.runtime.worker``,
+    ``kernel.runtime.worktree``, ``kernel.store.db``, ``kernel.store.machines``,
+    ``kernel.store.project``.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -37,19 +50,21 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import apsw
 
 from kernel.base import faults
 from kernel.base.errors import OrchError
 from kernel.base.files import open_private
-from kernel.observe.exports import Exporter
-from kernel.observe.metrics import MetricsTicker, write_metrics
 from kernel.runtime import health, lock, scheduler
 from kernel.store import db
 from kernel.store.machines import claimed_states, in_list_sql, terminal_sql
 from kernel.store.project import Project
+
+if TYPE_CHECKING:   # imported once the workers are on their way (set_up)
+    from kernel.observe.exports import Exporter
+    from kernel.observe.metrics_history import MetricsTicker
 
 
 @dataclass
@@ -96,6 +111,133 @@ class Progress:
         sys.stderr.flush()
 
     def finish(self, summary: RunSummary) -> None: ...
+
+
+class ForkedWorker:
+    """A worker forked from ``orch run`` (``fork_workers``), with the part of ``Popen`` the run
+    uses: ``pid``, ``poll()``, ``wait()``, ``terminate()``, ``kill()``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def _reap(self, flags: int) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, flags)
+            except ChildProcessError:   # reaped elsewhere: its exit code is lost
+                self.returncode = -signal.SIGKILL
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        return self._reap(os.WNOHANG)
+
+    def wait(self) -> int:
+        code = self._reap(0)
+        assert code is not None
+        return code
+
+    def _signal(self, sig: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+
+Child = subprocess.Popen[bytes] | ForkedWorker
+
+
+# Set: workers are spawned, never forked. orch bench sets the other two to count, per process
+# and at its exit, what workers commit and claim (kernel.bench.shim): a forked worker inherits
+# the run's counters and ends with os._exit, so it would count wrong or not at all.
+SPAWN_ENV = ("ORCH_SPAWN_WORKERS", "ORCH_BENCH_TX_LOG", "ORCH_BENCH_CLAIM_LOG")
+
+
+def can_fork() -> bool:
+    """Forking is safe only from a process with one thread and no open SQLite connection (a
+    child would inherit SQLite's record of locks it does not hold), and not when ``SPAWN_ENV``
+    asks for spawned workers: else ``spawn_worker``."""
+    return (hasattr(os, "fork") and threading.active_count() == 1
+            and not apsw.connections() and not any(os.environ.get(v) for v in SPAWN_ENV))
+
+
+class StartGate:
+    """Forked workers wait at this gate (a pipe) and register only once it opens: after the
+    run has started its display, so ``--json`` streams every worker's events."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+
+    def wait_in_child(self) -> None:
+        os.close(self.write_fd)
+        while os.read(self.read_fd, 1):
+            pass   # opened: the parent closed its end (or died)
+        os.close(self.read_fd)
+
+    def open(self) -> None:
+        for fd in (self.write_fd, self.read_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.write_fd = self.read_fd = -1
+
+
+def fork_workers(project: Project, owner: str, first_index: int, count: int,
+                 workstreams: list[str] | None, logs: list[IO[bytes]],
+                 gate: StartGate, children: dict[str, Child]) -> None:
+    """``count`` workers forked from this process (see ``can_fork``), each in its own session,
+    stdin and stdout on /dev/null, stderr to its log: they run ``kernel.runtime.worker.main``
+    with the modules and the validated configuration this process already holds, once the
+    gate opens. Each is added to ``children`` as it is forked. The children of a worker and its
+    parent-pid check are those of a worker started with ``spawn_worker``."""
+    from kernel.runtime import worker  # the warm parent: imported once, not once per worker
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    parent = os.getpid()
+    for offset in range(count):
+        pid = os.fork()
+        if pid == 0:   # pragma: no cover - the child never returns
+            _forked_child(worker, project, worker.WorkerOptions(
+                workstreams=workstreams, scheduler_owner=owner, parent_pid=parent,
+                name=f"{owner}-w{first_index + offset}"), logs[offset], gate)
+        children[f"pid:{pid}"] = ForkedWorker(pid)
+
+
+def _forked_child(module: Any, project: Project, options: Any, log: IO[bytes],
+                  gate: StartGate) -> None:
+    code = 1
+    try:
+        os.setsid()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)   # the worker installs its own after the gate
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.dup2(log.fileno(), 2)
+        os.close(null)
+        gate.wait_in_child()
+        code = module.main(project, options)
+    except BaseException:  # noqa: BLE001 - a child must never return into the parent's code
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
 
 
 def spawn_worker(project: Project, owner: str, index: int, workstreams: list[str] | None,
@@ -165,8 +307,9 @@ class _RunLoop:
         self.scope = [options.workstream] if options.workstream else None
         self.conn: Any = None
         self.locked = False
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
-        self.removed: list[subprocess.Popen[bytes]] = []   # dead since the last tick
+        self.children: dict[str, Child] = {}
+        self.removed: list[Child] = []   # dead since the last tick
+        self.gate: StartGate | None = None
         self.logs: list[IO[bytes]] = []
         self.interrupted = False
         self.report = scheduler.TickReport()
@@ -174,7 +317,7 @@ class _RunLoop:
         self.warnings: list[str] = []
         self.ctx = scheduler.TickContext(root=project.root, config=self.config,
                                          workstreams=self.scope, worktrees=False)
-        self.metrics = MetricsTicker(self.config.views.metrics_interval_seconds)
+        self.metrics: MetricsTicker | None = None
         self.last_version = -1
         self.next_lock = 0.0
         self.restarts_left = 2 * options.workers
@@ -187,10 +330,6 @@ class _RunLoop:
         self.conn = self.project.connect(verify=True)
         lock.acquire_lock(self.conn, self.owner, self.clock())
         self.locked = True
-        if self.config.views.export:
-            self.exporter = Exporter(
-                self.project.db_path, self.project.state_dir,
-                min_interval=self.config.views.export_min_interval_seconds).start()
         if self.scope and db.scalar(self.conn, "SELECT 1 FROM workstream WHERE "
                                                "workstream_id = ?", (self.scope[0],)) is None:
             raise OrchError("unknown_workstream", f"no workstream {self.scope[0]!r}",
@@ -205,17 +344,60 @@ class _RunLoop:
         self.ctx.worktrees = use_worktrees
         scheduler.compute_bottom_levels(self.conn, self.scope)
         faults.point("run_setup")
-        self.progress.start(self.conn, self.options)
         self.project.logs_dir.mkdir(parents=True, exist_ok=True)
-        for _ in range(self.options.workers):
+        self._fork_workers()   # before any thread starts; they wait at the gate
+        try:
+            self.progress.start(self.conn, self.options)
+        finally:
+            self._open_gate()
+        while self.spawned < self.options.workers:
             self._spawn()
+        # What the workers do not wait for: the views and the metrics.
+        from kernel.observe.metrics_history import MetricsTicker
 
-    def _spawn(self) -> None:
+        self.metrics = MetricsTicker(self.config.views.metrics_interval_seconds)
+        if self.config.views.export:
+            from kernel.observe.exports import Exporter
+
+            self.exporter = Exporter(
+                self.project.db_path, self.project.state_dir,
+                min_interval=self.config.views.export_min_interval_seconds).start()
+
+    def _open_log(self) -> IO[bytes]:
         self.spawned += 1
         log: IO[bytes] = open_private(  # noqa: SIM115 - closed in tear_down
             self.project.logs_dir / f"worker-{self.spawned}.log", "ab")
         self.logs.append(log)
-        proc = spawn_worker(self.project, self.owner, self.spawned, self.scope, log)
+        return log
+
+    def _fork_workers(self) -> None:
+        """The first workers are forked from this process when that is safe (``can_fork``):
+        no interpreter start and no imports of their own. The connection is closed around the
+        forks (a child must not inherit it) and opened again."""
+        self.conn.close()
+        self.conn = None
+        try:
+            if self.options.workers and can_fork():
+                # What the imports made is permanent from now on: the collector never scans it
+                # again, neither during the run nor at exit (~0.2 s less), and the forked
+                # workers share its pages.
+                gc.freeze()
+                first = self.spawned + 1
+                logs = [self._open_log() for _ in range(self.options.workers)]
+                self.gate = StartGate()
+                fork_workers(self.project, self.owner, first, len(logs), self.scope, logs,
+                             self.gate, self.children)
+        finally:
+            self.conn = self.project.connect()
+
+    def _open_gate(self) -> None:
+        if self.gate is not None:
+            self.gate.open()
+            self.gate = None
+
+    def _spawn(self) -> None:
+        proc = spawn_worker(self.project, self.owner, self.spawned + 1, self.scope,
+                            self._open_log())
         self.children[f"pid:{proc.pid}"] = proc
 
     # ---------------------------------------------------------------- one turn
@@ -231,7 +413,9 @@ class _RunLoop:
             p.poll() is None for p in self.children.values())
         self.report = scheduler.tick(self.conn, now, self.ctx)
         self.progress.update(self.conn, self.report)
-        if self.metrics.due(now):
+        if self.metrics is not None and self.metrics.due(now):
+            from kernel.observe.metrics_history import write_metrics
+
             write_metrics(self.conn, self.project.state_dir, now)
         _keep_wal_small(self.conn, self.project, self.config.database.busy_timeout_ms)
         self._replace_dead_workers()
@@ -266,8 +450,12 @@ class _RunLoop:
     # ---------------------------------------------------------------- tear-down
 
     def tear_down(self) -> None:
+        self._open_gate()
         conn = self.conn
         if conn is None:
+            for proc in self.children.values():   # set-up failed between the forks
+                proc.kill()
+                proc.wait()
             return
         # The signal may have landed inside a transaction (KeyboardInterrupt is raised wherever
         # the loop was): end it, or the stop request and the final health check cannot write.
@@ -293,6 +481,8 @@ class _RunLoop:
             if self.locked:
                 lock.release_lock(conn, self.owner)
             try:
+                from kernel.observe.metrics_history import write_metrics
+
                 write_metrics(conn, self.project.state_dir, self.clock())
             except (OSError, apsw.Error) as exc:   # never hide how the run ended
                 self.warnings.append(f"metrics.json not written: {exc}")
@@ -380,7 +570,7 @@ def _keep_wal_small(conn: Any, project: Project, busy_timeout_ms: int) -> None:
         conn.set_busy_timeout(busy_timeout_ms)
 
 
-def _exited_children(conn: Any, children: list[subprocess.Popen[bytes]]) -> dict[str, int]:
+def _exited_children(conn: Any, children: list[Child]) -> dict[str, int]:
     out: dict[str, int] = {}
     for proc in children:
         code = proc.poll()
@@ -394,7 +584,7 @@ def _exited_children(conn: Any, children: list[subprocess.Popen[bytes]]) -> dict
     return out
 
 
-def _stop_children(conn: Any, owner: str, children: dict[str, subprocess.Popen[bytes]],
+def _stop_children(conn: Any, owner: str, children: dict[str, Child],
                    wait: float, hurry: _SecondSignal) -> bool:
     """Ask the run's workers to stop after their task and wait for them; past ``wait`` seconds
     or on a second Ctrl-C, kill them. True if any worker had to be killed."""
@@ -425,7 +615,7 @@ def _stop_children(conn: Any, owner: str, children: dict[str, subprocess.Popen[b
             for proc in children.values():
                 proc.wait()
             break
-        time.sleep(0.02)
+        time.sleep(0.005)
     return killed
 
 

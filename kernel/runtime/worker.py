@@ -2,8 +2,9 @@
 
 Public API:
     ``WorkerOptions``; ``Worker(project, options)`` with ``register()``, ``run_forever()``,
-    ``run_one(claim)``, ``stop()``; ``main(...)`` (what ``orch worker`` runs);
-    ``worker_env(claim, root)``.
+    ``run_one(claim)``, ``stop()``; ``main(...)`` (what ``orch worker`` and a forked worker
+    run); ``managed_main(argv)`` (a worker ``orch run`` spawns); ``worker_env(claim,
+    root)``.
 
 Stability Guarantees:
     A worker runs at most one task at a time (the SQL index on ``task.worker_id`` enforces it).
@@ -14,8 +15,10 @@ Stability Guarantees:
     that ``orch run`` is gone, so a restarted scheduler never meets two runs of one task.
 
 Integration Points:
-    ``orch run --workers N`` starts N of these as ``python -m kernel worker --managed ...``;
-    ``orch worker`` joins by hand. Claims and outcomes go through ``kernel.runtime.claims``; rules
+    ``orch run --workers N`` forks N of these from itself, or starts them as ``python -m
+    kernel --root DIR worker --managed-by ...`` (``kernel.runtime.runner``; ``managed_main``
+    without the command line); ``orch worker`` joins by hand.
+    Claims and outcomes go through ``kernel.runtime.claims``; rules
     through ``kernel.runtime.rules``; commands through ``kernel.runtime.executors``.
 
 Dependencies:
@@ -538,3 +541,27 @@ def main(project: Project, options: WorkerOptions, worker_id: str | None = None)
     become_subreaper()
     worker.register()
     return worker.run_forever()
+
+
+def managed_main(argv: list[str]) -> int | None:
+    """``python -m kernel --root DIR worker --managed-by OWNER --parent-pid PID --name NAME
+    [--workstream WS]...`` (``argv`` without ``worker``): a worker started by ``orch run``
+    when it does not fork one (``kernel.runtime.runner.spawn_worker``), with the runtime only,
+    not the command line (click, its command table). None for any other argument: then the
+    command line runs it as ``orch worker``. It reads and validates ``orch.toml`` itself, as
+    ``orch worker`` does."""
+    import argparse
+    import gc
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for option in ("--root", "--managed-by", "--parent-pid", "--name"):
+        parser.add_argument(option)
+    parser.add_argument("--workstream", action="append", default=None)
+    args, rest = parser.parse_known_args(argv)
+    if rest or None in (args.root, args.managed_by, args.parent_pid) \
+            or not args.parent_pid.isdigit():
+        return None
+    gc.freeze()   # the imports are permanent: the collector skips them, at exit too
+    return main(Project(Path(args.root).resolve()), WorkerOptions(
+        workstreams=args.workstream, scheduler_owner=args.managed_by,
+        parent_pid=int(args.parent_pid), name=args.name or ""))
