@@ -10,7 +10,9 @@ Stability Guarantees:
     workstreams, migrated}}``, plus ``"error": {code, message, file, line, hint}`` (the first
     error) when there is one; exit 1 on any error, 0 with warnings only. ``load --json``
     prints ``LoadReport.as_dict()`` on success; on failure the validate shape plus ``error``,
-    exit 1. ``validate`` writes nothing; ``load`` writes all or nothing.
+    exit 1. ``validate`` writes nothing; ``load`` writes all or nothing, prints its result as
+    soon as the load has committed, then brings the ``.state/`` views up to date before it
+    exits (``kernel.observe.exports.export_after_change``; skipped when nothing changed).
 
 Integration Points:
     ``kernel.definitions.check.validate``, ``kernel.definitions.load.load``,

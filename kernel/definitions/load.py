@@ -24,7 +24,9 @@ Stability Guarantees:
     task, and the triggers still fire for every row. A missing, empty, damaged or foreign
     database is refused (``DatabaseUnavailable``, exit 3) before anything is written: the file
     is checked before the definitions are parsed, and ``PRAGMA quick_check`` runs before the
-    write transaction.
+    write transaction. Memory: each file is parsed once, into a compact ``TaskRecord`` (the
+    pydantic models are not kept); a large load enlarges the page cache to ``BIG_CACHE_KIB``
+    only, and hands the records' memory back to the system when it is done.
 
 Integration Points:
     ``orch load`` (kernel.cli.definitions). Writes ``capability``, ``resource``,
