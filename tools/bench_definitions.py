@@ -13,13 +13,16 @@ Stability Guarantees:
     named after the arguments) and reused by later runs. Steps, each run ``--repeat`` times,
     in seconds: ``validate`` (no database), ``parse`` (``collect`` alone: reading and
     validating the files, the part of a load before the database), ``load`` (into a fresh
-    database), ``reload`` (unchanged files: must write nothing), ``validate_with_db`` and
+    database), ``reload`` (unchanged files: must write nothing), ``validate_with_db``,
     ``plan`` (``kernel.planning.plan.workstream_plan`` for every workstream; skipped when
-    kernel.planning.plan is
-    absent). ``--steps`` picks some of them (``load`` always runs when ``reload``,
-    ``validate_with_db`` or ``plan`` is picked: they need its database). For each step: the
-    best wall-clock time, the median and the worst (the spread on a shared machine), and the
-    CPU seconds of the best run (this process plus its parsing workers). The load average is
+    kernel.planning.plan is absent), and ``cli``: ``orch validate`` then ``orch load`` as a
+    user types them (``python -m kernel``, after a fresh ``orch init`` each round; start-up,
+    output and the views export included), each with its peak RSS (``--repeat`` rounds; the
+    best and worst wall clock and the range of peak RSS are printed). ``--steps`` picks some
+    of them (``load`` always runs when ``reload``, ``validate_with_db`` or ``plan`` is picked:
+    they need its database). For each library step: the best wall-clock time, the median and
+    the worst (the spread on a shared machine), and the CPU seconds of the best run (this
+    process plus its parsing workers). The load average is
     printed before and after: on a shared machine other processes' CPU use shows up in the
     wall-clock numbers.
     Exit status 1 when the best ``validate`` plus the best ``load`` take ``LIMIT_SECONDS`` or
@@ -44,6 +47,7 @@ import os
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,7 +67,7 @@ from kernel.store import db, schema
 from kernel.store.project import Project, init_project
 
 LIMIT_SECONDS = 5.0  # validate + load
-STEPS = ("validate", "parse", "load", "reload", "validate_with_db", "plan")
+STEPS = ("validate", "parse", "load", "reload", "validate_with_db", "plan", "cli")
 
 
 def write_project(root: Path, n_tasks: int, n_edges: int, seed: int, n_ws: int) -> None:
@@ -153,6 +157,46 @@ def _plan_all(project: Project) -> int:
         conn.close()
 
 
+def run_command(root: Path, args: list[str]) -> tuple[float, int]:
+    """``orch ARGS`` in ``root`` as a subprocess: (wall-clock seconds, peak RSS in bytes).
+    Output goes to ``.state/bench-<command>.out``; a failure raises."""
+    out_path = root / ".state" / f"bench-{args[0]}.out"
+    with open(out_path, "wb") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "kernel", "--root", str(root), *args],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"orch {' '.join(args)} exited {proc.returncode}: see {out_path}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def cli_rounds(project: Project, repeat: int) -> list[dict[str, tuple[float, int]]]:
+    """``orch validate`` then ``orch load`` after a fresh ``orch init``, ``repeat`` times."""
+    rounds = []
+    for _ in range(repeat):
+        shutil.rmtree(project.state_dir, ignore_errors=True)  # the views of the last round too
+        subprocess.run([sys.executable, "-m", "kernel", "--root", str(project.root), "init"],
+                       check=True, stdout=subprocess.DEVNULL)
+        rounds.append({"validate": run_command(project.root, ["validate"]),
+                       "load": run_command(project.root, ["load"])})
+    return rounds
+
+
+def print_cli(rounds: list[dict[str, tuple[float, int]]]) -> float:
+    """Print the CLI figures; returns the best validate + load wall clock."""
+    for command in ("validate", "load"):
+        walls = [r[command][0] for r in rounds]
+        peaks = [r[command][1] / 2**20 for r in rounds]
+        print(f"{'orch ' + command:18s} {min(walls):7.2f} s {max(walls):7.2f} s (worst)  "
+              f"peak RSS {min(peaks):5.0f}-{max(peaks):5.0f} MiB")
+    total = min(r["validate"][0] + r["load"][0] for r in rounds)
+    print(f"{'orch both':18s} {total:7.2f} s")
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=100_000)
@@ -213,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                                              step="plan")
         except ImportError:
             pass
+    cli = cli_rounds(project, args.repeat) if "cli" in steps else []
     print(f"{'step':18s} {'best':>9s} {'median':>9s} {'worst':>9s} {'cpu':>9s}")
     for step, seconds in results.items():
         runs = RUNS[step]
@@ -225,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     if "parse" in results and "load" in results:
         print(f"{'load - parse':18s} {results['load'] - results['parse']:7.2f} s  "
               "(checks + writes)")
+    if cli:
+        print_cli(cli)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if planned:
         print(f"(plan: {planned} workstreams)")

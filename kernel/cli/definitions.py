@@ -10,7 +10,9 @@ Stability Guarantees:
     workstreams, migrated}}``, plus ``"error": {code, message, file, line, hint}`` (the first
     error) when there is one; exit 1 on any error, 0 with warnings only. ``load --json``
     prints ``LoadReport.as_dict()`` on success; on failure the validate shape plus ``error``,
-    exit 1. ``validate`` writes nothing; ``load`` writes all or nothing.
+    exit 1. ``validate`` writes nothing; ``load`` writes all or nothing, prints its result as
+    soon as the load has committed, then brings the ``.state/`` views up to date before it
+    exits (``kernel.observe.exports.export_after_change``; skipped when nothing changed).
 
 Integration Points:
     ``kernel.definitions.check.validate``, ``kernel.definitions.load.load``,
@@ -25,6 +27,7 @@ Dependencies:
 
 from __future__ import annotations
 
+import sys
 from itertools import groupby
 from pathlib import Path
 
@@ -125,17 +128,20 @@ def load_cmd(state: CliState, paths: tuple[str, ...]) -> int:
 
         emit(state, data, failed)
         return EXIT_FAILED
-
-    exported = export_after_change(project) if report.changed else None
+    changed = report.changed
 
     def text() -> None:
         for line in format_problems(report.warnings):
             click.echo(line)
         click.echo(report.summary())
-        for warning in exported.warnings if exported else ():
-            click.echo(f"warning: {warning}", err=True)
 
+    # The result is printed as soon as the load has committed; the views are brought up to
+    # date after it, before the command exits (they agree with the database once it has).
     emit(state, report.as_dict(), text)
+    sys.stdout.flush()
+    exported = export_after_change(project) if changed else None
+    for warning in exported.warnings if exported and not state.json else ():
+        click.echo(f"warning: {warning}", err=True)
     return EXIT_OK
 
 

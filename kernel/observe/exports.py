@@ -3,10 +3,12 @@ This module writes them, in the crash-safe order; ``kernel.observe.view_document
 documents and ``kernel.observe.documents`` renders and writes each file.
 
 Public API:
-    ``export(conn, state_dir, *, full=True, now=None, cache=None) -> ExportReport``
-        writes every view from one read snapshot of the database (STATE-OBS-001..006,
-        DAG-VIEW-001..003, checkpoints); ``full=False`` skips the per-workstream files whose
-        workstream did not change since the export that filled ``cache``.
+    ``export(conn, state_dir, *, full=True, now=None, cache=None, workers=None) ->
+        ExportReport`` writes every view from one read snapshot of the database
+        (STATE-OBS-001..006, DAG-VIEW-001..003, checkpoints); ``full=False`` skips the
+        per-workstream files whose workstream did not change since the export that filled
+        ``cache``; a full export without ``cache`` of ``PARALLEL_MIN_TASKS`` tasks or more
+        plans its workstreams in ``workers`` processes (fork; default one per CPU).
     ``Exporter(db_path, state_dir, min_interval=0.25, budget=0.1)``: a background thread that
         exports after commits, coalesced: ``request()``, ``close()``.
     ``export_after_change(project)``: one best-effort export after a command changed state.
@@ -48,10 +50,12 @@ import contextlib
 import copy
 import fcntl
 import json
+import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +76,9 @@ from kernel.store import db, eventlog, schema
 from kernel.store.events import EVENT_FIELDS
 
 STALE_AFTER_SECONDS = 60.0
+# A full export of this many tasks writes its workstreams' plan and DAG files in worker
+# processes (one per CPU): planning 100k tasks over 10 workstreams is most of an export.
+PARALLEL_MIN_TASKS = 20_000
 CURRENT = "current.json"
 TRANSITIONS = "transitions.jsonl"
 # A line of transitions.jsonl is an event as `orch events --json` prints it.
@@ -167,15 +174,20 @@ class ExportReport:
 
 
 def export(conn: apsw.Connection, state_dir: Path, *, full: bool = True,
-           now: str | None = None, cache: dict[str, Any] | None = None) -> ExportReport:
+           now: str | None = None, cache: dict[str, Any] | None = None,
+           workers: int | None = None) -> ExportReport:
     """Write every view from one read snapshot. ``cache`` (workstream -> fingerprint) is read and
     updated: with ``full=False``, a workstream whose fingerprint is unchanged keeps its DAG, plan
-    and checkpoint files."""
+    and checkpoint files. ``workers``: processes that write the plan and DAG files of a full
+    export with no ``cache`` given (None: one per CPU from ``PARALLEL_MIN_TASKS`` tasks and two
+    workstreams; 1: this process); the files are the same either way."""
     started = time.perf_counter()
     state_dir.mkdir(parents=True, exist_ok=True)
+    if cache is not None:  # the caller keeps the plans for its next export: plan them here
+        workers = 1
     cache = cache if cache is not None else {}
     with _views_lock(state_dir):
-        report = _export_locked(conn, state_dir, full, now or clock.now_iso(), cache)
+        report = _export_locked(conn, state_dir, full, now or clock.now_iso(), cache, workers)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -193,7 +205,7 @@ def _views_lock(state_dir: Path) -> Iterator[None]:
 
 
 def _export_locked(conn: apsw.Connection, state_dir: Path, full: bool, stamp: str,
-                   cache: dict[str, Any]) -> ExportReport:
+                   cache: dict[str, Any], workers: int | None = 1) -> ExportReport:
     # The snapshot is read in one short read transaction; files are written after it, so a
     # slow disk never keeps the WAL from being checkpointed. Events up to the snapshot's seq
     # never change, and the DAG documents are read in a snapshot of their own.
@@ -229,7 +241,7 @@ def _export_locked(conn: apsw.Connection, state_dir: Path, full: bool, stamp: st
     lap("indices")
     # Each workstream's plan is read in a snapshot of its own (kernel.planning.plan), and its files
     # are written after that snapshot ends: no read transaction is held across file writes.
-    _export_workstreams(conn, state_dir, snap, full, cache, report)
+    _export_workstreams(conn, state_dir, snap, full, cache, report, workers)
     lap("workstreams")
     return report
 
@@ -244,39 +256,26 @@ class _Planned:
 
 
 def _export_workstreams(conn: apsw.Connection, state_dir: Path, snap: Snapshot, full: bool,
-                        cache: dict[str, Any], report: ExportReport) -> None:
-    from kernel.planning.plan import workstream_plan  # networkx: loaded only when exporting
-
+                        cache: dict[str, Any], report: ExportReport, workers: int | None) -> None:
     checkpoints = state_dir / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
     states_by_ws: dict[str, dict[str, str]] = {}
     for tid, wsid, state, _ in snap.tasks:
         states_by_ws.setdefault(wsid, {})[tid] = state
+    done = _plans_in_parallel(conn, state_dir, snap, states_by_ws, workers) if full else {}
     for ws in snap.workstreams:
         wsid = ws["workstream_id"]
         fingerprint = snap.fingerprints.get(wsid, "0")
         states = states_by_ws.get(wsid, {})
         written = len(report.files_written)
-        known: _Planned | None = None if full else cache.get(wsid)
-        if known is None or known.fingerprint != fingerprint:
-            try:
-                dag_doc, plan_doc = workstream_plan(conn, wsid, snap.timestamp)
-            except OrchError as exc:   # a cycle written behind the loader's back: say so
-                report.warnings.append(f"workstream {wsid!r}: no DAG or plan view: {exc}")
-                known = _Planned(fingerprint, None, None, states)
-            else:
-                known = _Planned(fingerprint, dag_doc, plan_doc, {})
-                write_document(state_dir / f"execution_plan_{wsid}.json", plan_doc)
-                report.files_written.append(f"execution_plan_{wsid}.json")
-        # The plan holds no task state; the DAG does: refresh its statuses when they changed.
-        if known.dag is not None and known.states != states:
-            dag_doc = copy.copy(known.dag)
-            dag_doc["generated_at"] = snap.timestamp
-            dag_doc["nodes"] = [{**node, "status": states[node["task_id"]]}
-                                for node in known.dag["nodes"]]
-            write_document(state_dir / f"dag_{wsid}.json", dag_doc)
-            report.files_written.append(f"dag_{wsid}.json")
-            known.states = states
+        if wsid in done:  # its plan and DAG files were written by a worker process
+            files, warnings = done[wsid]
+            report.files_written += files
+            report.warnings += warnings
+            known = _Planned(fingerprint, None, None, states)
+        else:
+            known = _refresh_plan(conn, state_dir, snap.timestamp, wsid, fingerprint, states,
+                                  None if full else cache.get(wsid), report)
         checkpoint = checkpoint_document(snap, ws)
         key = dumps({k: v for k, v in checkpoint.items()
                      if k not in ("timestamp", "last_event_seq")})
@@ -289,6 +288,68 @@ def _export_workstreams(conn: apsw.Connection, state_dir: Path, snap: Snapshot, 
         cache[wsid] = known
     for wsid in set(cache) - {ws["workstream_id"] for ws in snap.workstreams}:
         del cache[wsid]
+
+
+def _refresh_plan(conn: apsw.Connection, state_dir: Path, timestamp: str, wsid: str,
+                  fingerprint: str, states: dict[str, str], known: _Planned | None,
+                  report: ExportReport) -> _Planned:
+    """A workstream's plan file (when its definitions changed since ``known``) and its DAG file
+    (when the statuses changed)."""
+    from kernel.planning.plan import workstream_plan  # networkx: loaded only when exporting
+
+    if known is None or known.fingerprint != fingerprint:
+        try:
+            dag_doc, plan_doc = workstream_plan(conn, wsid, timestamp)
+        except OrchError as exc:   # a cycle written behind the loader's back: say so
+            report.warnings.append(f"workstream {wsid!r}: no DAG or plan view: {exc}")
+            known = _Planned(fingerprint, None, None, states)
+        else:
+            known = _Planned(fingerprint, dag_doc, plan_doc, {})
+            write_document(state_dir / f"execution_plan_{wsid}.json", plan_doc)
+            report.files_written.append(f"execution_plan_{wsid}.json")
+    # The plan holds no task state; the DAG does: refresh its statuses when they changed.
+    if known.dag is not None and known.states != states:
+        dag_doc = copy.copy(known.dag)
+        dag_doc["generated_at"] = timestamp
+        dag_doc["nodes"] = [{**node, "status": states[node["task_id"]]}
+                            for node in known.dag["nodes"]]
+        write_document(state_dir / f"dag_{wsid}.json", dag_doc)
+        report.files_written.append(f"dag_{wsid}.json")
+        known.states = states
+    return known
+
+
+def _plans_in_parallel(conn: apsw.Connection, state_dir: Path, snap: Snapshot,
+                       states_by_ws: dict[str, dict[str, str]],
+                       workers: int | None) -> dict[str, tuple[list[str], list[str]]]:
+    """For a full export: every workstream's plan and DAG files written by worker processes
+    (fork), each reading its own snapshot as ``_refresh_plan`` does in this process; returns
+    workstream -> (files written, warnings). Empty when one process is enough: ``workers`` 1,
+    fewer than two workstreams, or (``workers`` None) fewer than ``PARALLEL_MIN_TASKS`` tasks."""
+    wsids = [ws["workstream_id"] for ws in snap.workstreams]
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(snap.tasks) >= PARALLEL_MIN_TASKS else 1
+    workers = min(workers, len(wsids))
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return {}
+    db_path = conn.db_filename("main")
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {wsid: pool.submit(_refresh_plan_in_child, db_path, state_dir, snap.timestamp,
+                                     wsid, snap.fingerprints.get(wsid, "0"),
+                                     states_by_ws.get(wsid, {})) for wsid in wsids}
+        return {wsid: future.result() for wsid, future in futures.items()}
+
+
+def _refresh_plan_in_child(db_path: str, state_dir: Path, timestamp: str, wsid: str,
+                           fingerprint: str, states: dict[str, str]) -> tuple[
+                               list[str], list[str]]:
+    conn = schema.connect(Path(db_path), readonly=True)
+    try:
+        report = ExportReport(timestamp, 0, 0, 0)
+        _refresh_plan(conn, state_dir, timestamp, wsid, fingerprint, states, None, report)
+        return report.files_written, report.warnings
+    finally:
+        conn.close()
 
 
 # ------------------------------------------------------------------------------------------
