@@ -424,6 +424,8 @@ class Exporter:
         while not self._stop:
             if not self._wanted.wait(timeout=0.5):
                 continue
+            if self._stop:    # woken by close(): its own last export decides, not this loop
+                break
             self._wanted.clear()
             try:
                 took = self._export_once()
