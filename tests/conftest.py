@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from kernel.cli import run
 from kernel.store import db, schema
 from kernel.store.project import Project, init_project
+from tests.aider_venv import ModelServer, ensure_aider_venv
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,6 +57,33 @@ def db_with_workstream(fresh_db: apsw.Connection) -> apsw.Connection:
                 (worker,),
             )
     return fresh_db
+
+
+@pytest.fixture(scope="session")
+def aider_venv() -> Path:
+    """The real Aider CLI's own venv (tests/aider_venv.py), installed once when missing."""
+    return ensure_aider_venv()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Any]:
+    """Start scripted model servers (``start(script) -> ModelServer``); all stop at the end."""
+    servers: list[ModelServer] = []
+
+    def start(script: list[Any]) -> ModelServer:
+        servers.append(ModelServer(tmp_path / f"server{len(servers)}", script))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def git(where: Path, *args: str) -> str:
+    """``git -C where ARGS``, which must succeed: its standard output."""
+    proc = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def orch(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:

@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,47 +18,10 @@ from kernel.base.config import AiderConfig
 from kernel.demo.model_server import whole_file
 from kernel.runtime.executors import EXECUTORS, executor_for
 from kernel.runtime.executors.aider import FIXED_FLAGS, aider_argv, aider_env, estimate_tokens
-from tests.aider_venv import ensure_aider_venv
-from tests.conftest import orch
+from tests.conftest import git, orch
 
 HELLO = 'print("old")\n'
 NEW = 'def greet() -> str:\n    return "hello from the scripted model"\n'
-
-
-@pytest.fixture(scope="session")
-def aider_venv() -> Path:
-    return ensure_aider_venv()
-
-
-class ModelServer:
-    """``python -m kernel.demo.model_server`` as a process; ``requests()`` reads its log."""
-
-    def __init__(self, tmp: Path, script: list[Any]) -> None:
-        tmp.mkdir(parents=True, exist_ok=True)
-        (tmp / "script.json").write_text(json.dumps(script))
-        self.log = tmp / "requests.jsonl"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kernel.demo.model_server", "--script",
-             str(tmp / "script.json"), "--requests-log", str(self.log)],
-            stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().strip()
-        assert self.url.startswith("http://127.0.0.1:"), self.url
-
-    def requests(self) -> list[dict[str, Any]]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
-
-
-def git(where: Path, *args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def make_project(root: Path, venv: Path, url: str, *, max_tokens: int = 4000,
@@ -103,20 +65,6 @@ def task_row(root: Path) -> dict[str, Any]:
     assert proc.returncode == 0, proc.stderr
     data: dict[str, Any] = json.loads(proc.stdout)
     return data
-
-
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Any]:
-    servers: list[ModelServer] = []
-
-    def start(script: list[Any]) -> ModelServer:
-        server = ModelServer(tmp_path / f"server{len(servers)}", script)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 # --------------------------------------------------------------------------- the command line

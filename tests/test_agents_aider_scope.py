@@ -6,34 +6,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from kernel.demo.model_server import whole_file
 from kernel.runtime.executors.agentkit import INSUFFICIENT_CONTEXT
-from tests.aider_venv import ensure_aider_venv
-from tests.test_agents_aider import HELLO, NEW, ModelServer, make_project, run, task_row
-
-
-@pytest.fixture(scope="session")
-def aider_venv() -> Path:
-    return ensure_aider_venv()
-
-
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Any]:
-    servers: list[ModelServer] = []
-
-    def start(script: list[Any]) -> ModelServer:
-        servers.append(ModelServer(tmp_path / f"server{len(servers)}", script))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
+from tests.test_agents_aider import HELLO, NEW, make_project, run, task_row
 
 
 def _status(where: Path) -> str:

@@ -17,17 +17,11 @@ import pytest
 
 from kernel.runtime.executors.agent import agent_argv, agent_env, pattern_usage
 from kernel.runtime.executors.agentkit import INSUFFICIENT_CONTEXT, AgentContext
-from tests.conftest import orch
+from tests.conftest import git, orch
 
 AGENT = Path(__file__).with_name("scripted_agent.py")
 OLD = "def greet():\n    return 'old'\n"
 NEW = "def greet():\n    return 'new'\n"
-
-
-def git(where: Path, *args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def make_project(root: Path, steps: list[dict[str, Any]], *, agent_toml: str = "",

@@ -28,8 +28,8 @@ from kernel.runtime.attempts import OUTPUT_SCHEMA_VERSION, result_document
 from kernel.store import db, schema
 from kernel.store.machines import ensure_machines
 from kernel.store.reference import ensure_failure_modes
-from tests.aider_venv import ensure_aider_venv
-from tests.conftest import REPO, orch, orch_json
+from tests.aider_venv import ModelServer
+from tests.conftest import REPO, git, orch, orch_json
 
 OUTPUT_SCHEMA = json.loads((REPO / "schemas" / "attempt-output.schema.json").read_text())
 
@@ -182,42 +182,6 @@ MODEL = "openai/test-model"
 # (Aider's --model-metadata-file, litellm's format): it makes Aider report a cost.
 # Prices that make each cost a round number: Aider prints two significant digits.
 PRICE_IN, PRICE_OUT = 0.000001, 0.00001
-
-
-@pytest.fixture(scope="session")
-def aider_venv() -> Path:
-    return ensure_aider_venv()
-
-
-class ModelServer:
-    """``python -m kernel.demo.model_server`` as a process on 127.0.0.1."""
-
-    def __init__(self, tmp: Path, script: list[Any]) -> None:
-        tmp.mkdir(parents=True, exist_ok=True)
-        (tmp / "script.json").write_text(json.dumps(script))
-        self.log = tmp / "requests.jsonl"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kernel.demo.model_server", "--script",
-             str(tmp / "script.json"), "--requests-log", str(self.log)],
-            stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().strip()
-        assert self.url.startswith("http://127.0.0.1:"), self.url
-
-    def requests(self) -> list[dict[str, Any]]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
-
-
-def git(where: Path, *args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def _aider_task(task_id: str, path: str, deps: list[str]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ Integration Points:
 
 Dependencies:
     apsw, networkx; ``kernel.base.errors``, ``kernel.base.tokens``, ``kernel.planning.dag``,
-    ``kernel.store.db``.
+    ``kernel.planning.plan``, ``kernel.store.db``.
 """
 
 from __future__ import annotations
@@ -56,14 +56,13 @@ import networkx as nx
 from kernel.base.errors import OrchError, UsageError
 from kernel.base.tokens import text_tokens
 from kernel.planning import dag
+from kernel.planning.plan import TERMINAL_TASK_STATES_SQL, unfinished_graph
 from kernel.store import db
 
 DEFAULT_MAX_TOKENS = 2000
 ORDER = ("priority (higher first), then the remaining critical path (longer first), then "
          "queued before pending, then queue time, then task id")
-# The terminal task states, from the machine tables (never a list restated here).
-_TERMINAL = ("(SELECT ms.state FROM machine_state ms "
-             "WHERE ms.machine = 'task' AND ms.terminal = 1)")
+_TERMINAL = TERMINAL_TASK_STATES_SQL
 _SCOPE = "(?1 IS NULL OR workstream_id = ?1)"
 _PRIME_READY = 50
 _PRIME_FAILURES = 30
@@ -200,13 +199,7 @@ def _paths(conn: apsw.Connection) -> _Paths:
     """The graph the scheduler ranks (``compute_bottom_levels``): every unfinished task, edges
     between them. Bottom levels and chains by ``dag._longest_chains`` over the reversed graph,
     exactly as ``dag.bottom_levels`` computes them."""
-    durations = {str(t): float(d) for t, d in conn.execute(
-        "SELECT task_id, estimated_duration_seconds FROM task "
-        f"WHERE state NOT IN {_TERMINAL}")}
-    graph: nx.DiGraph = nx.DiGraph()
-    graph.add_nodes_from(durations)
-    graph.add_edges_from((p, c) for c, p in conn.execute(
-        "SELECT task_id, depends_on FROM task_dependency") if p in durations and c in durations)
+    graph, durations = unfinished_graph(conn)
     order = dag.topological_order(graph)
     level, after = dag._longest_chains(graph._succ, order[::-1], durations)
     return _Paths(graph, order, level, after)

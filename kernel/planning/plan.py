@@ -7,6 +7,9 @@ Public API:
     ``workstream_plan(conn, workstream_id, now) -> (dag_doc, plan_doc)``  DAG-VIEW-002/003
     ``plan_document(conn, workstream_id, now) -> plan_doc``     DAG-VIEW-003 only (faster)
     ``all_workstreams(conn) -> list[str]``                      sorted workstream ids
+    ``unfinished_graph(conn) -> (nx.DiGraph, durations)``       every unfinished task and the
+                                                                edges between them (what the
+                                                                scheduler and ``orch ready`` rank)
     ``timestamp(now) -> str``                                   ISO-8601 UTC, milliseconds, "Z"
     ``WorkstreamTasks``, ``ExternalDependency`` (frozen records)
 
@@ -33,7 +36,7 @@ Integration Points:
     when the caller holds none).
 
 Dependencies:
-    apsw; ``kernel.base.errors``, ``kernel.planning.dag``, ``kernel.store.db``.
+    apsw, networkx; ``kernel.base.errors``, ``kernel.planning.dag``, ``kernel.store.db``.
 """
 
 from __future__ import annotations
@@ -298,3 +301,24 @@ def workstream_plan(
     dag_doc["external_dependencies"] = _external_field(ws)
     plan_doc["external_dependencies"] = _external_field(ws)
     return dag_doc, plan_doc
+
+
+# The terminal task states, from the machine tables (never a list restated here).
+TERMINAL_TASK_STATES_SQL = ("(SELECT ms.state FROM machine_state ms "
+                            "WHERE ms.machine = 'task' AND ms.terminal = 1)")
+
+
+def unfinished_graph(conn: apsw.Connection) -> tuple[Any, dict[str, float]]:
+    """Every unfinished task (with its estimated duration) and the dependency edges between
+    them, prerequisite -> dependent, across workstreams: the graph whose bottom levels rank
+    ready work (``kernel.runtime.scheduler.compute_bottom_levels``, ``orch ready``)."""
+    import networkx as nx
+
+    durations = {str(t): float(d) for t, d in conn.execute(
+        "SELECT task_id, estimated_duration_seconds FROM task "
+        f"WHERE state NOT IN {TERMINAL_TASK_STATES_SQL}")}
+    graph = nx.DiGraph()
+    graph.add_nodes_from(durations)
+    graph.add_edges_from((p, c) for c, p in conn.execute(
+        "SELECT task_id, depends_on FROM task_dependency") if p in durations and c in durations)
+    return graph, durations

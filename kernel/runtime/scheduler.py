@@ -27,10 +27,10 @@ Integration Points:
     ``kernel.store.machines.transition_in_tx`` so the triggers check every change.
 
 Dependencies:
-    apsw, networkx; ``kernel.base.clock``, ``kernel.definitions.fit``, ``kernel.planning.dag``,
-    ``kernel.runtime.attempts``, ``kernel.runtime.context``, ``kernel.runtime.health``,
-    ``kernel.runtime.leases``, ``kernel.runtime.workstreams``, ``kernel.store.db``,
-    ``kernel.store.events``, ``kernel.store.machines``.
+    apsw; ``kernel.base.clock``, ``kernel.definitions.fit``, ``kernel.planning.dag``,
+    ``kernel.planning.plan``, ``kernel.runtime.attempts``, ``kernel.runtime.context``,
+    ``kernel.runtime.health``, ``kernel.runtime.leases``, ``kernel.runtime.workstreams``,
+    ``kernel.store.db``, ``kernel.store.events``, ``kernel.store.machines``.
 """
 
 from __future__ import annotations
@@ -39,17 +39,17 @@ import json
 from typing import Any
 
 import apsw
-import networkx as nx
 
 from kernel.base import clock
 from kernel.definitions import fit
 from kernel.planning import dag
+from kernel.planning.plan import unfinished_graph
 from kernel.runtime import attempts, leases
 from kernel.runtime.context import TickContext, TickReport, scope_sql
 from kernel.runtime.health import check_workers
 from kernel.runtime.workstreams import derive_workstreams, prepare_worktrees
 from kernel.store import db, events
-from kernel.store.machines import claimed_states, terminal_sql
+from kernel.store.machines import claimed_states
 
 __all__ = ["TickContext", "TickReport", "compute_bottom_levels", "progress_counts", "tick"]
 
@@ -78,14 +78,8 @@ def tick(conn: apsw.Connection, now: float, ctx: TickContext) -> TickReport:
 def compute_bottom_levels(conn: apsw.Connection, workstreams: list[str] | None = None) -> int:
     """task.bottom_level = its estimated duration plus the longest chain after it, for every
     unfinished task (``dag.bottom_levels``); the number of tasks ranked."""
-    tasks = {t: d for t, d in conn.execute(
-        "SELECT task_id, estimated_duration_seconds FROM task WHERE state NOT IN "
-        f"{terminal_sql('task')}")}
-    graph: nx.DiGraph = nx.DiGraph()
-    graph.add_nodes_from(tasks)
-    graph.add_edges_from((p, c) for c, p in conn.execute(
-        "SELECT task_id, depends_on FROM task_dependency") if p in tasks and c in tasks)
-    level = dag.bottom_levels(graph, {t: float(d) for t, d in tasks.items()})
+    graph, durations = unfinished_graph(conn)
+    level = dag.bottom_levels(graph, durations)
     with db.write_tx(conn):
         conn.executemany("UPDATE task SET bottom_level = ? WHERE task_id = ? "
                          "AND bottom_level IS NOT ?",
