@@ -311,14 +311,19 @@ def queue_ready_in_tx(conn: apsw.Connection, now: float, *, after_task: str | No
     ``caused_by``, the completion event of the dependency that completed last.
     """
     stamp = clock.iso(now)
-    sql = queries.QUEUE_READY
     params: dict[str, Any] = {"at": stamp}
+    conditions = []
     if after_task is not None:
-        sql += queries.QUEUE_AFTER_TASK
+        if conn.execute("SELECT 1 FROM task_dependency WHERE depends_on = ? LIMIT 1",
+                        (after_task,)).fetchone() is None:
+            return 0   # nothing depends on it: one index probe instead of the view
+        conditions.append(queries.QUEUE_AFTER_TASK)
         params["done"] = after_task
     if workstreams is not None:
-        sql += queries.QUEUE_IN_WORKSTREAMS
+        conditions.append(queries.QUEUE_IN_WORKSTREAMS)
         params["ws"] = json.dumps(workstreams)
+    sql = queries.QUEUE_READY + "".join(
+        f" {'WHERE' if i == 0 else 'AND'} {c}" for i, c in enumerate(conditions))
     conn.execute(sql + queries.QUEUE_END, params)
     return conn.changes()
 

@@ -55,9 +55,10 @@ from kernel.runtime.attempts import (
 from kernel.store import db
 from kernel.store.machines import claimed_states, in_list_sql, transition_in_tx
 
-__all__ = ["CLAIM_PAGE", "CLAIM_WINDOW", "Claim", "claim_next", "fail_before_start",
-           "finish_and_claim", "finish_execution", "finish_validation", "is_current",
-           "record_process"]
+__all__ = ["CLAIM_PAGE", "CLAIM_WINDOW", "Claim", "claim_in_tx", "claim_next",
+           "fail_before_start", "fail_before_start_in_tx", "finish_and_claim",
+           "finish_execution", "finish_execution_in_tx", "finish_validation",
+           "finish_validation_in_tx", "is_current", "record_process", "record_process_in_tx"]
 
 #: How many queued tasks a claim looks at before giving up for this round, in pages.
 CLAIM_WINDOW = 64
@@ -85,12 +86,13 @@ def claim_next(conn: apsw.Connection, worker_id: str, now: float | Callable[[], 
     so a claim is never stamped earlier than the commit that made its task ready.
     """
     with db.write_tx(conn):
-        return _claim_in_tx(conn, worker_id, now() if callable(now) else now,
+        return claim_in_tx(conn, worker_id, now() if callable(now) else now,
                             lease_ttl=lease_ttl, offers=offers)
 
 
-def _claim_in_tx(conn: apsw.Connection, worker_id: str, now: float, *, lease_ttl: float,
-                 offers: dict[str, str] | None) -> Claim | None:
+def claim_in_tx(conn: apsw.Connection, worker_id: str, now: float, *, lease_ttl: float,
+                offers: dict[str, str] | None) -> Claim | None:
+    """``claim_next`` inside the caller's write transaction."""
     me = db.row(conn, "SELECT state, version, stop_requested, workstreams FROM worker "
                       "WHERE worker_id = ?", (worker_id,))
     if me is None or me["state"] != "idle" or me["stop_requested"]:
@@ -175,8 +177,14 @@ class _Lost(Exception):
 
 def record_process(conn: apsw.Connection, claim: Claim, pgid: int, hostname: str) -> None:
     with db.write_tx(conn):
-        conn.execute("UPDATE attempt SET pgid = ?, hostname = ? WHERE attempt_id = ?",
-                     (pgid, hostname, claim.attempt_id))
+        record_process_in_tx(conn, claim.attempt_id, pgid, hostname)
+
+
+def record_process_in_tx(conn: apsw.Connection, attempt_id: int, pgid: int,
+                         hostname: str) -> None:
+    """The attempt's process group (what a lost worker's task has killed)."""
+    conn.execute("UPDATE attempt SET pgid = ?, hostname = ? WHERE attempt_id = ?",
+                 (pgid, hostname, attempt_id))
 
 
 def is_current(conn: apsw.Connection, claim: Claim) -> str | None:
@@ -196,22 +204,28 @@ def is_current(conn: apsw.Connection, claim: Claim) -> str | None:
 def fail_before_start(conn: apsw.Connection, claim: Claim, now: float, *, rule: str,
                       reason: str, rules: dict[str, Any]) -> str:
     """A pre-execution rule failed: the command never runs; the task fails (no retry)."""
+    with db.write_tx(conn):
+        return fail_before_start_in_tx(conn, claim, now, rule=rule, reason=reason, rules=rules)
+
+
+def fail_before_start_in_tx(conn: apsw.Connection, claim: Claim, now: float, *, rule: str,
+                            reason: str, rules: dict[str, Any]) -> str:
+    """``fail_before_start`` inside the caller's write transaction."""
     stamp = clock.iso(now)
     error = f"pre-execution rule {rule} failed: {reason}"
-    with db.write_tx(conn):
-        state = fail_or_retry_in_tx(conn, claim, stamp, now, trigger="execution_failed",
-                                    failure_mode="Validation-Failed", error=error,
-                                    retryable=False, from_state="running", backoff={},
-                                    extra={"rule": rule, "phase": "pre_execution",
-                                           "rules": rules})
-        if state == "stale":
-            reject_stale_in_tx(conn, claim, stamp, "pre-execution rules failed")
-        else:
-            close_attempt_in_tx(conn, claim, stamp, "not_started",
-                                failure_mode="Validation-Failed",
-                                error_type="pre_execution_rule_failed", error=error,
-                                output=result_document("failure", "failed", 0.0, error))
-        worker_idle_in_tx(conn, claim.worker_id, stamp, claim.task_id)
+    state = fail_or_retry_in_tx(conn, claim, stamp, now, trigger="execution_failed",
+                                failure_mode="Validation-Failed", error=error,
+                                retryable=False, from_state="running", backoff={},
+                                extra={"rule": rule, "phase": "pre_execution",
+                                       "rules": rules})
+    if state == "stale":
+        reject_stale_in_tx(conn, claim, stamp, "pre-execution rules failed")
+    else:
+        close_attempt_in_tx(conn, claim, stamp, "not_started",
+                            failure_mode="Validation-Failed",
+                            error_type="pre_execution_rule_failed", error=error,
+                            output=result_document("failure", "failed", 0.0, error))
+    worker_idle_in_tx(conn, claim.worker_id, stamp, claim.task_id)
     return state
 
 
@@ -221,9 +235,9 @@ def finish_execution(conn: apsw.Connection, claim: Claim, now: float, *, outcome
                      cancel_reason: str | None = None) -> str:
     """Report the command's result. Returns the task's new state, or "stale"."""
     with db.write_tx(conn):
-        return _finish_execution_in_tx(conn, claim, now, outcome=outcome, exit_code=exit_code,
-                                       error=error, duration=duration, details=details,
-                                       backoff=backoff, cancel_reason=cancel_reason)
+        return finish_execution_in_tx(conn, claim, now, outcome=outcome, exit_code=exit_code,
+                                      error=error, duration=duration, details=details,
+                                      backoff=backoff, cancel_reason=cancel_reason)
 
 
 def finish_and_claim(conn: apsw.Connection, claim: Claim, now: float, *, outcome: str,
@@ -236,19 +250,20 @@ def finish_and_claim(conn: apsw.Connection, claim: Claim, now: float, *, outcome
     finished task made ready starts without waiting for anyone (the claim is stamped a moment
     later than the finish: the clock is read again)."""
     with db.write_tx(conn):
-        state = _finish_execution_in_tx(conn, claim, now, outcome=outcome, exit_code=exit_code,
-                                        error=error, duration=duration, details=details,
-                                        backoff=backoff, cancel_reason=None)
+        state = finish_execution_in_tx(conn, claim, now, outcome=outcome, exit_code=exit_code,
+                                       error=error, duration=duration, details=details,
+                                       backoff=backoff, cancel_reason=None)
         if state == "validating":
             return state, None
-        return state, _claim_in_tx(conn, claim.worker_id, max(now, time.time()),
-                                   lease_ttl=lease_ttl, offers=offers)
+        return state, claim_in_tx(conn, claim.worker_id, max(now, time.time()),
+                                  lease_ttl=lease_ttl, offers=offers)
 
 
-def _finish_execution_in_tx(conn: apsw.Connection, claim: Claim, now: float, *, outcome: str,
-                            exit_code: int | None, error: str | None, duration: float,
-                            details: dict[str, Any] | None, backoff: dict[str, float],
-                            cancel_reason: str | None) -> str:
+def finish_execution_in_tx(conn: apsw.Connection, claim: Claim, now: float, *, outcome: str,
+                           exit_code: int | None, error: str | None, duration: float,
+                           details: dict[str, Any] | None, backoff: dict[str, float],
+                           cancel_reason: str | None) -> str:
+    """``finish_execution`` inside the caller's write transaction."""
     stamp = clock.iso(now)
     if outcome == "succeeded":
         return _succeeded_in_tx(conn, claim, stamp, now, exit_code=exit_code, duration=duration,
@@ -341,26 +356,34 @@ def finish_validation(conn: apsw.Connection, claim: Claim, now: float, *, passed
                       summary: str, rules: dict[str, Any], duration: float,
                       details: dict[str, Any] | None = None) -> str:
     """Report the post-execution rules: validating → completed, or failed (no retry)."""
-    stamp = clock.iso(now)
     with db.write_tx(conn):
-        current = conn.execute("SELECT state, generation FROM task WHERE task_id = ?",
-                               (claim.task_id,)).fetchone()
-        if current is None or tuple(current) != ("validating", claim.generation):
-            reject_stale_in_tx(conn, claim, stamp, "validated")
-            worker_idle_in_tx(conn, claim.worker_id, stamp, claim.task_id)
-            return "stale"
-        if passed:
-            _complete_in_tx(conn, claim, stamp, now, duration, details, rules)
-            return "completed"
-        error = f"post-execution validation failed: {summary}"
-        transition_in_tx(conn, "task", claim.task_id, "failed", "validation_failed",
-                         {"at": stamp, "failure_mode": "Validation-Failed", "error": error,
-                          "rules": rules},
-                         last_error=error, failure_mode="Validation-Failed", completed_at=stamp)
-        close_attempt_in_tx(conn, claim, stamp, "validation_failed", exit_code=0,
-                            failure_mode="Validation-Failed", error_type="validation_failed",
-                            error=error,
-                            output=result_document("failure", "failed", duration, error,
-                                                   details))
+        return finish_validation_in_tx(conn, claim, now, passed=passed, summary=summary,
+                                       rules=rules, duration=duration, details=details)
+
+
+def finish_validation_in_tx(conn: apsw.Connection, claim: Claim, now: float, *, passed: bool,
+                            summary: str, rules: dict[str, Any], duration: float,
+                            details: dict[str, Any] | None = None) -> str:
+    """``finish_validation`` inside the caller's write transaction."""
+    stamp = clock.iso(now)
+    current = conn.execute("SELECT state, generation FROM task WHERE task_id = ?",
+                           (claim.task_id,)).fetchone()
+    if current is None or tuple(current) != ("validating", claim.generation):
+        reject_stale_in_tx(conn, claim, stamp, "validated")
         worker_idle_in_tx(conn, claim.worker_id, stamp, claim.task_id)
-        return "failed"
+        return "stale"
+    if passed:
+        _complete_in_tx(conn, claim, stamp, now, duration, details, rules)
+        return "completed"
+    error = f"post-execution validation failed: {summary}"
+    transition_in_tx(conn, "task", claim.task_id, "failed", "validation_failed",
+                     {"at": stamp, "failure_mode": "Validation-Failed", "error": error,
+                      "rules": rules},
+                     last_error=error, failure_mode="Validation-Failed", completed_at=stamp)
+    close_attempt_in_tx(conn, claim, stamp, "validation_failed", exit_code=0,
+                        failure_mode="Validation-Failed", error_type="validation_failed",
+                        error=error,
+                        output=result_document("failure", "failed", duration, error,
+                                               details))
+    worker_idle_in_tx(conn, claim.worker_id, stamp, claim.task_id)
+    return "failed"

@@ -50,6 +50,11 @@ class TickContext:
     interrupted_by_operator: bool = False
     #: task_id -> reason already recorded as a task_unrunnable event in this run.
     reported_unrunnable: dict[str, str] = field(default_factory=dict)
+    #: When the queued tasks were last scanned for what no worker can run (monotonic clock),
+    #: and what that scan found: while tasks run, the scan is made at most every
+    #: ``QUEUE_SCAN_SECONDS`` (kernel.runtime.scheduler).
+    queue_scanned_at: float | None = None
+    last_unrunnable: list[dict[str, Any]] = field(default_factory=list)
 
     def backoff(self) -> dict[str, float]:
         return attempts.retry_backoff(self.config.workers)

@@ -4,6 +4,7 @@ Public API:
     ``acquire_all_in_tx(conn, task_id, *, owner, generation, attempt_id, now, ttl) -> list[Lease]``
     (raises ``LeaseUnavailable``, nothing taken); ``renew_in_tx(conn, owner, now, ttl) -> int``;
     ``release_task_in_tx(conn, task_id, now, reason) -> int``; ``expired(conn, now) -> list[dict]``;
+    ``ttl_for(workers) -> float`` (how long a lease lasts without a heartbeat, from ``[workers]``).
 
 Stability Guarantees:
     The guarantees live in SQL (sql/0002_scheduler.sql): triggers on ``INSERT INTO lease`` refuse
@@ -28,6 +29,13 @@ import apsw
 
 from kernel.base import clock
 from kernel.store import db
+
+
+def ttl_for(workers: Any) -> float:
+    """A lease's time to live, from ``[workers]`` (a ``WorkersConfig``): the heartbeats a worker
+    may miss before it is unresponsive, plus the grace before it is shut down."""
+    return float(workers.heartbeat_seconds * (workers.unresponsive_after_missed + 1)
+                 + workers.shutdown_after_unresponsive_seconds)
 
 
 class LeaseUnavailable(Exception):

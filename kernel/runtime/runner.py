@@ -43,6 +43,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -58,6 +59,8 @@ from kernel.base import faults
 from kernel.base.errors import OrchError
 from kernel.base.files import open_private
 from kernel.runtime import health, lock, scheduler
+from kernel.runtime.channel import socket_pair
+from kernel.runtime.dispatch import Dispatcher
 from kernel.store import db
 from kernel.store.machines import claimed_states, in_list_sql, terminal_sql
 from kernel.store.project import Project
@@ -161,6 +164,9 @@ Child = subprocess.Popen[bytes] | ForkedWorker
 # and at its exit, what workers commit and claim (kernel.bench.shim): a forked worker inherits
 # the run's counters and ends with os._exit, so it would count wrong or not at all.
 SPAWN_ENV = ("ORCH_SPAWN_WORKERS", "ORCH_BENCH_TX_LOG", "ORCH_BENCH_CLAIM_LOG")
+# Set: the workers claim and report in their own transactions (as a hand-joined `orch worker`
+# does) instead of through the run's group commit (kernel.runtime.dispatch).
+DIRECT_ENV = "ORCH_DIRECT_WORKERS"
 
 
 def can_fork() -> bool:
@@ -195,24 +201,34 @@ class StartGate:
 
 def fork_workers(project: Project, owner: str, first_index: int, count: int,
                  workstreams: list[str] | None, logs: list[IO[bytes]],
-                 gate: StartGate, children: dict[str, Child]) -> None:
+                 gate: StartGate, children: dict[str, Child],
+                 links: list[socket.socket] | None = None) -> None:
     """``count`` workers forked from this process (see ``can_fork``), each in its own session,
     stdin and stdout on /dev/null, stderr to its log: they run ``kernel.runtime.worker.main``
     with the modules and the validated configuration this process already holds, once the
     gate opens. Each is added to ``children`` as it is forked. The children of a worker and its
-    parent-pid check are those of a worker started with ``spawn_worker``."""
+    parent-pid check are those of a worker started with ``spawn_worker``. With ``links`` (a
+    list the kernel's ends are appended to), each worker gets a link to this process
+    (``kernel.runtime.channel``) and closes every other one it inherited."""
     from kernel.runtime import worker  # the warm parent: imported once, not once per worker
 
     sys.stdout.flush()
     sys.stderr.flush()
     parent = os.getpid()
     for offset in range(count):
+        kernel_end, worker_end = socket_pair() if links is not None else (None, None)
         pid = os.fork()
         if pid == 0:   # pragma: no cover - the child never returns
+            for other in [*(links or []), kernel_end]:
+                if other is not None:
+                    other.close()
             _forked_child(worker, project, worker.WorkerOptions(
                 workstreams=workstreams, scheduler_owner=owner, parent_pid=parent,
-                name=f"{owner}-w{first_index + offset}"), logs[offset], gate)
+                name=f"{owner}-w{first_index + offset}", link=worker_end), logs[offset], gate)
         children[f"pid:{pid}"] = ForkedWorker(pid)
+        if links is not None and kernel_end is not None and worker_end is not None:
+            worker_end.close()
+            links.append(kernel_end)
 
 
 def _forked_child(module: Any, project: Project, options: Any, log: IO[bytes],
@@ -241,14 +257,20 @@ def _forked_child(module: Any, project: Project, options: Any, log: IO[bytes],
 
 
 def spawn_worker(project: Project, owner: str, index: int, workstreams: list[str] | None,
-                 log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+                 log: IO[bytes] | None = None, link: socket.socket | None = None,
+                 ) -> subprocess.Popen[bytes]:
+    """Start a managed worker (``kernel.runtime.worker.managed_main``); with ``link`` (the
+    worker's end of a ``socket_pair``) it reports to this process instead of writing."""
     args = [sys.executable, "-m", "kernel", "--root", str(project.root), "worker",
             "--managed-by", owner, "--parent-pid", str(os.getpid()),
             "--name", f"{owner}-w{index}"]
+    if link is not None:
+        args += ["--link-fd", str(link.fileno())]
     for ws in workstreams or []:
         args += ["--workstream", ws]
     return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=log or subprocess.DEVNULL, start_new_session=True)
+                            stderr=log or subprocess.DEVNULL, start_new_session=True,
+                            pass_fds=(link.fileno(),) if link is not None else ())
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -322,6 +344,10 @@ class _RunLoop:
         self.next_lock = 0.0
         self.restarts_left = 2 * options.workers
         self.spawned = 0
+        # The kernel's ends of its workers' links; None: the workers write themselves.
+        self.links: list[socket.socket] | None = \
+            None if os.environ.get(DIRECT_ENV) else []
+        self.dispatcher: Dispatcher | None = None
 
     # ---------------------------------------------------------------- set-up
 
@@ -386,9 +412,13 @@ class _RunLoop:
                 logs = [self._open_log() for _ in range(self.options.workers)]
                 self.gate = StartGate()
                 fork_workers(self.project, self.owner, first, len(logs), self.scope, logs,
-                             self.gate, self.children)
+                             self.gate, self.children, self.links)
         finally:
             self.conn = self.project.connect()
+            if self.links is not None:
+                self.dispatcher = Dispatcher(self.conn, self.config.workers)
+                for end in self.links:
+                    self.dispatcher.add(end)
 
     def _open_gate(self) -> None:
         if self.gate is not None:
@@ -396,8 +426,15 @@ class _RunLoop:
             self.gate = None
 
     def _spawn(self) -> None:
-        proc = spawn_worker(self.project, self.owner, self.spawned + 1, self.scope,
-                            self._open_log())
+        kernel_end, worker_end = socket_pair() if self.dispatcher else (None, None)
+        try:
+            proc = spawn_worker(self.project, self.owner, self.spawned + 1, self.scope,
+                                self._open_log(), link=worker_end)
+        finally:
+            if worker_end is not None:
+                worker_end.close()
+        if self.dispatcher is not None and kernel_end is not None:
+            self.dispatcher.add(kernel_end)
         self.children[f"pid:{proc.pid}"] = proc
 
     # ---------------------------------------------------------------- one turn
@@ -431,11 +468,35 @@ class _RunLoop:
                 time.monotonic() - self.started > self.options.max_seconds:
             self.interrupted = True
             return False
-        version = _wait_for_change(self.conn, self.last_version, self.config.run.tick_seconds)
+        if self.dispatcher is None:
+            version = _wait_for_change(self.conn, self.last_version,
+                                       self.config.run.tick_seconds)
+        else:
+            version = self._dispatch_until_tick(self.dispatcher)
         if self.exporter is not None and version != self.last_version:
             self.exporter.request()
         self.last_version = version
         return True
+
+    def _dispatch_until_tick(self, dispatcher: Dispatcher) -> int:
+        """Group-commit the workers' reports and claims (``kernel.runtime.dispatch``) until the
+        next tick is due: ``run.tick_seconds``, another process committed, a worker's link
+        closed, or no worker has a task left after a report (the run may be over).
+        Returns ``PRAGMA data_version``."""
+        dispatcher.poke()    # the tick may have queued work
+        deadline = time.monotonic() + self.config.run.tick_seconds
+        while True:
+            turn = dispatcher.pump(max(0.0, min(deadline - time.monotonic(), 0.05)))
+            if turn.committed and self.exporter is not None:
+                self.exporter.request()
+            version = int(self.conn.pragma("data_version"))
+            if version != self.last_version:
+                dispatcher.poke()          # an operator or a worker wrote: tick soon
+                time.sleep(MIN_TICK_GAP_SECONDS)
+                return version
+            if turn.closed or (turn.reports and not dispatcher.busy()) \
+                    or time.monotonic() >= deadline:
+                return version
 
     def _replace_dead_workers(self) -> None:
         """A worker that died is replaced (a few times), so a crash does not stall the run."""
@@ -462,6 +523,9 @@ class _RunLoop:
         if not conn.get_autocommit():
             conn.execute("ROLLBACK")
         hurry = _SecondSignal().install()
+        if self.dispatcher is not None:
+            # Workers still running a task report it themselves from now on.
+            self.dispatcher.close()
         try:
             if self.interrupted and self.children:
                 running = _running_tasks(conn, self.owner)

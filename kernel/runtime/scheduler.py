@@ -36,6 +36,7 @@ Dependencies:
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import apsw
@@ -64,8 +65,10 @@ def tick(conn: apsw.Connection, now: float, ctx: TickContext) -> TickReport:
     with db.write_tx(conn):
         report.queued = attempts.queue_ready_in_tx(conn, now, workstreams=prepared)
     derive_workstreams(conn, now, ctx, report)
-    _check_exhaustion(conn, now, ctx, report)
+    scanned = ctx.queue_scanned_at
     report.counts, report.done, report.unrunnable = progress_counts(conn, ctx)
+    if ctx.queue_scanned_at != scanned:   # the queue was scanned in this tick
+        _check_exhaustion(conn, now, ctx, report)
     _record_unrunnable(conn, now, ctx, report.unrunnable)
     if report.done:
         # The last task may have finished between the derivation and the count (workers
@@ -150,6 +153,29 @@ def _record_unrunnable(conn: apsw.Connection, now: float, ctx: TickContext,
                                     caused_by=events.last_seq_in_tx(conn, task_id=u["task_id"]))
 
 
+#: While tasks run, the queued tasks are scanned for what no worker can run (and for resource
+#: requests no pool can grant) at most this often: the scan is O(queued), and a run is not
+#: over while anything runs. With nothing running it is made on every tick.
+QUEUE_SCAN_SECONDS = 2.0
+
+
+def _scan_queue(conn: apsw.Connection, ctx: TickContext, scope: str, params: tuple[Any, ...],
+                busy: int) -> list[dict[str, Any]]:
+    """``fit.unrunnable`` over the queued tasks in scope; while ``busy``, the last scan's
+    result when it is younger than ``QUEUE_SCAN_SECONDS`` (still queued tasks only)."""
+    now = time.monotonic()
+    if busy and ctx.queue_scanned_at is not None \
+            and now - ctx.queue_scanned_at < QUEUE_SCAN_SECONDS:
+        return ctx.last_unrunnable
+    queued = [r[0] for r in conn.execute(f"SELECT task_id FROM task WHERE state = 'queued' "
+                                         f"AND {scope}", params)]
+    ctx.last_unrunnable = fit.unrunnable(
+        conn, queued, no_workers_reason=None if ctx.wait_for_workers
+        else "no live worker is left to run it")
+    ctx.queue_scanned_at = now
+    return ctx.last_unrunnable
+
+
 def progress_counts(conn: apsw.Connection, ctx: TickContext
                     ) -> tuple[dict[str, int], bool, list[dict[str, Any]]]:
     """Task counts by state in the run's scope, whether nothing more can happen (done), and
@@ -167,11 +193,7 @@ def progress_counts(conn: apsw.Connection, ctx: TickContext
                               params)
     unrunnable: list[dict[str, Any]] = []
     if counts.get("queued"):
-        queued = [r[0] for r in conn.execute(f"SELECT task_id FROM task WHERE state = 'queued' "
-                                             f"AND {scope}", params)]
-        unrunnable = fit.unrunnable(
-            conn, queued, no_workers_reason=None if ctx.wait_for_workers
-            else "no live worker is left to run it")
+        unrunnable = _scan_queue(conn, ctx, scope, params, busy)
     runnable_queued = counts.get("queued", 0) - len(unrunnable)
     done = busy == 0 and not ready_pending and runnable_queued <= 0
     return counts, done, unrunnable

@@ -40,7 +40,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -55,6 +55,7 @@ from kernel.definitions import offers
 from kernel.definitions.executors import AGENT_EXECUTORS, effective_executor
 from kernel.runtime import attempts, claims, leases
 from kernel.runtime.changes import tree_lock
+from kernel.runtime.channel import KernelLink, from_fd
 from kernel.runtime.executors import ExecutionRequest, ExecutionResult, executor_for
 from kernel.runtime.rules import run_rules
 from kernel.runtime.worktree import Commit, commit_all
@@ -74,6 +75,7 @@ class WorkerOptions:
     idle_exit_seconds: float | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     export_views: bool = True                  # when not managed by an `orch run`
+    link: Any = None                           # a socket to its `orch run` (kernel.runtime.channel)
 
 
 def new_worker_id() -> str:
@@ -111,6 +113,7 @@ class Worker:
         self.declared_dead = False
         self.next_claim: claims.Claim | None = None   # claimed in the finishing transaction
         self._exporter: Any = None
+        self.link = KernelLink(self.options.link) if self.options.link is not None else None
         # Read once: copying os.environ item by item costs ~0.1 ms, on every task.
         self._base_env = dict(os.environ)
 
@@ -122,9 +125,7 @@ class Worker:
 
     @property
     def lease_ttl(self) -> float:
-        w = self.config.workers
-        return w.heartbeat_seconds * (w.unresponsive_after_missed + 1) \
-            + w.shutdown_after_unresponsive_seconds
+        return leases.ttl_for(self.config.workers)
 
     def register(self) -> None:
         assessed = [] if self.options.capabilities else offers.assess(  # before the lock
@@ -242,6 +243,8 @@ class Worker:
         return True
 
     def _parent_gone(self) -> bool:
+        if self.link is not None and self.link.broken:
+            return True
         pid = self.options.parent_pid
         return pid is not None and (os.getppid() != pid or not pid_alive(pid))
 
@@ -260,6 +263,8 @@ class Worker:
     # ------------------------------------------------------------------ the loop
 
     def run_forever(self) -> int:
+        if self.link is not None:
+            return self._run_linked(self.link)
         last_version = None
         idle_since = time.monotonic()
         next_try = 0.0
@@ -300,6 +305,25 @@ class Worker:
                 self.shutdown()
         return 0
 
+    def _run_linked(self, link: KernelLink) -> int:
+        """The loop of a worker started by ``orch run``: the kernel sends the claims and
+        commits the reports (``kernel.runtime.dispatch``); the worker only runs tasks."""
+        link.hello(self.worker_id)
+        try:
+            while not self.should_exit():
+                claim = link.wait_claim(0.25)
+                while claim is not None:   # the next claim comes with the report
+                    self.next_claim = None
+                    self.run_one(claim)
+                    claim, self.next_claim = self.next_claim, None
+        finally:
+            link.close()
+            if self.declared_dead:
+                self.conn.close()
+            else:
+                self.shutdown()
+        return 0
+
     def _commit(self, claim: claims.Claim,
                 details: Mapping[str, Any]) -> tuple[Commit | None, str | None]:
         """Commit the task's changes on the workstream branch: (what was committed, or None
@@ -336,14 +360,33 @@ class Worker:
         try:
             return executor_for(claim.definition).run(
                 request,
-                on_start=lambda pgid: claims.record_process(self.conn, claim, pgid,
-                                                            self.hostname),
+                on_start=lambda pgid: self._started(claim, pgid),
                 should_stop=lambda: self._should_stop(claim, self.conn))
         except (apsw.Error, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - any executor failure is the task's, not ours
             return ExecutionResult("error", error=f"the {claim.type or 'task'} executor "
                                                   f"failed: {type(exc).__name__}: {exc}")
+
+    def _started(self, claim: claims.Claim, pgid: int) -> None:
+        """Record the task's process group (with the kernel's next commit, when linked)."""
+        def direct() -> None:
+            claims.record_process(self.conn, claim, pgid, self.hostname)
+
+        if self.link is None:
+            direct()
+        else:
+            self.link.started(claim.attempt_id, pgid, self.hostname, direct)
+
+    def _send(self, claim: claims.Claim, msg: dict[str, Any],
+              direct: Callable[[], str]) -> str:
+        """A report: to the kernel, which commits it (and the next claim, when the worker
+        asked for more) with the others; written by ``direct()`` without a kernel."""
+        if self.link is None:
+            return direct()
+        state, self.next_claim = self.link.report(
+            {**msg, "attempt_id": claim.attempt_id, "more": not self._stopping()}, direct)
+        return state
 
     def run_one(self, claim: claims.Claim) -> str:
         """Run one claimed task to its end: the pre-execution rules, the command, the commit of
@@ -388,8 +431,11 @@ class Worker:
         if report.passed:
             return None
         bad = report.failed[0]
-        return claims.fail_before_start(self.conn, claim, time.time(), rule=bad.rule,
-                                        reason=bad.reason, rules=report.as_dict())
+        return self._send(claim, {"op": "refused", "rule": bad.rule, "reason": bad.reason,
+                                  "rules": report.as_dict()},
+                          lambda: claims.fail_before_start(
+                              self.conn, claim, time.time(), rule=bad.rule, reason=bad.reason,
+                              rules=report.as_dict()))
 
     def _request(self, claim: claims.Claim, place: _Workplace) -> ExecutionRequest:
         """What the executor runs; the prompt is written to its file when the command names
@@ -450,11 +496,14 @@ class Worker:
                 passed, summary = False, result.error or "the commit failed"
         elif deferred and not passed:
             summary += _undo(result)
-        return claims.finish_validation(
-            self.conn, claim, time.time(), passed=passed, summary=summary,
-            rules=report.as_dict(),
-            duration=result.duration_seconds + time.monotonic() - started,
-            details=dict(result.details))
+        duration = result.duration_seconds + time.monotonic() - started
+        return self._send(claim, {"op": "validated", "passed": passed, "summary": summary,
+                                  "rules": report.as_dict(), "duration": duration,
+                                  "details": dict(result.details)},
+                          lambda: claims.finish_validation(
+                              self.conn, claim, time.time(), passed=passed, summary=summary,
+                              rules=report.as_dict(), duration=duration,
+                              details=dict(result.details)))
 
     def _committed(self, claim: claims.Claim, result: ExecutionResult) -> ExecutionResult:
         """The task's changes become one commit on the workstream's branch, described in the
@@ -475,6 +524,16 @@ class Worker:
 
     def _finish(self, claim: claims.Claim, result: ExecutionResult, reason: str | None) -> str:
         backoff = attempts.retry_backoff(self.config.workers)
+        if self.link is not None:
+            return self._send(claim, {
+                "op": "finished", "outcome": result.outcome, "exit_code": result.exit_code,
+                "error": result.error, "duration": result.duration_seconds,
+                "details": dict(result.details), "cancel_reason": reason},
+                lambda: claims.finish_execution(
+                    self.conn, claim, time.time(), outcome=result.outcome,
+                    exit_code=result.exit_code, error=result.error,
+                    duration=result.duration_seconds, details=dict(result.details),
+                    backoff=backoff, cancel_reason=reason))
         if result.outcome != "cancelled" and not self._stopping():
             # Finishing and claiming the next task share one transaction.
             state, self.next_claim = claims.finish_and_claim(
@@ -545,23 +604,25 @@ def main(project: Project, options: WorkerOptions, worker_id: str | None = None)
 
 def managed_main(argv: list[str]) -> int | None:
     """``python -m kernel --root DIR worker --managed-by OWNER --parent-pid PID --name NAME
-    [--workstream WS]...`` (``argv`` without ``worker``): a worker started by ``orch run``
-    when it does not fork one (``kernel.runtime.runner.spawn_worker``), with the runtime only,
-    not the command line (click, its command table). None for any other argument: then the
-    command line runs it as ``orch worker``. It reads and validates ``orch.toml`` itself, as
-    ``orch worker`` does."""
+    [--link-fd FD] [--workstream WS]...`` (``argv`` without ``worker``): a worker started by
+    ``orch run`` when it does not fork one (``kernel.runtime.runner.spawn_worker``), with the
+    runtime only, not the command line (click, its command table). None for any other
+    argument: then the command line runs it as ``orch worker``. It reads and validates
+    ``orch.toml`` itself, as ``orch worker`` does. With ``--link-fd`` it reports to its
+    ``orch run`` through that socket (``kernel.runtime.channel``)."""
     import argparse
     import gc
 
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for option in ("--root", "--managed-by", "--parent-pid", "--name"):
+    for option in ("--root", "--managed-by", "--parent-pid", "--name", "--link-fd"):
         parser.add_argument(option)
     parser.add_argument("--workstream", action="append", default=None)
     args, rest = parser.parse_known_args(argv)
     if rest or None in (args.root, args.managed_by, args.parent_pid) \
-            or not args.parent_pid.isdigit():
+            or not args.parent_pid.isdigit() or not (args.link_fd or "0").isdigit():
         return None
     gc.freeze()   # the imports are permanent: the collector skips them, at exit too
     return main(Project(Path(args.root).resolve()), WorkerOptions(
         workstreams=args.workstream, scheduler_owner=args.managed_by,
-        parent_pid=int(args.parent_pid), name=args.name or ""))
+        parent_pid=int(args.parent_pid), name=args.name or "",
+        link=from_fd(int(args.link_fd)) if args.link_fd else None))

@@ -1,0 +1,186 @@
+"""The link between ``orch run`` and a worker it started: one JSON document per line on a socket
+pair, and the worker's end of it (``KernelLink``).
+
+Public API:
+    ``Wire(sock)`` (``send(msg) -> bool``, ``recv(timeout) -> dict | None``, ``close()``;
+    raises ``Gone`` when the other end is closed); ``KernelLink(sock)`` (a worker's end:
+    ``hello``, ``wait_claim``, ``started``, ``report``; ``broken``);
+    ``claim_to_wire(claim) -> dict``, ``claim_from_wire(data) -> Claim``; ``Gone``;
+    ``socket_pair() -> (kernel_end, worker_end)``; ``from_fd(fd) -> socket``.
+
+Stability Guarantees:
+    Messages a worker sends: ``hello`` {worker_id} (registered, ready for work);
+    ``started`` {attempt_id, pgid, hostname} (the task's process group; no reply);
+    ``refused`` {attempt_id, rule, reason, rules, more} (a pre-execution rule failed);
+    ``finished`` {attempt_id, outcome, exit_code, error, duration, details, cancel_reason, more};
+    ``validated`` {attempt_id, passed, summary, rules, duration, details, more}. The last three
+    get the reply ``done`` {state, claim}: the task's new state as the kernel committed it, and
+    the worker's next claim when it asked for more (``more``) and one was made in the same
+    transaction. The kernel also sends ``claim`` {claim} to a worker that waits for work.
+    A reply with ``state`` null (the kernel could not apply the report) or a link that breaks
+    (the kernel is gone) makes the worker write the report itself, with the same fenced
+    functions (``kernel.runtime.claims``): a report is never lost, and never applied twice
+    (the compare-and-set on the fencing generation refuses a second one, logged as
+    ``stale_result_rejected``). A worker whose link broke takes no new claim and exits after
+    its task.
+
+Integration Points:
+    ``kernel.runtime.runner`` creates the pairs (``socket_pair``) when it forks or spawns a
+    worker; ``kernel.runtime.dispatch`` is the kernel's end; ``kernel.runtime.worker`` uses
+    ``KernelLink`` when it was given a link (``WorkerOptions.link``).
+
+Dependencies:
+    ``kernel.runtime.attempts`` (``Claim``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import select
+import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kernel.runtime.attempts import Claim
+
+__all__ = ["Gone", "KernelLink", "Wire", "claim_from_wire", "claim_to_wire", "from_fd",
+           "socket_pair"]
+
+T = TypeVar("T")
+
+
+class Gone(Exception):
+    """The other end of the link is closed."""
+
+
+def socket_pair() -> tuple[socket.socket, socket.socket]:
+    """(the kernel's end, the worker's end); neither is inherited by a task's process."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+
+def from_fd(fd: int) -> socket.socket:
+    """The worker's end, passed to a spawned worker as a file descriptor."""
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)
+    return sock
+
+
+_CLAIM_FIELDS = tuple(f.name for f in dataclasses.fields(Claim))
+
+
+def claim_to_wire(claim: Claim) -> dict[str, Any]:
+    """The claim's fields (not copied: ``dataclasses.asdict`` deep-copies the definition)."""
+    return {name: getattr(claim, name) for name in _CLAIM_FIELDS}
+
+
+def claim_from_wire(data: dict[str, Any]) -> Claim:
+    return Claim(**data)
+
+
+class Wire:
+    """Line-delimited JSON on a stream socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = b""
+        self._ready: list[dict[str, Any]] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        """Send one message; False when the other end is gone."""
+        try:
+            self.sock.sendall(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+        except OSError:
+            return False
+        return True
+
+    def feed(self) -> bool:
+        """Read what is there (the socket is readable); False at end of file."""
+        try:
+            data = self.sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        self._ready.extend(json.loads(line) for line in lines if line)
+        return True
+
+    def take(self) -> list[dict[str, Any]]:
+        out, self._ready = self._ready, []
+        return out
+
+    def recv(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next message, or None after ``timeout`` seconds; ``Gone`` at end of file."""
+        while not self._ready:
+            readable, _, _ = select.select([self.sock], [], [], timeout)
+            if not readable:
+                return None
+            if not self.feed():
+                raise Gone()
+        return self._ready.pop(0)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class KernelLink:
+    """A worker's end of the link: reports go to the kernel, which commits them with the next
+    claims; when the kernel is gone (or could not apply a report) the worker's own ``direct``
+    function writes it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.wire = Wire(sock)
+        self.broken = False
+
+    def hello(self, worker_id: str) -> None:
+        self.broken = self.broken or not self.wire.send({"op": "hello", "worker_id": worker_id})
+
+    def wait_claim(self, timeout: float) -> Claim | None:
+        """The next claim the kernel sends, or None after ``timeout`` (or once broken)."""
+        if self.broken:
+            return None
+        try:
+            msg = self.wire.recv(timeout)
+        except (Gone, OSError, ValueError):
+            self.broken = True
+            return None
+        if msg is not None and msg.get("op") == "claim" and msg.get("claim"):
+            return claim_from_wire(msg["claim"])
+        return None
+
+    def started(self, attempt_id: int, pgid: int, hostname: str,
+                direct: Callable[[], None]) -> None:
+        if self.broken or not self.wire.send({"op": "started", "attempt_id": attempt_id,
+                                              "pgid": pgid, "hostname": hostname}):
+            self.broken = True
+            direct()
+
+    def report(self, msg: dict[str, Any],
+               direct: Callable[[], T]) -> tuple[str | T, Claim | None]:
+        """Send a report and wait for the kernel's ``done``: (the task's new state, the next
+        claim or None). ``direct()`` writes the report instead when that fails."""
+        if not self.broken and self.wire.send(msg):
+            try:
+                reply = self.wire.recv(None)
+            except (Gone, OSError, ValueError):
+                reply = None
+            if reply is not None and reply.get("op") == "done" and reply.get("state"):
+                claim = reply.get("claim")
+                return str(reply["state"]), claim_from_wire(claim) if claim else None
+            if reply is None:
+                self.broken = True
+        else:
+            self.broken = True
+        return direct(), None
+
+    def close(self) -> None:
+        self.wire.close()
