@@ -51,8 +51,8 @@ class TickContext:
     #: task_id -> reason already recorded as a task_unrunnable event in this run.
     reported_unrunnable: dict[str, str] = field(default_factory=dict)
     #: When the queued tasks were last scanned for what no worker can run (monotonic clock),
-    #: and what that scan found: while tasks run, the scan is made at most every
-    #: ``QUEUE_SCAN_SECONDS`` (kernel.runtime.scheduler).
+    #: and what that scan found: the scan is made only when nothing runs
+    #: (kernel.runtime.scheduler).
     queue_scanned_at: float | None = None
     last_unrunnable: list[dict[str, Any]] = field(default_factory=list)
 

@@ -160,10 +160,11 @@ class ForkedWorker:
 Child = subprocess.Popen[bytes] | ForkedWorker
 
 
-# Set: workers are spawned, never forked. orch bench sets the other two to count, per process
-# and at its exit, what workers commit and claim (kernel.bench.shim): a forked worker inherits
-# the run's counters and ends with os._exit, so it would count wrong or not at all.
-SPAWN_ENV = ("ORCH_SPAWN_WORKERS", "ORCH_BENCH_TX_LOG", "ORCH_BENCH_CLAIM_LOG")
+# Set: workers are spawned, never forked. orch bench sets the other one to count, per process
+# and at its exit, what workers commit (kernel.bench.shim): a forked worker inherits the run's
+# counters and ends with os._exit, so it would count wrong or not at all. (Claims are timed by
+# the workers themselves, kernel.runtime.worker.CLAIM_LOG_ENV: that works forked.)
+SPAWN_ENV = ("ORCH_SPAWN_WORKERS", "ORCH_BENCH_TX_LOG")
 # Set: the workers claim and report in their own transactions (as a hand-joined `orch worker`
 # does) instead of through the run's group commit (kernel.runtime.dispatch).
 DIRECT_ENV = "ORCH_DIRECT_WORKERS"
@@ -627,7 +628,7 @@ def _keep_wal_small(conn: Any, project: Project, busy_timeout_ms: int) -> None:
         # In the writers' queue, or the kernel's writers (who never use SQLite's busy handler
         # against each other) would starve the checkpoint.
         with db.writer_lock(conn, timeout=WAL_RESTART_WAIT_MS / 1000):
-            db.checkpoint(conn, "RESTART")
+            db.checkpoint(conn, "TRUNCATE")
     except apsw.BusyError:
         pass
     finally:

@@ -153,19 +153,14 @@ def _record_unrunnable(conn: apsw.Connection, now: float, ctx: TickContext,
                                     caused_by=events.last_seq_in_tx(conn, task_id=u["task_id"]))
 
 
-#: While tasks run, the queued tasks are scanned for what no worker can run (and for resource
-#: requests no pool can grant) at most this often: the scan is O(queued), and a run is not
-#: over while anything runs. With nothing running it is made on every tick.
-QUEUE_SCAN_SECONDS = 2.0
-
-
 def _scan_queue(conn: apsw.Connection, ctx: TickContext, scope: str, params: tuple[Any, ...],
                 busy: int) -> list[dict[str, Any]]:
-    """``fit.unrunnable`` over the queued tasks in scope; while ``busy``, the last scan's
-    result when it is younger than ``QUEUE_SCAN_SECONDS`` (still queued tasks only)."""
+    """``fit.unrunnable`` over the queued tasks in scope. The scan is O(queued) and only
+    decides whether the run is stalled, so it is made only when nothing runs (``busy`` is 0)
+    or never was; while tasks run, the last scan's result stands: a task no worker can run is
+    reported (``task_unrunnable``) once the run has nothing else to do, and at its end."""
     now = time.monotonic()
-    if busy and ctx.queue_scanned_at is not None \
-            and now - ctx.queue_scanned_at < QUEUE_SCAN_SECONDS:
+    if busy and ctx.queue_scanned_at is not None:
         return ctx.last_unrunnable
     queued = [r[0] for r in conn.execute(f"SELECT task_id FROM task WHERE state = 'queued' "
                                          f"AND {scope}", params)]

@@ -63,6 +63,24 @@ from kernel.store import db
 from kernel.store.machines import states_allowing, terminal_states, transition_in_tx
 from kernel.store.project import Project
 
+#: Set (``orch bench`` sets it): every claim a worker waits for is timed and appended to this
+#: file, one ``seconds<TAB>claimed(0|1)<TAB>call`` line per call in one ``O_APPEND`` write (read
+#: by ``kernel.bench.shim.read_claim_log``). ``call``: ``claim_next`` and ``finish_and_claim``
+#: for a worker that claims itself; ``report`` (a report sent to the kernel until its reply,
+#: which carries the next claim) and ``wait`` (from the moment a linked worker waits for work
+#: until a claim arrives) for a worker linked to its ``orch run``.
+CLAIM_LOG_ENV = "ORCH_BENCH_CLAIM_LOG"
+
+
+def _log_claim(path: str | None, seconds: float, claimed: bool, call: str) -> None:
+    if not path:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{seconds:.6f}\t{int(claimed)}\t{call}\n".encode())
+    finally:
+        os.close(fd)
+
 
 @dataclass
 class WorkerOptions:
@@ -116,6 +134,7 @@ class Worker:
         self.link = KernelLink(self.options.link) if self.options.link is not None else None
         # Read once: copying os.environ item by item costs ~0.1 ms, on every task.
         self._base_env = dict(os.environ)
+        self._claim_log = os.environ.get(CLAIM_LOG_ENV)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -275,11 +294,14 @@ class Worker:
                 if version != last_version or now_m >= next_try:
                     last_version = version
                     next_try = now_m + 0.5
+                    started = time.perf_counter()
                     try:
                         claim = claims.claim_next(self.conn, self.worker_id, time.time,
                                                   lease_ttl=self.lease_ttl, offers=self._offers)
                     except apsw.BusyError:
                         claim = None
+                    _log_claim(self._claim_log, time.perf_counter() - started,
+                               claim is not None, "claim_next")
                     if claim is not None:
                         while claim is not None:   # the next claim may come with the finish
                             self.next_claim = None
@@ -310,12 +332,16 @@ class Worker:
         commits the reports (``kernel.runtime.dispatch``); the worker only runs tasks."""
         link.hello(self.worker_id)
         try:
+            waiting = time.perf_counter()
             while not self.should_exit():
                 claim = link.wait_claim(0.25)
+                if claim is not None:
+                    _log_claim(self._claim_log, time.perf_counter() - waiting, True, "wait")
                 while claim is not None:   # the next claim comes with the report
                     self.next_claim = None
                     self.run_one(claim)
                     claim, self.next_claim = self.next_claim, None
+                    waiting = time.perf_counter()
         finally:
             link.close()
             if self.declared_dead:
@@ -384,8 +410,13 @@ class Worker:
         asked for more) with the others; written by ``direct()`` without a kernel."""
         if self.link is None:
             return direct()
+        more = not self._stopping()
+        sent = time.perf_counter()
         state, self.next_claim = self.link.report(
-            {**msg, "attempt_id": claim.attempt_id, "more": not self._stopping()}, direct)
+            {**msg, "attempt_id": claim.attempt_id, "more": more}, direct)
+        if more and state != "validating":
+            _log_claim(self._claim_log, time.perf_counter() - sent,
+                       self.next_claim is not None, "report")
         return state
 
     def run_one(self, claim: claims.Claim) -> str:
@@ -536,11 +567,15 @@ class Worker:
                     backoff=backoff, cancel_reason=reason))
         if result.outcome != "cancelled" and not self._stopping():
             # Finishing and claiming the next task share one transaction.
+            started = time.perf_counter()
             state, self.next_claim = claims.finish_and_claim(
                 self.conn, claim, time.time(), outcome=result.outcome,
                 exit_code=result.exit_code, error=result.error,
                 duration=result.duration_seconds, details=dict(result.details),
                 backoff=backoff, lease_ttl=self.lease_ttl, offers=self._offers)
+            if state != "validating":
+                _log_claim(self._claim_log, time.perf_counter() - started,
+                           self.next_claim is not None, "finish_and_claim")
             return state
         return claims.finish_execution(
             self.conn, claim, time.time(), outcome=result.outcome,
