@@ -50,8 +50,11 @@ class _Kernel:
         for i in range(workers):
             kernel_end, worker_end = socket_pair()
             self.dispatcher.add(kernel_end)
+            # Managed, as by an `orch run`: a worker exits once its link closes. (Its "parent"
+            # is this process's parent, which stays alive: os.getppid() in a thread.)
             worker = Worker(self.project, WorkerOptions(name=f"w{i}", link=worker_end,
-                                                        scheduler_owner="test-kernel"))
+                                                        scheduler_owner="test-kernel",
+                                                        parent_pid=os.getppid()))
             self.worker_commits.append(_count_commits(worker.conn))
             self.workers.append(worker)
 
@@ -170,3 +173,45 @@ def test_a_linked_run_and_a_direct_run_leave_the_same_audit_trail(tmp_path: Path
                 == 12
         conn.close()
     assert trails[0] == trails[1]
+
+
+def test_a_worker_joined_by_hand_reports_through_the_running_kernel(tmp_path: Path) -> None:
+    """`orch run --workers 0` listens on its socket (kernel.runtime.channel.socket_path); an
+    `orch worker` started by hand joins it: the kernel claims for it and commits its reports.
+    When the run is over, the socket is gone and the worker claims on its own."""
+    import signal
+    import subprocess
+
+    from kernel.runtime.channel import socket_path
+    from tests.e2e import ORCH, start_run, stop, wait_for
+
+    root = make_project(tmp_path / "p", [
+        task(f"t{i}", deps=[f"t{i - 1}"] if i % 4 else [], executor="noop") for i in range(16)])
+    path = socket_path(Path(root).resolve() / ".state" / "kernel.db")
+    assert path is not None
+    run_proc = start_run(root, workers=0)
+    log = tmp_path / "claims.log"
+    worker = None
+    try:
+        wait_for(path.exists, message="the kernel's socket")
+        worker = subprocess.Popen(
+            [ORCH, "--root", str(root), "worker", "--name", "by-hand"],
+            env={**os.environ, "ORCH_BENCH_CLAIM_LOG": str(log)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        code, out, err = stop(run_proc, timeout=60)
+        assert code == 0, out + err
+        assert set(states(root).values()) == {"completed"}
+        assert not path.exists()
+    finally:
+        for proc in (run_proc, worker):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=20)
+    calls = Counter(line.split("\t")[2].strip() for line in log.read_text().splitlines())
+    # Every claim but the first came with a report's reply from the kernel; the worker never
+    # claimed in its own transaction while the kernel ran (it may have tried once the run was
+    # over: then nothing was left to claim).
+    assert calls["report"] >= 15, calls
+    assert calls["finish_and_claim"] == 0, calls
+    workers = query(root, "SELECT DISTINCT worker_id FROM attempt")
+    assert len(workers) == 1

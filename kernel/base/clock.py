@@ -29,7 +29,9 @@ def iso(t: datetime | float | None = None) -> str:
         d = (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC)
     else:
         d = datetime.fromtimestamp(t, UTC)
-    return f"{d:%Y-%m-%dT%H:%M:%S}.{d.microsecond // 1000:03d}Z"
+    # Field by field: a strftime format costs twice as much, on every transition.
+    return (f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:"
+            f"{d.second:02d}.{d.microsecond // 1000:03d}Z")
 
 
 def now_iso() -> str:

@@ -6,7 +6,10 @@ Public API:
     raises ``Gone`` when the other end is closed); ``KernelLink(sock)`` (a worker's end:
     ``hello``, ``wait_claim``, ``started``, ``report``; ``broken``);
     ``claim_to_wire(claim) -> dict``, ``claim_from_wire(data) -> Claim``; ``Gone``;
-    ``socket_pair() -> (kernel_end, worker_end)``; ``from_fd(fd) -> socket``.
+    ``DIRECT_ENV``;
+    ``socket_pair() -> (kernel_end, worker_end)``; ``from_fd(fd) -> socket``;
+    ``socket_path(db_path) -> Path | None`` (where a running kernel listens for workers that join
+    by hand), ``listen(db_path) -> socket | None``, ``connect(db_path) -> socket | None``.
 
 Stability Guarantees:
     Messages a worker sends: ``hello`` {worker_id} (registered, ready for work);
@@ -24,28 +27,44 @@ Stability Guarantees:
     ``stale_result_rejected``). A worker whose link broke takes no new claim and exits after
     its task.
 
+    A worker that joins by hand (``orch worker``) connects to the kernel's socket: a
+    ``socket_path`` in a directory of the user's own (``$TMPDIR/orch-UID``, mode 0700, checked:
+    no other user can connect), named after the database's path. No socket (no ``orch run``,
+    another user's directory, ``ORCH_DIRECT_WORKERS``) means the worker claims and reports in
+    its own transactions, as before; so does a joined worker whose kernel went away.
+
 Integration Points:
     ``kernel.runtime.runner`` creates the pairs (``socket_pair``) when it forks or spawns a
-    worker; ``kernel.runtime.dispatch`` is the kernel's end; ``kernel.runtime.worker`` uses
-    ``KernelLink`` when it was given a link (``WorkerOptions.link``).
+    worker, and listens on ``socket_path`` while it runs; ``kernel.runtime.dispatch`` is the
+    kernel's end; ``kernel.runtime.worker`` uses ``KernelLink`` when it was given a link
+    (``WorkerOptions.link``) or found a kernel to join.
 
 Dependencies:
-    ``kernel.runtime.attempts`` (``Claim``).
+    ``kernel.runtime.attempts``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import select
 import socket
+import stat
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from kernel.runtime.attempts import Claim
 
-__all__ = ["Gone", "KernelLink", "Wire", "claim_from_wire", "claim_to_wire", "from_fd",
-           "socket_pair"]
+#: Set: workers claim and report in their own transactions instead of through the group commit
+#: of their ``orch run`` (it starts them unlinked, and ``orch worker`` does not join it).
+DIRECT_ENV = "ORCH_DIRECT_WORKERS"
+
+__all__ = ["DIRECT_ENV", "Gone", "KernelLink", "Wire", "claim_from_wire", "claim_to_wire",
+           "connect", "from_fd", "listen", "socket_pair", "socket_path"]
 
 T = TypeVar("T")
 
@@ -67,6 +86,56 @@ def from_fd(fd: int) -> socket.socket:
 
 
 _CLAIM_FIELDS = tuple(f.name for f in dataclasses.fields(Claim))
+
+
+def socket_path(db_path: Path) -> Path | None:
+    """Where the kernel of ``db_path`` listens, or None when the directory is not safely this
+    user's own (it is created with mode 0700)."""
+    directory = Path(tempfile.gettempdir()) / f"orch-{os.getuid()}"
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        info = directory.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() \
+            or stat.S_IMODE(info.st_mode) & 0o077:
+        return None
+    digest = hashlib.sha256(str(Path(db_path).resolve()).encode()).hexdigest()[:24]
+    return directory / f"{digest}.sock"
+
+
+def listen(db_path: Path) -> socket.socket | None:
+    """The kernel's listening socket (non-blocking), or None when there can be none."""
+    path = socket_path(db_path)
+    if path is None:
+        return None
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        path.unlink(missing_ok=True)      # left by a kernel that died: only one run owns a db
+        server.bind(str(path))
+        server.listen(64)
+    except OSError:
+        server.close()
+        return None
+    server.setblocking(False)
+    return server
+
+
+def connect(db_path: Path) -> socket.socket | None:
+    """A link to the running kernel of ``db_path``, or None when none listens (or
+    ``DIRECT_ENV`` is set)."""
+    if os.environ.get(DIRECT_ENV):
+        return None
+    path = socket_path(db_path)
+    if path is None or not path.exists():
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        return None
+    return sock
 
 
 def claim_to_wire(claim: Claim) -> dict[str, Any]:

@@ -6,7 +6,11 @@ Public API:
     ``is_current(conn, claim)`` (None while the claim holds, else why not);
     ``fail_before_start`` (a pre-execution rule failed); ``finish_execution``;
     ``finish_and_claim`` (the finish and the next claim in one transaction);
-    ``finish_validation``; ``CLAIM_WINDOW``, ``CLAIM_PAGE``.
+    ``finish_validation``; each write also as ``..._in_tx`` inside the caller's transaction
+    (``claim_in_tx``, ``record_process_in_tx(conn, attempt_id, pgid, hostname)``,
+    ``fail_before_start_in_tx``, ``finish_execution_in_tx``, ``finish_validation_in_tx``: what
+    the kernel's group commit runs, ``kernel.runtime.dispatch``); ``CLAIM_WINDOW``,
+    ``CLAIM_PAGE``.
 
 Stability Guarantees:
     A claim is one ``BEGIN IMMEDIATE`` transaction: the task goes queued → running with a new
@@ -15,14 +19,15 @@ Stability Guarantees:
     (state, generation): a result from a stale claim — the task was cancelled, or handed on
     after its worker was declared lost — changes nothing and is logged as a
     ``stale_result_rejected`` event. A task without post-execution rules finishes in one more
-    transaction (running → validating → completed, dependents queued, worker idle): two write
-    transactions per task.
+    transaction (running → validating → completed, dependents queued, worker idle); in the
+    kernel's group commit, claims and finishes of many tasks share one transaction.
 
 Integration Points:
-    ``kernel.runtime.worker`` calls these. Claims read the ``open_workstream`` view
-    (sql/0005_trust.sql); what a worker can run is ``kernel.definitions.fit``. The bookkeeping
-    inside each transaction (closing the attempt, retrying, queueing the dependents) is
-    ``kernel.runtime.attempts``; transitions go through
+    ``kernel.runtime.dispatch`` (the kernel's group commit) runs the ``_in_tx`` forms;
+    ``kernel.runtime.worker`` calls the others when it has no kernel to report to. Claims read
+    the ``open_workstream`` view (sql/0005_trust.sql); what a worker can run is
+    ``kernel.definitions.fit``. The bookkeeping inside each transaction (closing the attempt,
+    retrying, queueing the dependents) is ``kernel.runtime.attempts``; transitions go through
     ``kernel.store.machines.transition_in_tx`` so the SQL triggers check them and write the
     events.
 

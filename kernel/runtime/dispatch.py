@@ -1,8 +1,9 @@
 """The kernel's end of its workers' links: claims and outcomes group-committed by ``orch run``.
 
 Public API:
-    ``Dispatcher(conn, workers_config)`` with ``add(sock)``, ``pump(timeout) -> Turn``,
-    ``poke()``, ``busy()``, ``close()``; ``Turn``.
+    ``Dispatcher(conn, workers_config)`` with ``add(sock)``, ``listen(server)`` (accept workers
+    that join by hand), ``pump(timeout) -> Turn``, ``poke()``, ``busy()``, ``close()``;
+    ``Turn``.
 
 Stability Guarantees:
     ``orch run`` is the one writer of the hot path: each ``pump`` reads every report its
@@ -77,11 +78,16 @@ class Dispatcher:
         self.backoff = attempts.retry_backoff(workers_config)
         self.peers: dict[int, _Peer] = {}
         self.claims: dict[int, Claim] = {}     # attempt_id -> the claim it was given
+        self.server: socket.socket | None = None
         self._dirty = False
 
     def add(self, sock: socket.socket) -> None:
         peer = _Peer(Wire(sock))
         self.peers[peer.wire.fileno()] = peer
+
+    def listen(self, server: socket.socket) -> None:
+        """Accept the workers that connect to ``server`` (``kernel.runtime.channel.listen``)."""
+        self.server = server
 
     def poke(self) -> None:
         """Something may have become claimable: offer work to the waiting workers."""
@@ -96,6 +102,9 @@ class Dispatcher:
         for peer in self.peers.values():
             peer.wire.close()
         self.peers.clear()
+        if self.server is not None:
+            self.server.close()
+            self.server = None
 
     # ------------------------------------------------------------------ one turn
 
@@ -120,12 +129,16 @@ class Dispatcher:
         return turn
 
     def _read(self, timeout: float, turn: Turn) -> list[tuple[_Peer, dict[str, Any]]]:
-        if not self.peers:
+        watched = list(self.peers) + ([self.server.fileno()] if self.server else [])
+        if not watched:
             time.sleep(timeout)
             return []
-        readable, _, _ = select.select(list(self.peers), [], [], timeout)
+        readable, _, _ = select.select(watched, [], [], timeout)
         inbox: list[tuple[_Peer, dict[str, Any]]] = []
         for fd in readable:
+            if self.server is not None and fd == self.server.fileno():
+                self._accept(self.server)
+                continue
             peer = self.peers[fd]
             alive = peer.wire.feed()
             inbox.extend((peer, msg) for msg in peer.wire.take())
@@ -134,6 +147,14 @@ class Dispatcher:
                 peer.wire.close()
                 del self.peers[fd]
         return inbox
+
+    def _accept(self, server: socket.socket) -> None:
+        try:
+            sock, _ = server.accept()
+        except OSError:
+            return
+        sock.setblocking(True)
+        self.add(sock)
 
     def _anything_queued(self) -> bool:
         return db.scalar(self.conn, "SELECT 1 FROM task WHERE state = 'queued' LIMIT 1") \

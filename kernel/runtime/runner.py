@@ -2,16 +2,21 @@
 
 Public API:
     ``RunOptions``, ``RunSummary``, ``run(project, options, progress=None) -> RunSummary``;
-    ``spawn_worker(project, owner, ...)``; ``fork_workers(...)``, ``can_fork()``,
-    ``ForkedWorker``, ``StartGate``.
+    ``spawn_worker(project, owner, ..., link=None)``; ``fork_workers(..., links=None)``,
+    ``can_fork()``, ``ForkedWorker``, ``StartGate``; ``SPAWN_ENV``, ``DIRECT_ENV``.
 
 Stability Guarantees:
     Exactly one ``orch run`` owns a database (``scheduler_lock``); a second one exits with the
     holder's pid, host and start time, unless the holder is dead (same host) or its lock expired.
     Workers are separate processes in their own sessions: Ctrl-C reaches only ``orch run``,
-    which asks them to stop (their running tasks are handed on) and waits for them. The loop
-    wakes as soon as another process commits (``PRAGMA data_version``) and at least every
-    ``run.tick_seconds``. Exit status: 0 when every task in scope completed, else 1. A missing,
+    which asks them to stop (their running tasks are handed on) and waits for them. The run is
+    the one writer of claims and outcomes: each worker it starts gets a link (a socket pair,
+    ``kernel.runtime.channel``), and between ticks the run group-commits their reports with
+    the next claims (``kernel.runtime.dispatch``); it listens on a local socket for workers
+    that join by hand. ``DIRECT_ENV`` set: no links, the workers write themselves. The next
+    tick comes when another process commits (``PRAGMA data_version``), a link closes, no worker
+    has a task after a batch of reports, and at least every ``run.tick_seconds``. Exit status:
+    0 when every task in scope completed, else 1. A missing,
     empty, damaged (``PRAGMA quick_check``) or foreign database is refused before the scheduler
     lock is written: ``DatabaseUnavailable``, exit 3, no task started.
     Start-up: once the lock is held, the run forks its workers from itself when that is safe
@@ -32,10 +37,10 @@ Integration Points:
 
 Dependencies:
     apsw; ``kernel.base.errors``, ``kernel.base.faults``, ``kernel.base.files``,
-    ``kernel.observe.exports``, ``kernel.observe.metrics_history``, ``kernel.runtime.health``,
-    ``kernel.runtime.lock``, ``kernel.runtime.scheduler``, ``kernel.runtime.worker``,
-    ``kernel.runtime.worktree``, ``kernel.store.db``, ``kernel.store.machines``,
-    ``kernel.store.project``.
+    ``kernel.observe.exports``, ``kernel.observe.metrics_history``, ``kernel.runtime.channel``,
+    ``kernel.runtime.dispatch``, ``kernel.runtime.health``, ``kernel.runtime.lock``,
+    ``kernel.runtime.scheduler``, ``kernel.runtime.worker``, ``kernel.runtime.worktree``,
+    ``kernel.store.db``, ``kernel.store.machines``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ import apsw
 from kernel.base import faults
 from kernel.base.errors import OrchError
 from kernel.base.files import open_private
-from kernel.runtime import health, lock, scheduler
+from kernel.runtime import channel, health, lock, scheduler
 from kernel.runtime.channel import socket_pair
 from kernel.runtime.dispatch import Dispatcher
 from kernel.store import db
@@ -165,9 +170,7 @@ Child = subprocess.Popen[bytes] | ForkedWorker
 # counters and ends with os._exit, so it would count wrong or not at all. (Claims are timed by
 # the workers themselves, kernel.runtime.worker.CLAIM_LOG_ENV: that works forked.)
 SPAWN_ENV = ("ORCH_SPAWN_WORKERS", "ORCH_BENCH_TX_LOG")
-# Set: the workers claim and report in their own transactions (as a hand-joined `orch worker`
-# does) instead of through the run's group commit (kernel.runtime.dispatch).
-DIRECT_ENV = "ORCH_DIRECT_WORKERS"
+DIRECT_ENV = channel.DIRECT_ENV
 
 
 def can_fork() -> bool:
@@ -379,6 +382,11 @@ class _RunLoop:
             self._open_gate()
         while self.spawned < self.options.workers:
             self._spawn()
+        if self.dispatcher is not None:
+            # Workers that join by hand (`orch worker`) connect here (kernel.runtime.channel).
+            server = channel.listen(self.project.db_path)
+            if server is not None:
+                self.dispatcher.listen(server)
         # What the workers do not wait for: the views and the metrics.
         from kernel.observe.metrics_history import MetricsTicker
 
@@ -526,6 +534,10 @@ class _RunLoop:
         hurry = _SecondSignal().install()
         if self.dispatcher is not None:
             # Workers still running a task report it themselves from now on.
+            if self.dispatcher.server is not None:
+                path = channel.socket_path(self.project.db_path)
+                if path is not None:
+                    path.unlink(missing_ok=True)
             self.dispatcher.close()
         try:
             if self.interrupted and self.children:

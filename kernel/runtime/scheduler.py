@@ -15,9 +15,12 @@ Stability Guarantees:
     tasks whose dependencies all completed are queued (one set-based UPDATE); (6) workstream
     states are derived from their tasks (``kernel.runtime.workstreams``, SPEC.md section 8),
     including critical failures and ``max_duration_seconds``; a completed workstream's branch
-    is merged and its worktree removed, a failed or cancelled one is archived. Claims are made
-    by the workers themselves (``kernel.runtime.claims``), so a completing worker queues and
-    claims the next task without waiting for a tick. ``bottom_level`` (the critical-path rank
+    is merged and its worktree removed, a failed or cancelled one is archived; (7) the
+    counts, and only when nothing runs, the O(queued) scan for tasks no worker can run (with
+    the resource requests no pool can grant). Claims are not the tick's: the kernel's group
+    commit (``kernel.runtime.dispatch``) or a worker on its own (``kernel.runtime.claims``)
+    makes them, and the transaction that completes a task queues its dependents and claims
+    the next task without waiting for a tick. ``bottom_level`` (the critical-path rank
     claims are ordered by) is ``kernel.planning.dag.bottom_levels``.
 
 Integration Points:

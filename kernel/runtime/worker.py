@@ -4,7 +4,7 @@ Public API:
     ``WorkerOptions``; ``Worker(project, options)`` with ``register()``, ``run_forever()``,
     ``run_one(claim)``, ``stop()``; ``main(...)`` (what ``orch worker`` and a forked worker
     run); ``managed_main(argv)`` (a worker ``orch run`` spawns); ``worker_env(claim,
-    root)``.
+    root)``; ``CLAIM_LOG_ENV``.
 
 Stability Guarantees:
     A worker runs at most one task at a time (the SQL index on ``task.worker_id`` enforces it).
@@ -13,6 +13,12 @@ Stability Guarantees:
     row while the command runs and kills the process group within 0.1 s when the task is
     cancelled or handed on. A worker started by ``orch run`` finishes its task and exits when
     that ``orch run`` is gone, so a restarted scheduler never meets two runs of one task.
+    Linked to a kernel (``WorkerOptions.link``: the socket pair of the ``orch run`` that
+    started it, or the kernel's socket an ``orch worker`` found), a worker writes no claim and
+    no report: it sends its reports and receives its claims (``kernel.runtime.channel``);
+    without a kernel, or once its link broke, it writes them itself with the same fenced
+    functions (``kernel.runtime.claims``). Its registration, heartbeats and shutdown are always
+    its own transactions.
 
 Integration Points:
     ``orch run --workers N`` forks N of these from itself, or starts them as ``python -m
@@ -25,9 +31,10 @@ Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.faults``,
     ``kernel.base.files``, ``kernel.base.processes``, ``kernel.definitions.executors``,
     ``kernel.definitions.offers``, ``kernel.observe.exports``, ``kernel.runtime.attempts``,
-    ``kernel.runtime.changes``, ``kernel.runtime.claims``, ``kernel.runtime.executors``,
-    ``kernel.runtime.leases``, ``kernel.runtime.rules``, ``kernel.runtime.worktree``,
-    ``kernel.store.db``, ``kernel.store.machines``, ``kernel.store.project``.
+    ``kernel.runtime.changes``, ``kernel.runtime.channel``, ``kernel.runtime.claims``,
+    ``kernel.runtime.executors``, ``kernel.runtime.leases``, ``kernel.runtime.rules``,
+    ``kernel.runtime.worktree``, ``kernel.store.db``, ``kernel.store.machines``,
+    ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ from kernel.definitions import offers
 from kernel.definitions.executors import AGENT_EXECUTORS, effective_executor
 from kernel.runtime import attempts, claims, leases
 from kernel.runtime.changes import tree_lock
-from kernel.runtime.channel import KernelLink, from_fd
+from kernel.runtime.channel import KernelLink, connect, from_fd
 from kernel.runtime.executors import ExecutionRequest, ExecutionResult, executor_for
 from kernel.runtime.rules import run_rules
 from kernel.runtime.worktree import Commit, commit_all
@@ -262,7 +269,7 @@ class Worker:
         return True
 
     def _parent_gone(self) -> bool:
-        if self.link is not None and self.link.broken:
+        if self.link is not None and self.link.broken and self.options.parent_pid is not None:
             return True
         pid = self.options.parent_pid
         return pid is not None and (os.getppid() != pid or not pid_alive(pid))
@@ -282,43 +289,17 @@ class Worker:
     # ------------------------------------------------------------------ the loop
 
     def run_forever(self) -> int:
-        if self.link is not None:
-            return self._run_linked(self.link)
-        last_version = None
-        idle_since = time.monotonic()
-        next_try = 0.0
+        """Run tasks until asked to stop: sent by the kernel while linked to it; claimed in
+        the worker's own transactions otherwise, and by a worker that joined by hand once its
+        kernel is gone."""
         try:
-            while not self.should_exit():
-                version = self.conn.pragma("data_version")
-                now_m = time.monotonic()
-                if version != last_version or now_m >= next_try:
-                    last_version = version
-                    next_try = now_m + 0.5
-                    started = time.perf_counter()
-                    try:
-                        claim = claims.claim_next(self.conn, self.worker_id, time.time,
-                                                  lease_ttl=self.lease_ttl, offers=self._offers)
-                    except apsw.BusyError:
-                        claim = None
-                    _log_claim(self._claim_log, time.perf_counter() - started,
-                               claim is not None, "claim_next")
-                    if claim is not None:
-                        while claim is not None:   # the next claim may come with the finish
-                            self.next_claim = None
-                            self.run_one(claim)
-                            if self._exporter is not None:
-                                self._exporter.request()
-                            claim, self.next_claim = self.next_claim, None
-                        idle_since = time.monotonic()
-                        last_version = None
-                        continue
-                    if self.options.once:
-                        break
-                if (self.options.idle_exit_seconds is not None
-                        and time.monotonic() - idle_since > self.options.idle_exit_seconds):
-                    break
-                time.sleep(0.005)
+            if self.link is not None:
+                self._serve_link(self.link)
+            if not self.should_exit():
+                self._claim_loop()
         finally:
+            if self.link is not None:
+                self.link.close()
             if self.declared_dead:
                 self.conn.close()
                 if self._exporter is not None:
@@ -327,28 +308,54 @@ class Worker:
                 self.shutdown()
         return 0
 
-    def _run_linked(self, link: KernelLink) -> int:
-        """The loop of a worker started by ``orch run``: the kernel sends the claims and
-        commits the reports (``kernel.runtime.dispatch``); the worker only runs tasks."""
-        link.hello(self.worker_id)
-        try:
-            waiting = time.perf_counter()
-            while not self.should_exit():
-                claim = link.wait_claim(0.25)
+    def _claim_loop(self) -> None:
+        last_version = None
+        idle_since = time.monotonic()
+        next_try = 0.0
+        while not self.should_exit():
+            version = self.conn.pragma("data_version")
+            now_m = time.monotonic()
+            if version != last_version or now_m >= next_try:
+                last_version = version
+                next_try = now_m + 0.5
+                started = time.perf_counter()
+                try:
+                    claim = claims.claim_next(self.conn, self.worker_id, time.time,
+                                              lease_ttl=self.lease_ttl, offers=self._offers)
+                except apsw.BusyError:
+                    claim = None
+                _log_claim(self._claim_log, time.perf_counter() - started,
+                           claim is not None, "claim_next")
                 if claim is not None:
-                    _log_claim(self._claim_log, time.perf_counter() - waiting, True, "wait")
-                while claim is not None:   # the next claim comes with the report
-                    self.next_claim = None
-                    self.run_one(claim)
-                    claim, self.next_claim = self.next_claim, None
-                    waiting = time.perf_counter()
-        finally:
-            link.close()
-            if self.declared_dead:
-                self.conn.close()
-            else:
-                self.shutdown()
-        return 0
+                    while claim is not None:   # the next claim may come with the finish
+                        self.next_claim = None
+                        self.run_one(claim)
+                        if self._exporter is not None:
+                            self._exporter.request()
+                        claim, self.next_claim = self.next_claim, None
+                    idle_since = time.monotonic()
+                    last_version = None
+                    continue
+                if self.options.once:
+                    break
+            if (self.options.idle_exit_seconds is not None
+                    and time.monotonic() - idle_since > self.options.idle_exit_seconds):
+                break
+            time.sleep(0.005)
+
+    def _serve_link(self, link: KernelLink) -> None:
+        """While linked to a kernel (``orch run``): it sends the claims and commits the
+        reports (``kernel.runtime.dispatch``); the worker only runs tasks. Returns when the
+        worker should exit or the link broke."""
+        link.hello(self.worker_id)
+        while not self.should_exit() and not link.broken:
+            # A claim waited for while idle is not timed (CLAIM_LOG_ENV): the wait is mostly
+            # for work to exist, not for the kernel.
+            claim = link.wait_claim(0.25)
+            while claim is not None:   # the next claim comes with the report
+                self.next_claim = None
+                self.run_one(claim)
+                claim, self.next_claim = self.next_claim, None
 
     def _commit(self, claim: claims.Claim,
                 details: Mapping[str, Any]) -> tuple[Commit | None, str | None]:
@@ -622,6 +629,10 @@ class _Workplace(NamedTuple):
 
 
 def main(project: Project, options: WorkerOptions, worker_id: str | None = None) -> int:
+    if options.link is None and options.parent_pid is None and not options.once:
+        # Joined by hand: report to the running `orch run`, if there is one
+        # (kernel.runtime.channel); without one, claim and report in its own transactions.
+        options = dataclasses.replace(options, link=connect(project.db_path))
     worker = Worker(project, options, worker_id)
 
     def on_signal(signum: int, frame: Any) -> None:
