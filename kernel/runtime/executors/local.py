@@ -310,7 +310,12 @@ class SubprocessExecutor:
                     else:
                         eof = True
             else:
-                time.sleep(_POLL)
+                # The output is closed, so the command is exiting or has exited: wait for it
+                # (waking within a millisecond of its exit), not a whole _POLL.
+                try:
+                    proc.wait(timeout=_POLL)
+                except subprocess.TimeoutExpired:
+                    pass
             if proc.poll() is not None:
                 return "succeeded", None
             now = time.monotonic()
