@@ -364,3 +364,10 @@ def finish_validation(conn: apsw.Connection, claim: Claim, now: float, *, passed
                                                    details))
         worker_idle_in_tx(conn, claim.worker_id, stamp, claim.task_id)
         return "failed"
+
+
+# Public names of the in-transaction steps, for a caller that composes several of them into one
+# write transaction (orch bench's same-work ceiling, kernel.bench.ceiling).
+claim_in_tx = _claim_in_tx
+finish_execution_in_tx = _finish_execution_in_tx
+__all__ += ["claim_in_tx", "finish_execution_in_tx"]
