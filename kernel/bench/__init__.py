@@ -28,10 +28,10 @@ Stability Guarantees:
 Integration Points:
     ``kernel.cli.bench`` (``orch bench``) calls ``run`` and prints the table or the JSON. Each
     benchmark module (``kernel.bench.plan``, ``throughput``, ``commands``, ``latency``,
-    ``views``, ``footprint``, ``startup``; ``ceiling`` and ``huey`` hold references) has a function ``(ctx) -> list[Figure]``
-    (``figures`` unless the registry names another); the registry imports them lazily, so
-    this module can be imported by all of them. docs/PERFORMANCE.md holds the last
-    full run's table (``orch bench --markdown``).
+    ``views``, ``footprint``, ``startup``; ``ceiling`` and ``huey`` hold references) has a
+    function ``(ctx) -> list[Figure]`` (``figures`` unless the registry names another); the
+    registry imports them lazily, so this module can be imported by all of them.
+    docs/PERFORMANCE.md holds the last full run's table (``orch bench --markdown``).
 
 Dependencies:
     apsw, networkx; ``kernel.base.clock``.

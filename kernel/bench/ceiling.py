@@ -42,9 +42,9 @@ Integration Points:
     ``finish_and_claim`` compose.
 
 Dependencies:
-    apsw; ``kernel.base.clock``, ``kernel.definitions.fit``, ``kernel.runtime.attempts``,
-    ``kernel.runtime.claims``, ``kernel.runtime.worker``, ``kernel.store.db``,
-    ``kernel.store.schema``, ``kernel.store.project``.
+    apsw; ``kernel.base.clock``, ``kernel.bench.harness``, ``kernel.definitions.fit``,
+    ``kernel.runtime.attempts``, ``kernel.runtime.claims``, ``kernel.runtime.worker``,
+    ``kernel.store.db``, ``kernel.store.project``, ``kernel.store.schema``.
 """
 
 from __future__ import annotations

@@ -27,9 +27,9 @@ Integration Points:
     ``reference_steps`` and of the project writer, with more options.
 
 Dependencies:
-    ``kernel.bench``, ``kernel.bench.harness``, ``kernel.definitions.check``,
-    networkx; ``kernel.definitions.load``, ``kernel.planning.generate``,
-    ``kernel.planning.plan``, ``kernel.store.db``, ``kernel.store.project``.
+    networkx; ``kernel.bench``, ``kernel.bench.harness``, ``kernel.definitions.check``,
+    ``kernel.definitions.load``, ``kernel.planning.generate``, ``kernel.planning.plan``,
+    ``kernel.store.db``, ``kernel.store.project``.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ Integration Points:
     Registered as ``noop-throughput`` in ``kernel.bench.BENCHMARKS``.
 
 Dependencies:
-    ``kernel.bench``, ``kernel.bench.ceiling``, ``kernel.bench.harness``,
-    ``kernel.bench.huey``, ``kernel.bench.shim``, ``kernel.runtime.runner``.
+    ``kernel.bench``, ``kernel.bench.ceiling``, ``kernel.bench.harness``, ``kernel.bench.huey``,
+    ``kernel.bench.shim``, ``kernel.runtime.runner``.
 """
 
 from __future__ import annotations
