@@ -8,11 +8,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kernel import bench
-from kernel.bench.harness import BUSY_PATTERN, busy_lines, percentile
+from kernel.bench.harness import BUSY_PATTERN, CPU, SPAN, WALL, busy_lines, percentile
 from kernel.bench.shim import read_claim_log, read_tx_log
 from tests.conftest import orch
 
@@ -20,12 +21,16 @@ EXPECTED = {
     "plan-100k": ["validate (library)", "load (library)", "validate + load (library)",
                   "plan (library)", "orch validate (CLI)", "orch load (CLI)",
                   "orch plan --json (CLI)"],
-    "noop-throughput": ["throughput", "throughput vs SQLite ceiling", "throughput vs Huey",
-                        "write transactions per task"],
-    "subprocess": ["`true` tasks, 8 workers vs xargs"],
-    "dispatch-latency": ["p50", "p99"],
+    "noop-throughput": ["throughput", SPAN, WALL, CPU, "throughput vs same-work ceiling",
+                        "throughput vs raw SQLite floor", "throughput vs Huey",
+                        "CPU per task, same-work ceiling", "CPU per task, raw SQLite floor",
+                        "CPU per task, Huey", "write transactions per task"],
+    "subprocess": ["`true` tasks end to end, 8 workers vs xargs",
+                   "`true` tasks over the span, 8 workers vs xargs", SPAN, WALL, CPU],
+    "dispatch-latency": ["p50", "p99", SPAN, WALL, CPU],
     "claim-contention": ["claim latency p50", "claim latency p99", "claim latency p99.9",
-                         "double claims", "SQLITE_BUSY surfaced to users", "throughput"],
+                         "double claims", "SQLITE_BUSY surfaced to users", "throughput", SPAN,
+                         WALL, CPU],
     "views-100k": ["export current.json and indices", "exports' slowdown of noop-throughput"],
     "footprint": ["peak RSS, plan-100k", "peak RSS, orch run (noop-throughput)",
                   "largest WAL (noop-throughput + reader)"],
@@ -36,6 +41,7 @@ EXPECTED = {
 # Figures whose value may be missing for reasons outside the kernel: Huey not installed
 # (--no-install), the .state views not written yet.
 MAY_BE_UNAVAILABLE = {("noop-throughput", "throughput vs Huey"),
+                      ("noop-throughput", "CPU per task, Huey"),
                       ("views-100k", "export current.json and indices"),
                       ("views-100k", "exports' slowdown of noop-throughput")}
 FIELDS = {"benchmark", "figure", "value", "unit", "reference", "ratio", "goal", "met", "note"}
@@ -75,6 +81,15 @@ def test_quick_json_run_reports_every_figure_in_shape(tmp_path: Path) -> None:
         if fig["goal"] and "reference" in fig["goal"] and fig["met"] is not None:
             assert fig["reference"] and fig["ratio"] is not None, where
     assert got == EXPECTED
+    values = {(f["benchmark"], f["figure"]): f["value"] for f in report["figures"]}
+    for name in ("noop-throughput", "subprocess", "dispatch-latency", "claim-contention"):
+        assert values[(name, WALL)] >= values[(name, SPAN)] > 0, name  # start-up and exit
+        assert values[(name, CPU)] > 0, name
+    for name in ("CPU per task, same-work ceiling", "CPU per task, raw SQLite floor"):
+        assert values[("noop-throughput", name)] > 0, name
+    ceiling = next(f for f in report["figures"]
+                   if f["figure"] == "throughput vs same-work ceiling")
+    assert ceiling["reference"] > 0 and ceiling["goal"] == ">= 0.80x reference"
     huey = next(f for f in report["figures"] if f["figure"] == "throughput vs Huey")
     assert huey["met"] is None and "--no-install" in huey["note"]
     assert not (tmp_path / "cache" / "orch-bench").exists()  # nothing was installed
@@ -172,3 +187,145 @@ def test_shim_counts_commits_and_times_claims_in_a_child(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr
     assert "not installed" not in proc.stderr
     assert read_tx_log(tmp_path / "tx.log") == {"other": 2, "processes": 1}
+
+
+def _bench_ctx(tmp_path: Path) -> bench.BenchContext:
+    return bench.BenchContext(sizes=bench.QUICK, quick=True, install=False,
+                              workdir=tmp_path / "bench")
+
+
+def _task_events(project: Any) -> dict[str, list[tuple[str, str | None, str | None, str]]]:
+    conn = project.connect(readonly=True)
+    try:
+        events: dict[str, list[tuple[str, str | None, str | None, str]]] = {}
+        for task_id, event, from_state, to_state, trigger in conn.execute(
+                "SELECT task_id, event, from_state, to_state, trigger FROM event "
+                "WHERE entity_type = 'task' ORDER BY seq"):
+            events.setdefault(task_id, []).append((event, from_state, to_state, trigger))
+        return events
+    finally:
+        conn.close()
+
+
+def _worker_events(project: Any) -> list[tuple[str, int]]:
+    conn = project.connect(readonly=True)
+    try:
+        return [(e, n) for e, n in conn.execute(
+            "SELECT event, count(*) FROM event WHERE entity_type = 'worker' "
+            "AND event IN ('worker_busy', 'worker_idle') GROUP BY event ORDER BY event")]
+    finally:
+        conn.close()
+
+
+def test_same_work_ceiling_does_the_work_of_orch_run(tmp_path: Path) -> None:
+    """The ceiling completes every task through the triggers with the audited transitions
+    and events of a real `orch run` of the same tasks, one succeeded attempt each."""
+    from kernel.bench.ceiling import same_work_ceiling
+    from kernel.bench.harness import noop_project, orch_run
+
+    n = 13
+    ceiling_project = noop_project(tmp_path / "ceiling", n)
+    ref = same_work_ceiling(ceiling_project, workers=3, batch=4)
+    assert ref.tasks == n and ref.span_seconds is not None
+    assert ref.cpu_seconds > 0 and ref.cpu_ms_per_task > 0 and ref.tasks_per_second > 0
+    conn = ceiling_project.connect(readonly=True)
+    try:
+        assert conn.execute("SELECT state, count(*) FROM task GROUP BY state").fetchall() \
+            == [("completed", n)]
+        assert conn.execute("SELECT outcome, count(*), count(DISTINCT task_id) FROM attempt "
+                            "GROUP BY outcome").fetchall() == [("succeeded", n, n)]
+        assert conn.execute("SELECT state, count(*) FROM worker GROUP BY state").fetchall() \
+            == [("shutdown", 3)]
+    finally:
+        conn.close()
+    run_project = noop_project(tmp_path / "run", n)
+    run = orch_run(_bench_ctx(tmp_path), run_project, 3)
+    assert run.completed == n
+    by_ceiling, by_run = _task_events(ceiling_project), _task_events(run_project)
+    assert len(by_ceiling) == n
+    assert by_ceiling == by_run
+    assert ("task_completed", "validating", "completed", "validation_passed") \
+        in by_ceiling["t-00"]
+    assert _worker_events(ceiling_project) == [("worker_busy", n), ("worker_idle", n)]
+
+
+def test_orch_run_reports_wall_clock_beside_span_and_cpu(tmp_path: Path) -> None:
+    from kernel.bench.harness import CPU, SPAN, WALL, noop_project, orch_run, span_rows
+
+    project = noop_project(tmp_path / "p", 5)
+    run = orch_run(_bench_ctx(tmp_path), project, 2)
+    assert run.completed == 5 and run.proc.returncode == 0
+    assert run.span is not None and run.proc.wall_seconds >= run.span
+    assert run.proc.cpu_seconds is not None and run.proc.cpu_seconds > 0
+    rows = {f.figure: f for f in span_rows("b", run)}
+    assert list(rows) == [SPAN, WALL, CPU]
+    assert rows[WALL].value is not None and rows[SPAN].value is not None
+    assert rows[WALL].value >= rows[SPAN].value
+    assert rows[CPU].value == pytest.approx(run.proc.cpu_seconds * 1000 / 5)
+
+
+def test_shim_counts_a_forked_worker_once_and_apart(tmp_path: Path) -> None:
+    """A child forked by `orch run` starts from zero and writes its own count when the
+    worker's main returns, although it ends with os._exit (as runner.fork_workers does)."""
+    from kernel.bench.shim import SITECUSTOMIZE
+
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    db_path = str(tmp_path / "x.db")
+    script = (
+        "import os, sys, apsw\n"
+        "sys.argv = ['orch', 'run']\n"
+        "import kernel.runtime.worker as w\n"
+        "def commit(n):\n"
+        f"    conn = apsw.Connection({db_path!r})\n"
+        "    for _ in range(n):\n"
+        "        conn.execute('BEGIN IMMEDIATE'); conn.execute('COMMIT')\n"
+        "    conn.close()\n"
+        "w.main = lambda project, options: commit(3) or 0\n"
+        "commit(1)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    code = w.main(None, None)\n"
+        "    os._exit(code)\n"
+        "assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0\n"
+        "commit(1)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path),
+           "ORCH_BENCH_TX_LOG": str(tmp_path / "tx.log")}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert read_tx_log(tmp_path / "tx.log") == {"scheduler": 2, "worker": 3, "processes": 2}
+
+
+@pytest.mark.slow
+def test_plan_workload_runs_without_the_source_tree_tools(tmp_path: Path) -> None:
+    """plan-100k from the package alone, laid out as the wheel installs it (kernel/_data/,
+    no tools/ beside it)."""
+    import shutil
+
+    import kernel
+
+    source = Path(kernel.__file__).resolve().parents[1]
+    site = tmp_path / "site"
+    shutil.copytree(source / "kernel", site / "kernel",
+                    ignore=shutil.ignore_patterns("__pycache__", "_data"))
+    data = site / "kernel" / "_data"
+    shutil.copytree(source / "sql", data / "sql")
+    shutil.copytree(source / "docs" / "state_machines", data / "state_machines")
+    (data / "failure_modes").mkdir()
+    shutil.copy(source / "docs" / "failure_modes" / "failure_modes.yaml", data / "failure_modes")
+    env = {**os.environ, "PYTHONPATH": str(site), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    where = subprocess.run([sys.executable, "-c", "import kernel; print(kernel.__file__)"],
+                           env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert where.stdout.strip() == str(site / "kernel" / "__init__.py")
+    assert not (site / "tools").exists()
+    proc = subprocess.run([sys.executable, "-m", "kernel", "bench", "--quick", "--json",
+                           "--no-install", "--only", "plan-100k"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    plan = [f for f in report["figures"] if f["benchmark"] == "plan-100k"]
+    assert [f["figure"] for f in plan] == EXPECTED["plan-100k"]
+    for fig in plan:
+        assert fig["value"] is not None and fig["value"] > 0, fig
+    assert "matches networkx" in plan[3]["note"]

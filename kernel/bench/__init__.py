@@ -28,10 +28,10 @@ Stability Guarantees:
 Integration Points:
     ``kernel.cli.bench`` (``orch bench``) calls ``run`` and prints the table or the JSON. Each
     benchmark module (``kernel.bench.plan``, ``throughput``, ``commands``, ``latency``,
-    ``views``, ``footprint``, ``startup``) has a function ``(ctx) -> list[Figure]``
-    (``figures`` unless the registry names another); the registry imports them lazily, so
-    this module can be imported by all of them. docs/PERFORMANCE.md holds the last
-    full run's table (``orch bench --markdown``).
+    ``views``, ``footprint``, ``startup``; ``ceiling`` and ``huey`` hold references) has a
+    function ``(ctx) -> list[Figure]`` (``figures`` unless the registry names another); the
+    registry imports them lazily, so this module can be imported by all of them.
+    docs/PERFORMANCE.md holds the last full run's table (``orch bench --markdown``).
 
 Dependencies:
     apsw, networkx; ``kernel.base.clock``.
@@ -189,7 +189,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               "edges, against bare networkx"),
     Benchmark("noop-throughput", "kernel.bench.throughput",
               "20,000 independent noop tasks through the whole state machine with 4 workers, "
-              "against the SQLite ceiling and Huey"),
+              "against the same-work ceiling, the raw SQLite floor and Huey"),
     Benchmark("subprocess", "kernel.bench.commands",
               "2,000 tasks running `true` with 8 workers, against xargs -P 8"),
     Benchmark("dispatch-latency", "kernel.bench.latency",

@@ -1,20 +1,26 @@
 """Shared machinery of the benchmarks: generated projects, timed ``orch`` processes, samplers.
 
 Public API:
-    ``load_tool(name)`` (a module of the checkout's ``tools/``, or ``ToolMissing``);
     ``noop_project(root, n, ...)`` (an initialised project with N generated task files, loaded);
-    ``shim_env(ctx, tx_log, claim_log)``; ``ProcRun`` and ``run_orch(root, args, ...)`` (an
-    ``orch`` subprocess with its peak RSS and the largest WAL sampled from ``/proc`` and the
-    file system); ``RunResult`` and ``orch_run(project, workers, ...)`` (``orch run`` plus the
-    figures read back from the event table); ``Reader`` (a second process that reads the
-    database every 100 ms with Python's ``sqlite3``, as Datasette would); ``percentile``;
+    ``shim_env(ctx, tx_log, claim_log)``; ``orch_argv()``; ``ProcRun`` and ``run_orch(root,
+    args, ...)`` (an ``orch`` subprocess as a user starts it, with its wall clock, its CPU and
+    its children's, its peak RSS and the largest WAL sampled from ``/proc`` and the file
+    system); ``RunResult`` and ``orch_run(project, workers, ...)`` (``orch run`` plus the
+    figures read back from the event table); ``event_span(project)``; ``span_rows(benchmark,
+    run, ...)`` and the row names ``SPAN``, ``WALL``, ``CPU``; ``Reader`` (a second process
+    that reads the database every 100 ms with Python's ``sqlite3``, as Datasette would);
+    ``percentile``;
     ``BUSY_PATTERN`` and ``busy_lines(texts)``; ``timed(fn, repeat)``; ``last_lines(text)``.
 
 Stability Guarantees:
     Every process it starts is waited for or killed before it returns; the files it writes
     stay under the directory it is given. Sampling is every 50 ms: a peak RSS is the
     process's own high-water mark (``VmHWM``, so a peak between two samples is not missed;
-    only growth in its last 50 ms could be), a WAL size is the largest size seen.
+    only growth in its last 50 ms could be), a WAL size is the largest size seen. An ``orch``
+    process is started through its console script (``orch_argv``) and reaped with
+    ``os.wait4``: its wall clock runs from just before the exec to the reaped exit, its CPU is
+    user + system time of it and of every descendant it waited for (``orch run``'s workers,
+    forked or spawned, and their tasks), never of the bench's own reader.
 
 Integration Points:
     The benchmark modules of ``kernel.bench``; ``kernel.bench.shim`` is loaded into the
@@ -27,8 +33,8 @@ Dependencies:
 
 from __future__ import annotations
 
+import contextlib
 import gc
-import importlib.util
 import json
 import os
 import re
@@ -40,39 +46,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from kernel.base import clock
-from kernel.bench import BenchContext
+from kernel.bench import BenchContext, Figure, figure, unavailable
 from kernel.bench.shim import CLAIM_LOG_ENV, SITECUSTOMIZE, TX_LOG_ENV
 from kernel.store import db
 from kernel.store.project import Project, init_project
 
 SAMPLE_SECONDS = 0.05
-
-
-class ToolMissing(Exception):
-    pass
-
-
-def load_tool(name: str) -> ModuleType:
-    """``tools/NAME.py`` of the source checkout this kernel runs from (not in the wheel)."""
-    import kernel
-
-    path = Path(kernel.__file__).resolve().parents[1] / "tools" / f"{name}.py"
-    if not path.exists():
-        raise ToolMissing(f"tools/{name}.py is not there (orch bench needs a source checkout "
-                          f"for this workload)")
-    module_name = f"_orch_tools_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def last_lines(text: str, n: int = 2) -> str:
@@ -273,6 +255,7 @@ class ProcRun:
     peak_rss: int | None
     max_wal: int | None
     timed_out: bool = False
+    cpu_seconds: float | None = None   # user + system, the process and its waited-for children
 
 
 def _tail(path: Path, limit: int = 20_000) -> str:
@@ -286,40 +269,75 @@ def _tail(path: Path, limit: int = 20_000) -> str:
         return ""
 
 
+def orch_argv() -> list[str]:
+    """How a user starts this installation's ``orch``: its console script beside the
+    interpreter, else ``python -m kernel`` (a source tree run without installing)."""
+    script = Path(sys.executable).parent / "orch"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "kernel"]
+
+
+def _cpu(usage: Any) -> float:
+    return float(usage.ru_utime + usage.ru_stime)
+
+
+def _reap(proc: subprocess.Popen[bytes], timeout: float) -> tuple[float, bool]:
+    """Wait for ``proc`` with ``os.wait4``: (CPU seconds of it and of every descendant it
+    waited for, timed out). Past ``timeout`` its process group gets SIGTERM, 30 s later
+    SIGKILL."""
+    done = threading.Event()
+    timed_out: list[bool] = []
+
+    def watchdog() -> None:
+        if done.wait(timeout):
+            return
+        timed_out.append(True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        if not done.wait(30):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    guard = threading.Thread(target=watchdog, daemon=True, name="orch-bench-watchdog")
+    guard.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        done.set()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return _cpu(usage), bool(timed_out)
+
+
 def run_orch(root: Path, args: Sequence[str], *, env: dict[str, str] | None = None,
              timeout: float = 600.0, wal: Path | None = None, log_dir: Path | None = None,
              name: str = "orch") -> ProcRun:
-    """``python -m kernel --root ROOT ARGS`` with its peak RSS (and the WAL) sampled; stdout and
-    stderr go to files (a large ``--json`` document never fills a pipe), their tails are kept."""
+    """``orch --root ROOT ARGS`` as a user starts it (``orch_argv``), in ROOT, with its peak
+    RSS (and the WAL) sampled; stdout and stderr go to files (a large ``--json`` document
+    never fills a pipe), their tails are kept. The wall clock is from just before the exec to
+    the reaped exit; the CPU is the process's and its waited-for descendants' (its workers and
+    their tasks), from ``os.wait4``."""
     log_dir = log_dir or root
     out_path, err_path = log_dir / f"{name}.stdout", log_dir / f"{name}.stderr"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "kernel", "--root", str(root), *args],
+        proc = subprocess.Popen([*orch_argv(), "--root", str(root), *args], cwd=root,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                 env={**os.environ, **(env or {})}, start_new_session=True)
         sampler = Sampler(proc.pid, wal)
         sampler.start()
-        timed_out = False
         try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
+            cpu, timed_out = _reap(proc, timeout)
         finally:
             wall = time.perf_counter() - start
             sampler.stop()
     return ProcRun(proc.returncode, _tail(out_path), _tail(err_path), wall, sampler.peak_rss,
-                   sampler.max_wal, timed_out)
+                   sampler.max_wal, timed_out, cpu)
 
 
 @dataclass
@@ -334,6 +352,7 @@ class RunResult:
     reader: Reader | None = None
     worker_logs: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)   # the orch command line, after --root
 
     @property
     def span(self) -> float | None:
@@ -346,12 +365,54 @@ class RunResult:
         """Completed tasks / (last task_completed - first task_started), from the events."""
         return self.completed / self.span if self.span and self.completed else None
 
+    @property
+    def cpu_ms_per_task(self) -> float | None:
+        """CPU of ``orch run`` and every process it waited for, per completed task."""
+        if self.proc.cpu_seconds is None or not self.completed:
+            return None
+        return self.proc.cpu_seconds * 1000 / self.completed
+
     def incomplete_note(self) -> str:
         if self.completed == self.tasks:
             return ""
         why = " (stopped at the time limit)" if self.proc.timed_out or \
             "interrupted" in self.proc.stdout else ""
         return f"only {self.completed} of {self.tasks} tasks completed{why}; "
+
+
+SPAN = "span (first task started to last completed)"
+WALL = "wall clock end to end (orch run as typed)"
+CPU = "CPU per task (orch run, all its processes)"
+
+
+def span_rows(benchmark: str, run: RunResult, *, cpu_goal: Any = None,
+              cpu_reference: float | None = None, cpu_note: str = "") -> list[Figure]:
+    """The span (what the throughput figures divide by), the end-to-end wall clock of the
+    ``orch run`` command (exec to exit: start-up and exit included) beside it, and the CPU per
+    task of all the run's processes."""
+    span = run.span
+    wall = run.proc.wall_seconds
+    rate = f"{run.completed / wall:,.0f} tasks/s end to end; " if run.completed else ""
+    outside = f"start-up and exit {wall - span:.2f} s; " if span is not None else ""
+    cpu = run.cpu_ms_per_task
+    rows = [
+        figure(benchmark, SPAN, span, "s",
+               note=f"informational: last task_completed - first task_started event, "
+                    f"{run.completed:,} tasks"),
+        figure(benchmark, WALL, wall, "s",
+               note=f"informational: {outside}{rate}from just before the exec of "
+                    f"`{' '.join(['orch', *run.args])}` to its exit"),
+    ]
+    if cpu is None:
+        rows.append(unavailable(benchmark, CPU, "ms", "no task completed or no rusage",
+                                goal=cpu_goal, reference=cpu_reference))
+    else:
+        rows.append(figure(benchmark, CPU, cpu, "ms", reference=cpu_reference, goal=cpu_goal,
+                           note=f"user + system CPU of orch run and every process it waited "
+                                f"for (os.wait4), {run.proc.cpu_seconds:.2f} s over "
+                                f"{run.completed:,} tasks, start-up and exit included"
+                                + (f"; {cpu_note}" if cpu_note else "")))
+    return rows
 
 
 def event_span(project: Project) -> tuple[int, float | None, float | None]:
@@ -393,7 +454,7 @@ def orch_run(ctx: BenchContext, project: Project, workers: int, *,
         raise RuntimeError(f"orch run exited {proc.returncode} and completed no task: "
                            f"{last_lines(proc.stderr or proc.stdout)}")
     logs = "".join(_tail(p) for p in sorted(project.logs_dir.glob("worker-*.log")))
-    return RunResult(tasks, completed, first, last, proc, watcher, logs)
+    return RunResult(tasks, completed, first, last, proc, watcher, logs, args=args)
 
 
 # What an SQLITE_BUSY looks like when it reaches a user: apsw's BusyError, SQLite's own

@@ -14,8 +14,11 @@ Stability Guarantees:
     worker processes, no periodic tasks, quiet logging) drains them; each task returns
     ``time.time()``, which Huey stores as its result (one more write, as orch records a
     completion), and throughput is N / (last result - first result), the same span orch's
-    figure uses. Huey's storage is switched to ``synchronous=NORMAL`` in WAL mode, orch's
-    default durability (Huey's own default is SQLite's FULL).
+    figure uses. CPU per task: user + system time of ``huey_consumer`` and its worker
+    processes (``RUSAGE_CHILDREN`` of the driver once the consumer has exited; enqueueing,
+    the analogue of ``orch load``, is not counted), over the completed tasks. Huey's storage
+    is switched to ``synchronous=NORMAL`` in WAL mode, orch's default durability (Huey's own
+    default is SQLite's FULL).
 
 Integration Points:
     ``kernel.bench.throughput`` (the ``vs Huey`` figure).
@@ -63,7 +66,7 @@ def noop(i):
 '''
 
 _DRIVER = '''\
-import json, os, signal, subprocess, sys, time
+import json, os, resource, signal, subprocess, sys, time
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)
@@ -91,6 +94,7 @@ try:
 except subprocess.TimeoutExpired:
     proc.kill()
     _, err = proc.communicate()
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the consumer and its workers
 stamps = []
 for value in hb_tasks.huey.all_results().values():
     try:
@@ -100,7 +104,8 @@ for value in hb_tasks.huey.all_results().values():
 print(json.dumps({"enqueue_seconds": enqueue, "wall_seconds": wall, "done": len(stamps),
                   "first": min(stamps) if stamps else None,
                   "last": max(stamps) if stamps else None,
-                  "version": huey.__version__, "stderr": (err or "")[-500:]}))
+                  "version": huey.__version__, "stderr": (err or "")[-500:],
+                  "consumer_cpu": usage.ru_utime + usage.ru_stime}))
 '''
 
 
@@ -109,6 +114,7 @@ class HueyResult:
     tasks_per_second: float | None
     note: str
     version: str = ""
+    cpu_ms_per_task: float | None = None   # the consumer and its worker processes
 
 
 def cache_dir() -> Path:
@@ -181,4 +187,6 @@ def huey_throughput(workdir: Path, n_tasks: int, workers: int, install: bool,
             f"synchronous=NORMAL; {done:,} tasks")
     if done < n_tasks:
         note += f" (only {done} of {n_tasks} completed within {limit:.0f} s)"
-    return HueyResult(done / span, note, version)
+    cpu = data.get("consumer_cpu")
+    cpu_ms = float(cpu) * 1000 / done if isinstance(cpu, int | float) else None
+    return HueyResult(done / span, note, version, cpu_ms)

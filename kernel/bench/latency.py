@@ -22,6 +22,13 @@ Stability Guarantees:
     SQLITE_BUSY surfacing to users: lines of the workers' logs and of ``orch run``'s output
     that match ``harness.BUSY_PATTERN`` (must be 0). Goal: claim latency p99.9 <= 50 ms.
 
+    Both also report the run's span (first ``task_started`` to last ``task_completed``), the
+    end-to-end wall clock of ``orch run`` (exec to exit) and its CPU per task
+    (``harness.span_rows``, informational). claim-contention's workers are forked, as a
+    user's are: they time their claims themselves (``kernel.runtime.worker.CLAIM_LOG_ENV``;
+    linked to their ``orch run``, a claim is the round trip of a report to the kernel's reply,
+    which carries the next claim).
+
 Integration Points:
     Registered as ``dispatch-latency`` and ``claim-contention`` in
     ``kernel.bench.BENCHMARKS``.
@@ -37,7 +44,14 @@ from typing import Any
 
 from kernel.base import clock
 from kernel.bench import BenchContext, Figure, at_most, figure, unavailable
-from kernel.bench.harness import busy_lines, noop_project, orch_run, percentile, shim_env
+from kernel.bench.harness import (
+    busy_lines,
+    noop_project,
+    orch_run,
+    percentile,
+    shim_env,
+    span_rows,
+)
 from kernel.bench.shim import read_claim_log
 from kernel.store import db
 from kernel.store.project import Project
@@ -79,6 +93,7 @@ def dispatch_figures(ctx: BenchContext) -> list[Figure]:
         figure(DISPATCH, "p50", percentile(latencies, 50), "ms", goal=P50_GOAL, note=note),
         figure(DISPATCH, "p99", percentile(latencies, 99), "ms", goal=P99_GOAL,
                note=f"max {max(latencies):.0f} ms" if latencies else "no hand-over"),
+        *span_rows(DISPATCH, run),
     ]
 
 
@@ -162,5 +177,6 @@ def contention_figures(ctx: BenchContext) -> list[Figure]:
                            f"{checks['failed']} task(s) failed")))
     rows.append(figure(CONTENTION, "throughput", run.throughput, "tasks/s",
                        note=prefix + f"informational: {run.completed:,} tasks, "
-                                     f"{s.contention_workers} workers"))
-    return rows
+                                     f"{s.contention_workers} workers, over the span; the "
+                                     "claims are timed by the bench shim"))
+    return rows + span_rows(CONTENTION, run)

@@ -3,17 +3,18 @@
 Public API:
     ``figures(ctx) -> list[Figure]``; ``measure(ctx) -> PlanRun`` (memoized in the context:
     ``views-100k`` exports the loaded project and ``footprint`` reads its peak RSS);
-    ``plan_all(project)``.
+    ``plan_all(project)``; ``write_project(root, tasks, workstream)``;
+    ``reference_steps(tasks)``.
 
 Stability Guarantees:
-    The workload is ``tools/bench_definitions.write_project`` with ``kernel.planning.dag``'s seeded
-    ``generate_layered_dag`` (100,000 tasks, 300,000 edges, seed 42; 2,000 / 6,000 with
-    ``--quick``), all in ONE workstream, so that ``orch plan`` plans exactly the graph the
-    networkx reference works on. Library figures: ``kernel.definitions.check.validate`` and
-    ``kernel.definitions.load.load`` once each on the freshly initialised project, and ``plan_all``
-    (what
-    ``orch plan --json`` computes: every workstream's ``plan_document`` in one read snapshot)
-    as the best of three. Reference: ``tools/bench_plan.reference_steps`` on the same tasks
+    The workload is ``kernel.planning.generate.generate_layered_dag`` (100,000 tasks, 300,000
+    edges, seed 42; 2,000 / 6,000 with ``--quick``) written by ``write_project`` as v2 task
+    files, all in ONE workstream, so that ``orch plan`` plans exactly the graph the networkx
+    reference works on. Everything it needs is in the package: it runs from an installed
+    wheel as from a source checkout. Library figures: ``kernel.definitions.check.validate``
+    and ``kernel.definitions.load.load`` once each on the freshly initialised project, and
+    ``plan_all`` (what ``orch plan --json`` computes: every workstream's ``plan_document`` in
+    one read snapshot) as the best of three. Reference: ``reference_steps`` on the same tasks
     (build the DiGraph, acyclicity check, topological generations, weighted longest path),
     best of three totals. Then the CLI once, on a fresh database: ``orch validate``, ``orch
     load``, ``orch plan --json`` as subprocesses (interpreter start-up and output included;
@@ -21,24 +22,26 @@ Stability Guarantees:
     the reference.
 
 Integration Points:
-    Registered as ``plan-100k`` in ``kernel.bench.BENCHMARKS``. Needs the checkout's
-    ``tools/`` (the figures are reported unavailable without it).
+    Registered as ``plan-100k`` in ``kernel.bench.BENCHMARKS``. ``tools/bench_plan.py`` and
+    ``tools/bench_definitions.py`` (source checkout only) hold older copies of
+    ``reference_steps`` and of the project writer, with more options.
 
 Dependencies:
-    ``kernel.bench``, ``kernel.bench.harness``, ``kernel.definitions.check``,
+    networkx; ``kernel.bench``, ``kernel.bench.harness``, ``kernel.definitions.check``,
     ``kernel.definitions.load``, ``kernel.planning.generate``, ``kernel.planning.plan``,
     ``kernel.store.db``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kernel.bench import SEED, BenchContext, Figure, at_most, figure, unavailable
-from kernel.bench.harness import ProcRun, ToolMissing, last_lines, load_tool, run_orch, timed
+from kernel.bench.harness import ProcRun, last_lines, run_orch, timed
 from kernel.store import db
 from kernel.store.project import Project
 
@@ -58,7 +61,7 @@ class PlanRun:
     reference: float | None = None
     matches: bool | None = None
     cli: dict[str, ProcRun] = field(default_factory=dict)
-    missing: str = ""
+    missing: str = ""   # why the workload could not run (kept for the figures' notes)
 
     @property
     def cli_peak_rss(self) -> int | None:
@@ -79,14 +82,77 @@ def plan_all(project: Project) -> dict[str, Any]:
         conn.close()
 
 
-def _reference(tools_plan: Any, tasks: list[Any], repeat: int) -> tuple[float, float]:
+_SOURCE = "__bench_source__"
+
+
+def write_project(root: Path, tasks: list[Any], workstream: str = "bench") -> None:
+    """An initialised project with ``tasks`` (``kernel.planning.dag.PlanTask``) written as v2
+    task files, all in ``workstream``."""
+    import json
+    import os
+
+    from kernel.store.project import init_project
+
+    init_project(root)
+    directory = root / "tasks" / workstream
+    directory.mkdir(parents=True, exist_ok=True)
+    for t in tasks:
+        doc: dict[str, Any] = {
+            "schema_version": "2.0.0", "task_id": t.task_id, "workstream_id": workstream,
+            "name": t.name, "description": f"Generated task {t.task_id} of a layered DAG.",
+            "type": t.type, "priority": t.priority, "dependencies": list(t.dependencies),
+            "execution": {"command": f"echo {t.task_id}", "timeout_seconds": 600,
+                          "estimated_duration_seconds": t.estimated_duration_seconds},
+            "resource_requirements": dict(t.resource_requirements),
+        }
+        fd = os.open(directory / f"{t.task_id}.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                     0o644)
+        try:
+            os.write(fd, json.dumps(doc, indent=2).encode())
+        finally:
+            os.close(fd)
+
+
+def reference_steps(tasks: list[Any]) -> dict[str, Callable[[], Any]]:
+    """The same work done the plain networkx way, step by step on one shared graph: build the
+    DiGraph, acyclicity, topological generations, weighted longest path (its length)."""
+    import networkx as nx
+
+    duration = {t.task_id: t.estimated_duration_seconds for t in tasks}
+    state: dict[str, Any] = {}
+
+    def build() -> Any:
+        graph = nx.DiGraph()
+        graph.add_nodes_from(t.task_id for t in tasks)
+        graph.add_edges_from((d, t.task_id) for t in tasks for d in t.dependencies)
+        state["graph"] = graph
+        return graph
+
+    def longest() -> float:
+        # dag_longest_path weighs edges; put each task's duration on its incoming edges, and
+        # give every task an edge from a virtual source so the first task counts too.
+        weighted = nx.DiGraph()
+        weighted.add_weighted_edges_from((u, v, duration[v]) for u, v in state["graph"].edges())
+        weighted.add_weighted_edges_from((_SOURCE, v, d) for v, d in duration.items())
+        path = nx.dag_longest_path(weighted, weight="weight")
+        return float(sum(duration[v] for v in path[1:]))
+
+    return {
+        "build DiGraph": build,
+        "is_directed_acyclic_graph": lambda: nx.is_directed_acyclic_graph(state["graph"]),
+        "topological_generations": lambda: list(nx.topological_generations(state["graph"])),
+        "weighted longest path": longest,
+    }
+
+
+def _reference(tasks: list[Any], repeat: int) -> tuple[float, float]:
     """Best total seconds of the bare-networkx steps, and the critical path length found."""
     import gc
     import time
 
     best, length = float("inf"), 0.0
     for _ in range(max(1, repeat)):
-        steps = tools_plan.reference_steps(tasks)
+        steps = reference_steps(tasks)
         total = 0.0
         for step_name, step in steps.items():
             gc.collect()
@@ -106,14 +172,11 @@ def measure(ctx: BenchContext) -> PlanRun:
         from kernel.planning.generate import generate_layered_dag
 
         s = ctx.sizes
-        try:
-            tools_defs = load_tool("bench_definitions")
-            tools_plan = load_tool("bench_plan")
-        except ToolMissing as exc:
-            return PlanRun(project=None, missing=str(exc))
         root = (ctx.directory("plan") / "project").resolve()
         ctx.say(f"{NAME}: writing {s.plan_tasks:,} task files")
-        tools_defs.write_project(root, s.plan_tasks, s.plan_edges, SEED, 1)
+        tasks = generate_layered_dag(s.plan_tasks, s.plan_edges, SEED)
+        write_project(root, tasks)
+        del tasks
         project = Project(root)
         run = PlanRun(project=project, tasks=s.plan_tasks, edges=s.plan_edges)
         ctx.say(f"{NAME}: validate, load and plan (library)")
@@ -127,7 +190,7 @@ def measure(ctx: BenchContext) -> PlanRun:
         run.plan, plans = timed(lambda: plan_all(project), s.plan_repeat)
         ctx.say(f"{NAME}: the networkx reference")
         tasks = generate_layered_dag(s.plan_tasks, s.plan_edges, SEED)
-        run.reference, length = _reference(tools_plan, tasks, s.plan_repeat)
+        run.reference, length = _reference(tasks, s.plan_repeat)
         del tasks
         found = [p["critical_path_duration"] for p in plans.values()]
         run.matches = len(found) == 1 and abs(found[0] - length) < 1e-6

@@ -5,7 +5,8 @@ Public API:
     a temporary directory and puts first on ``PYTHONPATH`` of the ``orch run`` it starts, and so
     of its workers); ``SITECUSTOMIZE`` (that file's text); the environment variables
     ``TX_LOG_ENV`` (``ORCH_BENCH_TX_LOG``) and ``CLAIM_LOG_ENV`` (``ORCH_BENCH_CLAIM_LOG``);
-    ``CLAIM_CALLS``; ``read_tx_log(path)``, ``ClaimLog`` and ``read_claim_log(path)``.
+    ``CLAIM_CALLS``; ``flush()`` (write this process's counts, once); ``read_tx_log(path)``,
+    ``ClaimLog`` and ``read_claim_log(path)``.
 
 Stability Guarantees:
     Measures without changing what it measures: an apsw commit hook (added to every connection
@@ -23,6 +24,15 @@ Stability Guarantees:
     alone, so
     the same reader works for both. Without the variables set, nothing is installed. A failure
     to install is printed to stderr and never stops the process.
+
+    Fork-aware: a child forked from an instrumented process starts from zero
+    (``os.register_at_fork``: its commit count and unwritten claim lines are reset, so the
+    parent's are never counted twice), is a ``worker`` when forked by ``orch run``, and
+    writes its counts when ``kernel.runtime.worker.main`` returns or raises (the shim wraps
+    it in the child; ``kernel.runtime.runner`` calls ``module.main`` and then ``os._exit``,
+    which skips ``atexit``). A forked child that exits some other way (``os._exit`` without
+    returning from ``main``) writes nothing. ``kernel.runtime.runner`` forks its workers with
+    these variables set, too (``SPAWN_ENV`` no longer lists them).
 
 Integration Points:
     ``kernel.bench.harness.shim_env``; read by ``kernel.bench.throughput`` (write transactions
@@ -62,10 +72,20 @@ if os.environ.get("{TX_LOG_ENV}") or os.environ.get("{CLAIM_LOG_ENV}"):
         sys.stderr.write("orch bench shim not installed: %r\\n" % (exc,))
 '''
 
-_commits = [0]
+class _State:
+    """What this process has counted and not yet written: reset in a forked child."""
+
+    commits = 0
+    role: str | None = None               # None: decided from sys.argv at exit
+    claims: list[str] = []                # claim-log lines not yet appended
+    tx_log: str | None = None
+    claim_log: str | None = None
+    flushed = False
 
 
 def _role() -> str:
+    if _State.role is not None:
+        return _State.role
     args = sys.argv[1:]
     if "worker" in args:
         return "worker"
@@ -82,18 +102,61 @@ def _append(path: str, text: str) -> None:
         os.close(fd)
 
 
-def _count_commits(path: str) -> None:
+def _flush_claims() -> None:
+    if _State.claims and _State.claim_log:
+        _append(_State.claim_log, "".join(_State.claims))
+        _State.claims.clear()
+
+
+def flush() -> None:
+    """Write this process's counts once: at exit (``atexit``), or, in a forked worker, when
+    ``kernel.runtime.worker.main`` returns (it ends with ``os._exit``, which skips atexit)."""
+    if _State.flushed:
+        return
+    _State.flushed = True
+    if _State.tx_log:
+        _append(_State.tx_log, f"{os.getpid()}\t{_role()}\t{_State.commits}\n")
+    _flush_claims()
+
+
+def _wrap_worker_main() -> None:
+    """In a forked child: flush when the worker's ``main`` returns or raises."""
+    module = sys.modules.get("kernel.runtime.worker")
+    original = getattr(module, "main", None)
+    if module is None or not callable(original) or getattr(original, "_bench_flushes", False):
+        return
+
+    def main(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(*args, **kwargs)
+        finally:
+            flush()
+
+    main._bench_flushes = True  # type: ignore[attr-defined]
+    module.main = main  # type: ignore[attr-defined]
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts from zero: the parent's counts stay the parent's. A child forked
+    by ``orch run`` is a worker (``kernel.runtime.runner.fork_workers``)."""
+    _State.commits = 0
+    _State.claims = []
+    _State.flushed = False
+    _State.role = "worker" if "run" in sys.argv[1:] else None
+    _wrap_worker_main()
+
+
+def _count_commits() -> None:
     import apsw
 
     def on_commit() -> bool:
-        _commits[0] += 1
+        _State.commits += 1
         return False  # False: let the commit go ahead
 
     def hook(conn: apsw.Connection) -> None:
         conn.set_commit_hook(on_commit)
 
     apsw.connection_hooks.append(hook)
-    atexit.register(lambda: _append(path, f"{os.getpid()}\t{_role()}\t{_commits[0]}\n"))
 
 
 def _claimed(result: Any) -> bool:
@@ -103,18 +166,13 @@ def _claimed(result: Any) -> bool:
     return result is not None
 
 
-def _time_claims(path: str) -> None:
+def _time_claims() -> None:
     import kernel.runtime.worker
     from kernel.runtime import claims
 
     if getattr(kernel.runtime.worker, "CLAIM_LOG_ENV", None) == CLAIM_LOG_ENV:
+        _State.claim_log = None
         return  # the kernel logs its claims itself
-    buffer: list[str] = []
-
-    def flush() -> None:
-        if buffer:
-            _append(path, "".join(buffer))
-            buffer.clear()
 
     def timed(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -124,10 +182,10 @@ def _time_claims(path: str) -> None:
                 result = original(*args, **kwargs)
                 return result
             finally:
-                buffer.append(f"{time.perf_counter() - start:.6f}\t{int(_claimed(result))}"
-                              f"\t{name}\n")
-                if len(buffer) >= 64:
-                    flush()
+                _State.claims.append(f"{time.perf_counter() - start:.6f}"
+                                     f"\t{int(_claimed(result))}\t{name}\n")
+                if len(_State.claims) >= 64:
+                    _flush_claims()
 
         call.__name__ = name
         return call
@@ -136,16 +194,19 @@ def _time_claims(path: str) -> None:
         original = getattr(claims, name, None)
         if callable(original):
             setattr(claims, name, timed(name, original))
-    atexit.register(flush)
 
 
 def install() -> None:
-    tx_log = os.environ.get(TX_LOG_ENV)
-    if tx_log:
-        _count_commits(tx_log)
-    claim_log = os.environ.get(CLAIM_LOG_ENV)
-    if claim_log:
-        _time_claims(claim_log)
+    _State.tx_log = os.environ.get(TX_LOG_ENV) or None
+    _State.claim_log = os.environ.get(CLAIM_LOG_ENV) or None
+    if _State.tx_log:
+        _count_commits()
+    if _State.claim_log:
+        _time_claims()
+    if _State.tx_log or _State.claim_log:
+        atexit.register(flush)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def read_tx_log(path: str | os.PathLike[str]) -> dict[str, int]:

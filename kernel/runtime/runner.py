@@ -165,11 +165,10 @@ class ForkedWorker:
 Child = subprocess.Popen[bytes] | ForkedWorker
 
 
-# Set: workers are spawned, never forked. orch bench sets the other one to count, per process
-# and at its exit, what workers commit (kernel.bench.shim): a forked worker inherits the run's
-# counters and ends with os._exit, so it would count wrong or not at all. (Claims are timed by
-# the workers themselves, kernel.runtime.worker.CLAIM_LOG_ENV: that works forked.)
-SPAWN_ENV = ("ORCH_SPAWN_WORKERS", "ORCH_BENCH_TX_LOG")
+# Set: workers are spawned, never forked. (orch bench's instrumentation works with forked
+# workers: kernel.bench.shim resets its counts in a forked child and writes them when the
+# worker's main returns; claims are timed by the workers themselves, CLAIM_LOG_ENV.)
+SPAWN_ENV = ("ORCH_SPAWN_WORKERS",)
 DIRECT_ENV = channel.DIRECT_ENV
 
 
