@@ -71,6 +71,8 @@ BIG_LOAD_ROWS = 10_000  # above this the page cache is enlarged for the transact
 # 32 MiB: as fast as 256 MiB for 100k tasks (SQLite spills dirty pages to the WAL beyond it),
 # and 170 MB less peak RSS (docs/PERFORMANCE.md, "Load once").
 BIG_CACHE_KIB = 32 * 1024
+# False: the per-row trigger writes each task_created event (tests compare both routes).
+_SET_BASED_EVENTS = True
 _DB_CODES = {"task_already_started", "workstream_terminal", "workstream_started"}
 _NOW_SQL = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 _TASK_COLUMNS = ("name", "description", "type", "critical", "priority", "max_retries",
@@ -310,17 +312,33 @@ def _write_tasks_in_tx(conn: apsw.Connection, defs: Definitions, existing: Exist
     report.tasks_unchanged = len(defs.tasks) - len(new) - len(changed)
     # One clock reading for the whole load: every new task has the same created_at.
     created = stamp or db.scalar(conn, f"SELECT {_NOW_SQL}")
-    insert_rows_in_tx(
-        conn, "INSERT INTO task (task_id, workstream_id, name, description, type, critical, "
-        "priority, max_retries, timeout_seconds, retry_delay_seconds, "
-        "estimated_duration_seconds, command, definition, definition_sha256, source_file, "
-        "created_at, updated_at, transition_metadata)",
-        [(r.task_id, r.workstream_id, *r.columns, r.definition, r.sha256, r.file, created,
-          created, _created_metadata(r, stamp)) for r in new])
+    _insert_new_tasks_in_tx(conn, [
+        (r.task_id, r.workstream_id, *r.columns, r.definition, r.sha256, r.file, created,
+         created, _created_metadata(r, stamp)) for r in new])
     report.tasks_created = len(new)
     _update_changed_in_tx(conn, changed, existing, created, report)
     _write_requirements_in_tx(conn, new, changed)
     return {r.task_id for r in new}, {r.task_id for r in changed}
+
+
+def _insert_new_tasks_in_tx(conn: apsw.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """INSERT the new tasks (in the order given) with their ``task_created`` events written
+    set-based: while the ``task_bulk_insert`` marker row exists the per-row trigger stands
+    aside; deleting the marker writes one event per task inserted since, in insertion order,
+    with the row trigger's columns and metadata (sql/0007_bulk_task_events.sql)."""
+    if not rows:
+        return
+    if _SET_BASED_EVENTS:
+        after = db.scalar(conn, "SELECT COALESCE(max(rowid), 0) FROM task")
+        conn.execute("INSERT INTO task_bulk_insert (marker_id, after_rowid) VALUES (1, ?)",
+                     (after,))
+    insert_rows_in_tx(
+        conn, "INSERT INTO task (task_id, workstream_id, name, description, type, critical, "
+        "priority, max_retries, timeout_seconds, retry_delay_seconds, "
+        "estimated_duration_seconds, command, definition, definition_sha256, source_file, "
+        "created_at, updated_at, transition_metadata)", rows)
+    if _SET_BASED_EVENTS:
+        conn.execute("DELETE FROM task_bulk_insert")
 
 
 def _update_changed_in_tx(conn: apsw.Connection, changed: list[TaskRecord], existing: Existing,
