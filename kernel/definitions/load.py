@@ -16,8 +16,9 @@ Stability Guarantees:
     no attempts, with one ``task_definition_updated`` event (metadata: old and new sha256,
     the changed fields); a started task's definition is frozen. Tasks are never deleted: one
     without a file is kept and reported (``task_file_missing``). Tasks cannot be added to, or
-    changed in, a terminal workstream. New tasks get one ``task_created`` event each (the
-    table's trigger); loaded workstreams that are ``planned`` move to ``ready`` (trigger
+    changed in, a terminal workstream. New tasks get one ``task_created`` event each, written
+    set-based when their inserts end (sql/0007_bulk_task_events.sql: the same rows as the
+    per-row trigger); loaded workstreams that are ``planned`` move to ``ready`` (trigger
     ``all_tasks_created``). v1 task files are migrated in memory (counted in the report).
     New and changed tasks are written a batch of rows per statement; the rows and the events
     (content and order: task_id order, gapless seq) are the same as with one statement per
