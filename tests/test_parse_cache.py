@@ -149,3 +149,13 @@ def test_the_cli_validate_then_load_uses_the_cache_and_sees_an_edit(tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["tasks"]["created"] == N
     assert _names(project)["t07"] == "edited after validate"
+
+
+def test_checking_some_paths_keeps_the_other_files_cached(tmp_path: Path) -> None:
+    project = _project(tmp_path / "p")
+    assert validate(project, workers=1).ok
+    path = project.tasks_dir / "ws0" / "t02.json"
+    path.write_text(path.read_text().replace('"Task t02"', '"Task Y02"'))
+    os.utime(path, ns=(0, 0))  # an old time: cacheable, but a new change time
+    assert collect(project, [str(project.tasks_dir / "ws0")], workers=1).cached == N // 2 - 1
+    assert collect(project, workers=1).cached == N

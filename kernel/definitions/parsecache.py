@@ -168,14 +168,16 @@ def cached_parse(state_dir: Path, files: list[tuple[str, str]], ctx: ParseContex
     context = _context_key(ctx)
     path = state_dir / CACHE_FILE
     cached = _read(path, context)
-    keys = [_file_key(file) for file, _ in files]
+    keys: list[FileKey | None] = [None] * len(files)
     results: list[Parsed | None] = [None] * len(files)
     misses = []
-    for i, ((file, _), key) in enumerate(zip(files, keys, strict=True)):
-        entry = cached.get(file)
+    for i, (file, _) in enumerate(files):
+        key = _file_key(file)
+        entry = cached.pop(file, None)  # the cache's copies go as they are used: less memory
         if key is not None and entry is not None and entry[0] == key:
-            results[i] = entry[1]
+            keys[i], results[i] = entry
         else:
+            keys[i] = key
             misses.append(i)
     hits = len(files) - len(misses)
     if not misses:
@@ -183,9 +185,6 @@ def cached_parse(state_dir: Path, files: list[tuple[str, str]], ctx: ParseContex
     for i, parsed in zip(misses, parse([files[i] for i in misses]), strict=True):
         results[i] = parsed
     racy = started_ns - int(RACY_SECONDS * 1e9)
-    if not whole:  # keep the entries of the files this command did not read
-        for file, _ in files:
-            cached.pop(file, None)
     entries = [] if whole else [(file, key, result) for file, (key, result) in cached.items()]
     cached.clear()
     entries += [(file, key, result) for (file, _), key, result in zip(files, keys, results,
