@@ -159,3 +159,16 @@ def test_checking_some_paths_keeps_the_other_files_cached(tmp_path: Path) -> Non
     os.utime(path, ns=(0, 0))  # an old time: cacheable, but a new change time
     assert collect(project, [str(project.tasks_dir / "ws0")], workers=1).cached == N // 2 - 1
     assert collect(project, workers=1).cached == N
+
+
+def test_the_environment_matters_only_to_commands_near_the_argument_limits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = _project(tmp_path / "p")
+    write_task(project, task_doc("long", ws="ws0", execution={
+        "command": "echo {prompt}", "prompt": "x" * 20000}))
+    time.sleep(0.01)
+    assert validate(project, workers=1).ok
+    monkeypatch.setenv("ORCH_TEST_SOMETHING_NEW", "y" * 100)
+    defs = collect(project, workers=1)
+    assert defs.cached == N  # the long command is checked again, with this environment
+    assert len(defs.tasks) == N + 1

@@ -313,31 +313,37 @@ def _write_tasks_in_tx(conn: apsw.Connection, defs: Definitions, existing: Exist
     report.tasks_unchanged = len(defs.tasks) - len(new) - len(changed)
     # One clock reading for the whole load: every new task has the same created_at.
     created = stamp or db.scalar(conn, f"SELECT {_NOW_SQL}")
-    _insert_new_tasks_in_tx(conn, [
-        (r.task_id, r.workstream_id, *r.columns, r.definition, r.sha256, r.file, created,
-         created, _created_metadata(r, stamp)) for r in new])
+    _insert_new_tasks_in_tx(conn, new, created, stamp)
     report.tasks_created = len(new)
     _update_changed_in_tx(conn, changed, existing, created, report)
     _write_requirements_in_tx(conn, new, changed)
     return {r.task_id for r in new}, {r.task_id for r in changed}
 
 
-def _insert_new_tasks_in_tx(conn: apsw.Connection, rows: list[tuple[Any, ...]]) -> None:
+_INSERT_TASK = (
+    "INSERT INTO task (task_id, workstream_id, name, description, type, critical, priority, "
+    "max_retries, timeout_seconds, retry_delay_seconds, estimated_duration_seconds, command, "
+    "definition, definition_sha256, source_file, created_at, updated_at, transition_metadata)")
+
+
+def _insert_new_tasks_in_tx(conn: apsw.Connection, new: list[TaskRecord], created: str,
+                            stamp: str | None) -> None:
     """INSERT the new tasks (in the order given) with their ``task_created`` events written
     set-based: while the ``task_bulk_insert`` marker row exists the per-row trigger stands
     aside; deleting the marker writes one event per task inserted since, in insertion order,
-    with the row trigger's columns and metadata (sql/0007_bulk_task_events.sql)."""
-    if not rows:
+    with the row trigger's columns and metadata (sql/0007_bulk_task_events.sql). The rows are
+    made ten statements' worth at a time (not all at once: memory)."""
+    if not new:
         return
     if _SET_BASED_EVENTS:
         after = db.scalar(conn, "SELECT COALESCE(max(rowid), 0) FROM task")
         conn.execute("INSERT INTO task_bulk_insert (marker_id, after_rowid) VALUES (1, ?)",
                      (after,))
-    insert_rows_in_tx(
-        conn, "INSERT INTO task (task_id, workstream_id, name, description, type, critical, "
-        "priority, max_retries, timeout_seconds, retry_delay_seconds, "
-        "estimated_duration_seconds, command, definition, definition_sha256, source_file, "
-        "created_at, updated_at, transition_metadata)", rows)
+    step = 10 * max(1, BATCH_PARAMETERS // (len(_TASK_COLUMNS) + 8))
+    for start in range(0, len(new), step):
+        insert_rows_in_tx(conn, _INSERT_TASK, [
+            (r.task_id, r.workstream_id, *r.columns, r.definition, r.sha256, r.file, created,
+             created, _created_metadata(r, stamp)) for r in new[start:start + step]])
     if _SET_BASED_EVENTS:
         conn.execute("DELETE FROM task_bulk_insert")
 
