@@ -11,24 +11,24 @@ Public API:
     per statement, inside the caller's write transaction).
 
 Stability Guarantees:
-    All or nothing: any error (in the files, or against the database) raises ``LoadError``
-    and the database is logically unchanged. Reloading unchanged files writes nothing (no
-    UPDATE, no event). A task whose file changed is updated only while it is ``pending`` with
-    no attempts, with one ``task_definition_updated`` event (metadata: old and new sha256,
-    the changed fields); a started task's definition is frozen. Tasks are never deleted: one
-    without a file is kept and reported (``task_file_missing``). Tasks cannot be added to, or
-    changed in, a terminal workstream. New tasks get one ``task_created`` event each, written
-    set-based when their inserts end (sql/0007_bulk_task_events.sql: the same rows as the
-    per-row trigger); loaded workstreams that are ``planned`` move to ``ready`` (trigger
-    ``all_tasks_created``). v1 task files are migrated in memory (counted in the report).
-    New and changed tasks are written a batch of rows per statement; the rows and the events
-    (content and order: task_id order, gapless seq) are the same as with one statement per
-    task, and the triggers still fire for every row. A missing, empty, damaged or foreign
-    database is refused (``DatabaseUnavailable``, exit 3) before anything is written: the file
-    is checked before the definitions are parsed, and ``PRAGMA quick_check`` runs before the
-    write transaction. Memory: each file is parsed once, into a compact ``TaskRecord`` (the
-    pydantic models are not kept; with ``orch validate`` before, not at all: the parse cache),
-    and the records are released as they are written; a large load enlarges the page cache to ``BIG_CACHE_KIB``
+    All or nothing: any error (in the files, or against the database) raises ``LoadError`` and
+    the database is logically unchanged. Reloading unchanged files writes nothing (no UPDATE, no
+    event). A task whose file changed is updated only while it is ``pending`` with no attempts,
+    with one ``task_definition_updated`` event (metadata: old and new sha256, the changed
+    fields); a started task's definition is frozen. Tasks are never deleted: one without a file
+    is kept and reported (``task_file_missing``). Tasks cannot be added to, or changed in, a
+    terminal workstream. New tasks get one ``task_created`` event each, written set-based when
+    their inserts end (sql/0007_bulk_task_events.sql: the same rows as the per-row trigger);
+    loaded workstreams that are ``planned`` move to ``ready`` (trigger ``all_tasks_created``).
+    v1 task files are migrated in memory (counted in the report). New and changed tasks are
+    written a batch of rows per statement; the rows and the events (content and order: task_id
+    order, gapless seq) are the same as with one statement per task, and the triggers still fire
+    for every row. A missing, empty, damaged or foreign database is refused
+    (``DatabaseUnavailable``, exit 3) before anything is written: the file is checked before the
+    definitions are parsed, and ``PRAGMA quick_check`` runs before the write transaction.
+    Memory: each file is parsed once, into a compact ``TaskRecord`` (the pydantic models are not
+    kept; with ``orch validate`` before, not at all: the parse cache), and the records are
+    released as they are written; a large load enlarges the page cache to ``BIG_CACHE_KIB``
     only, and hands the records' memory back to the system when it is done.
 
 Integration Points:
