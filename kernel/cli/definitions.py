@@ -2,7 +2,7 @@
 
 Public API:
     ``COMMANDS`` (the click commands this module adds to ``orch``); ``format_problems(problems)``
-    (the text listing both commands print).
+    (the text listing both commands print); ``BACKGROUND_EXPORT_TASKS``.
 
 Stability Guarantees:
     See ``kernel.cli``. ``validate --json`` prints ``{"ok", "problems": [{code, severity, file,
@@ -10,9 +10,12 @@ Stability Guarantees:
     workstreams, migrated}}``, plus ``"error": {code, message, file, line, hint}`` (the first
     error) when there is one; exit 1 on any error, 0 with warnings only. ``load --json``
     prints ``LoadReport.as_dict()`` on success; on failure the validate shape plus ``error``,
-    exit 1. ``validate`` writes nothing; ``load`` writes all or nothing, prints its result as
-    soon as the load has committed, then brings the ``.state/`` views up to date before it
-    exits (``kernel.observe.exports.export_after_change``; skipped when nothing changed).
+    exit 1; ``load --json`` adds ``"views"``: ``"written"`` (before the command exits),
+    ``"background"`` or ``"unchanged"``. ``validate`` writes nothing but its parse cache;
+    ``load`` writes all or nothing, prints its result as soon as the load has committed, then
+    brings the ``.state/`` views up to date (``kernel.observe.exports.export_after_change``;
+    skipped when nothing changed): before it exits, or, when it wrote
+    ``BACKGROUND_EXPORT_TASKS`` tasks or more, in a detached background process.
 
 Integration Points:
     ``kernel.definitions.check.validate``, ``kernel.definitions.load.load``,
@@ -22,11 +25,12 @@ Dependencies:
     click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.definitions.check``,
     ``kernel.definitions.fields``, ``kernel.definitions.load``,
     ``kernel.definitions.migrate_tasks``, ``kernel.definitions.records``,
-    ``kernel.observe.exports``.
+    ``kernel.observe.exports``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from itertools import groupby
 from pathlib import Path
@@ -37,12 +41,16 @@ from kernel.base.errors import EXIT_FAILED, EXIT_OK, OrchError, UsageError
 from kernel.cli.common import CliState, command, emit
 from kernel.definitions.check import ValidationResult, validate
 from kernel.definitions.fields import TASK_SCHEMA_VERSION, TASK_V1_SCHEMA_VERSION
-from kernel.definitions.load import LoadError, load
+from kernel.definitions.load import LoadError, LoadReport, load
 from kernel.definitions.migrate_tasks import list_backups, migrate_tasks, restore_backup
 from kernel.definitions.records import ERROR, ValidationProblem, problem_order
 from kernel.observe.exports import export_after_change
+from kernel.store.project import Project
 
 _COLOUR = {"error": "red", "warning": "yellow"}
+# A load that writes this many tasks brings the views up to date in a background process:
+# a full export of 100k tasks plans every workstream (seconds), after the load has committed.
+BACKGROUND_EXPORT_TASKS = 10_000
 
 
 def format_problems(problems: list[ValidationProblem]) -> list[str]:
@@ -129,20 +137,55 @@ def load_cmd(state: CliState, paths: tuple[str, ...]) -> int:
         emit(state, data, failed)
         return EXIT_FAILED
     changed = report.changed
+    # The result is printed as soon as the load has committed; the views are brought up to
+    # date after it: before the command exits, or for a large load in a background process.
+    export = changed and project.config.views.export
+    background = (export and _written(report) >= BACKGROUND_EXPORT_TASKS
+                  and hasattr(os, "fork"))
+    data = report.as_dict()
+    data["views"] = "background" if background else "written" if export else "unchanged"
 
     def text() -> None:
         for line in format_problems(report.warnings):
             click.echo(line)
         click.echo(report.summary())
+        if background:
+            click.echo("views: being brought up to date in the background "
+                       "(`orch export` waits for them)")
 
-    # The result is printed as soon as the load has committed; the views are brought up to
-    # date after it, before the command exits (they agree with the database once it has).
-    emit(state, report.as_dict(), text)
+    emit(state, data, text)
     sys.stdout.flush()
-    exported = export_after_change(project) if changed else None
+    sys.stderr.flush()
+    if background:
+        _export_in_background(project)
+        return EXIT_OK
+    exported = export_after_change(project) if export else None
     for warning in exported.warnings if exported and not state.json else ():
         click.echo(f"warning: {warning}", err=True)
     return EXIT_OK
+
+
+def _written(report: LoadReport) -> int:
+    return report.tasks_created + len(report.tasks_updated)
+
+
+def _export_in_background(project: Project) -> None:
+    """Bring the views up to date in a detached process (a new session, its standard streams
+    on /dev/null, reparented at once: nobody waits for it). Exports take the views lock and
+    read the database when they hold it, so a later export never leaves older views behind."""
+    child = os.fork()
+    if child:
+        os.waitpid(child, 0)
+        return
+    try:
+        if os.fork() == 0:
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            export_after_change(project)
+    finally:
+        os._exit(0)
 
 
 @command("migrate-tasks")

@@ -16,8 +16,9 @@ Public API:
 
 Stability Guarantees:
     Problem codes are only added, never renamed. Every problem is reported, never just the
-    first, sorted by ``kernel.definitions.records.problem_order``. Nothing here writes:
-    without a database ``.state/`` is not even created. Dependencies may cross workstreams
+    first, sorted by ``kernel.definitions.records.problem_order``. Nothing here writes but the
+    parse cache (``kernel.definitions.parsecache``): without a database ``.state/`` is not
+    even created. Dependencies may cross workstreams
     (task ids are global). A cycle is reported once per strongly connected component, at the
     edge that closes it. Paths in ``context_requirements`` and ``execution.working_directory``
     are relative to the project root (the worktree's root).

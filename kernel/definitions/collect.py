@@ -11,11 +11,14 @@ Public API:
     scope of the paths given; ``migrated``).
 
 Stability Guarantees:
-    Every problem is reported, never just the first. Nothing here writes: without a database
-    ``.state/`` is not even created. The problems of ``orch.toml`` are listed as problems of
-    that file (``config_invalid``, and the defaults are used to check the rest). A workstream
-    without ``workstream.json`` gets the defaults. The registries are read with the larger of
-    the shipped limit and ``[definitions] max_task_file_bytes``; task files with the latter.
+    Every problem is reported, never just the first. Nothing here writes but the parse cache
+    (``kernel.definitions.parsecache``, ``.state/definitions.cache``, only when ``.state/``
+    exists): without a database ``.state/`` is not even created. A result from the cache is the
+    result parsing the file would give (``Definitions.cached`` counts them). The problems of
+    ``orch.toml`` are listed as problems of that file (``config_invalid``, and the defaults are
+    used to check the rest). A workstream without ``workstream.json`` gets the defaults. The
+    registries are read with the larger of the shipped limit and ``[definitions]
+    max_task_file_bytes``; task files with the latter.
 
 Integration Points:
     ``kernel.definitions.check.validate`` (``orch validate``) and ``kernel.definitions.load``
@@ -25,9 +28,9 @@ Integration Points:
 
 Dependencies:
     ``kernel.base.config``, ``kernel.base.documents``, ``kernel.definitions.discover``,
-    ``kernel.definitions.errors``, ``kernel.definitions.records``,
-    ``kernel.definitions.registries``, ``kernel.definitions.taskfiles``,
-    ``kernel.planning.dag``, ``kernel.store.project``.
+    ``kernel.definitions.errors``, ``kernel.definitions.parsecache``,
+    ``kernel.definitions.records``, ``kernel.definitions.registries``,
+    ``kernel.definitions.taskfiles``, ``kernel.planning.dag``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from kernel.base.config import Config, ConfigError
 from kernel.base.documents import DEFAULT_MAX_FILE_BYTES, DocumentError
 from kernel.definitions.discover import discover
 from kernel.definitions.errors import DefinitionError
+from kernel.definitions.parsecache import cached_parse
 from kernel.definitions.records import (
     ParseContext,
     TaskRecord,
@@ -57,7 +61,7 @@ from kernel.definitions.registries import (
     lease_ceiling,
     load_yaml_registry,
 )
-from kernel.definitions.taskfiles import parse_task_files, parse_workstream
+from kernel.definitions.taskfiles import parse_task_results, parse_workstream, split_results
 from kernel.planning.dag import gc_paused
 from kernel.store.project import Project
 
@@ -76,6 +80,7 @@ class Definitions:
     scope: tuple[str, ...] | None = None  # rel paths given; None = the whole project
     files: int = 0
     config_invalid: bool = False  # orch.toml has errors (listed in problems); defaults used
+    cached: int = 0  # task files whose result came from the parse cache (parsecache)
 
     @property
     def migrated(self) -> int:
@@ -107,7 +112,11 @@ def _collect(project: Project, paths: Sequence[str | os.PathLike[str]] | None,
     _registries(project, found.registries, defs, max(max_bytes, DEFAULT_MAX_FILE_BYTES))
     ctx = _parse_context(defs, definitions, max_bytes,
                          frozenset(config.agents.command_agents()))
-    defs.tasks, problems = parse_task_files(sorted(found.tasks), ctx, workers)
+    results, defs.cached = cached_parse(
+        project.state_dir, sorted(found.tasks), ctx,
+        lambda files: parse_task_results(files, ctx, workers), whole=not paths)
+    defs.tasks, problems = split_results(results)
+    del results
     defs.problems += problems
     for path, display in found.workstreams.values():
         _workstream(os.path.basename(os.path.dirname(path)), path, display, defs, max_bytes)

@@ -4,28 +4,31 @@ Public API:
     ``load(project, paths=None, *, now=None, workers=None) -> LoadReport`` checks everything
     (``kernel.definitions.check``) and imports it in one write transaction;
     ``load_definitions(conn, defs, *, now=None) -> LoadReport`` does the transaction part for
-    definitions already collected; ``LoadReport`` (``as_dict()``, ``summary()``);
+    definitions already collected (once the checks pass it empties ``defs.tasks``, releasing
+    each record as it is written); ``LoadReport`` (``as_dict()``, ``summary()``);
     ``LoadError(OrchError)`` with ``.problems`` (every problem, errors and warnings);
     ``insert_rows_in_tx(conn, insert, rows)`` (a multi-row INSERT, ``BATCH_PARAMETERS`` values
     per statement, inside the caller's write transaction).
 
 Stability Guarantees:
-    All or nothing: any error (in the files, or against the database) raises ``LoadError``
-    and the database is logically unchanged. Reloading unchanged files writes nothing (no
-    UPDATE, no event). A task whose file changed is updated only while it is ``pending`` with
-    no attempts, with one ``task_definition_updated`` event (metadata: old and new sha256,
-    the changed fields); a started task's definition is frozen. Tasks are never deleted: one
-    without a file is kept and reported (``task_file_missing``). Tasks cannot be added to, or
-    changed in, a terminal workstream. New tasks get one ``task_created`` event each (the
-    table's trigger); loaded workstreams that are ``planned`` move to ``ready`` (trigger
-    ``all_tasks_created``). v1 task files are migrated in memory (counted in the report).
-    New and changed tasks are written a batch of rows per statement; the rows and the events
-    (content and order: task_id order, gapless seq) are the same as with one statement per
-    task, and the triggers still fire for every row. A missing, empty, damaged or foreign
-    database is refused (``DatabaseUnavailable``, exit 3) before anything is written: the file
-    is checked before the definitions are parsed, and ``PRAGMA quick_check`` runs before the
-    write transaction. Memory: each file is parsed once, into a compact ``TaskRecord`` (the
-    pydantic models are not kept); a large load enlarges the page cache to ``BIG_CACHE_KIB``
+    All or nothing: any error (in the files, or against the database) raises ``LoadError`` and
+    the database is logically unchanged. Reloading unchanged files writes nothing (no UPDATE, no
+    event). A task whose file changed is updated only while it is ``pending`` with no attempts,
+    with one ``task_definition_updated`` event (metadata: old and new sha256, the changed
+    fields); a started task's definition is frozen. Tasks are never deleted: one without a file
+    is kept and reported (``task_file_missing``). Tasks cannot be added to, or changed in, a
+    terminal workstream. New tasks get one ``task_created`` event each, written set-based when
+    their inserts end (sql/0007_bulk_task_events.sql: the same rows as the per-row trigger);
+    loaded workstreams that are ``planned`` move to ``ready`` (trigger ``all_tasks_created``).
+    v1 task files are migrated in memory (counted in the report). New and changed tasks are
+    written a batch of rows per statement; the rows and the events (content and order: task_id
+    order, gapless seq) are the same as with one statement per task, and the triggers still fire
+    for every row. A missing, empty, damaged or foreign database is refused
+    (``DatabaseUnavailable``, exit 3) before anything is written: the file is checked before the
+    definitions are parsed, and ``PRAGMA quick_check`` runs before the write transaction.
+    Memory: each file is parsed once, into a compact ``TaskRecord`` (the pydantic models are not
+    kept; with ``orch validate`` before, not at all: the parse cache), and the records are
+    released as they are written; a large load enlarges the page cache to ``BIG_CACHE_KIB``
     only, and hands the records' memory back to the system when it is done.
 
 Integration Points:
@@ -71,6 +74,8 @@ BIG_LOAD_ROWS = 10_000  # above this the page cache is enlarged for the transact
 # 32 MiB: as fast as 256 MiB for 100k tasks (SQLite spills dirty pages to the WAL beyond it),
 # and 170 MB less peak RSS (docs/PERFORMANCE.md, "Load once").
 BIG_CACHE_KIB = 32 * 1024
+# False: the per-row trigger writes each task_created event (tests compare both routes).
+_SET_BASED_EVENTS = True
 _DB_CODES = {"task_already_started", "workstream_terminal", "workstream_started"}
 _NOW_SQL = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 _TASK_COLUMNS = ("name", "description", "type", "critical", "priority", "max_retries",
@@ -175,9 +180,10 @@ def load(project: Project, paths: Sequence[str | os.PathLike[str]] | None = None
     defs = collect(project, paths, workers=workers)
     if defs.config_invalid:  # orch.toml must be fixed first; nothing is opened for writing
         raise LoadError(sorted(defs.problems, key=problem_order))
+    tasks = len(defs.tasks)
     with project.open(verify=True) as conn:  # a damaged file is refused before the write
         report = load_definitions(conn, defs, now=now)
-    if len(defs.tasks) > BIG_LOAD_ROWS:
+    if tasks > BIG_LOAD_ROWS:
         del defs
         _release_memory()
     return report
@@ -209,12 +215,14 @@ def load_definitions(conn: apsw.Connection, defs: Definitions, *,
         cache = conn.pragma("cache_size")
         if big:
             conn.pragma("cache_size", -BIG_CACHE_KIB)
+        loaded = {t.task_id for t in defs.tasks}
+        workstreams = sorted({t.workstream_id for t in defs.tasks})
         try:
             _write_registries_in_tx(conn, defs, report)
             _write_workstreams_in_tx(conn, defs, existing, stamp, report)
             new, changed = _write_tasks_in_tx(conn, defs, existing, stamp, report)
-            _write_dependencies_in_tx(conn, defs, existing, graph, new | changed, report)
-            _make_ready_in_tx(conn, defs, existing, stamp, report)
+            _write_dependencies_in_tx(conn, loaded, existing, graph, new | changed, report)
+            _make_ready_in_tx(conn, workstreams, existing, stamp, report)
         finally:
             if big:
                 conn.pragma("cache_size", cache)
@@ -308,19 +316,50 @@ def _write_tasks_in_tx(conn: apsw.Connection, defs: Definitions, existing: Exist
     new = [r for r in fresh if r.task_id not in existing.tasks]
     changed = [r for r in fresh if r.task_id in existing.tasks]
     report.tasks_unchanged = len(defs.tasks) - len(new) - len(changed)
+    new_ids, changed_ids = {r.task_id for r in new}, {r.task_id for r in changed}
+    capabilities = [(r.task_id, cid, version) for r in fresh for cid, version in r.capabilities]
+    resources = [(r.task_id, *res) for r in fresh for res in r.resources]
+    # Memory: the records of unchanged tasks go now, those of new ones as they are written.
+    del fresh
+    defs.tasks.clear()
     # One clock reading for the whole load: every new task has the same created_at.
     created = stamp or db.scalar(conn, f"SELECT {_NOW_SQL}")
-    insert_rows_in_tx(
-        conn, "INSERT INTO task (task_id, workstream_id, name, description, type, critical, "
-        "priority, max_retries, timeout_seconds, retry_delay_seconds, "
-        "estimated_duration_seconds, command, definition, definition_sha256, source_file, "
-        "created_at, updated_at, transition_metadata)",
-        [(r.task_id, r.workstream_id, *r.columns, r.definition, r.sha256, r.file, created,
-          created, _created_metadata(r, stamp)) for r in new])
     report.tasks_created = len(new)
+    _insert_new_tasks_in_tx(conn, new, created, stamp)
     _update_changed_in_tx(conn, changed, existing, created, report)
-    _write_requirements_in_tx(conn, new, changed)
-    return {r.task_id for r in new}, {r.task_id for r in changed}
+    _write_requirements_in_tx(conn, sorted(changed_ids), capabilities, resources)
+    return new_ids, changed_ids
+
+
+_INSERT_TASK = (
+    "INSERT INTO task (task_id, workstream_id, name, description, type, critical, priority, "
+    "max_retries, timeout_seconds, retry_delay_seconds, estimated_duration_seconds, command, "
+    "definition, definition_sha256, source_file, created_at, updated_at, transition_metadata)")
+
+
+def _insert_new_tasks_in_tx(conn: apsw.Connection, new: list[TaskRecord], created: str,
+                            stamp: str | None) -> None:
+    """INSERT the new tasks (in the order given) with their ``task_created`` events written
+    set-based: while the ``task_bulk_insert`` marker row exists the per-row trigger stands
+    aside; deleting the marker writes one event per task inserted since, in insertion order,
+    with the row trigger's columns and metadata (sql/0007_bulk_task_events.sql). The rows are
+    made ten statements' worth at a time, and ``new`` is emptied as they are (memory)."""
+    if not new:
+        return
+    if _SET_BASED_EVENTS:
+        after = db.scalar(conn, "SELECT COALESCE(max(rowid), 0) FROM task")
+        conn.execute("INSERT INTO task_bulk_insert (marker_id, after_rowid) VALUES (1, ?)",
+                     (after,))
+    step = 10 * max(1, BATCH_PARAMETERS // (len(_TASK_COLUMNS) + 8))
+    new.reverse()  # taken from the end, a batch at a time
+    while new:
+        batch = new[-step:]
+        del new[-step:]
+        insert_rows_in_tx(conn, _INSERT_TASK, [
+            (r.task_id, r.workstream_id, *r.columns, r.definition, r.sha256, r.file, created,
+             created, _created_metadata(r, stamp)) for r in reversed(batch)])
+    if _SET_BASED_EVENTS:
+        conn.execute("DELETE FROM task_bulk_insert")
 
 
 def _update_changed_in_tx(conn: apsw.Connection, changed: list[TaskRecord], existing: Existing,
@@ -348,24 +387,21 @@ def _update_changed_in_tx(conn: apsw.Connection, changed: list[TaskRecord], exis
                              batch_parameters=BATCH_PARAMETERS)
 
 
-def _write_requirements_in_tx(conn: apsw.Connection, new: list[TaskRecord],
-                              changed: list[TaskRecord]) -> None:
+def _write_requirements_in_tx(conn: apsw.Connection, changed: list[str],
+                              capabilities: list[tuple[Any, ...]],
+                              resources: list[tuple[Any, ...]]) -> None:
     """The capability and resource rows of new tasks, and those of changed ones replaced."""
     if changed:
-        ids = json.dumps([r.task_id for r in changed])
+        ids = json.dumps(changed)
         for table in ("task_capability", "task_resource"):
             conn.execute(f"DELETE FROM {table} WHERE task_id IN (SELECT value FROM json_each(?))",
                          (ids,))
-    written = new + changed
     # No triggers on these tables (nor on task_dependency): a one-row INSERT there needs no
     # statement journal (see db.insert_rows_in_tx), and executemany is as fast as batches.
     conn.executemany("INSERT INTO task_capability (task_id, capability_id, min_version) "
-                     "VALUES (?, ?, ?)",
-                     [(r.task_id, cid, version) for r in written for cid, version in
-                      r.capabilities])
+                     "VALUES (?, ?, ?)", capabilities)
     conn.executemany("INSERT INTO task_resource (task_id, resource_id, mode, amount) "
-                     "VALUES (?, ?, ?, ?)",
-                     [(r.task_id, *res) for r in written for res in r.resources])
+                     "VALUES (?, ?, ?, ?)", resources)
 
 
 _UPDATED_COLUMNS = ("workstream_id", *_TASK_COLUMNS, "definition", "definition_sha256",
@@ -406,10 +442,9 @@ def _created_metadata(rec: TaskRecord, stamp: str | None) -> str | None:
     return json.dumps(meta) if meta else None
 
 
-def _write_dependencies_in_tx(conn: apsw.Connection, defs: Definitions, existing: Existing,
+def _write_dependencies_in_tx(conn: apsw.Connection, loaded: set[str], existing: Existing,
                               graph: dict[str, set[str]], written: set[str],
                               report: LoadReport) -> None:
-    loaded = {t.task_id for t in defs.tasks}
     report.dependencies = sum(len(graph[t]) for t in loaded)
     affected = set(written)
     affected.update(t for t, stored in existing.deps.items() if graph.get(t, stored) != stored)
@@ -424,9 +459,9 @@ def _write_dependencies_in_tx(conn: apsw.Connection, defs: Definitions, existing
     report.dependency_rows_written = deleted + len(rows)  # deleted and inserted
 
 
-def _make_ready_in_tx(conn: apsw.Connection, defs: Definitions, existing: Existing,
+def _make_ready_in_tx(conn: apsw.Connection, workstreams: list[str], existing: Existing,
                       stamp: str | None, report: LoadReport) -> None:
-    for ws_id in sorted({t.workstream_id for t in defs.tasks}):
+    for ws_id in workstreams:
         state = existing.workstreams.get(ws_id, ("planned", None))[0]
         if state == "planned":
             transition_in_tx(conn, "workstream", ws_id, "ready", "all_tasks_created",

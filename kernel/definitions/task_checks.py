@@ -286,6 +286,14 @@ def _check_min_version(f: TaskFileProblems, task: TaskDefinition, ctx: ParseCont
                   f"{cap[0]}@{wanted})")
 
 
+def far_below_arg_limits(command: str, longest: int) -> bool:
+    """Whether ``command``, each placeholder filled with a value of at most ``longest``
+    characters, is certainly within the argument limits whatever the environment: then the
+    argument-length check finds nothing and does not depend on this process's environment."""
+    longest = max(longest, 128)
+    return 20 * len(command) + command.count("{") * (20 * longest + 8) + 64 < _ARG_BOUND
+
+
 def _check_argv(f: TaskFileProblems, task: TaskDefinition, ctx: ParseContext) -> None:
     """The command must be startable: no argument over MAX_ARG_STRLEN, argv within ARG_MAX,
     with the placeholders filled in as a worker fills them (kernel.definitions.commands)."""
@@ -293,9 +301,8 @@ def _check_argv(f: TaskFileProblems, task: TaskDefinition, ctx: ParseContext) ->
     command, prompt = execution.command, execution.prompt or ""
     # Cheap bound first: a filled-in value is at most ~5x longer once shell-quoted, and a
     # character is at most 4 bytes of UTF-8. Almost every command is far below the limits.
-    longest = max(len(prompt), len(ctx.real_root) + len(task.workstream_id) + 32, 128)
-    bound = 20 * len(command) + command.count("{") * (20 * longest + 8) + 64
-    if bound < _ARG_BOUND:
+    if far_below_arg_limits(command, max(len(prompt), len(ctx.real_root)
+                                         + len(task.workstream_id) + 32)):
         return
     values = {"prompt": prompt, "task_id": task.task_id, "workstream_id": task.workstream_id,
               "attempt": str(execution.max_retries + 1), "root": ctx.real_root,

@@ -3,7 +3,9 @@
 Public API:
     ``parse_task(path, display, ctx) -> (TaskRecord | None, list[ValidationProblem])``;
     ``parse_task_files(files, ctx, workers) -> (records, problems)`` (many files, in worker
-    processes for large projects; results in the order of ``files``); ``parse_workstream(ws_id,
+    processes for large projects; results in the order of ``files``);
+    ``parse_task_results(files, ctx, workers)`` (the same, one ``Parsed`` = (record or None,
+    problems) per file), ``split_results(results)``; ``parse_workstream(ws_id,
     path, display) -> (WorkstreamRecord | None, problems)``; tuning constants
     ``PARALLEL_MIN_FILES``, ``CHUNK_FILES``. The records, ``ParseContext`` and the problem
     codes are ``kernel.definitions.records``; the checks beyond the schema are
@@ -179,26 +181,21 @@ def _resources(task: TaskDefinition) -> tuple[tuple[str, str, float], ...]:
 
 
 _Chunk = tuple[list[TaskRecord], list[ValidationProblem]]
+Parsed = tuple[TaskRecord | None, list[ValidationProblem]]  # one file's result
 
 
-def _parse_chunk(files: list[tuple[str, str]]) -> _Chunk:
+def _parse_chunk(files: list[tuple[str, str]]) -> list[Parsed]:
     ctx = _CONTEXT
     assert ctx is not None, "_set_context first"
-    records, problems = [], []
     with gc_paused():
-        for path, display in files:
-            record, found = parse_task(path, display, ctx)
-            if record is not None:
-                records.append(record)
-            problems += found
-    return records, problems
+        return [parse_task(path, display, ctx) for path, display in files]
 
 
-def parse_task_files(files: list[tuple[str, str]], ctx: ParseContext,
-                     workers: int | None = None) -> _Chunk:
-    """Parse ``files`` ((absolute path, display path) pairs): the valid records and every
-    problem, both in the order of ``files``. ``workers``: processes (None: one per CPU when
-    there are at least ``PARALLEL_MIN_FILES`` files; 1: in this process)."""
+def parse_task_results(files: list[tuple[str, str]], ctx: ParseContext,
+                       workers: int | None = None) -> list[Parsed]:
+    """Each file's ``parse_task`` result, in the order of ``files``. ``workers``: processes
+    (None: one per CPU when there are at least ``PARALLEL_MIN_FILES`` files; 1: in this
+    process)."""
     _set_context(ctx)
     if workers is None:
         workers = (os.cpu_count() or 1) if len(files) >= PARALLEL_MIN_FILES else 1
@@ -207,13 +204,25 @@ def parse_task_files(files: list[tuple[str, str]], ctx: ParseContext,
         results = [_parse_chunk(c) for c in chunks]
     else:
         results = _parse_parallel(chunks, ctx, workers)
-    records = [r for chunk_records, _ in results for r in chunk_records]
-    problems = [p for _, chunk_problems in results for p in chunk_problems]
+    return [one for chunk in results for one in chunk]
+
+
+def parse_task_files(files: list[tuple[str, str]], ctx: ParseContext,
+                     workers: int | None = None) -> _Chunk:
+    """Parse ``files`` ((absolute path, display path) pairs): the valid records and every
+    problem, both in the order of ``files`` (see ``parse_task_results``)."""
+    return split_results(parse_task_results(files, ctx, workers))
+
+
+def split_results(results: list[Parsed]) -> _Chunk:
+    """The records and the problems of per-file results, each in the files' order."""
+    records = [r for r, _ in results if r is not None]
+    problems = [p for _, found in results for p in found]
     return records, problems
 
 
 def _parse_parallel(chunks: list[list[tuple[str, str]]], ctx: ParseContext,
-                    workers: int) -> list[_Chunk]:
+                    workers: int) -> list[list[Parsed]]:
     # workers - 1 processes take chunks from the front; this process steals from the back
     # (a chunk whose future can still be cancelled has not been sent to a worker).
     results: list[Any] = [None] * len(chunks)
