@@ -9,7 +9,8 @@ Public API:
     ``DIRECT_ENV``;
     ``socket_pair() -> (kernel_end, worker_end)``; ``from_fd(fd) -> socket``;
     ``socket_path(db_path) -> Path | None`` (where a running kernel listens for workers that join
-    by hand), ``listen(db_path) -> socket | None``, ``connect(db_path) -> socket | None``.
+    by hand), ``listen(db_path) -> socket | None``, ``unlisten(db_path)``, ``connect(db_path) ->
+    socket | None``.
 
 Stability Guarantees:
     Messages a worker sends: ``hello`` {worker_id} (registered, ready for work);
@@ -64,7 +65,7 @@ from kernel.runtime.attempts import Claim
 DIRECT_ENV = "ORCH_DIRECT_WORKERS"
 
 __all__ = ["DIRECT_ENV", "Gone", "KernelLink", "Wire", "claim_from_wire", "claim_to_wire",
-           "connect", "from_fd", "listen", "socket_pair", "socket_path"]
+           "connect", "from_fd", "listen", "socket_pair", "socket_path", "unlisten"]
 
 T = TypeVar("T")
 
@@ -119,6 +120,19 @@ def listen(db_path: Path) -> socket.socket | None:
         return None
     server.setblocking(False)
     return server
+
+
+def unlisten(db_path: Path) -> None:
+    """Remove the kernel's socket, and its directory when no other kernel uses it: nothing is
+    left behind in ``$TMPDIR``."""
+    path = socket_path(db_path)
+    if path is None:
+        return
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass   # another orch run's socket is there
 
 
 def connect(db_path: Path) -> socket.socket | None:

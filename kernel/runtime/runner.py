@@ -534,9 +534,7 @@ class _RunLoop:
         if self.dispatcher is not None:
             # Workers still running a task report it themselves from now on.
             if self.dispatcher.server is not None:
-                path = channel.socket_path(self.project.db_path)
-                if path is not None:
-                    path.unlink(missing_ok=True)
+                channel.unlisten(self.project.db_path)
             self.dispatcher.close()
         try:
             if self.interrupted and self.children:
