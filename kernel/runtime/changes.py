@@ -4,6 +4,7 @@ Public API:
     ``Snapshot`` (``take(base) -> Snapshot``; ``changed() -> list[str]``; ``revert(paths)``;
     ``diff_text(paths) -> str``); ``tree_lock(lock_dir, key, exclusive, should_stop)`` (a
     context manager; yields the reason when ``should_stop`` ended the wait, else None);
+    ``tree_holders(lock_dir, key) -> dict[str, int]``; ``holder_id() -> str``;
     ``outside(paths, allowed) -> list[str]``.
 
 Stability Guarantees:
@@ -24,6 +25,13 @@ Stability Guarantees:
     changes an agent attempt is judged on (and may revert) are its own, never those of a
     command running next to it in the same worktree. The wait polls ``should_stop`` so a
     cancel reaches a waiting task too.
+    **Who is in the tree.** While it holds the lock, a task is registered as
+    ``{lock_dir}/tree-{key}.running/{holder_id()}`` (``pid-thread``), an empty file whose
+    modification time is when it took the lock, on the file system's clock (the clock file
+    modification times are compared with). ``tree_holders`` lists the live holders and their
+    start times, dropping the entries of processes that died; the group commit of
+    ``kernel.runtime.worktree`` uses it to leave a file for later while a task that may have
+    written it is still running.
 
 Integration Points:
     ``kernel.runtime.worker`` takes ``tree_lock`` around each task; the agent executors
@@ -40,6 +48,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +57,7 @@ from pathlib import Path
 from kernel.base.errors import OrchError
 from kernel.runtime.worktree import is_git_repo, run_git
 
-__all__ = ["MAX_WALK_FILES", "Snapshot", "outside", "tree_lock"]
+__all__ = ["MAX_WALK_FILES", "Snapshot", "holder_id", "outside", "tree_holders", "tree_lock"]
 
 MAX_WALK_FILES = 50_000
 _SKIP_DIRS = {".git", ".state", "__pycache__"}
@@ -198,6 +207,58 @@ def outside(paths: Iterable[str], allowed: Iterable[str]) -> list[str]:
     return sorted(p for p in paths if os.path.normpath(p) not in ok)
 
 
+def holder_id() -> str:
+    """This task's name in a tree's register of holders: ``{pid}-{thread id}``."""
+    return f"{os.getpid()}-{threading.get_ident()}"
+
+
+def _registry(lock_dir: Path, key: str) -> Path:
+    return lock_dir / f"tree-{key}.running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def tree_holders(lock_dir: Path, key: str) -> dict[str, int]:
+    """The tasks holding the tree's lock now: ``holder_id`` -> when it took the lock
+    (``st_mtime_ns`` of its register entry). Entries of dead processes are removed."""
+    holders: dict[str, int] = {}
+    try:
+        entries = list(os.scandir(_registry(lock_dir, key)))
+    except FileNotFoundError:
+        return holders
+    for entry in entries:
+        pid = entry.name.partition("-")[0]
+        if not pid.isdigit() or not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            holders[entry.name] = entry.stat(follow_symlinks=False).st_mtime_ns
+    return holders
+
+
+@contextlib.contextmanager
+def _registered(lock_dir: Path, key: str) -> Iterator[None]:
+    registry = _registry(lock_dir, key)
+    registry.mkdir(exist_ok=True)
+    entry = registry / holder_id()
+    os.close(os.open(entry, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.utime(entry)   # a stale entry of a reused pid gets the time of now, too
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+
+
 @contextlib.contextmanager
 def tree_lock(lock_dir: Path, key: str, exclusive: bool,
               should_stop: Callable[[], str | None] = lambda: None,
@@ -218,6 +279,7 @@ def tree_lock(lock_dir: Path, key: str, exclusive: bool,
                     return
                 time.sleep(poll)
         try:
-            yield None
+            with _registered(lock_dir, key):
+                yield None
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)

@@ -65,7 +65,7 @@ from kernel.runtime.changes import tree_lock
 from kernel.runtime.channel import KernelLink, connect, from_fd
 from kernel.runtime.executors import ExecutionRequest, ExecutionResult, executor_for
 from kernel.runtime.rules import run_rules
-from kernel.runtime.worktree import Commit, commit_all
+from kernel.runtime.worktree import Commit
 from kernel.store import db
 from kernel.store.machines import states_allowing, terminal_states, transition_in_tx
 from kernel.store.project import Project
@@ -362,23 +362,24 @@ class Worker:
         """Commit the task's changes on the workstream branch: (what was committed, or None
         when nothing changed; an error message when the commit failed).
 
-        Commits of one worktree are serialised with a lock file, so two workers finishing
-        at once never collide on git's index.lock.
+        Tasks finishing at once in one worktree share one change detection and at most one
+        commit (``kernel.runtime.worktree.commit_finished``): a task that changed nothing
+        never waits for a commit. How changes are attributed: "Commits and attribution" in
+        docs/execution_model/WORKERS.md.
         """
-        import fcntl
-
         from kernel.base.errors import OrchError
+        from kernel.runtime.changes import holder_id, tree_holders
+        from kernel.runtime.worktree import Finished, commit_finished
 
         assert claim.worktree_path
-        lock_path = Path(claim.worktree_path).parent / f".{claim.workstream_id}.commit.lock"
-        with open(lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                return commit_all(Path(claim.worktree_path),
-                                  commit_message(claim, details)), None
-            except OrchError as exc:
-                return None, f"the command succeeded but its changes could not be committed: " \
-                             f"{exc.message}"
+        locks = self.project.state_dir / "locks"
+        task = Finished(claim.task_id, commit_message(claim, details), holder_id())
+        try:
+            return commit_finished(Path(claim.worktree_path), task,
+                                   lambda: tree_holders(locks, claim.workstream_id)), None
+        except OrchError as exc:
+            return None, f"the command succeeded but its changes could not be committed: " \
+                         f"{exc.message}"
 
     def _should_stop(self, claim: claims.Claim, conn: apsw.Connection) -> str | None:
         if self.declared_dead:
