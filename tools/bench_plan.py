@@ -36,11 +36,11 @@ try:
 except ModuleNotFoundError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import kernel.planning.dag as dag
+from kernel.bench.plan import reference_steps  # the reference orch bench measures too
 from kernel.planning.generate import generate_layered_dag
 
 PLAN_LIMIT_SECONDS = 2.0
 REFERENCE_FACTOR = 2.0
-_SOURCE = object()  # virtual source for folding node weights into edges; cannot clash with ids
 
 
 def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
@@ -52,35 +52,6 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
         result = fn()
         runs.append(time.perf_counter() - start)
     return min(runs), result
-
-
-def reference_steps(tasks: list[dag.PlanTask]) -> dict[str, Callable[[], Any]]:
-    """The same work done the plain networkx way, step by step on one shared graph."""
-    duration = {t.task_id: t.estimated_duration_seconds for t in tasks}
-    state: dict[str, Any] = {}
-
-    def build() -> nx.DiGraph:
-        graph = nx.DiGraph()
-        graph.add_nodes_from(t.task_id for t in tasks)
-        graph.add_edges_from((d, t.task_id) for t in tasks for d in t.dependencies)
-        state["graph"] = graph
-        return graph
-
-    def longest() -> float:
-        # dag_longest_path weighs edges; put each task's duration on its incoming edges, and
-        # give every task an edge from a virtual source so the first task counts too.
-        weighted = nx.DiGraph()
-        weighted.add_weighted_edges_from((u, v, duration[v]) for u, v in state["graph"].edges())
-        weighted.add_weighted_edges_from((_SOURCE, v, d) for v, d in duration.items())
-        path = nx.dag_longest_path(weighted, weight="weight")
-        return sum(duration[v] for v in path[1:])
-
-    return {
-        "build DiGraph": build,
-        "is_directed_acyclic_graph": lambda: nx.is_directed_acyclic_graph(state["graph"]),
-        "topological_generations": lambda: list(nx.topological_generations(state["graph"])),
-        "weighted longest path": longest,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

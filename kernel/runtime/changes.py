@@ -39,7 +39,7 @@ Integration Points:
     against the task's files and revert what an attempt that failed changed.
 
 Dependencies:
-    ``kernel.base.errors``, ``kernel.runtime.worktree``.
+    ``kernel.base.errors``, ``kernel.base.processes``, ``kernel.runtime.worktree``.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernel.base.errors import OrchError
+from kernel.base.processes import pid_alive
 from kernel.runtime.worktree import is_git_repo, run_git
 
 __all__ = ["MAX_WALK_FILES", "Snapshot", "holder_id", "outside", "tree_holders", "tree_lock"]
@@ -216,16 +217,6 @@ def _registry(lock_dir: Path, key: str) -> Path:
     return lock_dir / f"tree-{key}.running"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def tree_holders(lock_dir: Path, key: str) -> dict[str, int]:
     """The tasks holding the tree's lock now: ``holder_id`` -> when it took the lock
     (``st_mtime_ns`` of its register entry). Entries of dead processes are removed."""
@@ -236,7 +227,7 @@ def tree_holders(lock_dir: Path, key: str) -> dict[str, int]:
         return holders
     for entry in entries:
         pid = entry.name.partition("-")[0]
-        if not pid.isdigit() or not _alive(int(pid)):
+        if not pid.isdigit() or not pid_alive(int(pid)):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
             continue
