@@ -27,6 +27,8 @@ EXPECTED = {
                         "CPU per task, Huey", "write transactions per task"],
     "subprocess": ["`true` tasks end to end, 8 workers vs xargs",
                    "`true` tasks over the span, 8 workers vs xargs", SPAN, WALL, CPU],
+    "subprocess-git": ["`true` tasks end to end, 8 workers vs xargs",
+                       "`true` tasks over the span, 8 workers vs xargs", SPAN, WALL, CPU],
     "dispatch-latency": ["p50", "p99", SPAN, WALL, CPU],
     "claim-contention": ["claim latency p50", "claim latency p99", "claim latency p99.9",
                          "double claims", "SQLITE_BUSY surfaced to users", "throughput", SPAN,
@@ -82,7 +84,8 @@ def test_quick_json_run_reports_every_figure_in_shape(tmp_path: Path) -> None:
             assert fig["reference"] and fig["ratio"] is not None, where
     assert got == EXPECTED
     values = {(f["benchmark"], f["figure"]): f["value"] for f in report["figures"]}
-    for name in ("noop-throughput", "subprocess", "dispatch-latency", "claim-contention"):
+    for name in ("noop-throughput", "subprocess", "subprocess-git", "dispatch-latency",
+                 "claim-contention"):
         assert values[(name, WALL)] >= values[(name, SPAN)] > 0, name  # start-up and exit
         assert values[(name, CPU)] > 0, name
     for name in ("CPU per task, same-work ceiling", "CPU per task, raw SQLite floor"):

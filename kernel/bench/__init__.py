@@ -192,6 +192,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               "against the same-work ceiling, the raw SQLite floor and Huey"),
     Benchmark("subprocess", "kernel.bench.commands",
               "2,000 tasks running `true` with 8 workers, against xargs -P 8"),
+    Benchmark("subprocess-git", "kernel.bench.commands",
+              "the same 2,000 `true` tasks in a git repository, run in the workstream's "
+              "worktree with its commits, against xargs -P 8", "git_figures"),
     Benchmark("dispatch-latency", "kernel.bench.latency",
               "a chain of 1,000 noop tasks: completion of one to start of the next",
               "dispatch_figures"),
