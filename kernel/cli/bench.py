@@ -30,6 +30,7 @@ import sys
 import click
 
 from kernel.base.errors import EXIT_FAILED, EXIT_OK, UsageError
+from kernel.bench import BENCHMARKS
 from kernel.cli.common import CliState, command, emit
 
 
@@ -39,8 +40,7 @@ from kernel.cli.common import CliState, command, emit
                    "nothing).")
 @click.option("--only", "only", multiple=True, metavar="NAME",
               help="Run only this benchmark; repeat, or separate names with commas. Names: "
-                   "plan-100k, noop-throughput, subprocess, dispatch-latency, "
-                   "claim-contention, views-100k, footprint, startup.")
+                   + ", ".join(BENCHMARKS) + ".")
 @click.option("--no-install", is_flag=True,
               help="Never pip-install Huey (the reference of noop-throughput) into its cache "
                    "venv; the figure is unavailable unless it is installed already.")
