@@ -253,9 +253,11 @@ def _registered(lock_dir: Path, key: str) -> Iterator[None]:
 @contextlib.contextmanager
 def tree_lock(lock_dir: Path, key: str, exclusive: bool,
               should_stop: Callable[[], str | None] = lambda: None,
-              poll: float = 0.05) -> Iterator[str | None]:
+              poll: float = 0.05, register: bool = True) -> Iterator[str | None]:
     """Hold the working tree's lock (see the module docstring); yields None once held, or the
-    reason ``should_stop`` gave while waiting (the lock is then not held)."""
+    reason ``should_stop`` gave while waiting (the lock is then not held). With ``register``
+    the holder is listed for ``tree_holders`` (what a worktree's commits are attributed by;
+    a tree without commits, the project root, needs no register)."""
     lock_dir.mkdir(parents=True, exist_ok=True)
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     with open(lock_dir / f"tree-{key}.lock", "a+b") as fh:
@@ -270,7 +272,7 @@ def tree_lock(lock_dir: Path, key: str, exclusive: bool,
                     return
                 time.sleep(poll)
         try:
-            with _registered(lock_dir, key):
+            with _registered(lock_dir, key) if register else contextlib.nullcontext():
                 yield None
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)

@@ -214,6 +214,9 @@ def fork_workers(project: Project, owner: str, first_index: int, count: int,
     list the kernel's ends are appended to), each worker gets a link to this process
     (``kernel.runtime.channel``) and closes every other one it inherited."""
     from kernel.runtime import worker  # the warm parent: imported once, not once per worker
+    from kernel.store.machines import shipped
+
+    shipped()   # the state machines' YAML, parsed once here rather than in every worker
 
     sys.stdout.flush()
     sys.stderr.flush()

@@ -67,7 +67,7 @@ from kernel.runtime.executors import ExecutionRequest, ExecutionResult, executor
 from kernel.runtime.rules import run_rules
 from kernel.runtime.worktree import Commit
 from kernel.store import db
-from kernel.store.machines import states_allowing, terminal_states, transition_in_tx
+from kernel.store.machines import shipped, states_allowing, terminal_states, transition_in_tx
 from kernel.store.project import Project
 
 #: Set (``orch bench`` sets it): every claim a worker waits for is timed and appended to this
@@ -156,6 +156,9 @@ class Worker:
     def register(self) -> None:
         assessed = [] if self.options.capabilities else offers.assess(  # before the lock
             offers.catalog_rows(self.conn), self.config, self.project.root)
+        # The state machines (parsed from their YAML once per process) are read inside write
+        # transactions (claims, shutdown): parse them now, not while holding the write lock.
+        shipped()
         with db.write_tx(self.conn):
             stamp = clock.now_iso()  # under the write lock: events stay in time order
             unmet = {a.capability_id: list(a.missing) for a in assessed if not a.met}
@@ -441,7 +444,8 @@ class Worker:
         try:
             with tree_lock(self.project.state_dir / "locks",
                            claim.workstream_id if claim.worktree_path else "root", agent,
-                           lambda: self._should_stop(claim, self.conn)) as stopped:
+                           lambda: self._should_stop(claim, self.conn),
+                           register=claim.worktree_path is not None) as stopped:
                 if claim.pre_rules and stopped is None:
                     refused = self._pre_rules(claim, place)
                     if refused is not None:
