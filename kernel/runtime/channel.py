@@ -8,9 +8,9 @@ Public API:
     ``claim_to_wire(claim) -> dict``, ``claim_from_wire(data) -> Claim``; ``Gone``;
     ``DIRECT_ENV``;
     ``socket_pair() -> (kernel_end, worker_end)``; ``from_fd(fd) -> socket``;
-    ``socket_path(db_path) -> Path | None`` (where a running kernel listens for workers that join
-    by hand), ``listen(db_path) -> socket | None``, ``unlisten(db_path)``, ``connect(db_path) ->
-    socket | None``.
+    ``socket_path(db_path, create=True) -> Path | None`` (where a running kernel listens for
+    workers that join by hand), ``listen(db_path) -> socket | None``, ``unlisten(db_path)``,
+    ``connect(db_path) -> socket | None``.
 
 Stability Guarantees:
     Messages a worker sends: ``hello`` {worker_id} (registered, ready for work);
@@ -89,12 +89,13 @@ def from_fd(fd: int) -> socket.socket:
 _CLAIM_FIELDS = tuple(f.name for f in dataclasses.fields(Claim))
 
 
-def socket_path(db_path: Path) -> Path | None:
+def socket_path(db_path: Path, create: bool = True) -> Path | None:
     """Where the kernel of ``db_path`` listens, or None when the directory is not safely this
-    user's own (it is created with mode 0700)."""
+    user's own (it is created with mode 0700 when ``create``; else None when missing)."""
     directory = Path(tempfile.gettempdir()) / f"orch-{os.getuid()}"
     try:
-        directory.mkdir(mode=0o700, exist_ok=True)
+        if create:
+            directory.mkdir(mode=0o700, exist_ok=True)
         info = directory.lstat()
     except OSError:
         return None
@@ -125,7 +126,7 @@ def listen(db_path: Path) -> socket.socket | None:
 def unlisten(db_path: Path) -> None:
     """Remove the kernel's socket, and its directory when no other kernel uses it: nothing is
     left behind in ``$TMPDIR``."""
-    path = socket_path(db_path)
+    path = socket_path(db_path, create=False)
     if path is None:
         return
     path.unlink(missing_ok=True)
@@ -140,7 +141,7 @@ def connect(db_path: Path) -> socket.socket | None:
     ``DIRECT_ENV`` is set)."""
     if os.environ.get(DIRECT_ENV):
         return None
-    path = socket_path(db_path)
+    path = socket_path(db_path, create=False)
     if path is None or not path.exists():
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
