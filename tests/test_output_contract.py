@@ -30,6 +30,7 @@ from kernel.store.machines import ensure_machines
 from kernel.store.reference import ensure_failure_modes
 from tests.aider_venv import ModelServer
 from tests.conftest import REPO, git, orch, orch_json
+from tests.e2e import write_tasks
 
 OUTPUT_SCHEMA = json.loads((REPO / "schemas" / "attempt-output.schema.json").read_text())
 
@@ -216,12 +217,9 @@ def make_project(root: Path, venv: Path, url: str, metadata_file: Path | None) -
     (root / "orch.toml").write_text(config)
     (root / "hello.py").write_text(HELLO)
     (root / "other.py").write_text("x = 1\n")
-    for task in (_aider_task("edit1", "hello.py", []),
-                 _aider_task("edit2", "other.py", ["edit1"]),
-                 _plain_task("probe", f"{sys.executable} -c 'print(1)'")):
-        directory = root / "tasks" / task["workstream_id"]
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / f"{task['task_id']}.json").write_text(json.dumps(task))
+    write_tasks(root, [_aider_task("edit1", "hello.py", []),
+                       _aider_task("edit2", "other.py", ["edit1"]),
+                       _plain_task("probe", f"{sys.executable} -c 'print(1)'")])
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "project")
     orch("--root", str(root), "load", check=True)
@@ -391,10 +389,7 @@ def test_a_run_without_usage_data_counts_as_unknown(tmp_path: Path) -> None:
     root = tmp_path / "p"
     root.mkdir()
     orch("--root", str(root), "init", check=True)
-    for task in (_plain_task("one", "true"), _plain_task("two", "false")):
-        directory = root / "tasks" / task["workstream_id"]
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / f"{task['task_id']}.json").write_text(json.dumps(task))
+    write_tasks(root, [_plain_task("one", "true"), _plain_task("two", "false")])
     orch("--root", str(root), "load", check=True)
     proc = subprocess.run([str(Path(sys.executable).parent / "orch"), "--root", str(root),
                            "run", "--workers", "1"], capture_output=True, text=True)
@@ -462,10 +457,7 @@ def test_two_models_are_summed_apart(tmp_path: Path) -> None:
                                     "prompt": f"touch {path}", "timeout_seconds": 60},
                       "context_requirements": {"required_files": [path]},
                       "validation_rules": {"pre_execution": [], "post_execution": []}})
-    for task in tasks:
-        directory = root / "tasks" / task["workstream_id"]
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / f"{task['task_id']}.json").write_text(json.dumps(task))
+    write_tasks(root, tasks)
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "project")
     orch("--root", str(root), "load", check=True)
