@@ -144,6 +144,21 @@ def schema_snapshot() -> str:
             conn.close()
 
 
+def exit_code_tables() -> list[str]:
+    """The exit codes, and each error code with its exit code (``kernel.base.errors``)."""
+    from kernel.base.errors import ERROR_CODES, EXIT_MEANINGS
+
+    lines = ["## Exit codes", "", "| exit code | meaning |", "|---|---|"]
+    lines += [f"| {code} | {_cell(meaning)} |" for code, meaning in EXIT_MEANINGS.items()]
+    lines += ["", "## Error codes", "",
+              "With `--json` an error prints `{\"error\": {\"code\": ...}}`; the exit code "
+              "follows from the code:", "", "| error code | exit code | meaning |",
+              "|---|---|---|"]
+    lines += [f"| `{code}` | {exit_code} | {_cell(meaning)} |"
+              for code, (exit_code, meaning) in sorted(ERROR_CODES.items())]
+    return [*lines, ""]
+
+
 def cli_reference() -> str:
     from kernel.cli import cli
 
@@ -154,11 +169,10 @@ def cli_reference() -> str:
         "Every command takes `--json` (before or after the command name) and then prints one JSON",
         "document, errors included: `{\"error\": {\"code\", \"message\", \"file\", \"line\", "
         "\"hint\"}}`.",
-        "Exit codes: 0 ok; 1 the work failed or a check failed; 2 usage error; 3 the database is",
-        "locked beyond its timeout, missing, empty, damaged, not orch's, not accessible, or newer",
-        "than this orch (what each error code means and what to do:",
-        "[operations/RECOVERY.md](operations/RECOVERY.md)).",
+        "Each error code has one exit code, whichever command meets it (the tables below; what",
+        "to do about a database error: [operations/RECOVERY.md](operations/RECOVERY.md)).",
         "",
+        *exit_code_tables(),
         "## orch",
         "",
         "```",

@@ -29,6 +29,7 @@ Dependencies:
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,11 +114,65 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
               "Run the benchmark suite and print its figures against references and goals."),
     "demo": ("kernel.cli.demo:demo_cmd",
              "Run an example workstream end to end on a generated project, with live progress."),
+    "completion": ("kernel.cli.completion:completion_cmd",
+                   "Print the shell completion script for bash, zsh or fish (commands, options, "
+                   "task ids)."),
+}
+
+# One example per command (and per subcommand, as "group sub"), shown at the end of its
+# --help and in docs/CLI.md; tests/test_cli_contract.py requires one for every command.
+EXAMPLES: dict[str, str] = {
+    "init": "orch init",
+    "doctor": "orch doctor --repair",
+    "validate": "orch validate tasks/backend",
+    "load": "orch load",
+    "migrate-tasks": "orch migrate-tasks --from 1.0.0 --to 2.0.0 --dry-run",
+    "plan": "orch plan backend --format mermaid",
+    "run": "orch run --workers 4 --workstream backend",
+    "worker": "orch worker --capability cap-aider-001 --workstream backend",
+    "cancel": "orch cancel --workstream backend",
+    "retry": "orch retry lint unit-tests",
+    "skip": "orch skip flaky-smoke-test",
+    "status": "orch status --workstream backend --state failed",
+    "show": "orch show lint",
+    "why": "orch why lint",
+    "ready": "orch ready --limit 5",
+    "next": "orch next",
+    "prime": "orch prime --task lint --max-tokens 2000",
+    "capabilities": "orch capabilities",
+    "events": "orch events --workstream backend --severity error",
+    "export": "orch export",
+    "replay": "orch replay --at 2026-01-05T10:00:00Z",
+    "audit": "orch audit report --since 2026-01-01",
+    "audit report": "orch audit report --since 2026-01-01",
+    "audit rotate": "orch audit rotate --older-than 90d --dry-run",
+    "audit query": "orch audit query --event task_failed --from 2026-01-01",
+    "audit verify": "orch audit verify",
+    "metrics": "orch metrics --serve 127.0.0.1:9464",
+    "backup": "orch backup .state/backups/before-upgrade.db",
+    "bundle": "orch bundle bug-report.tar.gz",
+    "restore": "orch restore .state/backups/kernel-20260101T120000Z.db --force",
+    "bench": "orch bench --quick",
+    "demo": "orch demo --keep /tmp/orch-demo",
+    "completion": 'eval "$(orch completion bash)"',
 }
 
 
-@click.group(cls=LazyGroup, lazy_commands=LAZY_COMMANDS,
-             context_settings={"help_option_names": ["-h", "--help"]})
+def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    state = ctx.ensure_object(CliState)
+    if state.json:
+        click.echo(json.dumps({"name": "orch", "version": __version__}, indent=2,
+                              sort_keys=True))
+    else:
+        click.echo(f"orch, version {__version__}")
+    ctx.exit()
+
+
+@click.group(cls=LazyGroup, lazy_commands=LAZY_COMMANDS, examples=EXAMPLES,
+             context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Example: orch --json status")
 @click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=str),
@@ -125,7 +180,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     help="Project root (default: the nearest parent holding .state/, else the current dir).",
 )
 @click.option("--json", "json_", is_flag=True, help="Print one JSON document (all commands).")
-@click.version_option(__version__, prog_name="orch")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_version, help="Show the version and exit (with --json, as JSON).")
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, json_: bool) -> None:
     """orch: run AI coding-agent work as a DAG of tasks, with all state in one SQLite file."""
@@ -135,12 +191,13 @@ def cli(ctx: click.Context, root: str | None, json_: bool) -> None:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    want_json = "--json" in args
-    state = CliState()
+    # Errors are JSON for --json and for the streams (--jsonl): one document, or one line.
+    want_json = "--json" in args or "--jsonl" in args
+    state = CliState(json="--json" in args)  # for what runs before --json is parsed
     try:
         result = cli.main(args=args, prog_name="orch", standalone_mode=False, obj=state)
     except click.exceptions.NoArgsIsHelpError as exc:  # `orch` alone: help, not an error
-        click.echo(exc.ctx.get_help() if exc.ctx else "")
+        _help(exc.ctx, state.json)
         return 0
     except click.ClickException as exc:
         code = EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
@@ -167,6 +224,23 @@ def run(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_FAILED
     return int(result or 0)
+
+
+def _help(ctx: click.Context | None, as_json: bool) -> None:
+    """A group's help; with --json ``{"usage", "help", "commands": {name: short help}}``."""
+    text = ctx.get_help() if ctx else ""
+    if not as_json or ctx is None:
+        click.echo(text)
+        return
+    group = ctx.command
+    commands: dict[str, str] = {}
+    if isinstance(group, click.Group):
+        for name in group.list_commands(ctx):
+            lazy = LAZY_COMMANDS.get(name) if group is cli else None
+            sub = None if lazy else group.get_command(ctx, name)
+            commands[name] = lazy[1] if lazy else (sub.get_short_help_str(10**6) if sub else "")
+    click.echo(json.dumps({"usage": ctx.get_usage(), "help": text, "commands": commands},
+                          indent=2, sort_keys=True))
 
 
 def main() -> None:

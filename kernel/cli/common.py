@@ -91,9 +91,10 @@ class LazyGroup(click.Group):
     """
 
     def __init__(self, *args: Any, lazy_commands: Mapping[str, tuple[str, str]] | None = None,
-                 **kwargs: Any) -> None:
+                 examples: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lazy_commands: dict[str, tuple[str, str]] = dict(lazy_commands or {})
+        self.examples: dict[str, str] = dict(examples or {})
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy_commands})
@@ -117,7 +118,17 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module_name), attribute)
         if not isinstance(command, click.Command):
             raise TypeError(f"{module_name}:{attribute} is not a click command")
+        self._add_example(command, name)
         return command
+
+    def _add_example(self, command: click.Command, path: str) -> None:
+        """The command's example (``examples[path]``) as the last line of its --help."""
+        example = self.examples.get(path)
+        if example and not (command.epilog or "").startswith("Example:"):
+            command.epilog = f"Example: {example}"
+        if isinstance(command, click.Group):
+            for sub_name, sub in command.commands.items():
+                self._add_example(sub, f"{path} {sub_name}")
 
     def load_all(self) -> dict[str, click.Command]:
         """Every command, imported: name -> command."""

@@ -2,8 +2,8 @@
 report (who did what, when, with which resources, for how long) built from it.
 
 Public API:
-    ``list_events(conn, since=0, limit=None, task_id=None, entity_type=None) -> list[dict]``
-    (each event with the STATE-OBS-004 fields, ``metadata`` decoded; the live table only);
+    ``list_events(conn, since=0, limit=None, task_id=None, entity_type=None, **filters)
+    -> list[dict]`` (filters: ``event``, ``workstream_id``, ``severity``; each event with the STATE-OBS-004 fields, ``metadata`` decoded; the live table only);
     ``EVENT_FIELDS``; ``format_event(event) -> str`` (one line for people);
     ``parse_timestamp(text, *, end_of_day=False) -> str`` (ISO-8601 as the user writes it →
     the kernel's ``YYYY-MM-DDTHH:MM:SS.mmmZ``; ``UsageError`` when it is not a timestamp);
@@ -56,12 +56,14 @@ def list_events(
     limit: int | None = None,
     task_id: str | None = None,
     entity_type: str | None = None,
+    **filters: str | None,
 ) -> list[dict[str, Any]]:
     """Events with ``seq > since``, oldest first, from the live table (``read_events`` without
-    archives and without ``source``). A negative ``limit`` means none, as SQLite's ``LIMIT``."""
+    archives and without ``source``). A negative ``limit`` means none, as SQLite's ``LIMIT``.
+    ``filters``: ``event``, ``workstream_id``, ``severity`` (``eventlog.iter_events``)."""
     return read_events(conn, None, limit=None if limit is None or limit < 0 else limit,
                        since_seq=since, task_id=task_id, entity_type=entity_type,
-                       with_source=False)
+                       with_source=False, **filters)
 
 
 def format_event(event: dict[str, Any]) -> str:

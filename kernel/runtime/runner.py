@@ -63,6 +63,7 @@ import apsw
 from kernel.base import faults
 from kernel.base.errors import OrchError
 from kernel.base.files import open_private
+from kernel.base.words import plural
 from kernel.runtime import channel, health, lock, scheduler
 from kernel.runtime.channel import socket_pair
 from kernel.runtime.dispatch import Dispatcher
@@ -365,8 +366,7 @@ class _RunLoop:
         if self.scope and db.scalar(self.conn, "SELECT 1 FROM workstream WHERE "
                                                "workstream_id = ?", (self.scope[0],)) is None:
             raise OrchError("unknown_workstream", f"no workstream {self.scope[0]!r}",
-                            hint="`orch status` lists them; `orch load` imports tasks/",
-                            exit_code=2)
+                            hint="`orch status` lists them; `orch load` imports tasks/")
         use_worktrees = self.config.run.worktrees if self.options.worktrees is None \
             else self.options.worktrees
         if use_worktrees:
@@ -702,8 +702,12 @@ def summary_text(summary: RunSummary) -> str:
     parts = [f"{summary.counts[s]} {s}" for s in order if summary.counts.get(s)]
     head = "all tasks completed" if summary.ok else (
         "interrupted" if summary.interrupted else "not every task completed")
-    lines = [f"{head}: {', '.join(parts) or 'no tasks'} ({summary.total} tasks, "
-             f"{summary.elapsed_seconds:.1f} s)"]
+    if summary.total == 0 and not summary.interrupted:
+        head = "nothing to run: no tasks loaded in scope (`orch load` imports tasks/)"
+        lines = [f"{head} ({summary.elapsed_seconds:.1f} s)"]
+    else:
+        lines = [f"{head}: {', '.join(parts) or 'none finished'} "
+                 f"({plural(summary.total, 'task')}, {summary.elapsed_seconds:.1f} s)"]
     for ws, state in sorted(summary.workstreams.items()):
         lines.append(f"  workstream {ws}: {state}")
     for item in summary.unrunnable:

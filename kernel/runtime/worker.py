@@ -146,6 +146,11 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
 
     @property
+    def offers(self) -> dict[str, str]:
+        """The capabilities this worker offers (id -> version), once registered."""
+        return dict(self._offers)
+
+    @property
     def heartbeat(self) -> float:
         return self.config.workers.heartbeat_seconds
 
@@ -633,7 +638,10 @@ class _Workplace(NamedTuple):
     env: dict[str, str]
 
 
-def main(project: Project, options: WorkerOptions, worker_id: str | None = None) -> int:
+def main(project: Project, options: WorkerOptions, worker_id: str | None = None,
+         on_joined: Callable[[Worker], None] | None = None) -> int:
+    """Register a worker and run it until it is asked to stop; ``on_joined(worker)`` is called
+    once it is registered (``orch worker`` says so)."""
     if options.link is None and options.parent_pid is None and not options.once:
         # Joined by hand: report to the running `orch run`, if there is one
         # (kernel.runtime.channel); without one, claim and report in its own transactions.
@@ -650,6 +658,8 @@ def main(project: Project, options: WorkerOptions, worker_id: str | None = None)
     # which ends them with the attempt (kernel.base.processes).
     become_subreaper()
     worker.register()
+    if on_joined is not None:
+        on_joined(worker)
     return worker.run_forever()
 
 

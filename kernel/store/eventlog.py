@@ -216,7 +216,8 @@ def _check_or_create_in_tx(conn: apsw.Connection, path: Path, month: str,
 
 _FILTERS = (("since_seq", "seq > ?"), ("below_seq", "seq < ?"), ("from_ts", "timestamp >= ?"),
             ("to_ts", "timestamp <= ?"), ("task_id", "task_id = ?"), ("event", "event = ?"),
-            ("entity_type", "entity_type = ?"))
+            ("entity_type", "entity_type = ?"), ("workstream_id", "workstream_id = ?"),
+            ("severity", "severity = ?"))
 
 
 def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -258,7 +259,8 @@ def live_first_seq(conn: apsw.Connection) -> int | None:
 def iter_events(conn: apsw.Connection, directory: Path | None, *, since_seq: int = 0,
                 from_ts: str | None = None, to_ts: str | None = None,
                 task_id: str | None = None, event: str | None = None,
-                entity_type: str | None = None,
+                entity_type: str | None = None, workstream_id: str | None = None,
+                severity: str | None = None,
                 with_source: bool = True) -> Iterator[dict[str, Any]]:
     """Archived (from ``directory``, when given) then live events matching every filter, in
     seq order, each with ``source`` (``live`` or the archive's file name; left out with
@@ -267,7 +269,8 @@ def iter_events(conn: apsw.Connection, directory: Path | None, *, since_seq: int
     timestamps."""
     first_live = live_first_seq(conn)
     filters: dict[str, Any] = {"since_seq": since_seq, "from_ts": from_ts, "to_ts": to_ts,
-                               "task_id": task_id, "event": event, "entity_type": entity_type}
+                               "task_id": task_id, "event": event, "entity_type": entity_type,
+                               "workstream_id": workstream_id, "severity": severity}
     if directory is not None and (first_live is None or first_live > since_seq + 1):
         where, params = _where({**filters, "below_seq": first_live})
         sources = [_archive_iter(path, where, params, with_source)
