@@ -4,6 +4,8 @@ Public API:
     ``CliState`` (``root``, ``json``, ``db_path``: the database of the project last resolved by
     ``project()``); ``command(name, **kw)`` (a ``click.command`` that also takes ``--json`` and
     passes a ``CliState`` as ``state``); ``emit(state, data, text)``; ``emit_error(err, json)``;
+    ``make_console()`` and ``print_table(console, table)`` (text for people: rich on a
+    terminal; piped, tab-separated, whole ids, no trailing spaces);
     ``LazyGroup`` (a ``click.Group`` whose commands are named by ``"module:attribute"`` with
     their short help, and imported only when one runs or its own help is asked;
     ``load_command(name)``, ``load_all()``).
@@ -18,13 +20,15 @@ Integration Points:
     Every module of ``kernel.cli``.
 
 Dependencies:
-    click; ``kernel.base.errors``, ``kernel.store.project``.
+    click, rich (imported when text is printed); ``kernel.base.errors``,
+    ``kernel.store.project``.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from gettext import gettext as _
@@ -36,7 +40,12 @@ import click
 from kernel.base.errors import OrchError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
     from kernel.store.project import Project
+
+_PIPE_WIDTH = 10_000  # a line longer than this is still written whole (soft wrap)
 
 
 @dataclass
@@ -151,6 +160,44 @@ class LazyGroup(click.Group):
             rows = [(name, command.get_short_help_str(limit)) for name, command in commands]
             with formatter.section(_("Commands")):
                 formatter.write_dl(rows)
+
+
+def make_console() -> Console:
+    """The console for text output: rich on a terminal; piped, no colour and no width limit
+    (nothing is cut or wrapped for a program reading it)."""
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(highlight=False, color_system=None, width=_PIPE_WIDTH, soft_wrap=True)
+
+
+def _plain(cell: Any) -> str:
+    from rich.text import Text
+
+    if isinstance(cell, Text):
+        text = cell.plain
+    elif isinstance(cell, str):
+        text = Text.from_markup(cell).plain
+    else:
+        text = "" if cell is None else str(cell)
+    return " ".join(text.split())
+
+
+def print_table(console: Console, table: Table) -> None:
+    """The one place tables are printed: on a terminal the rich table; otherwise (piped, a
+    file) tab-separated lines, the title, the header, then one line per row, each cell whole
+    (never truncated) and no trailing spaces."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    lines = [_plain(table.title)] if table.title else []
+    columns = table.columns
+    lines.append("\t".join(_plain(c.header) for c in columns))
+    for row in zip(*(list(c.cells) for c in columns), strict=True):
+        lines.append("\t".join(_plain(cell) for cell in row))
+    console.file.write("".join(line.rstrip() + "\n" for line in lines))
+    console.file.flush()
 
 
 def emit(state: CliState, data: Any, text: str | Callable[[], None]) -> None:

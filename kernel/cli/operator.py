@@ -6,20 +6,24 @@ Public API:
 
 Stability Guarantees:
     See ``kernel.cli``. ``cancel``/``retry``/``skip`` print ``OperatorReport.as_dict()`` with
-    ``--json`` (``changed``, ``skipped``, ``workstreams_changed``, ``workstreams_skipped``) and
-    exit 0 even when every task was skipped; an unknown task or workstream exits 1
-    (``unknown_task`` / ``unknown_workstream``) with nothing changed; no TASK (and, for
-    ``cancel``, no ``--workstream``) is a usage error, exit 2. ``status``, ``show`` and ``why``
-    print the dictionaries of ``kernel.observe.status`` with ``--json`` (``show``: each attempt
-    with its whole ``output`` document, schemas/attempt-output.schema.json). Text output is for
-    people and may change.
+    ``--json`` (``changed``, ``skipped``: the tasks not acted on, ``workstreams_changed``,
+    ``workstreams_skipped``). ``cancel`` exits 0 even when every task was already finished;
+    ``retry`` and ``skip`` act on the tasks they can, then exit 1 when any task named was not
+    one they can act on (``cannot_act``: the document also holds ``error``, the text names
+    each task and why on stderr). An unknown task or workstream exits 1 (``unknown_task`` /
+    ``unknown_workstream``) with nothing changed; no TASK (and, for ``cancel``, no
+    ``--workstream``) is a usage error, exit 2. ``status`` (filters ``--workstream``,
+    ``--state``; ``--all`` adds workers that shut down), ``show`` and ``why`` print the
+    dictionaries of ``kernel.observe.status`` with ``--json`` (``show``: each attempt with its
+    whole ``output`` document, schemas/attempt-output.schema.json). Text output is for people
+    and may change; piped, its tables are tab-separated (``kernel.cli.common.print_table``).
 
 Integration Points:
     ``kernel.runtime.actions`` (writes: one short BEGIN IMMEDIATE transaction each, safe while
     ``orch run`` runs) and ``kernel.observe.status`` (reads, on a read-only connection).
 
 Dependencies:
-    apsw, click, rich; ``kernel.base.errors``, ``kernel.cli.common``,
+    apsw, click, rich; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.cli.completion``,
     ``kernel.definitions.executors``, ``kernel.definitions.offers``, ``kernel.observe.exports``,
     ``kernel.observe.status``, ``kernel.runtime.actions``, ``kernel.runtime.workstreams``.
 """
@@ -32,21 +36,23 @@ from typing import Any
 import apsw
 import click
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from kernel.base.errors import EXIT_OK, UsageError
-from kernel.cli.common import CliState, command, emit
+from kernel.base.errors import EXIT_OK, OrchError, UsageError
+from kernel.cli.common import CliState, command, emit, make_console, print_table
+from kernel.cli.completion import complete_tasks, complete_workstreams
 from kernel.observe import status as kinspect
 from kernel.runtime import actions as kop
 
 _STATE_STYLE = {
-    "completed": "green", "running": "cyan", "validating": "cyan", "queued": "blue",
+    "completed": "green", "skipped": "dim green", "running": "cyan", "validating": "cyan",
+    "queued": "blue",
     "retrying": "yellow", "failed": "bold red", "cancelled": "magenta",
 }
 
 
+_VERB_BASE = {"cancelled": "cancel", "reset": "retry", "skipped": "skip"}
 _MAX_ROWS = 50  # task rows in the text of `orch status`; --json lists every task
 
 
@@ -57,7 +63,9 @@ def _require(task_ids: tuple[str, ...], name: str) -> None:
 
 
 def _write(state: CliState, action: Callable[[apsw.Connection], kop.OperatorReport],
-           verb: str) -> int:
+           verb: str, *, strict: bool = False) -> int:
+    """Run ``action``, print what changed. ``strict`` (skip, retry): a task it could not act
+    on is an error (``cannot_act``, exit 1) naming each, after the others were acted on."""
     from kernel.observe.exports import export_after_change  # pydantic models: not for status
 
     project = state.project()
@@ -65,6 +73,13 @@ def _write(state: CliState, action: Callable[[apsw.Connection], kop.OperatorRepo
         report = action(conn)
     exported = export_after_change(project) if report.changed or report.workstreams_changed \
         else None
+    error = None
+    if strict and report.skipped:
+        error = OrchError(
+            "cannot_act", f"cannot {_VERB_BASE.get(verb, verb)} "
+            + "; ".join(f"{s['task_id']} ({s['reason']})" for s in report.skipped),
+            hint="`orch why TASK` says what each task is waiting for")
+    data = report.as_dict() | ({"error": error.as_dict()} if error else {})
 
     def text() -> None:
         for c in report.changed:
@@ -72,7 +87,9 @@ def _write(state: CliState, action: Callable[[apsw.Connection], kop.OperatorRepo
         for w in report.workstreams_changed:
             click.echo(f"workstream {w['workstream_id']}: {w['from_state']} -> {w['to_state']}")
         for s in report.skipped:
-            click.echo(f"skipped {s['task_id']}: {s['reason']}")
+            click.echo(f"{'error: cannot' if strict else 'not'} "
+                       f"{_VERB_BASE.get(verb, verb)} {s['task_id']}: {s['reason']}",
+                       err=strict)
         for w in report.workstreams_skipped:
             click.echo(f"workstream {w['workstream_id']} unchanged: {w['reason']}")
         if not (report.changed or report.workstreams_changed):
@@ -82,13 +99,14 @@ def _write(state: CliState, action: Callable[[apsw.Connection], kop.OperatorRepo
         for warning in exported.warnings if exported else ():
             click.echo(f"warning: {warning}", err=True)
 
-    emit(state, report.as_dict(), text)
-    return EXIT_OK
+    emit(state, data, text)
+    return error.exit_code if error else EXIT_OK
 
 
 @command("cancel")
-@click.argument("task_ids", nargs=-1, metavar="[TASK]...")
+@click.argument("task_ids", nargs=-1, metavar="[TASK]...", shell_complete=complete_tasks)
 @click.option("--workstream", "workstream", default=None, metavar="WS",
+              shell_complete=complete_workstreams,
               help="Cancel every unfinished task of this workstream, then the workstream.")
 def cancel_cmd(state: CliState, task_ids: tuple[str, ...], workstream: str | None) -> int:
     """Cancel tasks (pending, queued, running, retrying or validating) or a whole workstream.
@@ -118,7 +136,7 @@ def cancel_cmd(state: CliState, task_ids: tuple[str, ...], workstream: str | Non
 
 
 @command("retry")
-@click.argument("task_ids", nargs=-1, metavar="TASK...")
+@click.argument("task_ids", nargs=-1, metavar="TASK...", shell_complete=complete_tasks)
 def retry_cmd(state: CliState, task_ids: tuple[str, ...]) -> int:
     """Give failed or cancelled tasks another chance: they go back to pending.
 
@@ -126,11 +144,11 @@ def retry_cmd(state: CliState, task_ids: tuple[str, ...]) -> int:
     Other tasks are reported as skipped.
     """
     _require(task_ids, "retry")
-    return _write(state, lambda c: kop.retry_tasks(c, task_ids), "reset")
+    return _write(state, lambda c: kop.retry_tasks(c, task_ids), "reset", strict=True)
 
 
 @command("skip")
-@click.argument("task_ids", nargs=-1, metavar="TASK...")
+@click.argument("task_ids", nargs=-1, metavar="TASK...", shell_complete=complete_tasks)
 def skip_cmd(state: CliState, task_ids: tuple[str, ...]) -> int:
     """Mark pending tasks completed without running them, unblocking their dependents.
 
@@ -139,7 +157,7 @@ def skip_cmd(state: CliState, task_ids: tuple[str, ...]) -> int:
     and a note says which `orch retry` revives the workstream.
     """
     _require(task_ids, "skip")
-    return _write(state, lambda c: kop.skip_tasks(c, task_ids), "skipped")
+    return _write(state, lambda c: kop.skip_tasks(c, task_ids), "skipped", strict=True)
 
 
 def _read(state: CliState, fn: Callable[[apsw.Connection], dict[str, Any]]) -> dict[str, Any]:
@@ -156,59 +174,99 @@ def _cut(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _print_status(data: dict[str, Any]) -> None:
-    console = Console(highlight=False)
+def _workstream_table(data: dict[str, Any]) -> Table:
+    # Skipped tasks are counted apart from the completed ones that ran.
+    states = [s for s in kinspect.TASK_STATES if s in data["totals"]]
+    states += [s for s in data["totals"] if s not in states]
+    if data["skipped"]:
+        states.insert(states.index("completed") + 1 if "completed" in states else 0, "skipped")
+
+    def count(counts: dict[str, int], skipped: int, s: str, blank: str) -> str:
+        n = skipped if s == "skipped" else counts.get(s, 0) - (skipped if s == "completed" else 0)
+        return str(n) if n else blank
+
+    table = Table(title=Text("Workstreams"), box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("workstream", overflow="fold")
+    table.add_column("state")
+    for s in states:
+        table.add_column(s, justify="right")
+    for ws in data["workstreams"]:
+        table.add_row(Text(ws["workstream_id"]), _styled(ws["state"]),
+                      *[count(ws["counts"], ws["skipped"], s, "") for s in states])
+    table.add_row(Text("total", style="bold"), "",
+                  *[count(data["totals"], data["skipped"], s, "0") for s in states])
+    return table
+
+
+def _task_table(title: str, tasks: list[dict[str, Any]]) -> Table:
+    table = Table(title=Text(title), box=box.SIMPLE_HEAD, title_justify="left")
+    for name in ("task", "workstream", "state", "retries", "worker", "problem"):
+        table.add_column(name, overflow="fold")
+    for t in tasks[:_MAX_ROWS]:
+        problem = ": ".join(str(x) for x in (t["failure_mode"], t["last_error"]) if x)
+        table.add_row(Text(t["task_id"]), Text(t["workstream_id"]),
+                      _styled("skipped" if t["skipped"] else t["state"]),
+                      f"{t['retry_count']}/{t['max_retries']}",
+                      Text(t["worker_id"] or ""), Text(_cut(problem)))
+    return table
+
+
+def _print_status(data: dict[str, Any], filtered: bool) -> None:
+    console = make_console()
     if not data["workstreams"]:
         console.print("No workstreams loaded yet: write tasks/<workstream>/<task>.json and "
                       "run `orch load` (or try `orch demo`).", markup=False)
     else:
-        states = [s for s in kinspect.TASK_STATES if s in data["totals"]]
-        states += [s for s in data["totals"] if s not in states]
-        table = Table(title=Text("Workstreams"), box=box.SIMPLE_HEAD, title_justify="left")
-        table.add_column("workstream")
-        table.add_column("state")
-        for s in states:
-            table.add_column(s, justify="right")
-        for ws in data["workstreams"]:
-            table.add_row(Text(ws["workstream_id"]), _styled(ws["state"]),
-                          *[str(ws["counts"].get(s, "")) for s in states])
-        table.add_row(Text("total", style="bold"), "",
-                      *[str(data["totals"].get(s, 0)) for s in states])
-        console.print(table)
-        open_tasks = [t for t in data["tasks"] if t["state"] != "completed"]
-        if open_tasks:
-            tasks = Table(title=Text(f"Tasks not completed ({len(open_tasks)})"),
-                          box=box.SIMPLE_HEAD, title_justify="left")
-            for name in ("task", "workstream", "state", "retries", "worker", "problem"):
-                tasks.add_column(name, overflow="fold" if name == "problem" else "ellipsis")
-            for t in open_tasks[:_MAX_ROWS]:
-                problem = ": ".join(str(x) for x in (t["failure_mode"], t["last_error"]) if x)
-                tasks.add_row(Text(t["task_id"]), Text(t["workstream_id"]),
-                              _styled(t["state"]), f"{t['retry_count']}/{t['max_retries']}",
-                              Text(t["worker_id"] or ""), Text(_cut(problem)))
-            console.print(tasks)
-            if len(open_tasks) > _MAX_ROWS:
-                console.print(f"... and {len(open_tasks) - _MAX_ROWS} more "
+        print_table(console, _workstream_table(data))
+        # Filtered: every task that matched; else the ones not completed, and the skipped.
+        shown = data["tasks"] if filtered else [
+            t for t in data["tasks"] if t["state"] != "completed" or t["skipped"]]
+        title = "Tasks" if filtered else "Tasks not completed or skipped"
+        if shown:
+            print_table(console, _task_table(f"{title} ({len(shown)})", shown))
+            if len(shown) > _MAX_ROWS:
+                console.print(f"... and {len(shown) - _MAX_ROWS} more "
                               "(`orch --json status` lists every task)", markup=False)
+        elif filtered:
+            console.print("No task matches.")
         else:
             console.print("Every task is completed.")
     if data["workers"]:
         workers = Table(title=Text("Workers"), box=box.SIMPLE_HEAD, title_justify="left")
         for name in ("worker", "state", "pid", "last heartbeat", "task"):
-            workers.add_column(name)
+            workers.add_column(name, overflow="fold")
         for w in data["workers"]:
             workers.add_row(Text(w["worker_id"]), _styled(w["state"]), str(w["pid"] or ""),
                             w["last_heartbeat_at"] or "", Text(w["running_task_id"] or ""))
-        console.print(workers)
+        print_table(console, workers)
     else:
-        console.print("No workers registered (`orch run` starts some).")
+        console.print("No live workers (`orch run` starts some; `--all` lists those that "
+                      "shut down).", markup=False)
 
 
 @command("status")
-def status_cmd(state: CliState) -> int:
-    """Show workstreams with their task counts by state, unfinished tasks and workers."""
-    data = _read(state, kinspect.status)
-    emit(state, data, lambda: _print_status(data))
+@click.option("--workstream", default=None, metavar="WS", shell_complete=complete_workstreams,
+              help="Only this workstream and its tasks.")
+@click.option("--state", "states", multiple=True, metavar="STATE",
+              help="Only tasks in this state (pending, queued, running, retrying, validating, "
+                   "completed, failed, cancelled, or skipped); repeat.")
+@click.option("--all", "all_workers", is_flag=True,
+              help="Also list workers that have shut down.")
+def status_cmd(state: CliState, workstream: str | None, states: tuple[str, ...],
+               all_workers: bool) -> int:
+    """Show workstreams with their task counts by state, unfinished tasks and workers.
+
+    Skipped tasks (completed by `orch skip` without running) are shown as skipped. Workers
+    that have shut down are left out unless --all.
+    """
+    known = (*kinspect.TASK_STATES, "skipped")
+    for s in states:
+        if s not in known:
+            raise UsageError("usage", f"--state {s!r} is not a task state",
+                             hint="one of " + ", ".join(known))
+    data = _read(state, lambda c: kinspect.status(c, workstream=workstream, states=states,
+                                                  all_workers=all_workers))
+    emit(state, data, lambda: _print_status(data, bool(states)))
     return EXIT_OK
 
 
@@ -342,7 +400,7 @@ def _print_show(data: dict[str, Any]) -> None:
 
 
 @command("show")
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", shell_complete=complete_tasks)
 def show_cmd(state: CliState, task_id: str) -> int:
     """Show one task in full: definition, state, dependencies, attempts, leases and log tail.
 
@@ -362,7 +420,7 @@ def _print_why(data: dict[str, Any]) -> None:
 
 
 @command("why")
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", shell_complete=complete_tasks)
 def why_cmd(state: CliState, task_id: str) -> int:
     """Explain in plain words why a task is in its state, and what would move it on."""
     from kernel.definitions import offers  # not on `orch status`'s path

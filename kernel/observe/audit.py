@@ -3,7 +3,8 @@ report (who did what, when, with which resources, for how long) built from it.
 
 Public API:
     ``list_events(conn, since=0, limit=None, task_id=None, entity_type=None, **filters)
-    -> list[dict]`` (filters: ``event``, ``workstream_id``, ``severity``; each event with the STATE-OBS-004 fields, ``metadata`` decoded; the live table only);
+    -> list[dict]`` (filters: ``event``, ``workstream_id``, ``severity``; each event with
+    the STATE-OBS-004 fields, ``metadata`` decoded; the live table only);
     ``EVENT_FIELDS``; ``format_event(event) -> str`` (one line for people);
     ``parse_timestamp(text, *, end_of_day=False) -> str`` (ISO-8601 as the user writes it →
     the kernel's ``YYYY-MM-DDTHH:MM:SS.mmmZ``; ``UsageError`` when it is not a timestamp);

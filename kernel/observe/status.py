@@ -1,8 +1,9 @@
 """Read-only questions about the project's state: status, one task in full, and why.
 
 Public API:
-    ``status(conn) -> dict`` (workstreams with task counts by state, every task, every worker,
-    totals); ``show(conn, task_id, logs_dir) -> dict`` (one task: columns, parsed definition,
+    ``status(conn, *, workstream=None, states=(), all_workers=False) -> dict`` (workstreams
+    with task counts by state and skipped tasks, the tasks, the live workers, totals);
+    ``show(conn, task_id, logs_dir) -> dict`` (one task: columns, parsed definition,
     dependencies, dependents, capabilities, resources, attempts, held leases, blocked_by, log
     tail); ``why(conn, task_id, logs_dir, *, archive_dir=None, local_offers=None) -> dict``
     (``{"task_id", "state", "sentences", "events", "log_tail"}``: plain-English sentences
@@ -51,32 +52,61 @@ def _ordered_counts(counts: dict[str, int]) -> dict[str, int]:
     return {s: counts[s] for s in [*known, *sorted(set(counts) - set(known))]}
 
 
-def status(conn: apsw.Connection) -> dict[str, Any]:
-    """Every workstream (state, task counts), every task, every worker, and totals."""
+# A completed task that never ran: `orch skip` records its last transition (to completed)
+# with this trigger, in the event log (the task row keeps no trigger once it is applied).
+SKIP_TRIGGER = "operator_skip"
+_SKIPPED_SQL = (
+    "(t.state = 'completed' AND (SELECT e.trigger FROM event e WHERE e.task_id = t.task_id "
+    "AND e.entity_type = 'task' AND e.to_state IS NOT NULL ORDER BY e.seq DESC LIMIT 1) "
+    f"= '{SKIP_TRIGGER}')")
+_TERMINAL_WORKER_SQL = ("(SELECT ms.state FROM machine_state ms "
+                        "WHERE ms.machine = 'worker' AND ms.terminal = 1)")
+
+
+def status(conn: apsw.Connection, *, workstream: str | None = None,
+           states: tuple[str, ...] = (), all_workers: bool = False) -> dict[str, Any]:
+    """Every workstream (state, task counts, ``skipped``: how many of its completed tasks
+    were skipped), the tasks (each with ``skipped``), the workers and totals. ``workstream``
+    keeps one workstream (an unknown one raises ``unknown_workstream``); ``states`` keeps the
+    tasks in those states (``skipped`` counts as a state here); workers that shut down are
+    left out unless ``all_workers``."""
+    scope, params = ("WHERE workstream_id = ?", (workstream,)) if workstream else ("", ())
     with db.snapshot(conn):
         workstreams = db.rows(
-            conn, "SELECT workstream_id, state FROM workstream ORDER BY workstream_id")
+            conn, f"SELECT workstream_id, state FROM workstream {scope} ORDER BY workstream_id",
+            params)
+        if workstream and not workstreams:
+            raise OrchError("unknown_workstream", f"no workstream {workstream!r}",
+                            hint="`orch status` lists them; `orch load` imports tasks/")
         counts: dict[str, dict[str, int]] = {}
         for r in db.rows(conn, "SELECT workstream_id, state, tasks FROM task_state_count"):
             counts.setdefault(r["workstream_id"], {})[r["state"]] = r["tasks"]
         tasks = db.rows(
             conn,
             "SELECT task_id, workstream_id, state, retry_count, max_retries, worker_id, "
-            "started_at, completed_at, failure_mode, last_error FROM task "
-            "ORDER BY workstream_id, task_id",
-        )
+            "started_at, completed_at, failure_mode, last_error, "
+            f"{_SKIPPED_SQL} AS skipped FROM task t {scope} ORDER BY workstream_id, task_id",
+            params)
         workers = db.rows(
             conn,
             "SELECT worker_id, state, pid, last_heartbeat_at, running_task_id "
-            "FROM worker_health ORDER BY worker_id",
-        )
+            "FROM worker_health "
+            + ("" if all_workers else f"WHERE state NOT IN {_TERMINAL_WORKER_SQL} ")
+            + "ORDER BY worker_id")
+    skipped: dict[str, int] = {}
+    for t in tasks:
+        t["skipped"] = bool(t["skipped"])
+        skipped[t["workstream_id"]] = skipped.get(t["workstream_id"], 0) + t["skipped"]
     totals: dict[str, int] = {}
     for ws in workstreams:
         ws["counts"] = _ordered_counts(counts.get(ws["workstream_id"], {}))
+        ws["skipped"] = skipped.get(ws["workstream_id"], 0)
         for state, n in ws["counts"].items():
             totals[state] = totals.get(state, 0) + n
+    if states:
+        tasks = [t for t in tasks if ("skipped" if t["skipped"] else t["state"]) in states]
     return {"workstreams": workstreams, "tasks": tasks, "workers": workers,
-            "totals": _ordered_counts(totals)}
+            "totals": _ordered_counts(totals), "skipped": sum(skipped.values())}
 
 
 def log_tail(path: Path, lines: int) -> list[str]:
