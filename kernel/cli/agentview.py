@@ -20,7 +20,8 @@ Integration Points:
     (``[rules]``). docs/operations/AGENT_SURFACES.md.
 
 Dependencies:
-    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.observe.agent_brief``.
+    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.cli.completion``,
+    ``kernel.observe.agent_brief``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import click
 
 from kernel.base.errors import EXIT_OK
 from kernel.cli.common import CliState, command, emit
+from kernel.cli.completion import complete_tasks, complete_workstreams
 from kernel.observe import agent_brief
 
 
@@ -52,6 +54,7 @@ def _print_ready(data: dict[str, Any]) -> None:
 
 @command("ready")
 @click.option("--workstream", "workstream", default=None, metavar="WS",
+              shell_complete=complete_workstreams,
               help="Only this workstream's ready tasks.")
 @click.option("--limit", type=int, default=None, metavar="N",
               help="At most N tasks (the first N of the order).")
@@ -71,6 +74,7 @@ def ready_cmd(state: CliState, workstream: str | None, limit: int | None) -> int
 
 @command("next")
 @click.option("--workstream", "workstream", default=None, metavar="WS",
+              shell_complete=complete_workstreams,
               help="The next task of this workstream.")
 def next_cmd(state: CliState, workstream: str | None) -> int:
     """Name the one task to do next and why; when nothing is ready, say why not."""
@@ -85,6 +89,7 @@ def next_cmd(state: CliState, workstream: str | None) -> int:
 
 @command("prime")
 @click.option("--task", "task_id", default=None, metavar="TASK",
+              shell_complete=complete_tasks,
               help="A brief of this task instead of the project.")
 @click.option("--max-tokens", "max_tokens", type=int, default=agent_brief.DEFAULT_MAX_TOKENS,
               show_default=True, metavar="N",

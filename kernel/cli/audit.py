@@ -23,8 +23,9 @@ Integration Points:
     (docs/operations/AUDIT_RETENTION.md).
 
 Dependencies:
-    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.observe.archive``,
-    ``kernel.observe.audit``, ``kernel.observe.replay``, ``kernel.store.eventlog``.
+    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.cli.completion``,
+    ``kernel.observe.archive``, ``kernel.observe.audit``, ``kernel.observe.replay``,
+    ``kernel.store.eventlog``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import click
 
 from kernel.base.errors import EXIT_FAILED, EXIT_OK, UsageError
 from kernel.cli.common import CliState, command, emit
+from kernel.cli.completion import complete_tasks
 from kernel.observe import archive
 from kernel.observe.audit import format_event, format_report, parse_timestamp, report
 from kernel.observe.replay import format_replay, replay
@@ -126,7 +128,8 @@ def rotate_cmd(state: CliState, older_than: str, dry_run: bool,
               help="Only events at or after this moment (ISO-8601).")
 @click.option("--to", "to", default=None, metavar="TIMESTAMP",
               help="Only events at or before this moment (a date alone: the end of that day).")
-@click.option("--task", "task_id", default=None, help="Only the events of this task.")
+@click.option("--task", "task_id", default=None, shell_complete=complete_tasks,
+              help="Only the events of this task.")
 @click.option("--event", "event", default=None, help="Only events with this name, e.g. "
                                                        "task_failed.")
 @click.option("--limit", type=int, default=None, help="At most this many events.")

@@ -20,8 +20,7 @@ Integration Points:
     Every module of ``kernel.cli``.
 
 Dependencies:
-    click, rich (imported when text is printed); ``kernel.base.errors``,
-    ``kernel.store.project``.
+    click, rich; ``kernel.base.errors``, ``kernel.store.project``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Integration Points:
     does (``kernel.store.project.find_root``).
 
 Dependencies:
-    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.store.db``,
+    click; ``kernel.base.errors``, ``kernel.cli``, ``kernel.cli.common``, ``kernel.store.db``,
     ``kernel.store.project``.
 """
 

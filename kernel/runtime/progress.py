@@ -25,8 +25,8 @@ Integration Points:
 
 Dependencies:
     rich; ``kernel.base.clock``, ``kernel.base.words``, ``kernel.observe.audit``,
-    ``kernel.runtime.context``, ``kernel.runtime.runner``, ``kernel.store.db``,
-    ``kernel.store.machines``.
+    ``kernel.observe.status``, ``kernel.runtime.context``, ``kernel.runtime.runner``,
+    ``kernel.store.db``, ``kernel.store.machines``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kernel.base import clock
@@ -45,6 +46,7 @@ from kernel.store import db
 from kernel.store.machines import claimed_states, in_list_sql, shipped, terminal_sql
 
 _REASON_WIDTH = 100
+_LOG_MARKER = "===="   # the lines a worker writes into a task's log around each attempt
 # Seconds, from the attempts that succeeded: a task's own history, and everyone's.
 _HISTORY_SQL = ("(julianday(a.finished_at) - julianday(a.started_at)) * 86400.0")
 
@@ -101,19 +103,36 @@ def new_failures(conn: Any, after_attempt_id: int, seen: set[int]) -> list[dict[
     succeeded, oldest first, each with its task's state now; adds them to ``seen``."""
     found = db.rows(conn, """
         SELECT a.attempt_id, a.task_id, a.attempt_no, a.outcome, a.exit_code, a.failure_mode,
-               a.error_message, t.state, t.retry_count, t.max_retries
+               a.error_message, a.log_path, t.state, t.retry_count, t.max_retries
         FROM attempt a JOIN task t ON t.task_id = a.task_id
         WHERE a.attempt_id > ? AND a.finished_at IS NOT NULL AND a.outcome <> 'succeeded'
         ORDER BY a.attempt_id""", (after_attempt_id,))
     fresh = [f for f in found if f["attempt_id"] not in seen]
     seen.update(f["attempt_id"] for f in fresh)
+    root = Path(conn.filename).resolve().parent.parent   # <root>/.state/kernel.db
+    for f in fresh:
+        f["last_output"] = _last_output(root / f["log_path"]) if f["log_path"] else ""
     return fresh
+
+
+def _last_output(path: Path) -> str:
+    """The last line the task printed (its log's attempt markers left out), or ""."""
+    from kernel.observe.status import log_tail
+
+    try:
+        lines = log_tail(path, 40)
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines)
+                 if line.strip() and not line.startswith(_LOG_MARKER)), "")
 
 
 def failure_line(f: dict[str, Any]) -> str:
     """One line for a failed attempt: task, outcome, reason, and what happens next."""
     bits = [f["failure_mode"], f"exit {f['exit_code']}" if f["exit_code"] is not None else ""]
     reason = _one_line(f["error_message"]) or ", ".join(b for b in bits if b) or "no reason given"
+    if f.get("last_output"):
+        reason = _one_line(f"{reason}: {f['last_output']}")
     return f"✗ {f['task_id']} {f['outcome']} (attempt {f['attempt_no']}): {reason} -> {f['state']}"
 
 

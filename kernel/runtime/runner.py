@@ -37,10 +37,11 @@ Integration Points:
 
 Dependencies:
     apsw; ``kernel.base.errors``, ``kernel.base.faults``, ``kernel.base.files``,
-    ``kernel.observe.exports``, ``kernel.observe.metrics_history``, ``kernel.runtime.channel``,
-    ``kernel.runtime.dispatch``, ``kernel.runtime.health``, ``kernel.runtime.lock``,
-    ``kernel.runtime.scheduler``, ``kernel.runtime.worker``, ``kernel.runtime.worktree``,
-    ``kernel.store.db``, ``kernel.store.machines``, ``kernel.store.project``.
+    ``kernel.base.words``, ``kernel.observe.exports``, ``kernel.observe.metrics_history``,
+    ``kernel.runtime.channel``, ``kernel.runtime.dispatch``, ``kernel.runtime.health``,
+    ``kernel.runtime.lock``, ``kernel.runtime.scheduler``, ``kernel.runtime.worker``,
+    ``kernel.runtime.worktree``, ``kernel.store.db``, ``kernel.store.machines``,
+    ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -585,6 +586,7 @@ class _RunLoop:
         # the workers stop, "no worker offers it" can no longer be told from "no worker".
         queued = {r[0] for r in conn.execute("SELECT task_id FROM task WHERE state = 'queued'")}
         unrunnable = [u for u in self.report.unrunnable if u["task_id"] in queued]
+        self.progress.update(conn, self.report)   # what was committed after the last tick
         conn.close()
         summary = RunSummary(counts=counts, total=sum(counts.values()),
                              elapsed_seconds=time.monotonic() - self.started,
