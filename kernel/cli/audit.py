@@ -23,9 +23,9 @@ Integration Points:
     (docs/operations/AUDIT_RETENTION.md).
 
 Dependencies:
-    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.cli.completion``,
-    ``kernel.observe.archive``, ``kernel.observe.audit``, ``kernel.observe.replay``,
-    ``kernel.store.eventlog``.
+    click; ``kernel.base.errors``, ``kernel.base.words``, ``kernel.cli.common``,
+    ``kernel.cli.completion``, ``kernel.observe.archive``, ``kernel.observe.audit``,
+    ``kernel.observe.replay``, ``kernel.store.eventlog``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from __future__ import annotations
 import click
 
 from kernel.base.errors import EXIT_FAILED, EXIT_OK, UsageError
+from kernel.base.words import plural
 from kernel.cli.common import CliState, command, emit
 from kernel.cli.completion import complete_tasks
 from kernel.observe import archive
@@ -104,11 +105,11 @@ def rotate_cmd(state: CliState, older_than: str, dry_run: bool,
             click.echo(f"nothing to rotate: no event is older than {result['cut']} "
                        f"({result['older_than_days']:g} days)")
             return
-        click.echo(f"{verb} {result['events']} events (seq {result['first_seq']}.."
+        click.echo(f"{verb} {plural(result['events'], 'event')} (seq {result['first_seq']}.."
                    f"{result['last_seq']}, older than {result['cut']}) to {directory}:")
         for f in result["files"]:
             sha = f" sha256 {f['file_sha256']}" if "file_sha256" in f else ""
-            click.echo(f"  {f['file']}: {f['events']} events (seq {f['first_seq']}.."
+            click.echo(f"  {f['file']}: {plural(f['events'], 'event')} (seq {f['first_seq']}.."
                        f"{f['last_seq']}){sha}")
         if result["rotation_seq"]:
             click.echo(f"recorded as event {result['rotation_seq']} (audit_rotated); check the "
@@ -172,11 +173,13 @@ def verify_cmd(state: CliState) -> int:
         if not result["files"]:
             click.echo(f"no archives in {directory}")
         for name, f in result["files"].items():
-            click.echo(f"{f['status']:<8} {name}: {f.get('archived_events', 0)} archived events"
+            click.echo(f"{f['status']:<8} {name}: "
+                       f"{plural(f.get('archived_events', 0), 'archived event')}"
                        + "".join(f"\n         {p}" for p in f["problems"] + f["notes"]))
         c = result["continuity"]
-        click.echo(f"{'ok' if c['ok'] else 'fail':<8} continuity: {c['archived_events']} "
-                   f"archived events, the live log starts at seq {c['live_first_seq']}")
+        click.echo(f"{'ok' if c['ok'] else 'fail':<8} continuity: "
+                   f"{plural(c['archived_events'], 'archived event')}, "
+                   f"the live log starts at seq {c['live_first_seq']}")
 
     emit(state, result, text)
     return EXIT_OK if result["ok"] else EXIT_FAILED

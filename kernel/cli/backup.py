@@ -17,8 +17,8 @@ Integration Points:
     ``kernel.maintain.restore.restore``.
 
 Dependencies:
-    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.maintain.backup``,
-    ``kernel.maintain.bundle``, ``kernel.maintain.restore``.
+    click; ``kernel.base.errors``, ``kernel.base.words``, ``kernel.cli.common``,
+    ``kernel.maintain.backup``, ``kernel.maintain.bundle``, ``kernel.maintain.restore``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 import click
 
 from kernel.base.errors import EXIT_OK
+from kernel.base.words import plural
 from kernel.cli.common import CliState, command, emit
 from kernel.maintain import backup as kbackup
 from kernel.maintain import bundle as kbundle
@@ -41,7 +42,7 @@ def _mib(n: int) -> str:
 def _events(count: int, max_seq: int | None, last_at: str | None) -> str:
     if max_seq is None:
         return "no events"
-    return f"{count} events (up to seq {max_seq}, {last_at})"
+    return f"{plural(count, 'event')} (up to seq {max_seq}, {last_at})"
 
 
 @command("backup")
@@ -82,11 +83,11 @@ def bundle_cmd(state: CliState, dest: Path, redact: tuple[str, ...], force: bool
     report = kbundle.bundle(project, dest, extra_patterns=[*configured, *redact], force=force)
 
     def text() -> None:
-        click.echo(f"bundle {report.dest}: {len(report.members)} files, "
-                   f"{report.redactions} redactions, {report.seconds:.2f} s")
+        click.echo(f"bundle {report.dest}: {plural(len(report.members), 'file')}, "
+                   f"{plural(report.redactions, 'redaction')}, {report.seconds:.2f} s")
         for member in report.members:
             note = f", {member['redactions']} redacted" if member["redactions"] else ""
-            click.echo(f"  {member['name']} ({member['bytes']} bytes{note})")
+            click.echo(f"  {member['name']} ({plural(member['bytes'], 'byte')}{note})")
         for error in report.errors:
             click.echo(f"  warning: {error}")
 

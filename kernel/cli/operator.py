@@ -23,9 +23,10 @@ Integration Points:
     ``orch run`` runs) and ``kernel.observe.status`` (reads, on a read-only connection).
 
 Dependencies:
-    apsw, click, rich; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.cli.completion``,
-    ``kernel.definitions.executors``, ``kernel.definitions.offers``, ``kernel.observe.exports``,
-    ``kernel.observe.status``, ``kernel.runtime.actions``, ``kernel.runtime.workstreams``.
+    apsw, click, rich; ``kernel.base.errors``, ``kernel.base.words``, ``kernel.cli.common``,
+    ``kernel.cli.completion``, ``kernel.definitions.executors``, ``kernel.definitions.offers``,
+    ``kernel.observe.exports``, ``kernel.observe.status``, ``kernel.runtime.actions``,
+    ``kernel.runtime.workstreams``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kernel.base.errors import EXIT_OK, OrchError, UsageError
+from kernel.base.words import plural
 from kernel.cli.common import CliState, command, emit, make_console, print_table
 from kernel.cli.completion import complete_tasks, complete_workstreams
 from kernel.observe import status as kinspect
@@ -394,7 +396,7 @@ def _print_show(data: dict[str, Any]) -> None:
             click.echo(f"  {lease['resource_id']} ({lease['mode']} {lease['amount']:g}) "
                        f"until {lease['expires_at']}")
     if data["log_tail"] is not None:
-        click.echo(f"log ({data['log_path']}, last {len(data['log_tail'])} lines):")
+        click.echo(f"log ({data['log_path']}, last {plural(len(data['log_tail']), 'line')}):")
         for line in data["log_tail"]:
             click.echo(f"  | {line}")
 

@@ -12,7 +12,8 @@ Integration Points:
     ``kernel.observe.exports.export`` (the same function ``orch run`` calls in the background).
 
 Dependencies:
-    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.observe.exports``.
+    click; ``kernel.base.errors``, ``kernel.base.words``, ``kernel.cli.common``,
+    ``kernel.observe.exports``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import click
 
 from kernel.base.errors import EXIT_FAILED, EXIT_OK
+from kernel.base.words import plural
 from kernel.cli.common import CliState, command, emit
 from kernel.observe.exports import export
 
@@ -33,8 +35,10 @@ def export_cmd(state: CliState) -> int:
         report = export(conn, project.state_dir)
 
     def text() -> None:
-        click.echo(f"exported {report.tasks} tasks and {report.events_appended} new events "
-                   f"(up to seq {report.last_event_seq}) into {len(report.files_written)} files "
+        click.echo(f"exported {plural(report.tasks, 'task')} and "
+                   f"{plural(report.events_appended, 'new event')} "
+                   f"(up to seq {report.last_event_seq}) into "
+                   f"{plural(len(report.files_written), 'file')} "
                    f"under {project.state_dir} in {report.seconds:.2f} s")
         for warning in report.warnings:
             click.echo(f"warning: {warning}", err=True)
