@@ -20,8 +20,7 @@ Integration Points:
     (``[rules]``). docs/operations/AGENT_SURFACES.md.
 
 Dependencies:
-    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.cli.completion``,
-    ``kernel.observe.agent_brief``.
+    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.observe.agent_brief``.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ from typing import Any
 import click
 
 from kernel.base.errors import EXIT_OK
-from kernel.cli.common import CliState, command, emit
-from kernel.cli.completion import complete_tasks, complete_workstreams
+from kernel.cli.common import CliState, command, complete_tasks, complete_workstreams, emit
 from kernel.observe import agent_brief
 
 

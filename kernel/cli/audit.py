@@ -24,8 +24,8 @@ Integration Points:
 
 Dependencies:
     click; ``kernel.base.errors``, ``kernel.base.words``, ``kernel.cli.common``,
-    ``kernel.cli.completion``, ``kernel.observe.archive``, ``kernel.observe.audit``,
-    ``kernel.observe.replay``, ``kernel.store.eventlog``.
+    ``kernel.observe.archive``, ``kernel.observe.audit``, ``kernel.observe.replay``,
+    ``kernel.store.eventlog``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ import click
 
 from kernel.base.errors import EXIT_FAILED, EXIT_OK, UsageError
 from kernel.base.words import plural
-from kernel.cli.common import CliState, command, emit
-from kernel.cli.completion import complete_tasks
+from kernel.cli.common import CliState, command, complete_tasks, emit
 from kernel.observe import archive
 from kernel.observe.audit import format_event, format_report, parse_timestamp, report
 from kernel.observe.replay import format_replay, replay

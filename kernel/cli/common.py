@@ -5,7 +5,10 @@ Public API:
     ``project()``); ``command(name, **kw)`` (a ``click.command`` that also takes ``--json`` and
     passes a ``CliState`` as ``state``); ``emit(state, data, text)``; ``emit_error(err, json)``;
     ``make_console()`` and ``print_table(console, table)`` (text for people: rich on a
-    terminal; piped, tab-separated, whole ids, no trailing spaces);
+    terminal; piped, tab-separated, whole ids, no trailing spaces); ``complete_tasks``,
+    ``complete_workstreams`` (click ``shell_complete`` callbacks: the ids in the project's
+    database starting with what was typed; ``--root`` is read from the line being completed;
+    they never raise, and complete nothing without a readable database);
     ``LazyGroup`` (a ``click.Group`` whose commands are named by ``"module:attribute"`` with
     their short help, and imported only when one runs or its own help is asked;
     ``load_command(name)``, ``load_all()``).
@@ -20,7 +23,7 @@ Integration Points:
     Every module of ``kernel.cli``.
 
 Dependencies:
-    click, rich; ``kernel.base.errors``, ``kernel.store.project``.
+    click, rich; ``kernel.base.errors``, ``kernel.store.db``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.shell_completion import CompletionItem
 
 from kernel.base.errors import OrchError
 
@@ -159,6 +163,40 @@ class LazyGroup(click.Group):
             rows = [(name, command.get_short_help_str(limit)) for name, command in commands]
             with formatter.section(_("Commands")):
                 formatter.write_dl(rows)
+
+
+_MAX_COMPLETIONS = 200
+
+
+def _ids(ctx: click.Context, sql: str, incomplete: str) -> list[CompletionItem]:
+    try:
+        from kernel.store import db
+        from kernel.store.project import Project, find_root
+
+        root = ctx.find_root().params.get("root")
+        project = Project(Path(root).resolve() if root else find_root())
+        if not project.db_path.is_file():
+            return []
+        with project.open(readonly=True) as conn:
+            found = db.rows(conn, sql, (incomplete.replace("\\", "\\\\").replace("%", "\\%")
+                                        .replace("_", "\\_") + "%", _MAX_COMPLETIONS))
+    except Exception:  # noqa: BLE001 - completion must never print a traceback into a shell
+        return []
+    return [CompletionItem(r["id"]) for r in found]
+
+
+def complete_tasks(ctx: click.Context, param: click.Parameter,
+                   incomplete: str) -> list[CompletionItem]:
+    """The task ids starting with ``incomplete``."""
+    return _ids(ctx, "SELECT task_id AS id FROM task WHERE task_id LIKE ? ESCAPE '\\' "
+                     "ORDER BY task_id LIMIT ?", incomplete)
+
+
+def complete_workstreams(ctx: click.Context, param: click.Parameter,
+                         incomplete: str) -> list[CompletionItem]:
+    """The workstream ids starting with ``incomplete``."""
+    return _ids(ctx, "SELECT workstream_id AS id FROM workstream WHERE workstream_id LIKE ? "
+                     "ESCAPE '\\' ORDER BY workstream_id LIMIT ?", incomplete)
 
 
 def make_console() -> Console:

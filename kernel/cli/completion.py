@@ -1,33 +1,26 @@
 """``orch completion bash|zsh|fish``: shell completion, with task and workstream ids.
 
 Public API:
-    ``COMMANDS`` (``completion``); ``complete_tasks``, ``complete_workstreams`` (click
-    ``shell_complete`` callbacks: the ids of the project's database that start with what was
-    typed); ``COMPLETE_VAR`` (``_ORCH_COMPLETE``, click's completion protocol variable).
+    ``COMMANDS`` (``completion``); ``COMPLETE_VAR`` (``_ORCH_COMPLETE``, click's completion
+    protocol variable). The ids are completed by ``kernel.cli.common.complete_tasks`` and
+    ``complete_workstreams``.
 
 Stability Guarantees:
     The script is click's own (``click.shell_completion``): ``eval "$(orch completion bash)"``
     in ``~/.bashrc``, ``eval "$(orch completion zsh)"`` in ``~/.zshrc``, ``orch completion fish
-    | source`` in fish. With ``--json``: ``{"shell", "script", "install"}``. The callbacks never
-    raise: without a project, or with a database they cannot read, they complete nothing.
+    | source`` in fish. With ``--json``: ``{"shell", "script", "install"}``.
 
 Integration Points:
-    Every command taking a TASK or WS (``kernel.cli.operator``, ``kernel.cli.events``,
-    ``kernel.cli.run``, ``kernel.cli.plan``, ...) names these callbacks; the callback reads
-    ``--root`` from the command line being completed, else finds the project as every command
-    does (``kernel.store.project.find_root``).
+    click's ``_ORCH_COMPLETE`` protocol, answered by click's ``main`` in ``kernel.cli.run()``.
 
 Dependencies:
-    click; ``kernel.base.errors``, ``kernel.cli``, ``kernel.cli.common``, ``kernel.store.db``,
-    ``kernel.store.project``.
+    click; ``kernel.base.errors``, ``kernel.cli``, ``kernel.cli.common``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
-from click.shell_completion import CompletionItem, get_completion_class
+from click.shell_completion import get_completion_class
 
 from kernel.base.errors import EXIT_OK, UsageError
 from kernel.cli.common import CliState, command, emit
@@ -39,40 +32,6 @@ _INSTALL = {
     "zsh": 'eval "$(orch completion zsh)"    # in ~/.zshrc',
     "fish": "orch completion fish | source   # in ~/.config/fish/config.fish",
 }
-_MAX_ITEMS = 200
-
-
-def _ids(ctx: click.Context, sql: str, incomplete: str) -> list[CompletionItem]:
-    try:
-        from kernel.store import db
-        from kernel.store.project import Project, find_root
-
-        root = ctx.find_root().params.get("root")
-        project = Project(Path(root).resolve() if root else find_root())
-        if not project.db_path.is_file():
-            return []
-        with project.open(readonly=True) as conn:
-            found = db.rows(conn, sql, (incomplete.replace("\\", "\\\\").replace("%", "\\%")
-                                        .replace("_", "\\_") + "%", _MAX_ITEMS))
-    except Exception:  # noqa: BLE001 - completion must never print a traceback into a shell
-        return []
-    return [CompletionItem(r["id"]) for r in found]
-
-
-def complete_tasks(ctx: click.Context, param: click.Parameter,
-                   incomplete: str) -> list[CompletionItem]:
-    """The task ids starting with ``incomplete``."""
-    return _ids(ctx, "SELECT task_id AS id FROM task WHERE task_id LIKE ? ESCAPE '\\' "
-                     "ORDER BY task_id LIMIT ?", incomplete)
-
-
-def complete_workstreams(ctx: click.Context, param: click.Parameter,
-                         incomplete: str) -> list[CompletionItem]:
-    """The workstream ids starting with ``incomplete``."""
-    return _ids(ctx, "SELECT workstream_id AS id FROM workstream WHERE workstream_id LIKE ? "
-                     "ESCAPE '\\' ORDER BY workstream_id LIMIT ?", incomplete)
-
-
 @command("completion")
 @click.argument("shell", metavar="bash|zsh|fish")
 def completion_cmd(state: CliState, shell: str) -> int:

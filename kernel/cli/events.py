@@ -10,12 +10,12 @@ Stability Guarantees:
     (``--task``, ``--workstream``, ``--event``, ``--severity``) combine with AND.
 
 Integration Points:
-    ``kernel.observe.audit.list_events``; ``kernel.cli.completion`` completes ``--task`` and
+    ``kernel.observe.audit.list_events``; ``kernel.cli.common`` completes ``--task`` and
     ``--workstream``.
 
 Dependencies:
-    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.cli.completion``,
-    ``kernel.observe.audit``, ``kernel.observe.prometheus``.
+    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.observe.audit``,
+    ``kernel.observe.prometheus``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from typing import Any
 import click
 
 from kernel.base.errors import EXIT_OK, UsageError
-from kernel.cli.common import CliState, command, emit
-from kernel.cli.completion import complete_tasks, complete_workstreams
+from kernel.cli.common import CliState, command, complete_tasks, complete_workstreams, emit
 from kernel.observe.audit import format_event, list_events
 from kernel.observe.prometheus import SEVERITIES
 

@@ -24,9 +24,8 @@ Integration Points:
 
 Dependencies:
     apsw, click, rich; ``kernel.base.errors``, ``kernel.base.words``, ``kernel.cli.common``,
-    ``kernel.cli.completion``, ``kernel.definitions.executors``, ``kernel.definitions.offers``,
-    ``kernel.observe.exports``, ``kernel.observe.status``, ``kernel.runtime.actions``,
-    ``kernel.runtime.workstreams``.
+    ``kernel.definitions.executors``, ``kernel.definitions.offers``, ``kernel.observe.exports``,
+    ``kernel.observe.status``, ``kernel.runtime.actions``, ``kernel.runtime.workstreams``.
 """
 
 from __future__ import annotations
@@ -42,8 +41,15 @@ from rich.text import Text
 
 from kernel.base.errors import EXIT_OK, OrchError, UsageError
 from kernel.base.words import plural
-from kernel.cli.common import CliState, command, emit, make_console, print_table
-from kernel.cli.completion import complete_tasks, complete_workstreams
+from kernel.cli.common import (
+    CliState,
+    command,
+    complete_tasks,
+    complete_workstreams,
+    emit,
+    make_console,
+    print_table,
+)
 from kernel.observe import status as kinspect
 from kernel.runtime import actions as kop
 

@@ -20,8 +20,8 @@ Integration Points:
     Everything is read in one snapshot from a read-only connection; nothing is written.
 
 Dependencies:
-    apsw, click, rich; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.cli.completion``,
-    ``kernel.planning.plan``, ``kernel.planning.render``, ``kernel.store.db``.
+    apsw, click, rich; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.planning.plan``,
+    ``kernel.planning.render``, ``kernel.store.db``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ import click
 from rich.console import Console
 
 from kernel.base.errors import EXIT_OK, OrchError, UsageError
-from kernel.cli.common import CliState, command, emit, emit_error
-from kernel.cli.completion import complete_workstreams
+from kernel.cli.common import CliState, command, complete_workstreams, emit, emit_error
 from kernel.planning.plan import all_workstreams, plan_document, workstream_plan
 from kernel.planning.render import plan_dot, plan_mermaid, plan_table
 from kernel.store import db

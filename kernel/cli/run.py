@@ -22,8 +22,8 @@ Integration Points:
 
 Dependencies:
     click; ``kernel.base.errors``, ``kernel.base.words``, ``kernel.cli.common``,
-    ``kernel.cli.completion``, ``kernel.definitions.models``, ``kernel.runtime.progress``,
-    ``kernel.runtime.runner``, ``kernel.runtime.worker``, ``kernel.store.db``.
+    ``kernel.definitions.models``, ``kernel.runtime.progress``, ``kernel.runtime.runner``,
+    ``kernel.runtime.worker``, ``kernel.store.db``.
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ import click
 
 from kernel.base.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from kernel.base.words import plural
-from kernel.cli.common import CliState, command, emit
-from kernel.cli.completion import complete_workstreams
+from kernel.cli.common import CliState, command, complete_workstreams, emit
 
 
 @command("run")
