@@ -115,8 +115,9 @@ def test_usage_errors_exit_2_with_a_json_error(project: Project, capsys) -> None
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "usage"
 
 
-def test_missing_database_exits_3(tmp_path: Path, capsys) -> None:
-    assert run_cli("--root", str(tmp_path), "--json", "doctor") == 3
+def test_missing_database_is_not_initialised_exit_1(tmp_path: Path, capsys) -> None:
+    """Exit 3 is for a locked or unreadable database; no database at all is exit 1."""
+    assert run_cli("--root", str(tmp_path), "--json", "doctor") == 1
     error = json.loads(capsys.readouterr().out)["error"]
     assert error["code"] == "not_initialised"
     assert error["hint"].startswith("run `orch init`")

@@ -3,7 +3,8 @@
 Real files, no mocks: a project that ran one task is copied, its database is damaged in one of
 several ways (emptied, truncated, pages overwritten, a garbage header, a text file, a
 directory, another application's database, a hand-lowered user_version...), and every command
-that opens the database must exit 3 with an error naming the file and a hint (``orch restore``
+that opens the database must exit with its error code's exit code (3; 1 for
+``not_initialised``, docs/CLI.md) and an error naming the file and a hint (``orch restore``
 / ``orch init``), print no traceback, and leave the file's bytes exactly as they were. Most
 runs are in-process (fast); a representative subset runs the real `orch` script.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from kernel.base.errors import DatabaseUnavailable
+from kernel.base.errors import DatabaseUnavailable, exit_code_for
 from kernel.store import db, dbcheck, schema
 from kernel.store.project import Project, init_project
 
@@ -201,7 +202,7 @@ def test_every_command_refuses_a_damaged_database_and_leaves_it_alone(
                 problems.append(f"doctor: exit {code}, {doc}")
             continue
         error = doc.get("error") or {}
-        if code != 3 or error.get("code") != expected:
+        if code != exit_code_for(expected) or error.get("code") != expected:
             problems.append(f"{name}: exit {code}, {error.get('code')} (not {expected})")
             continue
         if error.get("file") != str(project.db_path):
@@ -215,15 +216,16 @@ def test_every_command_refuses_a_damaged_database_and_leaves_it_alone(
 @pytest.mark.parametrize("kind", list(DAMAGE))
 def test_the_orch_script_prints_one_clean_error(template: Path, tmp_path: Path,
                                                 kind: str) -> None:
-    """The console script in a subprocess: text output, exit 3, no traceback (one command per
-    kind, so every command is run for real at least once)."""
+    """The console script in a subprocess: text output, the code's exit code, no traceback
+    (one command per kind, so every command is run for real at least once)."""
     command = COMMANDS[list(DAMAGE).index(kind) % len(COMMANDS)]
     if kind == "corrupt_pages" and command == ("doctor",):
         command = ("status",)
     project = damaged_copy(template, tmp_path / "p", kind)
     before = fingerprint(project.db_path)
     proc = orch("--root", str(project.root), *command)
-    assert proc.returncode == 3, (command, proc.stdout, proc.stderr)
+    # One exit code per error code: 3 for a damaged file, 1 for an uninitialised project.
+    assert proc.returncode == exit_code_for(DAMAGE[kind][1]), (command, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stdout + proc.stderr
     first, *rest = proc.stderr.splitlines()
     assert first.startswith(f"error: {project.db_path}: "), proc.stderr
@@ -237,12 +239,13 @@ def test_an_emptied_database_is_not_a_fresh_project(template: Path, tmp_path: Pa
     completed task ran again). Now every command refuses it and it stays 0 bytes."""
     project = damaged_copy(template, tmp_path / "p", "empty")
     root = str(project.root)
+    refused = exit_code_for("not_initialised")   # 1: not exit 3, kept for a damaged file
     proc = orch("--root", root, "doctor")
-    assert proc.returncode == 3 and "is empty (0 bytes)" in proc.stderr
+    assert proc.returncode == refused and "is empty (0 bytes)" in proc.stderr
     proc = orch("--root", root, "run", "--workers", "1")
-    assert proc.returncode == 3 and "all tasks completed" not in proc.stdout
+    assert proc.returncode == refused and "all tasks completed" not in proc.stdout
     proc = orch("--root", root, "--json", "load")
-    assert proc.returncode == 3, proc.stdout
+    assert proc.returncode == refused, proc.stdout
     error = json.loads(proc.stdout)["error"]
     assert error["code"] == "not_initialised" and error["file"] == str(project.db_path)
     assert "orch restore BACKUP --force" in error["hint"] and "orch init" in error["hint"]
@@ -254,7 +257,8 @@ def test_a_missing_database_is_not_created_by_any_command(template: Path,
     project = damaged_copy(template, tmp_path / "p", "missing")
     for command in (("load",), ("run", "--workers", "1")):
         proc = orch("--root", str(project.root), *command)
-        assert proc.returncode == 3 and "orch init" in proc.stderr, proc.stderr
+        assert proc.returncode == exit_code_for("not_initialised") and "orch init" in proc.stderr, \
+            proc.stderr
     assert not project.db_path.exists() and not sidecars(project.db_path)
 
 
@@ -336,7 +340,7 @@ def test_init_never_replaces_an_existing_database(template: Path, tmp_path: Path
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     project = damaged_copy(template, tmp_path / "p", kind)
     before = fingerprint(project.db_path)
-    assert run_cli("--root", str(project.root), "--json", "init") == 3
+    assert run_cli("--root", str(project.root), "--json", "init") == exit_code_for(DAMAGE[kind][1])
     assert json.loads(capsys.readouterr().out)["error"]["code"] == DAMAGE[kind][1]
     assert fingerprint(project.db_path) == before
 

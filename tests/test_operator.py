@@ -239,7 +239,9 @@ def test_retry_failed_task_revives_it_and_its_workstream(proj: Project, capsys) 
     conn.close()
 
     code, report = cli(proj, capsys, "retry", "d", "a")
-    assert code == 0
+    assert code == 1   # d was retried; a could not be: exit 1 naming it
+    assert report["error"]["code"] == "cannot_act" and "cannot retry a (" in \
+        report["error"]["message"]
     assert report["changed"] == [{"task_id": "d", "from_state": "failed",
                                   "to_state": "pending"}]
     assert report["skipped"] == [{"task_id": "a", "state": "pending",
@@ -264,7 +266,7 @@ def test_retry_of_a_running_task_is_skipped(proj: Project, capsys) -> None:
     start(conn, "a", "w1")
     conn.close()
     code, report = cli(proj, capsys, "retry", "a")
-    assert code == 0 and report["changed"] == []
+    assert code == 1 and report["changed"] == [] and report["error"]["code"] == "cannot_act"
     assert report["skipped"][0]["reason"].startswith("running: nothing to retry")
 
 
@@ -325,7 +327,7 @@ def test_status_lists_every_task_and_worker(proj: Project) -> None:
     assert [(w["worker_id"], w["running_task_id"]) for w in data["workers"]] == [
         ("w1", "a"), ("w2", None), ("w3", None)]
     assert data["workstreams"] == [{"workstream_id": "ws", "state": "executing",
-                                    "counts": {"pending": 4, "running": 1}}]
+                                    "counts": {"pending": 4, "running": 1}, "skipped": 0}]
     assert data["totals"] == {"pending": 4, "running": 1}
 
 

@@ -329,7 +329,7 @@ def test_a_cycle_written_behind_the_loaders_back(diamond_project: Project,
 
 def test_plan_needs_a_project(tmp_path: Path, capsys) -> None:
     code = run_cli("--root", str(tmp_path), "--json", "plan")
-    assert code == 3
+    assert code == 1
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "not_initialised"
 
 

@@ -36,7 +36,7 @@ def test_an_unknown_workstream_is_a_json_error(loaded: Project, capsys: pytest.C
 
 
 def test_no_project_is_a_json_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert run_cli("--root", str(tmp_path), "plan", "--format", "json") == 3
+    assert run_cli("--root", str(tmp_path), "plan", "--format", "json") == 1
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "not_initialised"
 
 

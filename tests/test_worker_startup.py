@@ -97,10 +97,10 @@ def test_another_option_makes_it_orch_worker(tmp_path: Path) -> None:
 
 
 def test_run_json_streams_the_forked_workers_registrations(tmp_path: Path) -> None:
-    """The forked workers wait at the start gate until the display started: `--json` streams
+    """The forked workers wait at the start gate until the display started: `--jsonl` streams
     every worker's registration and the task's start."""
     root = make_project(tmp_path / "p", [task("a")])
-    proc = subprocess.run([ORCH, "--root", str(root), "run", "--workers", "3", "--json"],
+    proc = subprocess.run([ORCH, "--root", str(root), "run", "--workers", "3", "--jsonl"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
