@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kernel.base.errors import EXIT_FAILED, EXIT_OK
-from kernel.cli.common import CliState, command, emit
+from kernel.cli.common import CliState, command, emit, make_console, print_table
 from kernel.maintain import doctor as kdoctor
 from kernel.store.project import init_project
 
@@ -88,8 +88,8 @@ def doctor_cmd(state: CliState, repair: bool) -> int:
         table.add_column("detail", overflow="fold")
         for c in checks:
             table.add_row(c.name, f"[{_STYLE[c.status]}]{c.status}[/]", c.detail)
-        console = Console()
-        console.print(table)
+        console = make_console()
+        print_table(console, table)
         for c in failed:
             console.print(f"[bold red]FAIL[/] {c.name}: {c.detail}", soft_wrap=True)
             for r in c.rows[:5]:

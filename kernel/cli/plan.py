@@ -12,7 +12,8 @@ Stability Guarantees:
     ``{"error": {...}}`` on stdout too, with the same exit codes. Mermaid and DOT
     draw one workstream: WS is required unless the project holds exactly one (then that one is
     drawn); with several the command exits 2 and lists them. An unknown WS exits 1 with
-    ``unknown_workstream``. The table is for people and may change; it fits 80 columns.
+    ``unknown_workstream``. The table is for people and may change; it fits 80 columns on a
+    terminal; piped, the stages are tab-separated with every task id whole.
 
 Integration Points:
     ``kernel.planning.plan`` (documents from the database), ``kernel.planning.render`` (table,
@@ -30,12 +31,27 @@ from datetime import UTC, datetime
 
 import apsw
 import click
-from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from kernel.base.errors import EXIT_OK, OrchError, UsageError
-from kernel.cli.common import CliState, command, complete_workstreams, emit, emit_error
+from kernel.cli.common import (
+    CliState,
+    command,
+    complete_workstreams,
+    emit,
+    emit_error,
+    make_console,
+    print_table,
+)
 from kernel.planning.plan import all_workstreams, plan_document, workstream_plan
-from kernel.planning.render import plan_dot, plan_mermaid, plan_table
+from kernel.planning.render import (
+    CRITICAL_MARK,
+    format_duration,
+    plan_dot,
+    plan_mermaid,
+    plan_table,
+)
 from kernel.store import db
 from kernel.store.db import locked_error
 
@@ -59,12 +75,30 @@ def _diagram_workstream(workstream: str | None, known: list[str], fmt: str) -> s
     )
 
 
+def _piped_table(plan: dict) -> Table:
+    """The plan's stages for a program: every task id whole (the terminal table cuts long
+    lists to fit 80 columns), printed tab-separated by ``print_table``."""
+    table = Table(title=Text(f"Execution plan {plan['workstream_id']}"))
+    for name in ("stage", "tasks", "parallelism", "estimated", "critical"):
+        table.add_column(name)
+    for stage in plan["stages"]:
+        table.add_row(str(stage["stage"]), Text(", ".join(stage["parallel_tasks"])),
+                      str(stage["max_parallelism"]),
+                      format_duration(stage["estimated_duration_seconds"]),
+                      CRITICAL_MARK if stage["critical_path"] else "")
+    return table
+
+
 def _print_tables(plans: dict[str, dict]) -> None:
-    console = Console(highlight=False)
+    console = make_console()
     for index, plan in enumerate(plans.values()):
         if index:
             console.print()
-        plan_table(plan, console)
+        if console.is_terminal:
+            plan_table(plan, console)
+        else:
+            print_table(console, _piped_table(plan))
+            click.echo("critical path\t" + " -> ".join(plan["critical_path_tasks"]))
         for edge in plan["external_dependencies"]:
             console.print(
                 f"External: {edge['task_id']} waits for {edge['depends_on']} "
