@@ -20,6 +20,7 @@ from kernel.planning.plan import (
     timestamp,
     workstream_plan,
 )
+from kernel.planning.render import plan_table
 from kernel.store import db
 from kernel.store.project import Project
 
@@ -232,13 +233,22 @@ def test_a_small_workstream_beside_a_large_one_reads_the_same(
 
 
 def test_table_format_fits_80_columns(diamond_project: Project, capsys, monkeypatch) -> None:
+    """The terminal's table fits 80 columns; piped (capsys is no terminal) the stages are
+    tab-separated, every id whole."""
     monkeypatch.setenv("COLUMNS", "80")
+    code, doc = cli_json(diamond_project, capsys, "plan", "diamond", "--json")
+    table = plan_table(doc)
+    assert code == 0 and table is not None
+    assert "Execution plan diamond: 3 stages, 4 tasks" in table
+    assert "Critical path: design → backend → integration" in table
+    assert "backend, frontend" in table
+    assert max(len(line) for line in table.splitlines()) <= 80
     assert cli(diamond_project, "plan", "diamond") == 0
     out = capsys.readouterr().out
-    assert "Execution plan diamond: 3 stages, 4 tasks" in out
-    assert "Critical path: design → backend → integration" in out
-    assert "backend, frontend" in out
-    assert max(len(line) for line in out.splitlines()) <= 80
+    assert out.splitlines() == [
+        "Execution plan diamond", "stage\ttasks\tparallelism\testimated\tcritical",
+        "1\tdesign\t1\t5m 0s\t★", "2\tbackend, frontend\t1\t16m 40s\t★",
+        "3\tintegration\t1\t2m 0s\t★", "critical path\tdesign -> backend -> integration"]
     # Without WS: one section per workstream, same text for a single one.
     assert cli(diamond_project, "plan") == 0
     assert capsys.readouterr().out == out
@@ -314,7 +324,8 @@ def test_empty_workstream(project: Project, conn: apsw.Connection, capsys) -> No
     assert (doc["stages"], doc["critical_path_tasks"], doc["total_estimated_duration"]) == (
         [], [], 0.0)
     assert cli(project, "plan", "empty") == 0
-    assert "Critical path: (empty)" in capsys.readouterr().out
+    assert "critical path\t(empty)" in capsys.readouterr().out
+    assert "Critical path: (empty)" in (plan_table(doc) or "")
 
 
 def test_a_cycle_written_behind_the_loaders_back(diamond_project: Project,

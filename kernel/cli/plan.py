@@ -98,7 +98,8 @@ def _print_tables(plans: dict[str, dict]) -> None:
             plan_table(plan, console)
         else:
             print_table(console, _piped_table(plan))
-            click.echo("critical path\t" + " -> ".join(plan["critical_path_tasks"]))
+            click.echo("critical path\t" + (" -> ".join(plan["critical_path_tasks"])
+                                             or "(empty)"))
         for edge in plan["external_dependencies"]:
             console.print(
                 f"External: {edge['task_id']} waits for {edge['depends_on']} "
