@@ -237,7 +237,7 @@ def test_a_run_without_aider_never_claims_the_aider_task_and_why_says_so(
     orch("--root", str(root), "load", check=True)
     proc = orch("--root", str(root), "--json", "run", "--workers", "1", "--no-worktrees")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    summary = json.loads(proc.stdout.splitlines()[-1])["summary"]
+    summary = json.loads(proc.stdout)   # one document: the summary, with the events
     assert summary["unrunnable"] == [{"task_id": "edit",
                                       "reason": "no registered worker offers cap-aider-001"}]
     code, show = orch_json("--root", str(root), "show", "edit")

@@ -379,7 +379,8 @@ def test_a_second_run_exits_1_and_names_the_holder(tmp_path: Path) -> None:
         assert f"pid {proc.pid}" in second.stdout + second.stderr, second.stderr
         as_json = orch("--root", str(root), "--json", "run", "--workers", "1")
         assert as_json.returncode == 1
-        assert str(proc.pid) in as_json.stdout + as_json.stderr
+        error = json.loads(as_json.stdout)["error"]
+        assert error["code"] == "scheduler_running" and str(proc.pid) in error["message"]
         release.touch()
         code, out, err = stop(proc)
     finally:

@@ -6,16 +6,21 @@ Public API:
     command's name -> ``("module:attribute", short help)``). Commands live one group per
     module: ``kernel.cli.core`` (init, doctor), ``kernel.cli.events`` (events), ...; each
     module's ``COMMANDS`` lists its commands, and ``LAZY_COMMANDS`` names every one of them
-    (tests/test_cli_startup.py keeps the two, and the short help lines, equal).
+    (tests/test_cli_startup.py keeps the two, and the short help lines, equal); ``EXAMPLES``
+    (command, or ``"group sub"``, -> the one example ending its --help).
 
 Stability Guarantees:
     Command names, options, ``--json`` output shapes and exit codes are a contract (DESIGN.md):
     0 ok, 1 the work or a check failed, 2 usage error, 3 the database is locked beyond its
-    timeout, missing, empty, damaged, not orch's, not accessible or too new (any SQLite error
-    that reaches ``run`` is one of these, via ``kernel.db.error_for``: never a traceback).
-    Every command takes ``--json`` (before or after the command name) and then prints exactly
-    one JSON document on stdout, errors included as
-    ``{"error": {"code", "message", "file", "line", "hint"}}``.
+    timeout, unreadable, damaged, not orch's, not accessible or too new (any SQLite error
+    that reaches ``run`` is one of these, via ``kernel.db.error_for``: never a traceback), 130
+    Ctrl-C. Each error code has one exit code (``kernel.base.errors.ERROR_CODES``, the table
+    of docs/CLI.md). Every command takes ``--json`` (before or after the command name) and
+    then prints exactly one JSON document on stdout, errors included as
+    ``{"error": {"code", "message", "file", "line", "hint"}}``; ``orch --version`` and a group
+    without its subcommand (``orch --json audit``) too. The streams are ``--jsonl`` (``orch
+    run``, ``orch events``): one JSON object per line, errors as one ``{"error": ...}`` line.
+    tests/test_cli_contract.py runs every command both ways.
 
 Integration Points:
     Installed as ``orch`` by pyproject.toml; ``--root DIR`` picks the project (default: the
