@@ -347,3 +347,58 @@ def test_counts_are_singular_or_plural() -> None:
             continue   # maintained elsewhere
         for n, line in enumerate(path.read_text().splitlines(), 1):
             assert not bad.search(line), f"{path.name}:{n}: use plural(): {line.strip()}"
+
+
+def _on_a_terminal(args: list[str], cwd: Path) -> str:
+    """What ``args`` prints when its stdout is a terminal (a pseudo-terminal)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(args, cwd=cwd, stdout=follower, stderr=subprocess.PIPE)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:   # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+    return b"".join(chunks).decode()
+
+
+def test_a_worker_says_it_joined_on_a_terminal_and_summarises_with_json(
+        template: Path, tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    shutil.copytree(template, root, symlinks=True)
+    out = _on_a_terminal([ORCH, "worker", "--once", "--capability", "cap-git-001"], root)
+    first, second = out.splitlines()[:2]
+    assert re.fullmatch(r"joined as w-\S+ \(cap-git-001\); Ctrl-C to leave", first), out
+    assert re.fullmatch(r"worker w-\S+ left: 0 attempts", second), out
+    piped = subprocess.run([ORCH, "worker", "--once", "--workstream", "bad"], cwd=root,
+                           capture_output=True, text=True)   # nothing queued: no claim
+    assert re.fullmatch(r"worker w-\S+ left: 0 attempts\n", piped.stdout), piped.stdout
+    doc = json.loads(subprocess.run([ORCH, "--json", "worker", "--once"], cwd=root,
+                                    capture_output=True, text=True).stdout)
+    assert doc["attempts"] == {} and doc["tasks"] == [] and "cap-git-001" in doc["capabilities"]
+
+
+def test_events_filters(template: Path) -> None:
+    def events(*args: str) -> list[dict]:
+        proc = subprocess.run([ORCH, "--root", str(template), "--json", "events", *args],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["events"]
+
+    every = events()
+    assert {e["workstream_id"] for e in events("--workstream", "bad")} == {"bad"}
+    assert {e["event"] for e in events("--event", "task_completed")} == {"task_completed"}
+    assert [e for e in every if e["severity"] == "warning"] == events("--severity", "warning")
+    both = events("--workstream", "ws", "--event", "task_completed")
+    assert sorted(e["task_id"] for e in both) == ["a", "b", "c"]
+    lines = subprocess.run([ORCH, "--root", str(template), "events", "--jsonl"],
+                           capture_output=True, text=True).stdout.splitlines()
+    assert [json.loads(line) for line in lines] == every

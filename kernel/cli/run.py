@@ -149,6 +149,8 @@ def worker_cmd(state: CliState, capabilities: tuple[str, ...], workstreams: tupl
         joined.update(worker_id=worker.worker_id, offers=worker.offers)
         if not state.json and managed_by is None and sys.stdout.isatty():
             offered = ", ".join(sorted(worker.offers)) or "no capabilities"
+            if len(offered) > 50:   # one line: the count, `orch capabilities` has the names
+                offered = plural(len(worker.offers), "capability", "capabilities")
             click.echo(f"joined as {worker.worker_id} ({offered}); Ctrl-C to leave")
 
     code = main(state.project(), opts, on_joined=on_joined)
