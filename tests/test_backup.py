@@ -174,9 +174,10 @@ def test_backup_cli_default_dest_force_and_refusals(project: Project, tmp_path: 
     (tmp_path / "dir").mkdir()
     code, out = orch_json("--root", root, "backup", str(tmp_path / "dir"))
     assert code == 0 and Path(out["dest"]).parent == tmp_path / "dir"
-    # No project: exit 3, nothing written.
+    # No project: not_initialised (exit 1), nothing written.
     code, out = orch_json("--root", str(tmp_path / "nothing"), "backup", str(tmp_path / "x.db"))
-    assert code == 3 and not (tmp_path / "x.db").exists()
+    assert (code, out["error"]["code"]) == (1, "not_initialised")
+    assert not (tmp_path / "x.db").exists()
 
 
 # ----------------------------------------------------------------------------- bundle

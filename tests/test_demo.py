@@ -139,7 +139,7 @@ def test_demo_keep_runs_the_workstream_end_to_end(tmp_path: Path) -> None:
     assert all(line == line.rstrip() for line in out.splitlines())  # piped: plain text
 
     # Every task completed, read back with the operator commands.
-    code, status = orch_json("--root", str(keep), "status")
+    code, status = orch_json("--root", str(keep), "status", "--all")   # shut-down workers too
     assert code == 0
     assert {t["task_id"]: t["state"] for t in status["tasks"]} == dict.fromkeys(TASK_IDS,
                                                                               "completed")
