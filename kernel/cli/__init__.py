@@ -158,7 +158,7 @@ EXAMPLES: dict[str, str] = {
     "bundle": "orch bundle bug-report.tar.gz",
     "restore": "orch restore .state/backups/kernel-20260101T120000Z.db --force",
     "bench": "orch bench --quick",
-    "demo": "orch demo --keep /tmp/orch-demo",
+    "demo": "orch demo --keep orch-demo",
     "completion": 'eval "$(orch completion bash)"',
 }
 
