@@ -111,6 +111,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
                 "Put the backup SRC in place of .state/kernel.db, then migrate it."),
     "bench": ("kernel.cli.bench:bench_cmd",
               "Run the benchmark suite and print its figures against references and goals."),
+    "browse": ("kernel.cli.browse:browse_cmd",
+               "Browse the history in Datasette on 127.0.0.1, read-only: every table "
+               "described, canned queries, and a DAG picture per workstream, until Ctrl-C."),
     "demo": ("kernel.cli.demo:demo_cmd",
              "Run an example workstream end to end on a generated project, with live progress."),
 }
