@@ -5,10 +5,15 @@ succeeds on retry, two branches in parallel, and a failed task with a dependent 
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from tests.conftest import git
+from tests.conftest import git, orch
 from tests.e2e import make_project, py, run, task
 
 AGENT = Path(__file__).with_name("scripted_agent.py")
@@ -60,9 +65,43 @@ def ran_project(root: Path) -> Path:
                  load=False)
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "project")
-    from tests.conftest import orch
-
     orch("--root", str(root), "load", check=True)
     proc = run(root, workers=2)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     return root
+
+
+ORCH = str(Path(sys.executable).parent / "orch")
+
+
+def start_browse(root: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """`orch browse --port 0` in the background; (process, URL) once it printed the URL."""
+    proc = subprocess.Popen([ORCH, "--root", str(root), "browse", "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        raise AssertionError("orch browse printed no URL:\n" + proc.communicate()[1])
+    match = re.search(r"http://127\.0\.0\.1:\d+/", line)
+    assert match, line
+    return proc, match.group(0)
+
+
+def stop_browse(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    """Ctrl-C (SIGINT to `orch browse` alone); its exit status and standard error."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("orch browse did not stop on SIGINT") from None
+    return proc.returncode, err
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
