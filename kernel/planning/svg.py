@@ -44,6 +44,8 @@ _NODE_W, _NODE_H = 184, 26
 _COL_W, _ROW_H = 244, 34
 _LEFT, _TOP = 16, 78
 _LABEL_CHARS = 22
+_MIN_WIDTH = 860  # the legend's width
+_MANY_EDGES = 150  # above this, the other lines are drawn fainter
 _CRITICAL = "#d62728"
 _FONT = "font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\""
 # fill, outline, text; by task state (docs/state_machines/task_lifecycle.yaml). A state that
@@ -89,14 +91,14 @@ def stage_pages(plan_doc: Mapping[str, Any],
 
 def _shown(stage: Mapping[str, Any], on_path: set[str], max_rows: int,
            wrap: bool) -> tuple[list[str], int]:
+    """The tasks drawn in a stage's column, its critical-path task on top (so the path runs
+    along the top row), and how many are hidden."""
     tasks = list(stage["parallel_tasks"])
+    ordered = [t for t in tasks if t in on_path] + [t for t in tasks if t not in on_path]
     if wrap or len(tasks) <= max_rows:
-        return tasks, 0
-    first = [t for t in tasks if t in on_path]
-    rest = [t for t in tasks if t not in on_path]
-    kept = (first + rest)[: max_rows - 1]
-    order = {t: i for i, t in enumerate(tasks)}
-    return sorted(kept, key=order.__getitem__), len(tasks) - len(kept)
+        return ordered, 0
+    kept = ordered[: max_rows - 1]
+    return kept, len(tasks) - len(kept)
 
 
 def _layout(stages: Sequence[Mapping[str, Any]], on_path: set[str], max_rows: int,
@@ -119,8 +121,8 @@ def _layout(stages: Sequence[Mapping[str, Any]], on_path: set[str], max_rows: in
             hidden.update((t, stage["stage"]) for t in stage["parallel_tasks"] if t not in boxes)
         column += max(1, -(-len(shown) // max_rows))
     width = _LEFT * 2 + max(column, 1) * _COL_W - (_COL_W - _NODE_W)
-    height = _TOP + tallest * _ROW_H + 96
-    return _Layout(boxes, more, hidden, max(width, 720), height)
+    height = _TOP + tallest * _ROW_H + 112
+    return _Layout(boxes, more, hidden, max(width, _MIN_WIDTH), height)
 
 
 def _label(task_id: str, critical: bool) -> str:
@@ -170,12 +172,13 @@ def _more(stage: int, x: float, y: float, count: int, links: Links | None) -> st
     return f'<g class="more" data-stage="{stage}" data-hidden="{count}">{box}</g>'
 
 
-def _edge(start: tuple[float, float], end: tuple[float, float], critical: bool) -> str:
+def _edge(start: tuple[float, float], end: tuple[float, float], critical: bool,
+          faint: bool = False) -> str:
     (x1, y1), (x2, y2) = start, end
     x1, y1, y2 = x1 + _NODE_W, y1 + _NODE_H / 2, y2 + _NODE_H / 2
     bend = max((x2 - x1) / 2, 24)
     style = (f'stroke="{_CRITICAL}" stroke-width="3"' if critical
-             else 'stroke="#9ca3af" stroke-width="1" stroke-opacity="0.7"')
+             else f'stroke="#9ca3af" stroke-width="1" stroke-opacity="{0.3 if faint else 0.7}"')
     return (f'<path class="edge{" critical" if critical else ""}" fill="none" {style} '
             f'd="M{x1},{y1} C{x1 + bend},{y1} {x2 - bend},{y2} {x2},{y2}"/>')
 
@@ -188,17 +191,16 @@ def _edges(dag_doc: Mapping[str, Any], layout: _Layout, path_edges: set[tuple[st
         stage = layout.hidden.get(task_id)
         return None if stage is None else layout.more[stage][:2]
 
-    drawn: set[tuple[tuple[float, float], tuple[float, float]]] = set()
-    plain: list[str] = []
-    hot: list[str] = []
+    pairs: dict[tuple[tuple[float, float], tuple[float, float]], bool] = {}
     for edge in dag_doc["edges"]:
         start, end = anchor(edge["from"]), anchor(edge["to"])
-        if start is None or end is None or (start, end) in drawn or start[0] >= end[0]:
+        if start is None or end is None or start[0] >= end[0]:
             continue
-        drawn.add((start, end))
         critical = (edge["from"], edge["to"]) in path_edges
-        (hot if critical else plain).append(_edge(start, end, critical))
-    return plain + hot  # the critical path on top
+        pairs[(start, end)] = pairs.get((start, end), False) or critical
+    faint = len(pairs) > _MANY_EDGES
+    plain = [_edge(s, e, False, faint) for (s, e), hot in pairs.items() if not hot]
+    return plain + [_edge(s, e, True) for (s, e), hot in pairs.items() if hot]  # path on top
 
 
 def _header(dag_doc: Mapping[str, Any], plan_doc: Mapping[str, Any],
@@ -226,22 +228,22 @@ def _header(dag_doc: Mapping[str, Any], plan_doc: Mapping[str, Any],
 
 
 def _legend(y: float) -> list[str]:
-    out = [f'<g class="legend"><text x="{_LEFT}" y="{y}" font-size="12" fill="#374151" {_FONT}'
-           f' font-weight="bold">Legend</text>']
+    """Three rows: the state colours; the critical path; the clock and the lines."""
+    text = f'font-size="12" fill="#374151" {_FONT}'
+    out = [f'<g class="legend"><text x="{_LEFT}" y="{y}" {text} font-weight="bold">Legend'
+           "</text>"]
     x = _LEFT + 60
     for state, (fill, stroke, _) in STATE_COLOURS.items():
         out.append(f'<rect x="{x}" y="{y - 12}" width="16" height="16" rx="3" fill="{fill}" '
-                   f'stroke="{stroke}"/><text x="{x + 22}" y="{y + 1}" font-size="12" '
-                   f'fill="#374151" {_FONT}>{state}</text>')
-        x += 30 + 8 * len(state) + 14
-    out.append(f'<rect x="{_LEFT + 60}" y="{y + 14}" width="16" height="16" rx="3" fill="#fff" '
-               f'stroke="{_CRITICAL}" stroke-width="3"/><text x="{_LEFT + 82}" y="{y + 27}" '
-               f'font-size="12" fill="#374151" {_FONT}>★ critical path (the longest chain of '
-               "estimated durations)</text>")
-    out.append(_clock(_LEFT + 400, y + 22, "#374151"))
-    out.append(f'<text x="{_LEFT + 412}" y="{y + 27}" font-size="12" fill="#374151" {_FONT}>'
-               "the task's timeline · lines run from a task to the tasks that depend on it"
-               "</text></g>")
+                   f'stroke="{stroke}"/><text x="{x + 22}" y="{y + 1}" {text}>{state}</text>')
+        x += 36 + 7 * len(state)
+    x = _LEFT + 60
+    out.append(f'<rect x="{x}" y="{y + 12}" width="16" height="16" rx="3" fill="#fff" '
+               f'stroke="{_CRITICAL}" stroke-width="3"/><text x="{x + 22}" y="{y + 25}" {text}>'
+               "★ the critical path: the longest chain of estimated durations</text>")
+    out.append(_clock(x + 8, y + 44, "#374151"))
+    out.append(f'<text x="{x + 22}" y="{y + 49}" {text}>the task\'s timeline · a line runs '
+               "from a task to a task that depends on it</text></g>")
     return out
 
 
@@ -263,7 +265,7 @@ def plan_svg(dag_doc: Mapping[str, Any], plan_doc: Mapping[str, Any], *,
     if not chosen:
         body.append(f'<text x="{_LEFT}" y="{_TOP}" font-size="13" fill="#374151" {_FONT}>'
                     "No tasks in this workstream.</text>")
-    body += _legend(layout.height - 52)
+    body += _legend(layout.height - 68)
     width, height = round(layout.width), round(layout.height)
     return (f'<svg xmlns="http://www.w3.org/2000/svg" class="orch-dag" width="{width}" '
             f'height="{height}" viewBox="0 0 {width} {height}" '

@@ -138,7 +138,8 @@ def datasette_metadata(*, title: str, kernel_name: str, archive_names: Iterable[
     databases ``archive_names``. ``columns`` (table -> its columns) limits the column
     descriptions to the columns that exist; without it every described column is listed."""
     kernel_tables = {**_tables("tables", columns), **_tables("views", columns)}
-    queries = {q.name: {"title": q.title, "description": q.description, "sql": q.sql}
+    queries = {q.name: {"title": q.title, "description": q.description, "sql": q.sql,
+                        "hide_sql": True}
                for q in canned_queries().values()}
     databases: dict[str, Any] = {
         kernel_name: {

@@ -1,8 +1,9 @@
 """The Datasette plugin shipped with orch: the DAG pages, and orch's databases kept read-only.
 
 Public API:
-    The Datasette hooks ``prepare_connection``, ``register_routes`` and ``menu_links``;
-    ``DAG_PATH`` (``/-/dag``). Pages: ``/-/dag`` (the workstreams, with their task counts by
+    The Datasette hooks ``prepare_connection``, ``register_routes``, ``menu_links`` and
+    ``extra_css_urls``; ``DAG_PATH`` (``/-/dag``); ``CSS_PATH`` (a small stylesheet served by
+    the plugin). Pages: ``/-/dag`` (the workstreams, with their task counts by
     state) and ``/-/dag/{workstream}`` (the picture; ``?page=N`` for the next stages,
     ``?stage=K`` for one stage drawn whole).
 
@@ -42,6 +43,21 @@ from datasette.utils import tilde_encode
 from kernel.planning.svg import STAGES_PER_PAGE, STATE_COLOURS, Links, plan_svg, stage_pages
 
 DAG_PATH = "/-/dag"
+CSS_PATH = "/-/orch-browse.css"
+# Datasette's own pages, made easier to read: the column descriptions as a compact two-column
+# box instead of a list that pushes the rows below the fold, timestamps on one line, the
+# canned queries of the index page as a bulleted list.
+_CSS = """
+dl.column-descriptions { display: grid; grid-template-columns: max-content 1fr;
+  gap: 0.15em 1.2em; font-size: 0.85em; max-height: 14em; overflow-y: auto;
+  border: 1px solid #e5e7eb; border-radius: 6px; padding: 0.6em 0.8em; background: #fff; }
+dl.column-descriptions dt { font-weight: bold; }
+dl.column-descriptions dd { margin: 0; }
+td.col-at, td.col-timestamp, td.col-since, td.col-hour, td[class*="_at "] {
+  white-space: nowrap; }
+ul.orch-queries { list-style: disc; padding-left: 1.6em; margin: 0.3em 0 0.8em; }
+ul.orch-queries li { margin: 0.15em 0; }
+"""
 _PLAN_TIMEOUT = 120.0
 
 _PAGE = """{% extends "base.html" %}
@@ -85,7 +101,17 @@ def menu_links(datasette: Any, actor: Any, request: Any) -> list[dict[str, str]]
 
 @hookimpl
 def register_routes(datasette: Any) -> list[tuple[str, Any]]:
-    return [(r"^/-/dag$", dag_index), (r"^/-/dag/(?P<workstream>[^/]+)$", dag_page)]
+    return [(r"^/-/dag$", dag_index), (r"^/-/dag/(?P<workstream>[^/]+)$", dag_page),
+            (rf"^{CSS_PATH}$", stylesheet)]
+
+
+@hookimpl
+def extra_css_urls(datasette: Any) -> list[str]:
+    return [datasette.urls.path(CSS_PATH)]
+
+
+async def stylesheet(datasette: Any, request: Any) -> Response:
+    return Response(_CSS, content_type="text/css; charset=utf-8")
 
 
 async def _kernel_database(datasette: Any) -> Any | None:
@@ -225,7 +251,7 @@ async def dag_page(datasette: Any, request: Any) -> Response:
     took = time.perf_counter() - started
     body = (_summary(docs, datasette, links) + pager
             + f'<div class="orch-dag-wrap">{svg}</div>' + pager
-            + "<p>Click a task for its row (state, attempts, events, leases); click ⏱ for "
-            f"its timeline. Planned and drawn in {took:.2f} s. "
+            + "<p>Click a task for its row (state, attempts, events, leases); click the clock "
+            f"beside it for its timeline. Planned and drawn in {took:.2f} s. "
             f"The same picture: <code>orch plan {_esc(workstream)} --format svg</code>.</p>")
     return await _render(datasette, request, f"DAG of {workstream}", body, workstream)

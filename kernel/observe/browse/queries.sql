@@ -69,8 +69,9 @@ SELECT a.started_at, 'attempt', 'attempt ' || a.attempt_no || ' started', NULL, 
 UNION ALL
 SELECT a.finished_at, 'attempt', 'attempt ' || a.attempt_no || ' ' || a.outcome, NULL, NULL,
        NULL, CASE WHEN a.outcome = 'succeeded' THEN 'info' ELSE 'error' END, a.attempt_no,
-       coalesce(a.failure_mode || ': ', '') || coalesce(a.error_message, '')
-           || CASE WHEN a.exit_code IS NULL THEN '' ELSE ' (exit ' || a.exit_code || ')' END,
+       CASE WHEN a.outcome = 'succeeded' THEN 'exit ' || coalesce(a.exit_code, '-')
+            ELSE coalesce(a.failure_mode || ': ', '')
+                 || coalesce(a.error_message, 'exit ' || a.exit_code, '') END,
        NULL
   FROM attempt a WHERE a.task_id = :task_id AND a.finished_at IS NOT NULL
  ORDER BY at, seq;
