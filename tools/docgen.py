@@ -15,7 +15,8 @@ Integration Points:
     stale. Sources: ``docs/state_machines/*.yaml`` -> ``docs/execution_model/STATE_MACHINE.md``;
     ``sql/NNNN_*.sql`` + the machines -> ``sql/schema.sql``; the click commands ->
     ``docs/CLI.md``; the doctor's queries -> ``docs/operations/DOCTOR.md``; the default
-    ``orch.toml`` -> ``docs/operations/CONFIGURATION.md``; the pydantic models ->
+    ``orch.toml`` -> ``docs/operations/CONFIGURATION.md``; ``orch browse``'s descriptions and
+    canned queries -> ``docs/operations/DATABASE.md``; the pydantic models ->
     ``schemas/*.json`` (``kernel.observe.schemas``).
 
 Dependencies:
@@ -254,6 +255,15 @@ def configuration_reference() -> str:
     ])
 
 
+def database_reference() -> str:
+    """Every table, view, column and canned query, from the files ``orch browse`` gives
+    Datasette (``kernel/observe/browse/tables.yaml`` and ``queries.sql``)."""
+    from kernel.observe.browse.metadata import reference_markdown
+
+    return reference_markdown(GENERATED_NOTICE.format(
+        source="kernel/observe/browse/tables.yaml and kernel/observe/browse/queries.sql"))
+
+
 def events_reference(machines: dict[str, MachineDef] | None = None) -> str:
     """Every event the kernel writes: transitions (from the YAML), row lifecycle (SQL
     triggers) and the kernel's own events (``kernel.store.events.CATALOG``)."""
@@ -409,6 +419,7 @@ def generated_files(repo: Path) -> dict[Path, str]:
         repo / "docs" / "CLI.md": cli_reference(),
         repo / "docs" / "operations" / "DOCTOR.md": doctor_reference(),
         repo / "docs" / "operations" / "CONFIGURATION.md": configuration_reference(),
+        repo / "docs" / "operations" / "DATABASE.md": database_reference(),
     }
     from kernel.observe.schemas import generate_schemas
 

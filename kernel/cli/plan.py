@@ -25,7 +25,7 @@ Integration Points:
 
 Dependencies:
     apsw, click, rich; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.planning.plan``,
-    ``kernel.planning.render``, ``kernel.store.db``.
+    ``kernel.planning.render``, ``kernel.planning.svg``, ``kernel.store.db``.
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def _index_html(kernel_name: str, workstreams: Iterable[str]) -> str:
     return (
         "<p>The history of this orch project, read-only: every task, attempt, event, lease and "
         "worker of <code>.state/kernel.db</code>, with the archived events.</p>"
-        f'<p><strong><a href="/-/dag">The DAG pictures</a></strong>'
+        '<p><strong><a href="/-/dag">The DAG pictures</a></strong>'
         + (f": {links}" if links else "") + "</p>"
         f'<p>Canned queries:</p><ul class="orch-queries">{queries}</ul>'
         "<p>Every table, view and column is described on its page; the tables offer facets "

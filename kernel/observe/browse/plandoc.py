@@ -33,7 +33,7 @@ from typing import Any
 
 import apsw
 
-from kernel.base.errors import EXIT_FAILED, EXIT_DATABASE, OrchError
+from kernel.base.errors import EXIT_DATABASE, EXIT_FAILED, OrchError
 from kernel.planning.plan import workstream_plan
 from kernel.store import schema
 

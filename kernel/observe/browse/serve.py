@@ -61,7 +61,7 @@ def _plain_tracebacks() -> None:
     into a 500. Without rich, Datasette prints real errors with ``traceback``."""
     import datasette.handle_exception
 
-    datasette.handle_exception.rich = None  # type: ignore[attr-defined]
+    datasette.handle_exception.rich = None
 
 
 def read_only(app: Any) -> Any:
