@@ -111,24 +111,27 @@ SELECT a.task_id, t.workstream_id, t.state, COUNT(*) AS attempts,
 -- name: agent_usage
 -- title: Agent tokens and cost by task, workstream and model
 -- description: The tokens and cost agents reported (the attempt_usage view), per task, per workstream, per agent and model, and in all; attempts that reported nothing are left out.
-SELECT 'task' AS level, workstream_id, task_id, agent, model, COUNT(*) AS attempts,
-       SUM(tokens_used) AS tokens_used, SUM(tokens_sent) AS tokens_sent,
-       SUM(tokens_received) AS tokens_received, ROUND(SUM(cost), 6) AS cost
-  FROM attempt_usage WHERE has_usage = 1
- GROUP BY workstream_id, task_id, agent, model
-UNION ALL
-SELECT 'workstream', workstream_id, NULL, NULL, NULL, COUNT(*), SUM(tokens_used),
-       SUM(tokens_sent), SUM(tokens_received), ROUND(SUM(cost), 6)
-  FROM attempt_usage WHERE has_usage = 1
- GROUP BY workstream_id
-UNION ALL
-SELECT 'model', NULL, NULL, agent, model, COUNT(*), SUM(tokens_used), SUM(tokens_sent),
-       SUM(tokens_received), ROUND(SUM(cost), 6)
-  FROM attempt_usage WHERE has_usage = 1
- GROUP BY agent, model
-UNION ALL
-SELECT 'all', NULL, NULL, NULL, NULL, COUNT(*), SUM(tokens_used), SUM(tokens_sent),
-       SUM(tokens_received), ROUND(SUM(cost), 6)
-  FROM attempt_usage WHERE has_usage = 1
-HAVING COUNT(*) > 0
- ORDER BY 1 DESC, 2, 3, 4, 5;
+SELECT * FROM (
+    SELECT 'task' AS level, workstream_id, task_id, agent, model, COUNT(*) AS attempts,
+           SUM(tokens_used) AS tokens_used, SUM(tokens_sent) AS tokens_sent,
+           SUM(tokens_received) AS tokens_received, ROUND(SUM(cost), 6) AS cost
+      FROM attempt_usage WHERE has_usage = 1
+     GROUP BY workstream_id, task_id, agent, model
+    UNION ALL
+    SELECT 'workstream', workstream_id, NULL, NULL, NULL, COUNT(*), SUM(tokens_used),
+           SUM(tokens_sent), SUM(tokens_received), ROUND(SUM(cost), 6)
+      FROM attempt_usage WHERE has_usage = 1
+     GROUP BY workstream_id
+    UNION ALL
+    SELECT 'model', NULL, NULL, agent, model, COUNT(*), SUM(tokens_used), SUM(tokens_sent),
+           SUM(tokens_received), ROUND(SUM(cost), 6)
+      FROM attempt_usage WHERE has_usage = 1
+     GROUP BY agent, model
+    UNION ALL
+    SELECT 'all', NULL, NULL, NULL, NULL, COUNT(*), SUM(tokens_used), SUM(tokens_sent),
+           SUM(tokens_received), ROUND(SUM(cost), 6)
+      FROM attempt_usage WHERE has_usage = 1
+    HAVING COUNT(*) > 0
+)
+ ORDER BY CASE level WHEN 'task' THEN 1 WHEN 'workstream' THEN 2 WHEN 'model' THEN 3 ELSE 4 END,
+          workstream_id, task_id, agent, model;
