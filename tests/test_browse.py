@@ -219,6 +219,13 @@ def test_the_dag_page_marks_the_critical_path_and_its_links_resolve(served: Serv
         status, body = get(served.url.rstrip("/") + href.replace(
             "/task_timeline?", "/task_timeline.json?_shape=array&"))
         assert status == 200 and json.loads(body), href
+    # The picture `orch plan --format svg` writes is the page's, less the links.
+    cli = orch("--root", str(served.root), "plan", "ws", "--format", "svg").stdout
+    assert sorted((n["data-task-id"], n["class"], n["data-state"])
+                  for n in Elements(cli).find("g", "node")) == sorted(
+        (n["data-task-id"], n["class"], n["data-state"]) for n in nodes)
+    status, _ = get(url + "?stage=99")
+    assert status == 404
     served.browser.screenshot(url, "dag-ws")
     docs = served.browser.dom(served.url + "-/dag/docs")
     states = {n["data-task-id"]: n["data-state"] for n in Elements(docs).find("g", "node")}

@@ -209,7 +209,7 @@ def _pager(dag: str, pages: list[tuple[int, int]], page: int) -> str:
     return f'<p class="orch-pager">Pages: {"".join(parts)}</p>'
 
 
-def _summary(docs: dict[str, Any], datasette: Any, links: Links) -> str:
+def _summary(docs: dict[str, Any], links: Links) -> str:
     counts = Counter(n["status"] for n in docs["dag"]["nodes"])
     chips = "".join(
         f'<span style="background:{STATE_COLOURS.get(s, ("#fff", "#999"))[0]};'
@@ -241,6 +241,10 @@ async def dag_page(datasette: Any, request: Any) -> Response:
     dag = f"{datasette.urls.path(DAG_PATH)}/{quote(workstream, '')}"
     pages = stage_pages(docs["plan"], STAGES_PER_PAGE)
     stage = _int_arg(request, "stage")
+    if stage is not None and not 1 <= stage <= len(docs["plan"]["stages"]):
+        return await _render(datasette, request, workstream,
+                             f"<p>{_esc(workstream)} has no stage {stage}.</p>", workstream,
+                             status=404)
     if stage is not None:
         svg = plan_svg(docs["dag"], docs["plan"], links=links, stages=(stage, stage), wrap=True)
         pager = f'<p class="orch-pager"><a href="{dag}">back to the whole workstream</a></p>'
@@ -249,7 +253,7 @@ async def dag_page(datasette: Any, request: Any) -> Response:
         svg = plan_svg(docs["dag"], docs["plan"], links=links, stages=pages[page - 1])
         pager = _pager(dag, pages, page)
     took = time.perf_counter() - started
-    body = (_summary(docs, datasette, links) + pager
+    body = (_summary(docs, links) + pager
             + f'<div class="orch-dag-wrap">{svg}</div>' + pager
             + "<p>Click a task for its row (state, attempts, events, leases); click the clock "
             f"beside it for its timeline. Planned and drawn in {took:.2f} s. "
