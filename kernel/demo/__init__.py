@@ -196,6 +196,8 @@ class DemoReport:
              "why": "the audit log: one event per accepted transition"},
             {"what": f"orch --root {root} show add-word-count",
              "why": "an agent task: what it was given, what it changed, its tokens and commit"},
+            {"what": f"orch --root {root} audit report",
+             "why": "who did what: time, attempts, and the agents' tokens per task and model"},
             {"what": f"git -C {root} log --oneline --graph",
              "why": f"one commit per edit task, merged into {BASE_BRANCH}"},
         ]
@@ -399,8 +401,8 @@ def _prepare_dir(directory: Path | None) -> tuple[Path, bool]:
             f"{directory} {'is not a directory' if not directory.is_dir() else 'is not empty'}; "
             "the demo writes a whole new project there",
             file=str(directory),
-            hint="pass a new or empty directory to --keep, or leave --keep out to use a "
-            "temporary one",
+            hint="pass a new or empty directory to --dir, or leave --dir out to use a new "
+            "orch-demo directory",
         )
     directory.mkdir(parents=True, exist_ok=True)
     return directory, True
