@@ -12,7 +12,8 @@ Stability Guarantees:
     ``program_not_found`` (a task's command or one of its validation rules names a program that
     is neither on PATH nor a file, one warning per program, naming the first task file and how
     many others); ``uncommitted_changes`` (worktrees are on, and files the worktrees would not
-    have are not committed; ``.state/`` is not counted); ``base_branch_missing`` (a workstream
+    have are not committed; orch's own ``.state/``, ``orch.toml``, ``capabilities/`` and
+    ``tasks/``, read from the project root, are not counted); ``base_branch_missing`` (a workstream
     names a base branch the repository does not have). Nothing is written, and nothing runs
     but ``git status``/``git show-ref``. A project that is not a git repository, or has
     ``[run] worktrees = false``, gets no git warnings: its tasks run in the project directory.
@@ -57,6 +58,7 @@ _SHELL_WORDS = frozenset({
 })
 _SIMPLE_WORD = re.compile(r"[A-Za-z0-9_./+@%:,-]+")
 _SHOWN = 3
+_ORCH_FILES = (".state", "orch.toml", "capabilities", "tasks")
 
 
 def program_of(command: str) -> str | None:
@@ -160,11 +162,12 @@ def _programs(project: Project, defs: Definitions,
 
 
 def _dirty_paths(root: Path) -> list[str]:
+    # orch's own files are read from the project root, never from a worktree.
     proc = run_git(root, "status", "--porcelain", "--untracked-files=normal", "--", ".",
-                   ":(exclude).state")
+                   *(f":(exclude){name}" for name in _ORCH_FILES))
     if proc.returncode != 0:
         return []
-    return [line[3:] for line in proc.stdout.splitlines() if len(line) > 3]
+    return sorted(line[3:] for line in proc.stdout.splitlines() if len(line) > 3)
 
 
 def _git_problems(project: Project, defs: Definitions) -> list[ValidationProblem]:
