@@ -250,7 +250,7 @@ def test_demo_refuses_a_non_empty_directory(tmp_path: Path, capsys) -> None:
 
 
 def test_demo_with_the_real_aider(tmp_path: Path) -> None:
-    """`orch demo --agent aider`: the same workstream, its edits made by the real Aider CLI
+    """`orch demo` with `aider` on PATH: the same workstream, its edits made by the real Aider CLI
     (its own venv, on PATH) against the demo's scripted model; judged, validated, committed,
     merged, with Aider's own token counts in each attempt."""
     from tests.aider_venv import ensure_aider_venv
@@ -260,8 +260,9 @@ def test_demo_with_the_real_aider(tmp_path: Path) -> None:
            "COLUMNS": "120"}
     env.pop("OPENAI_API_KEY", None)    # the demo needs no key
     keep = tmp_path / "demo"
+    # No --agent: with `aider` on PATH the demo picks it (--agent auto, the default).
     proc = subprocess.run([str(Path(sys.executable).parent / "orch"), "--json", "demo",
-                           "--agent", "aider", "--dir", str(keep)], capture_output=True,
+                           "--dir", str(keep)], capture_output=True,
                           text=True, env=env, timeout=900)
     doc = json.loads(proc.stdout)
     assert proc.returncode == 0 and doc["ok"], proc.stdout + proc.stderr

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import shlex
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -223,11 +224,12 @@ def _shown(path: Path) -> str:
               help="Build it in a temporary directory instead, removed after a good run.")
 @click.option(
     "--agent",
-    type=click.Choice(["mini", "aider"]),
-    default="mini",
+    type=click.Choice(["auto", "mini", "aider"]),
+    default="auto",
     show_default=True,
-    help="Who makes the code edits: a minimal built-in agent CLI, or the real Aider CLI (on "
-    "PATH); both talk to a scripted model the demo serves on 127.0.0.1.",
+    help="Who makes the code edits: the real Aider CLI, or a minimal built-in agent CLI; "
+    "auto: Aider when `aider` is on PATH, else the built-in one. Both talk to a scripted "
+    "model the demo serves on 127.0.0.1.",
 )
 def demo_cmd(state: CliState, directory: Path | None, keep: Path | None, temp: bool,
              agent: str) -> int:
@@ -249,6 +251,8 @@ def demo_cmd(state: CliState, directory: Path | None, keep: Path | None, temp: b
         raise UsageError("demo_dir_and_temp", "--temp and --dir exclude each other",
                          hint="keep one of them")
     where = directory or keep or (None if temp else _new_dir(Path.cwd()))
+    if agent == "auto":
+        agent = "aider" if shutil.which("aider") else "mini"
     from kernel.runtime.progress import make_progress
     from kernel.runtime.runner import Progress
 

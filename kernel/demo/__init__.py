@@ -497,7 +497,9 @@ def _steps(report: DemoReport, on_step: Callable[[DemoStep], None] | None) -> No
     _write_files(root, project_files)
     report.git_commit = _commit(root, "textstats: line and character counts, with tests")
     agent = ("the real Aider CLI" if tools.agent == "aider"
-             else "a minimal agent CLI (kernel/demo/mini_agent.py)")
+             else "a minimal agent CLI (kernel/demo/mini_agent.py; `aider` is not on PATH)"
+             if shutil.which("aider") is None else
+             "a minimal agent CLI (kernel/demo/mini_agent.py)")
     _step(report, on_step, "project",
           f"wrote textstats (a small Python package and its tests), committed on "
           f"{BASE_BRANCH} in a new git repository ({report.git_commit}); its edits are made "
