@@ -77,6 +77,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
              "tail."),
     "why": ("kernel.cli.operator:why_cmd",
             "Explain in plain words why a task is in its state, and what would move it on."),
+    "resources": ("kernel.cli.resources:resources_cmd",
+                  "Show each resource's capacity, the tasks holding it now and the ready tasks "
+                  "waiting."),
     "ready": ("kernel.cli.agentview:ready_cmd",
               "List the ready work by priority, then critical path, with why each task is "
               "ready."),
