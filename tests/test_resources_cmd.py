@@ -61,3 +61,34 @@ def test_resources_shows_holders_and_waiting_tasks_of_a_running_kernel(tmp_path:
             run.wait(timeout=120)
         finally:
             run.kill()
+
+
+def test_a_deprecated_capability_in_use_warns_when_the_run_starts(tmp_path: Path) -> None:
+    """CAP-REG: a task that needs a deprecated capability loads with a warning, and `orch run`
+    logs `capability_deprecated_in_use` (naming what replaces it and the task) and says so."""
+    root = tmp_path
+    orch("init", cwd=root, check=True)
+    registry = root / "capabilities" / "registry.yaml"
+    text = registry.read_text()
+    old = "  - capability_id: cap-orchestration-001\n"
+    assert old in text
+    registry.write_text(text.replace(old, (
+        "  - capability_id: cap-oldtool-001\n"
+        "    name: OldTool\n    version: 1.0.0\n    deprecated_by: cap-orchestration-001\n"
+        "    stability: deprecated\n    since_version: 0.1.0\n\n") + old, 1))
+    folder = root / "tasks" / "ws"
+    folder.mkdir(parents=True)
+    (folder / "t.json").write_text(json.dumps({
+        "schema_version": "2.0.0", "task_id": "t", "workstream_id": "ws", "name": "t",
+        "type": "custom", "execution": {"command": "true"},
+        "worker_requirements": {"capabilities": ["cap-oldtool-001"]}}))
+    code, loaded = orch_json("load", cwd=root)
+    assert code == 0 and "deprecated_capability" in {p["code"] for p in loaded["problems"]}
+    run = orch("run", "--workers", "1", cwd=root)   # it has no requirements: offered here
+    assert "capability cap-oldtool-001 is deprecated; use cap-orchestration-001 instead " \
+           "(needed by t)" in run.stdout + run.stderr, run.stdout + run.stderr
+    code, events = orch_json("events", cwd=root)
+    found = [e for e in events["events"] if e["event"] == "capability_deprecated_in_use"]
+    assert len(found) == 1 and found[0]["severity"] == "warning"
+    assert found[0]["metadata"]["tasks"] == ["t"]
+    assert found[0]["metadata"]["deprecated_by"] == "cap-orchestration-001"
