@@ -234,6 +234,7 @@ def test_demo_keeps_its_project_in_a_new_directory_by_default(tmp_path: Path) ->
     project = tmp_path / "orch-demo-2"
     assert "The project is kept in orch-demo-2:" in proc.stdout
     assert "Remove it with `rm -rf orch-demo-2`." in proc.stdout
+    assert "orch --root orch-demo-2 why smoke-test-cli" in proc.stdout   # as the user types it
     assert (project / ".state" / "kernel.db").exists()
     assert sorted(p.name for p in (tmp_path / "orch-demo").iterdir()) == ["mine.txt"]
     status = orch("--json", "status", cwd=project)

@@ -165,9 +165,13 @@ def _after(console: Console, report: DemoReport) -> None:
         console.print("[bold]Where to look[/] (this temporary project is removed next: "
                       "`orch demo` without --temp keeps one)")
     else:
-        console.print(f"[bold]Where to look[/] (in {escape(str(report.project))})")
+        console.print(f"[bold]Where to look[/] (in {escape(_shown(report.project))})")
+    shown = _shown(report.project)
     for item in report.where_to_look:
-        console.print(Padding(Text(item["what"]), (0, 0, 0, 2), expand=False))
+        what = item["what"]
+        if report.kept and shown != shlex.quote(str(report.project)):  # as the user types it
+            what = what.replace(shlex.quote(str(report.project)), shown)
+        console.print(Padding(Text(what), (0, 0, 0, 2), expand=False))
         console.print(Padding(Text(item["why"], style="dim"), (0, 0, 0, 6), expand=False))
     console.print()
 
