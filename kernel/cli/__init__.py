@@ -77,6 +77,13 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
              "tail."),
     "why": ("kernel.cli.operator:why_cmd",
             "Explain in plain words why a task is in its state, and what would move it on."),
+    "compliance": ("kernel.cli.compliance:compliance_cmd",
+                   "Check every requirement ID of the specification against this project, its "
+                   "state and orch's documentation: PASS, WARN, FAIL or N/A per ID, with file, "
+                   "line and a fix."),
+    "resources": ("kernel.cli.resources:resources_cmd",
+                  "Show each resource's capacity, the tasks holding it now and the ready tasks "
+                  "waiting."),
     "ready": ("kernel.cli.agentview:ready_cmd",
               "List the ready work by priority, then critical path, with why each task is "
               "ready."),
