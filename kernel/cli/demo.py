@@ -184,7 +184,7 @@ def _ending(console: Console, report: DemoReport) -> None:
     elif report.ok:
         shown = escape(_shown(report.project))
         console.print(f"The project is kept in [bold]{shown}[/]: `cd {shown}` and try "
-                      "`orch status`, `orch why smoke-test-cli`, `orch audit report`. "
+                      "`orch status`, `orch why smoke-test-cli`, `orch browse --open`. "
                       f"Remove it with `rm -rf {shown}`.")
     else:
         root = escape(shlex.quote(str(report.project)))

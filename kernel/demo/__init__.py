@@ -198,6 +198,9 @@ class DemoReport:
              "why": "an agent task: what it was given, what it changed, its tokens and commit"},
             {"what": f"orch --root {root} audit report",
              "why": "who did what: time, attempts, and the agents' tokens per task and model"},
+            {"what": f"orch --root {root} browse --open",
+             "why": "the history in your browser (Datasette, read-only): canned queries, each "
+                    "task's timeline, the DAG picture"},
             {"what": f"git -C {root} log --oneline --graph",
              "why": f"one commit per edit task, merged into {BASE_BRANCH}"},
         ]
