@@ -473,3 +473,22 @@ def test_dag_and_plan_equal_the_two_documents_made_apart(seed: int) -> None:
     apart = (dag_document(tasks, "ws", "2026-01-01T00:00:00.000Z"),
              execution_plan(list(reversed(tasks)), "ws", 3, "2026-01-01T00:00:00.000Z"))
     assert together == apart
+
+
+def test_tasks_leasing_one_resource_exclusively_take_turns_in_the_estimate() -> None:
+    """DAG-VIEW-003: two edits of one stage that both need git_repo_write exclusively run one
+    after the other, so the stage takes their sum; a shared holder waits for them too; other
+    resources and shared-only stages keep the LPT estimate."""
+    edit = {"git_repo_write": "exclusive"}
+    tasks = [task("a", duration=30, resource_requirements=edit),
+             task("b", duration=20, resource_requirements=edit),
+             task("c", duration=10, resource_requirements={"git_repo_write": "shared"}),
+             task("d", duration=25, resource_requirements={"cpu_cores": 1})]
+    plan = execution_plan(tasks, "ws", None, "2026-01-01T00:00:00Z")
+    assert plan["stages"][0]["estimated_duration_seconds"] == 60     # 30 + 20, then 10
+    reads = [task("a", duration=30, resource_requirements={"git_repo_read": "shared"}),
+             task("b", duration=20, resource_requirements={"git_repo_read": "shared"})]
+    plan = execution_plan(reads, "ws", None, "2026-01-01T00:00:00Z")
+    assert plan["stages"][0]["estimated_duration_seconds"] == 30
+    one_lane = execution_plan(tasks, "ws", 1, "2026-01-01T00:00:00Z")
+    assert one_lane["stages"][0]["estimated_duration_seconds"] == 85   # the lane bound wins

@@ -1,7 +1,8 @@
 """orch demo through the real console script: a generated git project whose workstream is run
 by `orch run` (agent edits against a scripted model on 127.0.0.1, tests, lint, a task that
-fails once and is retried, two branches side by side), merged into main, and (without --keep)
-removed again; and `orch demo --agent aider` with the real Aider CLI."""
+fails once and is retried, two branches side by side), merged into main, and kept in a new
+directory (or with --temp removed again); and `orch demo --agent aider` with the real Aider
+CLI."""
 
 from __future__ import annotations
 
@@ -127,15 +128,16 @@ def _times(events: list[dict], task_id: str) -> tuple[str, str]:
     return started, completed
 
 
-def test_demo_keep_runs_the_workstream_end_to_end(tmp_path: Path) -> None:
+def test_demo_dir_runs_the_workstream_end_to_end(tmp_path: Path) -> None:
     keep = tmp_path / "demo"
-    proc = orch("demo", "--keep", str(keep))
+    proc = orch("demo", "--dir", str(keep))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "all tasks completed: 6 completed" in out
     assert f"{FLAKY_TASK} failed its first attempt on purpose" in out
     assert f"orch --root {keep.resolve()} why {FLAKY_TASK}" in out
-    assert f"Kept the project in {keep.resolve()}." in out
+    assert f"The project is kept in {keep.resolve()}:" in out
+    assert f"Remove it with `rm -rf {keep.resolve()}`." in out
     assert all(line == line.rstrip() for line in out.splitlines())  # piped: plain text
 
     # Every task completed, read back with the operator commands.
@@ -191,12 +193,12 @@ def test_demo_keep_runs_the_workstream_end_to_end(tmp_path: Path) -> None:
     assert output["commit_message"].startswith("orch: add-word-count:")
 
 
-def test_demo_json_without_keep_leaves_nothing_behind(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_temp_json_leaves_nothing_behind(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))
-    code, doc = orch_json("demo")  # one JSON document: nothing streamed before it
+    code, doc = orch_json("demo", "--temp")  # one JSON document: nothing streamed before it
     assert code == 0, doc
     assert (doc["ok"], doc["kept"], doc["removed"]) == (True, False, True)
     assert Path(doc["project"]).parent == scratch.resolve()
@@ -222,16 +224,34 @@ def test_demo_json_without_keep_leaves_nothing_behind(tmp_path: Path,
     assert isinstance(doc["elapsed_seconds"], int | float) and doc["elapsed_seconds"] > 0
 
 
+def test_demo_keeps_its_project_in_a_new_directory_by_default(tmp_path: Path) -> None:
+    """As the README's first command runs it: no option; the project lands in ./orch-demo,
+    or the next free name when that exists, and is kept; the output says how to remove it."""
+    (tmp_path / "orch-demo").mkdir()
+    (tmp_path / "orch-demo" / "mine.txt").write_text("not the demo's")
+    proc = orch("demo", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    project = tmp_path / "orch-demo-2"
+    assert "The project is kept in orch-demo-2:" in proc.stdout
+    assert "Remove it with `rm -rf orch-demo-2`." in proc.stdout
+    assert "orch --root orch-demo-2 why smoke-test-cli" in proc.stdout   # as the user types it
+    assert (project / ".state" / "kernel.db").exists()
+    assert sorted(p.name for p in (tmp_path / "orch-demo").iterdir()) == ["mine.txt"]
+    status = orch("--json", "status", cwd=project)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["workstreams"][0]["state"] == "completed"
+
+
 def test_demo_refuses_a_non_empty_directory(tmp_path: Path, capsys) -> None:
     (tmp_path / "precious.txt").write_text("mine")
-    assert run_cli("--json", "demo", "--keep", str(tmp_path)) == 2
+    assert run_cli("--json", "demo", "--dir", str(tmp_path)) == 2
     error = json.loads(capsys.readouterr().out)["error"]
     assert error["code"] == "demo_dir_not_empty"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt"]
 
 
 def test_demo_with_the_real_aider(tmp_path: Path) -> None:
-    """`orch demo --agent aider`: the same workstream, its edits made by the real Aider CLI
+    """`orch demo` with `aider` on PATH: the same workstream, its edits made by the real Aider CLI
     (its own venv, on PATH) against the demo's scripted model; judged, validated, committed,
     merged, with Aider's own token counts in each attempt."""
     from tests.aider_venv import ensure_aider_venv
@@ -241,8 +261,9 @@ def test_demo_with_the_real_aider(tmp_path: Path) -> None:
            "COLUMNS": "120"}
     env.pop("OPENAI_API_KEY", None)    # the demo needs no key
     keep = tmp_path / "demo"
+    # No --agent: with `aider` on PATH the demo picks it (--agent auto, the default).
     proc = subprocess.run([str(Path(sys.executable).parent / "orch"), "--json", "demo",
-                           "--agent", "aider", "--keep", str(keep)], capture_output=True,
+                           "--dir", str(keep)], capture_output=True,
                           text=True, env=env, timeout=900)
     doc = json.loads(proc.stdout)
     assert proc.returncode == 0 and doc["ok"], proc.stdout + proc.stderr

@@ -1,7 +1,9 @@
 """Where the kernel's bundled data lives: SQL migrations, state machines, failure modes.
 
 Public API:
-    ``sql_dir()``, ``state_machine_dir()``, ``failure_modes_file()``, ``defaults_dir()``;
+    ``sql_dir()``, ``state_machine_dir()``, ``failure_modes_file()``, ``defaults_dir()``,
+    ``docs_dir()`` (orch's documentation set, which ``orch compliance`` checks),
+    ``schemas_dir()`` (the published JSON Schemas);
     ``SCHEMA_URL_BASE``, ``schema_url(name, version)`` (the published schemas' addresses).
 
 Stability Guarantees:
@@ -9,8 +11,8 @@ Stability Guarantees:
 
 Integration Points:
     In a source checkout (or an editable install) the files are read from the repository's top
-    level (``sql/``, ``docs/state_machines/``, ``docs/failure_modes/``), which is where people
-    edit them. In an installed wheel they are read from ``kernel/_data/``, where
+    level (``sql/``, ``docs/``, ``schemas/``), which is where people edit them. In an
+    installed wheel they are read from ``kernel/_data/``, where
     ``pyproject.toml`` force-includes the same files.
 
 Dependencies:
@@ -63,3 +65,11 @@ def failure_modes_file() -> Path:
 
 def defaults_dir() -> Path:
     return _PACKAGE / "defaults"
+
+
+def docs_dir() -> Path:
+    return _pick(_DATA / "docs", _REPO / "docs")
+
+
+def schemas_dir() -> Path:
+    return _pick(_DATA / "schemas", _REPO / "schemas")

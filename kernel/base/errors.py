@@ -61,6 +61,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "bad_encoding": (_F, "a definition file is not UTF-8 text"),
     "bad_redact_pattern": (_U, "a --redact pattern is not a valid regular expression"),
     "bad_timestamp": (_U, "a timestamp option is not ISO-8601"),
+    "browse_failed": (_F, "Datasette exited before it served, or with an error"),
     "cannot_act": (_F, "`orch skip` or `orch retry` could not act on some of the tasks named "
                        "(each is listed with its state and why)"),
     "cannot_revert": (_F, "edits an agent made outside its files could not be reverted"),
@@ -73,6 +74,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "database_missing": (_D, "no database file where one was named, or its -wal is left alone"),
     "database_unreadable": (_D, "the file is not an SQLite database"),
     "demo_definitions_invalid": (_F, "the demo's generated tasks did not validate (a bug)"),
+    "demo_dir_and_temp": (_U, "`orch demo --temp` and `--dir` exclude each other"),
     "demo_dir_not_empty": (_U, "`orch demo --keep DIR` names a directory that is not empty"),
     "demo_git_failed": (_F, "git failed while the demo built its project"),
     "demo_needs_aider": (_F, "`orch demo --agent aider` needs `aider` on PATH"),
@@ -85,10 +87,13 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "duplicate_key": (_F, "a definition file repeats a key"),
     "empty_file": (_F, "a definition file is empty"),
     "error": (_F, "the command line could not do what was asked (e.g. a file it cannot open)"),
+    "example_exists": (_F, "`orch init --example` would overwrite files that are there"),
+    "example_git_failed": (_F, "git failed while `orch init --example` committed its files"),
     "file_too_large": (_F, "a definition file is larger than orch reads"),
     "file_unreadable": (_F, "a definition file cannot be read"),
     "git_failed": (_F, "a git command failed"),
     "illegal_transition": (_F, "the state machine refused the change"),
+    "init_in_orch_source": (_F, "`orch init` in orch's own source checkout"),
     "invalid_definitions": (_F, "the task, workstream or registry files have errors"),
     "invalid_limit": (_U, "--limit is out of range"),
     "invalid_max_tokens": (_U, "--max-tokens is out of range"),
@@ -101,6 +106,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "not_found": (_F, "a path given does not exist"),
     "not_initialised": (_F, "no orch project here (no .state/kernel.db, or an empty one): run "
                             "`orch init`, pass --root, or restore a backup"),
+    "output_unwritable": (_F, "the --output file cannot be written"),
     "remote_address_refused": (_U, "`orch metrics --serve` refuses a non-loopback address "
                                    "without --allow-remote"),
     "restore_needs_force": (_F, "restore would replace a database: pass --force"),
@@ -119,6 +125,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
                                "catalog"),
     "unknown_entity": (_F, "a state change names a task, workstream or worker that is not "
                            "there"),
+    "unknown_requirement": (_U, "`orch compliance --only` matches no requirement ID"),
     "unknown_task": (_F, "no task with that id is loaded"),
     "unknown_workstream": (_F, "no workstream with that id is loaded"),
     "usage": (_U, "the command line was used wrongly"),

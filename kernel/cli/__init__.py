@@ -83,6 +83,13 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
              "tail."),
     "why": ("kernel.cli.operator:why_cmd",
             "Explain in plain words why a task is in its state, and what would move it on."),
+    "compliance": ("kernel.cli.compliance:compliance_cmd",
+                   "Check every requirement ID of the specification against this project, its "
+                   "state and orch's documentation: PASS, WARN, FAIL or N/A per ID, with file, "
+                   "line and a fix."),
+    "resources": ("kernel.cli.resources:resources_cmd",
+                  "Show each resource's capacity, the tasks holding it now and the ready tasks "
+                  "waiting."),
     "ready": ("kernel.cli.agentview:ready_cmd",
               "List the ready work by priority, then critical path, with why each task is "
               "ready."),
@@ -117,6 +124,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
                 "Put the backup SRC in place of .state/kernel.db, then migrate it."),
     "bench": ("kernel.cli.bench:bench_cmd",
               "Run the benchmark suite and print its figures against references and goals."),
+    "browse": ("kernel.cli.browse:browse_cmd",
+               "Browse the history in Datasette on 127.0.0.1, read-only: every table "
+               "described, canned queries, and a DAG picture per workstream, until Ctrl-C."),
     "demo": ("kernel.cli.demo:demo_cmd",
              "Run an example workstream end to end on a generated project, with live progress."),
     "completion": ("kernel.cli.completion:completion_cmd",
@@ -127,7 +137,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
 # One example per command (and per subcommand, as "group sub"), shown at the end of its
 # --help and in docs/CLI.md; tests/test_cli_contract.py requires one for every command.
 EXAMPLES: dict[str, str] = {
-    "init": "orch init",
+    "init": "orch init --example",
     "doctor": "orch doctor --repair",
     "validate": "orch validate tasks/backend",
     "load": "orch load",
@@ -158,8 +168,11 @@ EXAMPLES: dict[str, str] = {
     "bundle": "orch bundle bug-report.tar.gz",
     "restore": "orch restore .state/backups/kernel-20260101T120000Z.db --force",
     "bench": "orch bench --quick",
-    "demo": "orch demo --keep orch-demo",
+    "demo": "orch demo --dir orch-demo",
     "completion": 'eval "$(orch completion bash)"',
+    "browse": "orch browse --port 8001 --open",
+    "compliance": "orch compliance --only STATE-OBS",
+    "resources": "orch resources --all",
 }
 
 

@@ -136,7 +136,8 @@ class LazyGroup(click.Group):
     def _add_example(self, command: click.Command, path: str) -> None:
         """The command's example (``examples[path]``) as the last line of its --help."""
         example = self.examples.get(path)
-        if example and not (command.epilog or "").startswith("Example:"):
+        written = f"{command.help or ''}\n{command.epilog or ''}"
+        if example and "Example:" not in written:   # one example, not two
             command.epilog = f"Example: {example}"
         if isinstance(command, click.Group):
             for sub_name, sub in command.commands.items():

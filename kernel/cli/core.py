@@ -11,12 +11,13 @@ Integration Points:
     ``kernel.maintain.doctor.repair``.
 
 Dependencies:
-    click, rich; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.maintain.doctor``,
-    ``kernel.store.project``.
+    click, rich; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.demo.example``,
+    ``kernel.maintain.doctor``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,21 +25,32 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kernel.base.errors import EXIT_FAILED, EXIT_OK
+from kernel.base.errors import EXIT_FAILED, EXIT_OK, OrchError
 from kernel.cli.common import CliState, command, emit, make_console, print_table
 from kernel.maintain import doctor as kdoctor
 from kernel.store.project import init_project
 
 
 @command("init")
-def init_cmd(state: CliState) -> int:
+@click.option("--example", is_flag=True,
+              help="Also write a runnable example project: a small Python package in git and "
+              "a workstream of six tasks (agent edits by a scripted stand-in, tests, lint, a "
+              "retried smoke test). Never overwrites a file.")
+def init_cmd(state: CliState, example: bool) -> int:
     """Create .state/kernel.db, tasks/, capabilities/ and a commented orch.toml.
 
     Idempotent: files that exist are kept, never overwritten. The only command that creates a
     database (.state/ 0700, kernel.db 0600); an existing one is migrated as every command
-    does, and an empty, damaged or foreign one is refused (exit 3), never replaced.
+    does, and an empty, damaged or foreign one is refused (exit 3), never replaced. Refuses
+    to turn orch's own source checkout into a project.
+
+    Example: mkdir my-project && cd my-project && orch init --example && orch run
     """
-    report = init_project(state.root_or_cwd())
+    root = state.root_or_cwd()
+    _not_orch_source(root)
+    if example:
+        return _init_example(state, root)
+    report = init_project(root)
 
     def text() -> None:
         click.echo(f"orch project at {report.root}")
@@ -47,7 +59,8 @@ def init_cmd(state: CliState) -> int:
         for path in report.kept:
             click.echo(f"  kept     {path}")
         click.echo(f"schema version {report.schema_version}. Next: write tasks/<workstream>/"
-                   "<task>.json, then `orch validate` and `orch load`.")
+                   "<task>.json (or start from `orch init --example` in an empty directory), "
+                   "then `orch validate` and `orch load`.")
 
     emit(
         state,
@@ -59,6 +72,42 @@ def init_cmd(state: CliState) -> int:
 
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+
+
+def _not_orch_source(root: Path) -> None:
+    """orch's own checkout is no place for a project: its tasks/ and orch.toml would be
+    mixed into orch's source."""
+    root = root.resolve()
+    marker = root / "pyproject.toml"
+    if ((root / "kernel" / "cli" / "__init__.py").is_file() and marker.is_file()
+            and 'name = "orch-kernel"' in marker.read_text(encoding="utf-8", errors="replace")):
+        raise OrchError(
+            "init_in_orch_source",
+            f"{root} is orch's own source checkout: a project here would mix its tasks/, "
+            "orch.toml and .state/ into orch's source",
+            hint="make the project in a directory of its own: mkdir ../my-project && "
+                 "cd ../my-project && orch init")
+
+
+def _init_example(state: CliState, root: Path) -> int:
+    from kernel.demo.example import write_example
+
+    report = write_example(root)
+
+    def text() -> None:
+        click.echo(f"orch example project at {report.root} ({report.git})")
+        click.echo(f"  wrote {len(report.written)} files: textstats/ (a small Python "
+                   "package), tests/, scripts/, orch.toml and "
+                   f"tasks/{report.workstream}/ (6 tasks)")
+        click.echo("  the agent edits are made by a scripted stand-in (prepared edits, no "
+                   "model): [agents.mini] in orch.toml says how to run a real agent instead")
+        if report.committed is None:
+            click.echo("  commit the files before `orch run` (its worktrees are made from the "
+                       "last commit): git add -A && git commit -m 'orch example'")
+        click.echo("Next: orch validate && orch load && orch plan, then orch run")
+
+    emit(state, report.as_dict(), text)
+    return EXIT_OK
 
 
 @command("doctor")

@@ -57,7 +57,7 @@ def format_problems(problems: list[ValidationProblem]) -> list[str]:
     """Problems grouped by file, in file and line order; errors red, warnings yellow."""
     lines: list[str] = []
     ordered = sorted(problems, key=problem_order)
-    for file, group in groupby(ordered, key=lambda p: p.file or "(no file)"):
+    for file, group in groupby(ordered, key=lambda p: p.file or "(the project)"):
         lines.append(click.style(file, bold=True))
         for p in group:
             where = f"{file}:{p.line}" + (f":{p.column}" if p.column else "") if p.line else file
@@ -72,8 +72,12 @@ def format_problems(problems: list[ValidationProblem]) -> list[str]:
 def _counts_line(result: ValidationResult) -> str:
     c = result.counts()
     migrated = f", {c['migrated']} migrated from v1" if c["migrated"] else ""
-    text = (f"{c['files']} task files, {c['tasks']} valid tasks in {c['workstreams']} "
-            f"workstreams{migrated}: {c['errors']} errors, {c['warnings']} warnings")
+    def n(count: int, word: str) -> str:
+        return f"{count} {word}{'' if count == 1 else 's'}"
+
+    text = (f"{n(c['files'], 'task file')}, {n(c['tasks'], 'valid task')} in "
+            f"{n(c['workstreams'], 'workstream')}{migrated}: {n(c['errors'], 'error')}, "
+            f"{n(c['warnings'], 'warning')}")
     return click.style(text, fg="red" if c["errors"] else ("yellow" if c["warnings"]
                                                             else "green"))
 

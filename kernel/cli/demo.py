@@ -1,4 +1,4 @@
-"""``orch demo [--keep DIR]``: orch running a realistic workstream end to end.
+"""``orch demo [--dir DIR | --temp]``: orch running a realistic workstream end to end.
 
 Public API:
     ``COMMANDS`` (``demo``).
@@ -6,7 +6,9 @@ Public API:
 Stability Guarantees:
     See ``kernel.cli``. Exit 0 when every task completed and the workstream was merged, 1
     otherwise (the project is then kept, and the output says where), 2 for a non-empty
-    ``--keep`` directory. ``--root`` is ignored: the demo always builds its own project.
+    ``--dir`` directory. The project is kept in a new directory (``--dir``, default
+    ``./orch-demo``, ``orch-demo-2``, ...) unless ``--temp`` asks for a temporary one.
+    ``--root`` is ignored: the demo always builds its own project.
     ``--json`` streams nothing and prints one document at the end
     (``kernel.demo.DemoReport.as_dict``: ``ok``, ``project``, ``counts``, ``summary``, ...).
     The text is for people and may change: the run's live progress on a terminal
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import io
 import shlex
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +40,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from kernel.base.errors import EXIT_FAILED, EXIT_OK
+from kernel.base.errors import EXIT_FAILED, EXIT_OK, UsageError
 from kernel.cli.common import CliState, command, emit
 from kernel.demo import (
     BASE_BRANCH,
@@ -160,11 +163,15 @@ def _after(console: Console, report: DemoReport) -> None:
     console.print()
     if not report.kept and report.ok:  # cleanup() removes it next
         console.print("[bold]Where to look[/] (this temporary project is removed next: "
-                      "`orch demo --keep DIR` keeps one)")
+                      "`orch demo` without --temp keeps one)")
     else:
-        console.print(f"[bold]Where to look[/] (in {escape(str(report.project))})")
+        console.print(f"[bold]Where to look[/] (in {escape(_shown(report.project))})")
+    shown = _shown(report.project)
     for item in report.where_to_look:
-        console.print(Padding(Text(item["what"]), (0, 0, 0, 2), expand=False))
+        what = item["what"]
+        if report.kept and shown != shlex.quote(str(report.project)):  # as the user types it
+            what = what.replace(shlex.quote(str(report.project)), shown)
+        console.print(Padding(Text(what), (0, 0, 0, 2), expand=False))
         console.print(Padding(Text(item["why"], style="dim"), (0, 0, 0, 6), expand=False))
     console.print()
 
@@ -172,10 +179,13 @@ def _after(console: Console, report: DemoReport) -> None:
 def _ending(console: Console, report: DemoReport) -> None:
     where = escape(str(report.project))
     if report.removed:
-        console.print(f"Removed the temporary project {where}. Keep one to explore with "
-                      "`orch demo --keep DIR`.")
+        console.print(f"Removed the temporary project {where}. `orch demo` without --temp "
+                      "keeps one to explore.")
     elif report.ok:
-        console.print(f"Kept the project in {where}.")
+        shown = escape(_shown(report.project))
+        console.print(f"The project is kept in [bold]{shown}[/]: `cd {shown}` and try "
+                      "`orch status`, `orch why smoke-test-cli`, `orch browse --open`. "
+                      f"Remove it with `rm -rf {shown}`.")
     else:
         root = escape(shlex.quote(str(report.project)))
         console.print(f"[bold red]Not every task completed.[/] The project is kept in {where}: "
@@ -184,24 +194,49 @@ def _ending(console: Console, report: DemoReport) -> None:
         console.print(f"[dim]Done in {report.elapsed_seconds:.1f} s.[/]")
 
 
+def _new_dir(base: Path) -> Path:
+    """``base/orch-demo``, or the first of ``orch-demo-2``, ``orch-demo-3``, ... that is free."""
+    candidate, n = base / "orch-demo", 1
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = base / f"orch-demo-{n}"
+    return candidate
+
+
+def _shown(path: Path) -> str:
+    """``path`` as the user would type it: relative to the current directory when inside it."""
+    try:
+        rel = path.resolve().relative_to(Path.cwd().resolve())
+    except (ValueError, OSError):
+        return shlex.quote(str(path))
+    return shlex.quote(str(rel))
+
+
 @command("demo")
 @click.option(
-    "--keep",
-    "keep",
+    "--dir",
+    "directory",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     metavar="DIR",
-    help="Build the example project in DIR (new or empty) and keep it there.",
+    help="Build the project in DIR (new or empty) and keep it there. Default: a new directory "
+    "orch-demo (orch-demo-2, ...) in the current directory.",
 )
+@click.option("--keep", "keep", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DIR", hidden=True, help="The same as --dir (its earlier name).")
+@click.option("--temp", is_flag=True,
+              help="Build it in a temporary directory instead, removed after a good run.")
 @click.option(
     "--agent",
-    type=click.Choice(["mini", "aider"]),
-    default="mini",
+    type=click.Choice(["auto", "mini", "aider"]),
+    default="auto",
     show_default=True,
-    help="Who makes the code edits: a minimal built-in agent CLI, or the real Aider CLI (on "
-    "PATH); both talk to a scripted model the demo serves on 127.0.0.1.",
+    help="Who makes the code edits: the real Aider CLI, or a minimal built-in agent CLI; "
+    "auto: Aider when `aider` is on PATH, else the built-in one. Both talk to a scripted "
+    "model the demo serves on 127.0.0.1.",
 )
-def demo_cmd(state: CliState, keep: Path | None, agent: str) -> int:
+def demo_cmd(state: CliState, directory: Path | None, keep: Path | None, temp: bool,
+             agent: str) -> int:
     """Run an example workstream end to end on a generated project, with live progress.
 
     Creates a git repository holding a small Python package (textstats) with tests, runs
@@ -210,9 +245,18 @@ def demo_cmd(state: CliState, keep: Path | None, agent: str) -> int:
     and succeeds on retry, two branches that run in parallel), loads it and runs it with
     `orch run` and 3 workers in about fifteen seconds. The
     workstream's branch is merged into main. Then it prints where to look (.state/,
-    `orch status`, `orch why`, `orch events`, git log). The project lives in a temporary
-    directory that is removed at the end, unless --keep DIR is given or the run failed.
+    `orch status`, `orch why`, `orch audit report`, git log). The project is kept, in a new
+    directory orch-demo of the current directory unless --dir DIR names another (or --temp
+    asks for a temporary one), and the output says how to remove it.
+
+    Example: orch demo && cd orch-demo && orch status
     """
+    if (directory or keep) and temp:
+        raise UsageError("demo_dir_and_temp", "--temp and --dir exclude each other",
+                         hint="keep one of them")
+    where = directory or keep or (None if temp else _new_dir(Path.cwd()))
+    if agent == "auto":
+        agent = "aider" if shutil.which("aider") else "mini"
     from kernel.runtime.progress import make_progress
     from kernel.runtime.runner import Progress
 
@@ -226,7 +270,7 @@ def demo_cmd(state: CliState, keep: Path | None, agent: str) -> int:
 
     if text:
         _show(console, _intro)
-    report = prepare(keep, on_step=on_step if text else None, tools=detect_tools(agent=agent))
+    report = prepare(where, on_step=on_step if text else None, tools=detect_tools(agent=agent))
     if text:
         _show(console, lambda c: _plan(c, report))
         sys.stdout.flush()

@@ -31,8 +31,9 @@ Integration Points:
 Dependencies:
     apsw, networkx; ``kernel.base.errors``, ``kernel.definitions.collect``,
     ``kernel.definitions.executors``, ``kernel.definitions.offers``,
-    ``kernel.definitions.records``, ``kernel.definitions.taskfiles``, ``kernel.planning.dag``,
-    ``kernel.store.db``, ``kernel.store.project``, ``kernel.store.schema``.
+    ``kernel.definitions.preflight``, ``kernel.definitions.records``,
+    ``kernel.definitions.taskfiles``, ``kernel.planning.dag``, ``kernel.store.db``,
+    ``kernel.store.project``, ``kernel.store.schema``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from kernel.base.errors import OrchError
 from kernel.definitions import offers
 from kernel.definitions.collect import Definitions, collect
 from kernel.definitions.executors import EXECUTOR_CAPABILITIES
+from kernel.definitions.preflight import preflight
 from kernel.definitions.records import (
     CODES,
     ERROR,
@@ -439,6 +441,7 @@ def validate(project: Project, paths: Sequence[str | os.PathLike[str]] | None = 
     defs = collect(project, paths, workers=workers, definitions=with_db)
     problems = check(defs, _read_existing_for_validate(project, defs) if with_db else None)
     problems += _unoffered(project, defs)
+    problems += preflight(project, defs)
     problems.sort(key=problem_order)
     return ValidationResult(problems, len(defs.tasks), len(defs.workstreams), defs.migrated,
                             defs.files)

@@ -46,8 +46,9 @@ CODES: dict[str, str] = {
     # A task no worker offering the catalog can run: loaded, but said out loud.
     "unknown_capability": WARNING, "min_version_unmet": WARNING, "min_version_unused": WARNING,
     "deprecated_capability": WARNING, "unknown_resource": ERROR,
-    # A task needing a capability this machine does not meet (orch validate only).
-    "capability_unoffered": WARNING,
+    # What a run would trip over on this machine (orch validate only: .preflight).
+    "capability_unoffered": WARNING, "program_not_found": WARNING,
+    "uncommitted_changes": WARNING, "base_branch_missing": WARNING,
     "impossible_resource_amount": ERROR, "resource_mode_mismatch": ERROR,
     "required_file_missing": ERROR, "required_file_new": WARNING, "path_escapes_root": ERROR,
     "registry_invalid": ERROR, "agent_unconfigured": WARNING,

@@ -196,6 +196,11 @@ class DemoReport:
              "why": "the audit log: one event per accepted transition"},
             {"what": f"orch --root {root} show add-word-count",
              "why": "an agent task: what it was given, what it changed, its tokens and commit"},
+            {"what": f"orch --root {root} audit report",
+             "why": "who did what: time, attempts, and the agents' tokens per task and model"},
+            {"what": f"orch --root {root} browse --open",
+             "why": "the history in your browser (Datasette, read-only): canned queries, each "
+                    "task's timeline, the DAG picture"},
             {"what": f"git -C {root} log --oneline --graph",
              "why": f"one commit per edit task, merged into {BASE_BRANCH}"},
         ]
@@ -399,8 +404,8 @@ def _prepare_dir(directory: Path | None) -> tuple[Path, bool]:
             f"{directory} {'is not a directory' if not directory.is_dir() else 'is not empty'}; "
             "the demo writes a whole new project there",
             file=str(directory),
-            hint="pass a new or empty directory to --keep, or leave --keep out to use a "
-            "temporary one",
+            hint="pass a new or empty directory to --dir, or leave --dir out to use a new "
+            "orch-demo directory",
         )
     directory.mkdir(parents=True, exist_ok=True)
     return directory, True
@@ -495,7 +500,9 @@ def _steps(report: DemoReport, on_step: Callable[[DemoStep], None] | None) -> No
     _write_files(root, project_files)
     report.git_commit = _commit(root, "textstats: line and character counts, with tests")
     agent = ("the real Aider CLI" if tools.agent == "aider"
-             else "a minimal agent CLI (kernel/demo/mini_agent.py)")
+             else "a minimal agent CLI (kernel/demo/mini_agent.py; `aider` is not on PATH)"
+             if shutil.which("aider") is None else
+             "a minimal agent CLI (kernel/demo/mini_agent.py)")
     _step(report, on_step, "project",
           f"wrote textstats (a small Python package and its tests), committed on "
           f"{BASE_BRANCH} in a new git repository ({report.git_commit}); its edits are made "

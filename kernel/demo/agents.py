@@ -5,7 +5,8 @@ Public API:
     ``AGENTS`` (``mini``, ``aider``); ``find_agent(name) -> str`` (the program to run, or
     ``OrchError("demo_needs_aider")``); ``DemoModel`` (the scripted model server on 127.0.0.1,
     ``start()``, ``url``, ``stop()``, ``requests``); ``agents_toml(agent, url, python,
-    aider)`` (the ``[agents]`` part of the demo's orch.toml); ``agent_execution(task_id,
+    aider)`` (the ``[agents]`` part of the demo's orch.toml; ``agent="scripted"``: the
+    stand-in of ``orch init --example``, reading ``SCRIPT_PATH``); ``agent_execution(task_id,
     agent)`` (the task's ``execution`` keys); ``read_back(conn) -> list[dict]`` (what each
     agent task did, from its last attempt's output contract).
 
@@ -45,6 +46,8 @@ __all__ = ["AGENTS", "AGENT_TASKS", "AgentTask", "DemoModel", "agent_execution",
            "agents_toml", "find_agent", "read_back"]
 
 EDITS_FILE = Path(__file__).with_name("edits.json")
+#: Where ``orch init --example`` puts the scripted agent's edits, relative to the project.
+SCRIPT_PATH = "scripts/agent_edits.json"
 THINK_SECONDS = 1.0
 AGENTS = ("mini", "aider")
 MODEL = "test-model"
@@ -138,6 +141,18 @@ api_base = {s(url)}
 edit_format = "whole"
 # The scripted model needs no key; Aider wants one, so it gets a dummy.
 extra_args = ["--openai-api-key", "demo-key-for-the-scripted-model"]
+"""
+    if agent == "scripted":
+        command = [python, "-m", "kernel.demo.mini_agent", "--script", SCRIPT_PATH,
+                   "--message-file", "{prompt_file}", "{files}"]
+        return f"""
+# The agent tasks run a scripted stand-in for a coding agent: kernel/demo/mini_agent.py
+# writing the edits prepared in {SCRIPT_PATH}, asking no model (no key, no network).
+# To run a real agent, replace this command (docs/agents/README.md has recipes for Aider,
+# Claude Code, Codex and others) or write "executor": "aider" in the tasks.
+[agents.mini]
+command = [{", ".join(s(a) for a in command)}]
+model = "scripted"
 """
     command = [python, "-m", "kernel.demo.mini_agent", "--api-base", url, "--model", "{model}",
                "--message-file", "{prompt_file}", "--read={read_only_files}", "{files}"]

@@ -3,7 +3,8 @@
 Public API:
     ``main(argv) -> int``; ``parse_edits(text) -> dict[str, str]``; ``build_messages(message,
     files, read_only) -> list[dict]``. Run as ``python -m kernel.demo.mini_agent --api-base URL
-    --model M --message-file F [--read R]... [FILE]...``.
+    --model M --message-file F [--read R]... [FILE]...``, or with ``--script EDITS.json``
+    instead of ``--api-base``: a scripted stand-in that asks no model.
 
 Stability Guarantees:
     It sends one chat-completion request: a system message asking for whole-file edits, then
@@ -15,6 +16,11 @@ Stability Guarantees:
     ``$ORCH_AGENT_REPORT`` (``tokens_used``, ``model``) when that variable is set. An
     unreachable server, an HTTP error or a reply that is not JSON print the reason and exit 1.
     The key, when needed, comes from ``OPENAI_API_KEY``.
+    **Scripted.** With ``--script EDITS.json`` (``{task_id: {path: content}}``) it asks no
+    model: it writes the edits prepared for ``$ORCH_TASK_ID``, says on its first line that they
+    were scripted, and reports 0 tokens with the model ``scripted``. A task the script has no
+    edits for exits 1. ``orch init --example`` uses it, so the example runs with no model, no
+    key and no network.
 
 Integration Points:
     The demo's agent tasks run it through the generic ``agent`` executor
@@ -82,13 +88,17 @@ def _ask(api_base: str, model: str, messages: list[dict[str, str]],
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mini_agent", description=__doc__.splitlines()[0])
-    parser.add_argument("--api-base", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--api-base")
+    source.add_argument("--script", type=Path, help="prepared edits: {task_id: {path: text}}")
     parser.add_argument("--model", default="test-model")
     parser.add_argument("--message-file", required=True)
     parser.add_argument("--read", action="append", default=[])
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("files", nargs="*")
     args = parser.parse_intermixed_args(argv)
+    if args.script is not None:
+        return _scripted(args.script, args.files)
     message = Path(args.message_file).read_text(encoding="utf-8")
     try:
         data = _ask(args.api_base, args.model, build_messages(message, args.files, args.read),
@@ -101,17 +111,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mini_agent: no usable answer from {args.api_base}: {exc}")
         return 1
     print(reply)
-    for path, content in parse_edits(reply).items():
+    _write(parse_edits(reply))
+    usage = data.get("usage") or {}
+    sent, received = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    _report(sent, received, str(data.get("model") or args.model))
+    return 0
+
+
+def _write(edits: dict[str, str]) -> None:
+    for path, content in edits.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content, encoding="utf-8")
         print(f"mini_agent: wrote {path}")
-    usage = data.get("usage") or {}
-    sent, received = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+def _report(sent: int, received: int, model: str) -> None:
     print(f"Tokens: {sent} sent, {received} received.")
     report = os.environ.get("ORCH_AGENT_REPORT")
     if report:
-        Path(report).write_text(json.dumps({"tokens_used": sent + received,
-                                            "model": data.get("model") or args.model}))
+        Path(report).write_text(json.dumps({"tokens_used": sent + received, "model": model}))
+
+
+def _scripted(script: Path, files: list[str]) -> int:
+    """Write the edits prepared for ``$ORCH_TASK_ID``: no model is asked."""
+    task = os.environ.get("ORCH_TASK_ID", "")
+    try:
+        edits = json.loads(script.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"mini_agent: cannot read the scripted edits {script}: {exc}")
+        return 1
+    mine = edits.get(task) if isinstance(edits, dict) else None
+    if not isinstance(mine, dict) or not mine:
+        print(f"mini_agent: {script} has no edits for task {task or '(ORCH_TASK_ID unset)'}")
+        return 1
+    print(f"mini_agent: scripted edits for {task} from {script} (no model was asked); "
+          f"files given: {', '.join(files) or 'none'}")
+    _write({str(k): str(v) for k, v in mine.items()})
+    _report(0, 0, "scripted")
     return 0
 
 

@@ -13,6 +13,7 @@ Public API:
     critical_path(graph, durations) -> (list[str], float)
     bottom_levels(graph, durations) -> dict[str, float]    duration + longest chain after it
     stage_duration(durations, max_parallelism) -> float    LPT estimate for one stage
+    exclusive_turns(tasks, durations) -> float     the least time its exclusive leases allow
     execution_plan(tasks, workstream_id, max_parallelism, generated_at) -> dict   DAG-VIEW-003
     dag_document(tasks, workstream_id, generated_at) -> dict                      DAG-VIEW-002
     dag_and_plan(tasks, workstream_id, max_parallelism, generated_at) -> (dag, plan)  one graph
@@ -314,6 +315,22 @@ def stage_duration(durations: Sequence[float], max_parallelism: int | None) -> f
     return max(lanes)
 
 
+def exclusive_turns(tasks: Iterable[PlanTask], durations: Mapping[str, float]) -> float:
+    """The shortest time a stage's tasks can take given their exclusive leases: the holders of
+    one resource in ``exclusive`` mode take turns (one at a time), and its ``shared`` holders
+    may run together but never beside an exclusive one. The largest such sum over the
+    resources; 0 when no task of the stage holds anything exclusively."""
+    turns: dict[str, float] = {}
+    shared: dict[str, float] = {}
+    for task in tasks:
+        for name, value in task.resource_requirements.items():
+            if value == "exclusive":
+                turns[name] = turns.get(name, 0.0) + durations[task.task_id]
+            elif value == "shared":
+                shared[name] = max(shared.get(name, 0.0), durations[task.task_id])
+    return max((total + shared.get(name, 0.0) for name, total in turns.items()), default=0.0)
+
+
 def _stage_resources(tasks: Iterable[PlanTask]) -> dict[str, ResourceValue]:
     # Amounts (pooled, rate-limited) are added: the demand if the whole stage ran at once, an
     # upper bound on what it holds concurrently. Modes keep the strongest: exclusive > shared.
@@ -349,7 +366,8 @@ def execution_plan(
     """The DAG-VIEW-003 document.
 
     Per stage: ``max_parallelism`` is the lanes actually usable (min of the limit and the stage
-    size), ``estimated_duration_seconds`` the LPT estimate (see stage_duration), and
+    size), ``estimated_duration_seconds`` the LPT estimate (see stage_duration), or longer when
+    tasks that lease one resource exclusively must take turns (see exclusive_turns), and
     ``critical_path`` whether a critical-path task runs in it. ``total_estimated_duration`` is
     the sum of the stage estimates (stages run one after another), which is never below
     ``critical_path_duration``. Raises UnknownDependency, DuplicateTask, DependencyCycle.
@@ -393,7 +411,8 @@ def _execution_plan(
     stage_docs = []
     total = 0.0
     for number, gen in enumerate(gens, start=1):
-        estimate = stage_duration([durations[v] for v in gen], max_parallelism)
+        estimate = max(stage_duration([durations[v] for v in gen], max_parallelism),
+                       exclusive_turns((by_id[v] for v in gen), durations))
         total += estimate
         lanes = len(gen) if max_parallelism is None else min(max_parallelism, len(gen))
         stage_docs.append(

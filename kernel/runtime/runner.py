@@ -376,6 +376,13 @@ class _RunLoop:
             use_worktrees = is_git_repo(self.project.root)
         self.ctx.worktrees = use_worktrees
         scheduler.compute_bottom_levels(self.conn, self.scope)
+        for found in scheduler.warn_deprecated_capabilities(self.conn, self.scope):
+            replaced = (f"; use {found['deprecated_by']} instead" if found["deprecated_by"]
+                        else "")
+            self.warnings.append(
+                f"capability {found['capability_id']} is deprecated{replaced} "
+                f"(needed by {', '.join(found['tasks'][:3])}"
+                f"{' and more' if len(found['tasks']) > 3 else ''})")
         faults.point("run_setup")
         self.project.logs_dir.mkdir(parents=True, exist_ok=True)
         self._fork_workers()   # before any thread starts; they wait at the gate

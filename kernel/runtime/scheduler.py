@@ -3,6 +3,8 @@
 Public API:
     ``tick(conn, now, ctx) -> TickReport``; ``TickContext``, ``TickReport`` (from
     ``kernel.runtime.context``); ``compute_bottom_levels(conn, workstreams=None) -> int``;
+    ``warn_deprecated_capabilities(conn, workstreams=None) -> list[dict]`` (at the start of a
+    run: one ``capability_deprecated_in_use`` event per deprecated capability in use);
     ``progress_counts(conn, ctx) -> (counts, done, unrunnable)``.
 
 Stability Guarantees:
@@ -55,7 +57,8 @@ from kernel.runtime.workstreams import derive_workstreams, prepare_worktrees
 from kernel.store import db, events
 from kernel.store.machines import claimed_states
 
-__all__ = ["TickContext", "TickReport", "compute_bottom_levels", "progress_counts", "tick"]
+__all__ = ["TickContext", "TickReport", "compute_bottom_levels", "progress_counts", "tick",
+           "warn_deprecated_capabilities"]
 
 
 def tick(conn: apsw.Connection, now: float, ctx: TickContext) -> TickReport:
@@ -91,6 +94,33 @@ def compute_bottom_levels(conn: apsw.Connection, workstreams: list[str] | None =
                          "AND bottom_level IS NOT ?",
                          [(v, k, v) for k, v in level.items()])
     return len(level)
+
+
+_DEPRECATED_IN_USE = """
+SELECT c.capability_id, c.deprecated_by, json_group_array(t.task_id) AS tasks
+  FROM capability c
+  JOIN task_capability tc ON tc.capability_id = c.capability_id
+  JOIN task t ON t.task_id = tc.task_id
+  JOIN machine_state ms ON ms.machine = 'task' AND ms.state = t.state AND ms.terminal = 0
+ WHERE c.stability = 'deprecated'
+   AND (? IS NULL OR t.workstream_id IN (SELECT value FROM json_each(?)))
+ GROUP BY c.capability_id
+ ORDER BY c.capability_id
+"""
+
+
+def warn_deprecated_capabilities(conn: apsw.Connection,
+                                 workstreams: list[str] | None = None) -> list[dict[str, Any]]:
+    """One ``capability_deprecated_in_use`` event per deprecated capability that an unfinished
+    task (of ``workstreams``, default all) needs; the findings, for the caller to print."""
+    scope = json.dumps(workstreams) if workstreams else None
+    with db.write_tx(conn):
+        found = db.rows(conn, _DEPRECATED_IN_USE, (scope, scope))
+        for row in found:
+            row["tasks"] = sorted(json.loads(row["tasks"]))
+            events.emit_event_in_tx(conn, "capability_deprecated_in_use",
+                                    entity_id=row["capability_id"], metadata=row)
+    return found
 
 
 def _release_orphan_leases_in_tx(conn: apsw.Connection, now: float) -> None:

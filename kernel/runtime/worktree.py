@@ -38,7 +38,7 @@ Integration Points:
     ``kernel.runtime.changes.tree_holders``.
 
 Dependencies:
-    ``kernel.base.errors``, ``kernel.definitions.models``.
+    ``kernel.base.errors``, ``kernel.base.git``, ``kernel.definitions.models``.
 """
 
 from __future__ import annotations
@@ -60,21 +60,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from kernel.base.errors import OrchError
+from kernel.base.git import (
+    branch_exists,
+    current_branch,
+    is_git_repo,
+    run_git,
+)
 from kernel.definitions.models import ID_PATTERN
 
 WORKTREES_DIR = Path(".state") / "worktrees"
 ARCHIVE_DIR = Path(".state") / "archive"
 BRANCH_PREFIX = "orch/"
-GIT_TIMEOUT_SECONDS = 120
-
-# Variables that would point git at another repository than the one we pass with -C (they are
-# set inside git hooks, for example).
-_GIT_LOCATION_VARS = (
-    "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX",
-)
-
-
 @dataclass(frozen=True)
 class Worktree:
     workstream_id: str
@@ -115,39 +111,6 @@ class MergeResult:
 # --------------------------------------------------------------------------- running git
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _GIT_LOCATION_VARS}
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    env.update(extra or {})
-    return env
-
-
-def run_git(
-    where: Path, *args: str, config: tuple[str, ...] = (), input: str | None = None,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """``git -C where ARGS``: never prompts, never follows GIT_DIR & co., times out.
-    ``input`` is its standard input (default: none); ``env`` is added to its environment."""
-    cmd = ["git", *config, "-C", str(where), *args]
-    try:
-        return subprocess.run(
-            cmd, env=_env(env), input=input,
-            stdin=subprocess.DEVNULL if input is None else None, capture_output=True,
-            text=True, timeout=GIT_TIMEOUT_SECONDS,
-        )
-    except FileNotFoundError as exc:
-        raise OrchError(
-            "git_failed", f"cannot run {' '.join(cmd)}: git is not installed",
-            hint="install git (https://git-scm.com) and make sure it is on PATH",
-        ) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise OrchError(
-            "git_failed",
-            f"{' '.join(cmd)} did not finish within {GIT_TIMEOUT_SECONDS} seconds",
-            hint="check for a lock file (.git/index.lock) or a hook waiting for input",
-        ) from exc
-
-
 def _fail(proc: subprocess.CompletedProcess[str], hint: str | None = None) -> OrchError:
     detail = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()
     return OrchError(
@@ -172,10 +135,6 @@ def _identity(where: Path) -> tuple[str, ...]:
         if not run_git(where, "config", key).stdout.strip():
             config += ["-c", f"{key}={value}"]
     return tuple(config)
-
-
-def _branch_exists(root: Path, branch: str) -> bool:
-    return run_git(root, "show-ref", "--verify", "--quiet", f"refs/heads/{branch}").returncode == 0
 
 
 def _rev(where: Path, ref: str) -> str:
@@ -213,27 +172,6 @@ def _checked_out_at(root: Path, branch: str) -> Path | None:
 
 
 # --------------------------------------------------------------------------- public API
-
-
-def is_git_repo(root: Path) -> bool:
-    """Whether ``root`` is inside a git work tree that has at least one commit."""
-    if not Path(root).is_dir():
-        return False
-    try:
-        inside = run_git(root, "rev-parse", "--is-inside-work-tree")
-    except OrchError:
-        return False
-    if inside.returncode != 0 or inside.stdout.strip() != "true":
-        return False
-    return run_git(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}").returncode == 0
-
-
-def current_branch(root: Path) -> str | None:
-    """The branch checked out at ``root``; ``None`` when HEAD is detached or not a repository."""
-    proc = run_git(root, "symbolic-ref", "--quiet", "--short", "HEAD")
-    if proc.returncode != 0:
-        return None
-    return proc.stdout.strip() or None
 
 
 def _check_workstream_id(root: Path, workstream_id: str) -> str:
@@ -278,7 +216,7 @@ def ensure_worktree(root: Path, workstream_id: str, base_branch: str | None = No
     ignore = path.parent / ".gitignore"
     if not ignore.exists():
         ignore.write_text("# Written by orch: workstream worktrees.\n*\n", encoding="utf-8")
-    if _branch_exists(root, branch):
+    if branch_exists(root, branch):
         _git(root, "worktree", "add", str(path), branch,
              hint=f"{branch} may be checked out elsewhere: see `git worktree list`")
     else:
@@ -296,7 +234,7 @@ def _base_branch(root: Path, workstream_id: str, base_branch: str | None) -> str
             f"{workstream_id} from",
             hint="check out a branch (git switch main) or pass the base branch explicitly",
         )
-    if not _branch_exists(root, base):
+    if not branch_exists(root, base):
         raise OrchError(
             "git_failed",
             f"the base branch {base!r} of workstream {workstream_id} does not exist in {root}",
@@ -744,7 +682,7 @@ def _remove(root: Path, wt: Worktree) -> None:
         _git(root, "worktree", "remove", "--force", str(wt.path))
     else:
         _git(root, "worktree", "prune")
-    if _branch_exists(root, wt.branch):
+    if branch_exists(root, wt.branch):
         _git(root, "branch", "-D", wt.branch)
 
 
@@ -761,7 +699,7 @@ def merge_and_remove(root: Path, wt: Worktree) -> MergeResult:
     ws = wt.workstream_id
     if wt.path.exists() and not _Group(wt.path).unchanged(MAX_FAST_WALK):
         commit_all(wt.path, f"orch: leftover changes of workstream {ws}")
-    if not _branch_exists(root, wt.branch):
+    if not branch_exists(root, wt.branch):
         raise OrchError(
             "git_failed", f"the branch {wt.branch} of workstream {ws} does not exist in {root}",
             hint="it was deleted by hand; nothing is left to merge",
@@ -811,7 +749,7 @@ def _fast_forward(root: Path, wt: Worktree, head: str) -> str | MergeResult:
     """The base branch (checked out nowhere) moved to ``head``: the new base commit, or why it
     cannot be fast-forwarded."""
     base_ref = f"refs/heads/{wt.base_branch}"
-    if not _branch_exists(root, wt.base_branch):
+    if not branch_exists(root, wt.base_branch):
         raise OrchError(
             "git_failed",
             f"the base branch {wt.base_branch} of workstream {wt.workstream_id} does not exist "

@@ -62,6 +62,9 @@ _DEFS = (
     EventDef("task_unrunnable", "task_unrunnable", "error", "task",
              "No registered worker can ever run this queued task (a capability or version "
              "nobody offers); the reason is in metadata.reason."),
+    EventDef("capability_deprecated_in_use", "capability", "warning", "system",
+             "`orch run` started with unfinished tasks that need a deprecated capability; "
+             "metadata names it, what replaces it (deprecated_by) and the tasks."),
     EventDef("worker_lost", "worker_crashed", "error", "worker",
              "The kernel found a worker dead (its process is gone) or silent past the limit; "
              "the hand-on of its task and its shutdown name this event in caused_by."),
