@@ -72,7 +72,7 @@ def test_a_busy_port_and_a_missing_database_are_errors_without_a_traceback(
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = orch("--root", str(empty), "--json", "browse", "--port", "0")
-    assert proc.returncode == 3
+    assert proc.returncode == 1   # not_initialised: exit 1 (3 is a locked or unreadable db)
     assert json.loads(proc.stdout)["error"]["code"] == "not_initialised"
 
 
