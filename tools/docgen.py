@@ -17,7 +17,8 @@ Integration Points:
     ``docs/CLI.md``; the doctor's queries -> ``docs/operations/DOCTOR.md``; the default
     ``orch.toml`` -> ``docs/operations/CONFIGURATION.md``; ``orch browse``'s descriptions and
     canned queries -> ``docs/operations/DATABASE.md``; the pydantic models ->
-    ``schemas/*.json`` (``kernel.observe.schemas``).
+    ``schemas/*.json`` (``kernel.observe.schemas``); ``docs/failure_modes/failure_modes.yaml``
+    -> ``docs/failure_modes/CATALOG.md`` and ``{Mode}.md`` (``kernel.observe.failure_modes``).
 
 Dependencies:
     click; ``kernel.store.db``, ``kernel.store.machines``, ``kernel.cli``.
@@ -427,6 +428,10 @@ def generated_files(repo: Path) -> dict[Path, str]:
 
     for name, text in _schema_texts(generate_schemas()).items():
         files[repo / "schemas" / name] = text
+    from kernel.observe.failure_modes import failure_mode_docs
+
+    for name, text in failure_mode_docs().items():
+        files[repo / "docs" / "failure_modes" / name] = text
     files.update(module_sources(repo))
     return files
 

@@ -94,6 +94,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "capabilities": ("kernel.cli.capabilities:capabilities_cmd",
                      "List the capability catalog: what this machine meets, and the live "
                      "workers offering each."),
+    "failure-modes": ("kernel.cli.failuremodes:failure_modes_cmd",
+                      "List the failure modes, or show one MODE with its related modes and "
+                      "decision tree."),
     "events": ("kernel.cli.events:events_cmd",
                "Print the audit events (every accepted state transition, and more)."),
     "export": ("kernel.cli.views:export_cmd",
