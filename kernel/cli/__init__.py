@@ -13,6 +13,8 @@ Stability Guarantees:
     0 ok, 1 the work or a check failed, 2 usage error, 3 the database is locked beyond its
     timeout, missing, empty, damaged, not orch's, not accessible or too new (any SQLite error
     that reaches ``run`` is one of these, via ``kernel.db.error_for``: never a traceback).
+    A ``database_locked`` error leaves ``.state/database_locked.pending`` for the next writer
+    to record as an event (``kernel.store.lockrecord``).
     Every command takes ``--json`` (before or after the command name) and then prints exactly
     one JSON document on stdout, errors included as
     ``{"error": {"code", "message", "file", "line", "hint"}}``.
@@ -24,7 +26,8 @@ Integration Points:
     (and what it needs) is imported when that command runs (docs/PERFORMANCE.md, "Start-up").
 
 Dependencies:
-    apsw, click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.store.db``.
+    apsw, click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.store.db``,
+    ``kernel.store.lockrecord``.
 """
 
 from __future__ import annotations
@@ -167,6 +170,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         click.echo("aborted", err=True)
         return 130
     except OrchError as exc:
+        _note_if_locked(exc, state, args)
         emit_error(exc, want_json)
         return exc.exit_code
     except apsw.Error as exc:
@@ -175,11 +179,24 @@ def run(argv: Sequence[str] | None = None) -> int:
         from kernel.store.db import error_for
 
         err = error_for(exc, state.db_path or Path(".state/kernel.db"))
+        _note_if_locked(err, state, args)
         emit_error(err, want_json)
         return err.exit_code
     except BrokenPipeError:
         return EXIT_FAILED
     return int(result or 0)
+
+
+def _note_if_locked(err: OrchError, state: CliState, args: list[str]) -> None:
+    """Database-Locked: a command that gave up on the busy timeout leaves a note that the next
+    command able to write records as a ``database_locked`` event (``kernel.store.lockrecord``)."""
+    if err.code != "database_locked" or state.db_path is None:
+        return
+    from kernel.store.lockrecord import note_locked
+
+    words = [a for i, a in enumerate(args)
+             if not a.startswith("-") and (i == 0 or args[i - 1] != "--root")]
+    note_locked(state.db_path, " ".join(words[:1]) or "orch")
 
 
 def main() -> None:

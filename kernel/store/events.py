@@ -92,8 +92,8 @@ _DEFS = (
     EventDef("database_locked", "database", "warning", "system",
              "A command gave up waiting for the database's write lock (Database-Locked, exit "
              "code 3); recorded by the next command that writes, from "
-             ".state/database_locked.pending (metadata: command, first_at, last_at, "
-             "occurrences, timeout_ms)."),
+             ".state/database_locked.pending (metadata: command, last_command, first_at, "
+             "last_at, occurrences)."),
     EventDef("audit_rotated", "audit_retention", "info", "system",
              "`orch audit rotate` moved old events into monthly archive files (warning when the "
              "retention was shortened by --force-short-retention)."),
