@@ -24,8 +24,9 @@ Stability Guarantees:
     *transition* event. Plain ``orch doctor`` writes to the database only to apply pending
     migrations, as every command does, and, when a check fails on a database it could open for
     writing, to record one ``state_corruption`` event (State-Corruption) per distinct set of
-    failed checks (the same set as the newest such event records nothing). A damaged database (``integrity_check``
-    fails, or the file is not a database) is only ever opened read-only and never migrated;
+    failed checks (the same set as the newest such event records nothing). A damaged database
+    (``integrity_check`` fails, or the file is not a database) is only ever opened read-only
+    and never migrated;
     ``--repair`` then changes nothing and prints the ``orch restore`` command instead. A file
     ``kernel.db`` refuses before opening it (empty, truncated, not SQLite, not orch's, a schema
     that does not match its version: see ``kernel.db``) makes plain ``orch doctor`` exit 3 with

@@ -5,9 +5,9 @@ Public API:
     busy_timeout_ms=5000, verify=False)`` opens the file through
     ``kernel.store.db.open_connection`` and, unless ``readonly``, migrates it (``migrate``):
     the connection every command uses; a writable one also records a pending
-    ``database_locked`` note (``kernel.store.lockrecord``). ``migrate(conn, path)`` applies each pending migration
-    in its own write transaction, then loads the state machines (``ensure_machines``) and the
-    failure-mode catalog (``ensure_failure_modes``) into their tables.
+    ``database_locked`` note (``kernel.store.lockrecord``). ``migrate(conn, path)`` applies
+    each pending migration in its own write transaction, then loads the state machines
+    (``ensure_machines``) and the failure-mode catalog (``ensure_failure_modes``) into their tables.
 
 Stability Guarantees:
     A database is only ever migrated forward: a file newer than this code is refused
