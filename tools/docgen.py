@@ -408,9 +408,10 @@ def module_sources(repo: Path) -> dict[Path, str]:
 
 
 def kernel_modules(root: Path) -> list[Path]:
-    """The kernel's own modules (not the example project ``orch demo`` ships as data)."""
-    project = root / "demo" / "project"
-    return [p for p in sorted(root.rglob("*.py")) if not p.is_relative_to(project)]
+    """The kernel's own modules (``kernel.observe.module_index.kernel_modules``)."""
+    from kernel.observe.module_index import kernel_modules as modules
+
+    return modules(root)
 
 
 def generated_files(repo: Path) -> dict[Path, str]:

@@ -100,6 +100,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "failure-modes": ("kernel.cli.failuremodes:failure_modes_cmd",
                       "List the failure modes, or show one MODE with its related modes and "
                       "decision tree."),
+    "index": ("kernel.cli.index:index_cmd",
+              "Write .state/module_index.json: each kernel module's summary and docstring "
+              "sections."),
     "events": ("kernel.cli.events:events_cmd",
                "Print the audit events (every accepted state transition, and more)."),
     "export": ("kernel.cli.views:export_cmd",

@@ -1,4 +1,5 @@
-"""JSON Schemas (draft 2020-12) for the definition files, generated from kernel.definitions.models.
+"""JSON Schemas (draft 2020-12) for every document orch writes or reads, generated from the
+models (kernel.definitions.models, the views, the metrics, kernel.observe.document_models).
 
 Public API:
     SCHEMAS: file name -> (model, schema name, schema version)
@@ -19,7 +20,8 @@ Integration Points:
 
 Dependencies:
     pydantic; ``kernel.definitions.models``, ``kernel.definitions.registries``,
-    ``kernel.observe.metrics_document``, ``kernel.observe.view_models``.
+    ``kernel.observe.document_models``, ``kernel.observe.metrics_document``,
+    ``kernel.observe.view_models``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from kernel.definitions.registries import (
     CapabilityRegistry,
     ResourceRegistry,
 )
+from kernel.observe.document_models import DOCUMENTS
 from kernel.observe.metrics_document import METRICS_SCHEMA_NAME, METRICS_SCHEMA_VERSION, Metrics
 from kernel.observe.view_models import DOCUMENT_MODELS, VIEWS_SCHEMA_VERSION
 
@@ -69,6 +72,7 @@ SCHEMAS: dict[str, tuple[type[BaseModel], str, str]] = {
     "metrics.schema.json": (Metrics, METRICS_SCHEMA_NAME, METRICS_SCHEMA_VERSION),
     **{f"{model.schema_name}.schema.json": (model, model.schema_name, VIEWS_SCHEMA_VERSION)
        for model in DOCUMENT_MODELS},
+    **DOCUMENTS,
 }
 
 
