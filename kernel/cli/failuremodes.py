@@ -6,7 +6,7 @@ Public API:
 
 Stability Guarantees:
     See ``kernel.cli``. ``--json`` prints ``kernel.observe.failure_modes.catalog_report()``
-    (``{"version", "modes": [...], "sections": {section: [mode ids]}}``) or, with MODE,
+    (``{"version", "modes": [...], "sections": [{section, category, modes}]}``) or, with MODE,
     ``mode_report(MODE)`` (the mode's fields, ``related``, ``related_modes`` and
     ``decision_tree``). Exit 0; an unknown MODE is exit 1 with the known modes in the message.
     Nothing is read from or written to a project: the catalog ships with orch.
@@ -32,9 +32,9 @@ from kernel.observe import failure_modes
 def _print_catalog(data: dict[str, Any]) -> None:
     by_id = {m["mode_id"]: m for m in data["modes"]}
     width = max(len(m) for m in by_id)
-    for section, ids in data["sections"].items():
-        click.echo(click.style(section, bold=True))
-        for mode_id in ids:
+    for section in data["sections"]:
+        click.echo(click.style(section["section"], bold=True))
+        for mode_id in section["modes"]:
             m = by_id[mode_id]
             click.echo(f"  {mode_id:<{width}}  {m['event']:<26}  {m['severity']:<8}  "
                        f"{m['detection']}")

@@ -4,7 +4,7 @@ prints and the Markdown of ``docs/failure_modes/``.
 Public API:
     ``CATEGORY_SECTIONS`` (category -> the CATALOG.md section heading); ``REQUIRED_FIELDS`` (the
     bold fields every mode page has, ERR-FM-001); ``catalog_report(catalog=None) -> dict`` (every
-    mode, by category); ``mode_report(mode_id, catalog=None) -> dict`` (one mode with its related
+    mode, and the sections in order: ``[{section, category, modes}]``); ``mode_report(mode_id, catalog=None) -> dict`` (one mode with its related
     modes and its decision tree; an unknown id raises ``UnknownFailureMode``, an ``OrchError``
     whose message lists the known ids); ``catalog_markdown(catalog)``; ``mode_markdown(mode_id,
     catalog)``; ``failure_mode_docs(catalog=None) -> dict[str, str]`` (file name under
@@ -71,8 +71,9 @@ def catalog_report(catalog: FailureModeCatalog | None = None) -> dict[str, Any]:
     found = _catalog(catalog)
     return {"version": found.version,
             "modes": [_mode_dict(m, found) for m in found.modes],
-            "sections": {section: [m.mode_id for m in found.modes if m.category == category]
-                         for category, section in CATEGORY_SECTIONS.items()}}
+            "sections": [{"section": section, "category": category,
+                          "modes": [m.mode_id for m in found.modes if m.category == category]}
+                         for category, section in CATEGORY_SECTIONS.items()]}
 
 
 def mode_report(mode_id: str, catalog: FailureModeCatalog | None = None) -> dict[str, Any]:
