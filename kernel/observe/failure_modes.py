@@ -4,11 +4,13 @@ prints and the Markdown of ``docs/failure_modes/``.
 Public API:
     ``CATEGORY_SECTIONS`` (category -> the CATALOG.md section heading); ``REQUIRED_FIELDS`` (the
     bold fields every mode page has, ERR-FM-001); ``catalog_report(catalog=None) -> dict`` (every
-    mode, and the sections in order: ``[{section, category, modes}]``); ``mode_report(mode_id, catalog=None) -> dict`` (one mode with its related
-    modes and its decision tree; an unknown id raises ``UnknownFailureMode``, an ``OrchError``
-    whose message lists the known ids); ``catalog_markdown(catalog)``; ``mode_markdown(mode_id,
-    catalog)``; ``failure_mode_docs(catalog=None) -> dict[str, str]`` (file name under
-    ``docs/failure_modes/`` -> its text).
+    mode, and the sections in order: ``[{section, category, modes}]``); ``mode_report(mode_id,
+    catalog=None) -> dict`` (one mode with its related modes and its decision tree; an unknown
+    id raises ``UnknownFailureMode``, an ``OrchError`` whose message lists the known ids);
+    ``catalog_markdown(catalog)``; ``mode_markdown(mode_id, catalog)``;
+    ``failure_mode_docs(catalog=None) -> dict[str, str]`` (file name under
+    ``docs/failure_modes/`` -> its text); ``step_label(when)`` (a decision step's condition as
+    it reads: "always", or "if ...").
 
 Stability Guarantees:
     Everything here is derived from ``docs/failure_modes/failure_modes.yaml`` (read by
