@@ -16,6 +16,7 @@ from pathlib import Path
 import apsw
 import pytest
 
+from kernel.maintain.doctor import doctor_report
 from kernel.observe.failure_modes import (
     CATEGORY_SECTIONS,
     REQUIRED_FIELDS,
@@ -25,6 +26,7 @@ from kernel.observe.failure_modes import (
 from kernel.store import db, events
 from kernel.store.lockrecord import pending_path, record_pending
 from kernel.store.machines import shipped
+from kernel.store.project import Project
 from kernel.store.reference import load_failure_modes
 from tests.conftest import logical_dump, orch, orch_json
 from tests.e2e import make_project, query, task, write_tasks
@@ -201,12 +203,15 @@ def test_doctor_logs_state_corruption_once_per_distinct_finding(tmp_path: Path) 
     assert first["metadata"]["checks"] == ["schema_matches_shipped"]
     assert "task_insert_initial_state" in first["metadata"]["findings"]["schema_matches_shipped"]
 
-    # A different finding (an invariant broken by a client writing around the triggers).
+    # A different finding (an invariant broken by a client writing around the triggers):
+    # `orch bundle`'s report (doctor_report) records nothing; `orch doctor` does.
     conn = sqlite3.connect(root / ".state" / "kernel.db")
     conn.execute("PRAGMA foreign_keys = OFF")
     conn.execute("INSERT INTO task_dependency (task_id, depends_on) VALUES ('a', 'ghost')")
     conn.commit()
     conn.close()
+    assert doctor_report(Project(root))["ok"] is False
+    assert len(kernel_events(root, "state_corruption")) == 1
     assert orch("--root", str(root), "doctor").returncode == 1
     events_now = kernel_events(root, "state_corruption")
     assert len(events_now) == 2

@@ -1,9 +1,10 @@
 """``orch doctor``: is the database sound, current, and true to its invariants?
 
 Public API:
-    ``diagnose(project) -> list[Check]``; ``doctor_report(project) -> dict`` (what
-    ``orch doctor --json`` prints); ``repair(project) -> (list[Check], RepairReport)`` (``orch
-    doctor --repair``); ``repair_schema_of(project) -> dict`` (the schema part of the
+    ``diagnose(project, *, record=False) -> list[Check]``; ``doctor_report(project) -> dict``
+    (what ``orch doctor --json`` prints; records nothing: ``orch bundle`` calls it);
+    ``repair(project, *, record=False) -> (list[Check], RepairReport)`` (``orch doctor
+    --repair``); ``repair_schema_of(project) -> dict`` (the schema part of the
     repair); ``restore_plan(project) -> dict`` (the newest usable backup and what restoring it
     would lose); ``rebuild_views(project) -> dict``; ``Check(name, status, detail, hint,
     rows)`` with status ``ok`` | ``warn`` | ``fail``; ``record_corruption(conn, checks)`` (the
@@ -22,11 +23,11 @@ Stability Guarantees:
     (``migrations_apply`` fails). A routine operator action (cancel, retry, skip, rotation)
     never makes a check fail: ``log_agrees_with_tables`` compares each entity with its last
     *transition* event. Plain ``orch doctor`` writes to the database only to apply pending
-    migrations, as every command does, and, when a check fails on a database it could open for
-    writing, to record one ``state_corruption`` event (State-Corruption) per distinct set of
-    failed checks (the same set as the newest such event records nothing). A damaged database
-    (``integrity_check`` fails, or the file is not a database) is only ever opened read-only
-    and never migrated;
+    migrations, as every command does, and (``record=True``, what the command passes), when a
+    check fails on a database it could open for writing, to record one ``state_corruption``
+    event (State-Corruption) per distinct set of failed checks (the same set as the newest such
+    event records nothing). A damaged database (``integrity_check`` fails, or the file is not a
+    database) is only ever opened read-only and never migrated;
     ``--repair`` then changes nothing and prints the ``orch restore`` command instead. A file
     ``kernel.db`` refuses before opening it (empty, truncated, not SQLite, not orch's, a schema
     that does not match its version: see ``kernel.db``) makes plain ``orch doctor`` exit 3 with
@@ -256,9 +257,11 @@ def _open(project: Project) -> tuple[apsw.Connection | None, Check]:
                            f"cannot be opened read-only either ({exc})")
 
 
-def diagnose(project: Project) -> list[Check]:
+def diagnose(project: Project, *, record: bool = False) -> list[Check]:
     """Every check, each guarded: one that cannot run (a dropped table, a view that no longer
-    compiles) fails with the reason instead of stopping the others."""
+    compiles) fails with the reason instead of stopping the others. ``record`` (``orch
+    doctor``): a failed check is also recorded as a ``state_corruption`` event
+    (``record_corruption``)."""
     project.require_db()
     checked, versions = _probe(project.db_path)
     if checked != ["ok"]:
@@ -280,7 +283,7 @@ def diagnose(project: Project) -> list[Check]:
                 *event_log_checks(conn),
                 *guarded(["wal_size"], lambda: [_wal(project)]),
             ]
-        if opened.status == "ok":  # opened as every command opens it: writable, migrated
+        if record and opened.status == "ok":  # opened as every command opens it: writable
             record_corruption(conn, checks)
         return checks
     finally:
@@ -478,20 +481,20 @@ def repair_schema_of(project: Project) -> dict[str, Any]:
         conn.close()
 
 
-def repair(project: Project) -> tuple[list[Check], RepairReport]:
+def repair(project: Project, *, record: bool = False) -> tuple[list[Check], RepairReport]:
     """``orch doctor --repair``: diagnose; on a sound database recreate lost or altered views,
     triggers and indexes (then diagnose again) and rewrite the ``.state`` views; on a damaged
     one change nothing and say what restoring the newest backup would lose."""
     project.require_db()
     try:
-        checks = diagnose(project)
+        checks = diagnose(project, record=record)
     except DatabaseUnavailable as exc:
         if exc.code not in db.DAMAGED_CODES:
             raise
         lowered = (set_back_lowered_version(project.db_path)
                    if exc.code == "schema_damaged" else None)
         if lowered is not None:  # only the version was wrong: set back, diagnose again
-            checks, report = repair(project)
+            checks, report = repair(project, record=record)
             base = report.schema or {"recreated": [], "failed": [], "not_repaired": []}
             lowered_schema = {**base, "user_version": lowered}
             return checks, dataclasses.replace(report, schema=lowered_schema)
