@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 
 from kernel.base.data import SCHEMA_URL_BASE
+from kernel.observe.schemas import schema_files_by_url
 from tests.conftest import orch
 from tests.e2e import make_project, run, task
 
@@ -29,6 +30,8 @@ def published() -> dict[str, Path]:
         schema_id = json.loads(path.read_text())["$id"]
         assert schema_id not in out, f"{path.name} and {out[schema_id].name} share {schema_id}"
         out[schema_id] = path
+    # The kernel's own map (what a compliance check asks) agrees with the files.
+    assert {url: path.name for url, path in out.items()} == schema_files_by_url()
     return out
 
 

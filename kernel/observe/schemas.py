@@ -7,6 +7,7 @@ Public API:
     render(schema) -> str                      the exact text written to disk
     write_schemas(directory) -> list[str]      (re)writes every file; returns the names written
     stale_schemas(directory) -> list[str]      names that are missing, outdated or unknown
+    schema_files_by_url() -> dict[str, str]    each schema_url ($id) -> its file name
 
 Stability Guarantees:
     Output is deterministic (sorted keys, 2-space indent, trailing newline), so ``schemas/``
@@ -74,6 +75,13 @@ SCHEMAS: dict[str, tuple[type[BaseModel], str, str]] = {
        for model in DOCUMENT_MODELS},
     **DOCUMENTS,
 }
+
+
+def schema_files_by_url() -> dict[str, str]:
+    """Every published ``schema_url`` (a schema's ``$id``) -> its file name in ``schemas/``;
+    a document whose ``schema_url`` is not a key here points at nothing."""
+    return {schema_url(name, version): file_name
+            for file_name, (_, name, version) in SCHEMAS.items()}
 
 
 def generate_schemas() -> dict[str, dict[str, Any]]:
