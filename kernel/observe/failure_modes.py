@@ -119,7 +119,7 @@ def _tree_lines(mode: FailureMode) -> list[str]:
     for n, step in enumerate(tree.automatic, start=1):
         out += [f"    {previous} --> if{n}{{{_mermaid_text(step.when)}}}",
                 f"    if{n} -- yes --> then{n}[{_mermaid_text(step.then)}]",
-                f"    if{n} -- no --> next{n}((" "))", f"    then{n} --> next{n}"]
+                f'    if{n} -- no --> next{n}((" "))', f"    then{n} --> next{n}"]
         previous = f"next{n}"
     out += [f"    {previous} --> escalate[{_mermaid_text(tree.escalate)}]",
             f"    escalate --> person[/{_mermaid_text(tree.person)}/]", "```", ""]
