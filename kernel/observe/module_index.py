@@ -5,14 +5,16 @@ Public API:
     ``SECTIONS`` (the four required section headers, in order); ``MODULE_INDEX_SCHEMA`` (schema
     name and version of ``.state/module_index.json``); ``INDEX_NAME``; ``kernel_modules(root=None)
     -> list[Path]`` (the kernel's own modules, not the example project ``orch demo`` ships as
-    data); ``parse_docstring(doc) -> (summary, sections)``; ``section_problems(doc) -> list[str]``
+    data nor the data a wheel ships in ``kernel/_data``); ``parse_docstring(doc) -> (summary,
+    sections)``; ``missing_sections(doc) -> list[str]``; ``section_problems(doc) -> list[str]``
     (a missing or out-of-order required section, in words; empty when the docstring is
     complete); ``module_entry(path, root) -> dict``; ``build_index(root=None, *, now=None) ->
     dict`` (the document); ``write_index(state_dir, root=None) -> (Path, dict)``.
 
 Stability Guarantees:
     One parser: tests/test_generated.py checks every module's docstring with
-    ``section_problems``, and ``tools/docgen.py`` lists the modules with ``kernel_modules``. A
+    ``section_problems``, ``orch compliance`` (MOD-IDX-001) with ``missing_sections``, and
+    ``tools/docgen.py`` lists the modules with ``kernel_modules``. A
     section header is a line of its own, unindented, ending with a colon (``Public API:``); its
     body runs to the next such line. Modules are listed by dotted name; the document is
     deterministic but for ``generated_at``. Nothing is imported: sources are parsed with ``ast``.
@@ -47,8 +49,8 @@ def kernel_modules(root: Path | None = None) -> list[Path]:
     """The kernel's own modules under ``root`` (default: this installed package), sorted; the
     example project ``orch demo`` ships as data is not the kernel's."""
     root = root or Path(kernel.__file__).resolve().parent
-    project = root / "demo" / "project"
-    return [p for p in sorted(root.rglob("*.py")) if not p.is_relative_to(project)]
+    data = (root / "demo" / "project", root / "_data")   # shipped data (an installed wheel)
+    return [p for p in sorted(root.rglob("*.py")) if not any(p.is_relative_to(d) for d in data)]
 
 
 def parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
@@ -68,11 +70,17 @@ def parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     return summary, {name: "\n".join(body).strip() for name, body in sections.items()}
 
 
+def missing_sections(doc: str) -> list[str]:
+    """The MOD-IDX-001 section headers (``"Public API:"``, ...) the docstring lacks."""
+    found = parse_docstring(doc)[1]
+    return [s for s in SECTIONS if s[:-1] not in found]
+
+
 def section_problems(doc: str) -> list[str]:
     """What the docstring lacks of MOD-IDX-001: each missing section, or the order broken."""
-    where = {s: doc.find(f"\n{s}\n") for s in SECTIONS}
-    problems = [f"no {s[:-1]!r} section" for s, at in where.items() if at == -1]
-    found = [at for at in where.values() if at != -1]
+    missing = missing_sections(doc)
+    problems = [f"no {s[:-1]!r} section" for s in missing]
+    found = [doc.find(f"\n{s}\n") for s in SECTIONS if s not in missing]
     if found != sorted(found):
         problems.append("sections out of order (" + ", ".join(s[:-1] for s in SECTIONS) + ")")
     return problems
@@ -87,11 +95,10 @@ def module_entry(path: Path, root: Path) -> dict[str, Any]:
     """One module's row of the index."""
     doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
     summary, found = parse_docstring(doc)
-    required = [s[:-1] for s in SECTIONS]
     return {"module": _dotted(path, root), "path": path.relative_to(root.parent).as_posix(),
             "summary": summary,
-            "sections": {name: found[name] for name in required if name in found},
-            "missing_sections": [name for name in required if name not in found]}
+            "sections": {s[:-1]: found[s[:-1]] for s in SECTIONS if s[:-1] in found},
+            "missing_sections": [s[:-1] for s in missing_sections(doc)]}
 
 
 def build_index(root: Path | None = None, *, now: str | None = None) -> dict[str, Any]:
