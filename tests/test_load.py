@@ -4,6 +4,7 @@ change, started ones may not. Real files and a real database in tmp_path."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -327,8 +328,12 @@ def test_load_needs_an_initialised_project(tmp_path: Path) -> None:
     assert not bare.state_dir.exists()
 
 
-def test_the_example_project_validates_and_loads_cleanly(project: Project) -> None:
+def test_the_example_project_validates_and_loads_cleanly(project: Project,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     example = REPO / "docs" / "examples"
+    # As a user runs it: with the virtual environment active, so ruff and pytest (the example's
+    # commands) are on PATH; without them `program_not_found` warns, as it should.
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     for part in ("src", "tests"):
         shutil.copytree(example / part, project.root / part)
     shutil.copytree(example / "tasks", project.tasks_dir, dirs_exist_ok=True)
