@@ -133,6 +133,9 @@ CASES: dict[str, Case] = {
                        C("compliance", "--only", "NOPE", error="unknown_requirement")),
     "resources": Case(C("resources", "--all"),
                       C("resources", error="not_initialised", where="empty")),
+    "failure-modes": Case(C("failure-modes", "Task-Timeout"),
+                          C("failure-modes", "Nope", error="unknown_failure_mode")),
+    "index": Case(C("index"), C("index", error="not_initialised", where="empty")),
 }
 
 # Subcommands and the group's own options: the same contract.
@@ -185,6 +188,7 @@ def _check(call: Call, proc: subprocess.CompletedProcess[str]) -> None:
     if call.error is None:
         assert proc.returncode == 0 and not error, (what, proc.returncode, error, proc.stderr)
     else:
+        assert call.error in ERROR_CODES, f"{call.error}: not in ERROR_CODES"
         assert error and error["code"] == call.error, (what, proc.returncode, doc)
         assert proc.returncode == exit_code_for(call.error), (what, proc.returncode, error)
     assert "Traceback" not in proc.stderr, (what, proc.stderr)
@@ -244,11 +248,17 @@ def _raised_codes() -> list[tuple[str, str]]:
     classes = _error_classes()
     found = []
     for path in sorted(KERNEL.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        # super().__init__("code", ...) in a subclass of OrchError counts as that class.
+        inits = {id(call) for cls in ast.walk(tree) if isinstance(cls, ast.ClassDef)
+                 and cls.name in classes for call in ast.walk(cls)
+                 if isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "__init__"}
+        for node in ast.walk(tree):
             if not isinstance(node, ast.Call):
                 continue
             func = node.func
             name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            name = "OrchError" if id(node) in inits else name
             where = f"{path.relative_to(KERNEL.parent)}:{node.lineno}"
             first = node.args[0] if node.args else None
             if name in classes and first is not None and len(node.args) >= 2:

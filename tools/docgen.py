@@ -17,7 +17,8 @@ Integration Points:
     ``docs/CLI.md``; the doctor's queries -> ``docs/operations/DOCTOR.md``; the default
     ``orch.toml`` -> ``docs/operations/CONFIGURATION.md``; ``orch browse``'s descriptions and
     canned queries -> ``docs/operations/DATABASE.md``; the pydantic models ->
-    ``schemas/*.json`` (``kernel.observe.schemas``).
+    ``schemas/*.json`` (``kernel.observe.schemas``); ``docs/failure_modes/failure_modes.yaml``
+    -> ``docs/failure_modes/CATALOG.md`` and ``{Mode}.md`` (``kernel.observe.failure_modes``).
 
 Dependencies:
     click; ``kernel.store.db``, ``kernel.store.machines``, ``kernel.cli``.
@@ -218,6 +219,11 @@ def doctor_reference() -> str:
         "(`ok`, `warn` or `fail`), a detail, a hint, and up to 20 offending rows. Every check",
         "runs guarded: one that cannot run (a dropped table, a view that no longer compiles)",
         "fails with the reason (`could not run: ...`) and the others still run.",
+        "",
+        "When a check fails and the database can be written (it is not damaged), doctor records",
+        "one `state_corruption` event (critical; `metadata.checks` names the failed checks) for",
+        "the failure mode State-Corruption. It records one per distinct set of failed checks: run",
+        "again on the same damage, it records nothing more.",
         "",
         "It checks:",
         "",
@@ -421,9 +427,10 @@ def module_sources(repo: Path) -> dict[Path, str]:
 
 
 def kernel_modules(root: Path) -> list[Path]:
-    """The kernel's own modules (not the example project ``orch demo`` ships as data)."""
-    project = root / "demo" / "project"
-    return [p for p in sorted(root.rglob("*.py")) if not p.is_relative_to(project)]
+    """The kernel's own modules (``kernel.observe.module_index.kernel_modules``)."""
+    from kernel.observe.module_index import kernel_modules as modules
+
+    return modules(root)
 
 
 def generated_files(repo: Path) -> dict[Path, str]:
@@ -441,6 +448,10 @@ def generated_files(repo: Path) -> dict[Path, str]:
 
     for name, text in _schema_texts(generate_schemas()).items():
         files[repo / "schemas" / name] = text
+    from kernel.observe.failure_modes import failure_mode_docs
+
+    for name, text in failure_mode_docs().items():
+        files[repo / "docs" / "failure_modes" / name] = text
     files.update(module_sources(repo))
     return files
 

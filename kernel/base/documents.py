@@ -199,7 +199,7 @@ def path_text(loc: Sequence[Any]) -> str:
 
 def path_loc(text: str) -> list[str | int]:
     """The inverse of ``path_text``: ``dependencies[2]`` -> ``["dependencies", 2]``."""
-    return [int(p) if p.isdigit() else p for p in _PATH_PART.findall(text)]
+    return [int(p) if p.isdecimal() and p.isascii() else p for p in _PATH_PART.findall(text)]
 
 
 

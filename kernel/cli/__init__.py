@@ -20,6 +20,8 @@ Stability Guarantees:
     ``{"error": {"code", "message", "file", "line", "hint"}}``; ``orch --version`` and a group
     without its subcommand (``orch --json audit``) too. The streams are ``--jsonl`` (``orch
     run``, ``orch events``): one JSON object per line, errors as one ``{"error": ...}`` line.
+    A ``database_locked`` error leaves ``.state/database_locked.pending`` for the next writer
+    to record as an event (``kernel.store.lockrecord``).
     tests/test_cli_contract.py runs every command both ways.
 
 Integration Points:
@@ -29,7 +31,8 @@ Integration Points:
     (and what it needs) is imported when that command runs (docs/PERFORMANCE.md, "Start-up").
 
 Dependencies:
-    apsw, click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.store.db``.
+    apsw, click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.store.db``,
+    ``kernel.store.lockrecord``.
 """
 
 from __future__ import annotations
@@ -100,6 +103,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "capabilities": ("kernel.cli.capabilities:capabilities_cmd",
                      "List the capability catalog: what this machine meets, and the live "
                      "workers offering each."),
+    "failure-modes": ("kernel.cli.failuremodes:failure_modes_cmd",
+                      "List the failure modes, or show one MODE with its related modes and "
+                      "decision tree."),
+    "index": ("kernel.cli.index:index_cmd",
+              "Write .state/module_index.json: each kernel module's summary and docstring "
+              "sections."),
     "events": ("kernel.cli.events:events_cmd",
                "Print the audit events (every accepted state transition, and more)."),
     "export": ("kernel.cli.views:export_cmd",
@@ -173,6 +182,8 @@ EXAMPLES: dict[str, str] = {
     "browse": "orch browse --port 8001 --open",
     "compliance": "orch compliance --only STATE-OBS",
     "resources": "orch resources --all",
+    "failure-modes": "orch failure-modes Task-Timeout",
+    "index": "orch index",
 }
 
 
@@ -229,6 +240,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         click.echo("aborted", err=True)
         return 130
     except OrchError as exc:
+        _note_if_locked(exc, state, args)
         emit_error(exc, want_json)
         return exc.exit_code
     except apsw.Error as exc:
@@ -237,6 +249,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         from kernel.store.db import error_for
 
         err = error_for(exc, state.db_path or Path(".state/kernel.db"))
+        _note_if_locked(err, state, args)
         emit_error(err, want_json)
         return err.exit_code
     except BrokenPipeError:
@@ -259,6 +272,18 @@ def _help(ctx: click.Context | None, as_json: bool) -> None:
             commands[name] = lazy[1] if lazy else (sub.get_short_help_str(10**6) if sub else "")
     click.echo(json.dumps({"usage": ctx.get_usage(), "help": text, "commands": commands},
                           indent=2, sort_keys=True))
+
+
+def _note_if_locked(err: OrchError, state: CliState, args: list[str]) -> None:
+    """Database-Locked: a command that gave up on the busy timeout leaves a note that the next
+    command able to write records as a ``database_locked`` event (``kernel.store.lockrecord``)."""
+    if err.code != "database_locked" or state.db_path is None:
+        return
+    from kernel.store.lockrecord import note_locked
+
+    words = [a for i, a in enumerate(args)
+             if not a.startswith("-") and (i == 0 or args[i - 1] != "--root")]
+    note_locked(state.db_path, " ".join(words[:1]) or "orch")
 
 
 def main() -> None:

@@ -124,10 +124,10 @@ def doctor_cmd(state: CliState, repair: bool) -> int:
     would lose (compared with .state/transitions.jsonl) and the exact `orch restore` command.
     """
     project = state.project()
-    if repair:
-        checks, fixed = kdoctor.repair(project)
+    if repair:  # record: a failed check is a state_corruption event (State-Corruption)
+        checks, fixed = kdoctor.repair(project, record=True)
     else:
-        checks, fixed = kdoctor.diagnose(project), None
+        checks, fixed = kdoctor.diagnose(project, record=True), None
     failed = [c for c in checks if c.status == "fail"]
 
     def text() -> None:

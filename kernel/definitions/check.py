@@ -7,7 +7,8 @@ Public API:
     problems ``collect`` found plus the cross-file checks and, given ``existing``, the checks
     against the database. ``validate(project, paths=None) -> ValidationResult`` runs
     ``collect`` and ``check`` and writes nothing. ``read_existing(conn, defs) -> Existing``;
-    ``dependency_graph(defs, existing)`` (task -> prerequisites once loaded); records
+    ``dependency_graph(defs, existing)`` (task -> prerequisites once loaded);
+    ``cycle_of(problem)`` (the tasks of a ``dependency_cycle`` problem, in order); records
     ``Existing``, ``ExistingTask``, ``ValidationResult``. Re-exported for the callers that
     import them from here: ``collect``, ``Definitions`` (kernel.definitions.collect),
     ``gc_paused`` (kernel.planning.dag), ``ValidationProblem``, ``TaskRecord``,
@@ -354,6 +355,15 @@ def _cycle_problem(cycle: list[str], by_id: dict[str, TaskRecord]) -> Validation
         "dependency_cycle", rec.file if rec else None, path,
         f"dependency cycle: {text} (each must finish before the next can start)",
         "remove one of these dependencies (or blocks entries)")
+
+
+def cycle_of(problem: ValidationProblem) -> list[str] | None:
+    """The tasks of a ``dependency_cycle`` problem in edge order, as ``_cycle_problem`` wrote
+    them (None for any other problem); task ids never contain ``" -> "``."""
+    if problem.code != "dependency_cycle":
+        return None
+    text = problem.message.removeprefix("dependency cycle: ").partition(" (each must")[0]
+    return text.split(" -> ")[:-1]
 
 
 def _against_database(defs: Definitions, existing: Existing, graph: dict[str, set[str]],

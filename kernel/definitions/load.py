@@ -8,7 +8,8 @@ Public API:
     each record as it is written); ``LoadReport`` (``as_dict()``, ``summary()``);
     ``LoadError(OrchError)`` with ``.problems`` (every problem, errors and warnings);
     ``insert_rows_in_tx(conn, insert, rows)`` (a multi-row INSERT, ``BATCH_PARAMETERS`` values
-    per statement, inside the caller's write transaction).
+    per statement, inside the caller's write transaction); ``record_cycles(conn, problems,
+    defs)`` (the ``dependency_cycle_detected`` event of a load refused for cycles).
 
 Stability Guarantees:
     All or nothing: any error (in the files, or against the database) raises ``LoadError`` and
@@ -61,7 +62,13 @@ import apsw
 
 from kernel.base import clock
 from kernel.base.errors import OrchError
-from kernel.definitions.check import Existing, check, dependency_graph, read_existing
+from kernel.definitions.check import (
+    Existing,
+    check,
+    cycle_of,
+    dependency_graph,
+    read_existing,
+)
 from kernel.definitions.collect import Definitions, collect
 from kernel.definitions.records import ERROR, TaskRecord, ValidationProblem, problem_order
 from kernel.planning.dag import gc_paused
@@ -182,11 +189,39 @@ def load(project: Project, paths: Sequence[str | os.PathLike[str]] | None = None
         raise LoadError(sorted(defs.problems, key=problem_order))
     tasks = len(defs.tasks)
     with project.open(verify=True) as conn:  # a damaged file is refused before the write
-        report = load_definitions(conn, defs, now=now)
+        try:
+            report = load_definitions(conn, defs, now=now)
+        except LoadError as exc:
+            record_cycles(conn, exc.problems, defs)
+            raise
     if tasks > BIG_LOAD_ROWS:
         del defs
         _release_memory()
     return report
+
+
+def record_cycles(conn: apsw.Connection, problems: Sequence[ValidationProblem],
+                  defs: Definitions) -> int | None:
+    """Dependency-Cycle: one ``dependency_cycle_detected`` event (critical) for a load refused
+    for cycles, in its own transaction once the load's has rolled back (nothing else is
+    written); the event's seq, or None (no cycle, or the database cannot be written now: the
+    refusal itself still stands)."""
+    found = [(p, cycle) for p in problems if (cycle := cycle_of(p))]
+    if not found:
+        return None
+    first, cycle = found[0]
+    workstreams = {t.task_id: t.workstream_id for t in defs.tasks}
+    ws = workstreams.get(cycle[0])
+    try:
+        with db.write_tx(conn):
+            return events.emit_event_in_tx(
+                conn, "dependency_cycle_detected", entity_id=ws, workstream_id=ws,
+                task_id=cycle[0], trigger="load_refused",
+                metadata={"failure_mode": "Dependency-Cycle", "cycle": cycle,
+                          "cycles": [c for _, c in found], "file": first.file,
+                          "path": first.path})
+    except apsw.Error:
+        return None
 
 
 def _release_memory() -> None:

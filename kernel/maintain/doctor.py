@@ -1,12 +1,14 @@
 """``orch doctor``: is the database sound, current, and true to its invariants?
 
 Public API:
-    ``diagnose(project) -> list[Check]``; ``doctor_report(project) -> dict`` (what
-    ``orch doctor --json`` prints); ``repair(project) -> (list[Check], RepairReport)`` (``orch
-    doctor --repair``); ``repair_schema_of(project) -> dict`` (the schema part of the
+    ``diagnose(project, *, record=False) -> list[Check]``; ``doctor_report(project) -> dict``
+    (what ``orch doctor --json`` prints; records nothing: ``orch bundle`` calls it);
+    ``repair(project, *, record=False) -> (list[Check], RepairReport)`` (``orch doctor
+    --repair``); ``repair_schema_of(project) -> dict`` (the schema part of the
     repair); ``restore_plan(project) -> dict`` (the newest usable backup and what restoring it
     would lose); ``rebuild_views(project) -> dict``; ``Check(name, status, detail, hint,
-    rows)`` with status ``ok`` | ``warn`` | ``fail``; ``INVARIANT_QUERIES`` (from
+    rows)`` with status ``ok`` | ``warn`` | ``fail``; ``record_corruption(conn, checks)`` (the
+    ``state_corruption`` event of a run with failed checks); ``INVARIANT_QUERIES`` (from
     ``kernel.maintain.invariants``: name -> (SQL
     returning offending rows, what it means), the lease and fencing ones from
     ``kernel.maintain.doctor_checks.ENFORCEMENT_QUERIES``); ``INVARIANT_HINTS`` (name -> what to do,
@@ -20,9 +22,12 @@ Stability Guarantees:
     When the database cannot be migrated, it is checked read-only as it is
     (``migrations_apply`` fails). A routine operator action (cancel, retry, skip, rotation)
     never makes a check fail: ``log_agrees_with_tables`` compares each entity with its last
-    *transition* event. Plain ``orch doctor`` never writes to the database except to apply
-    pending migrations, as every command does. A damaged database (``integrity_check``
-    fails, or the file is not a database) is only ever opened read-only and never migrated;
+    *transition* event. Plain ``orch doctor`` writes to the database only to apply pending
+    migrations, as every command does, and (``record=True``, what the command passes), when a
+    check fails on a database it could open for writing, to record one ``state_corruption``
+    event (State-Corruption) per distinct set of failed checks (the same set as the newest such
+    event records nothing). A damaged database (``integrity_check`` fails, or the file is not a
+    database) is only ever opened read-only and never migrated;
     ``--repair`` then changes nothing and prints the ``orch restore`` command instead. A file
     ``kernel.db`` refuses before opening it (empty, truncated, not SQLite, not orch's, a schema
     that does not match its version: see ``kernel.db``) makes plain ``orch doctor`` exit 3 with
@@ -43,12 +48,13 @@ Integration Points:
 Dependencies:
     apsw; ``kernel.base.errors``, ``kernel.maintain.backup``, ``kernel.maintain.doctor_checks``,
     ``kernel.maintain.invariants``, ``kernel.maintain.restore``, ``kernel.store.db``,
-    ``kernel.store.machines``, ``kernel.store.project``.
+    ``kernel.store.events``, ``kernel.store.machines``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import json
 from dataclasses import asdict, dataclass
@@ -76,7 +82,7 @@ from kernel.maintain.invariants import (
     invariant_checks,
 )
 from kernel.maintain.restore import restore_command
-from kernel.store import db
+from kernel.store import db, events
 from kernel.store.machines import load_machines, stored_matches_yaml
 from kernel.store.project import Project
 
@@ -251,9 +257,11 @@ def _open(project: Project) -> tuple[apsw.Connection | None, Check]:
                            f"cannot be opened read-only either ({exc})")
 
 
-def diagnose(project: Project) -> list[Check]:
+def diagnose(project: Project, *, record: bool = False) -> list[Check]:
     """Every check, each guarded: one that cannot run (a dropped table, a view that no longer
-    compiles) fails with the reason instead of stopping the others."""
+    compiles) fails with the reason instead of stopping the others. ``record`` (``orch
+    doctor``): a failed check is also recorded as a ``state_corruption`` event
+    (``record_corruption``)."""
     project.require_db()
     checked, versions = _probe(project.db_path)
     if checked != ["ok"]:
@@ -264,7 +272,7 @@ def diagnose(project: Project) -> list[Check]:
         return [*(versions or [_library()]), opened]
     try:
         with db.read_tx(conn):
-            return [
+            checks = [
                 *guarded(["schema_version"], lambda: _versions(conn)),
                 opened,
                 _integrity(checked),
@@ -275,8 +283,36 @@ def diagnose(project: Project) -> list[Check]:
                 *event_log_checks(conn),
                 *guarded(["wal_size"], lambda: [_wal(project)]),
             ]
+        if record and opened.status == "ok":  # opened as every command opens it: writable
+            record_corruption(conn, checks)
+        return checks
     finally:
         conn.close()
+
+
+def record_corruption(conn: apsw.Connection, checks: list[Check]) -> int | None:
+    """State-Corruption: one ``state_corruption`` event (critical) naming the failed checks,
+    unless the newest such event names the same set (a second ``orch doctor`` on the same
+    damage records nothing; a new finding is recorded). The event's seq, or None: nothing
+    failed, the same set was recorded already, or the database cannot be written now (a
+    lock, a read-only file, a dropped event table); doctor's verdict stands either way."""
+    failed = sorted(c.name for c in checks if c.status == "fail")
+    if not failed:
+        return None
+    fingerprint = hashlib.sha256("\n".join(failed).encode()).hexdigest()[:16]
+    try:
+        with db.write_tx(conn):
+            newest = db.scalar(conn, "SELECT json_extract(metadata, '$.fingerprint') FROM event "
+                                     "WHERE event = 'state_corruption' ORDER BY seq DESC LIMIT 1")
+            if newest == fingerprint:
+                return None
+            return events.emit_event_in_tx(
+                conn, "state_corruption", trigger="doctor",
+                metadata={"failure_mode": "State-Corruption", "checks": failed,
+                          "fingerprint": fingerprint,
+                          "findings": {c.name: c.detail for c in checks if c.status == "fail"}})
+    except apsw.Error:
+        return None
 
 
 def _integrity_failed(result: list[str]) -> list[Check]:
@@ -445,20 +481,20 @@ def repair_schema_of(project: Project) -> dict[str, Any]:
         conn.close()
 
 
-def repair(project: Project) -> tuple[list[Check], RepairReport]:
+def repair(project: Project, *, record: bool = False) -> tuple[list[Check], RepairReport]:
     """``orch doctor --repair``: diagnose; on a sound database recreate lost or altered views,
     triggers and indexes (then diagnose again) and rewrite the ``.state`` views; on a damaged
     one change nothing and say what restoring the newest backup would lose."""
     project.require_db()
     try:
-        checks = diagnose(project)
+        checks = diagnose(project, record=record)
     except DatabaseUnavailable as exc:
         if exc.code not in db.DAMAGED_CODES:
             raise
         lowered = (set_back_lowered_version(project.db_path)
                    if exc.code == "schema_damaged" else None)
         if lowered is not None:  # only the version was wrong: set back, diagnose again
-            checks, report = repair(project)
+            checks, report = repair(project, record=record)
             base = report.schema or {"recreated": [], "failed": [], "not_repaired": []}
             lowered_schema = {**base, "user_version": lowered}
             return checks, dataclasses.replace(report, schema=lowered_schema)

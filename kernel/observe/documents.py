@@ -7,7 +7,7 @@ Public API:
     objects); ``render_indented(doc) -> str`` (two-space indent, the layout of
     ``metrics.json``); ``write_document(path, doc, *, indented=False)``; ``dumps(value) ->
     str`` (compact, sorted keys, UTF-8 as it is); ``RawRows`` (rows that already are JSON
-    text).
+    text); ``WORKSTREAM_ARCHIVE_SCHEMA`` (the archive documents' schema name and version).
 
 Stability Guarantees:
     Keys are sorted at every level and the text ends with a newline. ``render`` writes one row
@@ -40,6 +40,10 @@ dumps = _ENCODER.encode
 # Lists of objects are written one object per line (grep finds a task with its whole row),
 # except these, whose rows are tiny and many (300,000 edges): one line.
 _ONE_LINE = frozenset({"edges"})
+
+
+#: (schema name, version) of the workstream archive documents (``.state/archive/{ws}/``).
+WORKSTREAM_ARCHIVE_SCHEMA = ("workstream-archive", "1.0.0")
 
 
 class RawRows(list[str]):

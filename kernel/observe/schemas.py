@@ -1,4 +1,5 @@
-"""JSON Schemas (draft 2020-12) for the definition files, generated from kernel.definitions.models.
+"""JSON Schemas (draft 2020-12) for every document orch writes or reads, generated from the
+models (kernel.definitions.models, the views, the metrics, kernel.observe.document_models).
 
 Public API:
     SCHEMAS: file name -> (model, schema name, schema version)
@@ -6,6 +7,7 @@ Public API:
     render(schema) -> str                      the exact text written to disk
     write_schemas(directory) -> list[str]      (re)writes every file; returns the names written
     stale_schemas(directory) -> list[str]      names that are missing, outdated or unknown
+    schema_files_by_url() -> dict[str, str]    each schema_url ($id) -> its file name
 
 Stability Guarantees:
     Output is deterministic (sorted keys, 2-space indent, trailing newline), so ``schemas/``
@@ -19,7 +21,8 @@ Integration Points:
 
 Dependencies:
     pydantic; ``kernel.definitions.models``, ``kernel.definitions.registries``,
-    ``kernel.observe.metrics_document``, ``kernel.observe.view_models``.
+    ``kernel.observe.document_models``, ``kernel.observe.metrics_document``,
+    ``kernel.observe.view_models``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from kernel.definitions.registries import (
     CapabilityRegistry,
     ResourceRegistry,
 )
+from kernel.observe.document_models import DOCUMENTS
 from kernel.observe.metrics_document import METRICS_SCHEMA_NAME, METRICS_SCHEMA_VERSION, Metrics
 from kernel.observe.view_models import DOCUMENT_MODELS, VIEWS_SCHEMA_VERSION
 
@@ -69,7 +73,15 @@ SCHEMAS: dict[str, tuple[type[BaseModel], str, str]] = {
     "metrics.schema.json": (Metrics, METRICS_SCHEMA_NAME, METRICS_SCHEMA_VERSION),
     **{f"{model.schema_name}.schema.json": (model, model.schema_name, VIEWS_SCHEMA_VERSION)
        for model in DOCUMENT_MODELS},
+    **DOCUMENTS,
 }
+
+
+def schema_files_by_url() -> dict[str, str]:
+    """Every published ``schema_url`` (a schema's ``$id``) -> its file name in ``schemas/``;
+    a document whose ``schema_url`` is not a key here points at nothing."""
+    return {schema_url(name, version): file_name
+            for file_name, (_, name, version) in SCHEMAS.items()}
 
 
 def generate_schemas() -> dict[str, dict[str, Any]]:

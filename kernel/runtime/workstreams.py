@@ -13,9 +13,10 @@ Stability Guarantees:
     made), → failed on ``max_duration_seconds`` (every unfinished task is cancelled), on a
     failed critical task once nothing of it runs, or when nothing more can run and some task
     did not complete (queued and retrying tasks are cancelled). A failed, cancelled or
-    completed workstream is archived in ``.state/archive/{ws}/``. Creating a worktree is
-    tried again each tick after a git failure (a ``worktree_failed`` event); the fifth failure
-    stops the run with git's message.
+    completed workstream is archived in ``.state/archive/{ws}/`` (a document with
+    ``schema_version`` and ``schema_url``: schemas/workstream-archive.schema.json). Creating a
+    worktree is tried again each tick after a git failure (a ``worktree_failed`` event); the
+    fifth failure stops the run with git's message.
 
 Integration Points:
     ``kernel.runtime.scheduler.tick`` runs these; ``orch cancel --workstream`` archives with
@@ -23,9 +24,9 @@ Integration Points:
     workstream are cancelled with ``kernel.runtime.actions.cancel_task_in_tx``.
 
 Dependencies:
-    apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.runtime.actions``,
-    ``kernel.runtime.context``, ``kernel.runtime.worktree``, ``kernel.store.db``,
-    ``kernel.store.events``, ``kernel.store.machines``.
+    apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.observe.documents``,
+    ``kernel.runtime.actions``, ``kernel.runtime.context``, ``kernel.runtime.worktree``,
+    ``kernel.store.db``, ``kernel.store.events``, ``kernel.store.machines``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import apsw
 
 from kernel.base import clock
 from kernel.base.errors import OrchError
+from kernel.observe.documents import WORKSTREAM_ARCHIVE_SCHEMA, header
 from kernel.runtime import actions, worktree
 from kernel.runtime.context import TickContext, TickReport, scope_sql
 from kernel.store import db, events
@@ -275,6 +277,7 @@ def archive_workstream(conn: apsw.Connection, root: Path, wid: str) -> None:
     """Write the workstream's final state to ``.state/archive/{ws}/`` (failed, cancelled or
     completed workstreams; the worktree of a failed or cancelled one is kept)."""
     doc = {
+        **header(*WORKSTREAM_ARCHIVE_SCHEMA),
         "workstream": db.row(conn, "SELECT workstream_id, state, base_branch, branch, "
                                    "worktree_path, started_at, completed_at FROM workstream "
                                    "WHERE workstream_id = ?", (wid,)),

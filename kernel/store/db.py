@@ -5,7 +5,8 @@ Public API:
     ``open_connection(path, *, create=False, readonly=False, durability="normal",
     busy_timeout_ms=5000, verify=False)`` returns an ``apsw.Connection`` with the kernel's
     pragmas, checked but not migrated (``kernel.store.schema.connect`` migrates); context
-    managers ``write_tx(conn)`` (``BEGIN IMMEDIATE``, after ``writer_lock(conn)``),
+    managers ``write_tx(conn, *, timeout=None)`` (``BEGIN IMMEDIATE``, after
+    ``writer_lock(conn, timeout)``),
     ``read_tx(conn)`` and ``open_file(path, *, readonly=True, create=False)`` (an SQLite file
     that is not the live database: backups, archives, copies; no checks, no pragmas, no writer
     lock file), and ``snapshot(conn)`` (a read transaction, or the caller's); ``rows(conn, sql,
@@ -295,11 +296,13 @@ def open_file(path: str | os.PathLike[str], *, readonly: bool = True, create: bo
 
 
 @contextlib.contextmanager
-def write_tx(conn: apsw.Connection) -> Iterator[apsw.Connection]:
+def write_tx(conn: apsw.Connection, *, timeout: float | None = None
+             ) -> Iterator[apsw.Connection]:
     """A write transaction taken with BEGIN IMMEDIATE: the write lock is held from the start,
     so a transaction never fails half-way for want of it (no SQLITE_BUSY on upgrade). Kernel
-    writers first queue on the writer lock file (see above)."""
-    with writer_lock(conn):
+    writers first queue on the writer lock file (see above), for ``timeout`` seconds (default:
+    the connection's busy timeout)."""
+    with writer_lock(conn, timeout):
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn

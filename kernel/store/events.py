@@ -81,6 +81,19 @@ _DEFS = (
              "`orch load` changed the definition of a workstream that had not started."),
     EventDef("task_definition_updated", "task_definition", "info", "task",
              "`orch load` changed the definition of a task that had not started."),
+    EventDef("dependency_cycle_detected", "task_definition", "critical", "workstream",
+             "`orch load` was refused because task dependencies form a cycle "
+             "(Dependency-Cycle); metadata.cycle lists the tasks in order, metadata.cycles "
+             "every cycle found. Nothing else of the load was written."),
+    EventDef("state_corruption", "integrity", "critical", "system",
+             "`orch doctor` found a failed integrity, schema or invariant check "
+             "(State-Corruption); metadata.checks names them. Written once per distinct set "
+             "of findings, while the database can be written."),
+    EventDef("database_locked", "database", "warning", "system",
+             "A command gave up waiting for the database's write lock (Database-Locked, exit "
+             "code 3); recorded by the next command that writes, from "
+             ".state/database_locked.pending (metadata: command, last_command, first_at, "
+             "last_at, occurrences)."),
     EventDef("audit_rotated", "audit_retention", "info", "system",
              "`orch audit rotate` moved old events into monthly archive files (warning when the "
              "retention was shortened by --force-short-retention)."),

@@ -3,7 +3,9 @@
 Public API:
     ``load_failure_modes(path=None) -> FailureModeCatalog``; ``ensure_failure_modes(conn)`` syncs
     ``docs/failure_modes/failure_modes.yaml`` into ``failure_mode`` and
-    ``failure_mode_relation`` when the file changed; ``FailureMode`` (frozen pydantic model).
+    ``failure_mode_relation`` when the file changed; ``FailureMode`` and ``DecisionTree``
+    (frozen pydantic models); ``FailureModeCatalog.related_of(mode_id)`` (the symmetric
+    related-failure links, sorted).
 
 Stability Guarantees:
     Mode ids (``Task-Timeout``, ...) are stable: attempts and events refer to them. Modes are only
@@ -25,11 +27,32 @@ from typing import Literal
 
 import apsw
 import yaml
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kernel.base.data import failure_modes_file
 
 _HASH_KEY = "failure_modes_sha256"
+
+
+class DecisionStep(BaseModel):
+    """One automatic attempt of a decision tree: ``if`` the condition holds, ``then`` this."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    when: str = Field(alias="if", min_length=1)
+    then: str = Field(min_length=1)
+
+
+class DecisionTree(BaseModel):
+    """ERR-FM-003: detection, the automatic attempts in order, escalation, and when a person
+    must step in."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    detect: str = Field(min_length=1)
+    automatic: tuple[DecisionStep, ...] = ()
+    escalate: str = Field(min_length=1)
+    person: str = Field(min_length=1)
 
 
 class FailureMode(BaseModel):
@@ -46,6 +69,8 @@ class FailureMode(BaseModel):
     automatic_recovery: str
     manual_intervention: str
     related: tuple[str, ...] = ()
+    event_metadata: tuple[str, ...] = ()
+    decision_tree: DecisionTree
 
 
 class FailureModeCatalog(BaseModel):
@@ -66,6 +91,17 @@ class FailureModeCatalog(BaseModel):
 
     def by_id(self) -> dict[str, FailureMode]:
         return {m.mode_id: m for m in self.modes}
+
+    def related_of(self, mode_id: str) -> list[str]:
+        """The modes linked to ``mode_id`` either way (links are symmetric: Task-Timeout <->
+        Worker-Unresponsive whichever of the two lists the other)."""
+        return sorted({other for pair in self.relations() if pair[0] == mode_id
+                       for other in pair[1:]})
+
+    def relations(self) -> set[tuple[str, str]]:
+        """Every related-failure link, both directions (the ``failure_mode_relation`` rows)."""
+        return {pair for mode in self.modes for other in mode.related
+                for pair in ((mode.mode_id, other), (other, mode.mode_id))}
 
 
 def load_failure_modes(path: Path | None = None) -> FailureModeCatalog:
@@ -96,16 +132,9 @@ def ensure_failure_modes(conn: apsw.Connection) -> bool:
                 ),
             )
         conn.execute("DELETE FROM failure_mode_relation")
-        # Related-failure links are symmetric (Task-Timeout <-> Worker-Unresponsive).
-        pairs = {
-            pair
-            for mode in catalog.modes
-            for other in mode.related
-            for pair in ((mode.mode_id, other), (other, mode.mode_id))
-        }
         conn.executemany(
             "INSERT INTO failure_mode_relation (mode_id, related_mode_id) VALUES (?, ?)",
-            sorted(pairs),
+            sorted(catalog.relations()),
         )
         conn.execute(
             upsert_sql("kernel_info", "key", ("key", "value")),

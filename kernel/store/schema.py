@@ -4,9 +4,10 @@ Public API:
     ``connect(path, *, create=False, readonly=False, durability="normal",
     busy_timeout_ms=5000, verify=False)`` opens the file through
     ``kernel.store.db.open_connection`` and, unless ``readonly``, migrates it (``migrate``):
-    the connection every command uses. ``migrate(conn, path)`` applies each pending migration
-    in its own write transaction, then loads the state machines (``ensure_machines``) and the
-    failure-mode catalog (``ensure_failure_modes``) into their tables.
+    the connection every command uses; a writable one also records a pending
+    ``database_locked`` note (``kernel.store.lockrecord``). ``migrate(conn, path)`` applies
+    each pending migration in its own write transaction, then loads the state machines
+    (``ensure_machines``) and the failure-mode catalog (``ensure_failure_modes``) into their tables.
 
 Stability Guarantees:
     A database is only ever migrated forward: a file newer than this code is refused
@@ -24,7 +25,8 @@ Integration Points:
     ``db.write_tx``, sit above ``db`` without an import cycle.
 
 Dependencies:
-    apsw; ``kernel.store.db``, ``kernel.store.machines``, ``kernel.store.reference``.
+    apsw; ``kernel.store.db``, ``kernel.store.lockrecord``, ``kernel.store.machines``,
+    ``kernel.store.reference``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import apsw
 
-from kernel.store import db
+from kernel.store import db, lockrecord
 from kernel.store.machines import ensure_machines
 from kernel.store.reference import ensure_failure_modes
 
@@ -79,6 +81,7 @@ def connect(
         return conn
     try:
         migrate(conn, path)
+        lockrecord.record_pending(conn, path)   # Database-Locked, noted by a command before
     except apsw.Error as exc:
         conn.close()
         raise db.error_for(exc, path) from exc

@@ -21,8 +21,9 @@ Dependencies:
     ``kernel.definitions.executors``, ``kernel.definitions.models``,
     ``kernel.definitions.registries``, ``kernel.maintain.compliance.core``,
     ``kernel.maintain.compliance.state_checks``, ``kernel.maintain.doctor_checks``,
-    ``kernel.maintain.invariants``, ``kernel.observe.replay``, ``kernel.runtime.executors``,
-    ``kernel.store.db``, ``kernel.store.eventlog``, ``kernel.store.machines``.
+    ``kernel.maintain.invariants``, ``kernel.observe.replay``, ``kernel.observe.schemas``,
+    ``kernel.runtime.executors``, ``kernel.store.db``, ``kernel.store.eventlog``,
+    ``kernel.store.machines``.
 """
 
 from __future__ import annotations
@@ -326,13 +327,21 @@ def _audit_001(ctx: Context, f: Finding) -> Result:
 
 
 def _schema_ids(ctx: Context, f: Finding) -> dict[str, Path]:
+    """Every published schema_url whose file is in schemas/ with that ``$id``."""
+    from kernel.observe.schemas import schema_files_by_url
+
     f.look(str(ctx.schemas))
     ids = {}
-    for path in sorted(ctx.schemas.glob("*.json")):
+    for url, name in schema_files_by_url().items():
+        path = ctx.schemas / name
         try:
-            ids[str(json.loads(path.read_text(encoding="utf-8")).get("$id"))] = path
+            found = json.loads(path.read_text(encoding="utf-8")).get("$id")
         except (OSError, ValueError):
-            f.fail(f"{path.name} is not a JSON Schema", str(path))
+            f.fail(f"the schema of {url} is missing or is not JSON", str(path))
+            continue
+        if found != url:
+            f.fail(f"{name} has $id {found}, not {url}", str(path))
+        ids[url] = path
     return ids
 
 
@@ -356,10 +365,12 @@ def _schema_ver_001(ctx: Context, f: Finding) -> Result:
         if doc is None:
             continue
         version, url = doc.get("schema_version"), doc.get("schema_url")
+        # Archives are history, never rewritten: one from an older orch only warns.
+        report = f.warn if "archive" in path.relative_to(ctx.state_dir).parts else f.fail
         if not isinstance(version, str) or not _SEMVER.match(version):
-            f.fail(f"{path.name} has no semver schema_version", ctx.rel(path))
+            report(f"{path.name} has no semver schema_version", ctx.rel(path))
         if not isinstance(url, str):
-            f.fail(f"{path.name} has no schema_url", ctx.rel(path))
+            report(f"{path.name} has no schema_url", ctx.rel(path))
         elif url not in ids:
             f.fail(f"{path.name}: schema_url {url} names no schema in schemas/", ctx.rel(path))
     tasks = 0

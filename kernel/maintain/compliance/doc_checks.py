@@ -20,8 +20,9 @@ Integration Points:
     ``docs/failure_modes/failure_modes.yaml`` (``kernel.store.reference``).
 
 Dependencies:
-    ``kernel.maintain.compliance.core``, ``kernel.observe.archive``, ``kernel.store.eventlog``,
-    ``kernel.store.machines``, ``kernel.store.reference``.
+    ``kernel.maintain.compliance.core``, ``kernel.observe.archive``,
+    ``kernel.observe.failure_modes``, ``kernel.observe.module_index``,
+    ``kernel.store.eventlog``, ``kernel.store.machines``, ``kernel.store.reference``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ import re
 from pathlib import Path
 
 from kernel.maintain.compliance.core import Context, Finding, Result, check
+from kernel.observe import module_index
+from kernel.observe.failure_modes import CATEGORY_SECTIONS, REQUIRED_FIELDS
+from kernel.observe.module_index import SECTIONS
 
 __all__ = ["MODULE_SECTIONS", "REQUIRED_TOPICS", "headings"]
 
@@ -50,12 +54,11 @@ REQUIRED_TOPICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "EXEC-DOC-006": ("RECOVERY.md", ("checkpoints", "rollback", "partial workstream failure",
                                      "manual intervention", "decision trees")),
 }
-FM_FIELDS = ("Detection", "Probability", "Impact", "Manifestation", "Automatic Recovery",
-             "Manual Intervention", "Related Failures")
-FM_SECTIONS = {"task": "Task Failures", "worker": "Worker Failures",
-               "workstream": "Workstream Failures", "system": "System Failures"}
-MODULE_SECTIONS = ("Public API:", "Stability Guarantees:", "Integration Points:",
-                   "Dependencies:")
+# One home each: the failure-mode pages' fields and sections (kernel.observe.failure_modes,
+# which generates the pages) and the module docstring sections (kernel.observe.module_index).
+FM_FIELDS = REQUIRED_FIELDS
+FM_SECTIONS = CATEGORY_SECTIONS
+MODULE_SECTIONS = SECTIONS
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 
 
@@ -243,10 +246,10 @@ def missing_sections(path: Path) -> list[str] | None:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except (SyntaxError, UnicodeDecodeError):
         return None
-    doc = ast.get_docstring(tree, clean=False)
+    doc = ast.get_docstring(tree)
     if doc is None:
         return None
-    return [s for s in MODULE_SECTIONS if f"\n{s}" not in "\n" + doc.replace("\n    ", "\n")]
+    return module_index.missing_sections(doc)
 
 
 @check("MOD-IDX-001", fix="add the missing sections to the module's docstring (`orch index` "
@@ -254,8 +257,7 @@ def missing_sections(path: Path) -> list[str] | None:
 def _mod_idx_001(ctx: Context, f: Finding) -> Result:
     """Every kernel module's docstring has Public API, Stability Guarantees, Integration
     Points and Dependencies."""
-    modules = sorted(p for p in ctx.source.rglob("*.py")
-                     if "_data" not in p.parts and "project" not in p.parts)
+    modules = module_index.kernel_modules(ctx.source)
     f.look(str(ctx.source))
     for path in modules:
         missing = missing_sections(path)
