@@ -25,6 +25,7 @@ def blocks() -> list[tuple[str, str | None, str]]:
 def example_files() -> dict[str, str]:
     files = {path: text for lang, path, text in blocks() if path and lang in ("json", "yaml")}
     assert len(files) >= 8 and all(p.startswith("tasks/") for p in files), files
+    assert all("schema_version" in text and "schema_url" in text for text in files.values())
     return files
 
 
