@@ -40,7 +40,7 @@ Integration Points:
     in place of ``orch``; ``kernel.base.faults.point`` is wrapped to know which points passed.
 
 Dependencies:
-    apsw; ``kernel.base.faults``, ``kernel.cli``.
+    apsw; ``kernel.base.faults``, ``kernel.cli.run``.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def _check(kind: str, file: str) -> None:
             raise ERRORS[fault.error](f"injected fault: {fault.kind} {fault.error} on {file}")
 
 
-class FaultFile(apsw.VFSFile):  # type: ignore[misc]
+class FaultFile(apsw.VFSFile):
     def __init__(self, base: str, name: Any, flags: list[int], file: str) -> None:
         super().__init__(base, name, flags)
         self.file = file
@@ -192,7 +192,7 @@ class _undo_log:  # noqa: N801 - used as a context manager like open()
         self.f.close()   # releases the flock
 
 
-class FaultVFS(apsw.VFS):  # type: ignore[misc]
+class FaultVFS(apsw.VFS):
     def __init__(self) -> None:
         self.base = apsw.vfs_names()[0]   # the default before this one: "unix"
         super().__init__(VFS_NAME, base=self.base, makedefault=True)
@@ -217,7 +217,7 @@ def _wrap_points() -> None:
         _State.passed.add(name)
         original(name)
 
-    faults.point = point  # type: ignore[assignment]
+    faults.point = point
 
 
 def _after_fork() -> None:
