@@ -76,7 +76,8 @@ def _orch(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedP
                           timeout=timeout)
 
 
-def build(root: Path, n: int, rng: random.Random, worktrees: bool) -> None:
+def build(root: Path, n: int, rng: random.Random, worktrees: bool,
+          seconds: tuple[float, float] = (0.02, 0.3)) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "orch.toml").write_text(TOML.format(worktrees="true" if worktrees else "false"))
     if worktrees:
@@ -94,9 +95,9 @@ def build(root: Path, n: int, rng: random.Random, worktrees: bool) -> None:
         ws = f"ws{i % workstreams}"
         same = [j for j in range(max(0, i - 12), i) if j % workstreams == i % workstreams]
         deps = [f"t{j:04d}" for j in rng.sample(same, min(len(same), rng.randint(0, 2)))]
-        seconds = round(rng.uniform(0.02, 0.3), 3)
+        duration = round(rng.uniform(*seconds), 3)
         command = " ".join(shlex.quote(a) for a in (
-            PY, str(script), str(root / "ledger.txt"), str(locks), str(seconds)))
+            PY, str(script), str(root / "ledger.txt"), str(locks), str(duration)))
         doc = {"schema_version": "2.0.0", "task_id": f"t{i:04d}", "workstream_id": ws,
                "name": f"t{i:04d}", "type": "custom", "dependencies": deps,
                "execution": {"command": command, "timeout_seconds": 60, "max_retries": 20,
