@@ -48,6 +48,11 @@ BAD = ("database is locked", "BusyError", "Traceback")
 #: kind -> how many processes loop on it (16 in all)
 MIX = {"worker": 5, "cancel": 2, "retry": 2, "skip": 1, "status": 2, "export": 1, "backup": 1,
        "reader": 2}
+CONFIG = """\
+[run]
+tick_seconds = 0.05
+worktrees = false
+"""
 READER = """\
 import sqlite3, sys, time
 db, until = sys.argv[1], float(sys.argv[2])
@@ -171,17 +176,19 @@ def _start_workers(root: Path, count: int, logs: Path) -> list[tuple[subprocess.
 
 
 def _stop(proc: subprocess.Popen[Any], kind: str, err: Path | str, tally: Tally) -> None:
+    # SIGTERM stops both the way Ctrl-C does; SIGINT would be ignored when this campaign was
+    # started in the background by a shell (its children inherit SIGINT ignored).
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
     try:
         code = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
         code = proc.wait()
-        tally.problems.append(f"{kind} pid {proc.pid} did not stop within 60 s of Ctrl-C")
+        tally.problems.append(f"{kind} pid {proc.pid} did not stop within 60 s of SIGTERM")
     text = Path(err).read_text(errors="replace") if isinstance(err, Path) else err
     problem = _bad_output(f"{kind} pid {proc.pid}", text)
-    if code not in (0, 1, 130):
+    if code not in (0, 1, 130, 143, -signal.SIGTERM):
         problem = problem or f"{kind} pid {proc.pid} exit {code}: {text[-800:]}"
     tally.note(kind, problem)
 
@@ -230,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     root = base / "project"
     started = time.monotonic()
     build(root, args.tasks, random.Random(seed), False, seconds=(0.3, 1.5))
+    # The kill campaign's heartbeat settings declare a worker lost after ~1 s without a
+    # heartbeat; 16 processes on a small machine stall longer than that. orch's defaults here.
+    (root / "orch.toml").write_text(CONFIG)
     tally = campaign(root, args.seconds, seed)
     problems = list(tally.problems)
     overlaps, starts = read_ledger(root)

@@ -6,6 +6,7 @@ syncs or lock calls, and a power-loss simulation, around a real ``orch`` command
 
 Public API:
     ``FAULTS_ENV`` (``ORCH_VFS_FAULTS``), ``POWERLOSS_ENV`` (``ORCH_VFS_POWERLOSS``),
+    ``REPORT_ENV`` (``ORCH_VFS_REPORT``: a file ``main`` appends its count of injected faults to),
     ``KINDS``, ``ERRORS``, ``FILES``; ``Fault`` and ``parse(text) -> list[Fault]``;
     ``FaultVFS`` / ``FaultFile`` (``apsw.VFS`` / ``apsw.VFSFile`` subclasses inheriting from the
     default VFS); ``install(faults, undo_dir=None)`` registers it as the default VFS of this
@@ -59,6 +60,7 @@ from kernel.base import faults
 
 FAULTS_ENV = "ORCH_VFS_FAULTS"
 POWERLOSS_ENV = "ORCH_VFS_POWERLOSS"
+REPORT_ENV = "ORCH_VFS_REPORT"
 VFS_NAME = "orch-faults"
 KINDS = ("read", "write", "sync", "lock", "truncate")
 ERRORS: dict[str, type[apsw.Error]] = {
@@ -292,6 +294,10 @@ def main(argv: list[str] | None = None) -> None:
     from kernel.cli import run
 
     code = run(argv if argv is not None else sys.argv[1:])
+    report = os.environ.get(REPORT_ENV)
+    if report:   # how many faults this process injected (forked workers do not report)
+        with open(report, "a", encoding="utf-8") as f:
+            f.write(f"{_State.injected}\n")
     sys.stdout.flush()
     sys.exit(code)
 
