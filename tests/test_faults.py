@@ -325,3 +325,21 @@ def test_a_bad_fault_setting_is_refused() -> None:
     [fault] = faultvfs.parse("sync:busy:nth=2:times=0:file=wal:after=before_finish")
     assert (fault.kind, fault.error, fault.nth, fault.times, fault.file, fault.after) == (
         "sync", "busy", 2, 0, "wal", "before_finish")
+
+
+def test_a_write_after_state_was_removed_is_database_missing(tmp_path: Path) -> None:
+    """The writer lock file lives in .state/: when the directory is gone, a write says the
+    database is missing (exit 3) rather than raising FileNotFoundError."""
+    from kernel.base.errors import DatabaseUnavailable
+    from kernel.store import db
+    from kernel.store.project import Project, init_project
+
+    init_project(tmp_path)
+    conn = Project(tmp_path).connect()
+    try:
+        shutil.rmtree(tmp_path / ".state")
+        with pytest.raises(DatabaseUnavailable) as caught, db.write_tx(conn):
+            pass
+        assert caught.value.code == "database_missing" and caught.value.exit_code == 3
+    finally:
+        conn.close()
