@@ -132,6 +132,8 @@ def unloaded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An initialised project with one task file, not loaded."""
     root = tmp_path_factory.mktemp("faults") / "unloaded"
     root.mkdir()
+    # A lock refused for good: the command gives up after 1 s rather than the default 5 s.
+    (root / "orch.toml").write_text("[database]\nbusy_timeout_ms = 1000\n")
     orch("--root", str(root), "init", check=True)
     (root / "tasks" / "w").mkdir(parents=True)
     (root / "tasks" / "w" / "a.json").write_text(json.dumps(

@@ -5,7 +5,8 @@ size limit, a symlink loop), and runs them through the real `orch validate` and 
 (in-process, `kernel.cli.run`, for speed). A defective tree is refused with exit 1, a JSON
 problem naming the file (and, for a field, its JSON path), never a traceback, and the database
 is left exactly as it was; a valid tree loads and `orch plan --json` plans every task of it.
-The examples are bounded and derandomized so that CI runs the same ones every time."""
+The examples are bounded and derandomized so that CI runs the same ones every time
+(``ORCH_FUZZ_EXAMPLES`` raises the number per kind for a long run)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ from kernel.store.project import Project, init_project
 
 from .conftest import logical_dump, run_cli
 
-FUZZ = settings(max_examples=6, deadline=None, derandomize=True, database=None,
+#: Examples per kind of tree: 6 in the test suite; ORCH_FUZZ_EXAMPLES=200 for a long run.
+EXAMPLES = int(os.environ.get("ORCH_FUZZ_EXAMPLES", "6"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -219,7 +222,7 @@ def _names_the_defect(tree: Tree, problems: list[dict[str, Any]]) -> bool:
 @pytest.mark.parametrize("kind", [None, *KINDS], ids=["valid", *KINDS])
 def test_a_generated_tree_is_refused_whole_or_loaded_and_planned(
         kind: str | None, template: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Each kind of tree gets FUZZ's examples: 14 kinds x 6 = 84 trees per run."""
+    """Each kind of tree gets FUZZ's examples: 14 kinds x 6 = 84 trees in the test suite."""
 
     @FUZZ
     @given(tree=trees(kind))
