@@ -321,12 +321,13 @@ def test_the_power_cut_simulation_undoes_exactly_the_unsynced_commits(
 
 
 def test_a_bad_fault_setting_is_refused() -> None:
-    for text in ("write:nothing", "scribble:full", "write:full:nth=x", "read:ioerr:after=nope"):
+    for text in ("write:nothing", "scribble:full", "write:full:nth=x", "read:ioerr:after=nope",
+                 "write:busy", "read:full"):
         with pytest.raises(ValueError):
             faultvfs.parse(text)
-    [fault] = faultvfs.parse("sync:busy:nth=2:times=0:file=wal:after=before_finish")
+    [fault] = faultvfs.parse("sync:full:nth=2:times=0:file=wal:after=before_finish")
     assert (fault.kind, fault.error, fault.nth, fault.times, fault.file, fault.after) == (
-        "sync", "busy", 2, 0, "wal", "before_finish")
+        "sync", "full", 2, 0, "wal", "before_finish")
 
 
 def test_a_write_after_state_was_removed_is_database_missing(tmp_path: Path) -> None:

@@ -33,12 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from kernel.bench.faultvfs import ALLOWED, KINDS  # noqa: E402
 from tools.kill_campaign import _orch, _rows, build, check  # noqa: E402
 
 PY = sys.executable
 COMMANDS = ["load", "cancel", "skip", "retry", "export", "status", "backup", "run"]
-KINDS = ["read", "write", "sync", "lock", "truncate"]
-ERRORS = ["full", "ioerr", "busy", "readonly"]
 
 
 def _args(command: str, root: Path, rng: random.Random, tasks: int) -> list[str]:
@@ -58,7 +57,8 @@ def _args(command: str, root: Path, rng: random.Random, tasks: int) -> list[str]
 
 
 def _fault(command: str, rng: random.Random) -> str:
-    kind, error = rng.choice(KINDS), rng.choice(ERRORS)
+    kind = rng.choice(KINDS)
+    error = rng.choice(ALLOWED[kind])
     nth = rng.randint(1, 150 if command == "run" else 6)
     times = "0" if rng.random() < 0.25 else "1"
     where = rng.choice(["db", "wal", "any", "any"])

@@ -5,7 +5,7 @@ syncs or lock calls, and a power-loss simulation, around a real ``orch`` command
     ORCH_VFS_POWERLOSS=UNDO_DIR python -m kernel.bench.faultvfs --root P run   # then power_loss
 
 Public API:
-    ``FAULTS_ENV`` (``ORCH_VFS_FAULTS``), ``POWERLOSS_ENV`` (``ORCH_VFS_POWERLOSS``),
+    ``FAULTS_ENV`` (``ORCH_VFS_FAULTS``), ``POWERLOSS_ENV`` (``ORCH_VFS_POWERLOSS``), ``ALLOWED``,
     ``REPORT_ENV`` (``ORCH_VFS_REPORT``: a file ``main`` appends its count of injected faults to),
     ``KINDS``, ``ERRORS``, ``FILES``; ``Fault`` and ``parse(text) -> list[Fault]``;
     ``FaultVFS`` / ``FaultFile`` (``apsw.VFS`` / ``apsw.VFSFile`` subclasses inheriting from the
@@ -19,7 +19,8 @@ Stability Guarantees:
     other way is untouched. ``ORCH_VFS_FAULTS`` is a comma-separated list of
     ``KIND:ERROR[:nth=N][:times=M][:file=F][:after=POINT]`` entries. KIND is ``read``,
     ``write``, ``sync``, ``lock`` (xLock) or ``truncate``; ERROR is ``full`` (SQLITE_FULL),
-    ``ioerr`` (SQLITE_IOERR), ``busy`` (SQLITE_BUSY) or ``readonly`` (SQLITE_READONLY); F is
+    ``ioerr`` (SQLITE_IOERR), ``busy`` (SQLITE_BUSY) or ``readonly`` (SQLITE_READONLY), each
+    only where a real file system can give it (``ALLOWED``: busy only for a lock); F is
     ``db``, ``wal`` or ``any`` (default). The Nth matching call (default 1) and the M - 1 after
     it fail (default 1; ``times=0``: every call from the Nth on). With ``after=POINT`` (a name
     of ``kernel.base.faults.POINTS``) calls are counted only once this process has passed that
@@ -68,6 +69,11 @@ ERRORS: dict[str, type[apsw.Error]] = {
     "readonly": apsw.ReadOnlyError,
 }
 FILES = ("db", "wal", "any")
+#: The errors each kind of call may fail with: those a real file system gives it. SQLite takes
+#: SQLITE_BUSY from a write during a checkpoint for "readers present" and carries on, leaving a
+#: damaged file: no disk does that, so it is refused here.
+ALLOWED = {"read": ("ioerr",), "write": ("full", "ioerr", "readonly"),
+           "sync": ("full", "ioerr"), "truncate": ("full", "ioerr"), "lock": ("busy", "ioerr")}
 _HEADER = struct.Struct("<qqq")   # offset, length of the old bytes, the file's size before
 
 
@@ -95,9 +101,9 @@ def parse(text: str) -> list[Fault]:
     for item in filter(None, (p.strip() for p in text.split(","))):
         kind, _, rest = item.partition(":")
         error, *options = rest.split(":") if rest else [""]
-        if kind not in KINDS or error not in ERRORS:
-            raise ValueError(f"{FAULTS_ENV}: {item!r}: KIND must be one of {KINDS}, ERROR one "
-                             f"of {sorted(ERRORS)}")
+        if kind not in KINDS or error not in ALLOWED[kind]:
+            raise ValueError(f"{FAULTS_ENV}: {item!r}: KIND must be one of {KINDS}, and ERROR "
+                             f"one of {ALLOWED.get(kind, sorted(ERRORS))}")
         fault = Fault(kind, error)
         for option in options:
             key, _, value = option.partition("=")
