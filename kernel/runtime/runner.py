@@ -18,7 +18,9 @@ Stability Guarantees:
     has a task after a batch of reports, and at least every ``run.tick_seconds``. Exit status:
     0 when every task in scope completed, else 1. A missing,
     empty, damaged (``PRAGMA quick_check``) or foreign database is refused before the scheduler
-    lock is written: ``DatabaseUnavailable``, exit 3, no task started.
+    lock is written: ``DatabaseUnavailable``, exit 3, no task started. A database file removed
+    or replaced while the run runs (``.state/`` deleted) stops it at the next tick with
+    ``database_missing`` (exit 3): it never commits into a file nobody can open again.
     Start-up: once the lock is held, the run forks its workers from itself when that is safe
     (one thread, no open SQLite connection: its own is closed around the forks; not when
     ``SPAWN_ENV`` is set), all at once: they carry the modules and the configuration the

@@ -70,6 +70,8 @@ The pragmas, and why:
                             free instead of sleeping in SQLite's busy handler (1, 2, 5, ...
                             100 ms): the tail of claim latency with 16 workers falls several
                             times. Other clients do not use it; the busy timeout still rules.
+                            When it cannot be opened (``.state/`` removed), the write fails
+                            with ``database_missing`` or ``database_access_denied`` (exit 3).
     wal_checkpoint(RESTART) run periodically by long-lived writers (``checkpoint()``) so that
                             the WAL cannot grow without bound while readers come and go.
 """
