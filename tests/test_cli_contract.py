@@ -136,6 +136,8 @@ CASES: dict[str, Case] = {
     "failure-modes": Case(C("failure-modes", "Task-Timeout"),
                           C("failure-modes", "Nope", error="unknown_failure_mode")),
     "index": Case(C("index"), C("index", error="not_initialised", where="empty")),
+    "new": Case(C("new", "more/h", "--cmd", "true"),
+                C("new", "ws/a", "--cmd", "true", error="task_exists")),
 }
 
 # Subcommands and the group's own options: the same contract.

@@ -65,7 +65,7 @@ def test_task_schema_documents_fields_for_users() -> None:
     execution = schema["$defs"]["ExecutionSpec"]["properties"]
     assert execution["timeout_seconds"]["default"] == 3600
     assert all(p.get("description") for p in execution.values())
-    assert schema["required"] == ["task_id", "workstream_id", "name", "type", "execution"]
+    assert schema["required"] == ["execution"]  # the ids from the path, name from the id
 
 
 @pytest.mark.parametrize(

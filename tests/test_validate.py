@@ -356,8 +356,9 @@ def test_registries_may_be_given_as_paths(project: Project, tmp_path: Path) -> N
         "    capacity: 8\n    min_per_task: 1\n    max_per_task: 8"))
     assert problems_of(project, project.tasks_dir, bigger) == []
     assert [p.code for p in problems_of(project, project.capabilities_dir)] == []
-    (project.tasks_dir / "notes.yaml").write_text("not: a registry\n")  # ignored in tasks/
-    assert [p.code for p in problems_of(project)] == ["impossible_resource_amount"]
+    (project.tasks_dir / "notes.yaml").write_text("not: a registry\n")  # not read, but said
+    assert [p.code for p in problems_of(project)] == ["not_a_task_file",
+                                                      "impossible_resource_amount"]
 
 
 def test_a_missing_field_points_at_the_object_that_lacks_it(project: Project) -> None:

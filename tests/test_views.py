@@ -267,16 +267,22 @@ def test_a_stale_index_is_not_used(conn: apsw.Connection, project: Project) -> N
     assert exports.read_view(state, "by_status.json")["_read_from"] == "current.json"
 
 
-def test_the_events_file_ahead_of_the_database_is_reported_not_rewritten(
+def test_an_events_file_that_diverged_from_the_database_is_set_aside_and_written_again(
         conn: apsw.Connection, project: Project) -> None:
+    """The database wins: a file holding an event the database does not have (a newer
+    database's, a power cut's) is kept as evidence under another name, and written again."""
     state = project.state_dir
     exports.export(conn, state)
+    written = _jsonl(state)
     with open(state / exports.TRANSITIONS, "a") as fh:
         fh.write(json.dumps({"seq": 10_000, "event": "from_a_newer_database"}) + "\n")
     report = exports.export(conn, state)
-    assert report.events_appended == 0
-    assert report.warnings and "seq 10000" in report.warnings[0]
-    assert _jsonl(state)[-1]["seq"] == 10_000
+    assert report.warnings and "no longer matched" in report.warnings[0]
+    [aside] = state.glob(exports.TRANSITIONS + ".diverged-*")
+    assert json.loads(aside.read_text().splitlines()[-1])["seq"] == 10_000
+    assert _jsonl(state) == written and report.events_appended == len(written)
+    again = exports.export(conn, state)
+    assert again.warnings == [] and again.events_appended == 0
 
 
 def test_a_real_run_and_an_operator_command_keep_the_views_current(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ Integration Points:
     ``docs/CLI.md``; the doctor's queries -> ``docs/operations/DOCTOR.md``; the default
     ``orch.toml`` -> ``docs/operations/CONFIGURATION.md``; ``orch browse``'s descriptions and
     canned queries -> ``docs/operations/DATABASE.md``; the pydantic models ->
-    ``schemas/*.json`` (``kernel.observe.schemas``); ``docs/failure_modes/failure_modes.yaml``
+    ``schemas/*.json`` (``kernel.observe.schemas``) and the field tables of
+    ``docs/writing-tasks.md`` (``tools.docgen_tasks``); ``docs/failure_modes/failure_modes.yaml``
     -> ``docs/failure_modes/CATALOG.md`` and ``{Mode}.md`` (``kernel.observe.failure_modes``).
 
 Dependencies:
@@ -444,6 +445,10 @@ def generated_files(repo: Path) -> dict[Path, str]:
         repo / "docs" / "operations" / "DATABASE.md": database_reference(),
         repo / "docs" / "compliance.md": compliance_markdown(repo),
     }
+    from tools.docgen_tasks import WRITING_TASKS, writing_tasks
+
+    page = repo / WRITING_TASKS
+    files[page] = writing_tasks(page.read_text(encoding="utf-8"))
     from kernel.observe.schemas import generate_schemas
 
     for name, text in _schema_texts(generate_schemas()).items():

@@ -76,7 +76,8 @@ def _orch(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedP
                           timeout=timeout)
 
 
-def build(root: Path, n: int, rng: random.Random, worktrees: bool) -> None:
+def build(root: Path, n: int, rng: random.Random, worktrees: bool,
+          seconds: tuple[float, float] = (0.02, 0.3)) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "orch.toml").write_text(TOML.format(worktrees="true" if worktrees else "false"))
     if worktrees:
@@ -94,9 +95,9 @@ def build(root: Path, n: int, rng: random.Random, worktrees: bool) -> None:
         ws = f"ws{i % workstreams}"
         same = [j for j in range(max(0, i - 12), i) if j % workstreams == i % workstreams]
         deps = [f"t{j:04d}" for j in rng.sample(same, min(len(same), rng.randint(0, 2)))]
-        seconds = round(rng.uniform(0.02, 0.3), 3)
+        duration = round(rng.uniform(*seconds), 3)
         command = " ".join(shlex.quote(a) for a in (
-            PY, str(script), str(root / "ledger.txt"), str(locks), str(seconds)))
+            PY, str(script), str(root / "ledger.txt"), str(locks), str(duration)))
         doc = {"schema_version": "2.0.0", "task_id": f"t{i:04d}", "workstream_id": ws,
                "name": f"t{i:04d}", "type": "custom", "dependencies": deps,
                "execution": {"command": command, "timeout_seconds": 60, "max_retries": 20,
@@ -200,27 +201,26 @@ def _dead(pid: int) -> bool:
     return False
 
 
-def check(root: Path) -> dict[str, Any]:
-    problems: list[str] = []
-    states = dict(_rows(root, "SELECT task_id, state FROM task"))
-    not_done = sorted(t for t, s in states.items() if s != "completed")
-    if not_done:
-        problems.append(f"{len(not_done)} tasks not completed: {not_done[:10]}")
+def read_ledger(root: Path) -> tuple[list[str], dict[str, int]]:
+    """The ledger's ``overlap`` lines, and how many times each task started."""
     lines = (root / "ledger.txt").read_text().splitlines() \
         if (root / "ledger.txt").exists() else []
     overlaps = [ln for ln in lines if ln.startswith("overlap")]
-    if overlaps:
-        problems.append(f"{len(overlaps)} overlapping executions: {overlaps[:5]}")
     starts: dict[str, int] = {}
     for ln in lines:
         what, tid, *_ = ln.split()
         if what == "start":
             starts[tid] = starts.get(tid, 0) + 1
-    lost = dict(_rows(root, "SELECT task_id, COUNT(*) FROM attempt WHERE outcome = 'lost' "
-                            "GROUP BY task_id"))
-    unexplained = sorted(t for t, n in starts.items() if n > 1 + lost.get(t, 0))
-    if unexplained:
-        problems.append(f"re-executions without a lost attempt: {unexplained[:10]}")
+    return overlaps, starts
+
+
+def check_store(root: Path, problems: list[str]) -> dict[str, Any]:
+    """What must hold of any database, whatever happened to it: `orch doctor` exits 0 (the
+    invariants, ``log_agrees_with_tables`` among them), integrity ok, seq gapless, after
+    `orch export` ``transitions.jsonl`` holds exactly the event table and ``current.json`` the
+    state of every task, and `orch replay` at the last event equals that state. Appends to
+    ``problems``; returns the task states and the event count."""
+    states = dict(_rows(root, "SELECT task_id, state FROM task"))
     doctor = _orch(root, "--json", "doctor")
     if doctor.returncode != 0:
         problems.append(f"orch doctor exit {doctor.returncode}: {doctor.stdout[-2000:]}")
@@ -228,28 +228,56 @@ def check(root: Path) -> dict[str, Any]:
     if integrity != [("ok",)]:
         problems.append(f"integrity_check: {integrity}")
     seq_count, seq_max, seq_min = _rows(root, "SELECT COUNT(*), MAX(seq), MIN(seq) FROM event")[0]
-    if seq_count != seq_max - seq_min + 1:
+    if seq_count and seq_count != seq_max - seq_min + 1:
         problems.append(f"seq not gapless: {seq_count} events, seq {seq_min}..{seq_max}")
-    _orch(root, "export").check_returncode()
+    export = _orch(root, "export")
+    if export.returncode != 0:
+        problems.append(f"orch export exit {export.returncode}: {export.stderr[-500:]}")
+        return {"states": states, "events": seq_count}
+    log = root / ".state" / "transitions.jsonl"
     exported = [json.loads(x)["seq"] for x in
-                (root / ".state" / "transitions.jsonl").read_text().splitlines() if x]
-    if exported != list(range(seq_min, seq_max + 1)):
+                (log.read_text().splitlines() if log.exists() else []) if x]
+    if seq_count and exported != list(range(seq_min, seq_max + 1)):
         problems.append(f"transitions.jsonl holds {len(exported)} events, the table {seq_count}")
-    at = _rows(root, "SELECT MAX(timestamp) FROM event")[0][0]
-    replay = _orch(root, "--json", "replay", "--at", at)
-    if replay.returncode != 0:
-        problems.append(f"orch replay exit {replay.returncode}: {replay.stderr[-500:]}")
-    else:
-        doc = json.loads(replay.stdout)
-        replayed = {t: v["state"] for t, v in doc.get("tasks", {}).items()}
-        if replayed != states:
-            diff = sorted(t for t in states if replayed.get(t) != states[t])
-            problems.append(f"replay differs from the final state for {diff[:10]}")
+    current = json.loads((root / ".state" / "current.json").read_text())
+    viewed = {t["task_id"]: t["state"] for t in current["tasks"]}
+    if viewed != states:
+        problems.append(f"current.json differs from the task table for "
+                        f"{sorted(t for t in states if viewed.get(t) != states[t])[:10]}")
+    if seq_count:
+        at = _rows(root, "SELECT MAX(timestamp) FROM event")[0][0]
+        replay = _orch(root, "--json", "replay", "--at", at)
+        if replay.returncode != 0:
+            problems.append(f"orch replay exit {replay.returncode}: {replay.stderr[-500:]}")
+        else:
+            doc = json.loads(replay.stdout)
+            replayed = {t: v["state"] for t, v in doc.get("tasks", {}).items()}
+            if replayed != states:
+                diff = sorted(t for t in states if replayed.get(t) != states[t])
+                problems.append(f"replay differs from the final state for {diff[:10]}")
+    return {"states": states, "events": seq_count}
+
+
+def check(root: Path) -> dict[str, Any]:
+    problems: list[str] = []
+    store = check_store(root, problems)
+    states = store["states"]
+    not_done = sorted(t for t, s in states.items() if s != "completed")
+    if not_done:
+        problems.append(f"{len(not_done)} tasks not completed: {not_done[:10]}")
+    overlaps, starts = read_ledger(root)
+    if overlaps:
+        problems.append(f"{len(overlaps)} overlapping executions: {overlaps[:5]}")
+    lost = dict(_rows(root, "SELECT task_id, COUNT(*) FROM attempt WHERE outcome = 'lost' "
+                            "GROUP BY task_id"))
+    unexplained = sorted(t for t, n in starts.items() if n > 1 + lost.get(t, 0))
+    if unexplained:
+        problems.append(f"re-executions without a lost attempt: {unexplained[:10]}")
     stale = _rows(root, "SELECT COUNT(*) FROM event WHERE event = 'stale_result_rejected'")[0][0]
     return {"tasks": len(states), "executions": sum(starts.values()),
             "re_executions": sum(n - 1 for n in starts.values()),
             "lost_attempts": sum(lost.values()), "overlaps": len(overlaps),
-            "stale_results_rejected": stale, "events": seq_count, "problems": problems}
+            "stale_results_rejected": stale, "events": store["events"], "problems": problems}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,6 +94,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "git_failed": (_F, "a git command failed"),
     "illegal_transition": (_F, "the state machine refused the change"),
     "init_in_orch_source": (_F, "`orch init` in orch's own source checkout"),
+    "internal": (_F, "orch met a state it should never reach (a bug: report it)"),
     "invalid_definition": (_F, "one definition document is invalid (every problem listed)"),
     "invalid_definitions": (_F, "the task, workstream or registry files have errors"),
     "invalid_limit": (_U, "--limit is out of range"),
@@ -121,6 +122,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "schema_damaged": (_D, "the schema does not match its user_version"),
     "schema_too_new": (_D, "a newer orch wrote the database"),
     "sqlite_too_old": (_D, "the bundled SQLite library is too old"),
+    "task_exists": (_F, "`orch new` names a task that has a file (nothing is overwritten)"),
     "toml_syntax": (_F, "orch.toml is not valid TOML"),
     "too_deep": (_F, "a definition file nests too deeply"),
     "unknown_capability": (_U, "`orch worker --capability` names a capability not in the "

@@ -64,6 +64,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "migrate-tasks": ("kernel.cli.definitions:migrate_tasks_cmd",
                       "Rewrite task files between schema versions, with a backup (all or "
                       "nothing)."),
+    "new": ("kernel.cli.new:new_cmd",
+            "Write a new task file tasks/WS/TASK.json and print its path."),
     "plan": ("kernel.cli.plan:plan_cmd",
              "Show the execution plan: stages of tasks that may run in parallel, the lanes each "
              "uses (max_parallelism), estimated durations and the critical path."),
@@ -184,6 +186,7 @@ EXAMPLES: dict[str, str] = {
     "resources": "orch resources --all",
     "failure-modes": "orch failure-modes Task-Timeout",
     "index": "orch index",
+    "new": "orch new build/test --cmd 'pytest -q' --after compile",
 }
 
 

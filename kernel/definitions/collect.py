@@ -3,7 +3,8 @@ checked on its own (the cross-file checks are kernel.definitions.check).
 
 Public API:
     ``collect(project, paths=None, *, workers=None, definitions=True) -> Definitions`` reads
-    the task files (``tasks/{ws}/{task}.json``), each ``tasks/{ws}/workstream.json`` and the
+    the task files (``tasks/{ws}/{task}.json``, ``.yaml``, ``.yml``), each workstream file
+    (``tasks/{ws}/workstream.json``, ``.yaml``, ``.yml``) and the
     registries (``capabilities/registry.yaml``, ``capabilities/resources.yaml``; the shipped
     defaults when the project has none, with a ``registry_default`` warning), finding every
     per-file problem. PATHs may be task files, directories, registry YAML files, the project
@@ -16,7 +17,9 @@ Stability Guarantees:
     exists): without a database ``.state/`` is not even created. A result from the cache is the
     result parsing the file would give (``Definitions.cached`` counts them). The problems of
     ``orch.toml`` are listed as problems of that file (``config_invalid``, and the defaults are
-    used to check the rest). A workstream without ``workstream.json`` gets the defaults. The
+    used to check the rest). A workstream without a workstream file gets the defaults. The
+    workstream files are read first: a valid one's ``task_defaults`` are merged into each task
+    file of its directory (``kernel.definitions.defaults``); an invalid one gives none. The
     registries are read with the larger of the shipped limit and ``[definitions]
     max_task_file_bytes``; task files with the latter.
 
@@ -27,10 +30,11 @@ Integration Points:
     pydantic validation of 100k task files does not fit the load budget on one core).
 
 Dependencies:
-    ``kernel.base.config``, ``kernel.base.documents``, ``kernel.definitions.discover``,
-    ``kernel.definitions.errors``, ``kernel.definitions.parsecache``,
-    ``kernel.definitions.records``, ``kernel.definitions.registries``,
-    ``kernel.definitions.taskfiles``, ``kernel.planning.dag``, ``kernel.store.project``.
+    ``kernel.base.config``, ``kernel.base.documents``, ``kernel.definitions.defaults``,
+    ``kernel.definitions.discover``, ``kernel.definitions.errors``,
+    ``kernel.definitions.parsecache``, ``kernel.definitions.records``,
+    ``kernel.definitions.registries``, ``kernel.definitions.taskfiles``,
+    ``kernel.planning.dag``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kernel.base.config import Config, ConfigError
 from kernel.base.documents import DEFAULT_MAX_FILE_BYTES, DocumentError
+from kernel.definitions.defaults import defaults_digest
 from kernel.definitions.discover import discover
 from kernel.definitions.errors import DefinitionError
 from kernel.definitions.parsecache import cached_parse
@@ -110,16 +116,23 @@ def _collect(project: Project, paths: Sequence[str | os.PathLike[str]] | None,
     max_bytes = config.definitions.max_task_file_bytes
     # The registries are not task files: a lower limit does not apply to them, a higher does.
     _registries(project, found.registries, defs, max(max_bytes, DEFAULT_MAX_FILE_BYTES))
+    # The workstream files first: their task_defaults are merged into their tasks.
+    defaults: dict[str, tuple[str, dict[str, Any]]] = {}
+    for path, display in found.workstreams.values():
+        record = _workstream(os.path.basename(os.path.dirname(path)), path, display, defs,
+                             max_bytes)
+        if record is not None and record.definition.task_defaults is not None:
+            given = record.definition.task_defaults.given()
+            defaults[os.path.dirname(path)] = (defaults_digest(given), given)
     ctx = _parse_context(defs, definitions, max_bytes,
                          frozenset(config.agents.command_agents()))
+    ctx.defaults = defaults
     results, defs.cached = cached_parse(
         project.state_dir, sorted(found.tasks), ctx,
         lambda files: parse_task_results(files, ctx, workers), whole=not paths)
     defs.tasks, problems = split_results(results)
     del results
     defs.problems += problems
-    for path, display in found.workstreams.values():
-        _workstream(os.path.basename(os.path.dirname(path)), path, display, defs, max_bytes)
     for ws_id in sorted({t.workstream_id for t in defs.tasks} - set(defs.workstreams)):
         _workstream(ws_id, None, None, defs, max_bytes)
     return defs
@@ -203,8 +216,9 @@ def _registries(project: Project, given: list[tuple[str, str]], defs: Definition
 
 
 def _workstream(ws_id: str, path: str | None, display: str | None, defs: Definitions,
-                max_bytes: int) -> None:
+                max_bytes: int) -> WorkstreamRecord | None:
     record, problems = parse_workstream(ws_id, path, display, max_bytes)
     defs.problems += problems
     if record is not None:
         defs.workstreams[ws_id] = record
+    return record

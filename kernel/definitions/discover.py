@@ -8,18 +8,24 @@ Public API:
     directories, registry YAML files, the project root or ``capabilities/``.
 
 Stability Guarantees:
-    Nothing is opened but directories. Everything under ``tasks/`` (but dot-entries) must be a
-    directory or a regular file; a FIFO, socket, device, dangling or looping symlink, or a
-    directory named like a task file (``x.json`` inside a workstream) is an error, never
-    opened. Symlinks are followed when they stay inside the project (``path_escapes_root``
-    otherwise); a directory reached twice is a ``symlink_loop``. A task file given by path
-    brings its directory's ``workstream.json`` with it. Entries are found in name order.
+    Nothing is opened but directories. Task files are ``{task}.json``, ``.yaml`` or ``.yml``;
+    a workstream file is ``workstream.json``, ``.yaml`` or ``.yml`` (two in one directory: an
+    error). Any other file under ``tasks/`` is the warning ``not_a_task_file``, never
+    silence; dot-entries (``.backups/`` of ``orch migrate-tasks``, editors' files) are
+    skipped. Everything under ``tasks/`` must be a directory or a regular file; a FIFO,
+    socket, device, dangling or looping symlink, or a directory named like a task file
+    (``x.json`` inside a workstream) is an error, never opened. A YAML file given by path is a
+    task or workstream file under ``tasks/``, a registry elsewhere. Symlinks are followed
+    when they stay inside the project (``path_escapes_root`` otherwise); a directory reached
+    twice is a ``symlink_loop``. A task file given by path brings its directory's workstream
+    file with it. Entries are found in name order.
 
 Integration Points:
     ``kernel.definitions.collect.collect`` reads what is found here.
 
 Dependencies:
-    ``kernel.base.documents``, ``kernel.definitions.records``, ``kernel.store.project``.
+    ``kernel.base.documents``, ``kernel.definitions.defaults``, ``kernel.definitions.records``,
+    ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from kernel.base.documents import kind_of
+from kernel.definitions.defaults import TASK_SUFFIXES, WORKSTREAM_FILES
 from kernel.definitions.records import ValidationProblem, display_path, inside_root
 from kernel.store.project import Project
 
@@ -54,11 +61,12 @@ def discover(project: Project, paths: Sequence[str | os.PathLike[str]] | None = 
         return found
     for given in paths:
         _add_given(project, os.path.abspath(given), real_root, found)
-    for task_path, _ in found.tasks:  # a task file's workstream.json comes with it
+    for task_path, _ in found.tasks:  # a task file's workstream file comes with it
         directory = os.path.dirname(task_path)
-        ws_file = os.path.join(directory, "workstream.json")
-        if directory not in found.workstreams and os.path.lexists(ws_file):
-            found.workstreams[directory] = (ws_file, display_path(ws_file, root))
+        for name in WORKSTREAM_FILES:
+            ws_file = os.path.join(directory, name)
+            if directory not in found.workstreams and os.path.lexists(ws_file):
+                found.workstreams[directory] = (ws_file, display_path(ws_file, root))
     return found
 
 
@@ -97,7 +105,7 @@ def _walk(directory: str, root: str, real_root: str, found: Found, top: bool,
         except OSError:
             is_dir = is_file = False
         shown = display_path(entry.path, root)
-        if is_dir and entry.name.endswith(".json") and not workstream_level:
+        if is_dir and entry.name.endswith(TASK_SUFFIXES) and not workstream_level:
             found.problems.append(ValidationProblem(
                 "not_a_regular_file", shown, "", "a directory where a task file is expected",
                 "a task file is a regular file tasks/{workstream}/{task_id}.json: rename or "
@@ -109,10 +117,33 @@ def _walk(directory: str, root: str, real_root: str, found: Found, top: bool,
                 "not_a_regular_file", shown, "", f"{_describe(entry.path)}, not a regular file "
                 "or a directory", "nothing under tasks/ may be a FIFO, socket, device or "
                 "dangling symlink: remove it"))
-        elif entry.name == "workstream.json":
-            found.workstreams[directory] = (entry.path, shown)
-        elif entry.name.endswith(".json"):
+        elif entry.name in WORKSTREAM_FILES:
+            _add_workstream(found, directory, entry.path, shown)
+        elif entry.name.endswith(".json") or (entry.name.endswith(TASK_SUFFIXES)
+                                               and not workstream_level):
             found.tasks.append((entry.path, shown))
+        elif workstream_level:
+            found.problems.append(ValidationProblem(
+                "not_a_task_file", shown, "", "not read: a file directly in tasks/ belongs to "
+                "no workstream", "task files go in tasks/{workstream}/{task}.json (or .yaml); "
+                "move it, or out of tasks/ if it is not a task"))
+        else:
+            found.problems.append(ValidationProblem(
+                "not_a_task_file", shown, "", "not a task file: orch reads only "
+                "{task}.json, .yaml or .yml and workstream.json/.yaml/.yml under tasks/",
+                "rename it to TASK.json or TASK.yaml if it is a task; else move it out of "
+                "tasks/ (or make it a dotfile)"))
+
+
+def _add_workstream(found: Found, directory: str, path: str, shown: str) -> None:
+    """The workstream file of ``directory``; a second one is an error (the first is used)."""
+    first = found.workstreams.get(directory)
+    if first is None:
+        found.workstreams[directory] = (path, shown)
+    elif first[0] != path:
+        found.problems.append(ValidationProblem(
+            "workstream_file_invalid", shown, "", f"a second workstream file in this "
+            f"directory (the first is {first[1]})", "keep one workstream file per directory"))
 
 
 def _add_given(project: Project, path: str, real_root: str, found: Found) -> None:
@@ -135,12 +166,16 @@ def _add_given(project: Project, path: str, real_root: str, found: Found) -> Non
             "file_unreadable", display_path(path, root), "", "no such file or directory"))
     elif not inside_root(path, real_root):
         found.problems.append(_escape(display_path(path, root), "", path))
-    elif path.endswith((".yaml", ".yml")):
+    elif os.path.basename(path) in WORKSTREAM_FILES:
+        _add_workstream(found, os.path.dirname(path), path, display_path(path, root))
+    elif path.endswith((".yaml", ".yml")) and not _under(path, str(project.tasks_dir)):
         found.registries.append((path, display_path(path, root)))
-    elif os.path.basename(path) == "workstream.json":
-        found.workstreams[os.path.dirname(path)] = (path, display_path(path, root))
     else:
         found.tasks.append((path, display_path(path, root)))
+
+
+def _under(path: str, directory: str) -> bool:
+    return os.path.realpath(path).startswith(os.path.realpath(directory) + os.sep)
 
 
 def _describe(path: str) -> str:

@@ -165,7 +165,8 @@ class StrictDocument(StrictModel):
 
     schema_version: str
     # Filled from schema_version when absent (see _fill_schema_url), so never empty after load.
-    schema_url: str = Field(default_factory=str, description="URL of this file's JSON Schema.")
+    schema_url: str = Field(default_factory=str, description="URL of this file's JSON Schema. "
+                            "Default: the one its schema_version names.")
     dollar_schema: str | None = Field(
         default=None, alias="$schema", exclude=True, description="Editor hint; ignored by orch."
     )

@@ -45,6 +45,7 @@ from pydantic import (
     Field,
     ValidationError,
     WrapValidator,
+    create_model,
     model_validator,
 )
 
@@ -78,8 +79,10 @@ __all__ = [
     "SCHEMA_URL_BASE",
     "SEMVER_PATTERN", "SHLEX_SPECIAL", "SUPPORTED_TASK_SCHEMA_VERSIONS", "TASK_SCHEMA_VERSION",
     "TASK_V1_SCHEMA_VERSION", "WORKSTREAM_SCHEMA_VERSION", "AttemptMetadata", "AttemptOutput",
-    "ContextRequirements", "DefinitionError", "ExecutionSpec", "Problem", "TaskDefinition",
-    "TaskDefinitionV1", "TaskStateSnapshot", "TokenCounts", "ValidationRules",
+    "CONTEXT_DEFAULT_FIELDS", "EXECUTION_DEFAULT_FIELDS", "ContextDefaults",
+    "ContextRequirements", "DefinitionError", "ExecutionDefaults", "ExecutionSpec", "Problem",
+    "TaskDefinition",
+    "TaskDefaults", "TaskDefinitionV1", "TaskStateSnapshot", "TokenCounts", "ValidationRules",
     "WorkerRequirements",
     "WorkstreamDefinition", "default_context_requirements", "default_validation_rules",
     "effective_executor", "problems_from", "schema_url", "semver_key",
@@ -114,6 +117,12 @@ def default_context_requirements(task_type: str) -> dict[str, Any] | None:
 def default_validation_rules(task_type: str) -> dict[str, list[str]]:
     pre, post = _RULE_DEFAULTS.get(task_type, ([], []))
     return {"pre_execution": list(pre), "post_execution": list(post)}
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    """A field whose default is computed (from the file's path, or another field): the JSON
+    Schema shows it optional, without the placeholder default."""
+    schema.pop("default", None)
 
 
 RuleList = Annotated[
@@ -316,11 +325,21 @@ class TaskStateSnapshot(StrictModel):
 class _TaskBase(StrictDocument):
     _schema_name: ClassVar[str] = "task"
 
-    task_id: Id = Field(description="Unique id; the file is tasks/{workstream_id}/{task_id}.json.")
-    workstream_id: Id = Field(description="The workstream (directory) this task belongs to.")
-    name: str = Field(min_length=1, description="Short human-readable title.")
+    task_id: Id = Field(
+        default="", json_schema_extra=_no_default,
+        description="Unique id across all workstreams. Default: the file name without its "
+        "extension (tasks/{workstream_id}/{task_id}.json, .yaml or .yml); a different value "
+        "is an error.")
+    workstream_id: Id = Field(
+        default="", json_schema_extra=_no_default,
+        description="The workstream this task belongs to. Default: the name of the directory "
+        "the file is in; a different value is an error.")
+    name: str = Field(default="", min_length=1, json_schema_extra=_no_default,
+                      description="Short human-readable title. Default: the task_id.")
     description: str = Field(default="", description="What the task should achieve.")
-    type: TaskType = Field(description="aider (agent edit), pytest, lint or custom.")
+    type: TaskType = Field(default="custom",
+                           description="aider (agent edit), pytest, lint or custom. Default: "
+                           "custom.")
     status: Literal["pending"] | None = Field(
         default=None,
         description="Only 'pending' (or absent): after load the kernel owns the state.",
@@ -347,6 +366,21 @@ class _TaskBase(StrictDocument):
         default=None, gt=0, le=MAX_SECONDS, exclude=True,
         description="Alias of execution.timeout_seconds.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "name" not in data and isinstance(data.get("task_id"), str):
+            data = {**data, "name": data["task_id"]}
+        return data
+
+    @model_validator(mode="after")
+    def _check_ids_given(self) -> _TaskBase:
+        for field in ("task_id", "workstream_id"):
+            if not getattr(self, field):
+                raise ValueError(f"{field}: missing; it defaults from the path only for a file "
+                                 "tasks/{workstream}/{task}.json (or .yaml/.yml)")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -419,13 +453,60 @@ class TaskDefinition(_TaskBase):
     @model_validator(mode="before")
     @classmethod
     def _type_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("type"), str):
+        if isinstance(data, dict) and isinstance(data.get("type", "custom"), str):
             data = dict(data)
+            task_type = data.get("type", "custom")
             if "context_requirements" not in data:
-                data["context_requirements"] = default_context_requirements(data["type"])
+                data["context_requirements"] = default_context_requirements(task_type)
             if "validation_rules" not in data:
-                data["validation_rules"] = default_validation_rules(data["type"])
+                data["validation_rules"] = default_validation_rules(task_type)
         return data
+
+
+# --- workstream defaults for its tasks --------------------------------------------------------
+
+# The task fields a workstream file may set for its tasks (kernel.definitions.defaults merges
+# them). Each defaults model reuses the task model's own fields (types, limits, descriptions):
+# the rules have one home, and what a workstream gave is what ``model_fields_set`` holds.
+EXECUTION_DEFAULT_FIELDS = ("timeout_seconds", "max_retries", "retry_delay_seconds",
+                            "estimated_duration_seconds", "executor", "agent", "allow_no_change")
+CONTEXT_DEFAULT_FIELDS = ("max_context_tokens", "exclude_patterns")
+
+
+def _defaults_model(model: type[BaseModel], names: tuple[str, ...], doc: str) -> Any:
+    fields: dict[str, Any] = {n: (model.model_fields[n].annotation, model.model_fields[n])
+                              for n in names}
+    return create_model(f"{model.__name__}Defaults", __base__=StrictModel, __doc__=doc,
+                        **fields)
+
+
+ExecutionDefaults = _defaults_model(
+    ExecutionSpec, EXECUTION_DEFAULT_FIELDS,
+    "Defaults for the execution section of the workstream's tasks (the task's own value wins).")
+ContextDefaults = _defaults_model(
+    ContextRequirements, CONTEXT_DEFAULT_FIELDS,
+    "Defaults for the context_requirements of the workstream's agent tasks.")
+
+
+class TaskDefaults(StrictModel):
+    """Defaults for every task of the workstream: a field the task gives itself wins; lists and
+    the resource map are replaced whole, never concatenated (docs/writing-tasks.md)."""
+
+    execution: ExecutionDefaults | None = Field(  # type: ignore[valid-type]
+        default=None, description="timeout_seconds, max_retries, retry_delay_seconds, "
+        "estimated_duration_seconds, executor, agent, allow_no_change.")
+    validation_rules: ValidationRules | None = Field(
+        default=None, description="pre_execution and/or post_execution, each a whole list.")
+    worker_requirements: WorkerRequirements | None = Field(
+        default=None, description="capabilities (a whole list) and/or min_version.")
+    context_requirements: ContextDefaults | None = Field(  # type: ignore[valid-type]
+        default=None, description="Agent tasks only: max_context_tokens, exclude_patterns.")
+    resource_requirements: dict[Id, ResourceRequest] | None = Field(
+        default=None, description="The whole map, used when the task gives none.")
+
+    def given(self) -> dict[str, Any]:
+        """What the workstream file gave, as task-file JSON (unset fields left out)."""
+        return self.model_dump(mode="json", exclude_unset=True, exclude_none=True)
 
 
 class WorkstreamDefinition(StrictDocument):
@@ -454,6 +535,13 @@ class WorkstreamDefinition(StrictDocument):
         default=None,
         ge=1,
         description="Most tasks of this workstream running at once. Default: no cap.",
+    )
+
+    task_defaults: TaskDefaults | None = Field(
+        default=None,
+        description="Defaults for the tasks of this workstream: execution settings, "
+        "validation_rules, worker_requirements, context_requirements (agent tasks), "
+        "resource_requirements. A task's own value wins, field by field.",
     )
 
     @model_validator(mode="before")

@@ -9,7 +9,9 @@ Public API:
 
 Stability Guarantees:
     A cached result is used only when everything it depends on is unchanged: the file's absolute
-    path, and its ``os.stat`` size, mtime_ns, ctime_ns, inode and device; the parse context
+    path, and its ``os.stat`` size, mtime_ns, ctime_ns, inode and device; the ``task_defaults``
+    of its workstream file (their digest: a changed default re-parses the tasks of that
+    workstream only, a workstream file's other fields none); the parse context
     (registries, ``orch.toml`` settings the parse reads, the project root); the orch version and
     the size and mtime of the modules that parse (so an edited checkout does not trust results
     of older code). Only valid tasks that name no other path are cached (a ``working_directory``
@@ -52,18 +54,20 @@ from kernel.definitions.taskfiles import Parsed
 
 CACHE_FILE = "definitions.cache"
 RACY_SECONDS = 2.0  # files changed this shortly before the command are never cached
-_MAGIC = b"orch-parse-cache 2\n"
+_MAGIC = b"orch-parse-cache 3\n"
 _CODE = ("definitions", "base")  # the packages whose modules decide a parse result
 
-FileKey = tuple[int, int, int, int, int]
+# size, mtime_ns, ctime_ns, inode, device, and the digest of the workstream's task defaults
+FileKey = tuple[int, int, int, int, int, str]
 
 
-def _file_key(path: str) -> FileKey | None:
+def _file_key(path: str, ctx: ParseContext) -> FileKey | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev,
+            ctx.defaults_of(path)[0])
 
 
 def _context_key(ctx: ParseContext) -> bytes:
@@ -184,7 +188,7 @@ def cached_parse(state_dir: Path, files: list[tuple[str, str]], ctx: ParseContex
     results: list[Parsed | None] = [None] * len(files)
     misses = []
     for i, (file, _) in enumerate(files):
-        key = _file_key(file)
+        key = _file_key(file, ctx)
         entry = cached.pop(file, None)  # the cache's copies go as they are used: less memory
         if key is not None and entry is not None and entry[0] == key:
             keys[i], results[i] = entry

@@ -8,8 +8,9 @@ Public API:
     ``document_problem(document_error, display)`` (a problem of the strict parse layer as a
     ``ValidationProblem``); ``problem_order(problem)`` (the sort key: file, line, path, code);
     ``TaskRecord``, ``WorkstreamRecord``; ``ParseContext(root, real_root, capabilities,
-    resources, definitions=True, max_file_bytes=1 MiB)``; ``display_path(path, root)``,
-    ``inside_root(path, real_root)``.
+    resources, definitions=True, max_file_bytes=1 MiB, agents=None, defaults=None)`` (with
+    ``defaults_of(task_path)``: the task defaults of the file's workstream);
+    ``display_path(path, root)``, ``inside_root(path, real_root)``.
 
 Stability Guarantees:
     Problem codes are only added, never renamed; a code's severity does not change. ``file``
@@ -57,6 +58,10 @@ CODES: dict[str, str] = {
     # Checks against the database (orch load, and orch validate when a database exists).
     "task_already_started": ERROR, "workstream_terminal": ERROR, "workstream_started": ERROR,
     "task_file_missing": WARNING,
+    # YAML task and workstream files: a plain value YAML reads as another type than it looks.
+    "yaml_ambiguous": ERROR,
+    # A file under tasks/ that is neither a task file nor a workstream file: never silence.
+    "not_a_task_file": WARNING,
 }
 
 
@@ -146,3 +151,11 @@ class ParseContext:
     definitions: bool = True  # compute the canonical JSON and its sha256
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # [definitions] max_task_file_bytes
     agents: frozenset[str] | None = None  # the [agents.NAME] sections of orch.toml
+    # absolute directory of a workstream -> (digest, its task_defaults as given): merged into
+    # each task file of that directory (kernel.definitions.defaults)
+    defaults: dict[str, tuple[str, dict[str, Any]]] | None = None
+
+    def defaults_of(self, task_path: str) -> tuple[str, dict[str, Any] | None]:
+        """The digest and defaults of the workstream of the task file at ``task_path``."""
+        found = self.defaults.get(os.path.dirname(task_path)) if self.defaults else None
+        return found if found is not None else ("", None)

@@ -32,8 +32,8 @@ Integration Points:
 
 Dependencies:
     pydantic; ``kernel.base.documents``, ``kernel.base.formats``,
-    ``kernel.definitions.commands``, ``kernel.definitions.errors``,
-    ``kernel.definitions.fields``, ``kernel.definitions.models``,
+    ``kernel.definitions.commands``, ``kernel.definitions.defaults``,
+    ``kernel.definitions.errors``, ``kernel.definitions.fields``, ``kernel.definitions.models``,
     ``kernel.definitions.records``.
 """
 
@@ -48,6 +48,7 @@ from pydantic import BaseModel, ValidationError
 from kernel.base.documents import path_loc
 from kernel.base.formats import json_line
 from kernel.definitions.commands import substitute
+from kernel.definitions.defaults import task_place
 from kernel.definitions.errors import field_hint, problems_from
 from kernel.definitions.fields import semver_key
 from kernel.definitions.models import AGENT_EXECUTORS, TaskDefinition, effective_executor
@@ -174,18 +175,22 @@ def _check_task(f: TaskFileProblems, task: _View, ctx: ParseContext) -> None:
 
 
 def _check_place(f: TaskFileProblems, task: _View, ctx: ParseContext) -> None:
-    """tasks/{workstream_id}/{task_id}.json (TASK-DEF-001)."""
+    """tasks/{workstream_id}/{task_id}.json (TASK-DEF-001; or .yaml, .yml)."""
     grand, parent, name = ["", "", *f.path.rsplit(os.sep, 2)][-3:]
-    if task.task_id is not None and name != f"{task.task_id}.json":
+    stem = task_place(f.path)[1]
+    if task.task_id is not None and stem != task.task_id:
+        suffix = name[len(stem):]
         f.add("file_name_mismatch", "task_id",
               f"task_id '{task.task_id}' differs from the file name {name}",
-              f"rename the file to {task.task_id}.json, or change task_id")
+              f"rename the file to {task.task_id}{suffix}, or change task_id (or leave it "
+              "out: it defaults to the file name)")
     if task.workstream_id is not None and (
             parent != task.workstream_id or not grand.endswith(os.sep + "tasks")):
         f.add("wrong_directory", "workstream_id",
               f"a task of workstream '{task.workstream_id}' must be in tasks/"
               f"{task.workstream_id}/, not {display_path(os.path.dirname(f.path), ctx.root)}/",
-              f"move the file to tasks/{task.workstream_id}/{name}, or change workstream_id")
+              f"move the file to tasks/{task.workstream_id}/{name}, or change workstream_id "
+              "(or leave it out: it defaults to the directory)")
 
 
 def _check_capabilities(f: TaskFileProblems, task: _View,

@@ -23,7 +23,8 @@ Integration Points:
 
 Dependencies:
     pydantic; ``kernel.base.data``, ``kernel.base.documents``, ``kernel.base.formats``,
-    ``kernel.definitions.errors``, ``kernel.definitions.fields``, ``kernel.definitions.models``.
+    ``kernel.definitions.defaults``, ``kernel.definitions.errors``,
+    ``kernel.definitions.fields``, ``kernel.definitions.models``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pydantic import ValidationError
 from kernel.base.data import schema_url
 from kernel.base.documents import DEFAULT_MAX_FILE_BYTES, DocumentError, read_file
 from kernel.base.formats import parse_json
+from kernel.definitions.defaults import with_path_ids
 from kernel.definitions.errors import DefinitionError, Problem, problems_from
 from kernel.definitions.fields import TASK_SCHEMA_VERSION, major_minor
 from kernel.definitions.models import (
@@ -113,8 +115,12 @@ def read_task_json(path: Path) -> Any:
 
 
 def load_task_file(path: Path) -> tuple[TaskDefinition, bool]:
-    """Read tasks/{ws}/{task}.json; also checks the file and directory names (TASK-DEF-001)."""
-    task, migrated = parse_task(read_task_json(path), str(path))
+    """Read tasks/{ws}/{task}.json; also checks the file and directory names (TASK-DEF-001).
+    The ids default from the path (``kernel.definitions.defaults.with_path_ids``)."""
+    data = read_task_json(path)
+    if isinstance(data, dict):
+        data = with_path_ids(data, str(path))
+    task, migrated = parse_task(data, str(path))
     problems = []
     if path.stem != task.task_id:
         problems.append(Problem("task_id", f"'{task.task_id}' differs from file name {path.name}"))

@@ -29,16 +29,18 @@ Integration Points:
     the back while the workers take them from the front.
 
 Dependencies:
-    pydantic; ``kernel.base.documents``, ``kernel.base.formats``, ``kernel.definitions.errors``,
+    pydantic; ``kernel.base.documents``, ``kernel.base.formats``,
+    ``kernel.definitions.defaults``, ``kernel.definitions.errors``,
     ``kernel.definitions.executors``, ``kernel.definitions.fields``,
     ``kernel.definitions.models``, ``kernel.definitions.records``,
     ``kernel.definitions.task_checks``, ``kernel.definitions.task_documents``,
-    ``kernel.planning.dag``.
+    ``kernel.definitions.taskformats``, ``kernel.planning.dag``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -47,7 +49,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from kernel.base.documents import DEFAULT_MAX_FILE_BYTES, DocumentError, path_loc, read_file
-from kernel.base.formats import json_line, parse_json
+from kernel.base.formats import json_line
+from kernel.definitions.defaults import with_defaults, with_path_ids
 from kernel.definitions.errors import DefinitionError, field_hint, problems_from
 from kernel.definitions.executors import EXECUTOR_CAPABILITIES, effective_executor
 from kernel.definitions.fields import TASK_SCHEMA_VERSION, major_minor
@@ -65,6 +68,7 @@ from kernel.definitions.records import (
 )
 from kernel.definitions.task_checks import TaskFileProblems, check_document, check_model
 from kernel.definitions.task_documents import migrate_v1_to_v2
+from kernel.definitions.taskformats import is_yaml, parse_definition
 from kernel.planning.dag import gc_paused
 
 PARALLEL_MIN_FILES = 2000  # below this, worker processes cost more than they save
@@ -92,13 +96,15 @@ def parse_task(path: str, display: str, ctx: ParseContext) -> tuple[
         f.raw = read_file(path, max_bytes=ctx.max_file_bytes, display=display)
     except DocumentError as exc:
         return None, [document_problem(exc, display)]
-    data, found = parse_json(f.raw, display)
+    data, found = parse_definition(f.raw, path, display)
     if found:
-        return None, [document_problem(p, display) for p in found]
+        return None, found
     if not isinstance(data, dict):
-        return None, [ValidationProblem("schema", display, "", "expected a JSON object, got "
-                                        f"{type(data).__name__}", "a task file holds one object")]
-    task, migrated = _validate(f, data)
+        return None, [ValidationProblem(
+            "schema", display, "", f"expected {'a mapping' if is_yaml(path) else 'a JSON object'}"
+            f", got {type(data).__name__}", "a task file holds one object")]
+    data = with_path_ids(data, path)
+    task, migrated, data = _validate(f, data, ctx.defaults_of(path)[1])
     if task is None:  # still check what can be checked on the raw document
         check_document(f, data, ctx)
         return None, f.problems
@@ -106,33 +112,38 @@ def parse_task(path: str, display: str, ctx: ParseContext) -> tuple[
     return _record(task, display, migrated, ctx), f.problems
 
 
-def _validate(f: TaskFileProblems, data: dict[str, Any]) -> tuple[TaskDefinition | None, bool]:
+def _validate(f: TaskFileProblems, data: dict[str, Any], defaults: dict[str, Any] | None
+              ) -> tuple[TaskDefinition | None, bool, dict[str, Any]]:
+    """The v2 model of the document with its workstream's ``defaults`` merged in (a v1
+    document is migrated first), whether it was migrated, and the document checked."""
     version = data.get("schema_version", TASK_SCHEMA_VERSION)
     line = major_minor(version)
     try:
         if line == (2, 0):
-            return TaskDefinition.model_validate(data), False
+            data = with_defaults(data, defaults)
+            return TaskDefinition.model_validate(data), False, data
         if line == (1, 0):
             try:
                 TaskDefinitionV1.model_validate(data)
             except ValidationError as exc:
                 f.pydantic(exc, TaskDefinitionV1)
-                return None, True
-            return TaskDefinition.model_validate(migrate_v1_to_v2(data, f.display)), True
+                return None, True, data
+            data = with_defaults(migrate_v1_to_v2(data, f.display), defaults)
+            return TaskDefinition.model_validate(data), True, data
     except ValidationError as exc:
         f.pydantic(exc, TaskDefinition)
-        return None, False
+        return None, False, data
     except DefinitionError as exc:  # cannot happen after the v1 check, kept for safety
         for p in exc.problems:
             f.add("schema", p.path, p.message)
-        return None, True
+        return None, True, data
     f.add("unsupported_schema_version", "schema_version",
           f"schema_version {version!r} is not supported: this orch reads 2.0.x, and 1.0.x "
           "(migrated on load)" if isinstance(version, str) else
           f"schema_version must be a semver string such as \"2.0.0\", not {version!r}",
           "use \"2.0.0\"; a newer version needs a newer orch" if line is not None else
           "write a semver string such as \"2.0.0\"")
-    return None, False
+    return None, False, data
 
 
 def _record(task: TaskDefinition, display: str, migrated: bool, ctx: ParseContext) -> TaskRecord:
@@ -246,8 +257,8 @@ def parse_workstream(ws_id: str, path: str | None, display: str | None,
                      max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[
     WorkstreamRecord | None, list[ValidationProblem]
 ]:
-    """The workstream of directory ``ws_id`` from its ``workstream.json`` (``path``), or with
-    the defaults when ``path`` is None."""
+    """The workstream of directory ``ws_id`` from its workstream file (``path``:
+    ``workstream.json``, ``.yaml`` or ``.yml``), or with the defaults when ``path`` is None."""
     data: Any = {"workstream_id": ws_id}
     text = ""
     if path is not None:
@@ -255,10 +266,12 @@ def parse_workstream(ws_id: str, path: str | None, display: str | None,
             raw = read_file(path, max_bytes=max_bytes, display=display)
         except DocumentError as exc:
             return None, [document_problem(exc, display)]
-        data, found = parse_json(raw, display)
+        data, found = parse_definition(raw, path, display or path)
         if found:
-            return None, [document_problem(p, display) for p in found]
+            return None, found
         text = raw.decode("utf-8")
+        if isinstance(data, dict):
+            data = {"workstream_id": ws_id, **data}  # the directory names it by default
     try:
         model = WorkstreamDefinition.model_validate(data)
     except ValidationError as exc:
@@ -271,8 +284,18 @@ def parse_workstream(ws_id: str, path: str | None, display: str | None,
         return None, [ValidationProblem(
             "workstream_file_invalid", display, "workstream_id",
             f"workstream_id '{model.workstream_id}' differs from its directory {ws_id}/",
-            "a workstream.json describes the directory it is in",
+            "a workstream file describes the directory it is in",
             json_line(text, ["workstream_id"]))]
-    body = model.model_dump_json()
+    body = workstream_json(model)
     return WorkstreamRecord(ws_id, display, model, body,
                             hashlib.sha256(body.encode()).hexdigest()), []
+
+
+def workstream_json(model: WorkstreamDefinition) -> str:
+    """The stored definition of a workstream: its fields, and its ``task_defaults`` as given
+    (absent when it has none, so a workstream file without defaults keeps its old sha256)."""
+    if model.task_defaults is None:
+        return model.model_dump_json(exclude={"task_defaults"})
+    body = model.model_dump(mode="json", exclude={"task_defaults"})
+    body["task_defaults"] = model.task_defaults.given()
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))

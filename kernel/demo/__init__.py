@@ -40,10 +40,10 @@ Integration Points:
     ``ORCH_TASK_ID`` set by ``kernel.runtime.worker``.
 
 Dependencies:
-    ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.definitions.check``,
-    ``kernel.definitions.load``, ``kernel.demo.agents``, ``kernel.maintain.doctor``,
-    ``kernel.planning.plan``, ``kernel.runtime.runner``, ``kernel.store.db``,
-    ``kernel.store.project``.
+    ``kernel.base.clock``, ``kernel.base.data``, ``kernel.base.errors``,
+    ``kernel.definitions.check``, ``kernel.definitions.load``, ``kernel.demo.agents``,
+    ``kernel.maintain.doctor``, ``kernel.planning.plan``, ``kernel.runtime.runner``,
+    ``kernel.store.db``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel.base import clock
+from kernel.base.data import schema_url
 from kernel.base.errors import OrchError, UsageError
 from kernel.demo.agents import (
     AGENT_TASKS,
@@ -310,6 +311,7 @@ def _task(task_id: str, name: str, description: str, type_: str, *, command: str
         execution["executor"] = executor
     doc: dict[str, Any] = {
         "schema_version": "2.0.0",
+        "schema_url": schema_url("task", "2.0.0"),
         "task_id": task_id,
         "workstream_id": WORKSTREAM,
         "name": name,
@@ -380,6 +382,7 @@ def example_task_files(tools: DemoTools | None = None) -> dict[str, dict[str, An
     files: dict[str, dict[str, Any]] = {
         "workstream.json": {
             "schema_version": "1.0.0",
+            "schema_url": schema_url("workstream", "1.0.0"),
             "workstream_id": WORKSTREAM,
             "name": "Count words in textstats",
             "description": "word_count(), its tests and a command line, checked and linted; "

@@ -25,7 +25,11 @@ Stability Guarantees:
     ``transitions.jsonl``; the indices follow. The events file is append-only: an export appends
     exactly the events with a seq above the last complete line, so a process killed at any step
     loses nothing and duplicates nothing at the next export (a torn last line is cut off and
-    written again; a leftover ``.tmp`` is replaced). ``current.json`` holds ``last_event_seq``:
+    written again; a leftover ``.tmp`` is replaced). The database wins: when the file's last
+    line is not the database's event of that seq (events a power cut took from the database
+    after the file had them, or a restore from an older backup), the file is moved aside to
+    ``transitions.jsonl.diverged-{time}`` and written again from the database, with a warning.
+    ``current.json`` holds ``last_event_seq``:
     the state it shows is the state after that event. Indices name their ``source_timestamp``
     (the ``timestamp`` of the current.json they were derived from); one older than current.json
     by more than ``STALE_AFTER_SECONDS`` is stale and ``read_view`` falls back to current.json.
@@ -122,6 +126,38 @@ def last_exported_seq(path: Path) -> int:
                 chunk = min(size, chunk * 4)
                 continue
             return int(json.loads(lines[-1])["seq"])
+
+
+def _last_line(path: Path) -> str:
+    """The last complete line of a file (after ``last_exported_seq`` cut a torn one)."""
+    with open(path, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        chunk = min(size, 1 << 16)
+        while True:
+            fh.seek(size - chunk)
+            lines = fh.read(chunk).rstrip(b"\n").rsplit(b"\n", 1)
+            if len(lines) == 2 or chunk == size:
+                return lines[-1].decode("utf-8", errors="replace")
+            chunk = min(size, chunk * 4)
+
+
+def _set_aside_if_diverged(conn: apsw.Connection, path: Path, last_seq: int) -> Path | None:
+    """The file is a copy of the event log's prefix; when its last line is not the database's
+    event of that seq (or that seq is not in the database), the database wins: the file is
+    renamed to ``transitions.jsonl.diverged-{UTC time}`` (kept as evidence) and written again.
+    Returns the new name, or None when the file agrees (or is empty)."""
+    exported = last_exported_seq(path)
+    if exported == 0:
+        return None
+    if exported <= last_seq:
+        event = next(eventlog.iter_events(conn, eventlog.archive_dir(path.parent),
+                                          since_seq=exported - 1, with_source=False), None)
+        if event is not None and event["seq"] == exported and \
+                dumps(event) == _last_line(path):
+            return None
+    aside = path.with_name(f"{path.name}.diverged-{clock.now_iso().replace(':', '')}")
+    path.rename(aside)
+    return aside
 
 
 def _append_events(conn: apsw.Connection, path: Path, up_to: int) -> int:
@@ -227,11 +263,12 @@ def _export_locked(conn: apsw.Connection, state_dir: Path, full: bool, stamp: st
     report.files_written.append(CURRENT)
     lap("current")
     transitions = state_dir / TRANSITIONS
-    exported = last_exported_seq(transitions)
-    if exported > snap.last_seq:
+    moved = _set_aside_if_diverged(conn, transitions, snap.last_seq)
+    if moved is not None:
         report.warnings.append(
-            f"{TRANSITIONS} holds events up to seq {exported} but the database ends at seq "
-            f"{snap.last_seq} (was it restored from an older backup?); nothing was appended")
+            f"{TRANSITIONS} no longer matched the database's event log (events lost by a power "
+            f"cut, or a restore from an older backup): it was moved to {moved.name} and written "
+            "again from the database")
     report.events_appended = _append_events(conn, transitions, snap.last_seq)
     report.files_written.append(TRANSITIONS)
     lap("events")

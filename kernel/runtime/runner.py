@@ -18,7 +18,9 @@ Stability Guarantees:
     has a task after a batch of reports, and at least every ``run.tick_seconds``. Exit status:
     0 when every task in scope completed, else 1. A missing,
     empty, damaged (``PRAGMA quick_check``) or foreign database is refused before the scheduler
-    lock is written: ``DatabaseUnavailable``, exit 3, no task started.
+    lock is written: ``DatabaseUnavailable``, exit 3, no task started. A database file removed
+    or replaced while the run runs (``.state/`` deleted) stops it at the next tick with
+    ``database_missing`` (exit 3): it never commits into a file nobody can open again.
     Start-up: once the lock is held, the run forks its workers from itself when that is safe
     (one thread, no open SQLite connection: its own is closed around the forks; not when
     ``SPAWN_ENV`` is set), all at once: they carry the modules and the configuration the
@@ -62,7 +64,7 @@ from typing import IO, TYPE_CHECKING, Any
 import apsw
 
 from kernel.base import faults
-from kernel.base.errors import OrchError
+from kernel.base.errors import DatabaseUnavailable, OrchError
 from kernel.base.files import open_private
 from kernel.base.words import plural
 from kernel.runtime import channel, health, lock, scheduler
@@ -337,6 +339,7 @@ class _RunLoop:
         self.scope = [options.workstream] if options.workstream else None
         self.conn: Any = None
         self.locked = False
+        self.file_id: tuple[int, int] | None = None
         self.children: dict[str, Child] = {}
         self.removed: list[Child] = []   # dead since the last tick
         self.gate: StartGate | None = None
@@ -362,6 +365,7 @@ class _RunLoop:
     def set_up(self) -> None:
         # quick_check first: a damaged file is refused before the scheduler lock is written.
         self.conn = self.project.connect(verify=True)
+        self.file_id = _file_id(self.project.db_path)
         lock.acquire_lock(self.conn, self.owner, self.clock())
         self.locked = True
         if self.scope and db.scalar(self.conn, "SELECT 1 FROM workstream WHERE "
@@ -419,8 +423,8 @@ class _RunLoop:
         """The first workers are forked from this process when that is safe (``can_fork``):
         no interpreter start and no imports of their own. The connection is closed around the
         forks (a child must not inherit it) and opened again."""
-        self.conn.close()
-        self.conn = None
+        conn, self.conn = self.conn, None
+        conn.close()   # if it raises, tear_down must not use the closed connection
         try:
             if self.options.workers and can_fork():
                 # What the imports made is permanent from now on: the collector never scans it
@@ -461,6 +465,14 @@ class _RunLoop:
     def step(self) -> bool:
         """One tick and its bookkeeping; False when the run is over."""
         now = self.clock()
+        if _file_id(self.project.db_path) != self.file_id:
+            # `.state/` removed (or the file replaced) under the run: what it would commit from
+            # now on would go to a file nobody can open again.
+            raise DatabaseUnavailable(
+                "database_missing", "the database file was removed or replaced while orch run "
+                "ran", file=str(self.project.db_path),
+                hint="restore a backup (`orch restore BACKUP`) or run `orch init`, then "
+                     "`orch load` and `orch run` again")
         # With the children removed since the last tick: one may have died after that tick's
         # poll, and its exit code would be lost.
         self.ctx.exited = _exited_children(self.conn, [*self.children.values(), *self.removed])
@@ -621,6 +633,15 @@ class _SecondSignal:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _file_id(path: Any) -> tuple[int, int] | None:
+    """The database file's identity (device, inode); None when it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _running_tasks(conn: Any, owner: str) -> int:

@@ -71,6 +71,8 @@ The pragmas, and why:
                             free instead of sleeping in SQLite's busy handler (1, 2, 5, ...
                             100 ms): the tail of claim latency with 16 workers falls several
                             times. Other clients do not use it; the busy timeout still rules.
+                            When it cannot be opened (``.state/`` removed), the write fails
+                            with ``database_missing`` or ``database_access_denied`` (exit 3).
     wal_checkpoint(RESTART) run periodically by long-lived writers (``checkpoint()``) so that
                             the WAL cannot grow without bound while readers come and go.
 """
@@ -262,7 +264,12 @@ def writer_lock(conn: apsw.Connection, timeout: float | None = None) -> Iterator
         yield
         return
     # Opened per use (~10 µs): nothing to leak, and one lock per holder even within a thread.
-    fd = os.open(f"{conn.filename}.writer-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(f"{conn.filename}.writer-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:   # `.state/` removed or made unwritable under a running command
+        check_file(conn.filename)   # raises database_missing (exit 3) when the file is gone
+        raise access_denied(conn.filename, f"cannot open {conn.filename}.writer-lock "
+                                           f"({exc.strerror})") from exc
     try:
         wait = _busy_timeouts.get(conn, DEFAULT_BUSY_TIMEOUT_MS / 1000) if timeout is None \
             else timeout

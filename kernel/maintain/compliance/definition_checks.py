@@ -19,11 +19,11 @@ Integration Points:
 Dependencies:
     pydantic; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.definitions.check``,
     ``kernel.definitions.executors``, ``kernel.definitions.models``,
-    ``kernel.definitions.registries``, ``kernel.maintain.compliance.core``,
-    ``kernel.maintain.compliance.state_checks``, ``kernel.maintain.doctor_checks``,
-    ``kernel.maintain.invariants``, ``kernel.observe.replay``, ``kernel.observe.schemas``,
-    ``kernel.runtime.executors``, ``kernel.store.db``, ``kernel.store.eventlog``,
-    ``kernel.store.machines``.
+    ``kernel.definitions.registries``, ``kernel.definitions.taskformats``,
+    ``kernel.maintain.compliance.core``, ``kernel.maintain.compliance.state_checks``,
+    ``kernel.maintain.doctor_checks``, ``kernel.maintain.invariants``,
+    ``kernel.observe.replay``, ``kernel.observe.schemas``, ``kernel.runtime.executors``,
+    ``kernel.store.db``, ``kernel.store.eventlog``, ``kernel.store.machines``.
 """
 
 from __future__ import annotations
@@ -353,6 +353,33 @@ def _documents(ctx: Context) -> list[Path]:
     return found
 
 
+def _task_files(ctx: Context, f: Finding, ids: dict[str, Path]) -> int:
+    """Task and workstream files: a schema_url must name a published schema; a file without
+    the fields is valid (the current version is assumed) and warns, since `orch new` writes
+    both."""
+    from kernel.definitions.taskformats import parse_definition
+
+    if not ctx.project.tasks_dir.is_dir():
+        return 0
+    files = sorted(p for p in ctx.project.tasks_dir.glob("*/*")
+                   if p.suffix in (".json", ".yaml", ".yml"))
+    for path in files:
+        f.look(ctx.rel(path))
+        try:
+            doc, problems = parse_definition(path.read_bytes(), str(path), ctx.rel(path))
+        except OSError:
+            continue
+        if problems or not isinstance(doc, dict):
+            continue   # TASK-DEF-002 reports a file that does not parse
+        url = doc.get("schema_url")
+        if url is not None and url not in ids:
+            f.fail(f"{path.name}: schema_url {url} names no published schema", ctx.rel(path))
+        elif url is None or doc.get("schema_version") is None:
+            f.warn(f"{path.name} has no schema_version and schema_url (`orch new` writes "
+                   "both)", ctx.rel(path))
+    return len(files)
+
+
 @check("SCHEMA-VER-001", fix="`orch export` rewrites the views with their schema fields; "
        "`orch migrate-tasks` upgrades task files")
 def _schema_ver_001(ctx: Context, f: Finding) -> Result:
@@ -373,17 +400,7 @@ def _schema_ver_001(ctx: Context, f: Finding) -> Result:
             report(f"{path.name} has no schema_url", ctx.rel(path))
         elif url not in ids:
             f.fail(f"{path.name}: schema_url {url} names no schema in schemas/", ctx.rel(path))
-    tasks = 0
-    if ctx.project.tasks_dir.is_dir():
-        for path in sorted(ctx.project.tasks_dir.glob("*/*.json")):
-            tasks += 1
-            doc = read_json(path, f, ctx)
-            if doc is not None and not isinstance(doc.get("schema_version"), str):
-                f.fail(f"{path.name} has no schema_version", ctx.rel(path))
-            elif doc is not None and doc.get("schema_url") is not None \
-                    and doc["schema_url"] not in ids:
-                f.fail(f"{path.name}: schema_url {doc['schema_url']} names no schema",
-                       ctx.rel(path))
+    tasks = _task_files(ctx, f, ids)
     if not docs and not tasks:
         raise NotApplicable("no document has been written yet (`orch load` exports the views)")
     return f.result(f"{len(docs)} documents and {tasks} task files carry their schema fields")
