@@ -229,7 +229,8 @@ def test_state_removed_while_orch_run_runs(tmp_path: Path) -> None:
     # Nothing is left running, and the project can start again.
     assert not (root / ".state" / "kernel.db").exists()
     status = orch("--root", str(root), "--json", "status")
-    assert status.returncode == 3 and "Traceback" not in status.stderr
+    assert status.returncode == 1 and "Traceback" not in status.stderr   # not_initialised
+    assert json.loads(status.stdout)["error"]["code"] == "not_initialised"
 
 
 def _kill_all(proc: subprocess.Popen[str], root: Path) -> None:
