@@ -361,8 +361,6 @@ def test_counts_are_singular_or_plural() -> None:
     # No count of one with a plural noun left in the command line's f-strings.
     bad = re.compile(r"\{[^}]*\} (tasks|errors|warnings|workstreams|events|files|workers)\b")
     for path in sorted((KERNEL / "cli").glob("*.py")):
-        if path.name in ("definitions.py", "demo.py"):
-            continue   # maintained elsewhere
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if "{len(report.written)} files" in line:
                 continue   # orch init --example: always many files (and another's command)

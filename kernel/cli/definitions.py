@@ -22,8 +22,8 @@ Integration Points:
     ``kernel.definitions.migrate_tasks``.
 
 Dependencies:
-    click; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.definitions.check``,
-    ``kernel.definitions.fields``, ``kernel.definitions.load``,
+    click; ``kernel.base.errors``, ``kernel.base.words``, ``kernel.cli.common``,
+    ``kernel.definitions.check``, ``kernel.definitions.fields``, ``kernel.definitions.load``,
     ``kernel.definitions.migrate_tasks``, ``kernel.definitions.records``,
     ``kernel.observe.exports``, ``kernel.store.project``.
 """
@@ -38,6 +38,7 @@ from pathlib import Path
 import click
 
 from kernel.base.errors import EXIT_FAILED, EXIT_OK, OrchError, UsageError
+from kernel.base.words import plural
 from kernel.cli.common import CliState, command, emit
 from kernel.definitions.check import ValidationResult, validate
 from kernel.definitions.fields import TASK_SCHEMA_VERSION, TASK_V1_SCHEMA_VERSION
@@ -72,12 +73,9 @@ def format_problems(problems: list[ValidationProblem]) -> list[str]:
 def _counts_line(result: ValidationResult) -> str:
     c = result.counts()
     migrated = f", {c['migrated']} migrated from v1" if c["migrated"] else ""
-    def n(count: int, word: str) -> str:
-        return f"{count} {word}{'' if count == 1 else 's'}"
-
-    text = (f"{n(c['files'], 'task file')}, {n(c['tasks'], 'valid task')} in "
-            f"{n(c['workstreams'], 'workstream')}{migrated}: {n(c['errors'], 'error')}, "
-            f"{n(c['warnings'], 'warning')}")
+    text = (f"{plural(c['files'], 'task file')}, {plural(c['tasks'], 'valid task')} in "
+            f"{plural(c['workstreams'], 'workstream')}{migrated}: "
+            f"{plural(c['errors'], 'error')}, {plural(c['warnings'], 'warning')}")
     return click.style(text, fg="red" if c["errors"] else ("yellow" if c["warnings"]
                                                             else "green"))
 
@@ -136,7 +134,7 @@ def load_cmd(state: CliState, paths: tuple[str, ...]) -> int:
         def failed() -> None:
             for line in format_problems(problems):
                 click.echo(line)
-            click.secho(f"{errors} errors: nothing was loaded", fg="red", bold=True)
+            click.secho(f"{plural(errors, 'error')}: nothing was loaded", fg="red", bold=True)
 
         emit(state, data, failed)
         return EXIT_FAILED

@@ -20,8 +20,9 @@ Integration Points:
     for the run; ``kernel.planning.render.plan_table`` for the plan.
 
 Dependencies:
-    click, rich; ``kernel.base.errors``, ``kernel.cli.common``, ``kernel.demo``,
-    ``kernel.planning.render``, ``kernel.runtime.progress``, ``kernel.runtime.runner``.
+    click, rich; ``kernel.base.errors``, ``kernel.base.words``, ``kernel.cli.common``,
+    ``kernel.demo``, ``kernel.planning.render``, ``kernel.runtime.progress``,
+    ``kernel.runtime.runner``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kernel.base.errors import EXIT_FAILED, EXIT_OK, UsageError
+from kernel.base.words import plural
 from kernel.cli.common import CliState, command, emit
 from kernel.demo import (
     BASE_BRANCH,
@@ -85,7 +87,7 @@ def _grid(console: Console, rows: list[tuple[str, Text | str]], indent: int = 2)
 
 def _intro(console: Console) -> None:
     console.print("[bold]orch demo[/]: a small Python project, a workstream of six tasks, and "
-                  f"`orch run` running them with {WORKERS} workers.")
+                  f"`orch run` running them with {plural(WORKERS, 'worker')}.")
 
 
 def _plan(console: Console, report: DemoReport) -> None:
@@ -135,7 +137,7 @@ def _happened(report: DemoReport) -> list[tuple[str, Text | str]]:
                if a["state"] == "completed" else f"see `orch why {a['task_id']}`")
         rows.append((f"Agent {a['task_id']}", Text.assemble(
             (a["state"], "green" if a["state"] == "completed" else "bold red"),
-            f" after {a['attempts']} attempt{'s' if a['attempts'] != 1 else ''}: changed "
+            f" after {plural(a['attempts'], 'attempt')}: changed "
             f"{files}{tokens} ({a.get('agent') or '-'}, model {a.get('model') or '-'}); "
             f"{how}")))
     m = r.merge

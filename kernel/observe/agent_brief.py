@@ -39,8 +39,8 @@ Integration Points:
     workers. ``orch why`` (``kernel.observe.status``) explains one task's state in more words.
 
 Dependencies:
-    apsw, networkx; ``kernel.base.errors``, ``kernel.base.tokens``, ``kernel.planning.dag``,
-    ``kernel.planning.plan``, ``kernel.store.db``.
+    apsw, networkx; ``kernel.base.errors``, ``kernel.base.tokens``, ``kernel.base.words``,
+    ``kernel.planning.dag``, ``kernel.planning.plan``, ``kernel.store.db``.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ import networkx as nx
 
 from kernel.base.errors import OrchError, UsageError
 from kernel.base.tokens import text_tokens
+from kernel.base.words import plural as _plural
 from kernel.planning import dag
 from kernel.planning.plan import TERMINAL_TASK_STATES_SQL, unfinished_graph
 from kernel.store import db
@@ -72,10 +73,6 @@ _WRAP = 200          # prompt and description lines are wrapped at this many cha
 
 
 # ------------------------------------------------------------------------------ words
-
-
-def _plural(n: int, word: str, words: str | None = None) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {words or word + 's'}"
 
 
 def _names(ids: Sequence[str], most: int = 5) -> str:

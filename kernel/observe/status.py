@@ -23,8 +23,8 @@ Integration Points:
     logs are ``<logs_dir>/<task_id>.log`` (or an attempt's ``log_path``).
 
 Dependencies:
-    apsw; ``kernel.base.errors``, ``kernel.definitions.fit``, ``kernel.store.db``,
-    ``kernel.store.eventlog``.
+    apsw; ``kernel.base.errors``, ``kernel.base.words``, ``kernel.definitions.fit``,
+    ``kernel.store.db``, ``kernel.store.eventlog``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from typing import Any
 import apsw
 
 from kernel.base.errors import OrchError
+from kernel.base.words import plural as _plural
 from kernel.store import db, eventlog
 
 # The task machine's states in lifecycle order (for counts and tables).
@@ -206,10 +207,6 @@ def _clock(stamp: str | None) -> str:
 def _seconds(value: Any) -> str:
     number = float(value)
     return f"{number:g}"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _failed_rules(meta: dict[str, Any]) -> list[dict[str, Any]]:

@@ -20,10 +20,11 @@ Integration Points:
     ``kernel.planning.dag.find_cycle``.
 
 Dependencies:
-    apsw, networkx, pydantic; ``kernel.base.clock``, ``kernel.maintain.compliance.core``,
-    ``kernel.observe.metrics_document``, ``kernel.observe.metrics_history``,
-    ``kernel.observe.prometheus``, ``kernel.observe.view_models``, ``kernel.planning.dag``,
-    ``kernel.store.db``, ``kernel.store.events``.
+    apsw, networkx, pydantic; ``kernel.base.clock``, ``kernel.base.words``,
+    ``kernel.maintain.compliance.core``, ``kernel.observe.metrics_document``,
+    ``kernel.observe.metrics_history``, ``kernel.observe.prometheus``,
+    ``kernel.observe.view_models``, ``kernel.planning.dag``, ``kernel.store.db``,
+    ``kernel.store.events``.
 """
 
 from __future__ import annotations
@@ -39,21 +40,18 @@ import networkx as nx
 from pydantic import BaseModel, ValidationError
 
 from kernel.base import clock
+from kernel.base.words import plural
 from kernel.maintain.compliance.core import Context, Finding, NotApplicable, Result, check
 from kernel.observe.view_models import CurrentState, StatusIndex, WorkerIndex, WorkstreamIndex
 from kernel.planning.dag import find_cycle
 from kernel.store import db
 from kernel.store.events import EVENT_FIELDS
 
-__all__ = ["plural", "read_json", "run_active"]
+__all__ = ["read_json", "run_active"]
 
 EXPORT = "run `orch export` (it rewrites every view from the database)"
 STALE_SECONDS = 60.0
 _MAX_SHOWN = 20
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def read_json(path: Path, finding: Finding, ctx: Context) -> dict[str, Any] | None:
