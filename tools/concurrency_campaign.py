@@ -42,7 +42,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.kill_campaign import ORCH, _rows, build, check_store, read_ledger  # noqa: E402
+from tools.kill_campaign import (  # noqa: E402
+    ORCH,
+    _rows,
+    build,
+    check_store,
+    print_result,
+    read_ledger,
+)
 
 BAD = ("database is locked", "BusyError", "Traceback")
 #: kind -> how many processes loop on it (16 in all)
@@ -256,15 +263,7 @@ def main(argv: list[str] | None = None) -> int:
               "events": store["events"], "final_states": states, "problems": problems,
               "campaign_seconds": args.seconds,
               "seconds": round(time.monotonic() - started, 1)}
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
-    else:
-        for key in sorted(result):
-            if key != "problems":
-                print(f"{key}: {result[key]}")
-        for p in problems:
-            print(f"PROBLEM: {p}")
-        print("OK: no double claim, no uncaught busy error" if not problems else "FAILED")
+    print_result(result, args.json, "OK: no double claim, no uncaught busy error")
     return 0 if not problems else 1
 
 

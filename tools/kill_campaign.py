@@ -280,6 +280,21 @@ def check(root: Path) -> dict[str, Any]:
             "stale_results_rejected": stale, "events": store["events"], "problems": problems}
 
 
+
+def print_result(result: dict, as_json: bool, ok: str) -> None:
+    """A campaign's verdict: one JSON document, or ``key: value`` lines, each problem (the
+    entries of ``result["problems"]``) on a ``PROBLEM:`` line of its own, then ``ok`` or
+    FAILED."""
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+        return
+    for key in sorted(result):
+        if key != "problems":
+            print(f"{key}: {result[key]}")
+    for p in result["problems"]:
+        print(f"PROBLEM: {p}")
+    print(ok if not result["problems"] else "FAILED")
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=500)
@@ -302,15 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                       started + args.max_seconds)
     result = {"seed": seed, "project": str(root), "worktrees": args.worktrees, **counts,
               **check(root), "seconds": round(time.monotonic() - started, 1)}
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
-    else:
-        for key in sorted(result):
-            if key != "problems":
-                print(f"{key}: {result[key]}")
-        for p in result["problems"]:
-            print(f"PROBLEM: {p}")
-        print("OK: the database never lied" if not result["problems"] else "FAILED")
+    print_result(result, args.json, "OK: the database never lied")
     return 0 if not result["problems"] else 1
 
 
