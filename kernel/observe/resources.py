@@ -14,9 +14,9 @@ Stability Guarantees:
     pooled resources, the bucket's tokens for rate-limited ones, ``null`` for exclusive and
     shared ones); ``tokens`` only for rate-limited resources. Keys are only added.
     Holders come from the ``active_lease`` view, the rate-limited bucket from
-    ``resource_tokens``, waiting tasks from ``ready_task`` (queued, or pending with every
-    dependency completed) joined with what each needs (``task_resource``): the same rules
-    the scheduler applies, in SQL, in one place.
+    ``resource_tokens``, waiting tasks from ``resource_waiting`` (sql/0008: the ready tasks
+    that need a resource and do not hold it yet): the same rules the scheduler applies, in
+    SQL, in one place.
 
 Integration Points:
     ``orch resources`` (kernel.cli.resources); ``orch browse``'s canned query of the same name.
@@ -51,11 +51,9 @@ SELECT resource_id, task_id, mode, amount, owner, acquired_at, expires_at
 """
 
 WAITING_SQL = """
-SELECT tr.resource_id, rt.task_id, rt.workstream_id, rt.state, tr.mode, tr.amount
-  FROM ready_task rt JOIN task_resource tr ON tr.task_id = rt.task_id
- WHERE NOT EXISTS (SELECT 1 FROM active_lease l
-                    WHERE l.task_id = rt.task_id AND l.resource_id = tr.resource_id)
- ORDER BY tr.resource_id, rt.priority DESC, rt.queued_at, rt.task_id
+SELECT resource_id, task_id, workstream_id, state, mode, amount
+  FROM resource_waiting
+ ORDER BY resource_id, priority DESC, queued_at, task_id
 """
 
 

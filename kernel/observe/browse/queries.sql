@@ -78,19 +78,16 @@ SELECT a.finished_at, 'attempt', 'attempt ' || a.attempt_no || ' ' || a.outcome,
 
 -- name: resource_holders
 -- title: Resource holders now and waiting tasks
--- description: Who holds each resource now (the active_lease view) and the ready tasks that need it and do not hold it yet (ready_task with task_resource).
+-- description: Who holds each resource now (the active_lease view) and the ready tasks that need it and do not hold it yet (the resource_waiting view).
 SELECT l.resource_id AS resource_id, l.resource_type, 'holds' AS role, l.task_id AS task_id,
        t.state, l.mode, l.amount,
        l.acquired_at AS since, l.expires_at, l.expired
   FROM active_lease l JOIN task t ON t.task_id = l.task_id
 UNION ALL
-SELECT tr.resource_id, r.type, 'waits', tr.task_id, rt.state, tr.mode, tr.amount,
-       rt.queued_at, NULL, NULL
-  FROM ready_task rt
-  JOIN task_resource tr ON tr.task_id = rt.task_id
-  JOIN resource r ON r.resource_id = tr.resource_id
- WHERE NOT EXISTS (SELECT 1 FROM active_lease h
-                    WHERE h.task_id = rt.task_id AND h.resource_id = tr.resource_id)
+SELECT w.resource_id, r.type, 'waits', w.task_id, w.state, w.mode, w.amount,
+       w.queued_at, NULL, NULL
+  FROM resource_waiting w
+  JOIN resource r ON r.resource_id = w.resource_id
  ORDER BY resource_id, role, since, task_id;
 
 -- name: slowest_tasks
