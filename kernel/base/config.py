@@ -96,6 +96,24 @@ class WorkersConfig(_Section):
 class RunConfig(_Section):
     worktrees: bool = True
     tick_seconds: Seconds = Field(0.25, gt=0)
+    executor: Literal["local", "dask"] = "local"
+
+
+_ADDRESS = r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$"
+
+
+class DaskConfig(_Section):
+    scheduler_address: str | None = Field(None, pattern=_ADDRESS)
+    workers: int | None = Field(None, ge=1, le=1024)
+    resources: dict[Annotated[str, Field(min_length=1)],
+                    Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)]] = Field(
+        default_factory=dict)
+    setup_command: str | None = Field(None, min_length=1)
+    connect_timeout_seconds: Seconds = Field(30.0, gt=0)
+
+
+class ExecutorsConfig(_Section):
+    dask: DaskConfig = DaskConfig()
 
 
 class RulesConfig(_Section):
@@ -191,6 +209,7 @@ class Config(_Section):
     bundle: BundleConfig = BundleConfig()
     definitions: DefinitionsConfig = DefinitionsConfig()
     agents: AgentsConfig = AgentsConfig()
+    executors: ExecutorsConfig = ExecutorsConfig()
 
 
 DEFAULT_CONFIG_TOML = """\
@@ -229,6 +248,9 @@ worktrees = true
 # The scheduler re-checks timers (retry delays, heartbeats) at least this often; it wakes at
 # once when another process commits.
 tick_seconds = 0.25
+# Where commands run: "local" (worker processes on this machine) or "dask" (on the workers of
+# a Dask cluster, [executors.dask]; docs/operations/SCALING.md). `orch run --executor` wins.
+executor = "local"
 
 [rules]
 # The command each validation rule runs in the task's working directory; exit 0 passes.
@@ -283,6 +305,24 @@ extra_args = []
 # env = ["ANTHROPIC_API_KEY"]            # variables passed through, besides PATH, HOME, LANG...
 # tokens_pattern = '"(?:input|output)_tokens":\\s*(\\d+)'   # summed over every match
 # cost_pattern = '"total_cost_usd":\\s*([\\d.]+)'
+
+[executors.dask]
+# `orch run --executor dask` (docs/operations/SCALING.md; needs `pip install 'orch-kernel[dask]'`
+# here and on every Dask worker). The scheduler to connect to; unset: orch starts a LocalCluster
+# of worker processes on this machine. `--scheduler-address` wins.
+# scheduler_address = "tcp://10.0.0.5:8786"
+# The LocalCluster's size (default: the number of CPUs; `--workers` wins) and the resources
+# each of its workers advertises (an external cluster's workers advertise their own, with
+# `dask worker --resources "cpu_cores=8"`). A task asking for units of a resource some Dask
+# worker advertises only runs on a worker advertising at least that many.
+# workers = 4
+resources = {}
+# A shell command run on the Dask worker before each task, in the worker's directory, with the
+# task's ORCH_* variables: for workers without the project at the same path on a shared file
+# system (e.g. a git clone into $ORCH_WORKTREE). Unset: the working directory must exist there.
+# setup_command = "test -d \"$ORCH_WORKTREE\" || git clone -q ssh://host/repo \"$ORCH_WORKTREE\""
+# How long to wait for the scheduler (and for a LocalCluster to start).
+connect_timeout_seconds = 30
 """
 
 

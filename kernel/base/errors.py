@@ -66,6 +66,9 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
                        "(each is listed with its state and why)"),
     "cannot_revert": (_F, "edits an agent made outside its files could not be reverted"),
     "config_invalid": (_F, "orch.toml is invalid"),
+    "dask_missing": (_F, "`--executor dask` needs the dask extra: pip install 'orch-kernel[dask]'"),
+    "dask_unavailable": (_F, "the Dask scheduler could not be reached, or the cluster has no "
+                             "workers"),
     "database_access_denied": (_D, "this user may not read or write the database"),
     "database_damaged": (_D, "the database file is broken (truncated, malformed, I/O error)"),
     "database_error": (_D, "another SQLite error reached the command line"),

@@ -39,9 +39,11 @@ from kernel.cli.common import CliState, command, complete_workstreams, emit
 
 
 @command("run")
-@click.option("--workers", "-w", type=int, default=2, show_default=True,
-              help="Local worker processes to start (0: only workers that join with "
-                   "`orch worker`).")
+@click.option("--workers", "-w", type=int, default=None,
+              help="Local worker processes to start (default 2; 0: only workers that join "
+                   "with `orch worker`). With --executor dask and no scheduler address: the "
+                   "size of the LocalCluster (default: [executors.dask] workers, else the "
+                   "number of CPUs).")
 @click.option("--workstream", default=None, metavar="WS", shell_complete=complete_workstreams,
               help="Run only this workstream's tasks.")
 @click.option("--forever", is_flag=True, help="Keep polling for new work instead of returning.")
@@ -53,26 +55,55 @@ from kernel.cli.common import CliState, command, complete_workstreams, emit
 @click.option("--jsonl", is_flag=True,
               help="Stream one JSON event per line as they are committed, then a "
                    "{\"summary\": ...} line (--json prints one document at the end).")
-def run_cmd(state: CliState, workers: int, workstream: str | None, forever: bool,
-            no_worktrees: bool, max_seconds: float | None, jsonl: bool) -> int:
-    """Run the loaded tasks with workers until nothing more can run."""
+@click.option("--executor", type=click.Choice(["local", "dask"]), default=None,
+              help="Where commands run: local worker processes, or the workers of a Dask "
+                   "cluster (default: orch.toml [run] executor, else local; "
+                   "docs/operations/SCALING.md).")
+@click.option("--scheduler-address", default=None, metavar="tcp://HOST:PORT",
+              help="With --executor dask: the Dask scheduler to use (default: [executors.dask] "
+                   "scheduler_address, else a LocalCluster on this machine).")
+def run_cmd(state: CliState, workers: int | None, workstream: str | None, forever: bool,
+            no_worktrees: bool, max_seconds: float | None, jsonl: bool, executor: str | None,
+            scheduler_address: str | None) -> int:
+    """Run the loaded tasks with workers until nothing more can run (on this machine, or on
+    a Dask cluster with --executor dask)."""
     from kernel.runtime.progress import make_progress
     from kernel.runtime.runner import RunOptions, run
 
-    if workers < 0:
+    if workers is not None and workers < 0:
         raise UsageError("usage", "--workers must be 0 or more", hint="e.g. --workers 4")
+    if scheduler_address is not None:
+        _check_address(scheduler_address)
+        executor = executor or "dask"
+        if executor != "dask":
+            raise UsageError("usage", "--scheduler-address is for --executor dask",
+                             hint="orch run --executor dask --scheduler-address "
+                                  f"{scheduler_address}")
+    if executor == "dask" and workers == 0:
+        raise UsageError("usage", "--executor dask runs on the cluster's workers: --workers 0 "
+                                  "would start none", hint="leave out --workers, or give the "
+                                  "LocalCluster's size")
     if jsonl and state.json:
         raise UsageError("usage", "--json (one document) and --jsonl (a stream) exclude each "
                                   "other", hint="orch run --jsonl, or orch --json run")
     output = "jsonl" if jsonl else "json" if state.json else "text"
     summary = run(state.project(),
-                  RunOptions(workers=workers, workstream=workstream, forever=forever,
-                             worktrees=False if no_worktrees else None,
-                             max_seconds=max_seconds),
+                  RunOptions(workers=2 if workers is None else workers, workstream=workstream,
+                             forever=forever, worktrees=False if no_worktrees else None,
+                             max_seconds=max_seconds, executor=executor,
+                             scheduler_address=scheduler_address, cluster_workers=workers),
                   make_progress(output))
     if summary.interrupted and max_seconds is None:
         return EXIT_INTERRUPTED
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def _check_address(address: str) -> None:
+    import re
+
+    if not re.match(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$", address):
+        raise UsageError("usage", f"--scheduler-address {address!r} is not a Dask address",
+                         hint="e.g. --scheduler-address tcp://10.0.0.5:8786")
 
 
 def _check_capabilities(state: CliState, capabilities: tuple[str, ...]) -> None:

@@ -3,7 +3,9 @@ resource requests against what the registry can ever grant.
 
 Public API:
     ``missing_capabilities(offers, needs) -> list[str]``, ``capable(offers, needs) -> bool``,
-    ``worker_offers(conn, worker_id)``, ``live_offers(conn)``, ``catalog_offers(conn)``,
+    ``worker_offers(conn, worker_id)``, ``worker_limits(conn, worker_id)``,
+    ``task_requests(conn, task_id)``, ``fits_resources(limits, requests)``,
+    ``live_offers(conn)``, ``catalog_offers(conn)``,
     ``LIVE_WORKER_STATES``, ``impossible_requests(conn, task_ids=None)``,
     ``unrunnable(conn, task_ids=None, *, offers=None, no_workers_reason=None)``.
 
@@ -47,6 +49,26 @@ def _version_key(text: str | None) -> tuple[Any, ...]:
 def worker_offers(conn: apsw.Connection, worker_id: str) -> dict[str, str]:
     return dict(conn.execute(
         "SELECT capability_id, version FROM worker_capability WHERE worker_id = ?", (worker_id,)))
+
+
+def worker_limits(conn: apsw.Connection, worker_id: str) -> dict[str, float]:
+    """What the worker advertises of each resource (``worker_resource``; empty for a local
+    worker): the limits ``fits_resources`` checks a task's requests against."""
+    return {r: float(a) for r, a in conn.execute(
+        "SELECT resource_id, amount FROM worker_resource WHERE worker_id = ?", (worker_id,))}
+
+
+def task_requests(conn: apsw.Connection, task_id: str) -> dict[str, float]:
+    """What a task asks of each resource: its units, or 1 for exclusive and shared."""
+    return {r: (float(a) if mode == "units" else 1.0) for r, mode, a in conn.execute(
+        "SELECT resource_id, mode, amount FROM task_resource WHERE task_id = ?", (task_id,))}
+
+
+def fits_resources(limits: dict[str, float], requests: dict[str, float]) -> bool:
+    """The one rule for a worker that advertises resources (a Dask worker, sql/0009): a task
+    runs there only if, for each resource the worker advertises, the task asks for at most
+    that much. A resource the worker does not advertise does not constrain it."""
+    return all(requests.get(r, 0.0) <= amount for r, amount in limits.items())
 
 
 def missing_capabilities(offers: dict[str, str], needs: list[Any]) -> list[str]:

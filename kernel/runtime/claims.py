@@ -46,7 +46,13 @@ from typing import Any
 import apsw
 
 from kernel.base import clock
-from kernel.definitions.fit import capable, worker_offers
+from kernel.definitions.fit import (
+    capable,
+    fits_resources,
+    task_requests,
+    worker_limits,
+    worker_offers,
+)
 from kernel.runtime import leases
 from kernel.runtime.attempts import (
     Claim,
@@ -84,7 +90,8 @@ SELECT t.task_id, t.workstream_id, t.generation, t.type, t.command, t.definition
 """
 
 def claim_next(conn: apsw.Connection, worker_id: str, now: float | Callable[[], float], *,
-               lease_ttl: float, offers: dict[str, str] | None = None) -> Claim | None:
+               lease_ttl: float, offers: dict[str, str] | None = None,
+               limits: dict[str, float] | None = None) -> Claim | None:
     """Claim the best queued task this worker can run now, or return None.
 
     ``now`` may be a clock (e.g. ``time.time``): it is then read once the write lock is held,
@@ -92,17 +99,20 @@ def claim_next(conn: apsw.Connection, worker_id: str, now: float | Callable[[], 
     """
     with db.write_tx(conn):
         return claim_in_tx(conn, worker_id, now() if callable(now) else now,
-                            lease_ttl=lease_ttl, offers=offers)
+                            lease_ttl=lease_ttl, offers=offers, limits=limits)
 
 
 def claim_in_tx(conn: apsw.Connection, worker_id: str, now: float, *, lease_ttl: float,
-                offers: dict[str, str] | None) -> Claim | None:
-    """``claim_next`` inside the caller's write transaction."""
+                offers: dict[str, str] | None,
+                limits: dict[str, float] | None = None) -> Claim | None:
+    """``claim_next`` inside the caller's write transaction. ``offers`` and ``limits`` (what
+    the worker advertises of each resource) are read from the worker's rows when None."""
     me = db.row(conn, "SELECT state, version, stop_requested, workstreams FROM worker "
                       "WHERE worker_id = ?", (worker_id,))
     if me is None or me["state"] != "idle" or me["stop_requested"]:
         return None
     offers = worker_offers(conn, worker_id) if offers is None else offers
+    limits = worker_limits(conn, worker_id) if limits is None else limits
     scope = set(json.loads(me["workstreams"])) if me["workstreams"] else None
     running_by_ws: dict[str, int] | None = None
     stamp = clock.iso(now)
@@ -110,6 +120,9 @@ def claim_in_tx(conn: apsw.Connection, worker_id: str, now: float, *, lease_ttl:
         if scope is not None and cand["workstream_id"] not in scope:
             continue
         if not capable(offers, json.loads(cand["needs"])):
+            continue
+        if limits and cand["has_resources"] and \
+                not fits_resources(limits, task_requests(conn, cand["task_id"])):
             continue
         if cand["max_parallelism"] is not None:
             if running_by_ws is None:

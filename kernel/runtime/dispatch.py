@@ -40,7 +40,7 @@ from typing import Any
 
 import apsw
 
-from kernel.definitions.fit import worker_offers
+from kernel.definitions.fit import worker_limits, worker_offers
 from kernel.runtime import attempts, claims, leases
 from kernel.runtime.attempts import Claim
 from kernel.runtime.channel import Wire, claim_to_wire
@@ -65,6 +65,7 @@ class _Peer:
     worker_id: str | None = None
     waiting: bool = False                 # waits for a claim (no report pending)
     offers: dict[str, str] | None = None
+    limits: dict[str, float] | None = None
     scope: str | None = None
     replies: list[dict[str, Any]] = field(default_factory=list)
 
@@ -165,6 +166,7 @@ class Dispatcher:
         if op == "hello":
             peer.worker_id, peer.waiting = str(msg["worker_id"]), True
             peer.offers = worker_offers(self.conn, peer.worker_id)
+            peer.limits = worker_limits(self.conn, peer.worker_id)
             peer.scope = db.scalar(self.conn, "SELECT workstreams FROM worker "
                                               "WHERE worker_id = ?", (peer.worker_id,))
             self._dirty = True
@@ -217,11 +219,13 @@ class Dispatcher:
         for peer in self.peers.values():
             if not peer.waiting or peer.worker_id is None:
                 continue
-            key = (tuple(sorted((peer.offers or {}).items())), peer.scope)
+            key = (tuple(sorted((peer.offers or {}).items())),
+                   tuple(sorted((peer.limits or {}).items())), peer.scope)
             if key in exhausted:
                 continue
             claim = claims.claim_in_tx(self.conn, peer.worker_id, time.time(),
-                                       lease_ttl=self.lease_ttl, offers=peer.offers)
+                                       lease_ttl=self.lease_ttl, offers=peer.offers,
+                                       limits=peer.limits)
             if claim is None:
                 exhausted.add(key)
                 continue

@@ -2,7 +2,9 @@
 
 Public API:
     ``check_workers(conn, now, ctx, report)`` (the phase alone: ``orch run`` also calls it for
-    a last look at its workers when it stops).
+    a last look at its workers when it stops); ``lose_worker_in_tx(conn, now, ctx, worker_id,
+    to_state, trigger, mode, reason, exit_code)`` (a lost worker's tasks handed on, the one
+    way; a proxy worker whose Dask worker left the cluster calls it for itself).
 
 Stability Guarantees:
     A dead worker process (an exit code the run saw, or its pid gone on this host) is shut down
@@ -92,7 +94,7 @@ def _lose_worker(conn: apsw.Connection, now: float, ctx: TickContext, wk: dict[s
     # Kill the orphaned command first: a task must never run twice at the same time.
     _kill_what_it_ran(conn, ctx, wk)
     with db.write_tx(conn):
-        _lose_worker_in_tx(conn, now, ctx, wk["worker_id"], to_state, trigger, mode, reason,
+        lose_worker_in_tx(conn, now, ctx, wk["worker_id"], to_state, trigger, mode, reason,
                            exit_code)
 
 
@@ -111,7 +113,7 @@ def _kill_what_it_ran(conn: apsw.Connection, ctx: TickContext, wk: dict[str, Any
         kill_pids(pids_with_env("ORCH_WORKER_ID", wid), ctx.config.workers.kill_grace_seconds)
 
 
-def _lose_worker_in_tx(conn: apsw.Connection, now: float, ctx: TickContext, wid: str,
+def lose_worker_in_tx(conn: apsw.Connection, now: float, ctx: TickContext, wid: str,
                        to_state: str, trigger: str, mode: str, reason: str,
                        exit_code: int | None) -> None:
     stamp = clock.iso(now)

@@ -40,10 +40,10 @@ Integration Points:
 Dependencies:
     apsw; ``kernel.base.errors``, ``kernel.base.faults``, ``kernel.base.files``,
     ``kernel.base.words``, ``kernel.observe.exports``, ``kernel.observe.metrics_history``,
-    ``kernel.runtime.channel``, ``kernel.runtime.dispatch``, ``kernel.runtime.health``,
-    ``kernel.runtime.lock``, ``kernel.runtime.scheduler``, ``kernel.runtime.worker``,
-    ``kernel.runtime.worktree``, ``kernel.store.db``, ``kernel.store.machines``,
-    ``kernel.store.project``.
+    ``kernel.runtime.channel``, ``kernel.runtime.cluster``, ``kernel.runtime.dispatch``,
+    ``kernel.runtime.health``, ``kernel.runtime.lock``, ``kernel.runtime.scheduler``,
+    ``kernel.runtime.worker``, ``kernel.runtime.worktree``, ``kernel.store.db``,
+    ``kernel.store.machines``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -86,6 +86,9 @@ class RunOptions:
     forever: bool = False
     worktrees: bool | None = None      # None: orch.toml [run] worktrees, if a git repository
     max_seconds: float | None = None   # stop after this long (tests, demos)
+    executor: str | None = None        # "local" or "dask"; None: orch.toml [run] executor
+    scheduler_address: str | None = None   # dask: None: [executors.dask], else a LocalCluster
+    cluster_workers: int | None = None     # dask: the LocalCluster's size (None: config, CPUs)
 
 
 @dataclass
@@ -268,14 +271,17 @@ def _forked_child(module: Any, project: Project, options: Any, log: IO[bytes],
 
 def spawn_worker(project: Project, owner: str, index: int, workstreams: list[str] | None,
                  log: IO[bytes] | None = None, link: socket.socket | None = None,
-                 ) -> subprocess.Popen[bytes]:
+                 dask: tuple[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a managed worker (``kernel.runtime.worker.managed_main``); with ``link`` (the
-    worker's end of a ``socket_pair``) it reports to this process instead of writing."""
+    worker's end of a ``socket_pair``) it reports to this process instead of writing; with
+    ``dask`` (scheduler address, Dask worker address) it stands for that Dask worker."""
     args = [sys.executable, "-m", "kernel", "--root", str(project.root), "worker",
             "--managed-by", owner, "--parent-pid", str(os.getpid()),
-            "--name", f"{owner}-w{index}"]
+            "--name", f"dask:{dask[1]}" if dask else f"{owner}-w{index}"]
     if link is not None:
         args += ["--link-fd", str(link.fileno())]
+    if dask is not None:
+        args += ["--dask-scheduler", dask[0], "--dask-worker", dask[1]]
     for ws in workstreams or []:
         args += ["--workstream", ws]
     return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -359,6 +365,12 @@ class _RunLoop:
         self.links: list[socket.socket] | None = \
             None if os.environ.get(DIRECT_ENV) else []
         self.dispatcher: Dispatcher | None = None
+        # --executor dask: the cluster, and the proxy worker standing for each Dask worker.
+        self.dask = (options.executor or self.config.run.executor) == "dask"
+        self.cluster: Any = None
+        self.proxies: dict[str, str] = {}       # Dask worker address -> key in children
+        self.proxy_starts: dict[str, int] = {}  # Dask worker address -> proxies started
+        self.next_look = 0.0
 
     # ---------------------------------------------------------------- set-up
 
@@ -389,13 +401,17 @@ class _RunLoop:
                 f"{' and more' if len(found['tasks']) > 3 else ''})")
         faults.point("run_setup")
         self.project.logs_dir.mkdir(parents=True, exist_ok=True)
+        if self.dask:
+            self._start_cluster()
         self._fork_workers()   # before any thread starts; they wait at the gate
         try:
             self.progress.start(self.conn, self.options)
         finally:
             self._open_gate()
-        while self.spawned < self.options.workers:
+        while not self.dask and self.spawned < self.options.workers:
             self._spawn()
+        if self.dask:
+            self._reconcile_dask()
         if self.dispatcher is not None:
             # Workers that join by hand (`orch worker`) connect here (kernel.runtime.channel).
             server = channel.listen(self.project.db_path)
@@ -426,7 +442,7 @@ class _RunLoop:
         conn, self.conn = self.conn, None
         conn.close()   # if it raises, tear_down must not use the closed connection
         try:
-            if self.options.workers and can_fork():
+            if self.options.workers and not self.dask and can_fork():
                 # What the imports made is permanent from now on: the collector never scans it
                 # again, neither during the run nor at exit (~0.2 s less), and the forked
                 # workers share its pages.
@@ -448,17 +464,44 @@ class _RunLoop:
             self.gate.open()
             self.gate = None
 
-    def _spawn(self) -> None:
+    def _spawn(self, dask_worker: str | None = None) -> str:
         kernel_end, worker_end = socket_pair() if self.dispatcher else (None, None)
         try:
             proc = spawn_worker(self.project, self.owner, self.spawned + 1, self.scope,
-                                self._open_log(), link=worker_end)
+                                self._open_log(), link=worker_end,
+                                dask=(self.cluster.address, dask_worker) if dask_worker
+                                else None)
         finally:
             if worker_end is not None:
                 worker_end.close()
         if self.dispatcher is not None and kernel_end is not None:
             self.dispatcher.add(kernel_end)
         self.children[f"pid:{proc.pid}"] = proc
+        return f"pid:{proc.pid}"
+
+    def _start_cluster(self) -> None:
+        """Connect to the Dask scheduler, or start a LocalCluster (``kernel.runtime.cluster``);
+        the run then has one worker per Dask worker."""
+        from kernel.runtime.cluster import Cluster
+
+        self.cluster = Cluster(self.config.executors.dask, self.options.scheduler_address,
+                               self.options.cluster_workers).start()
+        self.options.workers = len(self.cluster.workers())
+
+    def _reconcile_dask(self) -> None:
+        """One proxy worker per Dask worker: a new Dask worker (one a nanny restarted, one
+        that joined) gets one; a proxy that died is started again, at most 3 times per Dask
+        worker. A proxy whose Dask worker left the cluster exits by itself."""
+        if time.monotonic() < self.next_look:
+            return
+        self.next_look = time.monotonic() + 0.5
+        for address in self.cluster.workers():
+            if self.proxies.get(address) in self.children:
+                continue
+            if self.proxy_starts.get(address, 0) >= 3:
+                continue
+            self.proxy_starts[address] = self.proxy_starts.get(address, 0) + 1
+            self.proxies[address] = self._spawn(address)
 
     # ---------------------------------------------------------------- one turn
 
@@ -477,8 +520,8 @@ class _RunLoop:
         # poll, and its exit code would be lost.
         self.ctx.exited = _exited_children(self.conn, [*self.children.values(), *self.removed])
         self.removed = []
-        self.ctx.wait_for_workers = self.options.workers == 0 or self.restarts_left > 0 or any(
-            p.poll() is None for p in self.children.values())
+        self.ctx.wait_for_workers = self.options.workers == 0 or self.restarts_left > 0 or \
+            self.dask or any(p.poll() is None for p in self.children.values())
         self.report = scheduler.tick(self.conn, now, self.ctx)
         self.progress.update(self.conn, self.report)
         if self.metrics is not None and self.metrics.due(now):
@@ -535,9 +578,11 @@ class _RunLoop:
             if proc.poll() is not None:
                 del self.children[key]
                 self.removed.append(proc)
-                if self.restarts_left > 0 and not self.report.done:
+                if self.restarts_left > 0 and not self.report.done and not self.dask:
                     self.restarts_left -= 1
                     self._spawn()
+        if self.dask and not self.report.done:
+            self._reconcile_dask()
 
     # ---------------------------------------------------------------- tear-down
 
@@ -548,6 +593,8 @@ class _RunLoop:
             for proc in self.children.values():   # set-up failed between the forks
                 proc.kill()
                 proc.wait()
+            if self.cluster is not None:
+                self.cluster.close()
             return
         # The signal may have landed inside a transaction (KeyboardInterrupt is raised wherever
         # the loop was): end it, or the stop request and the final health check cannot write.
@@ -585,6 +632,8 @@ class _RunLoop:
                 self.warnings.append(f"metrics.json not written: {exc}")
         finally:
             hurry.restore()
+            if self.cluster is not None:
+                self.cluster.close()
             for log in self.logs:
                 log.close()
             if self.exporter is not None:

@@ -30,11 +30,13 @@ Integration Points:
 Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.faults``,
     ``kernel.base.files``, ``kernel.base.processes``, ``kernel.definitions.executors``,
-    ``kernel.definitions.offers``, ``kernel.observe.exports``, ``kernel.runtime.attempts``,
-    ``kernel.runtime.changes``, ``kernel.runtime.channel``, ``kernel.runtime.claims``,
-    ``kernel.runtime.executors``, ``kernel.runtime.leases``, ``kernel.runtime.rules``,
-    ``kernel.runtime.worktree``, ``kernel.store.db``, ``kernel.store.machines``,
-    ``kernel.store.project``.
+    ``kernel.definitions.fit``, ``kernel.definitions.offers``, ``kernel.observe.exports``,
+    ``kernel.runtime.attempts``, ``kernel.runtime.changes``, ``kernel.runtime.channel``,
+    ``kernel.runtime.claims``, ``kernel.runtime.cluster``, ``kernel.runtime.context``,
+    ``kernel.runtime.executors``, ``kernel.runtime.executors.base``,
+    ``kernel.runtime.executors.dask``, ``kernel.runtime.health``, ``kernel.runtime.leases``,
+    ``kernel.runtime.rules``, ``kernel.runtime.worktree``, ``kernel.store.db``,
+    ``kernel.store.machines``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -60,10 +62,12 @@ from kernel.base.files import open_private, private_dir
 from kernel.base.processes import become_subreaper, pid_alive
 from kernel.definitions import offers
 from kernel.definitions.executors import AGENT_EXECUTORS, effective_executor
+from kernel.definitions.offers import Assessment
 from kernel.runtime import attempts, claims, leases
 from kernel.runtime.changes import tree_lock
 from kernel.runtime.channel import KernelLink, connect, from_fd
-from kernel.runtime.executors import ExecutionRequest, ExecutionResult, executor_for
+from kernel.runtime.executors import ExecutionRequest, ExecutionResult, Executor, executor_for
+from kernel.runtime.executors.base import WorkerLost
 from kernel.runtime.rules import run_rules
 from kernel.runtime.worktree import Commit
 from kernel.store import db
@@ -101,6 +105,9 @@ class WorkerOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
     export_views: bool = True                  # when not managed by an `orch run`
     link: Any = None                           # a socket to its `orch run` (kernel.runtime.channel)
+    #: (scheduler address, Dask worker address): this worker stands for that Dask worker, and
+    #: its tasks' commands run there (kernel.runtime.executors.dask).
+    dask: tuple[str, str] | None = None
 
 
 def new_worker_id() -> str:
@@ -142,6 +149,16 @@ class Worker:
         # Read once: copying os.environ item by item costs ~0.1 ms, on every task.
         self._base_env = dict(os.environ)
         self._claim_log = os.environ.get(CLAIM_LOG_ENV)
+        self._limits: dict[str, float] = {}
+        self.session: Any = None         # kernel.runtime.cluster.Session, for a Dask worker
+        self.task_host = self.hostname   # where its tasks' process groups live
+        self.dask_advertised: set[str] = set()
+        if self.options.dask is not None:
+            from kernel.runtime.cluster import Session
+
+            self.session = Session(*self.options.dask,
+                                   timeout=self.config.executors.dask.connect_timeout_seconds)
+            self.task_host = self.session.host
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -158,9 +175,31 @@ class Worker:
     def lease_ttl(self) -> float:
         return leases.ttl_for(self.config.workers)
 
+    def _assess(self) -> list[Assessment]:
+        """What this worker meets of the catalog: on this machine, or on its Dask worker."""
+        if self.options.capabilities:
+            return []
+        rows = offers.catalog_rows(self.conn)
+        if self.session is None:
+            return offers.assess(rows, self.config, self.project.root)
+        from kernel.runtime.executors.dask import assess_on_worker
+
+        return list(self.session.call(assess_on_worker, rows, self.config,
+                                      str(self.project.root)))
+
+    def _dask_limits(self) -> dict[str, float]:
+        """What its Dask worker advertises of every resource some worker of the cluster
+        advertises (0 where it has none): ``worker_resource`` rows (sql/0009)."""
+        from kernel.runtime.cluster import _workers
+
+        cluster = _workers(self.session.client)
+        self.dask_advertised = {r for w in cluster.values() for r in w.resources}
+        mine = cluster[self.session.worker].resources if self.session.worker in cluster else {}
+        return {r: float(mine.get(r, 0.0)) for r in sorted(self.dask_advertised)}
+
     def register(self) -> None:
-        assessed = [] if self.options.capabilities else offers.assess(  # before the lock
-            offers.catalog_rows(self.conn), self.config, self.project.root)
+        assessed = self._assess()   # before the lock
+        self._limits = self._dask_limits() if self.session is not None else {}
         # The state machines (parsed from their YAML once per process) are read inside write
         # transactions (claims, shutdown): parse them now, not while holding the write lock.
         shipped()
@@ -187,6 +226,8 @@ class Worker:
                  if self.options.workstreams is not None else None))
             self.conn.executemany("INSERT INTO worker_capability VALUES (?, ?, ?)",
                                   [(self.worker_id, c, v) for c, v in rows])
+            self.conn.executemany("INSERT INTO worker_resource VALUES (?, ?, ?)",
+                                  [(self.worker_id, r, a) for r, a in self._limits.items()])
             transition_in_tx(self.conn, "worker", self.worker_id, "idle", "registration_complete",
                              {"at": stamp, "capabilities": sorted(c for c, _ in rows),
                               **({"not_offered": unmet} if unmet else {})})
@@ -248,6 +289,8 @@ class Worker:
     def _heartbeat_loop(self) -> None:
         with self.project.open() as conn:
             while not self._closing.wait(self.heartbeat):
+                if self.session is not None and not self._dask_beat():
+                    continue
                 try:
                     with db.write_tx(conn):
                         alive = self._beat_in_tx(conn, time.time())
@@ -255,6 +298,15 @@ class Worker:
                     continue
                 if not alive:
                     return
+
+    def _dask_beat(self) -> bool:
+        """A Dask worker's kernel heartbeat follows the scheduler's view of it: no beat while
+        the scheduler has not seen it lately (the kernel then finds it unresponsive); once it
+        left the cluster, an idle proxy exits (a running task finds out by itself)."""
+        if not self.session.present():
+            self._drain.set()
+            return False
+        return bool(self.session.beat_ok(self.heartbeat))
 
     def _beat_in_tx(self, conn: apsw.Connection, now: float) -> bool:
         """One heartbeat: renew the worker's leases, recover from unresponsive. False when
@@ -308,6 +360,8 @@ class Worker:
         finally:
             if self.link is not None:
                 self.link.close()
+            if self.session is not None:
+                self.session.close()
             if self.declared_dead:
                 self.conn.close()
                 if self._exporter is not None:
@@ -329,7 +383,8 @@ class Worker:
                 started = time.perf_counter()
                 try:
                     claim = claims.claim_next(self.conn, self.worker_id, time.time,
-                                              lease_ttl=self.lease_ttl, offers=self._offers)
+                                              lease_ttl=self.lease_ttl, offers=self._offers,
+                                              limits=self._limits)
                 except apsw.BusyError:
                     claim = None
                 _log_claim(self._claim_log, time.perf_counter() - started,
@@ -400,25 +455,57 @@ class Worker:
         """Run the executor; an error inside it fails the attempt (outcome ``error``, not
         retried) instead of killing the worker."""
         try:
-            return executor_for(claim.definition).run(
+            return self._executor(claim).run(
                 request,
                 on_start=lambda pgid: self._started(claim, pgid),
                 should_stop=lambda: self._should_stop(claim, self.conn))
         except (apsw.Error, KeyboardInterrupt):
             raise
+        except WorkerLost as exc:
+            self._lost(str(exc))
+            return ExecutionResult("error", error=str(exc))
         except Exception as exc:  # noqa: BLE001 - any executor failure is the task's, not ours
             return ExecutionResult("error", error=f"the {claim.type or 'task'} executor "
                                                   f"failed: {type(exc).__name__}: {exc}")
 
+    def _executor(self, claim: claims.Claim) -> Executor:
+        """The task's executor; for a Dask worker, run there (kernel.runtime.executors.dask)."""
+        if self.session is None:
+            return executor_for(claim.definition)
+        from kernel.definitions.fit import task_requests
+        from kernel.runtime.executors.dask import DaskExecutor, dask_resources
+
+        inner = effective_executor((claim.definition.get("execution") or {}).get("executor"),
+                                   claim.type)
+        return DaskExecutor(self.session, inner, self.config.executors.dask.setup_command,
+                            dask_resources(task_requests(self.conn, claim.task_id),
+                                           self.dask_advertised))
+
+    def _lost(self, reason: str) -> None:
+        """Its Dask worker left the cluster mid-task: hand the task on as a lost worker's
+        (``worker_lost``, a new generation), exactly as the kernel does for a local worker
+        that died, and stop."""
+        from kernel.runtime.context import TickContext
+        from kernel.runtime.health import lose_worker_in_tx
+
+        ctx = TickContext(root=self.project.root, config=self.config, workstreams=None,
+                          worktrees=False)
+        with db.write_tx(self.conn):
+            lose_worker_in_tx(self.conn, time.time(), ctx, self.worker_id, "shutdown",
+                              "worker_crashed", "Worker-Crashed", reason, None)
+        self.declared_dead = True
+        self._stop.set()
+        self._drain.set()
+
     def _started(self, claim: claims.Claim, pgid: int) -> None:
         """Record the task's process group (with the kernel's next commit, when linked)."""
         def direct() -> None:
-            claims.record_process(self.conn, claim, pgid, self.hostname)
+            claims.record_process(self.conn, claim, pgid, self.task_host)
 
         if self.link is None:
             direct()
         else:
-            self.link.started(claim.attempt_id, pgid, self.hostname, direct)
+            self.link.started(claim.attempt_id, pgid, self.task_host, direct)
 
     def _send(self, claim: claims.Claim, msg: dict[str, Any],
               direct: Callable[[], str]) -> str:
@@ -665,7 +752,8 @@ def main(project: Project, options: WorkerOptions, worker_id: str | None = None,
 
 def managed_main(argv: list[str]) -> int | None:
     """``python -m kernel --root DIR worker --managed-by OWNER --parent-pid PID --name NAME
-    [--link-fd FD] [--workstream WS]...`` (``argv`` without ``worker``): a worker started by
+    [--link-fd FD] [--workstream WS]... [--dask-scheduler ADDR --dask-worker ADDR]`` (``argv``
+    without ``worker``): a worker started by
     ``orch run`` when it does not fork one (``kernel.runtime.runner.spawn_worker``), with the
     runtime only, not the command line (click, its command table). None for any other
     argument: then the command line runs it as ``orch worker``. It reads and validates
@@ -675,15 +763,18 @@ def managed_main(argv: list[str]) -> int | None:
     import gc
 
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for option in ("--root", "--managed-by", "--parent-pid", "--name", "--link-fd"):
+    for option in ("--root", "--managed-by", "--parent-pid", "--name", "--link-fd",
+                   "--dask-scheduler", "--dask-worker"):
         parser.add_argument(option)
     parser.add_argument("--workstream", action="append", default=None)
     args, rest = parser.parse_known_args(argv)
     if rest or None in (args.root, args.managed_by, args.parent_pid) \
-            or not args.parent_pid.isdigit() or not (args.link_fd or "0").isdigit():
+            or not args.parent_pid.isdigit() or not (args.link_fd or "0").isdigit() \
+            or (args.dask_scheduler is None) != (args.dask_worker is None):
         return None
     gc.freeze()   # the imports are permanent: the collector skips them, at exit too
     return main(Project(Path(args.root).resolve()), WorkerOptions(
         workstreams=args.workstream, scheduler_owner=args.managed_by,
         parent_pid=int(args.parent_pid), name=args.name or "",
-        link=from_fd(int(args.link_fd)) if args.link_fd else None))
+        link=from_fd(int(args.link_fd)) if args.link_fd else None,
+        dask=(args.dask_scheduler, args.dask_worker) if args.dask_worker else None))

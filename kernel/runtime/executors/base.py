@@ -2,10 +2,10 @@
 
 Public API:
     ``ExecutionRequest``, ``ExecutionResult``, ``Executor`` (protocol: ``name`` and
-    ``run(request, on_start, should_stop) -> ExecutionResult``). How a command template becomes
-    an argv (the placeholders) is ``kernel.definitions.commands``. A result may carry ``undo``
-    (agent executors): the worker then commits the change only after the post-execution rules
-    passed, and calls ``undo`` when they fail.
+    ``run(request, on_start, should_stop) -> ExecutionResult``), ``WorkerLost``. How a
+    command template becomes an argv (the placeholders) is ``kernel.definitions.commands``. A
+    result may carry ``undo`` (agent executors): the worker then commits the change only after
+    the post-execution rules passed, and calls ``undo`` when they fail.
 
 Stability Guarantees:
     Adding an executor is adding a module with a class that satisfies ``Executor`` and one line
@@ -46,6 +46,9 @@ class ExecutionRequest:
     kill_grace_seconds: float = 5.0
     definition: Mapping[str, Any] = field(default_factory=dict)
     log_cap_bytes: int = 16 * 1024 * 1024
+    #: The command's process group is killed at once if the process running the executor dies
+    #: (set on a Dask worker, where no kernel on the same host kills what a dead worker left).
+    die_with_worker: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,12 @@ class ExecutionResult:
     #: Set by the agent executors on success: puts the working tree back as it was before the
     #: attempt (the worker calls it when the post-execution rules or the commit fail).
     undo: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+
+
+class WorkerLost(Exception):
+    """Raised by an executor whose remote worker is gone mid-attempt (a Dask worker that left
+    its cluster): what happened to the command is unknown, so the kernel worker hands the task
+    on as lost (``worker_lost``, a new generation) instead of reporting an outcome."""
 
 
 class Executor(Protocol):

@@ -61,6 +61,14 @@ __all__ = ["CappedLog", "SubprocessExecutor", "attempt_output", "kill_group", "p
 
 _POLL = 0.02
 _GATE = 'IFS= read -r _ || exit 125; exec </dev/null; exec "$@"'
+# The gate of a command that must die with the process that started it (``die_with_worker``):
+# the gate's pipe stays open for the whole attempt; the command runs in the background, in the
+# same process group, and a watcher kills that group (SIGKILL) when the pipe reaches EOF, that
+# is when the worker process is gone. When the command ends first, the watcher is ended and the
+# shell exits with the command's status.
+_GUARDED_GATE = ('IFS= read -r _ || exit 125; exec 3<&0; "$@" </dev/null 3<&- & c=$!; '
+                 '{ IFS= read -r _ <&3; kill -KILL 0; } <&3 & w=$!; exec 0</dev/null; '
+                 'wait "$c"; s=$?; kill "$w" 2>/dev/null; exit "$s"')
 DEFAULT_LOG_CAP = 16 * 1024 * 1024
 
 
@@ -159,8 +167,9 @@ def _cannot_exec(cmd: list[str], cwd: Path, env: Mapping[str, str]) -> str | Non
 
 
 def _open_gate(proc: subprocess.Popen[bytes], gate_w: int, out_r: int,
-               on_start: Callable[[int], None]) -> None:
-    """Record the process group (``on_start``), then let the command through the gate."""
+               on_start: Callable[[int], None], keep_open: bool = False) -> None:
+    """Record the process group (``on_start``), then let the command through the gate (whose
+    pipe stays open with ``keep_open``: the caller closes it when the command ended)."""
     try:
         faults.point("after_spawn")
         on_start(proc.pid)    # the process group is durably recorded ...
@@ -170,7 +179,7 @@ def _open_gate(proc: subprocess.Popen[bytes], gate_w: int, out_r: int,
         proc.wait()
         _close(out_r)
         raise
-    finally:
+    if not keep_open:
         _close(gate_w)
 
 
@@ -198,9 +207,13 @@ class SubprocessExecutor:
             if isinstance(spawned, ExecutionResult):
                 return spawned
             proc, gate_w, out_r = spawned
-            _open_gate(proc, gate_w, out_r, on_start)
-            outcome, reason = self._follow(proc, request, should_stop, started, out_r,
-                                           CappedLog(fh, request.log_cap_bytes))
+            _open_gate(proc, gate_w, out_r, on_start, keep_open=request.die_with_worker)
+            try:
+                outcome, reason = self._follow(proc, request, should_stop, started, out_r,
+                                               CappedLog(fh, request.log_cap_bytes))
+            finally:
+                if request.die_with_worker:
+                    _close(gate_w)
             duration = time.monotonic() - started
             code = proc.returncode
             if outcome == "succeeded" and code != 0:
@@ -240,7 +253,8 @@ class SubprocessExecutor:
         out_r, out_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", _GATE, "orch-gate", *cmd], cwd=request.cwd,
+                ["/bin/sh", "-c", _GUARDED_GATE if request.die_with_worker else _GATE,
+                 "orch-gate", *cmd], cwd=request.cwd,
                 env=env, stdin=gate_r, stdout=out_w,
                 stderr=out_w, start_new_session=True)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:

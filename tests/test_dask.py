@@ -1,0 +1,294 @@
+"""`orch run --executor dask`: the same tasks on a real Dask cluster of worker processes.
+
+Two clusters, both real: the LocalCluster that `orch run --executor dask` starts by itself, and
+one started as a user starts one across machines (`dask scheduler`, `dask worker`), which
+`--scheduler-address` joins. Every command is the real `orch` CLI; the state is read back from
+the database and the event log.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import orch
+from tests.e2e import (
+    ORCH,
+    PY,
+    events,
+    make_project,
+    pid_gone,
+    query,
+    states,
+    stop,
+    task,
+    wait_for,
+)
+
+distributed = pytest.importorskip("distributed")  # the dask extra (installed by the tests)
+
+DASK = str(Path(sys.executable).parent / "dask")
+
+# A task that holds a lock on its own file while it runs: a second run of it at the same time
+# writes "overlap" (the kill campaign's ledger, tools/kill_campaign.py).
+LEDGER = """\
+import fcntl, os, sys, time
+ledger, locks, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+tid, gen = os.environ["ORCH_TASK_ID"], os.environ["ORCH_GENERATION"]
+def note(what):
+    with open(ledger, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(f"{what} {tid} {gen} {os.getpid()} {time.time():.6f}\\n")
+held = open(os.path.join(locks, tid + ".lock"), "a")
+try:
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except BlockingIOError:
+    note("overlap")
+    fcntl.flock(held, fcntl.LOCK_EX)
+note("start")
+time.sleep(seconds)
+note("end")
+"""
+
+
+def _run_on(root: Path, cluster: DaskCluster) -> subprocess.Popen[str]:
+    """`orch run` on the cluster, in the background."""
+    return subprocess.Popen([ORCH, "--root", str(root), "run", "--executor", "dask",
+                             "--scheduler-address", cluster.address],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+class DaskCluster:
+    """`dask scheduler` and `dask worker` processes, as a user starts them."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.file = tmp / "scheduler.json"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.log = open(tmp / "dask.log", "ab")  # noqa: SIM115 - closed in close()
+        self._start([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                     "--no-dashboard", "--scheduler-file", str(self.file)])
+        wait_for(self.file.exists, timeout=60)
+        self.address = json.loads(self.file.read_text())["address"]
+        self.client = distributed.Client(self.address, timeout=60, set_as_default=False)
+
+    def _start(self, argv: list[str]) -> None:
+        self.procs.append(subprocess.Popen(argv, stdout=self.log, stderr=self.log,
+                                           stdin=subprocess.DEVNULL, start_new_session=True))
+
+    def add_workers(self, count: int, resources: str | None = None) -> None:
+        before = len(self.workers())
+        argv = [DASK, "worker", self.address, "--nworkers", str(count), "--nthreads", "1",
+                "--no-dashboard", "--host", "127.0.0.1"]
+        if resources:
+            argv += ["--resources", resources]
+        self._start(argv)
+        wait_for(lambda: len(self.workers()) >= before + count, timeout=60)
+
+    def workers(self) -> dict[str, Any]:
+        return dict(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def pids(self) -> dict[str, int]:
+        return dict(self.client.run(os.getpid))
+
+    def close(self) -> None:
+        self.client.close()
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[DaskCluster]:
+    found = DaskCluster(tmp_path)
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+def _shape(root: Path) -> collections.Counter[tuple[str, str, str]]:
+    """The event log's shape: how many events of each kind each task and workstream had."""
+    return collections.Counter(
+        (e["entity_type"], e["event_type"], e.get("trigger") or "")
+        for e in events(root) if e["entity_type"] in ("task", "workstream"))
+
+
+def _dag(n: int) -> list[dict[str, Any]]:
+    """``n`` tasks in 3 workstreams: chains, fan-outs and fan-ins."""
+    tasks = []
+    for i in range(n):
+        ws = f"ws{i % 3}"
+        deps = [f"t{j:03d}" for j in (i - 3, i - 6) if j >= 0 and (i - j) % 3 == 0 and i % 4]
+        tasks.append(task(f"t{i:03d}", ws=ws, deps=deps, command="true"))
+    return tasks
+
+
+def test_a_300_task_dag_runs_on_a_local_cluster_with_the_local_event_shape(
+        tmp_path: Path) -> None:
+    local = make_project(tmp_path / "local", _dag(300))
+    on_dask = make_project(tmp_path / "dask", _dag(300))
+    assert orch("--root", str(local), "run", "--workers", "2").returncode == 0
+    done = orch("--root", str(on_dask), "--json", "run", "--executor", "dask", "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["ok"] and summary["counts"] == {"completed": 300}
+    assert _shape(on_dask) == _shape(local)
+    workers = query(on_dask, "SELECT name, hostname FROM worker")
+    assert len(workers) == 2 and all(w["name"].startswith("dask:tcp://") for w in workers)
+    ran = query(on_dask, "SELECT DISTINCT w.name FROM attempt a JOIN worker w "
+                         "ON w.worker_id = a.worker_id")
+    assert len(ran) == 2                    # both Dask workers ran tasks
+    log = (on_dask / ".state" / "logs" / "t299.log").read_text()
+    assert log.startswith("==== on Dask worker tcp://") and "attempt 1 ended: exit 0" in log
+
+
+def test_killing_a_dask_worker_mid_task_hands_it_on_with_no_overlap(
+        tmp_path: Path, cluster: DaskCluster) -> None:
+    cluster.add_workers(2)
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    script = tmp_path / "ledger_task.py"
+    script.write_text(LEDGER)
+    ledger = tmp_path / "ledger.txt"
+    tasks = [task(f"t{i:02d}", command=f"{PY} {script} {ledger} {locks} 1.5", max_retries=3,
+                  retry_delay=0.05) for i in range(8)]
+    root = make_project(tmp_path / "proj", tasks)
+    proc = _run_on(root, cluster)
+    # The Dask worker running the first task to start is killed (SIGKILL) mid-task.
+    first = wait_for(lambda: query(root, "SELECT a.task_id, a.pgid, w.name FROM attempt a "
+                                         "JOIN worker w ON w.worker_id = a.worker_id "
+                                         "WHERE a.pgid IS NOT NULL AND a.finished_at IS NULL "
+                                         "LIMIT 1"), timeout=60)[0]
+    time.sleep(0.3)
+    victim = cluster.pids()[first["name"].removeprefix("dask:")]
+    os.kill(victim, signal.SIGKILL)
+    code, out, err = stop(proc, timeout=120)
+    assert code == 0, err
+    assert set(states(root).values()) == {"completed"}
+    lines = ledger.read_text().splitlines()
+    assert not [ln for ln in lines if ln.startswith("overlap")]
+    lost = events(root, event="worker_lost")
+    assert len(lost) == 1 and "left the cluster" in lost[0]["metadata"]["reason"]
+    assert first["task_id"] in lost[0]["metadata"]["tasks_handed_on"]
+    again = query(root, "SELECT generation, attempt_no FROM attempt WHERE task_id = ? "
+                        "ORDER BY attempt_no", (first["task_id"],))
+    assert [a["generation"] for a in again] == [1, 2]
+    assert pid_gone(first["pgid"])           # the killed worker's command died with it
+    starts = [ln.split() for ln in lines if ln.startswith("start")]
+    assert len(starts) == 9                  # 8 tasks, one of them twice
+
+
+def test_cancel_reaches_the_remote_process(tmp_path: Path, cluster: DaskCluster) -> None:
+    cluster.add_workers(1)
+    pidfile = tmp_path / "pid"
+    root = make_project(tmp_path / "proj", [
+        task("slow", command=f"{PY} -c \"import os,time; open('{pidfile}','w')"
+                             f".write(str(os.getpid())); time.sleep(120)\"", timeout=300)])
+    proc = _run_on(root, cluster)
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), timeout=60))
+    assert orch("--root", str(root), "cancel", "slow").returncode == 0
+    wait_for(lambda: pid_gone(pid), timeout=30)
+    code, _, err = stop(proc, timeout=60)
+    assert code == 1 and states(root) == {"slow": "cancelled"}, err
+    log = (root / ".state" / "logs" / "slow.log").read_text()
+    assert "cancelled" in log and "process group killed" in log
+
+
+def test_a_task_asking_for_two_cores_lands_only_on_a_worker_advertising_them(
+        tmp_path: Path, cluster: DaskCluster) -> None:
+    cluster.add_workers(1, "cpu_cores=1")
+    cluster.add_workers(1, "cpu_cores=4")
+    big = {a for a, w in cluster.workers().items() if w["resources"].get("cpu_cores") == 4}
+    tasks = [task(f"big{i}", command="true", resources={"cpu_cores": 2}) for i in range(6)]
+    tasks += [task(f"small{i}", command="true", resources={"cpu_cores": 1}) for i in range(6)]
+    root = make_project(tmp_path / "proj", tasks)
+    proc = _run_on(root, cluster)
+    code, _, err = stop(proc, timeout=120)
+    assert code == 0, err
+    ran = query(root, "SELECT a.task_id, w.name FROM attempt a JOIN worker w "
+                      "ON w.worker_id = a.worker_id")
+    assert {r["name"].removeprefix("dask:") for r in ran if r["task_id"].startswith("big")} \
+        == big
+    advertised = query(root, "SELECT w.name, r.resource_id, r.amount FROM worker_resource r "
+                             "JOIN worker w ON w.worker_id = r.worker_id")
+    assert sorted(a["amount"] for a in advertised) == [1.0, 4.0]
+    assert {a["resource_id"] for a in advertised} == {"cpu_cores"}
+
+
+def test_a_working_directory_missing_on_the_worker_is_a_clear_error(
+        tmp_path: Path, cluster: DaskCluster) -> None:
+    cluster.add_workers(1)
+    doc = task("here", command="true")
+    doc["execution"]["working_directory"] = "generated"
+    root = make_project(tmp_path / "proj", [doc])
+    proc = _run_on(root, cluster)
+    code, _, _ = stop(proc, timeout=60)
+    assert code == 1 and states(root) == {"here": "failed"}
+    error = query(root, "SELECT error_message FROM attempt WHERE task_id = 'here'")[0]["error_message"]
+    assert "does not exist on Dask worker tcp://" in error
+    assert "setup_command" in error and "shared file system" in error
+    # The set-up command makes it there, and the same task runs.
+    (root / "orch.toml").write_text((root / "orch.toml").read_text() +
+                                    '\n[executors.dask]\nsetup_command = '
+                                    '"mkdir -p \\"$ORCH_WORKTREE/generated\\""\n')
+    assert orch("--root", str(root), "retry", "here").returncode == 0
+    proc = _run_on(root, cluster)
+    code, _, err = stop(proc, timeout=60)
+    assert code == 0 and states(root) == {"here": "completed"}, err
+    assert "==== set-up on" in (root / ".state" / "logs" / "here.log").read_text()
+
+
+def test_an_unreachable_scheduler_is_a_clear_error_and_nothing_runs(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "proj", [task("a")],
+                        toml_extra="\n[executors.dask]\nconnect_timeout_seconds = 2\n")
+    done = orch("--root", str(root), "run", "--scheduler-address", "tcp://127.0.0.1:9")
+    assert done.returncode == 1
+    assert "could not reach the Dask scheduler at tcp://127.0.0.1:9" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert states(root) == {"a": "pending"} or states(root) == {"a": "queued"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scheduler-address", "10.0.0.5:8786"], "is not a Dask address"),
+    (["--executor", "local", "--scheduler-address", "tcp://h:1"], "is for --executor dask"),
+    (["--executor", "dask", "--workers", "0"], "would start none"),
+])
+def test_dask_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    root = make_project(tmp_path / "proj", [task("a")])
+    done = orch("--root", str(root), "run", *args)
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_without_the_dask_extra_the_error_says_how_to_install_it(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "proj", [task("a")])
+    # An interpreter where `distributed` cannot be imported: a package of that name that fails
+    # first on the path, as it fails where the extra is not installed.
+    shadow = tmp_path / "shadow" / "distributed"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named distributed')\n")
+    env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+    done = subprocess.run([sys.executable, "-m", "kernel", "--root", str(root), "run",
+                           "--executor", "dask"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "pip install 'orch-kernel[dask]'" in done.stderr and "Traceback" not in done.stderr
+    assert states(root) == {"a": "pending"} or states(root) == {"a": "queued"}
