@@ -213,6 +213,17 @@ def test_cancel_reaches_the_remote_process(tmp_path: Path, cluster: DaskCluster)
     assert "cancelled" in log and "process group killed" in log
 
 
+def test_a_timeout_is_enforced_on_the_worker(tmp_path: Path, cluster: DaskCluster) -> None:
+    cluster.add_workers(1)
+    root = make_project(tmp_path / "proj", [task("slow", command="sleep 60", timeout=1)])
+    code, _, err = stop(_run_on(root, cluster), timeout=90)
+    assert code == 1 and states(root) == {"slow": "failed"}, err
+    attempt = query(root, "SELECT outcome, error_message FROM attempt")[0]
+    assert attempt["outcome"] == "timeout" and "timed out after 1 s" in attempt["error_message"]
+    assert "timed out after 1 s; process group killed" in \
+        (root / ".state" / "logs" / "slow.log").read_text()
+
+
 def test_a_task_asking_for_two_cores_lands_only_on_a_worker_advertising_them(
         tmp_path: Path, cluster: DaskCluster) -> None:
     cluster.add_workers(1, "cpu_cores=1")
@@ -243,7 +254,8 @@ def test_a_working_directory_missing_on_the_worker_is_a_clear_error(
     proc = _run_on(root, cluster)
     code, _, _ = stop(proc, timeout=60)
     assert code == 1 and states(root) == {"here": "failed"}
-    error = query(root, "SELECT error_message FROM attempt WHERE task_id = 'here'")[0]["error_message"]
+    error = query(root, "SELECT error_message FROM attempt WHERE task_id = 'here'"
+                  )[0]["error_message"]
     assert "does not exist on Dask worker tcp://" in error
     assert "setup_command" in error and "shared file system" in error
     # The set-up command makes it there, and the same task runs.
@@ -292,3 +304,53 @@ def test_without_the_dask_extra_the_error_says_how_to_install_it(tmp_path: Path)
     assert done.returncode == 1, done.stderr
     assert "pip install 'orch-kernel[dask]'" in done.stderr and "Traceback" not in done.stderr
     assert states(root) == {"a": "pending"} or states(root) == {"a": "queued"}
+
+
+def test_the_example_project_runs_unchanged_on_dask_agents_and_commits_included(
+        tmp_path: Path) -> None:
+    root = tmp_path / "example"
+    root.mkdir()
+    assert orch("--root", str(root), "init", "--example").returncode == 0
+    assert orch("--root", str(root), "load").returncode == 0
+    done = orch("--root", str(root), "run", "--executor", "dask", "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    assert set(states(root).values()) == {"completed"}
+    agents = query(root, "SELECT a.task_id, w.name FROM attempt a JOIN worker w "
+                         "ON w.worker_id = a.worker_id JOIN task t ON t.task_id = a.task_id "
+                         "WHERE t.type = 'aider' OR t.definition LIKE '%\"agent\"%'")
+    assert agents and all(a["name"].startswith("dask:tcp://") for a in agents)
+    subjects = subprocess.run(["git", "log", "--format=%s", "main"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout
+    assert "orch: merge workstream word-count" in subjects
+
+
+def test_a_dask_worker_the_scheduler_stops_hearing_from_goes_unresponsive_then_lost(
+        tmp_path: Path, cluster: DaskCluster) -> None:
+    cluster.add_workers(2)
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    script = tmp_path / "ledger_task.py"
+    script.write_text(LEDGER)
+    ledger = tmp_path / "ledger.txt"
+    root = make_project(tmp_path / "proj", [
+        task("long", command=f"{PY} {script} {ledger} {locks} 20", max_retries=2, timeout=120),
+        task("after", deps=["long"], command="true")])
+    proc = _run_on(root, cluster)
+    first = wait_for(lambda: query(root, "SELECT a.pgid, w.name, w.worker_id FROM attempt a "
+                                         "JOIN worker w ON w.worker_id = a.worker_id "
+                                         "WHERE a.pgid IS NOT NULL"), timeout=60)[0]
+    frozen = cluster.pids()[first["name"].removeprefix("dask:")]
+    os.kill(frozen, signal.SIGSTOP)       # alive, but silent: the scheduler stops hearing it
+    try:
+        wait_for(lambda: query(root, "SELECT 1 FROM event WHERE entity_id = ? AND trigger = "
+                                     "'health_check_timeout'", (first["worker_id"],)),
+                 timeout=60)
+        code, _, err = stop(proc, timeout=120)
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert code == 0 and set(states(root).values()) == {"completed"}, err
+    assert not [ln for ln in ledger.read_text().splitlines() if ln.startswith("overlap")]
+    lost = events(root, event="worker_lost")
+    assert [e["entity_id"] for e in lost] == [first["worker_id"]]
+    assert lost[0]["metadata"]["failure_mode"] == "Worker-Unresponsive"
+    assert pid_gone(first["pgid"])

@@ -244,8 +244,11 @@ def _print_status(data: dict[str, Any], filtered: bool) -> None:
         for name in ("worker", "state", "pid", "last heartbeat", "task"):
             workers.add_column(name, overflow="fold")
         for w in data["workers"]:
-            workers.add_row(Text(w["worker_id"]), _styled(w["state"]), str(w["pid"] or ""),
-                            w["last_heartbeat_at"] or "", Text(w["running_task_id"] or ""))
+            # A Dask worker's proxy says where its tasks run (its name: dask:ADDRESS).
+            where = f" ({w['name']})" if str(w.get("name") or "").startswith("dask:") else ""
+            workers.add_row(Text(w["worker_id"] + where), _styled(w["state"]),
+                            str(w["pid"] or ""), w["last_heartbeat_at"] or "",
+                            Text(w["running_task_id"] or ""))
         print_table(console, workers)
     else:
         console.print("No live workers (`orch run` starts some; `--all` lists those that "

@@ -90,8 +90,9 @@ def status(conn: apsw.Connection, *, workstream: str | None = None,
             params)
         workers = db.rows(
             conn,
-            "SELECT worker_id, state, pid, last_heartbeat_at, running_task_id "
-            "FROM worker_health "
+            "SELECT worker_id, state, pid, last_heartbeat_at, running_task_id, "
+            "(SELECT w.name FROM worker w WHERE w.worker_id = h.worker_id) AS name "
+            "FROM worker_health h "
             + ("" if all_workers else f"WHERE state NOT IN {_TERMINAL_WORKER_SQL} ")
             + "ORDER BY worker_id")
     skipped: dict[str, int] = {}

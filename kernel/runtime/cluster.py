@@ -174,7 +174,12 @@ class Session:
                             f"cluster at {scheduler_address}")
         # Its host name as the worker's own machine says it (the scheduler lists an address):
         # where the attempts' process groups live, as a local worker's `hostname`.
-        self.host = str(self.call(socket.gethostname, timeout=timeout))
+        try:
+            self.host = str(self.call(socket.gethostname, timeout=timeout))
+        except (OSError, TimeoutError) as exc:
+            self.close()
+            raise OrchError("dask_unavailable", f"Dask worker {worker_address} did not answer "
+                            f"within {timeout:g} s ({type(exc).__name__})") from None
 
     def info(self, fresh: bool = False) -> DaskWorkerInfo | None:
         """The scheduler's record of this Dask worker (at most ``_INFO_TTL`` s old), or None
