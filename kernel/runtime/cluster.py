@@ -80,8 +80,10 @@ def _workers(client: Any) -> dict[str, DaskWorkerInfo]:
 def _quiet() -> None:
     """Dask's own log lines (a nanny restarting a worker, a closed comm) are not the user's
     business: orch reports what happened to tasks and workers itself."""
-    for name in ("distributed", "dask", "tornado", "asyncio"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    prefixes = ("distributed", "dask", "tornado", "asyncio")
+    for name in [*prefixes, *logging.root.manager.loggerDict]:
+        if name.split(".")[0] in prefixes:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 class Cluster:

@@ -42,6 +42,7 @@ Dependencies:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -276,7 +277,13 @@ class DaskExecutor:
         backstop = (request.timeout_seconds + request.kill_grace_seconds + 60
                     if request.timeout_seconds else None)
         while True:
-            for msg in self.session.messages(tag, 0.1):
+            try:
+                found = self.session.messages(tag, 0.1)
+            except OSError as exc:   # the scheduler is gone (CommClosedError is an OSError)
+                raise WorkerLost(f"lost the connection to the Dask scheduler while "
+                                 f"{request.task_id} ran on {self.session.worker}: "
+                                 f"{type(exc).__name__}") from None
+            for msg in found:
                 if msg["op"] == "log":
                     fh.write(msg["data"])
                     fh.flush()
@@ -288,7 +295,8 @@ class DaskExecutor:
                 return {"outcome": "error", "error": "the Dask worker could not run the "
                         f"attempt: {type(future.exception()).__name__}: {future.exception()}"}
             if not self.session.present():
-                future.cancel()
+                with contextlib.suppress(Exception):
+                    future.cancel()
                 raise WorkerLost(f"Dask worker {self.session.worker} "
                                  f"({self.session.host}) left the cluster while running "
                                  f"{request.task_id}")
