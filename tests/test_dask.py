@@ -152,8 +152,9 @@ def test_a_300_task_dag_runs_on_a_local_cluster_with_the_local_event_shape(
     summary = json.loads(done.stdout)
     assert summary["ok"] and summary["counts"] == {"completed": 300}
     assert _shape(on_dask) == _shape(local)
-    workers = query(on_dask, "SELECT name, hostname FROM worker")
-    assert len(workers) == 2 and all(w["name"].startswith("dask:tcp://") for w in workers)
+    workers = query(on_dask, "SELECT name, executor FROM worker")
+    assert len(workers) == 2 and all(w["name"].startswith("dask:tcp://") and
+                                     w["executor"] == "dask" for w in workers)
     ran = query(on_dask, "SELECT DISTINCT w.name FROM attempt a JOIN worker w "
                          "ON w.worker_id = a.worker_id")
     assert len(ran) == 2                    # both Dask workers ran tasks

@@ -218,12 +218,14 @@ class Worker:
             self.conn.execute(
                 "INSERT INTO worker (worker_id, name, pid, hostname, version, "
                 "heartbeat_interval_seconds, last_heartbeat_at, registered_at, updated_at, "
-                "scheduler_owner, workstreams) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "scheduler_owner, workstreams, executor) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (self.worker_id, self.options.name or self.worker_id, os.getpid(),
                  self.hostname, __version__, self.heartbeat, stamp, stamp, stamp,
                  self.options.scheduler_owner,
                  json.dumps(list(self.options.workstreams))
-                 if self.options.workstreams is not None else None))
+                 if self.options.workstreams is not None else None,
+                 "dask" if self.session is not None else "subprocess"))
             self.conn.executemany("INSERT INTO worker_capability VALUES (?, ?, ?)",
                                   [(self.worker_id, c, v) for c, v in rows])
             self.conn.executemany("INSERT INTO worker_resource VALUES (?, ?, ?)",
