@@ -355,3 +355,16 @@ def test_a_dask_worker_the_scheduler_stops_hearing_from_goes_unresponsive_then_l
     assert [e["entity_id"] for e in lost] == [first["worker_id"]]
     assert lost[0]["metadata"]["failure_mode"] == "Worker-Unresponsive"
     assert pid_gone(first["pgid"])
+
+
+def test_a_small_dask_kill_campaign_finds_nothing_wrong(tmp_path: Path) -> None:
+    """tools/dask_kill_campaign.py: Dask workers and `orch run` SIGKILLed mid-task."""
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "tools"
+                                               / "dask_kill_campaign.py"),
+                           "--tasks", "40", "--kills", "5", "--workers", "2", "--seed", "7",
+                           "--keep", str(tmp_path / "campaign"), "--json"],
+                          capture_output=True, text=True, timeout=900)
+    result = json.loads(done.stdout)
+    assert done.returncode == 0 and result["problems"] == [], result
+    assert result["kills"] == 5 and result["overlaps"] == 0
+    assert result["tasks"] == 40 and result["lost_attempts"] >= 1

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -228,10 +230,26 @@ class Session:
         return [m for m in found if isinstance(m, dict) and m.get("tag") == tag]
 
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 60.0) -> Any:
-        """Run ``fn(*args)`` on this Dask worker and return its result."""
-        future = self.client.submit(fn, *args, workers=[self.worker],
-                                    allow_other_workers=False, pure=False, retries=0)
-        return future.result(timeout=timeout)
+        """Run ``fn(*args)`` in this Dask worker's process, beside its task threads (a task
+        still running there does not delay it), and return its result."""
+        answer: queue.Queue[tuple[bool, Any]] = queue.Queue()
+
+        def ask() -> None:   # in a daemon thread: a worker that never answers is given up
+            try:
+                done = self.client.run(fn, *args, workers=[self.worker], on_error="raise")
+                answer.put((True, done[self.worker]))
+            except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                answer.put((False, exc))
+
+        threading.Thread(target=ask, daemon=True, name="orch-dask-call").start()
+        try:
+            ok, value = answer.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"Dask worker {self.worker} did not answer within "
+                               f"{timeout:g} s") from None
+        if not ok:
+            raise value
+        return value
 
     def close(self) -> None:
         try:
