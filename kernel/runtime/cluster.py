@@ -115,7 +115,7 @@ class Cluster:
             else:
                 self.local = LocalCluster(
                     n_workers=self.size, threads_per_worker=1, processes=True,
-                    resources=dict(self.config.resources) or None, dashboard_address=None,
+                    resources=dict(self.config.resources) or None, dashboard_address=":0",
                     silence_logs=logging.CRITICAL, scheduler_port=0)
                 self.client = Client(self.local, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError, RuntimeError) as exc:

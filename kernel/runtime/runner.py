@@ -487,6 +487,10 @@ class _RunLoop:
         self.cluster = Cluster(self.config.executors.dask, self.options.scheduler_address,
                                self.options.cluster_workers).start()
         self.options.workers = len(self.cluster.workers())
+        where = "a LocalCluster on this machine" if self.cluster.local is not None \
+            else "the Dask scheduler"
+        self.progress.notice(f"dask: {plural(self.options.workers, 'worker')} of {where} at "
+                             f"{self.cluster.address}; each runs its tasks' commands")
 
     def _reconcile_dask(self) -> None:
         """One proxy worker per Dask worker: a new Dask worker (one a nanny restarted, one
