@@ -214,12 +214,18 @@ def test_cancel_reaches_the_remote_process(tmp_path: Path, cluster: DaskCluster)
     assert "cancelled" in log and "process group killed" in log
 
 
-def test_a_timeout_is_enforced_on_the_worker(tmp_path: Path, cluster: DaskCluster) -> None:
+def test_a_timeout_is_enforced_on_the_worker_and_a_long_log_comes_back_whole(
+        tmp_path: Path, cluster: DaskCluster) -> None:
     cluster.add_workers(1)
-    root = make_project(tmp_path / "proj", [task("slow", command="sleep 60", timeout=1)])
+    chatty = f"{PY} -c \"import sys; sys.stdout.write('x' * 6_000_000 + '\\nEND\\n')\""
+    root = make_project(tmp_path / "proj", [task("slow", command="sleep 60", timeout=1),
+                                            task("chatty", command=chatty)])
     code, _, err = stop(_run_on(root, cluster), timeout=90)
-    assert code == 1 and states(root) == {"slow": "failed"}, err
-    attempt = query(root, "SELECT outcome, error_message FROM attempt")[0]
+    assert code == 1 and states(root) == {"slow": "failed", "chatty": "completed"}, err
+    log = (root / ".state" / "logs" / "chatty.log").read_text()
+    assert log.count("x") >= 6_000_000 and "\nEND\n" in log and "ended: exit 0" in log
+    attempt = query(root, "SELECT outcome, error_message FROM attempt "
+                          "WHERE task_id = 'slow'")[0]
     assert attempt["outcome"] == "timeout" and "timed out after 1 s" in attempt["error_message"]
     assert "timed out after 1 s; process group killed" in \
         (root / ".state" / "logs" / "slow.log").read_text()

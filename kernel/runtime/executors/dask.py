@@ -94,19 +94,25 @@ class _Remote:
         self.queue.put({"tag": self.tag, "op": op, **fields})
 
     def forward(self, force: bool = False) -> None:
+        """Send what the log gained since the last message (at most every ``_FORWARD_EVERY``
+        seconds, in chunks of 4 MiB; all of it with ``force``)."""
         now = time.monotonic()
         if not force and now - self.last < _FORWARD_EVERY:
             return
         self.last = now
-        try:
-            with open(self.log, "rb") as fh:
-                fh.seek(self.sent)
-                data = fh.read(4 * 1024 * 1024)
-        except OSError:
-            return
-        if data:
+        while True:
+            try:
+                with open(self.log, "rb") as fh:
+                    fh.seek(self.sent)
+                    data = fh.read(4 * 1024 * 1024)
+            except OSError:
+                return
+            if not data:
+                return
             self.sent += len(data)
             self.send("log", data=data)
+            if not force:
+                return
 
     def abandoned(self) -> bool:
         task = self.worker.state.tasks.get(self.key)
