@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import orch
 from tests.e2e import (
@@ -374,3 +375,32 @@ def test_a_small_dask_kill_campaign_finds_nothing_wrong(tmp_path: Path) -> None:
     assert done.returncode == 0 and result["problems"] == [], result
     assert result["kills"] == 5 and result["overlaps"] == 0
     assert result["tasks"] == 40 and result["lost_attempts"] >= 1
+
+
+def test_a_capability_declared_as_a_dask_resource_is_offered_by_that_worker_only(
+        tmp_path: Path, cluster: DaskCluster) -> None:
+    cluster.add_workers(1)
+    cluster.add_workers(1, "cap-special-001=1")
+    declared = {a for a, w in cluster.workers().items() if "cap-special-001" in w["resources"]}
+
+    def add_capability(root: Path) -> None:
+        path = root / "capabilities" / "registry.yaml"
+        doc = yaml.safe_load(path.read_text())
+        doc["capabilities"].append({
+            "capability_id": "cap-special-001", "name": "Special", "version": "1.0.0",
+            "description": "Needs a program no machine here has.", "provider": "test",
+            "stability": "stable", "since_version": "0.1.0", "deprecated_by": None,
+            "requirements": {"dependencies": ["no-such-program-for-orch-tests"]},
+            "operations": []})
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    tasks = [task(f"s{i}", command="true",
+                  worker_requirements={"capabilities": ["cap-special-001"]}) for i in range(4)]
+    root = make_project(tmp_path / "proj", tasks, load=False)
+    add_capability(root)
+    assert orch("--root", str(root), "load").returncode == 0
+    code, _, err = stop(_run_on(root, cluster), timeout=120)
+    assert code == 0, err
+    ran = query(root, "SELECT DISTINCT w.name FROM attempt a JOIN worker w "
+                      "ON w.worker_id = a.worker_id")
+    assert {r["name"].removeprefix("dask:") for r in ran} == declared

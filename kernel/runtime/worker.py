@@ -184,8 +184,14 @@ class Worker:
             return offers.assess(rows, self.config, self.project.root)
         from kernel.runtime.executors.dask import assess_on_worker
 
-        return list(self.session.call(assess_on_worker, rows, self.config,
-                                      str(self.project.root)))
+        assessed = self.session.call(assess_on_worker, rows, self.config,
+                                     str(self.project.root))
+        # A Dask worker started with a capability's id among its resources (`dask worker
+        # --resources "cap-gpu=1"`) offers that capability, as `orch worker --capability` does.
+        info = self.session.info(fresh=True)
+        declared = set(info.resources) if info is not None else set()
+        return [dataclasses.replace(a, missing=()) if a.capability_id in declared else a
+                for a in assessed]
 
     def _dask_limits(self) -> dict[str, float]:
         """What its Dask worker advertises of every resource some worker of the cluster
