@@ -65,8 +65,11 @@ from kernel.cli.common import CliState, command, complete_workstreams, emit
 def run_cmd(state: CliState, workers: int | None, workstream: str | None, forever: bool,
             no_worktrees: bool, max_seconds: float | None, jsonl: bool, executor: str | None,
             scheduler_address: str | None) -> int:
-    """Run the loaded tasks with workers until nothing more can run (on this machine, or on
-    a Dask cluster with --executor dask)."""
+    """Run the loaded tasks with workers until nothing more can run.
+
+    Workers run on this machine, or stand for the workers of a Dask cluster with --executor
+    dask (docs/operations/SCALING.md).
+    """
     from kernel.runtime.progress import make_progress
     from kernel.runtime.runner import RunOptions, run
 

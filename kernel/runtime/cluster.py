@@ -115,8 +115,9 @@ class Cluster:
             else:
                 self.local = LocalCluster(
                     n_workers=self.size, threads_per_worker=1, processes=True,
-                    resources=dict(self.config.resources) or None, dashboard_address=":0",
-                    silence_logs=logging.CRITICAL, scheduler_port=0)
+                    resources=dict(self.config.resources) or None, host="127.0.0.1",
+                    scheduler_port=0, dashboard_address="127.0.0.1:0",   # never the network
+                    silence_logs=logging.CRITICAL)
                 self.client = Client(self.local, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError, RuntimeError) as exc:
             self.close()
