@@ -139,7 +139,8 @@ def _rate_rows(local: RunResult, dask: RunResult, startup: float) -> list[Figure
                     f"({dask.proc.wall_seconds:.2f} s, LocalCluster start-up included); "
                     f"reference: the local pool's run; ratio: dask/local"),
         figure(NAME, OVERHEAD, wall_diff * 1000 / n, "ms",
-               note=f"informational: ({dask.proc.wall_seconds:.2f} s - "
+               note=local.incomplete_note() + dask.incomplete_note()
+               + f"informational: ({dask.proc.wall_seconds:.2f} s - "
                     f"{local.proc.wall_seconds:.2f} s) / {n:,} tasks, {WORKERS} workers in "
                     f"parallel (each worker's own cost per task is about {WORKERS}x this); "
                     f"the LocalCluster's start-up is {startup * 1000 / n:.2f} ms of it; "
