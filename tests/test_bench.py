@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from kernel import bench
+from kernel.bench.dask import ROWS as DASK_ROWS
 from kernel.bench.harness import BUSY_PATTERN, CPU, SPAN, WALL, busy_lines, percentile
 from kernel.bench.shim import read_claim_log, read_tx_log
 from tests.conftest import orch
@@ -29,6 +30,7 @@ EXPECTED = {
                    "`true` tasks over the span, 8 workers vs xargs", SPAN, WALL, CPU],
     "subprocess-git": ["`true` tasks end to end, 8 workers vs xargs",
                        "`true` tasks over the span, 8 workers vs xargs", SPAN, WALL, CPU],
+    "dask": [name for name, _unit in DASK_ROWS],
     "dispatch-latency": ["p50", "p99", SPAN, WALL, CPU],
     "claim-contention": ["claim latency p50", "claim latency p99", "claim latency p99.9",
                          "double claims", "SQLITE_BUSY surfaced to users", "throughput", SPAN,

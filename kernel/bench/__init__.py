@@ -14,23 +14,24 @@ Public API:
 
 Stability Guarantees:
     Every benchmark always returns the same figure rows, whatever happens: a figure that could
-    not be measured has ``value`` null, ``met`` null and a note saying why (Huey not installed,
-    ``kernel.observe.exports`` missing, ...). A benchmark that raises is recorded in
-    ``Report.errors``
-    with its traceback and the others still run; ``Report.ok`` is false then. ``met`` is true or
-    false only for a figure with a goal and a value; informational figures have ``met`` null and
-    a note. ``--json`` prints ``Report.as_dict()``: ``{ok, quick, machine, benchmarks,
-    figures: [...], errors: [...], started_at, elapsed_seconds}``. Workloads are seeded
+    not be measured has ``value`` null, ``met`` null and a note saying why (Huey or
+    ``dask.distributed`` not installed, ``kernel.observe.exports`` missing, ...). A benchmark
+    that raises is recorded in ``Report.errors`` with its traceback and the others still
+    run; ``Report.ok`` is false then. ``met`` is true or false only for a figure with a goal
+    and a value; informational figures have ``met`` null and a note. ``--json`` prints
+    ``Report.as_dict()``: ``{ok, quick, machine, benchmarks, figures: [...], errors: [...],
+    started_at, elapsed_seconds}``. Workloads are seeded
     (``SEED``): same sizes, same tasks. Everything runs in a fresh temporary directory that is
     removed afterwards (kept with ``keep=True``, its path then in ``machine.kept_directory``);
     the user's project is never touched.
 
 Integration Points:
     ``kernel.cli.bench`` (``orch bench``) calls ``run`` and prints the table or the JSON. Each
-    benchmark module (``kernel.bench.plan``, ``throughput``, ``commands``, ``latency``,
-    ``views``, ``footprint``, ``startup``; ``ceiling`` and ``huey`` hold references) has a
-    function ``(ctx) -> list[Figure]`` (``figures`` unless the registry names another); the
-    registry imports them lazily, so this module can be imported by all of them.
+    benchmark module (``kernel.bench.plan``, ``throughput``, ``commands``, ``dask``,
+    ``latency``, ``views``, ``footprint``, ``startup``; ``ceiling`` and ``huey`` hold
+    references) has a function ``(ctx) -> list[Figure]`` (``figures`` unless the registry
+    names another); the registry imports them lazily, so this module can be imported by all of
+    them.
     docs/PERFORMANCE.md holds the last full run's table (``orch bench --markdown``).
 
 Dependencies:
@@ -195,6 +196,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("subprocess-git", "kernel.bench.commands",
               "the same 2,000 `true` tasks in a git repository, run in the workstream's "
               "worktree with its commits, against xargs -P 8", "git_figures"),
+    Benchmark("dask", "kernel.bench.dask",
+              "the same 2,000 `true` tasks with 2 workers on the local pool and on a Dask "
+              "LocalCluster (orch run --executor dask), as a ratio"),
     Benchmark("dispatch-latency", "kernel.bench.latency",
               "a chain of 1,000 noop tasks: completion of one to start of the next",
               "dispatch_figures"),

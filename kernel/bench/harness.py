@@ -429,17 +429,19 @@ def event_span(project: Project) -> tuple[int, float | None, float | None]:
 
 def orch_run(ctx: BenchContext, project: Project, workers: int, *,
              env: dict[str, str] | None = None, reader: bool = False,
-             sample_wal: bool = False, name: str = "run", worktrees: bool = False) -> RunResult:
-    """``orch run --workers N --no-worktrees`` on a loaded project, until nothing more can run
-    (at most ``sizes.run_limit_seconds``); with ``worktrees``, without ``--no-worktrees`` (a
-    project in a git repository then runs each workstream in its worktree)."""
+             sample_wal: bool = False, name: str = "run", worktrees: bool = False,
+             options: Sequence[str] = ()) -> RunResult:
+    """``orch run [OPTIONS] --workers N --no-worktrees`` on a loaded project, until nothing
+    more can run (at most ``sizes.run_limit_seconds``); with ``worktrees``, without
+    ``--no-worktrees`` (a project in a git repository then runs each workstream in its
+    worktree); ``options`` go right after ``run`` (``--executor dask``)."""
     conn = project.connect(readonly=True)
     try:
         tasks = int(db.scalar(conn, "SELECT count(*) FROM task"))
     finally:
         conn.close()
     limit = ctx.sizes.run_limit_seconds
-    args = ["run", "--workers", str(workers), *([] if worktrees else ["--no-worktrees"]),
+    args = ["run", *options, "--workers", str(workers), *([] if worktrees else ["--no-worktrees"]),
             "--max-seconds", str(limit)]
     wal = Path(f"{project.db_path}-wal") if sample_wal else None
     watcher = Reader(project.db_path) if reader else None
