@@ -219,16 +219,13 @@ class Session:
             resources=resources or None)
 
     def messages(self, tag: str, timeout: float) -> list[dict[str, Any]]:
-        """The remote side's messages for attempt ``tag``, waiting up to ``timeout`` s for the
-        first; others (a previous attempt's late lines) are dropped."""
+        """The remote side's next message for attempt ``tag`` (a list of at most one), waiting
+        up to ``timeout`` s; another attempt's (a late line of a previous one) is dropped."""
         try:
             first = self.queue.get(timeout=timeout)
         except TimeoutError:
             return []
-        found = [first]
-        if self.queue.qsize():
-            found.extend(self.queue.get(batch=True))
-        return [m for m in found if isinstance(m, dict) and m.get("tag") == tag]
+        return [first] if isinstance(first, dict) and first.get("tag") == tag else []
 
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 60.0) -> Any:
         """Run ``fn(*args)`` in this Dask worker's process, beside its task threads (a task

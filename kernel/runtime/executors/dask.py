@@ -73,6 +73,8 @@ def dask_resources(requests: Mapping[str, float], advertised: set[str]) -> dict[
 
 # ---------------------------------------------------------------------- on the Dask worker
 
+_QUEUES: dict[str, Any] = {}
+
 class _Remote:
     """The Dask worker's side of one attempt: the messages it sends, the log it forwards and
     whether the kernel still wants it."""
@@ -83,7 +85,9 @@ class _Remote:
 
         self.spec = spec
         self.tag = spec["tag"]
-        self.queue = Queue(spec["queue"])
+        if spec["queue"] not in _QUEUES:   # one per proxy, made once in this worker process
+            _QUEUES[spec["queue"]] = Queue(spec["queue"])
+        self.queue = _QUEUES[spec["queue"]]
         self.worker = get_worker()
         self.key = thread_state.key
         self.log = log
@@ -93,26 +97,39 @@ class _Remote:
     def send(self, op: str, **fields: Any) -> None:
         self.queue.put({"tag": self.tag, "op": op, **fields})
 
-    def forward(self, force: bool = False) -> None:
-        """Send what the log gained since the last message (at most every ``_FORWARD_EVERY``
-        seconds, in chunks of 4 MiB; all of it with ``force``)."""
+    def unsent(self, limit: int = 4 * 1024 * 1024) -> bytes:
+        """What the log gained since it was last sent (at most ``limit`` bytes)."""
+        try:
+            with open(self.log, "rb") as fh:
+                fh.seek(self.sent)
+                data = fh.read(limit)
+        except OSError:
+            return b""
+        self.sent += len(data)
+        return data
+
+    def forward(self) -> None:
+        """Send what the log gained, at most every ``_FORWARD_EVERY`` seconds."""
         now = time.monotonic()
-        if not force and now - self.last < _FORWARD_EVERY:
+        if now - self.last < _FORWARD_EVERY:
             return
         self.last = now
-        while True:
-            try:
-                with open(self.log, "rb") as fh:
-                    fh.seek(self.sent)
-                    data = fh.read(4 * 1024 * 1024)
-            except OSError:
-                return
-            if not data:
-                return
-            self.sent += len(data)
+        data = self.unsent()
+        if data:
             self.send("log", data=data)
-            if not force:
-                return
+
+    def end(self, payload: dict[str, Any]) -> None:
+        """The last message: the rest of the log (whole) with the result."""
+        rest = b""
+        while True:
+            data = self.unsent()
+            if not data:
+                break
+            if len(rest) + len(data) > 4 * 1024 * 1024:
+                self.send("log", data=rest)
+                rest = b""
+            rest += data
+        self.send("ended", result=payload, log=rest)
 
     def abandoned(self) -> bool:
         task = self.worker.state.tasks.get(self.key)
@@ -190,13 +207,13 @@ def run_on_worker(spec: dict[str, Any]) -> dict[str, Any]:
             result = ExecutionResult("error", error=f"the {spec['executor']} executor failed "
                                                     f"on the Dask worker: "
                                                     f"{type(exc).__name__}: {exc}")
-        remote.forward(force=True)
+        payload = {"outcome": result.outcome, "exit_code": result.exit_code,
+                   "error": result.error, "duration": result.duration_seconds,
+                   "details": dict(result.details),
+                   "undo": cloudpickle.dumps(result.undo) if result.undo is not None else None}
+        remote.end(payload)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    payload = {"outcome": result.outcome, "exit_code": result.exit_code, "error": result.error,
-               "duration": result.duration_seconds, "details": dict(result.details),
-               "undo": cloudpickle.dumps(result.undo) if result.undo is not None else None}
-    remote.send("ended", result=payload)
     return {k: v for k, v in payload.items() if k != "undo"}
 
 
@@ -296,6 +313,8 @@ class DaskExecutor:
                 elif msg["op"] == "started":
                     on_start(int(msg["pgid"]))
                 elif msg["op"] == "ended":
+                    fh.write(msg.get("log") or b"")
+                    fh.flush()
                     return dict(msg["result"])
             if future.status == "error":
                 return {"outcome": "error", "error": "the Dask worker could not run the "
