@@ -22,8 +22,8 @@ Integration Points:
 
 Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.files``,
-    ``kernel.maintain.backup``, ``kernel.runtime.executors.local``, ``kernel.store.db``,
-    ``kernel.store.project``.
+    ``kernel.maintain.backup``, ``kernel.runtime.executors.local``, ``kernel.runtime.lock``,
+    ``kernel.store.db``, ``kernel.store.project``.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def database_users(project: Project, now: float | None = None) -> list[str]:
     """Why the database is in use, one sentence each: a live ``scheduler_lock`` holder, a live
     ``orch worker``, another process holding the file open. Empty when nobody uses it."""
     from kernel.runtime.executors.local import pid_alive
+    from kernel.runtime.lock import live_holder
 
     now = time.time() if now is None else now
     host = socket.gethostname()
@@ -104,12 +105,9 @@ def database_users(project: Project, now: float | None = None) -> list[str]:
         except DatabaseUnavailable:
             return users + _open_processes([path, Path(f"{path}-wal")])
         try:
-            lock = db.row(conn, "SELECT * FROM scheduler_lock WHERE lock_id = 1")
+            lock = live_holder(conn, now)
             if lock:
-                live = (pid_alive(lock["pid"]) if lock["hostname"] == host
-                        else lock["expires_at"] > clock.iso(now))
-                if live:
-                    users.append(f"`orch run` (pid {lock['pid']} on {lock['hostname']}, since "
+                users.append(f"`orch run` (pid {lock['pid']} on {lock['hostname']}, since "
                                  f"{lock['acquired_at']}) holds the scheduler lock")
             for w in db.rows(conn, "SELECT worker_id, pid, hostname, last_heartbeat_at, "
                              "heartbeat_interval_seconds FROM worker WHERE state IN "

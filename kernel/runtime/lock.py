@@ -3,7 +3,9 @@
 Public API:
     ``acquire_lock(conn, owner, now, ttl=LOCK_TTL_SECONDS)`` (raises ``SchedulerBusy``);
     ``renew_lock(conn, owner, now, ttl=LOCK_TTL_SECONDS) -> bool``;
-    ``release_lock(conn, owner)``; ``LOCK_TTL_SECONDS``; ``SchedulerBusy`` (exit code 1).
+    ``release_lock(conn, owner)``; ``holder_alive(held, now) -> bool`` and
+    ``live_holder(conn, now)`` (the one rule for "an ``orch run`` holds the lock");
+    ``LOCK_TTL_SECONDS``; ``SchedulerBusy`` (exit code 1).
 
 Stability Guarantees:
     The lock is the one row of ``scheduler_lock``. A second ``orch run`` is refused with the
@@ -13,7 +15,9 @@ Stability Guarantees:
 
 Integration Points:
     ``kernel.runtime.runner`` takes the lock before it starts any worker, renews it every
-    third of ``LOCK_TTL_SECONDS`` and releases it when the run ends.
+    third of ``LOCK_TTL_SECONDS`` and releases it when the run ends; ``orch restore``
+    (``kernel.maintain.restore``) and ``orch compliance`` ask ``live_holder`` whether a run
+    is active.
 
 Dependencies:
     apsw; ``kernel.base.clock``, ``kernel.base.errors``, ``kernel.base.processes``,
@@ -24,6 +28,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
+from typing import Any
 
 import apsw
 
@@ -39,21 +45,33 @@ class SchedulerBusy(OrchError):
     pass
 
 
+def holder_alive(held: Mapping[str, Any], now: float) -> bool:
+    """Whether the lock row ``held`` belongs to a live ``orch run``: its lock has not expired,
+    and, on this host, its process is still there."""
+    if held["hostname"] == socket.gethostname() and not pid_alive(int(held["pid"])):
+        return False
+    return str(held["expires_at"]) > clock.iso(now)
+
+
+def live_holder(conn: apsw.Connection, now: float) -> dict[str, Any] | None:
+    """The lock row of the ``orch run`` that holds the lock now, or None."""
+    held = db.row(conn, "SELECT * FROM scheduler_lock WHERE lock_id = 1")
+    return held if held is not None and holder_alive(held, now) else None
+
+
 def acquire_lock(conn: apsw.Connection, owner: str, now: float,
                  ttl: float = LOCK_TTL_SECONDS) -> None:
     host = socket.gethostname()
     with db.write_tx(conn):
         held = db.row(conn, "SELECT * FROM scheduler_lock WHERE lock_id = 1")
-        if held and held["owner"] != owner:
-            dead = held["hostname"] == host and not pid_alive(held["pid"])
-            if not dead and held["expires_at"] > clock.iso(now):
+        if held and held["owner"] != owner and holder_alive(held, now):
                 raise SchedulerBusy(
-                    "scheduler_running",
-                    f"another `orch run` owns this database: pid {held['pid']} on "
-                    f"{held['hostname']}, since {held['acquired_at']}",
-                    hint=f"wait for it to finish or stop it; if it died, its lock expires at "
-                         f"{held['expires_at']}. `orch worker` can join it instead",
-                    exit_code=1)
+                "scheduler_running",
+                f"another `orch run` owns this database: pid {held['pid']} on "
+                f"{held['hostname']}, since {held['acquired_at']}",
+                hint=f"wait for it to finish or stop it; if it died, its lock expires at "
+                     f"{held['expires_at']}. `orch worker` can join it instead",
+                exit_code=1)
         stamp = clock.iso(now)
         conn.execute(
             "INSERT INTO scheduler_lock (lock_id, owner, pid, hostname, acquired_at, renewed_at, "

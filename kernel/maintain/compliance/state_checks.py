@@ -23,8 +23,8 @@ Dependencies:
     apsw, networkx, pydantic; ``kernel.base.clock``, ``kernel.base.words``,
     ``kernel.maintain.compliance.core``, ``kernel.observe.metrics_document``,
     ``kernel.observe.metrics_history``, ``kernel.observe.prometheus``,
-    ``kernel.observe.view_models``, ``kernel.planning.dag``, ``kernel.store.db``,
-    ``kernel.store.events``.
+    ``kernel.observe.view_models``, ``kernel.planning.dag``, ``kernel.runtime.lock``,
+    ``kernel.store.db``, ``kernel.store.events``.
 """
 
 from __future__ import annotations
@@ -86,9 +86,10 @@ def _validate(model: type[BaseModel], data: dict[str, Any], finding: Finding, fi
 
 
 def run_active(conn: apsw.Connection) -> bool:
-    """Whether an ``orch run`` holds the scheduler lock now."""
-    expires = db.scalar(conn, "SELECT expires_at FROM scheduler_lock")
-    return expires is not None and str(expires) > clock.now_iso()
+    """Whether an ``orch run`` holds the scheduler lock now (``kernel.runtime.lock``)."""
+    from kernel.runtime.lock import live_holder
+
+    return live_holder(conn, time.time()) is not None
 
 
 def _loaded(ctx: Context) -> tuple[int, int]:
