@@ -126,6 +126,12 @@ INVARIANT_QUERIES: dict[str, tuple[str, str]] = {
         " SELECT DISTINCT origin AS task_id FROM reach WHERE origin = task_id LIMIT 20",
         "the dependency graph has no cycle",
     ),
+    "no_lease_on_finished_task": (
+        "SELECT l.lease_id, l.task_id, t.state FROM lease l JOIN task t ON t.task_id = "
+        "l.task_id JOIN machine_state ms ON ms.machine = 'task' AND ms.state = t.state "
+        "WHERE l.released_at IS NULL AND ms.terminal = 1 ORDER BY l.lease_id",
+        "a task in a terminal state holds no lease (its leases are released with it)",
+    ),
     **ENFORCEMENT_QUERIES,
 }
 

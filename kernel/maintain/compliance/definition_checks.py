@@ -176,11 +176,10 @@ def _conc_reg_002(ctx: Context, f: Finding) -> Result:
         if rows:
             f.fail(f"{name}: {meaning} ({len(rows)} offending rows, e.g. {rows[0]})")
     f.look("leases of finished tasks")
-    for lease_id, task_id, state in ctx.conn.execute(
-            "SELECT l.lease_id, l.task_id, t.state FROM lease l JOIN task t ON t.task_id = "
-            "l.task_id JOIN machine_state ms ON ms.machine = 'task' AND ms.state = t.state "
-            "WHERE l.released_at IS NULL AND ms.terminal = 1 ORDER BY l.lease_id LIMIT 20"):
-        f.fail(f"lease {lease_id} of task {task_id} is still held, but the task is {state}")
+    sql, _ = INVARIANT_QUERIES["no_lease_on_finished_task"]
+    for row in db.rows(ctx.conn, sql)[:20]:
+        f.fail(f"lease {row['lease_id']} of task {row['task_id']} is still held, but the "
+               f"task is {row['state']}")
     leases = db.scalar(ctx.conn, "SELECT COUNT(*) FROM lease")
     return f.result(f"{leases} leases, none oversubscribed or left behind")
 
