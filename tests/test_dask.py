@@ -404,3 +404,19 @@ def test_a_capability_declared_as_a_dask_resource_is_offered_by_that_worker_only
     ran = query(root, "SELECT DISTINCT w.name FROM attempt a JOIN worker w "
                       "ON w.worker_id = a.worker_id")
     assert {r["name"].removeprefix("dask:") for r in ran} == declared
+
+
+def test_validate_warns_when_orch_toml_asks_for_dask_and_it_is_missing(tmp_path: Path) -> None:
+    # The fast orch.toml of the tests ends with its [run] section.
+    root = make_project(tmp_path / "proj", [task("a")], toml_extra='executor = "dask"\n')
+    shadow = tmp_path / "shadow" / "distributed"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named distributed')\n")
+    env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+    done = subprocess.run([ORCH, "--root", str(root), "--json", "validate"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    found = [p for p in json.loads(done.stdout)["problems"] if p["code"] == "dask_missing"]
+    assert done.returncode == 0 and len(found) == 1 and found[0]["severity"] == "warning"
+    assert "pip install 'orch-kernel[dask]'" in found[0]["hint"]
+    clean = orch("--root", str(root), "--json", "validate")
+    assert not [p for p in json.loads(clean.stdout)["problems"] if p["code"] == "dask_missing"]

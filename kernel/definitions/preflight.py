@@ -14,7 +14,8 @@ Stability Guarantees:
     many others); ``uncommitted_changes`` (worktrees are on, and files the worktrees would not
     have are not committed; orch's own ``.state/``, ``orch.toml``, ``capabilities/`` and
     ``tasks/``, read from the project root, are not counted); ``base_branch_missing`` (a workstream
-    names a base branch the repository does not have). Nothing is written, and nothing runs
+    names a base branch the repository does not have); ``dask_missing`` (``[run] executor =
+    "dask"`` and dask.distributed is not installed). Nothing is written, and nothing runs
     but ``git status``/``git show-ref``. A project that is not a git repository, or has
     ``[run] worktrees = false``, gets no git warnings: its tasks run in the project directory.
 
@@ -32,6 +33,7 @@ Dependencies:
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -199,6 +201,15 @@ def _git_problems(project: Project, defs: Definitions) -> list[ValidationProblem
     return out
 
 
+def _importable(module: str) -> bool:
+    """Whether ``module`` imports (asked only when the configuration needs it)."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
 def preflight(project: Project, defs: Definitions) -> list[ValidationProblem]:
     """The warnings about what a run of these definitions would trip over on this machine."""
     try:
@@ -206,6 +217,13 @@ def preflight(project: Project, defs: Definitions) -> list[ValidationProblem]:
     except OrchError:
         config = None
     out = _programs(project, defs, config)
+    if config is not None and config.run.executor == "dask" and not _importable("distributed"):
+        out.append(ValidationProblem(
+            "dask_missing", "orch.toml", "run.executor",
+            "orch.toml runs tasks on Dask ([run] executor = \"dask\"), but dask.distributed "
+            "is not installed here",
+            "pip install 'orch-kernel[dask]' (here and on every Dask worker), or set "
+            "executor = \"local\""))
     if config is None or config.run.worktrees:
         try:
             out += _git_problems(project, defs)

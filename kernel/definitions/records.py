@@ -49,7 +49,7 @@ CODES: dict[str, str] = {
     "deprecated_capability": WARNING, "unknown_resource": ERROR,
     # What a run would trip over on this machine (orch validate only: .preflight).
     "capability_unoffered": WARNING, "program_not_found": WARNING,
-    "uncommitted_changes": WARNING, "base_branch_missing": WARNING,
+    "uncommitted_changes": WARNING, "base_branch_missing": WARNING, "dask_missing": WARNING,
     "impossible_resource_amount": ERROR, "resource_mode_mismatch": ERROR,
     "required_file_missing": ERROR, "required_file_new": WARNING, "path_escapes_root": ERROR,
     "registry_invalid": ERROR, "agent_unconfigured": WARNING,
