@@ -30,6 +30,7 @@ from tests.e2e import (
     make_project,
     pid_gone,
     query,
+    resource,
     states,
     stop,
     task,
@@ -251,6 +252,15 @@ def test_a_task_asking_for_two_cores_lands_only_on_a_worker_advertising_them(
                              "JOIN worker w ON w.worker_id = r.worker_id")
     assert sorted(a["amount"] for a in advertised) == [1.0, 4.0]
     assert {a["resource_id"] for a in advertised} == {"cpu_cores"}
+    # Asking for more than any Dask worker advertises: the run ends and says why.
+    huge = make_project(tmp_path / "huge", [task("huge", command="true",
+                                                 resources={"cpu_cores": 6})],
+                        resources=lambda doc: resource(doc, "cpu_cores").update(max_per_task=8))
+    proc = _run_on(huge, cluster)
+    code, out, err = stop(proc, timeout=120)
+    why = "no registered worker advertises enough cpu_cores (it asks 6, the most a worker " \
+          "advertises is 4)"
+    assert code == 1 and states(huge) == {"huge": "queued"} and why in out, (out, err)
 
 
 def test_a_working_directory_missing_on_the_worker_is_a_clear_error(

@@ -5,7 +5,7 @@ Public API:
     ``missing_capabilities(offers, needs) -> list[str]``, ``capable(offers, needs) -> bool``,
     ``worker_offers(conn, worker_id)``, ``worker_limits(conn, worker_id)``,
     ``task_requests(conn, task_id)``, ``fits_resources(limits, requests)``,
-    ``live_offers(conn)``, ``catalog_offers(conn)``,
+    ``live_offers(conn)``, ``live_limits(conn)``, ``catalog_offers(conn)``,
     ``LIVE_WORKER_STATES``, ``impossible_requests(conn, task_ids=None)``,
     ``unrunnable(conn, task_ids=None, *, offers=None, no_workers_reason=None)``.
 
@@ -103,11 +103,26 @@ def live_offers(conn: apsw.Connection) -> list[dict[str, str]]:
     for wid, cap, version in conn.execute(
             "SELECT w.worker_id, c.capability_id, c.version FROM worker w "
             "LEFT JOIN worker_capability c ON c.worker_id = w.worker_id "
-            "WHERE w.state IN (SELECT value FROM json_each(?))",
+            "WHERE w.state IN (SELECT value FROM json_each(?)) ORDER BY w.worker_id",
             (json.dumps(LIVE_WORKER_STATES),)):
         offers = by_worker.setdefault(wid, {})
         if cap is not None:
             offers[cap] = version
+    return list(by_worker.values())
+
+
+def live_limits(conn: apsw.Connection) -> list[dict[str, float]]:
+    """What each live worker advertises of each resource (``worker_limits``), one dict per
+    worker, in the order of ``live_offers``."""
+    by_worker: dict[str, dict[str, float]] = {}
+    for wid, resource, amount in conn.execute(
+            "SELECT w.worker_id, r.resource_id, r.amount FROM worker w "
+            "LEFT JOIN worker_resource r ON r.worker_id = w.worker_id "
+            "WHERE w.state IN (SELECT value FROM json_each(?)) ORDER BY w.worker_id",
+            (json.dumps(LIVE_WORKER_STATES),)):
+        limits = by_worker.setdefault(wid, {})
+        if resource is not None:
+            limits[resource] = float(amount)
     return list(by_worker.values())
 
 
@@ -128,6 +143,7 @@ def unrunnable(conn: apsw.Connection, task_ids: list[str] | None = None, *,
     The one definition of "unrunnable": ``orch run``'s summary, its ``task_unrunnable``
     events and ``orch why`` read it.
     """
+    limits = live_limits(conn) if offers is None else [{} for _ in offers]
     offers = live_offers(conn) if offers is None else offers
     impossible = {r["task_id"]: r for r in impossible_requests(conn)}
     sql = ("SELECT t.task_id, (SELECT json_group_array(json_array(c.capability_id, "
@@ -147,16 +163,33 @@ def unrunnable(conn: apsw.Connection, task_ids: list[str] | None = None, *,
         elif not offers:
             reason = no_workers_reason
         else:
-            needs = json.loads(t["needs"])
-            lacking = [missing_capabilities(o, needs) for o in offers]
-            if all(lacking):
-                closest = min(lacking, key=len)
-                reason = ("no registered worker offers " + ", ".join(closest)
-                          + (" (the closest of "
-                             f"{len(offers)} workers)" if len(offers) > 1 else ""))
+            reason = _no_worker_fits(conn, t["task_id"], json.loads(t["needs"]), offers, limits)
         if reason:
             out.append({"task_id": t["task_id"], "reason": reason})
     return out
+
+
+def _no_worker_fits(conn: apsw.Connection, task_id: str, needs: list[Any],
+                    offers: list[dict[str, str]], limits: list[dict[str, float]]) -> str | None:
+    """Why no live worker can take the task (capabilities, then what the workers that have
+    them advertise of a resource), or None."""
+    lacking = [missing_capabilities(o, needs) for o in offers]
+    if all(lacking):
+        closest = min(lacking, key=len)
+        return ("no registered worker offers " + ", ".join(closest)
+                + (f" (the closest of {len(offers)} workers)" if len(offers) > 1 else ""))
+    capable_limits = [lim for lim, lack in zip(limits, lacking, strict=True) if not lack]
+    if not all(capable_limits):   # a capable worker that advertises nothing takes any amount
+        return None
+    requests = task_requests(conn, task_id)
+    if any(fits_resources(lim, requests) for lim in capable_limits):
+        return None
+    short = sorted({r for lim in capable_limits for r, a in lim.items()
+                    if requests.get(r, 0.0) > a})
+    most = {r: max(lim.get(r, 0.0) for lim in capable_limits) for r in short}
+    return ("no registered worker advertises enough " + ", ".join(
+        f"{r} (it asks {requests[r]:g}, the most a worker advertises is {most[r]:g})"
+        for r in short))
 
 
 def impossible_requests(conn: apsw.Connection, task_ids: list[str] | None = None

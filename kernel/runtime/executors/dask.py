@@ -196,8 +196,11 @@ def run_on_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One attempt on this Dask worker (see the module docstring); its result is also the
     last message sent."""
     import cloudpickle
+    from distributed import get_worker
 
-    workdir = Path(tempfile.mkdtemp(prefix="orch-attempt-"))
+    # In the Dask worker's own scratch directory, which Dask clears when the worker ends,
+    # even when it was killed (this function's cleanup then never ran).
+    workdir = Path(tempfile.mkdtemp(prefix="orch-attempt-", dir=get_worker().local_directory))
     log = workdir / "attempt.log"
     remote = _Remote(spec, log)
     try:
