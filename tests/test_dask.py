@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,31 +36,22 @@ from tests.e2e import (
     task,
     wait_for,
 )
+from tools.dask_kill_campaign import DaskCluster
+from tools.kill_campaign import LEDGER_SCRIPT
 
 distributed = pytest.importorskip("distributed")  # the dask extra (installed by the tests)
 
-DASK = str(Path(sys.executable).parent / "dask")
 
-# A task that holds a lock on its own file while it runs: a second run of it at the same time
-# writes "overlap" (the kill campaign's ledger, tools/kill_campaign.py).
-LEDGER = """\
-import fcntl, os, sys, time
-ledger, locks, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-tid, gen = os.environ["ORCH_TASK_ID"], os.environ["ORCH_GENERATION"]
-def note(what):
-    with open(ledger, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.write(f"{what} {tid} {gen} {os.getpid()} {time.time():.6f}\\n")
-held = open(os.path.join(locks, tid + ".lock"), "a")
-try:
-    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-except BlockingIOError:
-    note("overlap")
-    fcntl.flock(held, fcntl.LOCK_EX)
-note("start")
-time.sleep(seconds)
-note("end")
-"""
+def _ledger(tmp_path: Path) -> tuple[Path, Callable[[float], str]]:
+    """The kill campaign's ledger: a task command that holds a lock on its own file while it
+    runs (a second run of it at the same time writes "overlap"); (the ledger, the command for
+    a task of that many seconds)."""
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    script = tmp_path / "ledger_task.py"
+    script.write_text(LEDGER_SCRIPT)
+    ledger = tmp_path / "ledger.txt"
+    return ledger, lambda seconds: f"{PY} {script} {ledger} {locks} {seconds}"
 
 
 def _run_on(root: Path, cluster: DaskCluster) -> subprocess.Popen[str]:
@@ -69,53 +60,6 @@ def _run_on(root: Path, cluster: DaskCluster) -> subprocess.Popen[str]:
                              "--scheduler-address", cluster.address],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-
-
-class DaskCluster:
-    """`dask scheduler` and `dask worker` processes, as a user starts them."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.file = tmp / "scheduler.json"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.log = open(tmp / "dask.log", "ab")  # noqa: SIM115 - closed in close()
-        self._start([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
-                     "--no-dashboard", "--scheduler-file", str(self.file)])
-        wait_for(self.file.exists, timeout=60)
-        self.address = json.loads(self.file.read_text())["address"]
-        self.client = distributed.Client(self.address, timeout=60, set_as_default=False)
-
-    def _start(self, argv: list[str]) -> None:
-        self.procs.append(subprocess.Popen(argv, stdout=self.log, stderr=self.log,
-                                           stdin=subprocess.DEVNULL, start_new_session=True))
-
-    def add_workers(self, count: int, resources: str | None = None) -> None:
-        before = len(self.workers())
-        argv = [DASK, "worker", self.address, "--nworkers", str(count), "--nthreads", "1",
-                "--no-dashboard", "--host", "127.0.0.1"]
-        if resources:
-            argv += ["--resources", resources]
-        self._start(argv)
-        wait_for(lambda: len(self.workers()) >= before + count, timeout=60)
-
-    def workers(self) -> dict[str, Any]:
-        return dict(self.client.scheduler_info(n_workers=-1)["workers"])
-
-    def pids(self) -> dict[str, int]:
-        return dict(self.client.run(os.getpid))
-
-    def close(self) -> None:
-        self.client.close()
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self.log.close()
 
 
 @pytest.fixture
@@ -167,12 +111,8 @@ def test_a_300_task_dag_runs_on_a_local_cluster_with_the_local_event_shape(
 def test_killing_a_dask_worker_mid_task_hands_it_on_with_no_overlap(
         tmp_path: Path, cluster: DaskCluster) -> None:
     cluster.add_workers(2)
-    locks = tmp_path / "locks"
-    locks.mkdir()
-    script = tmp_path / "ledger_task.py"
-    script.write_text(LEDGER)
-    ledger = tmp_path / "ledger.txt"
-    tasks = [task(f"t{i:02d}", command=f"{PY} {script} {ledger} {locks} 1.5", max_retries=3,
+    ledger, ledger_cmd = _ledger(tmp_path)
+    tasks = [task(f"t{i:02d}", command=ledger_cmd(1.5), max_retries=3,
                   retry_delay=0.05) for i in range(8)]
     root = make_project(tmp_path / "proj", tasks)
     proc = _run_on(root, cluster)
@@ -345,13 +285,9 @@ def test_the_example_project_runs_unchanged_on_dask_agents_and_commits_included(
 def test_a_dask_worker_the_scheduler_stops_hearing_from_goes_unresponsive_then_lost(
         tmp_path: Path, cluster: DaskCluster) -> None:
     cluster.add_workers(2)
-    locks = tmp_path / "locks"
-    locks.mkdir()
-    script = tmp_path / "ledger_task.py"
-    script.write_text(LEDGER)
-    ledger = tmp_path / "ledger.txt"
+    ledger, ledger_cmd = _ledger(tmp_path)
     root = make_project(tmp_path / "proj", [
-        task("long", command=f"{PY} {script} {ledger} {locks} 20", max_retries=2, timeout=120),
+        task("long", command=ledger_cmd(20), max_retries=2, timeout=120),
         task("after", deps=["long"], command="true")])
     proc = _run_on(root, cluster)
     first = wait_for(lambda: query(root, "SELECT a.pgid, w.name, w.worker_id FROM attempt a "

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,31 +33,40 @@ from tools.kill_campaign import ORCH, _kill, _rows, build, check, print_result  
 DASK = str(Path(sys.executable).parent / "dask")
 
 
-class Cluster:
-    """`dask scheduler` and `dask worker --nworkers N`, in their own sessions."""
+class DaskCluster:
+    """A real Dask cluster as a user starts one across machines: `dask scheduler`, then
+    `dask worker` processes (``add_workers``), each in its own session, on 127.0.0.1.
+    tests/test_dask.py uses it too."""
 
-    def __init__(self, base: Path, workers: int) -> None:
+    def __init__(self, base: Path) -> None:
         import distributed
 
         self.log = open(base / "dask.log", "ab")  # noqa: SIM115 - closed in close()
         scheduler_file = base / "scheduler.json"
         self.procs = [self._start([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
                                    "--no-dashboard", "--scheduler-file", str(scheduler_file)])]
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _wait(scheduler_file.exists, "the scheduler's file")
         self.address = json.loads(scheduler_file.read_text())["address"]
-        self.procs.append(self._start([DASK, "worker", self.address, "--nworkers",
-                                       str(workers), "--nthreads", "1", "--no-dashboard",
-                                       "--host", "127.0.0.1"]))
         self.client = distributed.Client(self.address, timeout=60, set_as_default=False)
-        self.client.wait_for_workers(workers, timeout=120)
 
     def _start(self, argv: list[str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, stdout=self.log, stderr=self.log,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
+    def add_workers(self, count: int, resources: str | None = None) -> None:
+        """``count`` more Dask worker processes (one thread each), advertising ``resources``
+        (``"cpu_cores=4"``); returns once the scheduler lists them."""
+        before = len(self.workers())
+        argv = [DASK, "worker", self.address, "--nworkers", str(count), "--nthreads", "1",
+                "--no-dashboard", "--host", "127.0.0.1"]
+        self.procs.append(self._start(argv + (["--resources", resources] if resources else [])))
+        _wait(lambda: len(self.workers()) >= before + count, f"{count} Dask workers")
+
+    def workers(self) -> dict[str, Any]:
+        return dict(self.client.scheduler_info(n_workers=-1)["workers"])
+
     def pids(self) -> dict[str, int]:
+        """Each Dask worker's process id, by address ({} while a worker restarts)."""
         try:
             return dict(self.client.run(os.getpid))
         except Exception:  # noqa: BLE001 - a worker restarting: try again later
@@ -76,6 +86,14 @@ class Cluster:
         self.log.close()
 
 
+def _wait(ready: Callable[[], Any], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:g} s for {what}")
+        time.sleep(0.1)
+
+
 def _start_run(root: Path, address: str) -> subprocess.Popen[str]:
     return subprocess.Popen([ORCH, "--root", str(root), "run", "--executor", "dask",
                              "--scheduler-address", address], stdout=subprocess.DEVNULL,
@@ -90,7 +108,7 @@ def _busy_dask_workers(root: Path) -> list[str]:
     return [str(name).removeprefix("dask:") for (name,) in rows]
 
 
-def campaign(root: Path, cluster: Cluster, kills: int, run_share: float,
+def campaign(root: Path, cluster: DaskCluster, kills: int, run_share: float,
              rng: random.Random, deadline: float) -> dict[str, Any]:
     counts = {"dask_worker": 0, "run": 0, "restarts": 0}
     proc = _start_run(root, cluster.address)
@@ -152,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     root = base / "project"
     started = time.monotonic()
     build(root, args.tasks, rng, worktrees=False, seconds=(0.2, 1.5))
-    cluster = Cluster(base, args.workers)
+    cluster = DaskCluster(base)
     try:
+        cluster.add_workers(args.workers)
         counts = campaign(root, cluster, args.kills, args.run_share, rng,
                           started + args.max_seconds)
     finally:

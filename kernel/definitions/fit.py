@@ -97,33 +97,31 @@ def capable(offers: dict[str, str], needs: list[Any]) -> bool:
 LIVE_WORKER_STATES = ("initializing", "idle", "busy")
 
 
-def live_offers(conn: apsw.Connection) -> list[dict[str, str]]:
-    """What each live worker offers ({capability: version}), one dict per worker."""
-    by_worker: dict[str, dict[str, str]] = {}
-    for wid, cap, version in conn.execute(
-            "SELECT w.worker_id, c.capability_id, c.version FROM worker w "
-            "LEFT JOIN worker_capability c ON c.worker_id = w.worker_id "
+def _per_live_worker(conn: apsw.Connection, table: str, key: str,
+                     value: str) -> list[dict[str, Any]]:
+    """``{key: value}`` of ``table``'s rows, one dict per live worker (ordered by worker id;
+    empty for a worker with no row)."""
+    by_worker: dict[str, dict[str, Any]] = {}
+    for wid, k, v in conn.execute(
+            f"SELECT w.worker_id, x.{key}, x.{value} FROM worker w "
+            f"LEFT JOIN {table} x ON x.worker_id = w.worker_id "
             "WHERE w.state IN (SELECT value FROM json_each(?)) ORDER BY w.worker_id",
             (json.dumps(LIVE_WORKER_STATES),)):
-        offers = by_worker.setdefault(wid, {})
-        if cap is not None:
-            offers[cap] = version
+        found = by_worker.setdefault(wid, {})
+        if k is not None:
+            found[k] = v
     return list(by_worker.values())
+
+
+def live_offers(conn: apsw.Connection) -> list[dict[str, str]]:
+    """What each live worker offers ({capability: version}), one dict per worker."""
+    return _per_live_worker(conn, "worker_capability", "capability_id", "version")
 
 
 def live_limits(conn: apsw.Connection) -> list[dict[str, float]]:
     """What each live worker advertises of each resource (``worker_limits``), one dict per
     worker, in the order of ``live_offers``."""
-    by_worker: dict[str, dict[str, float]] = {}
-    for wid, resource, amount in conn.execute(
-            "SELECT w.worker_id, r.resource_id, r.amount FROM worker w "
-            "LEFT JOIN worker_resource r ON r.worker_id = w.worker_id "
-            "WHERE w.state IN (SELECT value FROM json_each(?)) ORDER BY w.worker_id",
-            (json.dumps(LIVE_WORKER_STATES),)):
-        limits = by_worker.setdefault(wid, {})
-        if resource is not None:
-            limits[resource] = float(amount)
-    return list(by_worker.values())
+    return _per_live_worker(conn, "worker_resource", "resource_id", "amount")
 
 
 def catalog_offers(conn: apsw.Connection) -> dict[str, str]:

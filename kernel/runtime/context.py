@@ -45,6 +45,10 @@ class TickContext:
     worktree_failures: dict[str, int] = field(default_factory=dict)
     #: Wait for workers when none is alive (``orch run --workers 0``: they join by hand).
     wait_for_workers: bool = True
+    #: Workers the run started that have not registered yet (a Dask proxy takes a second or
+    #: two): meanwhile no queued task is judged unrunnable, as one of them may offer what it
+    #: needs.
+    workers_starting: int = 0
     #: The operator stopped the run: workers that end now are not crashes, and their tasks are
     #: put back in the queue (trigger operator_interrupted) instead of failing an attempt.
     interrupted_by_operator: bool = False

@@ -49,6 +49,7 @@ Dependencies:
 from __future__ import annotations
 
 import gc
+import json
 import os
 import signal
 import socket
@@ -526,6 +527,7 @@ class _RunLoop:
         self.removed = []
         self.ctx.wait_for_workers = self.options.workers == 0 or self.restarts_left > 0 or \
             self.dask or any(p.poll() is None for p in self.children.values())
+        self.ctx.workers_starting = _starting(self.conn, self.owner, self.children.values())
         self.report = scheduler.tick(self.conn, now, self.ctx)
         self.progress.update(self.conn, self.report)
         if self.metrics is not None and self.metrics.due(now):
@@ -728,6 +730,17 @@ def _keep_wal_small(conn: Any, project: Project, busy_timeout_ms: int) -> None:
         pass
     finally:
         conn.set_busy_timeout(busy_timeout_ms)
+
+
+def _starting(conn: Any, owner: str, children: Any) -> int:
+    """How many of the run's live worker processes have not registered yet."""
+    alive = [p.pid for p in children if p.poll() is None]
+    if not alive:
+        return 0
+    registered = db.scalar(conn, "SELECT COUNT(DISTINCT pid) FROM worker WHERE "
+                                 "scheduler_owner = ? AND pid IN (SELECT value FROM json_each(?))",
+                           (owner, json.dumps(alive)))
+    return len(alive) - int(registered or 0)
 
 
 def _exited_children(conn: Any, children: list[Child]) -> dict[str, int]:

@@ -193,6 +193,8 @@ def _scan_queue(conn: apsw.Connection, ctx: TickContext, scope: str, params: tup
     or never was; while tasks run, the last scan's result stands: a task no worker can run is
     reported (``task_unrunnable``) once the run has nothing else to do, and at its end."""
     now = time.monotonic()
+    if ctx.workers_starting:
+        return []
     if busy and ctx.queue_scanned_at is not None:
         return ctx.last_unrunnable
     queued = [r[0] for r in conn.execute(f"SELECT task_id FROM task WHERE state = 'queued' "

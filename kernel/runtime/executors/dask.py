@@ -73,7 +73,8 @@ def dask_resources(requests: Mapping[str, float], advertised: set[str]) -> dict[
 
 # ---------------------------------------------------------------------- on the Dask worker
 
-_QUEUES: dict[str, Any] = {}
+_QUEUES: dict[str, Any] = {}   # queue name -> its handle in this Dask worker process
+
 
 class _Remote:
     """The Dask worker's side of one attempt: the messages it sends, the log it forwards and
