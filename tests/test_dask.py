@@ -366,3 +366,28 @@ def test_validate_warns_when_orch_toml_asks_for_dask_and_it_is_missing(tmp_path:
     assert "pip install 'orch-kernel[dask]'" in found[0]["hint"]
     clean = orch("--root", str(root), "--json", "validate")
     assert not [p for p in json.loads(clean.stdout)["problems"] if p["code"] == "dask_missing"]
+
+
+def test_with_forever_a_dask_worker_that_joins_runs_what_no_worker_could(
+        tmp_path: Path, cluster: DaskCluster) -> None:
+    cluster.add_workers(1, "cpu_cores=4")
+    root = make_project(tmp_path / "proj", [task("huge", command="true",
+                                                 resources={"cpu_cores": 6})],
+                        resources=lambda doc: resource(doc, "cpu_cores").update(max_per_task=8))
+    proc = subprocess.Popen([ORCH, "--root", str(root), "run", "--forever",
+                             "--scheduler-address", cluster.address], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: query(root, "SELECT 1 FROM event WHERE event = 'task_unrunnable'"),
+                 timeout=60)
+        why = orch("--root", str(root), "why", "huge").stdout
+        assert "no registered worker advertises enough cpu_cores" in why
+        assert 'dask worker ADDRESS --resources "NAME=AMOUNT"' in why
+        cluster.add_workers(1, "cpu_cores=8")
+        wait_for(lambda: states(root) == {"huge": "completed"}, timeout=60)
+    finally:
+        proc.terminate()
+        stop(proc, timeout=60)
+    ran = query(root, "SELECT w.name FROM attempt a JOIN worker w ON w.worker_id = a.worker_id")
+    big = [a for a, w in cluster.workers().items() if w["resources"].get("cpu_cores") == 8]
+    assert [r["name"].removeprefix("dask:") for r in ran] == big

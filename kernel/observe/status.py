@@ -403,6 +403,11 @@ def _queued_sentence(conn: apsw.Connection, tid: str,
                 "no registered worker offers", "a worker started with the catalog "
                 "(capabilities/registry.yaml) would lack" if local_offers is None else
                 "no worker offers it, and one started on this machine would lack")
+    if blocked and "advertises enough" in blocked[0]["reason"]:
+        return (f"{tid} is queued but no worker can run it: {blocked[0]['reason']}; start a "
+                "Dask worker that advertises enough (`dask worker ADDRESS --resources "
+                "\"NAME=AMOUNT\"`, docs/operations/SCALING.md), or lower the task's "
+                "resource_requirements and `orch load` it again.")
     if blocked:
         return (f"{tid} is queued but no worker can run it: {blocked[0]['reason']}; start "
                 "`orch worker --capability NAME@VERSION` with what it needs, or change the "

@@ -587,8 +587,8 @@ class _RunLoop:
                 if self.restarts_left > 0 and not self.report.done and not self.dask:
                     self.restarts_left -= 1
                     self._spawn()
-        if self.dask and not self.report.done:
-            self._reconcile_dask()
+        if self.dask and (self.options.forever or not self.report.done):
+            self._reconcile_dask()   # a Dask worker that joined may run what nothing could
 
     # ---------------------------------------------------------------- tear-down
 
