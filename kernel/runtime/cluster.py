@@ -5,9 +5,9 @@ Public API:
     address=None, workers=None)`` with ``start()``, ``address``, ``workers()``, ``close()``
     (``orch run --executor dask``'s end: connect to a scheduler, or start a ``LocalCluster`` of
     worker processes); ``Session(scheduler_address, worker_address, timeout)`` with
-    ``info()``, ``present()``, ``beat_ok(heartbeat_seconds)``, ``submit(fn, spec,
-    resources)``, ``messages(tag, timeout)``, ``call(fn, *args)``, ``close()`` (one proxy
-    worker's end: the Dask worker it stands for).
+    ``info()``, ``cluster_workers()``, ``present()``, ``beat_ok(heartbeat_seconds)``,
+    ``submit(fn, spec, resources)``, ``messages(tag, timeout)``, ``call(fn, *args)``,
+    ``close()`` (one proxy worker's end: the Dask worker it stands for).
 
 Stability Guarantees:
     orch never writes to a Dask worker's state and never runs tasks through Dask's own retries:
@@ -197,6 +197,10 @@ class Session:
                 self._info = None
             self._looked = now
         return self._info
+
+    def cluster_workers(self) -> dict[str, DaskWorkerInfo]:
+        """Every Dask worker of the cluster, as the scheduler lists them now."""
+        return _workers(self.client)
 
     def present(self) -> bool:
         return self.info() is not None

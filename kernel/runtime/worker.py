@@ -196,9 +196,7 @@ class Worker:
     def _dask_limits(self) -> dict[str, float]:
         """What its Dask worker advertises of every resource some worker of the cluster
         advertises (0 where it has none): ``worker_resource`` rows (sql/0009)."""
-        from kernel.runtime.cluster import _workers
-
-        cluster = _workers(self.session.client)
+        cluster = self.session.cluster_workers()
         self.dask_advertised = {r for w in cluster.values() for r in w.resources}
         mine = cluster[self.session.worker].resources if self.session.worker in cluster else {}
         return {r: float(mine.get(r, 0.0)) for r in sorted(self.dask_advertised)}
